@@ -1,0 +1,44 @@
+# nsinit: see README.md. Every target works from a fresh clone as root.
+GO        ?= go
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BIN       := bin/nsinit
+# -s -w: strip. godebugDefault=asyncpreemptoff=1: the runtime never sends
+# itself SIGURG, so a SIGURG nsinit receives came from outside and is
+# forwarded like any other signal (main.noPreemptSignals tells the code).
+LDFLAGS   := -s -w -X main.version=$(VERSION) \
+             -X runtime.godebugDefault=asyncpreemptoff=1 -X main.noPreemptSignals=1
+export CGO_ENABLED = 0
+export NSINIT_BIN  = $(CURDIR)/$(BIN)
+
+.PHONY: all build test unit-test vm-test vm-run demo bench fuzz generate clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nsinit
+
+# The whole suite: unit and privileged tests against the real kernel, then
+# the QEMU images.
+test: unit-test vm-test
+
+unit-test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+vm-test: build
+	$(GO) test -count=1 -timeout 30m -v ./vm-test/ -run . -vm
+
+demo: build
+	./demo/demo.sh
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./imagefile/
+
+generate:
+	$(GO) generate ./...
+
+clean:
+	rm -rf bin

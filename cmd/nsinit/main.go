@@ -1,0 +1,81 @@
+// Command nsinit is an init for pid namespaces and a checkpoint/restore tool
+// for process trees that span nested pid namespaces.
+//
+//	nsinit [options] -- CMD [ARGS...]     run CMD as PID 1 (or subreaper)
+//	nsinit dump -t PID -D DIR             record a tree into an image
+//	nsinit restore -D DIR                 re-create it with the same pids
+//	nsinit show DIR                       print an image as JSON
+//	nsinit check -t PID -D DIR            compare an image with a live tree
+//
+// This package only parses flags and wires packages together; each
+// subcommand lives in a file of its own and registers itself in commands.
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+)
+
+// version is stamped in by the Makefile (-X main.version=...).
+var version = "dev"
+
+// command is one subcommand: run gets the arguments after its name and
+// returns the process exit status.
+type command struct {
+	summary string
+	run     func(args []string) int
+	hidden  bool
+}
+
+var commands = map[string]command{}
+
+func register(name, summary string, run func(args []string) int) {
+	commands[name] = command{summary: summary, run: run}
+}
+
+func registerHidden(name string, run func(args []string) int) {
+	commands[name] = command{run: run, hidden: true}
+}
+
+func main() {
+	os.Exit(dispatch(os.Args[1:]))
+}
+
+func dispatch(args []string) int {
+	if len(args) > 0 {
+		if c, ok := commands[args[0]]; ok {
+			return c.run(args[1:])
+		}
+		switch args[0] {
+		case "--version", "-version", "version":
+			fmt.Println("nsinit", version)
+			return 0
+		case "help":
+			usage(os.Stdout)
+			return 0
+		}
+	}
+	return runInit(args)
+}
+
+func usage(w *os.File) {
+	fmt.Fprintf(w, `usage: nsinit [options] -- CMD [ARGS...]   run CMD under nsinit as init
+       nsinit COMMAND [options]
+
+init options:
+%s
+commands:
+`, initOptionsHelp)
+	names := make([]string, 0, len(commands))
+	for n, c := range commands {
+		if !c.hidden {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintf(w, "  %-8s %s\n", "version", "print the version")
+}

@@ -1,0 +1,108 @@
+// Package testutil holds what the privileged tests share: one way to skip
+// when a requirement is missing, and the path of the nsinit binary under
+// test.
+package testutil
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Requirement is something a test needs from the machine.
+type Requirement struct {
+	name  string
+	check func() (ok bool, why string)
+}
+
+// Root needs uid 0 with CAP_SYS_ADMIN (namespaces, setns, mounts).
+var Root = Requirement{"root", func() (bool, string) {
+	if os.Geteuid() != 0 {
+		return false, "needs root (uid 0) to create namespaces"
+	}
+	if !hasCap(unix.CAP_SYS_ADMIN) {
+		return false, "needs CAP_SYS_ADMIN"
+	}
+	return true, ""
+}}
+
+// SetTID needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN) for clone3 set_tid.
+var SetTID = Requirement{"set_tid", func() (bool, string) {
+	if !hasCap(unix.CAP_CHECKPOINT_RESTORE) && !hasCap(unix.CAP_SYS_ADMIN) {
+		return false, "needs CAP_CHECKPOINT_RESTORE for clone3 set_tid"
+	}
+	return true, ""
+}}
+
+// BPF needs CAP_BPF and CAP_PERFMON and kernel BTF for tp_btf programs.
+var BPF = Requirement{"bpf", func() (bool, string) {
+	if !hasCap(unix.CAP_BPF) || !hasCap(unix.CAP_PERFMON) {
+		return false, "needs CAP_BPF and CAP_PERFMON to load eBPF programs"
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		return false, "needs kernel BTF (/sys/kernel/btf/vmlinux)"
+	}
+	return true, ""
+}}
+
+// InVM reports whether the test runs inside an nsinit test VM (vm-test/),
+// where a missing requirement is a failure, never a skip.
+func InVM() bool { return os.Getenv("NSINIT_IN_VM") == "1" }
+
+// Require skips the test, naming the reason, when a requirement is missing.
+// Inside a test VM it fails instead: the VM is built to have everything, so a
+// skip there would hide a regression.
+func Require(t testing.TB, reqs ...Requirement) {
+	t.Helper()
+	for _, r := range reqs {
+		if ok, why := r.check(); !ok {
+			if InVM() {
+				t.Fatalf("requirement %s missing in test VM: %s", r.name, why)
+			}
+			t.Skip(why)
+		}
+	}
+}
+
+func hasCap(c int) bool {
+	var hdr = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
+}
+
+// RepoRoot is the root of the source tree (where go.mod is).
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Binary is the nsinit binary under test: $NSINIT_BIN, else bin/nsinit at
+// the repository root (built by `make build`, which `make test` runs first).
+func Binary(t testing.TB) string {
+	t.Helper()
+	p := os.Getenv("NSINIT_BIN")
+	if p == "" {
+		p = filepath.Join(RepoRoot(), "bin", "nsinit")
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("nsinit binary not found at %s: run `make build` first (or set NSINIT_BIN)", p)
+	}
+	return p
+}
+
+// Field returns the value of a "Key:\tvalue" line of a /proc status file.
+func Field(status, key string) string {
+	for _, l := range strings.Split(status, "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
