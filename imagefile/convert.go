@@ -1,0 +1,197 @@
+package imagefile
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/nsinit/nsinit/proto/imagepb"
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// toProto and fromProto are the only places that know both shapes.
+
+func toProto(tr *pstree.Tree) *imagepb.Image {
+	img := &imagepb.Image{Checked: tr.Checked}
+	for _, ns := range tr.Namespaces {
+		img.Namespaces = append(img.Namespaces, &imagepb.Namespace{
+			Id:               uint32(ns.ID),
+			Kind:             imagepb.NSKind(ns.Kind),
+			Parent:           uint32(ns.Parent),
+			Owner:            uint32(ns.Owner),
+			Level:            uint32(ns.Level),
+			LastPid:          int64(ns.LastPID),
+			UidMap:           mapToProto(ns.UIDMap),
+			GidMap:           mapToProto(ns.GIDMap),
+			SetgroupsAllowed: ns.SetgroupsAllowed,
+			OwnerUid:         ns.OwnerUID,
+			Hostname:         []byte(ns.Hostname),
+			Domainname:       []byte(ns.Domainname),
+		})
+	}
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		pt := &imagepb.Task{
+			Pids:       ints32(t.PIDs),
+			Ppid:       int32(t.PPID),
+			Pgids:      ints32(t.PGIDs),
+			Sids:       ints32(t.SIDs),
+			State:      imagepb.TaskState(t.State),
+			ExitStatus: int32(t.ExitStatus),
+			Ns: &imagepb.NSSet{
+				Pid:            uint32(t.NS[pstree.PidNS]),
+				PidForChildren: uint32(t.NS[pstree.PidForChildrenNS]),
+				User:           uint32(t.NS[pstree.UserNS]),
+				Net:            uint32(t.NS[pstree.NetNS]),
+				Uts:            uint32(t.NS[pstree.UTSNS]),
+				Ipc:            uint32(t.NS[pstree.IPCNS]),
+				Mnt:            uint32(t.NS[pstree.MntNS]),
+				Cgroup:         uint32(t.NS[pstree.CgroupNS]),
+				Time:           uint32(t.NS[pstree.TimeNS]),
+			},
+			Creds: &imagepb.Creds{
+				Uid: t.Creds.UID, Euid: t.Creds.EUID, Suid: t.Creds.SUID, Fsuid: t.Creds.FSUID,
+				Gid: t.Creds.GID, Egid: t.Creds.EGID, Sgid: t.Creds.SGID, Fsgid: t.Creds.FSGID,
+				Groups: t.Creds.Groups,
+				CapInh: t.Creds.CapInh, CapPrm: t.Creds.CapPrm, CapEff: t.Creds.CapEff,
+				CapBnd: t.Creds.CapBnd, CapAmb: t.Creds.CapAmb,
+			},
+			Exe:            []byte(t.Exe),
+			Argv:           bytesList(t.Argv),
+			Env:            bytesList(t.Env),
+			Cwd:            []byte(t.Cwd),
+			Root:           []byte(t.Root),
+			ChildSubreaper: t.ChildSubreaper,
+			Agent:          t.Agent,
+		}
+		for _, th := range t.Threads {
+			pt.Threads = append(pt.Threads, &imagepb.Thread{Tids: ints32(th.TIDs), State: imagepb.TaskState(th.State)})
+		}
+		img.Tasks = append(img.Tasks, pt)
+	}
+	return img
+}
+
+func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
+	tr := &pstree.Tree{Checked: img.GetChecked()}
+	for i, ns := range img.GetNamespaces() {
+		if ns.GetLevel() > pstree.MaxLevel {
+			return nil, fmt.Errorf("namespace %d: level %d out of range", i, ns.GetLevel())
+		}
+		if ns.GetLastPid() < 0 || ns.GetLastPid() > math.MaxInt32 {
+			return nil, fmt.Errorf("namespace %d: last pid %d out of range", i, ns.GetLastPid())
+		}
+		tr.Namespaces = append(tr.Namespaces, pstree.Namespace{
+			ID:               pstree.NSID(ns.GetId()),
+			Kind:             pstree.NSKind(ns.GetKind()),
+			Parent:           pstree.NSID(ns.GetParent()),
+			Owner:            pstree.NSID(ns.GetOwner()),
+			Level:            int(ns.GetLevel()),
+			LastPID:          int(ns.GetLastPid()),
+			UIDMap:           mapFromProto(ns.GetUidMap()),
+			GIDMap:           mapFromProto(ns.GetGidMap()),
+			SetgroupsAllowed: ns.GetSetgroupsAllowed(),
+			OwnerUID:         ns.GetOwnerUid(),
+			Hostname:         string(ns.GetHostname()),
+			Domainname:       string(ns.GetDomainname()),
+		})
+	}
+	for _, pt := range img.GetTasks() {
+		n, c := pt.GetNs(), pt.GetCreds()
+		t := pstree.Task{
+			PIDs:       intsFrom(pt.GetPids()),
+			PPID:       int(pt.GetPpid()),
+			PGIDs:      intsFrom(pt.GetPgids()),
+			SIDs:       intsFrom(pt.GetSids()),
+			State:      pstree.TaskState(pt.GetState()),
+			ExitStatus: int(pt.GetExitStatus()),
+			Creds: pstree.Creds{
+				UID: c.GetUid(), EUID: c.GetEuid(), SUID: c.GetSuid(), FSUID: c.GetFsuid(),
+				GID: c.GetGid(), EGID: c.GetEgid(), SGID: c.GetSgid(), FSGID: c.GetFsgid(),
+				Groups: c.GetGroups(),
+				CapInh: c.GetCapInh(), CapPrm: c.GetCapPrm(), CapEff: c.GetCapEff(),
+				CapBnd: c.GetCapBnd(), CapAmb: c.GetCapAmb(),
+			},
+			Exe:            string(pt.GetExe()),
+			Argv:           stringsFrom(pt.GetArgv()),
+			Env:            stringsFrom(pt.GetEnv()),
+			Cwd:            string(pt.GetCwd()),
+			Root:           string(pt.GetRoot()),
+			ChildSubreaper: pt.GetChildSubreaper(),
+			Agent:          pt.GetAgent(),
+		}
+		t.NS[pstree.PidNS] = pstree.NSID(n.GetPid())
+		t.NS[pstree.PidForChildrenNS] = pstree.NSID(n.GetPidForChildren())
+		t.NS[pstree.UserNS] = pstree.NSID(n.GetUser())
+		t.NS[pstree.NetNS] = pstree.NSID(n.GetNet())
+		t.NS[pstree.UTSNS] = pstree.NSID(n.GetUts())
+		t.NS[pstree.IPCNS] = pstree.NSID(n.GetIpc())
+		t.NS[pstree.MntNS] = pstree.NSID(n.GetMnt())
+		t.NS[pstree.CgroupNS] = pstree.NSID(n.GetCgroup())
+		t.NS[pstree.TimeNS] = pstree.NSID(n.GetTime())
+		for _, th := range pt.GetThreads() {
+			t.Threads = append(t.Threads, pstree.Thread{TIDs: intsFrom(th.GetTids()), State: pstree.TaskState(th.GetState())})
+		}
+		tr.Tasks = append(tr.Tasks, t)
+	}
+	return tr, nil
+}
+
+func mapToProto(m []pstree.IDMapEntry) []*imagepb.IDMapEntry {
+	var out []*imagepb.IDMapEntry
+	for _, e := range m {
+		out = append(out, &imagepb.IDMapEntry{Inside: e.Inside, Outside: e.Outside, Count: e.Count})
+	}
+	return out
+}
+
+func mapFromProto(m []*imagepb.IDMapEntry) []pstree.IDMapEntry {
+	var out []pstree.IDMapEntry
+	for _, e := range m {
+		out = append(out, pstree.IDMapEntry{Inside: e.GetInside(), Outside: e.GetOutside(), Count: e.GetCount()})
+	}
+	return out
+}
+
+func ints32(v []int) []int32 {
+	if v == nil {
+		return nil
+	}
+	out := make([]int32, len(v))
+	for i, x := range v {
+		out[i] = int32(x)
+	}
+	return out
+}
+
+func intsFrom(v []int32) []int {
+	if v == nil {
+		return nil
+	}
+	out := make([]int, len(v))
+	for i, x := range v {
+		out[i] = int(x)
+	}
+	return out
+}
+
+func bytesList(v []string) [][]byte {
+	if v == nil {
+		return nil
+	}
+	out := make([][]byte, len(v))
+	for i, s := range v {
+		out[i] = []byte(s)
+	}
+	return out
+}
+
+func stringsFrom(v [][]byte) []string {
+	if v == nil {
+		return nil
+	}
+	out := make([]string, len(v))
+	for i, b := range v {
+		out[i] = string(b)
+	}
+	return out
+}

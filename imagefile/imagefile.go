@@ -1,0 +1,145 @@
+// Package imagefile reads and writes DIR/pstree.img, the on-disk form of a
+// pstree.Tree: a fixed header (magic, format version, payload length and
+// CRC-32C) followed by one protobuf imagepb.Image.
+//
+// It is the boundary of the image: Decode converts and validates
+// (pstree.Validate), so what it returns can be used without re-checking its
+// shape, and malformed input of any kind is an error, never a panic.
+package imagefile
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+
+	"github.com/nsinit/nsinit/proto/imagepb"
+	"github.com/nsinit/nsinit/pstree"
+	"google.golang.org/protobuf/proto"
+)
+
+// FileName is the image file inside a dump directory.
+const FileName = "pstree.img"
+
+// Magic starts every image file.
+const Magic = "NSINITIM"
+
+const headerSize = len(Magic) + 2 + 2 + 4 + 4
+
+// MaxPayload bounds what Decode accepts (and allocates): far more than
+// 32768 tasks with full environments need.
+const MaxPayload = 1 << 30
+
+// ErrVersion is wrapped when the image has another major format version.
+var ErrVersion = errors.New("unsupported image format version")
+
+// ErrFormat is wrapped when the bytes are not a well-formed image.
+var ErrFormat = errors.New("malformed image")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Encode validates tr and returns the image bytes.
+func Encode(tr *pstree.Tree) ([]byte, error) {
+	if err := pstree.Validate(tr); err != nil {
+		return nil, fmt.Errorf("encode image: %w", err)
+	}
+	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(toProto(tr))
+	if err != nil {
+		return nil, fmt.Errorf("encode image: %w", err)
+	}
+	if len(payload) > MaxPayload {
+		return nil, fmt.Errorf("encode image: payload of %d bytes exceeds %d", len(payload), MaxPayload)
+	}
+	b := make([]byte, headerSize, headerSize+len(payload))
+	copy(b, Magic)
+	le := binary.LittleEndian
+	le.PutUint16(b[8:], pstree.FormatMajor)
+	le.PutUint16(b[10:], pstree.FormatMinor)
+	le.PutUint32(b[12:], uint32(len(payload)))
+	le.PutUint32(b[16:], crc32.Checksum(payload, castagnoli))
+	return append(b, payload...), nil
+}
+
+// Decode parses and validates image bytes.
+func Decode(b []byte) (*pstree.Tree, error) {
+	if len(b) < headerSize {
+		return nil, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrFormat, len(b), headerSize)
+	}
+	if !bytes.Equal(b[:8], []byte(Magic)) {
+		return nil, fmt.Errorf("%w: bad magic %q (not an nsinit image)", ErrFormat, b[:8])
+	}
+	le := binary.LittleEndian
+	major, minor := le.Uint16(b[8:]), le.Uint16(b[10:])
+	if major != pstree.FormatMajor {
+		return nil, fmt.Errorf("%w: image is version %d.%d, this nsinit reads %d.x", ErrVersion, major, minor, pstree.FormatMajor)
+	}
+	n := le.Uint32(b[12:])
+	payload := b[headerSize:]
+	if uint64(n) != uint64(len(payload)) {
+		return nil, fmt.Errorf("%w: header says %d payload bytes, file has %d (truncated?)", ErrFormat, n, len(payload))
+	}
+	if sum := crc32.Checksum(payload, castagnoli); sum != le.Uint32(b[16:]) {
+		return nil, fmt.Errorf("%w: payload checksum %#08x, header says %#08x", ErrFormat, sum, le.Uint32(b[16:]))
+	}
+	var img imagepb.Image
+	if err := proto.Unmarshal(payload, &img); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
+	}
+	tr, err := fromProto(&img)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
+	}
+	if err := pstree.Validate(tr); err != nil {
+		return nil, err
+	}
+	return tr, nil
+}
+
+// Write stores tr as DIR/pstree.img, atomically (temporary file + rename),
+// creating DIR if needed.
+func Write(dir string, tr *pstree.Tree) error {
+	b, err := Encode(tr)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("write image: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".pstree.img.*")
+	if err != nil {
+		return fmt.Errorf("write image: %w", err)
+	}
+	defer os.Remove(f.Name()) // no-op after the rename
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write image %s: %w", f.Name(), err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write image %s: %w", f.Name(), err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write image %s: %w", f.Name(), err)
+	}
+	if err := os.Rename(f.Name(), filepath.Join(dir, FileName)); err != nil {
+		return fmt.Errorf("write image: %w", err)
+	}
+	return nil
+}
+
+// Read loads and validates DIR/pstree.img.
+func Read(dir string) (*pstree.Tree, error) {
+	p := filepath.Join(dir, FileName)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("read image: %w", err)
+	}
+	tr, err := Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("read image %s: %w", p, err)
+	}
+	return tr, nil
+}

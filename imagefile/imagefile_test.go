@@ -1,0 +1,188 @@
+package imagefile
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/nsinit/nsinit/pstree"
+	"google.golang.org/protobuf/proto"
+)
+
+// sample is a small but complete tree: a root at level 0, the init of a
+// level-1 pid namespace owned by a child user namespace, a zombie and a
+// thread inside, and a group whose leader lives outside.
+func sample() *pstree.Tree {
+	ns := func(id pstree.NSID, k pstree.NSKind) pstree.Namespace {
+		return pstree.Namespace{ID: id, Kind: k}
+	}
+	outer := pstree.NSSet{1, 1, 3, 5, 6, 7, 8, 9, 10}
+	inner := pstree.NSSet{2, 2, 4, 5, 6, 7, 8, 9, 10}
+	return &pstree.Tree{
+		Checked: true,
+		Namespaces: []pstree.Namespace{
+			{ID: 1, Kind: pstree.PidNS, Owner: 3, LastPID: 400},
+			{ID: 2, Kind: pstree.PidNS, Parent: 1, Owner: 4, Level: 1},
+			{ID: 3, Kind: pstree.UserNS, UIDMap: []pstree.IDMapEntry{{0, 0, 4294967295}}, GIDMap: []pstree.IDMapEntry{{0, 0, 4294967295}}, SetgroupsAllowed: true},
+			{ID: 4, Kind: pstree.UserNS, Parent: 3, Owner: 3, UIDMap: []pstree.IDMapEntry{{0, 100000, 65536}}, OwnerUID: 1000},
+			ns(5, pstree.NetNS), {ID: 6, Kind: pstree.UTSNS, Hostname: "box", Domainname: "(none)"},
+			ns(7, pstree.IPCNS), ns(8, pstree.MntNS), ns(9, pstree.CgroupNS), ns(10, pstree.TimeNS),
+		},
+		Tasks: []pstree.Task{
+			{PIDs: []int{100}, PGIDs: []int{100}, SIDs: []int{100}, NS: outer,
+				Creds: pstree.Creds{Groups: []uint32{0, 10}, CapEff: 0x1ffffffffff},
+				Exe:   "/bin/busybox", Argv: []string{"sh", "-c", "x\xff"}, Env: []string{"A=1"}, Cwd: "/", Root: "/"},
+			{PIDs: []int{101, 1}, PPID: 100, PGIDs: []int{100, 0}, SIDs: []int{100, 0}, NS: inner, Agent: true, ChildSubreaper: true,
+				Threads: []pstree.Thread{{TIDs: []int{103, 3}, State: pstree.Stopped}}},
+			{PIDs: []int{102, 2}, PPID: 101, PGIDs: []int{102, 2}, SIDs: []int{102, 2}, NS: inner,
+				State: pstree.Zombie, ExitStatus: 200 << 8},
+		},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	want := sample()
+	b, err := Encode(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("round trip differs:\n got %+v\nwant %+v", got, want)
+	}
+	dir := t.TempDir()
+	if err := Write(dir, want); err != nil {
+		t.Fatal(err)
+	}
+	got, err = Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatal("Write/Read round trip differs")
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	good, err := Encode(sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mut := func(f func(b []byte) []byte) []byte {
+		return f(append([]byte(nil), good...))
+	}
+	cases := map[string]struct {
+		b    []byte
+		want error
+	}{
+		"empty":     {nil, ErrFormat},
+		"magic":     {mut(func(b []byte) []byte { b[0] = 'X'; return b }), ErrFormat},
+		"truncated": {good[:len(good)-3], ErrFormat},
+		"checksum":  {mut(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), ErrFormat},
+		"major": {mut(func(b []byte) []byte {
+			binary.LittleEndian.PutUint16(b[8:], pstree.FormatMajor+1)
+			return b
+		}), ErrVersion},
+	}
+	for name, c := range cases {
+		_, err := Decode(c.b)
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: got %v, want %v", name, err, c.want)
+		}
+	}
+	// A newer minor version is read.
+	b := mut(func(b []byte) []byte { binary.LittleEndian.PutUint16(b[10:], pstree.FormatMinor+1); return b })
+	if _, err := Decode(b); err != nil {
+		t.Errorf("newer minor: %v", err)
+	}
+}
+
+func TestEncodeRejectsInvalid(t *testing.T) {
+	tr := sample()
+	tr.Tasks[2].PPID = 999
+	if _, err := Encode(tr); !errors.Is(err, pstree.ErrInvalid) {
+		t.Fatalf("got %v, want ErrInvalid", err)
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes to Decode twice: as a whole file, and as
+// a payload behind a correct header (so the fuzzer gets past the checksum
+// into the protobuf and the validation). Seeds: testdata/fuzz/FuzzDecode.
+func FuzzDecode(f *testing.F) {
+	good, err := Encode(sample())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add(good[headerSize:])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, in := range [][]byte{b, withHeader(b)} {
+			tr, err := Decode(in)
+			if err != nil {
+				continue
+			}
+			// Whatever decodes must be valid and encode again.
+			if _, err := Encode(tr); err != nil {
+				t.Fatalf("decoded tree does not encode: %v", err)
+			}
+		}
+	})
+}
+
+func withHeader(payload []byte) []byte {
+	b := make([]byte, headerSize, headerSize+len(payload))
+	copy(b, Magic)
+	binary.LittleEndian.PutUint16(b[8:], pstree.FormatMajor)
+	binary.LittleEndian.PutUint32(b[12:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[16:], crc32.Checksum(payload, castagnoli))
+	return append(b, payload...)
+}
+
+// TestWriteFuzzSeeds regenerates the committed seed corpus when
+// NSINIT_WRITE_SEEDS=1 (after a format change).
+func TestWriteFuzzSeeds(t *testing.T) {
+	if os.Getenv("NSINIT_WRITE_SEEDS") != "1" {
+		t.Skip("set NSINIT_WRITE_SEEDS=1 to rewrite testdata/fuzz/FuzzDecode")
+	}
+	good, err := Encode(sample())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := append([]byte(nil), good...)
+	binary.LittleEndian.PutUint16(v2[8:], pstree.FormatMajor+1)
+	seeds := map[string][]byte{
+		"valid":      good,
+		"payload":    good[headerSize:],
+		"truncated":  good[:len(good)/2],
+		"header":     good[:headerSize],
+		"major2":     v2,
+		"bad-parent": withHeader(func() []byte { tr := sample(); tr.Tasks[2].PPID = 7; return mustMarshal(t, tr) }()),
+		"deep":       withHeader(func() []byte { tr := sample(); tr.Namespaces[1].Level = 40; return mustMarshal(t, tr) }()),
+	}
+	dir := filepath.Join("testdata", "fuzz", "FuzzDecode")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range seeds {
+		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func mustMarshal(t *testing.T, tr *pstree.Tree) []byte {
+	b, err := proto.Marshal(toProto(tr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
