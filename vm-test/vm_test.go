@@ -1,0 +1,253 @@
+package vmtest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nsinit/nsinit/internal/testutil"
+)
+
+var vmFlag = flag.Bool("vm", false, "boot QEMU test VMs (make vm-test); without it the VM tests skip")
+
+// guestPackages is THE list of the project's test packages run inside the
+// VM, each as `go test -c` under nsinit with NSINIT_IN_VM=1 (so
+// testutil.Require fails instead of skipping). Extend it as packages gain
+// privileged tests: {"./dump", "."}, {"./restorer", "."}, {"./bpf", "."}.
+var guestPackages = []struct {
+	Pkg string // package path relative to the repository root
+	Run string // -test.run pattern
+}{
+	{"./vm-test/guest", "."}, // nsinit as PID 1 of the machine
+	{"./agent", "."},         // the supervisor's own tests
+}
+
+var suiteStart = time.Now()
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := m.Run()
+	if *vmFlag {
+		fmt.Printf("vm-test: suite total %v\n", time.Since(suiteStart).Round(time.Millisecond))
+	}
+	os.Exit(code)
+}
+
+var (
+	kernelOnce sync.Once
+	kernelImg  string
+	kernelErr  error
+)
+
+// needVM skips without -vm; with it, every missing piece is a failure.
+func needVM(t *testing.T) string {
+	t.Helper()
+	if !*vmFlag {
+		t.Skip("boots QEMU: run with -vm (make vm-test)")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Fatalf("qemu-system-x86_64 missing (scripts/install-deps.sh installs it): %v", err)
+	}
+	kernelOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		k, err := EnsureKernel(ctx, DefaultCacheDir())
+		kernelImg, kernelErr = k.Image, err
+		if err == nil {
+			fmt.Printf("vm-test: kernel %s (%s)\n", k.Version, k.Image)
+		}
+	})
+	if kernelErr != nil {
+		t.Fatalf("guest kernel: %v", kernelErr)
+	}
+	return kernelImg
+}
+
+// boot runs cfg and logs the boot-to-result time.
+func boot(t *testing.T, cfg Config) (Result, error) {
+	t.Helper()
+	cfg.Kernel = needVM(t)
+	res, err := Run(context.Background(), cfg)
+	t.Logf("boot-to-result %v", res.Duration.Round(time.Millisecond))
+	return res, err
+}
+
+// TestVMInitStatus: nsinit as the machine's init powers the VM off with
+// its command's status, including death by a signal (128+N).
+func TestVMInitStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		cmd    []string
+		status int
+	}{
+		{"exit-0", []string{"/bin/sh", "-c", "exit 0"}, 0},
+		{"exit-7", []string{"/bin/sh", "-c", "echo hello from the guest; exit 7"}, 7},
+		{"killed-by-SIGTERM", []string{"/bin/sh", "-c", "kill -TERM $$"}, 128 + 15},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := Config{Init: testutil.Binary(t), Cmd: tc.cmd}
+			res, err := boot(t, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Status != tc.status {
+				t.Fatalf("status %d, want %d\n%s", res.Status, tc.status, res.Console)
+			}
+		})
+	}
+}
+
+// TestVMMachineLayer boots miniinit, which has agent.MachineInit but no
+// real supervisor: when TestVMInitStatus fails and this passes, the
+// supervisor (cmd/nsinit) is at fault, not the machine layer or harness.
+func TestVMMachineLayer(t *testing.T) {
+	needVM(t)
+	bin := filepath.Join(t.TempDir(), "miniinit")
+	build := exec.Command("go", "build", "-o", bin, "./vm-test/internal/miniinit")
+	build.Dir = testutil.RepoRoot()
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build miniinit: %v\n%s", err, out)
+	}
+	res, err := boot(t, Config{Init: bin, Cmd: []string{"/bin/sh", "-c", "test -e /proc/self && test -c /dev/null && exit 5"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != 5 {
+		t.Fatalf("status %d, want 5\n%s", res.Status, res.Console)
+	}
+}
+
+// TestVMFailuresCaught: an init that dies (kernel panic) and a guest that
+// never finishes are reported as errors with the console, never a hang.
+func TestVMFailuresCaught(t *testing.T) {
+	needVM(t)
+	dying := filepath.Join(t.TempDir(), "init")
+	os.WriteFile(dying, []byte("#!/bin/sh\necho init exits now\nexit 3\n"), 0o755)
+	t.Run("kernel-panic", func(t *testing.T) {
+		t.Parallel()
+		_, err := boot(t, Config{Init: dying, Cmd: []string{"unused"}})
+		var e *Error
+		if !errors.As(err, &e) || !errors.Is(err, ErrNoResult) || e.Reason != "kernel panic" {
+			t.Fatalf("init exiting: got %v, want a kernel panic error", err)
+		}
+		if !strings.Contains(e.Console, "init exits now") {
+			t.Errorf("console lacks the guest's output:\n%s", e.Console)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		t.Parallel()
+		_, err := boot(t, Config{Init: dying, Cmd: []string{"unused"}, Timeout: 2 * time.Second})
+		if !errors.Is(err, ErrNoResult) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("2 s timeout: got %v, want a deadline error", err)
+		}
+	})
+}
+
+// TestVMPackages runs each guestPackages entry inside its own VM and
+// reports each of its top-level tests as a subtest here.
+func TestVMPackages(t *testing.T) {
+	needVM(t)
+	root := testutil.RepoRoot()
+	for _, gp := range guestPackages {
+		name := strings.Trim(strings.ReplaceAll(gp.Pkg, "/", "_"), "._")
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			bin := filepath.Join(t.TempDir(), name+".test")
+			build := exec.Command("go", "test", "-c", "-o", bin, gp.Pkg)
+			build.Dir = root
+			build.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := build.CombinedOutput(); err != nil {
+				t.Fatalf("go test -c %s: %v\n%s", gp.Pkg, err, out)
+			}
+			if _, err := os.Stat(bin); err != nil {
+				t.Skipf("%s has no test files yet", gp.Pkg)
+			}
+			pkgDir := "/src/" + strings.TrimPrefix(gp.Pkg, "./")
+			files := []File{
+				{Path: "/tests/" + name + ".test", Src: bin},
+				{Path: pkgDir, Mode: fs.ModeDir | 0o755},
+			}
+			if st, err := os.Stat(filepath.Join(root, gp.Pkg, "testdata")); err == nil && st.IsDir() {
+				files = append(files, File{Path: pkgDir + "/testdata", Src: filepath.Join(root, gp.Pkg, "testdata")})
+			}
+			cfg := Config{
+				Init:  testutil.Binary(t),
+				Files: files,
+				Env:   []string{"NSINIT_IN_VM=1", "NSINIT_BIN=/bin/nsinit"},
+				// Like go test: the package directory is the working directory.
+				Cmd: []string{"/bin/sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", pkgDir,
+					"/tests/" + name + ".test", "-test.v", "-test.count=1", "-test.timeout=4m", "-test.run", gp.Run},
+				Timeout: 5 * time.Minute,
+			}
+			res, err := boot(t, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			results := parseTestOutput(res.Console)
+			for _, r := range results {
+				t.Run(r.name, func(t *testing.T) {
+					switch r.verdict {
+					case "FAIL":
+						t.Errorf("failed in the VM:\n%s", r.output)
+					case "SKIP":
+						t.Skipf("skipped in the VM:\n%s", r.output)
+					}
+				})
+			}
+			if res.Status != 0 || len(results) == 0 {
+				t.Fatalf("%s in the VM: status %d, %d tests reported\n--- guest console ---\n%s", gp.Pkg, res.Status, len(results), res.Console)
+			}
+		})
+	}
+}
+
+// testResult is one top-level test of a `-test.v` run.
+type testResult struct {
+	name, verdict, output string
+}
+
+var verdictRE = regexp.MustCompile(`^--- (PASS|FAIL|SKIP): (\S+) `)
+
+// parseTestOutput collects the top-level verdicts of `-test.v` output and
+// the lines logged by each test since its "=== RUN".
+func parseTestOutput(console string) []testResult {
+	var out []testResult
+	logs := map[string]*strings.Builder{}
+	current := ""
+	s := bufio.NewScanner(strings.NewReader(console))
+	s.Buffer(nil, 1<<20)
+	for s.Scan() {
+		line := strings.TrimRight(s.Text(), "\r")
+		if name, ok := strings.CutPrefix(line, "=== RUN   "); ok && !strings.Contains(name, "/") {
+			current = name
+			logs[name] = &strings.Builder{}
+			continue
+		}
+		if m := verdictRE.FindStringSubmatch(line); m != nil {
+			r := testResult{name: m[2], verdict: m[1]}
+			if b := logs[m[2]]; b != nil {
+				r.output = b.String()
+			}
+			out = append(out, r)
+			current = ""
+			continue
+		}
+		if b := logs[current]; b != nil {
+			b.WriteString(line + "\n")
+		}
+	}
+	return out
+}
