@@ -6,7 +6,8 @@ BIN       := bin/nsinit
 # itself SIGURG, so a SIGURG nsinit receives came from outside and is
 # forwarded like any other signal (main.noPreemptSignals tells the code).
 LDFLAGS   := -s -w -X main.version=$(VERSION) \
-             -X runtime.godebugDefault=asyncpreemptoff=1 -X main.noPreemptSignals=1
+             -X runtime.godebugDefault=asyncpreemptoff=1 -X main.noPreemptSignals=1 \
+             $(if $(filter amd64,$(shell $(GO) env GOARCH)),-E main.rt0)
 export CGO_ENABLED = 0
 export NSINIT_BIN  = $(CURDIR)/$(BIN)
 

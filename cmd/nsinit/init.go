@@ -1,6 +1,120 @@
 package main
 
-// initOptionsHelp is filled in with the init's real options.
-const initOptionsHelp = ""
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
 
-func runInit(args []string) int { return 2 }
+	"github.com/nsinit/nsinit/agent"
+)
+
+// noPreemptSignals is "1" when the Makefile linked the binary with the Go
+// runtime's async preemption off (godebugDefault=asyncpreemptoff=1): then
+// the runtime never sends itself SIGURG and a SIGURG nsinit receives can be
+// forwarded. A plain `go build` leaves it empty and SIGURG is dropped.
+var noPreemptSignals string
+
+const initOptionsHelp = `  -s          be a child subreaper (automatic when not PID 1)
+  -g          forward signals to the command's process group
+  -p SIGNAL   signal nsinit gets when its parent dies
+  -e CODE     report exit code CODE of the command as 0 (repeatable)
+  -v          verbose diagnostics
+  --version   print the version`
+
+// exitCodes is a repeatable -e flag.
+type exitCodes []int
+
+func (e *exitCodes) String() string { return fmt.Sprint(*e) }
+func (e *exitCodes) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > 255 {
+		return fmt.Errorf("exit code must be 0..255, got %q", s)
+	}
+	*e = append(*e, n)
+	return nil
+}
+
+// runInit is `nsinit [options] -- CMD [ARGS...]`.
+func runInit(args []string) int {
+	// One P is plenty for a supervisor and keeps the runtime's thread count
+	// and memory at their smallest.
+	runtime.GOMAXPROCS(1)
+
+	var finish func(int)
+	if os.Getpid() == 1 {
+		var err error
+		if args, finish, err = machineHook(args); err != nil {
+			fmt.Fprintf(os.Stderr, "nsinit: %v\n", err)
+		}
+	}
+	status := parseAndRun(args)
+	if finish != nil {
+		finish(status)
+	}
+	return status
+}
+
+func parseAndRun(args []string) int {
+	fs := flag.NewFlagSet("nsinit", flag.ContinueOnError)
+	fs.Usage = func() { usage(os.Stderr) }
+	var (
+		cfg       agent.Config
+		zero      exitCodes
+		pdeath    string
+		verbose   bool
+		printVers bool
+	)
+	fs.BoolVar(&cfg.Subreaper, "s", false, "")
+	fs.BoolVar(&cfg.SignalGroup, "g", false, "")
+	fs.StringVar(&pdeath, "p", "", "")
+	fs.Var(&zero, "e", "")
+	fs.BoolVar(&verbose, "v", false, "")
+	fs.BoolVar(&printVers, "version", false, "")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if printVers {
+		fmt.Println("nsinit", version)
+		return 0
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "nsinit: no command given")
+		usage(os.Stderr)
+		return 2
+	}
+	if pdeath != "" {
+		sig, err := agent.ParseSignal(pdeath)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "nsinit: -p: %v\n", err)
+			return 2
+		}
+		cfg.ParentDeathSignal = sig
+	}
+	cfg.Argv = fs.Args()
+	cfg.ZeroExitCodes = zero
+	cfg.Ignored = originallyIgnored()
+	cfg.ForwardSIGURG = noPreemptSignals == "1"
+	if verbose {
+		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, ignored at start: %s\n",
+			os.Getpid(), strings.Join(cfg.Argv, " "), signalList(cfg.Ignored))
+	}
+	return agent.Run(cfg)
+}
+
+func signalList(ss []syscall.Signal) string {
+	if len(ss) == 0 {
+		return "none"
+	}
+	names := make([]string, len(ss))
+	for i, s := range ss {
+		names[i] = strconv.Itoa(int(s))
+	}
+	return strings.Join(names, ",")
+}

@@ -1,0 +1,203 @@
+// Package agent is nsinit's process supervisor: the init that runs as PID 1
+// of a pid namespace (or as a child subreaper outside PID 1), and the agent
+// side of the restore protocol.
+//
+// The init follows tini's shape: set up, start the command, then one loop
+// that reaps on SIGCHLD and forwards every other signal. Go's os/signal is
+// the only signal plumbing; the runtime's own preemption signal (SIGURG) is
+// switched off at link time (see the Makefile) so that a SIGURG the init
+// receives is one somebody sent, and forwarding it is safe.
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config says what the init supervises and how. The zero value plus Argv
+// is a tini-like init.
+type Config struct {
+	// Argv is the command to start; Argv[0] is looked up in PATH.
+	Argv []string
+	// Adopt, when non-zero, is an existing child to supervise instead of
+	// starting Argv (a restored agent adopts its restored command).
+	Adopt int
+	// Keep lists children that must never be reaped: the zombies of a
+	// restored image belong to the image, not to the init.
+	Keep map[int]bool
+	// Subreaper makes the init a child subreaper, so that orphans of the
+	// command come back to it. Run turns it on by itself when not PID 1.
+	Subreaper bool
+	// SignalGroup forwards signals to the command's process group (tini -g).
+	SignalGroup bool
+	// ParentDeathSignal, when non-zero, is delivered to the init when its
+	// parent dies (tini -p).
+	ParentDeathSignal syscall.Signal
+	// ZeroExitCodes are exit codes of the command reported as 0 (tini -e).
+	ZeroExitCodes []int
+	// Ignored are the signals that were ignored when nsinit started. The
+	// command starts with them ignored too, as it would have without nsinit
+	// in between (the Go runtime replaced those dispositions in nsinit).
+	Ignored []syscall.Signal
+	// ForwardSIGURG says SIGURG may be forwarded: true only when the binary
+	// was built with async preemption off, so the runtime never raises it.
+	ForwardSIGURG bool
+	// Log receives diagnostics (nil: stderr).
+	Log io.Writer
+}
+
+// Exit statuses for a command that could not be started, as shells use them.
+const (
+	ExitNotFound      = 127
+	ExitNotExecutable = 126
+	ExitInitFailure   = 1
+)
+
+// Run supervises the command until it exits and returns the status nsinit
+// must exit with: the command's exit code, 128+N when it was killed by
+// signal N, 0 for a code listed in ZeroExitCodes. Orphans re-parented to the
+// init are reaped as they die, whatever the command does.
+func Run(cfg Config) int {
+	log := cfg.Log
+	if log == nil {
+		log = os.Stderr
+	}
+	if err := setupProcess(&cfg); err != nil {
+		fmt.Fprintf(log, "nsinit: %v\n", err)
+		return ExitInitFailure
+	}
+
+	// Subscribe before the command exists, so that neither its SIGCHLD nor
+	// a signal meant for it can be missed. Originally ignored signals stay
+	// ignored until the command is started, so that it inherits SIG_IGN.
+	sigs := make(chan os.Signal, 128)
+	forwarded := forwardedSignals(cfg)
+	signal.Notify(sigs, append(notIn(forwarded, cfg.Ignored), syscall.SIGCHLD)...)
+	if !cfg.ForwardSIGURG {
+		// Never let the runtime's preemption signal reach the command.
+		signal.Ignore(syscall.SIGURG)
+	}
+
+	child := cfg.Adopt
+	if child == 0 {
+		if len(cfg.Ignored) > 0 {
+			signal.Ignore(signalsOf(cfg.Ignored)...)
+		}
+		pid, code, err := start(cfg)
+		if len(cfg.Ignored) > 0 {
+			signal.Notify(sigs, signalsOf(onlyIn(forwarded, cfg.Ignored))...)
+		}
+		if err != nil {
+			fmt.Fprintf(log, "nsinit: %v\n", err)
+			return code
+		}
+		child = pid
+	}
+
+	r := reaper{child: child, keep: cfg.Keep}
+	// The command may already be gone: reap before the first wait.
+	if st, done := r.reapAll(); done {
+		return exitCode(st, cfg.ZeroExitCodes)
+	}
+	for s := range sigs {
+		sig := s.(syscall.Signal)
+		if sig == syscall.SIGCHLD {
+			if st, done := r.reapAll(); done {
+				return exitCode(st, cfg.ZeroExitCodes)
+			}
+			continue
+		}
+		target := child
+		if cfg.SignalGroup {
+			target = -child
+		}
+		if err := syscall.Kill(target, sig); err != nil && err != syscall.ESRCH {
+			fmt.Fprintf(log, "nsinit: forward %v to %d: %v\n", sig, target, err)
+		}
+	}
+	panic("unreachable")
+}
+
+// setupProcess applies the process-wide settings of cfg before the command
+// starts.
+func setupProcess(cfg *Config) error {
+	if cfg.ParentDeathSignal != 0 {
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(cfg.ParentDeathSignal), 0, 0, 0); err != nil {
+			return fmt.Errorf("set parent-death signal: %w", err)
+		}
+	}
+	// Outside PID 1, orphans would go to some other reaper and never be
+	// seen; a subreaper gets them back, which is what an init is for.
+	if os.Getpid() != 1 {
+		cfg.Subreaper = true
+	}
+	if cfg.Subreaper {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("become child subreaper: %w", err)
+		}
+	}
+	return nil
+}
+
+// start starts the command in its own process group, in the foreground of
+// the controlling terminal when stdin is one, with nsinit's standard fds,
+// environment and working directory. On failure it returns the exit status
+// a shell would use (127 not found, 126 not executable).
+func start(cfg Config) (pid, code int, err error) {
+	if len(cfg.Argv) == 0 {
+		return 0, ExitInitFailure, errors.New("no command to run")
+	}
+	path, err := exec.LookPath(cfg.Argv[0])
+	if err != nil {
+		return 0, startFailureCode(err), fmt.Errorf("exec %s: %w", cfg.Argv[0], err)
+	}
+	attr := &syscall.SysProcAttr{Setpgid: true}
+	if _, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil {
+		// stdin is our controlling terminal: hand it to the command, as a
+		// shell hands it to a foreground job.
+		attr.Foreground = true
+		attr.Ctty = 0
+	}
+	p, err := os.StartProcess(path, cfg.Argv, &os.ProcAttr{
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Sys:   attr,
+	})
+	if err != nil {
+		return 0, startFailureCode(err), fmt.Errorf("exec %s: %w", cfg.Argv[0], err)
+	}
+	pid = p.Pid
+	// The init reaps with wait4(-1); os.Process must never wait itself.
+	p.Release()
+	return pid, 0, nil
+}
+
+func startFailureCode(err error) int {
+	switch {
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, os.ErrNotExist):
+		return ExitNotFound
+	default:
+		// EACCES, ENOEXEC, EISDIR...: found but cannot be executed.
+		return ExitNotExecutable
+	}
+}
+
+// exitCode turns the command's wait status into nsinit's exit status.
+func exitCode(ws syscall.WaitStatus, zero []int) int {
+	code := ws.ExitStatus()
+	if ws.Signaled() {
+		code = 128 + int(ws.Signal())
+	}
+	for _, z := range zero {
+		if code == z {
+			return 0
+		}
+	}
+	return code
+}

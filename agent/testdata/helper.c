@@ -1,0 +1,93 @@
+/*
+ * Test helper for the init tests: small, single-threaded and free of any
+ * runtime that would itself catch, block or send signals, so what it reports
+ * is what the kernel delivered. Built by the tests with the C compiler.
+ *
+ *   helper record FILE           block all signals, append "SIG PID\n" to FILE
+ *                                for each signal (sigwaitinfo), forever;
+ *                                writes "ready 0" first
+ *   helper exec-with BLK IGN CMD...   set the blocked mask BLK and ignore the
+ *                                signals of mask IGN (hex, bit N-1 = signal N),
+ *                                then exec CMD
+ *   helper burst N               fork N children that exit at once, never
+ *                                wait, then exit: N zombies for the reaper
+ *   helper burst-reap N          fork N children that exit at once and reap
+ *                                them itself (the kernel floor)
+ *   helper together CODE         fork a child; both exit at the same moment
+ *                                (released by one pipe close), parent with CODE
+ */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int record(const char *file) {
+	sigset_t all;
+	sigfillset(&all);
+	sigprocmask(SIG_BLOCK, &all, NULL);
+	FILE *f = fopen(file, "a");
+	if (!f) return 1;
+	fprintf(f, "ready 0\n");
+	fflush(f);
+	for (;;) {
+		siginfo_t si;
+		int s = sigwaitinfo(&all, &si);
+		if (s < 0) continue;
+		fprintf(f, "%d %d\n", s, (int)si.si_pid);
+		fflush(f);
+	}
+}
+
+static int exec_with(char *blk, char *ign, char **cmd) {
+	unsigned long long b = strtoull(blk, NULL, 16), g = strtoull(ign, NULL, 16);
+	sigset_t set;
+	sigemptyset(&set);
+	for (int s = 1; s <= 64; s++) {
+		if (b & (1ULL << (s - 1))) sigaddset(&set, s);
+		if (g & (1ULL << (s - 1))) signal(s, SIG_IGN);
+	}
+	sigprocmask(SIG_SETMASK, &set, NULL);
+	execvp(cmd[0], cmd);
+	perror("exec");
+	return 127;
+}
+
+static int burst(int n, int reap) {
+	for (int i = 0; i < n; i++) {
+		pid_t p = fork();
+		if (p == 0) _exit(0);
+		if (p < 0) { perror("fork"); return 1; }
+	}
+	if (reap)
+		while (wait(NULL) > 0)
+			;
+	return 0;
+}
+
+static int together(int code) {
+	int p[2];
+	if (pipe(p) < 0) return 1;
+	pid_t c = fork();
+	char b;
+	if (c == 0) {
+		close(p[1]);
+		read(p[0], &b, 1);
+		_exit(0);
+	}
+	close(p[0]);
+	close(p[1]); /* releases the child */
+	_exit(code);
+}
+
+int main(int argc, char **argv) {
+	if (argc >= 3 && !strcmp(argv[1], "record")) return record(argv[2]);
+	if (argc >= 5 && !strcmp(argv[1], "exec-with")) return exec_with(argv[2], argv[3], argv + 4);
+	if (argc >= 3 && !strcmp(argv[1], "burst")) return burst(atoi(argv[2]), 0);
+	if (argc >= 3 && !strcmp(argv[1], "burst-reap")) return burst(atoi(argv[2]), 1);
+	if (argc >= 3 && !strcmp(argv[1], "together")) return together(atoi(argv[2]));
+	fprintf(stderr, "usage: helper record|exec-with|burst|burst-reap|together ...\n");
+	return 2;
+}
