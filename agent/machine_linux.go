@@ -11,10 +11,11 @@ package agent
 //   - Detection. The machine's init is PID 1 of the initial pid namespace.
 //     Only there is pid 2 kthreadd, a kernel thread (PF_KTHREAD in
 //     /proc/2/stat); no task of a container's pid namespace can be one.
-//     A cheap check that needs no /proc (pid 2 exists with session and
-//     group 0) comes first, so a container's PID 1 normally returns at
-//     once. If it passes and /proc is not mounted yet, /proc is mounted to
-//     confirm, and unmounted again if the answer is "container".
+//     The check trusts only a procfs of our own pid namespace (/proc/self
+//     is "1"): a container's PID 1 often sees its parent's /proc, where pid
+//     2 is the host's kthreadd, and its own low pids are taken by the Go
+//     runtime's threads. If /proc is not mounted yet it is mounted to
+//     check, and unmounted again if the answer is "container".
 //   - Mounts. machineMounts: proc, sysfs, devtmpfs (the Debian kernel does
 //     not mount it itself), devpts, tmpfs on /tmp and /run, cgroup2, and
 //     tracefs, debugfs and bpffs for eBPF. A failed optional mount is
@@ -136,12 +137,11 @@ func isMachineInit() (bool, error) {
 	if unix.Getpid() != 1 {
 		return false, nil
 	}
-	// kthreadd: session 0 and group 0. Without side effects, and false for
-	// a fresh container init, which has no pid 2 yet.
-	if sid, err := unix.Getsid(2); err != nil || sid != 0 {
-		return false, nil
-	}
-	if pg, err := unix.Getpgid(2); err != nil || pg != 0 {
+	// A procfs of another pid namespace (a container init started with its
+	// parent's /proc) cannot answer for ours, and low pids such as 2 may be
+	// our own Go runtime threads: only a procfs where we are "self" = 1 is
+	// trusted. A machine's init never has another namespace's /proc.
+	if self, err := os.Readlink("/proc/self"); err == nil && self != "1" {
 		return false, nil
 	}
 	mounted := false
