@@ -50,10 +50,10 @@ func TestIsKernelThread(t *testing.T) {
 func TestParseDebugExit(t *testing.T) {
 	for cmdline, want := range map[string]int64{
 		"console=ttyS0 nsinit.debugexit=0xf4 quiet\n": 0xf4,
-		"nsinit.debugexit=244":                         244,
-		"console=ttyS0":                                0,
-		"nsinit.debugexit=zz":                          0,
-		"nsinit.debugexit=0x10000":                     0,
+		"nsinit.debugexit=244":                        244,
+		"console=ttyS0":                               0,
+		"nsinit.debugexit=zz":                         0,
+		"nsinit.debugexit=0x10000":                    0,
 	} {
 		got, ok := parseDebugExit(cmdline)
 		if ok != (want != 0) || got != want {
