@@ -1,0 +1,133 @@
+package procfs
+
+import (
+	"errors"
+	"os"
+	"reflect"
+	"testing"
+)
+
+func fixture(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile("testdata/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// status-nested: a task at level 2 whose group and session leaders live at
+// level 0 (captured from the host procfs).
+func TestParseStatusNested(t *testing.T) {
+	s, err := ParseStatus(fixture(t, "status-nested"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.State != 'S' || s.PPid != 3813 || s.Threads != 1 {
+		t.Errorf("state %c ppid %d threads %d", s.State, s.PPid, s.Threads)
+	}
+	for name, got := range map[string][]int{"NSpid": s.NSpid, "NStgid": s.NStgid} {
+		if !reflect.DeepEqual(got, []int{3814, 3, 2}) {
+			t.Errorf("%s = %v", name, got)
+		}
+	}
+	if !reflect.DeepEqual(s.NSpgid, []int{3808, 0, 0}) || !reflect.DeepEqual(s.NSsid, []int{3408, 0, 0}) {
+		t.Errorf("NSpgid %v NSsid %v", s.NSpgid, s.NSsid)
+	}
+	if s.UID != [4]uint32{} || s.CapBnd == 0 {
+		t.Errorf("uid %v capbnd %x", s.UID, s.CapBnd)
+	}
+}
+
+func TestParseStatusRejects(t *testing.T) {
+	for name, in := range map[string]string{
+		"empty":      "",
+		"no NSsid":   "State:\tS\nPPid:\t1\nNSpid:\t5\nNStgid:\t5\nNSpgid:\t5\nUid:\t0 0 0 0\nGid:\t0 0 0 0\n",
+		"mismatch":   "State:\tS\nPPid:\t1\nNSpid:\t5 1\nNStgid:\t5\nNSpgid:\t5\nNSsid:\t5\nUid:\t0 0 0 0\nGid:\t0 0 0 0\n",
+		"bad number": "State:\tS\nPPid:\tx\n",
+		"bad uid":    "Uid:\t0 0\n",
+	} {
+		if _, err := ParseStatus([]byte(in)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	cases := []struct {
+		file  string
+		state byte
+		exit  int
+		comm  string
+	}{
+		{"stat-live", 'S', 0, "busybox"},
+		{"stat-zombie-200", 'Z', 200 << 8, "busybox"},
+		{"stat-zombie-segv-oddcomm", 'Z', 139, "we ird) (x"},
+	}
+	for _, c := range cases {
+		s, err := ParseStat(fixture(t, c.file))
+		if err != nil {
+			t.Fatalf("%s: %v", c.file, err)
+		}
+		if s.State != c.state || s.ExitCode != c.exit || s.Comm != c.comm {
+			t.Errorf("%s: state %c exit %d comm %q", c.file, s.State, s.ExitCode, s.Comm)
+		}
+	}
+	if _, err := ParseStat([]byte("1 (x) S 0 1 1")); err == nil {
+		t.Error("short stat accepted")
+	}
+}
+
+func TestParseIDMapAndNSLink(t *testing.T) {
+	m, err := ParseIDMap([]byte("         0          0 4294967295\n         1     100000      65536\n"))
+	if err != nil || !reflect.DeepEqual(m, []IDMapEntry{{0, 0, 4294967295}, {1, 100000, 65536}}) {
+		t.Errorf("ParseIDMap: %v %v", m, err)
+	}
+	if _, err := ParseIDMap([]byte("0 0\n")); err == nil {
+		t.Error("short map line accepted")
+	}
+	if ino, err := ParseNSLink("pid", "pid:[4026531836]"); err != nil || ino != 4026531836 {
+		t.Errorf("ParseNSLink: %d %v", ino, err)
+	}
+	if _, err := ParseNSLink("pid", "net:[1]"); err == nil {
+		t.Error("wrong kind accepted")
+	}
+	if got := SplitNUL([]byte("a\x00\x00b\x00")); !reflect.DeepEqual(got, []string{"a", "", "b"}) {
+		t.Errorf("SplitNUL: %q", got)
+	}
+}
+
+// The live procfs: our own process, and a pid that does not exist.
+func TestReaderSelf(t *testing.T) {
+	r := New("")
+	pid := os.Getpid()
+	s, err := r.Status(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.NSpid[0] != pid || s.PPid != os.Getppid() {
+		t.Errorf("NSpid %v PPid %d", s.NSpid, s.PPid)
+	}
+	st, err := r.Stat(pid)
+	if err != nil || st.PPid != os.Getppid() || st.ExitCode != 0 {
+		t.Errorf("stat %+v %v", st, err)
+	}
+	argv, err := r.Cmdline(pid)
+	if err != nil || !reflect.DeepEqual(argv, os.Args) {
+		t.Errorf("cmdline %q %v", argv, err)
+	}
+	tids, err := r.Tasks(pid)
+	if err != nil || len(tids) < 1 {
+		t.Errorf("tasks %v %v", tids, err)
+	}
+	if _, err := r.NSInode(pid, "pid"); err != nil {
+		t.Error(err)
+	}
+	exe, _ := os.Executable()
+	if got, err := r.Link(pid, "exe"); err != nil || got != exe {
+		t.Errorf("exe %q %v, want %q", got, err, exe)
+	}
+	if _, err := r.Status(1 << 30); !errors.Is(err, ErrGone) {
+		t.Errorf("missing pid: %v, want ErrGone", err)
+	}
+}
