@@ -1,0 +1,185 @@
+package bpf
+
+import (
+	"bufio"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// tasks lists the tids of a process, from /proc.
+func tasks(t *testing.T, pid int) map[int]bool {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[int]bool{}
+	for _, e := range ents {
+		n, _ := strconv.Atoi(e.Name())
+		m[n] = true
+	}
+	return m
+}
+
+func minus(a, b map[int]bool) []int {
+	var d []int
+	for k := range a {
+		if !b[k] {
+			d = append(d, k)
+		}
+	}
+	slices.Sort(d)
+	return d
+}
+
+// settle drains records until the counter stops moving and returns the
+// level-0 tids of the records of the given kind, each checked by check.
+func settle(t *testing.T, w *Watcher, kind Kind, check func(Event)) []int {
+	t.Helper()
+	var tids []int
+	var last uint64
+	for stable := 0; stable < 3; {
+		time.Sleep(20 * time.Millisecond)
+		for _, e := range drain(t, w) {
+			if e.Kind != kind {
+				t.Errorf("unexpected %v", e)
+				continue
+			}
+			check(e)
+			tids = append(tids, e.Pids[0])
+		}
+		c, err := w.Counts()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Events == last {
+			stable++
+		} else {
+			stable, last = 0, c.Events
+		}
+	}
+	slices.Sort(tids)
+	return tids
+}
+
+// TestThreads: threads are tasks. A thread created in a watched namespace
+// is a fork event with Thread set, and every thread's exit is an exit
+// event; the sets equal what /proc/PID/task shows appearing and vanishing.
+// The child is a Go program, whose runtime may add threads of its own: the
+// check is against /proc, not against the count the child asked for.
+func TestThreads(t *testing.T) {
+	w := loadWatcher(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"=threads")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL}
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	out := bufio.NewScanner(stdout)
+	say := func(line string) string {
+		t.Helper()
+		fmt.Fprintln(stdin, line)
+		if !out.Scan() {
+			t.Fatalf("child: no answer to %q", line)
+		}
+		return out.Text()
+	}
+	if !out.Scan() || out.Text() != "ready" {
+		t.Fatal("child did not start")
+	}
+	pid := cmd.Process.Pid
+	fd, err := syscall.Open(fmt.Sprintf("/proc/%d/ns/pid", pid), syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if _, err := w.WatchNS(fd); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Attach(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Threads appear.
+	before := tasks(t, pid)
+	reply := say("spawn 3")
+	var inner []int
+	for _, f := range strings.Fields(reply) {
+		n, _ := strconv.Atoi(f)
+		inner = append(inner, n)
+	}
+	innerSeen := map[int]bool{}
+	forked := settle(t, w, Fork, func(e Event) {
+		if !e.Thread || e.Tgid != pid || e.ParentTgid != pid || len(e.Pids) != 2 {
+			t.Errorf("thread fork: %v (tgid %d ptgid %d), want a thread of %d at level 1", e, e.Tgid, e.ParentTgid, pid)
+		}
+		innerSeen[e.Pids[1]] = true
+	})
+	after := tasks(t, pid)
+	if want := minus(after, before); !slices.Equal(forked, want) {
+		t.Errorf("thread forks %v, /proc shows new threads %v", forked, want)
+	}
+	for _, n := range inner {
+		if !innerSeen[n] {
+			t.Errorf("thread %d (level 1) the child created has no fork event", n)
+		}
+	}
+
+	// Those threads end.
+	if say("end") != "ok" {
+		t.Fatal("end")
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(minus(after, tasks(t, pid))) < len(inner); {
+		if time.Now().After(deadline) {
+			t.Fatal("threads did not end")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	exited := settle(t, w, Exit, func(e Event) {
+		if !e.Thread || e.GroupDead || *e.ExitStatus != 0 {
+			t.Errorf("thread exit: %v group_dead=%v", e, e.GroupDead)
+		}
+	})
+	now := tasks(t, pid)
+	if want := minus(after, now); !slices.Equal(exited, want) {
+		t.Errorf("thread exits %v, /proc shows ended threads %v", exited, want)
+	}
+
+	// The process exits: every remaining thread is an exit with its status,
+	// the last one ends the group.
+	remaining := slices.Sorted(maps.Keys(now))
+	fmt.Fprintln(stdin, "exit 7")
+	cmd.Wait()
+	groupDead := 0
+	final := settle(t, w, Exit, func(e Event) {
+		if *e.ExitStatus != 0x700 {
+			t.Errorf("exit: %v, want status 0x700", e)
+		}
+		if e.GroupDead {
+			groupDead++
+		}
+	})
+	if !slices.Equal(final, remaining) {
+		t.Errorf("exits %v, want the last threads %v", final, remaining)
+	}
+	if groupDead != 1 {
+		t.Errorf("%d exits end the group, want 1", groupDead)
+	}
+}
