@@ -23,14 +23,37 @@ var vmFlag = flag.Bool("vm", false, "boot QEMU test VMs (make vm-test); without 
 
 // guestPackages is THE list of the project's test packages run inside the
 // VM, each as `go test -c` under nsinit with NSINIT_IN_VM=1 (so
-// testutil.Require fails instead of skipping). Extend it as packages gain
-// privileged tests: {"./dump", "."}, {"./restorer", "."}, {"./bpf", "."}.
-var guestPackages = []struct {
+// testutil.Require fails instead of skipping) and the package directory
+// (with its testdata/) as working directory. Extend it as packages gain
+// privileged tests: {Pkg: "./dump"}, {Pkg: "./restorer"}, {Pkg: "./bpf"}.
+var guestPackages = []guestPackage{
+	{Pkg: "./vm-test/guest"}, // nsinit as PID 1 of the machine
+	// The supervisor's tests; the guest has no C compiler, so their
+	// helper is built here and named by NSINIT_TEST_HELPER.
+	{Pkg: "./agent", Prepare: cHelper("agent/testdata/helper.c", "NSINIT_TEST_HELPER")},
+}
+
+type guestPackage struct {
 	Pkg string // package path relative to the repository root
-	Run string // -test.run pattern
-}{
-	{"./vm-test/guest", "."}, // nsinit as PID 1 of the machine
-	{"./agent", "."},         // the supervisor's own tests
+	Run string // -test.run pattern; empty means all
+	// Prepare, if set, builds on the host what the tests need in the
+	// guest, in dir, and returns the files and environment to add.
+	Prepare func(t *testing.T, dir string) ([]File, []string)
+}
+
+// cHelper builds a static C test helper on the host (the guest has no
+// compiler) and passes its guest path in the environment variable env.
+func cHelper(src, env string) func(*testing.T, string) ([]File, []string) {
+	return func(t *testing.T, dir string) ([]File, []string) {
+		bin := filepath.Join(dir, filepath.Base(strings.TrimSuffix(src, ".c")))
+		cc := exec.Command("cc", "-O2", "-static", "-Wall", "-o", bin, src)
+		cc.Dir = testutil.RepoRoot()
+		if out, err := cc.CombinedOutput(); err != nil {
+			t.Fatalf("build %s for the guest (needs cc and a static libc): %v\n%s", src, err, out)
+		}
+		guest := "/tests/" + filepath.Base(bin)
+		return []File{{Path: guest, Src: bin}}, []string{env + "=" + guest}
+	}
 }
 
 var suiteStart = time.Now()
@@ -175,6 +198,15 @@ func TestVMPackages(t *testing.T) {
 			if _, err := os.Stat(bin); err != nil {
 				t.Skipf("%s has no test files yet", gp.Pkg)
 			}
+			var extra []File
+			var env []string
+			if gp.Prepare != nil {
+				extra, env = gp.Prepare(t, t.TempDir())
+			}
+			run := gp.Run
+			if run == "" {
+				run = "."
+			}
 			pkgDir := "/src/" + strings.TrimPrefix(gp.Pkg, "./")
 			files := []File{
 				{Path: "/tests/" + name + ".test", Src: bin},
@@ -185,11 +217,11 @@ func TestVMPackages(t *testing.T) {
 			}
 			cfg := Config{
 				Init:  testutil.Binary(t),
-				Files: files,
-				Env:   []string{"NSINIT_IN_VM=1", "NSINIT_BIN=/bin/nsinit"},
+				Files: append(files, extra...),
+				Env:   append([]string{"NSINIT_IN_VM=1", "NSINIT_BIN=/bin/nsinit"}, env...),
 				// Like go test: the package directory is the working directory.
 				Cmd: []string{"/bin/sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", pkgDir,
-					"/tests/" + name + ".test", "-test.v", "-test.count=1", "-test.timeout=4m", "-test.run", gp.Run},
+					"/tests/" + name + ".test", "-test.v", "-test.count=1", "-test.timeout=4m", "-test.run", run},
 				Timeout: 5 * time.Minute,
 			}
 			res, err := boot(t, cfg)
