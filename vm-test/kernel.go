@@ -221,3 +221,17 @@ func hasMagic(file, magic string) bool {
 	n, _ := f.Read(b)
 	return string(b[:n]) == magic
 }
+
+// Builtin reports whether the kernel's config has option built in
+// (CONFIG_X=y). It returns an error when the config is unknown (a custom
+// kernel from NSINIT_VM_KERNEL): the caller then cannot tell.
+func (k Kernel) Builtin(option string) (bool, error) {
+	if k.Config == "" {
+		return false, fmt.Errorf("kernel %s: no config to check %s", k.Image, option)
+	}
+	b, err := os.ReadFile(k.Config)
+	if err != nil {
+		return false, fmt.Errorf("kernel %s: %w", k.Version, err)
+	}
+	return bytes.Contains(b, []byte("\n"+option+"=y\n")), nil
+}

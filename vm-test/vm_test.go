@@ -27,15 +27,20 @@ var vmFlag = flag.Bool("vm", false, "boot QEMU test VMs (make vm-test); without 
 // (with its testdata/) as working directory. Extend it as packages gain
 // privileged tests: {Pkg: "./dump"}, {Pkg: "./restorer"}, {Pkg: "./bpf"}.
 var guestPackages = []guestPackage{
-	{Pkg: "./vm-test/guest"}, // nsinit as PID 1 of the machine
+	// nsinit as PID 1 of the machine.
+	{Pkg: "./vm-test/guest", Needs: []string{"CONFIG_CGROUPS", "CONFIG_DEBUG_INFO_BTF"}},
 	// The supervisor's tests; the guest has no C compiler, so their
 	// helper is built here and named by NSINIT_TEST_HELPER.
-	{Pkg: "./agent", Prepare: cHelper("agent/testdata/helper.c", "NSINIT_TEST_HELPER")},
+	{Pkg: "./agent", Needs: []string{"CONFIG_PID_NS"},
+		Prepare: cHelper("agent/testdata/helper.c", "NSINIT_TEST_HELPER")},
 }
 
 type guestPackage struct {
 	Pkg string // package path relative to the repository root
 	Run string // -test.run pattern; empty means all
+	// Needs lists kernel options (CONFIG_X) that must be built in; the
+	// row skips, naming the option, on a kernel without one.
+	Needs []string
 	// Prepare, if set, builds on the host what the tests need in the
 	// guest, in dir, and returns the files and environment to add.
 	Prepare func(t *testing.T, dir string) ([]File, []string)
@@ -69,7 +74,7 @@ func TestMain(m *testing.M) {
 
 var (
 	kernelOnce sync.Once
-	kernelImg  string
+	kernel     Kernel
 	kernelErr  error
 )
 
@@ -86,7 +91,7 @@ func needVM(t *testing.T) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		k, err := EnsureKernel(ctx, DefaultCacheDir())
-		kernelImg, kernelErr = k.Image, err
+		kernel, kernelErr = k, err
 		if err == nil {
 			fmt.Printf("vm-test: kernel %s (%s)\n", k.Version, k.Image)
 		}
@@ -94,7 +99,18 @@ func needVM(t *testing.T) string {
 	if kernelErr != nil {
 		t.Fatalf("guest kernel: %v", kernelErr)
 	}
-	return kernelImg
+	return kernel.Image
+}
+
+// needKernel skips when the guest kernel lacks a built-in option: a
+// kernel without a needed feature is a reason, not a failure.
+func needKernel(t *testing.T, options ...string) {
+	t.Helper()
+	for _, opt := range options {
+		if ok, err := kernel.Builtin(opt); err == nil && !ok {
+			t.Skipf("guest kernel %s lacks %s", kernel.Version, opt)
+		}
+	}
 }
 
 // boot runs cfg and logs the boot-to-result time.
@@ -188,6 +204,7 @@ func TestVMPackages(t *testing.T) {
 		name := strings.Trim(strings.ReplaceAll(gp.Pkg, "/", "_"), "._")
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
+			needKernel(t, gp.Needs...)
 			bin := filepath.Join(t.TempDir(), name+".test")
 			build := exec.Command("go", "test", "-c", "-o", bin, gp.Pkg)
 			build.Dir = root
