@@ -1,0 +1,406 @@
+package restorer
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// model is a small model of the kernel rules a plan relies on (see
+// kernel-facts.md): pid numbers per namespace level (set_tid, EEXIST),
+// parents (CLONE_PARENT, reparenting to the ns init), session and group
+// inheritance and the setsid/setpgid rules of F4.1, CLONE_NEWPID only when
+// pid_for_children is the active namespace (F2.3), a dead init killing its
+// namespace (F5.3). The planner applies each step to it as it plans; tests
+// run plans through it.
+type model struct {
+	tr    *pstree.Tree
+	nss   map[pstree.NSID]*mns
+	procs []mproc
+	// used maps a pid number of a namespace to the proc owning that pid
+	// struct (threads are owned by their task).
+	used map[nsNum]int
+}
+
+type nsNum struct {
+	ns  pstree.NSID
+	num int
+}
+
+type mns struct {
+	level  int
+	parent pstree.NSID
+	init   int // proc index of its pid 1, -1 before it exists
+	dead   bool
+	last   int
+}
+
+// ext is the leader of a session or group outside the tree (the one the
+// restorer itself runs in).
+const ext = -2
+
+type mstate int
+
+const (
+	mNone mstate = iota
+	mAlive
+	mZombie
+	mReaped
+)
+
+type mproc struct {
+	state     mstate
+	pids      []int
+	ns        pstree.NSID
+	parent    int
+	sid, pgid int // leader proc (pid struct), or ext
+	status    int
+	stopped   bool
+	payload   bool
+	threads   [][]int
+}
+
+func newModel(tr *pstree.Tree, nprocs int) *model {
+	m := &model{tr: tr, nss: map[pstree.NSID]*mns{}, used: map[nsNum]int{}}
+	for _, n := range tr.Namespaces {
+		if n.Kind == pstree.PidNS {
+			m.nss[n.ID] = &mns{level: n.Level, parent: n.Parent, init: -1}
+		}
+	}
+	m.procs = make([]mproc, nprocs)
+	return m
+}
+
+// chain lists ns and its ancestors, outermost first.
+func (m *model) chain(ns pstree.NSID) []pstree.NSID {
+	var c []pstree.NSID
+	for id := ns; id != 0; id = m.nss[id].parent {
+		c = append(c, id)
+		if len(c) > 64 || m.nss[id] == nil {
+			break
+		}
+	}
+	slices.Reverse(c)
+	return c
+}
+
+// isDescendant says whether ns is anc or below it.
+func (m *model) isDescendant(ns, anc pstree.NSID) bool {
+	return slices.Contains(m.chain(ns), anc)
+}
+
+// actorNS is the active pid namespace of actor; the restorer runs in the
+// image's level-0 namespace.
+func (m *model) actorNS(actor int, root pstree.NSID) pstree.NSID {
+	if actor == Restorer {
+		return root
+	}
+	return m.procs[actor].ns
+}
+
+// num is leader's pid number at level l of namespace chain c, 0 if it has
+// none there (it lives in an ancestor, F3.1).
+func (m *model) num(leader int, c []pstree.NSID, l int) int {
+	if leader < 0 {
+		return 0
+	}
+	p := &m.procs[leader]
+	pc := m.chain(p.ns)
+	if l >= len(pc) || l >= len(c) || pc[l] != c[l] {
+		return 0
+	}
+	return p.pids[l]
+}
+
+// lookup resolves a pid number in namespace ns to its pid struct.
+func (m *model) lookup(ns pstree.NSID, num int) (int, bool) {
+	p, ok := m.used[nsNum{ns, num}]
+	return p, ok
+}
+
+func (m *model) apply(pl *Plan, i int) error {
+	s := &pl.Steps[i]
+	rootNS := m.rootNS(pl)
+	if s.Actor != Restorer {
+		if s.Actor < 0 || s.Actor >= len(m.procs) {
+			return fmt.Errorf("bad actor %d", s.Actor)
+		}
+		a := &m.procs[s.Actor]
+		if a.state != mAlive || (a.payload && s.Op != OpPayload) {
+			return fmt.Errorf("actor %s is not running restorer code", pl.name(s.Actor))
+		}
+	}
+	switch s.Op {
+	case OpClone:
+		return m.clone(pl, s, rootNS)
+	case OpSetsid:
+		a := &m.procs[s.Actor]
+		if a.pgid == s.Actor {
+			return fmt.Errorf("setsid by a group leader: EPERM")
+		}
+		a.sid, a.pgid = s.Actor, s.Actor
+	case OpSetpgid:
+		return m.setpgid(pl, s)
+	case OpThread:
+		a := &m.procs[s.Actor]
+		c := m.chain(a.ns)
+		if len(s.PIDs) != len(c) {
+			return fmt.Errorf("thread tids %v for %d levels", s.PIDs, len(c))
+		}
+		for l, t := range s.PIDs {
+			if _, ok := m.used[nsNum{c[l], t}]; ok {
+				return fmt.Errorf("tid %d at level %d: %w", t, l, ErrPIDTaken)
+			}
+		}
+		for l, t := range s.PIDs {
+			m.used[nsNum{c[l], t}] = s.Actor
+		}
+		a.threads = append(a.threads, s.PIDs)
+	case OpVerify:
+	case OpLastPID:
+		m.nss[m.procs[s.Actor].ns].last = s.Arg
+	case OpWait:
+		t := &m.procs[s.Target]
+		if t.parent != s.Actor || t.state != mZombie {
+			return fmt.Errorf("wait for %s: not a zombie child", pl.name(s.Target))
+		}
+		t.state = mReaped
+	case OpExit:
+		return m.exit(s.Actor, s.Arg)
+	case OpKill:
+		t := &m.procs[s.Target]
+		if t.state != mAlive {
+			return fmt.Errorf("kill %s: not alive", pl.name(s.Target))
+		}
+		switch s.Arg {
+		case 19: // SIGSTOP
+			t.stopped = true
+		case 9:
+			return m.exit(s.Target, 9)
+		default:
+			return fmt.Errorf("restorer sends only SIGSTOP/SIGKILL, not %d", s.Arg)
+		}
+	case OpPayload:
+		m.procs[s.Actor].payload = true
+	default:
+		return fmt.Errorf("unknown op %d", s.Op)
+	}
+	return nil
+}
+
+func (m *model) rootNS(pl *Plan) pstree.NSID {
+	return m.chain(pl.Procs[0].NS)[0]
+}
+
+func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
+	if s.Target < 0 || s.Target >= len(m.procs) || m.procs[s.Target].state != mNone {
+		return fmt.Errorf("clone of proc %d: already created or out of range", s.Target)
+	}
+	pr := &pl.Procs[s.Target]
+	active := m.actorNS(s.Actor, rootNS)
+	pfc := active
+	if s.Into != 0 {
+		if !m.isDescendant(s.Into, active) {
+			return fmt.Errorf("setns to pid ns %d: not below the actor's: EINVAL", s.Into)
+		}
+		if s.NewPIDNS {
+			return fmt.Errorf("CLONE_NEWPID after setns: EINVAL")
+		}
+		pfc = s.Into
+	}
+	ns := pfc
+	if s.NewPIDNS {
+		n := m.nss[pr.NS]
+		if n == nil || n.parent != pfc || n.init >= 0 {
+			return fmt.Errorf("new pid ns %d is not a fresh child of ns %d", pr.NS, pfc)
+		}
+		ns = pr.NS
+		if pr.PIDs[len(pr.PIDs)-1] != 1 {
+			return fmt.Errorf("CLONE_NEWPID with set_tid[0] != 1: EINVAL")
+		}
+	}
+	if ns != pr.NS {
+		return fmt.Errorf("proc %s would land in pid ns %d, wants %d", pl.name(s.Target), ns, pr.NS)
+	}
+	if m.nss[ns].dead {
+		return fmt.Errorf("clone into pid ns %d whose init died: ENOMEM", ns)
+	}
+	c := m.chain(ns)
+	if len(pr.PIDs) != len(c) {
+		return fmt.Errorf("%d pids for %d levels: EINVAL", len(pr.PIDs), len(c))
+	}
+	for l, p := range pr.PIDs {
+		if p == 0 {
+			continue
+		}
+		if _, ok := m.used[nsNum{c[l], p}]; ok {
+			return fmt.Errorf("pid %d at level %d: %w", p, l, ErrPIDTaken)
+		}
+		if p == 1 && !s.NewPIDNS && l == len(c)-1 {
+			return fmt.Errorf("pid 1 without CLONE_NEWPID: EEXIST")
+		}
+	}
+	parent := s.Actor
+	if s.AsSibling {
+		if s.Actor == Restorer {
+			return fmt.Errorf("restorer cannot CLONE_PARENT")
+		}
+		a := &m.procs[s.Actor]
+		if a.pids[len(a.pids)-1] == 1 {
+			return fmt.Errorf("CLONE_PARENT by a pid ns init: EINVAL")
+		}
+		parent = a.parent
+	}
+	sid, pgid := ext, ext
+	if s.Actor != Restorer {
+		sid, pgid = m.procs[s.Actor].sid, m.procs[s.Actor].pgid
+	}
+	for l, p := range pr.PIDs {
+		if p != 0 {
+			m.used[nsNum{c[l], p}] = s.Target
+		}
+	}
+	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, sid: sid, pgid: pgid}
+	if s.NewPIDNS {
+		m.nss[ns].init = s.Target
+	}
+	return nil
+}
+
+func (m *model) setpgid(pl *Plan, s *Step) error {
+	a := &m.procs[s.Actor]
+	c := m.chain(a.ns)
+	target := s.Actor
+	if s.Arg != 0 {
+		t, ok := m.lookup(c[len(c)-1], s.Arg)
+		if !ok || m.procs[t].parent != s.Actor || m.procs[t].state != mAlive {
+			return fmt.Errorf("setpgid(%d): not a child: ESRCH", s.Arg)
+		}
+		target = t
+	}
+	t := &m.procs[target]
+	if t.sid != a.sid {
+		return fmt.Errorf("setpgid(%d): other session: EPERM", s.Arg)
+	}
+	if t.sid == target {
+		return fmt.Errorf("setpgid of a session leader: EPERM")
+	}
+	g := target
+	if s.Arg2 != 0 {
+		var ok bool
+		if g, ok = m.lookup(c[len(c)-1], s.Arg2); !ok {
+			return fmt.Errorf("setpgid(%d, %d): no such group in the actor's ns: EPERM", s.Arg, s.Arg2)
+		}
+	}
+	if g != target {
+		found := false
+		for i := range m.procs {
+			p := &m.procs[i]
+			if p.state == mAlive || p.state == mZombie {
+				if p.pgid == g && p.sid == a.sid {
+					found = true
+					break
+				}
+			}
+		}
+		if !found {
+			return fmt.Errorf("setpgid(%d, %d): group does not exist in the session: EPERM", s.Arg, s.Arg2)
+		}
+	}
+	t.pgid = g
+	return nil
+}
+
+func (m *model) exit(p int, status int) error {
+	pr := &m.procs[p]
+	n := m.nss[pr.ns]
+	if n.init == p {
+		for i := range m.procs {
+			q := &m.procs[i]
+			if i != p && (q.state == mAlive || q.state == mZombie) && m.isDescendant(q.ns, pr.ns) {
+				return fmt.Errorf("init of pid ns %d exits while its members live: they would be killed", pr.ns)
+			}
+		}
+		n.dead = true
+	}
+	pr.state = mZombie
+	pr.status = status
+	reaper := Restorer
+	if n.init >= 0 && n.init != p {
+		reaper = n.init
+	}
+	for i := range m.procs {
+		if m.procs[i].parent == p && m.procs[i].state != mNone {
+			m.procs[i].parent = reaper
+		}
+	}
+	return nil
+}
+
+// compare checks the model's final state against the image: pids, parent,
+// pgid and sid at every level, state, exit status and (when restored)
+// threads. Sessions and groups led from outside the tree are not compared:
+// the restored root inherits the restorer's.
+func (m *model) compare(pl *Plan, procOf []int) error {
+	tr := pl.Tree
+	for ti := range tr.Tasks {
+		t := &tr.Tasks[ti]
+		pi := procOf[ti]
+		p := &m.procs[pi]
+		name := pl.name(pi)
+		if p.state == mNone || p.state == mReaped {
+			return fmt.Errorf("%s: not present", name)
+		}
+		if !slices.Equal(p.pids, t.PIDs) {
+			return fmt.Errorf("%s: pids %v, want %v", name, p.pids, t.PIDs)
+		}
+		ppid := 0
+		if p.parent >= 0 {
+			ppid = m.procs[p.parent].pids[0]
+		}
+		if ppid != t.PPID {
+			return fmt.Errorf("%s: parent %d, want %d", name, ppid, t.PPID)
+		}
+		c := m.chain(p.ns)
+		for l := range t.PIDs {
+			if p.sid != ext {
+				if got := m.num(p.sid, c, l); got != t.SIDs[l] {
+					return fmt.Errorf("%s: sid %d at level %d, want %d", name, got, l, t.SIDs[l])
+				}
+			}
+			if p.pgid != ext {
+				if got := m.num(p.pgid, c, l); got != t.PGIDs[l] {
+					return fmt.Errorf("%s: pgid %d at level %d, want %d", name, got, l, t.PGIDs[l])
+				}
+			}
+		}
+		switch {
+		case t.State == pstree.Zombie:
+			if p.state != mZombie || p.status != t.ExitStatus {
+				return fmt.Errorf("%s: state %v status %d, want zombie status %d", name, p.state, p.status, t.ExitStatus)
+			}
+		case p.state != mAlive || !p.payload:
+			return fmt.Errorf("%s: not running its payload", name)
+		case (t.State == pstree.Stopped || pl.Options.Payload == PayloadStopped) != p.stopped:
+			return fmt.Errorf("%s: stopped=%v, want %v", name, p.stopped, !p.stopped)
+		}
+		if t.State != pstree.Zombie && pl.Options.Payload == PayloadStopped {
+			if len(p.threads) != len(t.Threads) {
+				return fmt.Errorf("%s: %d threads, want %d", name, len(p.threads), len(t.Threads))
+			}
+			for i := range t.Threads {
+				if !slices.Equal(p.threads[i], t.Threads[i].TIDs) {
+					return fmt.Errorf("%s: thread %v, want %v", name, p.threads[i], t.Threads[i].TIDs)
+				}
+			}
+		}
+	}
+	for id, n := range m.nss {
+		ns := tr.Namespace(id)
+		if ns.Level > 0 && ns.LastPID > 0 && !n.dead && n.last != ns.LastPID {
+			return fmt.Errorf("pid ns %d: ns_last_pid %d, want %d", id, n.last, ns.LastPID)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,215 @@
+// Package restorer re-creates a dumped process tree (a *pstree.Tree) with the
+// same pid at every namespace level, the same parents, sessions, groups,
+// threads and zombies.
+//
+// It works in two separate halves (docs/restore.md):
+//
+//   - NewPlan is a pure function from the image to a Plan: the procs to
+//     create (image tasks plus short-lived helpers) and an explicit, ordered
+//     []Step saying who does what. The planner replays every step in a model
+//     of the kernel's rules (model.go) while it plans, so a plan that would
+//     not reproduce the tree is refused before anything runs.
+//   - Execute carries a plan out on the real kernel, verifies every placement
+//     through pidfds and rolls everything back on any error.
+package restorer
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// Sentinels callers branch on.
+var (
+	// ErrPIDTaken: a pid the image needs is already in use at some level.
+	ErrPIDTaken = errors.New("pid already taken")
+	// ErrUnsupported: the image describes a tree this planner cannot build.
+	ErrUnsupported = errors.New("unsupported tree shape")
+	// ErrBadImage: the image is malformed.
+	ErrBadImage = errors.New("malformed image")
+)
+
+// Op is what one step does.
+type Op int
+
+// The operations, in the order they typically appear in a plan.
+const (
+	// OpClone: Actor creates proc Target with clone3 at Target's PIDs.
+	OpClone Op = iota
+	// OpSetsid: Actor calls setsid().
+	OpSetsid
+	// OpSetpgid: Actor calls setpgid(Arg, Arg2): Arg is the target (0 =
+	// itself, else its child's pid in the actor's namespace) and Arg2 the
+	// group (0 = the target's own pid), both as numbers of the actor's ns.
+	OpSetpgid
+	// OpThread: Actor creates a thread with tids PIDs (outermost first).
+	OpThread
+	// OpVerify: the restorer checks every placement through pidfds.
+	OpVerify
+	// OpLastPID: Actor writes Arg to its own namespace's ns_last_pid.
+	OpLastPID
+	// OpWait: Actor reaps its child Target (a helper) and checks it exited 0.
+	OpWait
+	// OpExit: Actor terminates with raw wait status Arg (exit code << 8, or
+	// a signal number): a zombie of the image, or a helper whose job is done.
+	OpExit
+	// OpKill: the restorer sends signal Arg to Target (a stopped task, or a
+	// zombie init that died by SIGKILL: an init cannot signal itself).
+	OpKill
+	// OpPayload: Actor becomes its payload: exec its recorded program, or
+	// park (stopped payload; the restorer then stops it with OpKill).
+	OpPayload
+)
+
+var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload"}
+
+func (o Op) String() string {
+	if o < 0 || int(o) >= len(opNames) {
+		return fmt.Sprintf("op(%d)", int(o))
+	}
+	return opNames[o]
+}
+
+// Restorer is the Actor of steps the Go restorer itself performs.
+const Restorer = -1
+
+// Step is one action of the plan, performed by proc Actor (or Restorer).
+type Step struct {
+	Op     Op
+	Actor  int
+	Target int // proc index (OpClone, OpWait, OpKill); -1 otherwise
+	// OpClone: NewPIDNS makes Target the init of a new pid namespace;
+	// Into > 0 means the actor first setns()es its pid_for_children into
+	// Target's namespace (task "born via setns") and back afterwards;
+	// AsSibling is CLONE_PARENT (Target becomes a child of the actor's
+	// parent). OpThread: PIDs are the thread's tids.
+	NewPIDNS  bool
+	Into      pstree.NSID
+	AsSibling bool
+	PIDs      []int
+	Arg, Arg2 int
+}
+
+// Payload is what restored live tasks become.
+type Payload int
+
+const (
+	// PayloadExec: each live task execs its recorded Exe/Argv/Env/Cwd/creds.
+	PayloadExec Payload = iota
+	// PayloadStopped: each live task stays stopped at its place (threads
+	// included), for inspection or a later state restorer.
+	PayloadStopped
+)
+
+// Options are decided before planning (guideline 2: the plan never changes
+// during execution).
+type Options struct {
+	Payload Payload
+}
+
+// Proc is one process Execute creates: an image task or a helper.
+type Proc struct {
+	// Task is the index in Tree.Tasks, or -1 for a helper.
+	Task int
+	// PIDs at every level, outermost first. A helper may have 0 at outer
+	// levels: the kernel chooses those (they are not image pids).
+	PIDs []int
+	// NS is the proc's pid namespace.
+	NS pstree.NSID
+	// Why says what a helper is for.
+	Why string
+}
+
+// IsHelper tells helpers from image tasks.
+func (p *Proc) IsHelper() bool { return p.Task < 0 }
+
+// Plan is the complete, ordered description of a restore.
+type Plan struct {
+	Tree    *pstree.Tree
+	Options Options
+	Procs   []Proc
+	Steps   []Step
+	// Verify is the index of the OpVerify step: every step before it
+	// creates; every step after it finishes (no more clones).
+	Verify int
+}
+
+func (p *Plan) name(i int) string {
+	if i == Restorer {
+		return "restorer"
+	}
+	pr := &p.Procs[i]
+	s := fmt.Sprint(pr.PIDs)
+	s = strings.ReplaceAll(s[1:len(s)-1], " ", "/")
+	if pr.IsHelper() {
+		return "helper " + s
+	}
+	return "task " + s
+}
+
+// String prints the plan one step a line, like `nsinit restore --dry-run`.
+func (p *Plan) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# %d procs (%d helpers), %d steps\n", len(p.Procs), p.helpers(), len(p.Steps))
+	for i, s := range p.Steps {
+		fmt.Fprintf(&b, "%4d %-16s %s\n", i, p.name(s.Actor), p.describe(&s))
+	}
+	return b.String()
+}
+
+func (p *Plan) helpers() int {
+	n := 0
+	for i := range p.Procs {
+		if p.Procs[i].IsHelper() {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *Plan) describe(s *Step) string {
+	switch s.Op {
+	case OpClone:
+		var fl []string
+		if s.NewPIDNS {
+			fl = append(fl, "CLONE_NEWPID")
+		}
+		if s.AsSibling {
+			fl = append(fl, "CLONE_PARENT")
+		}
+		if s.Into != 0 {
+			fl = append(fl, fmt.Sprintf("setns(pidns %d)", s.Into))
+		}
+		why := ""
+		if pr := &p.Procs[s.Target]; pr.IsHelper() {
+			why = " # " + pr.Why
+		}
+		return fmt.Sprintf("clone %s %s%s", p.name(s.Target), strings.Join(fl, " "), why)
+	case OpSetsid:
+		return "setsid"
+	case OpSetpgid:
+		return fmt.Sprintf("setpgid(%d, %d)", s.Arg, s.Arg2)
+	case OpThread:
+		return fmt.Sprintf("thread %v", s.PIDs)
+	case OpLastPID:
+		return fmt.Sprintf("ns_last_pid = %d", s.Arg)
+	case OpWait, OpKill:
+		if s.Op == OpKill {
+			return fmt.Sprintf("kill %s signal %d", p.name(s.Target), s.Arg)
+		}
+		return fmt.Sprintf("wait %s", p.name(s.Target))
+	case OpExit:
+		if s.Arg&0x7f != 0 {
+			return fmt.Sprintf("die by signal %d", s.Arg&0x7f)
+		}
+		return fmt.Sprintf("exit %d", s.Arg>>8)
+	case OpPayload:
+		if p.Options.Payload == PayloadStopped {
+			return "payload park"
+		}
+		return "payload exec"
+	}
+	return s.Op.String()
+}

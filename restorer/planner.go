@@ -1,0 +1,690 @@
+package restorer
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// NewPlan turns an image into a plan. It is pure: it reads only tr and opt,
+// and it replays every step in the kernel model as it goes, so a plan it
+// returns reproduces the tree in the model (checked at the end) and an image
+// it cannot reproduce is an error wrapping ErrBadImage or ErrUnsupported.
+//
+// The order follows kernel-facts F4.3: a task creates, in this order, the
+// children that lead their own session, the children that inherit its
+// current group, (it forms its own group), the children that inherit
+// another group (it visits that group), the children that fix their group
+// themselves; then, if it leads a session, it calls setsid and creates the
+// children of its new session. Dead session and group leaders are played
+// by helpers at their pid that exit at the end (F4.2); tasks whose session
+// their parent never had (orphans) are created by their session leader
+// with CLONE_PARENT (F2.7).
+func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
+	if err := validate(tr); err != nil {
+		return nil, err
+	}
+	pl := &planner{
+		plan:   &Plan{Tree: tr, Options: opt},
+		byPID:  map[int]int{},
+		leader: map[int]int{},
+		kids:   map[int][]int{},
+	}
+	if err := pl.build(); err != nil {
+		return nil, err
+	}
+	return pl.plan, nil
+}
+
+type planner struct {
+	plan  *Plan
+	m     *model
+	byPID map[int]int // level-0 pid -> task index (= proc index)
+	// leader maps a level-0 sid/pgid number to the proc that plays it (a
+	// task or a helper); ext for the root's inherited session/group.
+	leader  map[int]int
+	creator []int         // proc -> the proc that clones it (Restorer for the root)
+	sibling []bool        // cloned with CLONE_PARENT
+	kids    map[int][]int // creator -> procs it clones, image order
+	tsid    []int         // target session leader proc (or ext)
+	tpgid   []int         // target group leader proc (or ext)
+	rb      []int         // required birth session of a session leader
+	bg      []int         // required birth group (one it cannot name itself)
+}
+
+func (pl *planner) tr() *pstree.Tree { return pl.plan.Tree }
+
+func (pl *planner) addProc(p Proc) int {
+	pl.plan.Procs = append(pl.plan.Procs, p)
+	pl.creator = append(pl.creator, Restorer)
+	pl.sibling = append(pl.sibling, false)
+	pl.tsid = append(pl.tsid, ext)
+	pl.tpgid = append(pl.tpgid, ext)
+	return len(pl.plan.Procs) - 1
+}
+
+func (pl *planner) emit(s Step) error {
+	pl.plan.Steps = append(pl.plan.Steps, s)
+	i := len(pl.plan.Steps) - 1
+	if err := pl.m.apply(pl.plan, i); err != nil {
+		return fmt.Errorf("step %d (%s by %s): %w: %w", i, pl.plan.describe(&pl.plan.Steps[i]),
+			pl.plan.name(s.Actor), ErrUnsupported, err)
+	}
+	return nil
+}
+
+func (pl *planner) build() error {
+	tr := pl.tr()
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		pl.addProc(Proc{Task: i, PIDs: t.PIDs, NS: t.NS[pstree.PidNS]})
+		pl.byPID[t.PID()] = i
+		pl.leader[t.PID()] = i
+	}
+	root := &tr.Tasks[0]
+	if root.SIDs[0] != root.PID() {
+		pl.leader[root.SIDs[0]] = ext
+	}
+	if root.PGIDs[0] != root.PID() {
+		pl.leader[root.PGIDs[0]] = ext
+	}
+	// The model must exist before helpers are known only for its size;
+	// collect helpers first.
+	if err := pl.addLeaderHelpers(); err != nil {
+		return err
+	}
+	pl.m = newModel(tr, len(pl.plan.Procs))
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		pl.tsid[i] = pl.leader[t.SIDs[0]]
+		pl.tpgid[i] = pl.leader[t.PGIDs[0]]
+	}
+	if err := pl.assignCreators(); err != nil {
+		return err
+	}
+	if err := pl.birthGroups(); err != nil {
+		return err
+	}
+	if err := pl.emit(Step{Op: OpClone, Actor: Restorer, Target: 0, NewPIDNS: root.InnerPID() == 1 && root.Level() > 0}); err != nil {
+		return err
+	}
+	if err := pl.expand(0); err != nil {
+		return err
+	}
+	for p := range pl.plan.Procs {
+		if pl.m.procs[p].state == mNone {
+			return fmt.Errorf("%s is never created: %w", pl.plan.name(p), ErrUnsupported)
+		}
+	}
+	if err := pl.finish(); err != nil {
+		return err
+	}
+	procOf := make([]int, len(tr.Tasks))
+	for i := range procOf {
+		procOf[i] = i
+	}
+	if err := pl.m.compare(pl.plan, procOf); err != nil {
+		return fmt.Errorf("plan does not reproduce the image: %w: %w", ErrUnsupported, err)
+	}
+	return nil
+}
+
+// addLeaderHelpers creates a helper for every dead session or group leader
+// (a sid/pgid that no task has), at the leader's pid at every level it had.
+func (pl *planner) addLeaderHelpers() error {
+	tr := pl.tr()
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		for _, ids := range [][]int{t.SIDs, t.PGIDs} {
+			if _, ok := pl.leader[ids[0]]; ok {
+				continue
+			}
+			k := len(ids) - 1
+			for k > 0 && ids[k] == 0 {
+				k--
+			}
+			why := "dead group leader"
+			if ids[0] == t.SIDs[0] {
+				why = "dead session leader"
+			}
+			h := pl.addProc(Proc{Task: -1, PIDs: slices.Clone(ids[:k+1]), NS: nsAt(tr, t.NS[pstree.PidNS], k), Why: why})
+			pl.leader[ids[0]] = h
+		}
+	}
+	// Helpers' own targets: a dead session leader leads its session and
+	// group; a dead group leader is in its members' session.
+	for h := len(tr.Tasks); h < len(pl.plan.Procs); h++ {
+		pl.tsid[h], pl.tpgid[h] = h, h
+		if pl.plan.Procs[h].Why == "dead group leader" {
+			for i := range tr.Tasks {
+				if pl.leader[tr.Tasks[i].PGIDs[0]] == h {
+					pl.tsid[h] = pl.leader[tr.Tasks[i].SIDs[0]]
+					break
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// nsAt is the ancestor of pid namespace ns at level l.
+func nsAt(tr *pstree.Tree, ns pstree.NSID, l int) pstree.NSID {
+	for n := tr.Namespace(ns); n != nil; n = tr.Namespace(n.Parent) {
+		if n.Level == l {
+			return n.ID
+		}
+	}
+	return 0
+}
+
+// assignCreators decides who clones each proc, and in which session each
+// session leader must be born (rb: the session its kids need it to pass on
+// before its own setsid, F4.3).
+func (pl *planner) assignCreators() error {
+	tr := pl.tr()
+	pl.rb = make([]int, len(pl.plan.Procs))
+	for i := range pl.rb {
+		pl.rb[i] = unset
+	}
+	placed := map[int]bool{0: true}
+	for i := 1; i < len(tr.Tasks); i++ {
+		t := &tr.Tasks[i]
+		p, ok := pl.byPID[t.PPID]
+		if !ok || p >= i {
+			return fmt.Errorf("task %d: parent %d is not an earlier task: %w", t.PID(), t.PPID, ErrBadImage)
+		}
+		// Helpers for the dead leaders this task needs are created by its
+		// parent, before it.
+		for _, l := range []int{pl.tsid[i], pl.tpgid[i]} {
+			if l >= len(tr.Tasks) && !placed[l] {
+				if err := pl.assign(l, p, placed); err != nil {
+					return err
+				}
+			}
+		}
+		if err := pl.assign(i, p, placed); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const unset = -3
+
+// need says whether proc q can be in session s at some point of its life,
+// claiming the birth session of a session leader that has not got one.
+func (pl *planner) need(q, s int) bool {
+	switch {
+	case q == Restorer:
+		return s == ext
+	case pl.tsid[q] != q:
+		return pl.tsid[q] == s
+	case s == q:
+		return true
+	case pl.rb[q] == unset:
+		if !pl.need(pl.creator[q], s) {
+			return false
+		}
+		pl.rb[q] = s
+		return true
+	}
+	return pl.rb[q] == s
+}
+
+// assign makes c a kid of its parent p, or, when p can never be in c's
+// session, of c's session leader cloning it with CLONE_PARENT (an orphan).
+func (pl *planner) assign(c, p int, placed map[int]bool) error {
+	placed[c] = true
+	s := pl.tsid[c]
+	cr := p
+	if s != c && !pl.need(p, s) {
+		if s < 0 {
+			return fmt.Errorf("%s: its session is outside the tree: %w", pl.plan.name(c), ErrUnsupported)
+		}
+		if !placed[s] {
+			if err := pl.assign(s, p, placed); err != nil {
+				return err
+			}
+		}
+		sp := pl.plan.Procs[s].PIDs
+		if pl.creator[s] != p || pl.sibling[s] || sp[len(sp)-1] == 1 {
+			return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+		}
+		cr = s
+		pl.sibling[c] = true
+	}
+	pl.creator[c] = cr
+	pl.kids[cr] = append(pl.kids[cr], c)
+	return nil
+}
+
+// mustInherit says whether kid k of creator p can get into its group only
+// by inheriting it from p: it cannot name the group, and p cannot move it
+// there from an outer namespace.
+func (pl *planner) mustInherit(k, p int) bool {
+	g := pl.tpgid[k]
+	if g == k || g == ext || pl.tsid[k] == k || pl.numAt(g, k) != 0 {
+		return false
+	}
+	return !pl.outerMove(k, p, g)
+}
+
+// outerMove says whether p can setpgid its new child k into group g
+// (F4.1: only an outer parent, which can name g, of a direct child).
+func (pl *planner) outerMove(k, p, g int) bool {
+	return p != Restorer && !pl.sibling[k] && pl.level(k) > pl.level(p) && pl.numAt(g, p) != 0
+}
+
+// birthGroups computes bg: the group each proc must be born in (or moved to
+// by its outer parent at birth) so its kids can inherit it.
+func (pl *planner) birthGroups() error {
+	pl.bg = make([]int, len(pl.plan.Procs))
+	for i := range pl.bg {
+		pl.bg[i] = unset
+	}
+	for k := 1; k < len(pl.plan.Procs); k++ {
+		p := pl.creator[k]
+		if pl.mustInherit(k, p) && !pl.needGroup(p, pl.tpgid[k]) {
+			return fmt.Errorf("%s: group %s cannot be inherited from %s: %w", pl.plan.name(k), pl.plan.name(pl.tpgid[k]), pl.plan.name(p), ErrUnsupported)
+		}
+	}
+	return nil
+}
+
+// needGroup says whether q can be in group g when it clones kids, claiming
+// q's birth group if it must be born there.
+func (pl *planner) needGroup(q, g int) bool {
+	switch {
+	case q == Restorer:
+		return g == ext
+	case pl.numAt(g, q) != 0:
+		return true
+	case pl.bg[q] != unset:
+		return pl.bg[q] == g
+	}
+	cr := pl.creator[q]
+	if pl.outerMove(q, cr, g) || pl.needGroup(cr, g) {
+		pl.bg[q] = g
+		return true
+	}
+	return false
+}
+
+// cloneGroup is the group creator p must be in when it clones c, or unset.
+func (pl *planner) cloneGroup(c, p int) int {
+	if pl.bg[c] != unset && !pl.outerMove(c, p, pl.bg[c]) {
+		return pl.bg[c]
+	}
+	if pl.mustInherit(c, p) {
+		return pl.tpgid[c]
+	}
+	return unset
+}
+
+// earlyGroup says whether c can form its own group right after its birth:
+// it leads a group, not a session, and none of its kids needs to inherit
+// another group. Forming groups early lets others join them.
+func (pl *planner) earlyGroup(c int) bool {
+	if pl.tpgid[c] != c || pl.tsid[c] == c || pl.bg[c] != unset {
+		return false
+	}
+	for _, k := range pl.kids[c] {
+		if g := pl.cloneGroup(k, c); g != unset && g != c {
+			return false
+		}
+	}
+	return true
+}
+
+// birthSession is the session c must be cloned in, or unset for any.
+func (pl *planner) birthSession(c int) int {
+	if pl.tsid[c] != c {
+		return pl.tsid[c]
+	}
+	return pl.rb[c]
+}
+
+// level of proc p.
+func (pl *planner) level(p int) int { return len(pl.plan.Procs[p].PIDs) - 1 }
+
+// numAt is leader's number as seen by proc p (0 if invisible).
+// It reads the plan's procs, not the model, so it works before leader is
+// created.
+func (pl *planner) numAt(leader, p int) int {
+	if leader < 0 {
+		return 0
+	}
+	c := pl.m.chain(pl.plan.Procs[p].NS)
+	lc := pl.m.chain(pl.plan.Procs[leader].NS)
+	l := len(c) - 1
+	if l >= len(lc) || lc[l] != c[l] {
+		return 0
+	}
+	return pl.plan.Procs[leader].PIDs[l]
+}
+
+// cloneStep builds the clone of c by its creator.
+func (pl *planner) cloneStep(c int) Step {
+	cr := pl.creator[c]
+	pr := &pl.plan.Procs[c]
+	s := Step{Op: OpClone, Actor: cr, Target: c, AsSibling: pl.sibling[c]}
+	crNS := pl.m.procs[cr].ns
+	switch {
+	case pr.NS == crNS:
+	case pl.m.nss[pr.NS] != nil && pl.m.nss[pr.NS].parent == crNS && pr.PIDs[len(pr.PIDs)-1] == 1:
+		s.NewPIDNS = true
+	default:
+		s.Into = pr.NS // born via setns
+	}
+	return s
+}
+
+// setpgidTo emits actor's move of target (0 = itself) into group leader g.
+func (pl *planner) setpgidTo(actor, target, g int) error {
+	s := Step{Op: OpSetpgid, Actor: actor}
+	who := actor
+	if target != 0 {
+		who = target
+		s.Arg = pl.numAt(target, actor)
+	}
+	if g != who {
+		s.Arg2 = pl.numAt(g, actor)
+		if s.Arg2 == 0 {
+			return fmt.Errorf("%s cannot name group %s from its namespace: %w", pl.plan.name(actor), pl.plan.name(g), ErrUnsupported)
+		}
+	}
+	return pl.emit(s)
+}
+
+// expand runs proc p's part of the plan: it creates p's kids around p's own
+// session and group changes, then expands each kid.
+func (pl *planner) expand(p int) error {
+	mp := func() *mproc { return &pl.m.procs[p] }
+	leadsSession := pl.tsid[p] == p
+	if pl.plan.Options.Payload == PayloadStopped && !pl.plan.Procs[p].IsHelper() {
+		t := &pl.tr().Tasks[pl.plan.Procs[p].Task]
+		if t.State != pstree.Zombie {
+			for _, th := range t.Threads {
+				if err := pl.emit(Step{Op: OpThread, Actor: p, Target: -1, PIDs: th.TIDs}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	var created []int
+	clone := func(c int) error {
+		if err := pl.emit(pl.cloneStep(c)); err != nil {
+			return err
+		}
+		created = append(created, c)
+		if pl.earlyGroup(c) {
+			return pl.setpgidTo(c, 0, c)
+		}
+		// An outer parent moves its inner child into a group the child
+		// cannot name (F4.1), before the child does anything.
+		g := pl.bg[c]
+		if g == unset {
+			g = pl.tpgid[c]
+			if g == c || g == ext || pl.tsid[c] == c || pl.numAt(g, c) != 0 {
+				return nil
+			}
+		}
+		if pl.m.procs[c].pgid != g && pl.outerMove(c, p, g) {
+			return pl.setpgidTo(p, c, g)
+		}
+		return nil
+	}
+	var leaders, phaseA, phaseB []int
+	for _, c := range pl.kids[p] {
+		switch bs := pl.birthSession(c); {
+		case bs == unset:
+			leaders = append(leaders, c)
+		case leadsSession && bs == p:
+			phaseB = append(phaseB, c)
+		default:
+			phaseA = append(phaseA, c)
+		}
+	}
+	for _, c := range leaders {
+		if err := clone(c); err != nil {
+			return err
+		}
+	}
+	var later, hop []int
+	cloneGroup := func(c int) int { return pl.cloneGroup(c, p) }
+	for _, c := range phaseA {
+		switch g := cloneGroup(c); {
+		case g == mp().pgid || (g == unset && pl.tpgid[c] == mp().pgid):
+			if err := clone(c); err != nil {
+				return err
+			}
+		case g == unset:
+			later = append(later, c)
+		default:
+			hop = append(hop, c)
+		}
+	}
+	if !leadsSession && pl.tpgid[p] == p && mp().pgid != p {
+		if err := pl.setpgidTo(p, 0, p); err != nil {
+			return err
+		}
+	}
+	for _, c := range hop {
+		if g := cloneGroup(c); mp().pgid != g {
+			if err := pl.setpgidTo(p, 0, g); err != nil {
+				return err
+			}
+		}
+		if err := clone(c); err != nil {
+			return err
+		}
+	}
+	if g := pl.tpgid[p]; !leadsSession && g != ext && mp().pgid != g {
+		if err := pl.setpgidTo(p, 0, g); err != nil {
+			return err
+		}
+	}
+	for _, c := range later {
+		if err := clone(c); err != nil {
+			return err
+		}
+	}
+	if leadsSession {
+		if err := pl.emit(Step{Op: OpSetsid, Actor: p, Target: -1}); err != nil {
+			return err
+		}
+		for _, c := range phaseB {
+			if err := clone(c); err != nil {
+				return err
+			}
+		}
+	}
+	// Kids that lead a session or a group go first, so the groups others
+	// join exist when they join them.
+	slices.SortStableFunc(created, func(a, b int) int {
+		rank := func(c int) int {
+			switch {
+			case pl.tsid[c] == c:
+				return 0
+			case pl.tpgid[c] == c:
+				return 1
+			}
+			return 2
+		}
+		return rank(a) - rank(b)
+	})
+	for _, c := range created {
+		if err := pl.expand(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finish appends the verification and the final actions: ns_last_pid
+// cursors, helpers exiting (and being reaped by their creators), zombies
+// dying, and payloads.
+func (pl *planner) finish() error {
+	tr := pl.tr()
+	pl.plan.Verify = len(pl.plan.Steps)
+	if err := pl.emit(Step{Op: OpVerify, Actor: Restorer, Target: -1}); err != nil {
+		return err
+	}
+	for _, ns := range tr.Namespaces {
+		if ns.Kind != pstree.PidNS || ns.Level == 0 || ns.LastPID <= 0 {
+			continue
+		}
+		init := pl.m.nss[ns.ID].init
+		if init < 0 || tr.Tasks[init].State == pstree.Zombie {
+			continue // a dead namespace has no cursor to restore
+		}
+		if err := pl.emit(Step{Op: OpLastPID, Actor: init, Target: -1, Arg: ns.LastPID}); err != nil {
+			return err
+		}
+	}
+	// Helpers exit in reverse order of creation; their parent (not
+	// always their creator: CLONE_PARENT) reaps them.
+	var helpers []int
+	for _, s := range pl.plan.Steps {
+		if s.Op == OpClone && pl.plan.Procs[s.Target].IsHelper() {
+			helpers = append(helpers, s.Target)
+		}
+	}
+	slices.Reverse(helpers)
+	for _, h := range helpers {
+		if err := pl.emit(Step{Op: OpExit, Actor: h, Target: -1}); err != nil {
+			return err
+		}
+		if err := pl.emit(Step{Op: OpWait, Actor: pl.m.procs[h].parent, Target: h}); err != nil {
+			return err
+		}
+	}
+	// Zombies die deepest namespace first, so a zombie init is alone in its
+	// namespace when it dies.
+	var zombies []int
+	for i := range tr.Tasks {
+		if tr.Tasks[i].State == pstree.Zombie {
+			zombies = append(zombies, i)
+		}
+	}
+	slices.SortStableFunc(zombies, func(a, b int) int { return pl.level(b) - pl.level(a) })
+	for _, i := range zombies {
+		t := &tr.Tasks[i]
+		if t.ExitStatus&0x80 != 0 {
+			return fmt.Errorf("task %d: exit status %#x has the core-dump bit, which needs a real core dump: %w", t.PID(), t.ExitStatus, ErrUnsupported)
+		}
+		if t.InnerPID() == 1 && t.Level() > 0 && t.ExitStatus&0x7f != 0 {
+			// An init ignores its own signals; only SIGKILL from an
+			// ancestor namespace reproduces "killed by a signal".
+			if t.ExitStatus&0x7f != 9 {
+				return fmt.Errorf("task %d: a pid ns init killed by signal %d cannot be reproduced: %w", t.PID(), t.ExitStatus&0x7f, ErrUnsupported)
+			}
+			if err := pl.emit(Step{Op: OpKill, Actor: Restorer, Target: i, Arg: 9}); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := pl.emit(Step{Op: OpExit, Actor: i, Target: -1, Arg: t.ExitStatus}); err != nil {
+			return err
+		}
+	}
+	for i := range tr.Tasks {
+		if tr.Tasks[i].State != pstree.Zombie {
+			if err := pl.emit(Step{Op: OpPayload, Actor: i, Target: -1}); err != nil {
+				return err
+			}
+		}
+	}
+	for i := range tr.Tasks {
+		if st := tr.Tasks[i].State; st == pstree.Stopped || (st == pstree.Live && pl.plan.Options.Payload == PayloadStopped) {
+			if err := pl.emit(Step{Op: OpKill, Actor: Restorer, Target: i, Arg: 19}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// validate checks the image's shape before anything is planned, so bad input
+// is an error and never a panic.
+func validate(tr *pstree.Tree) error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, a...), ErrBadImage)
+	}
+	if tr == nil || len(tr.Tasks) == 0 {
+		return bad("no tasks")
+	}
+	nss := map[pstree.NSID]*pstree.Namespace{}
+	for i := range tr.Namespaces {
+		n := &tr.Namespaces[i]
+		if n.ID == 0 || nss[n.ID] != nil {
+			return bad("namespace id %d: zero or duplicate", n.ID)
+		}
+		nss[n.ID] = n
+	}
+	for _, n := range nss {
+		if n.Kind != pstree.PidNS {
+			continue
+		}
+		if n.Level < 0 || n.Level > sysMaxLevel {
+			return bad("pid ns %d: level %d", n.ID, n.Level)
+		}
+		if n.Level > 0 {
+			p := nss[n.Parent]
+			if p == nil || p.Kind != pstree.PidNS || p.Level != n.Level-1 {
+				return bad("pid ns %d at level %d: parent %d is not a pid ns one level up", n.ID, n.Level, n.Parent)
+			}
+		}
+	}
+	seen := map[nsNum]bool{}
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		if len(t.PIDs) == 0 {
+			return bad("task %d has no pids", i)
+		}
+		n := nss[t.NS[pstree.PidNS]]
+		if n == nil || n.Kind != pstree.PidNS || n.Level != len(t.PIDs)-1 {
+			return bad("task %v: pid ns %d does not match its %d levels", t.PIDs, t.NS[pstree.PidNS], len(t.PIDs))
+		}
+		if len(t.SIDs) != len(t.PIDs) || len(t.PGIDs) != len(t.PIDs) || t.SIDs[0] <= 0 || t.PGIDs[0] <= 0 {
+			return bad("task %v: sids %v / pgids %v do not match its levels", t.PIDs, t.SIDs, t.PGIDs)
+		}
+		if (i == 0) != (t.PPID == 0) {
+			return bad("task %v: only the root (first task) has ppid 0", t.PIDs)
+		}
+		vecs := [][]int{t.PIDs}
+		for _, th := range t.Threads {
+			if len(th.TIDs) != len(t.PIDs) {
+				return bad("task %v: thread %v has %d levels", t.PIDs, th.TIDs, len(th.TIDs))
+			}
+			vecs = append(vecs, th.TIDs)
+		}
+		if t.State < pstree.Live || t.State > pstree.Zombie {
+			return bad("task %v: state %d", t.PIDs, t.State)
+		}
+		c := []pstree.NSID{}
+		for id := n.ID; id != 0; id = nss[id].Parent {
+			c = append([]pstree.NSID{id}, c...)
+			if nss[id].Level == 0 {
+				break
+			}
+		}
+		for _, v := range vecs {
+			for l, p := range v {
+				if p <= 0 || l >= len(c) {
+					return bad("task %v: pid %d at level %d", t.PIDs, p, l)
+				}
+				k := nsNum{c[l], p}
+				if seen[k] {
+					return bad("pid %d used twice at level %d", p, l)
+				}
+				seen[k] = true
+			}
+		}
+	}
+	return nil
+}
+
+// sysMaxLevel is the deepest pid namespace level Linux allows.
+const sysMaxLevel = 32
