@@ -195,13 +195,19 @@ func (w *Watcher) unpinAll() {
 
 func clearMap(m *ebpf.Map) error {
 	var keys []uint32
-	var k uint32
-	it := m.Iterate()
-	for it.Next(&k, nil) {
-		keys = append(keys, k)
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("list %s: %w", m, err)
+	var key uint32
+	var prev any // nil: start from the first key
+	for {
+		err := m.NextKey(prev, &key)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("list %s: %w", m, err)
+		}
+		keys = append(keys, key)
+		k := key
+		prev = &k
 	}
 	for _, k := range keys {
 		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
