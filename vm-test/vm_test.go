@@ -118,7 +118,7 @@ func boot(t *testing.T, cfg Config) (Result, error) {
 	t.Helper()
 	cfg.Kernel = needVM(t)
 	res, err := Run(context.Background(), cfg)
-	t.Logf("boot-to-result %v", res.Duration.Round(time.Millisecond))
+	t.Logf("%s: boot-to-result %v", t.Name(), res.Duration.Round(time.Millisecond))
 	return res, err
 }
 
@@ -173,8 +173,11 @@ func TestVMMachineLayer(t *testing.T) {
 // never finishes are reported as errors with the console, never a hang.
 func TestVMFailuresCaught(t *testing.T) {
 	needVM(t)
-	dying := filepath.Join(t.TempDir(), "init")
+	dir := t.TempDir()
+	dying := filepath.Join(dir, "dying-init")
 	os.WriteFile(dying, []byte("#!/bin/sh\necho init exits now\nexit 3\n"), 0o755)
+	hanging := filepath.Join(dir, "hanging-init")
+	os.WriteFile(hanging, []byte("#!/bin/sh\nwhile :; do /bin/busybox sleep 1; done\n"), 0o755)
 	t.Run("kernel-panic", func(t *testing.T) {
 		t.Parallel()
 		_, err := boot(t, Config{Init: dying, Cmd: []string{"unused"}})
@@ -188,9 +191,9 @@ func TestVMFailuresCaught(t *testing.T) {
 	})
 	t.Run("timeout", func(t *testing.T) {
 		t.Parallel()
-		_, err := boot(t, Config{Init: dying, Cmd: []string{"unused"}, Timeout: 2 * time.Second})
+		_, err := boot(t, Config{Init: hanging, Cmd: []string{"unused"}, Timeout: 10 * time.Second})
 		if !errors.Is(err, ErrNoResult) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("2 s timeout: got %v, want a deadline error", err)
+			t.Fatalf("10 s timeout: got %v, want a deadline error", err)
 		}
 	})
 }
