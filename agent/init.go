@@ -42,10 +42,14 @@ type Config struct {
 	ParentDeathSignal syscall.Signal
 	// ZeroExitCodes are exit codes of the command reported as 0 (tini -e).
 	ZeroExitCodes []int
-	// Ignored are the signals that were ignored when nsinit started. The
-	// command starts with them ignored too, as it would have without nsinit
-	// in between (the Go runtime replaced those dispositions in nsinit).
-	Ignored []syscall.Signal
+	// Ignored are the signals that were ignored when nsinit started, and
+	// Blocked its signal mask (bit N-1 for signal N). The command starts
+	// with exactly these, as it would have without nsinit in between (the Go
+	// runtime changed both in nsinit itself). BlockedKnown false: the
+	// original mask could not be read.
+	Ignored      []syscall.Signal
+	Blocked      uint64
+	BlockedKnown bool
 	// ForwardSIGURG says SIGURG may be forwarded: true only when the binary
 	// was built with async preemption off, so the runtime never raises it.
 	ForwardSIGURG bool
@@ -75,11 +79,13 @@ func Run(cfg Config) int {
 	}
 
 	// Subscribe before the command exists, so that neither its SIGCHLD nor
-	// a signal meant for it can be missed. Originally ignored signals stay
-	// ignored until the command is started, so that it inherits SIG_IGN.
+	// a signal meant for it can be missed.
 	sigs := make(chan os.Signal, 128)
-	forwarded := forwardedSignals(cfg)
-	signal.Notify(sigs, append(notIn(forwarded, cfg.Ignored), syscall.SIGCHLD)...)
+	signal.Notify(sigs, append(signalsOf(notifySignals(cfg)), syscall.SIGCHLD)...)
+	if err := catchRawSignals(sigs); err != nil {
+		fmt.Fprintf(log, "nsinit: %v\n", err)
+		return ExitInitFailure
+	}
 	if !cfg.ForwardSIGURG {
 		// Never let the runtime's preemption signal reach the command.
 		signal.Ignore(syscall.SIGURG)
@@ -87,13 +93,7 @@ func Run(cfg Config) int {
 
 	child := cfg.Adopt
 	if child == 0 {
-		if len(cfg.Ignored) > 0 {
-			signal.Ignore(signalsOf(cfg.Ignored)...)
-		}
 		pid, code, err := start(cfg)
-		if len(cfg.Ignored) > 0 {
-			signal.Notify(sigs, signalsOf(onlyIn(forwarded, cfg.Ignored))...)
-		}
 		if err != nil {
 			fmt.Fprintf(log, "nsinit: %v\n", err)
 			return code
@@ -158,29 +158,31 @@ func start(cfg Config) (pid, code int, err error) {
 	if err != nil {
 		return 0, startFailureCode(err), fmt.Errorf("exec %s: %w", cfg.Argv[0], err)
 	}
-	attr := &syscall.SysProcAttr{Setpgid: true}
+	attr := spawnAttr{
+		path:           path,
+		argv:           cfg.Argv,
+		env:            os.Environ(),
+		blocked:        cfg.Blocked,
+		blockedUnknown: !cfg.BlockedKnown,
+	}
+	for _, s := range cfg.Ignored {
+		attr.ignored |= 1 << (s - 1)
+	}
 	if _, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil {
 		// stdin is our controlling terminal: hand it to the command, as a
 		// shell hands it to a foreground job.
-		attr.Foreground = true
-		attr.Ctty = 0
+		attr.foreground = true
 	}
-	p, err := os.StartProcess(path, cfg.Argv, &os.ProcAttr{
-		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
-		Sys:   attr,
-	})
+	pid, err = spawn(attr)
 	if err != nil {
 		return 0, startFailureCode(err), fmt.Errorf("exec %s: %w", cfg.Argv[0], err)
 	}
-	pid = p.Pid
-	// The init reaps with wait4(-1); os.Process must never wait itself.
-	p.Release()
 	return pid, 0, nil
 }
 
 func startFailureCode(err error) int {
 	switch {
-	case errors.Is(err, exec.ErrNotFound), errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, exec.ErrNotFound), errors.Is(err, syscall.ENOENT):
 		return ExitNotFound
 	default:
 		// EACCES, ENOEXEC, EISDIR...: found but cannot be executed.

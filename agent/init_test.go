@@ -177,7 +177,7 @@ func TestSignalForwarding(t *testing.T) {
 			want = append(want, "ready 0")
 			for s := syscall.Signal(1); s <= 64; s++ {
 				switch s {
-				case syscall.SIGKILL, syscall.SIGSTOP, syscall.SIGCHLD, syscall.SIGPROF, 32, 33:
+				case syscall.SIGKILL, syscall.SIGSTOP, syscall.SIGCHLD:
 					continue // never forwarded: see agent/signals.go
 				}
 				if err := cmd.Process.Signal(s); err != nil {
@@ -255,14 +255,17 @@ func TestOrphansReaped(t *testing.T) {
 	testutil.Require(t, testutil.Root)
 	bb := busybox(t)
 	for _, c := range []struct {
-		name string
-		argv []string
+		name, script string
+		orphans      int
 	}{
-		{"200-double-forked", []string{bb, "sh", "-c", "for i in $(seq 200); do (sleep 0.$((i % 5)) &) ; done; exec sleep 1000"}},
-		{"burst-10000", []string{bb, "sh", "-c", helper(t) + " burst 10000; exec sleep 1000"}},
+		{"200-double-forked", "for i in $(seq 200); do (sleep 0.$((i % 5)) &) ; done", 200},
+		{"burst-10000", helper(t) + " burst 10000", 10000},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			cmd := nsinitCmd(t, append([]string{"--"}, c.argv...)...)
+			// The command makes the orphans, then says so in a file and
+			// stays alive: nsinit must reap them while it supervises.
+			marker := filepath.Join(t.TempDir(), "made")
+			cmd := nsinitCmd(t, "--", bb, "sh", "-c", c.script+"; echo > "+marker+"; exec sleep 1000")
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -271,14 +274,37 @@ func TestOrphansReaped(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			waitFor(t, "the orphans to be made", 60*time.Second, func() bool {
+				_, err := os.Stat(marker)
+				return err == nil
+			})
 			// Done when only nsinit and the final sleep are left, and
 			// neither is a zombie.
 			waitFor(t, "every orphan to be reaped", 60*time.Second, func() bool {
 				tasks := nsTasks(nsLink)
 				return len(tasks) == 2 && zombies(tasks) == 0
 			})
+			// The namespace handed out pids for every orphan (nsinit is 1,
+			// the shell 2): proof they existed in it.
+			if last := lastPID(t, cmd.Process.Pid); last < c.orphans {
+				t.Errorf("namespace's last pid is %d: fewer than %d orphans were made", last, c.orphans)
+			}
 		})
 	}
+}
+
+// lastPID reads ns_last_pid of the pid namespace whose init is pid, from
+// inside it (the only place the cursor can be read).
+func lastPID(t *testing.T, initPID int) int {
+	t.Helper()
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(initPID), "-p", "--",
+		"cat", "/proc/sys/kernel/ns_last_pid").Output()
+	if err == nil {
+		n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+		return n
+	}
+	t.Fatalf("read ns_last_pid: %v", err)
+	return 0
 }
 
 // TestSubreaper runs nsinit outside PID 1: orphans of the command must come

@@ -13,14 +13,12 @@ import (
 // Signals the init never forwards:
 //   - SIGKILL and SIGSTOP cannot be caught.
 //   - SIGCHLD is the init's own business (reaping).
-//   - SIGPROF belongs to the Go runtime's profiler; os/signal cannot take it.
-//   - 32 and 33 are reserved by the C library for its threads (SIGCANCEL,
-//     SIGSETXID); the Go runtime does not let os/signal take them, and no
-//     program uses them as ordinary signals (SIGRTMIN is 34 for programs).
 //
 // Everything else is forwarded as it arrives, including:
+//   - the signals the Go runtime keeps from os/signal (32, 33, 34 = glibc's
+//     SIGRTMIN, SIGPROF): taken over by a raw handler, see rawsig_amd64.go;
 //   - SIGTSTP, SIGTTIN and SIGTTOU: the command decides whether it stops;
-//     nsinit itself never stops, so the supervisor keeps reaping.
+//     nsinit itself never stops, so the supervisor keeps reaping;
 //   - SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT and SIGSYS sent with
 //     kill(2): they are requests like any other. A real fault inside nsinit
 //     is not forwarded; it crashes nsinit (a bug, reported by the runtime).
@@ -28,52 +26,24 @@ var notForwarded = map[syscall.Signal]bool{
 	syscall.SIGKILL: true,
 	syscall.SIGSTOP: true,
 	syscall.SIGCHLD: true,
-	syscall.SIGPROF: true,
-	32:              true,
-	33:              true,
 }
 
 // maxSignal is the highest Linux signal number (SIGRTMAX).
 const maxSignal = 64
 
-// forwardedSignals lists the signals the init relays to the command.
-func forwardedSignals(cfg Config) []syscall.Signal {
+// notifySignals lists the signals the init relays to the command that
+// os/signal can deliver (the others come through catchRawSignals).
+func notifySignals(cfg Config) []syscall.Signal {
+	raw := map[syscall.Signal]bool{}
+	for _, s := range rawSignals {
+		raw[s] = true
+	}
 	var out []syscall.Signal
 	for s := syscall.Signal(1); s <= maxSignal; s++ {
-		if notForwarded[s] || (s == syscall.SIGURG && !cfg.ForwardSIGURG) {
+		if notForwarded[s] || raw[s] || (s == syscall.SIGURG && !cfg.ForwardSIGURG) {
 			continue
 		}
 		out = append(out, s)
-	}
-	return out
-}
-
-// notIn returns the signals of set that are not in drop, as os.Signal.
-func notIn(set, drop []syscall.Signal) []os.Signal {
-	skip := map[syscall.Signal]bool{}
-	for _, s := range drop {
-		skip[s] = true
-	}
-	var out []os.Signal
-	for _, s := range set {
-		if !skip[s] {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// onlyIn returns the signals of set that are also in keep.
-func onlyIn(set, keep []syscall.Signal) []syscall.Signal {
-	in := map[syscall.Signal]bool{}
-	for _, s := range keep {
-		in[s] = true
-	}
-	var out []syscall.Signal
-	for _, s := range set {
-		if in[s] {
-			out = append(out, s)
-		}
 	}
 	return out
 }

@@ -100,6 +100,7 @@ func parseAndRun(args []string) int {
 	cfg.Argv = fs.Args()
 	cfg.ZeroExitCodes = zero
 	cfg.Ignored = originallyIgnored()
+	cfg.Blocked, cfg.BlockedKnown = origSigMask, origSigKnown != 0
 	cfg.ForwardSIGURG = noPreemptSignals == "1"
 	if verbose {
 		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, ignored at start: %s\n",

@@ -13,6 +13,7 @@ import (
 // original ones can be read.
 var (
 	origSigIgn    uint64
+	origSigMask   uint64
 	origSigKnown  uint64
 	origSigAction [4]uint64 // struct kernel_sigaction scratch space for rt0
 )
