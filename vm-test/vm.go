@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	appendLine := fmt.Sprintf("console=ttyS0 panic=-1 softlockup_panic=1 quiet nsinit.debugexit=%#x %s", debugExitPort, cfg.Append)
+	appendLine := fmt.Sprintf("console=ttyS0 panic=-1 softlockup_panic=1 no_timer_check quiet nsinit.debugexit=%#x %s", debugExitPort, cfg.Append)
 	qemu := exec.CommandContext(ctx, "qemu-system-x86_64",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-machine", "pc", "-m", strconv.Itoa(cfg.MemoryMB),

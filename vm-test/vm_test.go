@@ -33,6 +33,10 @@ var guestPackages = []guestPackage{
 	// helper is built here and named by NSINIT_TEST_HELPER.
 	{Pkg: "./agent", Needs: []string{"CONFIG_PID_NS"},
 		Prepare: cHelper("agent/testdata/helper.c", "NSINIT_TEST_HELPER")},
+	// eBPF fork/exit/exec watcher on a kernel other than the dev machine's.
+	{Pkg: "./bpf", Needs: []string{"CONFIG_BPF_SYSCALL", "CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_EVENTS"}},
+	// clone3 set_tid, pidfds and setns wrappers.
+	{Pkg: "./internal/sys", Needs: []string{"CONFIG_PID_NS", "CONFIG_CHECKPOINT_RESTORE"}},
 }
 
 type guestPackage struct {
