@@ -21,6 +21,40 @@ type model struct {
 	// used maps a pid number of a namespace to the proc owning that pid
 	// struct (threads are owned by their task).
 	used map[nsNum]int
+	// undo, when journaling, holds what reverts each change since mark.
+	undo    []func()
+	journal bool
+}
+
+// saveProc, saveNS and saveUsed record the old value before a change.
+func (m *model) saveProc(i int) {
+	if m.journal {
+		old := m.procs[i]
+		m.undo = append(m.undo, func() { m.procs[i] = old })
+	}
+}
+
+func (m *model) saveNS(id pstree.NSID) {
+	if m.journal {
+		n := m.nss[id]
+		old := *n
+		m.undo = append(m.undo, func() { *n = old })
+	}
+}
+
+func (m *model) setUsed(k nsNum, p int) {
+	if m.journal {
+		m.undo = append(m.undo, func() { delete(m.used, k) })
+	}
+	m.used[k] = p
+}
+
+// rollback reverts every change back to undo mark.
+func (m *model) rollback(mark int) {
+	for i := len(m.undo) - 1; i >= mark; i-- {
+		m.undo[i]()
+	}
+	m.undo = m.undo[:mark]
 }
 
 type nsNum struct {
@@ -139,6 +173,7 @@ func (m *model) apply(pl *Plan, i int) error {
 		if a.pgid == s.Actor {
 			return fmt.Errorf("setsid by a group leader: EPERM")
 		}
+		m.saveProc(s.Actor)
 		a.sid, a.pgid = s.Actor, s.Actor
 	case OpSetpgid:
 		return m.setpgid(pl, s)
@@ -154,17 +189,20 @@ func (m *model) apply(pl *Plan, i int) error {
 			}
 		}
 		for l, t := range s.PIDs {
-			m.used[nsNum{c[l], t}] = s.Actor
+			m.setUsed(nsNum{c[l], t}, s.Actor)
 		}
-		a.threads = append(a.threads, s.PIDs)
+		m.saveProc(s.Actor)
+		a.threads = append(a.threads[:len(a.threads):len(a.threads)], s.PIDs)
 	case OpVerify:
 	case OpLastPID:
+		m.saveNS(m.procs[s.Actor].ns)
 		m.nss[m.procs[s.Actor].ns].last = s.Arg
 	case OpWait:
 		t := &m.procs[s.Target]
 		if t.parent != s.Actor || t.state != mZombie {
 			return fmt.Errorf("wait for %s: not a zombie child", pl.name(s.Target))
 		}
+		m.saveProc(s.Target)
 		t.state = mReaped
 	case OpExit:
 		return m.exit(s.Actor, s.Arg)
@@ -175,6 +213,7 @@ func (m *model) apply(pl *Plan, i int) error {
 		}
 		switch s.Arg {
 		case 19: // SIGSTOP
+			m.saveProc(s.Target)
 			t.stopped = true
 		case 9:
 			return m.exit(s.Target, 9)
@@ -182,6 +221,7 @@ func (m *model) apply(pl *Plan, i int) error {
 			return fmt.Errorf("restorer sends only SIGSTOP/SIGKILL, not %d", s.Arg)
 		}
 	case OpPayload:
+		m.saveProc(s.Actor)
 		m.procs[s.Actor].payload = true
 	default:
 		return fmt.Errorf("unknown op %d", s.Op)
@@ -258,11 +298,13 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	}
 	for l, p := range pr.PIDs {
 		if p != 0 {
-			m.used[nsNum{c[l], p}] = s.Target
+			m.setUsed(nsNum{c[l], p}, s.Target)
 		}
 	}
+	m.saveProc(s.Target)
 	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, sid: sid, pgid: pgid}
 	if s.NewPIDNS {
+		m.saveNS(ns)
 		m.nss[ns].init = s.Target
 	}
 	return nil
@@ -308,6 +350,7 @@ func (m *model) setpgid(pl *Plan, s *Step) error {
 			return fmt.Errorf("setpgid(%d, %d): group does not exist in the session: EPERM", s.Arg, s.Arg2)
 		}
 	}
+	m.saveProc(target)
 	t.pgid = g
 	return nil
 }
@@ -322,8 +365,10 @@ func (m *model) exit(p int, status int) error {
 				return fmt.Errorf("init of pid ns %d exits while its members live: they would be killed", pr.ns)
 			}
 		}
+		m.saveNS(pr.ns)
 		n.dead = true
 	}
+	m.saveProc(p)
 	pr.state = mZombie
 	pr.status = status
 	reaper := Restorer
@@ -332,6 +377,7 @@ func (m *model) exit(p int, status int) error {
 	}
 	for i := range m.procs {
 		if m.procs[i].parent == p && m.procs[i].state != mNone {
+			m.saveProc(i)
 			m.procs[i].parent = reaper
 		}
 	}

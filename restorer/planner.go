@@ -37,6 +37,9 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 	return pl.plan, nil
 }
 
+// join is a setpgid still to plan: actor moves target (0: itself) into g.
+type join struct{ actor, target, g int }
+
 type planner struct {
 	plan  *Plan
 	m     *model
@@ -51,6 +54,9 @@ type planner struct {
 	tpgid   []int         // target group leader proc (or ext)
 	rb      []int         // required birth session of a session leader
 	bg      []int         // required birth group (one it cannot name itself)
+	ready   []int         // created procs whose part is still to plan
+	joins   []join        // group moves still to plan (waiting for their group)
+	moving  map[int]bool  // procs waiting for their outer parent to move them
 }
 
 func (pl *planner) tr() *pstree.Tree { return pl.plan.Tree }
@@ -109,7 +115,7 @@ func (pl *planner) build() error {
 	if err := pl.emit(Step{Op: OpClone, Actor: Restorer, Target: 0, NewPIDNS: root.InnerPID() == 1 && root.Level() > 0}); err != nil {
 		return err
 	}
-	if err := pl.expand(0); err != nil {
+	if err := pl.expandAll(); err != nil {
 		return err
 	}
 	for p := range pl.plan.Procs {
@@ -224,7 +230,18 @@ func (pl *planner) need(q, s int) bool {
 		return true
 	case pl.rb[q] == unset:
 		if !pl.need(pl.creator[q], s) {
-			return false
+			// q is an orphan too: born in s's session, then reparented.
+			p := pl.creator[q]
+			if s < 0 || p < 0 || pl.sibling[q] {
+				return false
+			}
+			sib, ok := pl.orphanRule(q, s, p)
+			if !ok {
+				return false
+			}
+			pl.kids[p] = slices.DeleteFunc(pl.kids[p], func(k int) bool { return k == q })
+			pl.kids[s] = append(pl.kids[s], q)
+			pl.creator[q], pl.sibling[q] = s, sib
 		}
 		pl.rb[q] = s
 		return true
@@ -242,17 +259,17 @@ func (pl *planner) assign(c, p int, placed map[int]bool) error {
 		if s < 0 {
 			return fmt.Errorf("%s: its session is outside the tree: %w", pl.plan.name(c), ErrUnsupported)
 		}
-		if !placed[s] {
+		if !placed[s] && pl.plan.Procs[s].IsHelper() {
 			if err := pl.assign(s, p, placed); err != nil {
 				return err
 			}
 		}
-		sp := pl.plan.Procs[s].PIDs
-		if pl.creator[s] != p || pl.sibling[s] || sp[len(sp)-1] == 1 {
-			return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+		sib, ok := pl.orphanRule(c, s, p)
+		if !ok {
+			return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling or a dying task of its init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
 		}
+		pl.sibling[c] = sib
 		cr = s
-		pl.sibling[c] = true
 	}
 	pl.creator[c] = cr
 	pl.kids[cr] = append(pl.kids[cr], c)
@@ -313,6 +330,9 @@ func (pl *planner) needGroup(q, g int) bool {
 
 // cloneGroup is the group creator p must be in when it clones c, or unset.
 func (pl *planner) cloneGroup(c, p int) int {
+	if pl.tpgid[c] == p && pl.tsid[c] != c && pl.tpgid[p] != p {
+		return p // p's own group, which p leaves later (F4.1)
+	}
 	if pl.bg[c] != unset && !pl.outerMove(c, p, pl.bg[c]) {
 		return pl.bg[c]
 	}
@@ -335,6 +355,41 @@ func (pl *planner) earlyGroup(c int) bool {
 		}
 	}
 	return true
+}
+
+// orphanRule says how session leader s can clone c so that c ends as a child
+// of p: as its sibling with CLONE_PARENT (s is p's child, not an init), or
+// as its own child that p, the init of their namespace, inherits when s
+// exits at the end.
+func (pl *planner) orphanRule(c, s, p int) (sibling, ok bool) {
+	if p < 0 || s < 0 {
+		return false, false
+	}
+	sp := pl.plan.Procs[s].PIDs
+	sParent := pl.creator[s]
+	if t := pl.plan.Procs[s].Task; t >= 0 {
+		sParent = pl.byPID[pl.tr().Tasks[t].PPID]
+	}
+	switch {
+	case sParent == p && !pl.sibling[s] && sp[len(sp)-1] != 1:
+		return true, true
+	case pl.exits(s) && pl.isInitOf(p, pl.plan.Procs[s].NS) && pl.plan.Procs[c].NS == pl.plan.Procs[s].NS:
+		return false, true
+	}
+	return false, false
+}
+
+// exits says whether proc p terminates at the end of the restore (a helper
+// or a zombie of the image).
+func (pl *planner) exits(p int) bool {
+	t := pl.plan.Procs[p].Task
+	return t < 0 || pl.tr().Tasks[t].State == pstree.Zombie
+}
+
+// isInitOf says whether p is the init of pid namespace ns.
+func (pl *planner) isInitOf(p int, ns pstree.NSID) bool {
+	pr := &pl.plan.Procs[p]
+	return pr.NS == ns && pr.PIDs[len(pr.PIDs)-1] == 1 && len(pr.PIDs) > 1
 }
 
 // birthSession is the session c must be cloned in, or unset for any.
@@ -481,9 +536,9 @@ func (pl *planner) expand(p int) error {
 		}
 	}
 	if g := pl.tpgid[p]; !leadsSession && g != ext && mp().pgid != g {
-		if err := pl.setpgidTo(p, 0, g); err != nil {
-			return err
-		}
+		// Joining may have to wait for the group to exist: a work item
+		// of its own.
+		pl.joins = append(pl.joins, join{p, 0, g})
 	}
 	for _, c := range later {
 		if err := clone(c); err != nil {
@@ -514,10 +569,69 @@ func (pl *planner) expand(p int) error {
 		}
 		return rank(a) - rank(b)
 	})
-	for _, c := range created {
-		if err := pl.expand(c); err != nil {
-			return err
+	pl.ready = append(created, pl.ready...)
+	return nil
+}
+
+// expandAll expands procs depth first. A proc whose part cannot be played
+// yet (typically: it joins a group whose leader is expanded later) is
+// rolled back in the model and retried after the others; the plan fails
+// only when no proc can make progress.
+func (pl *planner) expandAll() error {
+	pl.ready = []int{0}
+	pl.moving = map[int]bool{}
+	pl.m.journal = true
+	defer func() { pl.m.journal = false }()
+	for len(pl.ready) > 0 || len(pl.joins) > 0 {
+		var firstErr error
+		progressed := false
+		for i, j := range pl.joins {
+			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+			if err := pl.setpgidTo(j.actor, j.target, j.g); err != nil {
+				pl.m.rollback(mark)
+				pl.plan.Steps = pl.plan.Steps[:steps]
+				continue
+			}
+			pl.joins = slices.Delete(pl.joins, i, i+1)
+			delete(pl.moving, j.target)
+			progressed = true
+			break
 		}
+		if progressed {
+			pl.m.undo = pl.m.undo[:0]
+			continue
+		}
+		for i, p := range pl.ready {
+			if pl.moving[p] {
+				continue
+			}
+			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+			rest := append(slices.Clone(pl.ready[:i]), pl.ready[i+1:]...)
+			pl.ready = nil
+			err := pl.expand(p)
+			if err == nil {
+				pl.ready = append(pl.ready, rest...)
+				progressed = true
+				break
+			}
+			pl.m.rollback(mark)
+			pl.plan.Steps = pl.plan.Steps[:steps]
+			pl.ready = append(rest[:i:i], append([]int{p}, rest[i:]...)...)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		if !progressed {
+			if firstErr == nil && len(pl.joins) > 0 {
+				j := pl.joins[0]
+				firstErr = pl.setpgidTo(j.actor, j.target, j.g)
+			}
+			if firstErr == nil {
+				firstErr = fmt.Errorf("no progress: %w", ErrUnsupported)
+			}
+			return firstErr
+		}
+		pl.m.undo = pl.m.undo[:0]
 	}
 	return nil
 }
