@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -174,7 +175,7 @@ func (r *Reader) NSInode(pid int, name string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return ParseNSLink(name, s)
+	return ParseNSLink(strings.TrimSuffix(name, "_for_children"), s)
 }
 
 // ParseNSLink parses "KIND:[INODE]".

@@ -1,0 +1,254 @@
+// Package dump reads a live process tree, spanning nested pid namespaces,
+// into a pstree.Tree while the tree is frozen.
+//
+// Flow of one attempt (Dump retries a bounded number of times):
+//
+//	discover (scan /proc) -> Guard.Arm -> freeze -> discover again and read
+//	-> thaw (unless LeaveStopped) -> Guard.Disarm
+//
+// The attempt is retried when the guard saw a fork/exit/exec, when the
+// second discovery differs from the first (a task appeared, vanished or
+// its pid was reused), or when a task vanished while being read.
+//
+// Freezing: cgroup v2 cgroup.freeze when the tree's tasks are alone in
+// their cgroups (one write, parents see nothing); else PTRACE_SEIZE +
+// PTRACE_INTERRUPT of every thread, detached afterwards.
+package dump
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
+)
+
+// Guard detects a dump that raced with the tree. Implemented by package bpf.
+type Guard interface {
+	// Arm starts counting fork, exit and exec events of the given tasks (level-0 pids)
+	// and of every task in the given pid namespaces or below them (open fds of
+	// /proc/PID/ns/pid, owned by the caller and kept open until Disarm).
+	Arm(pids []int, pidnsFDs []int) error
+	// Disarm stops counting and reports what happened since Arm; empty means nothing moved.
+	Disarm() (moved []string, err error)
+}
+
+// Options tune Dump. The zero value dumps through /proc with no guard.
+type Options struct {
+	// Proc is the procfs to read ("/proc"); it must be the procfs of the
+	// dumper's pid namespace.
+	Proc string
+	// Guard, when set, makes the dump checked (Tree.Checked).
+	Guard Guard
+	// Retries is how many more attempts follow a raced one (default 3).
+	Retries int
+	// LeaveStopped leaves the tree frozen (cgroup) or SIGSTOPped (ptrace).
+	LeaveStopped bool
+	// AgentExe is the nsinit binary whose init-mode processes are marked
+	// Agent; default: the running executable.
+	AgentExe string
+	// FreezeTimeout bounds the wait for the tree to stop (default 5s).
+	FreezeTimeout time.Duration
+	// Log receives progress notes (method used, retries); may be nil.
+	Log func(format string, args ...any)
+}
+
+// ErrRaced is wrapped when every attempt raced with the tree.
+var ErrRaced = errors.New("tree kept changing during the dump")
+
+// Dump freezes and reads the tree rooted at level-0 pid root.
+func Dump(root int, o Options) (*pstree.Tree, error) {
+	o = o.withDefaults()
+	var last error
+	for attempt := 0; attempt <= o.Retries; attempt++ {
+		tr, moved, err := dumpOnce(root, o)
+		if err == nil && len(moved) == 0 {
+			tr.Checked = o.Guard != nil
+			return tr, nil
+		}
+		if err != nil && !errors.Is(err, procfs.ErrGone) {
+			return nil, err
+		}
+		if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("moved: %s", strings.Join(moved, "; "))
+		}
+		o.logf("dump attempt %d of pid %d raced: %v", attempt+1, root, last)
+	}
+	return nil, fmt.Errorf("dump pid %d: %w after %d attempts: %w", root, ErrRaced, o.Retries+1, last)
+}
+
+func (o Options) withDefaults() Options {
+	if o.Proc == "" {
+		o.Proc = "/proc"
+	}
+	if o.Retries == 0 {
+		o.Retries = 3
+	}
+	if o.Retries < 0 {
+		o.Retries = 0
+	}
+	if o.FreezeTimeout == 0 {
+		o.FreezeTimeout = 5 * time.Second
+	}
+	if o.AgentExe == "" {
+		o.AgentExe, _ = os.Executable()
+	}
+	return o
+}
+
+func (o Options) logf(format string, args ...any) {
+	if o.Log != nil {
+		o.Log(format, args...)
+	}
+}
+
+// dumpOnce is one attempt. A non-empty moved (or an error wrapping
+// procfs.ErrGone) means the attempt raced and may be retried.
+func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) {
+	r := procfs.New(o.Proc)
+	before, err := discover(r, root)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, m := range before {
+		if m.pid == os.Getpid() {
+			return nil, nil, fmt.Errorf("dump pid %d: the dumper (pid %d) is in the tree", root, m.pid)
+		}
+	}
+	if o.Guard != nil {
+		fds, err := guardNamespaces(r, before)
+		defer closeAll(fds)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := o.Guard.Arm(pids(before), fds); err != nil {
+			return nil, nil, fmt.Errorf("arm consistency guard: %w", err)
+		}
+		defer func() {
+			m, derr := o.Guard.Disarm()
+			if derr != nil && err == nil {
+				tr, err = nil, fmt.Errorf("disarm consistency guard: %w", derr)
+			}
+			moved = append(moved, m...)
+		}()
+	}
+	fz, err := freeze(r, before, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	o.logf("froze %d tasks with %v", len(before), fz)
+	defer func() {
+		leave := o.LeaveStopped && err == nil && len(moved) == 0
+		if terr := fz.thaw(leave); terr != nil && err == nil {
+			tr, err = nil, terr
+		}
+	}()
+	after, err := discover(r, root)
+	if err != nil {
+		return nil, nil, err
+	}
+	if d := diffMembers(before, after); len(d) > 0 {
+		return nil, d, nil
+	}
+	tr, err = readTree(r, after, o.AgentExe, fz.groupStopped())
+	return tr, nil, err
+}
+
+func freeze(r *procfs.Reader, members []member, o Options) (freezer, error) {
+	if c, why := cgroupFor(r, members); c != nil {
+		if err := c.freeze(o.FreezeTimeout); err != nil {
+			return nil, err
+		}
+		return c, nil
+	} else {
+		o.logf("not using cgroup freeze: %s", why)
+	}
+	return ptraceFreeze(r, members, o.FreezeTimeout)
+}
+
+// ReadLive reads the tree rooted at root without freezing it: for check,
+// which compares a tree it expects to be quiet. proc "" means /proc.
+func ReadLive(root int, proc string) (*pstree.Tree, error) {
+	if proc == "" {
+		proc = "/proc"
+	}
+	r := procfs.New(proc)
+	members, err := discover(r, root)
+	if err != nil {
+		return nil, err
+	}
+	exe, _ := os.Executable()
+	tr, err := readTree(r, members, exe, nil)
+	if err != nil {
+		return nil, fmt.Errorf("read tree of pid %d: %w", root, err)
+	}
+	return tr, nil
+}
+
+// guardNamespaces opens the pid namespaces whose init is in the tree: the
+// guard watches them and everything below. The root's own namespace is not
+// one of them unless the root is its init (it holds tasks outside the tree).
+func guardNamespaces(r *procfs.Reader, members []member) ([]int, error) {
+	var fds []int
+	for _, m := range members {
+		s, err := r.Status(m.pid)
+		if err != nil {
+			return fds, err
+		}
+		if s.NSpid[len(s.NSpid)-1] != 1 {
+			continue
+		}
+		fd, err := r.OpenNS(m.pid, "pid")
+		if err != nil {
+			return fds, err
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+func pids(ms []member) []int {
+	out := make([]int, len(ms))
+	for i, m := range ms {
+		out[i] = m.pid
+	}
+	return out
+}
+
+// diffMembers names what differs between two discoveries.
+func diffMembers(a, b []member) []string {
+	in := func(ms []member) map[member]bool {
+		s := make(map[member]bool, len(ms))
+		for _, m := range ms {
+			s[m] = true
+		}
+		return s
+	}
+	sa, sb := in(a), in(b)
+	var d []string
+	for _, m := range a {
+		if !sb[m] {
+			d = append(d, fmt.Sprintf("pid %d left the tree", m.pid))
+		}
+	}
+	for _, m := range b {
+		if !sa[m] {
+			d = append(d, fmt.Sprintf("pid %d joined the tree", m.pid))
+		}
+	}
+	slices.Sort(d)
+	return d
+}

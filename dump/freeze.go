@@ -1,0 +1,284 @@
+package dump
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nsinit/nsinit/internal/procfs"
+	"golang.org/x/sys/unix"
+)
+
+// A freezer stops a tree while it is read and lets it go afterwards.
+type freezer interface {
+	// thaw lets the tree run again; leaveStopped leaves it stopped instead
+	// (frozen cgroup, or SIGSTOP for ptrace).
+	thaw(leaveStopped bool) error
+	// groupStopped names the level-0 tids that were in group-stop before
+	// the freeze (ptrace hides it: they show 't'); nil if not needed.
+	groupStopped() map[int]bool
+	String() string
+}
+
+// cgroupFreezer freezes cgroup v2 cgroups that hold the tree and nothing
+// else (kernel-facts F10.1: one write, parents see nothing).
+type cgroupFreezer struct{ dirs []string }
+
+func (c *cgroupFreezer) String() string           { return "cgroup v2 freeze of " + strings.Join(c.dirs, ", ") }
+func (c *cgroupFreezer) groupStopped() map[int]bool { return nil }
+
+// cgroupFor returns a cgroup freezer when the tree's tasks exclusively
+// occupy their cgroup v2 cgroups, or nil (with the reason) when not.
+func cgroupFor(r *procfs.Reader, members []member) (*cgroupFreezer, string) {
+	mnt, err := cgroup2Mount()
+	if err != nil {
+		return nil, err.Error()
+	}
+	in := make(map[int]bool, len(members))
+	paths := map[string]bool{}
+	for _, m := range members {
+		in[m.pid] = true
+		p, err := r.Cgroup2(m.pid)
+		if err != nil || p == "" {
+			return nil, fmt.Sprintf("pid %d has no cgroup v2 path", m.pid)
+		}
+		paths[p] = true
+	}
+	if in[os.Getpid()] {
+		return nil, "the dumper is in the tree"
+	}
+	// Keep the topmost cgroups; descendants freeze with them.
+	var tops []string
+	for p := range paths {
+		top := true
+		for q := range paths {
+			if q != p && (q == "/" || strings.HasPrefix(p, q+"/")) {
+				top = false
+			}
+		}
+		if top {
+			tops = append(tops, p)
+		}
+	}
+	c := &cgroupFreezer{}
+	for _, p := range tops {
+		if p == "/" {
+			return nil, "tree is in the root cgroup"
+		}
+		dir := filepath.Join(mnt, p)
+		ok, why := exclusive(dir, in)
+		if !ok {
+			return nil, why
+		}
+		c.dirs = append(c.dirs, dir)
+	}
+	return c, ""
+}
+
+// exclusive reports whether every process in dir and below is in the tree.
+func exclusive(dir string, in map[int]bool) (bool, string) {
+	bad := ""
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+		if err != nil {
+			return err
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, _ := strconv.Atoi(f); !in[pid] {
+				bad = fmt.Sprintf("cgroup %s also holds pid %s, which is not in the tree", p, f)
+				return filepath.SkipAll
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Sprintf("cgroup %s: %v", dir, err)
+	}
+	return bad == "", bad
+}
+
+func cgroup2Mount() (string, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// ... mountpoint ... - fstype source options
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok || !strings.HasPrefix(post, "cgroup2 ") {
+			continue
+		}
+		if f := strings.Fields(pre); len(f) >= 5 {
+			return f[4], nil
+		}
+	}
+	return "", errors.New("no cgroup2 mount")
+}
+
+func (c *cgroupFreezer) freeze(timeout time.Duration) error {
+	for i, d := range c.dirs {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.freeze"), []byte("1"), 0); err != nil {
+			c.dirs = c.dirs[:i+1]
+			c.thaw(false)
+			return fmt.Errorf("freeze %s: %w", d, err)
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	for _, d := range c.dirs {
+		for {
+			b, err := os.ReadFile(filepath.Join(d, "cgroup.events"))
+			if err == nil && bytes.Contains(b, []byte("frozen 1")) {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.thaw(false)
+				return fmt.Errorf("freeze %s: not frozen after %v", d, timeout)
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	return nil
+}
+
+func (c *cgroupFreezer) thaw(leaveStopped bool) error {
+	if leaveStopped {
+		return nil
+	}
+	var errs []error
+	for _, d := range c.dirs {
+		if err := os.WriteFile(filepath.Join(d, "cgroup.freeze"), []byte("0"), 0); err != nil {
+			errs = append(errs, fmt.Errorf("thaw %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ptraceFreezer stops every thread with PTRACE_SEIZE + PTRACE_INTERRUPT, as
+// CRIU does (kernel-facts F10.4): the parents see nothing, TracerPid shows
+// while it lasts. All ptrace calls of a tracee must come from the tracing
+// thread, so they run on one locked OS thread; it is never unlocked, so the
+// thread dies with its goroutine and no tracer state leaks into the pool.
+type ptraceFreezer struct {
+	calls   chan func()
+	seized  []int // tids, level 0
+	leaders map[int]bool
+	stopped map[int]bool
+}
+
+func (p *ptraceFreezer) String() string           { return "ptrace seize" }
+func (p *ptraceFreezer) groupStopped() map[int]bool { return p.stopped }
+
+func (p *ptraceFreezer) do(f func()) {
+	done := make(chan struct{})
+	p.calls <- func() { f(); close(done) }
+	<-done
+}
+
+// ptraceFreeze seizes and interrupts every live thread of members.
+func ptraceFreeze(r *procfs.Reader, members []member, timeout time.Duration) (*ptraceFreezer, error) {
+	p := &ptraceFreezer{calls: make(chan func()), leaders: map[int]bool{}, stopped: map[int]bool{}}
+	go func() {
+		runtime.LockOSThread() // never unlocked: see the type comment
+		for f := range p.calls {
+			f()
+		}
+	}()
+	var err error
+	p.do(func() { err = p.seizeAll(r, members, timeout) })
+	if err != nil {
+		p.thaw(false)
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *ptraceFreezer) seizeAll(r *procfs.Reader, members []member, timeout time.Duration) error {
+	for _, m := range members {
+		tids, err := r.Tasks(m.pid)
+		if err != nil {
+			return fmt.Errorf("freeze pid %d: %w", m.pid, err)
+		}
+		for _, tid := range tids {
+			st, err := r.TaskStatus(m.pid, tid)
+			if err != nil {
+				return fmt.Errorf("freeze pid %d thread %d: %w", m.pid, tid, err)
+			}
+			if st.State == 'Z' || st.State == 'X' {
+				continue // nothing to stop; zombies cannot be seized
+			}
+			if err := unix.PtraceSeize(tid); err != nil {
+				if err == unix.ESRCH {
+					err = fmt.Errorf("%w (%w)", procfs.ErrGone, err)
+				}
+				return fmt.Errorf("freeze pid %d: ptrace seize thread %d: %w", m.pid, tid, err)
+			}
+			p.seized = append(p.seized, tid)
+			if tid == m.pid {
+				p.leaders[tid] = true
+			}
+			if err := unix.PtraceInterrupt(tid); err != nil {
+				return fmt.Errorf("freeze pid %d: ptrace interrupt thread %d: %w", m.pid, tid, err)
+			}
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	for _, tid := range p.seized {
+		for {
+			var ws unix.WaitStatus
+			got, err := unix.Wait4(tid, &ws, unix.WALL|unix.WNOHANG, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("freeze: wait for thread %d: %w", tid, err)
+			}
+			if got == tid {
+				if !ws.Stopped() {
+					return fmt.Errorf("freeze: thread %d exited while being stopped: %w", tid, procfs.ErrGone)
+				}
+				// PTRACE_INTERRUPT stops with SIGTRAP; a group-stop
+				// (the task was stopped by SIGSTOP & co) with its signal.
+				if ws.StopSignal() != unix.SIGTRAP {
+					p.stopped[tid] = true
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("freeze: thread %d did not stop within %v", tid, timeout)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+	return nil
+}
+
+func (p *ptraceFreezer) thaw(leaveStopped bool) error {
+	var errs []error
+	p.do(func() {
+		for _, tid := range p.seized {
+			sig := 0
+			if leaveStopped && p.leaders[tid] {
+				sig = int(unix.SIGSTOP) // CRIU's --leave-stopped: parents see it
+			}
+			_, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_DETACH, uintptr(tid), 0, uintptr(sig), 0, 0)
+			if e != 0 && e != unix.ESRCH {
+				errs = append(errs, fmt.Errorf("ptrace detach thread %d: %w", tid, e))
+			}
+		}
+		p.seized = nil
+	})
+	close(p.calls)
+	return errors.Join(errs...)
+}

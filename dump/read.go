@@ -1,0 +1,473 @@
+package dump
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/nsinit/nsinit/internal/nsid"
+	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
+)
+
+// member is one process found by discovery: its pid and its start time,
+// which together name it (a reused pid has another start time).
+type member struct {
+	pid   int
+	start uint64
+}
+
+// discover lists the tree rooted at root, parents before children (children
+// by ascending pid): every process whose parent chain reaches root. /proc
+// has no children file here (CONFIG_PROC_CHILDREN is off), so it scans every
+// process's stat once.
+func discover(r *procfs.Reader, root int) ([]member, error) {
+	pids, err := r.Pids()
+	if err != nil {
+		return nil, fmt.Errorf("list processes: %w", err)
+	}
+	children := make(map[int][]member, len(pids))
+	var rootStart uint64
+	found := false
+	for _, pid := range pids {
+		st, err := r.Stat(pid)
+		if errors.Is(err, procfs.ErrGone) {
+			continue // exited and reaped meanwhile: not part of anything
+		}
+		if err != nil {
+			return nil, err
+		}
+		if pid == root {
+			rootStart, found = st.StartTime, true
+		}
+		children[st.PPid] = append(children[st.PPid], member{pid, st.StartTime})
+	}
+	if !found {
+		return nil, fmt.Errorf("discover tree of pid %d: %w", root, procfs.ErrGone)
+	}
+	out := []member{{root, rootStart}}
+	for i := 0; i < len(out); i++ {
+		kids := children[out[i].pid]
+		slices.SortFunc(kids, func(a, b member) int { return a.pid - b.pid })
+		out = append(out, kids...)
+	}
+	return out, nil
+}
+
+// nsKey names a namespace while the dump holds it: pid and pid_for_children
+// share one key space.
+type nsKey struct {
+	kind pstree.NSKind
+	ino  uint64
+}
+
+func keyKind(k pstree.NSKind) pstree.NSKind {
+	if k == pstree.PidForChildrenNS {
+		return pstree.PidNS
+	}
+	return k
+}
+
+// reader turns /proc into a pstree.Tree.
+type reader struct {
+	r        *procfs.Reader
+	agentExe string // the nsinit binary whose agents are marked Agent
+	tree     *pstree.Tree
+	ids      map[nsKey]pstree.NSID
+	rep      map[pstree.NSID]int // a task in the namespace, to open it
+	// stopped: level-0 tids that were in group-stop when ptrace seized them
+	// (ptrace shows them as 't' afterwards). Nil under cgroup freeze.
+	stopped map[int]bool
+}
+
+// readTree reads every member into a Tree. Members that vanished make it
+// fail with an error wrapping procfs.ErrGone (the caller retries).
+func readTree(r *procfs.Reader, members []member, agentExe string, stopped map[int]bool) (*pstree.Tree, error) {
+	rd := &reader{r: r, agentExe: agentExe, tree: &pstree.Tree{},
+		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, stopped: stopped}
+	for i, m := range members {
+		t, err := rd.task(m)
+		if err != nil {
+			return nil, fmt.Errorf("read pid %d: %w", m.pid, err)
+		}
+		if i == 0 {
+			t.PPID = 0 // the root's parent is outside the tree
+		}
+		rd.tree.Tasks = append(rd.tree.Tasks, t)
+	}
+	if err := rd.namespaces(); err != nil {
+		return nil, err
+	}
+	if err := representable(rd.tree); err != nil {
+		return nil, err
+	}
+	return rd.tree, nil
+}
+
+func state(c byte, groupStopped bool) (pstree.TaskState, error) {
+	switch c {
+	case 'Z':
+		return pstree.Zombie, nil
+	case 'T':
+		return pstree.Stopped, nil
+	case 'X':
+		return 0, fmt.Errorf("task dying (state X): %w", procfs.ErrGone)
+	}
+	if groupStopped {
+		return pstree.Stopped, nil
+	}
+	return pstree.Live, nil
+}
+
+func (rd *reader) task(m member) (pstree.Task, error) {
+	r := rd.r
+	st, err := r.Stat(m.pid)
+	if err != nil {
+		return pstree.Task{}, err
+	}
+	if st.StartTime != m.start {
+		return pstree.Task{}, fmt.Errorf("pid reused (start time %d, was %d): %w", st.StartTime, m.start, procfs.ErrGone)
+	}
+	s, err := r.Status(m.pid)
+	if err != nil {
+		return pstree.Task{}, err
+	}
+	t := pstree.Task{
+		PIDs:  s.NSpid,
+		PPID:  s.PPid,
+		PGIDs: s.NSpgid,
+		SIDs:  s.NSsid,
+		Creds: pstree.Creds{
+			UID: s.UID[0], EUID: s.UID[1], SUID: s.UID[2], FSUID: s.UID[3],
+			GID: s.GID[0], EGID: s.GID[1], SGID: s.GID[2], FSGID: s.GID[3],
+			Groups: s.Groups,
+			CapInh: s.CapInh, CapPrm: s.CapPrm, CapEff: s.CapEff, CapBnd: s.CapBnd, CapAmb: s.CapAmb,
+		},
+	}
+	if t.State, err = state(s.State, rd.stopped[m.pid]); err != nil {
+		return t, err
+	}
+	if t.State == pstree.Zombie {
+		t.ExitStatus = st.ExitCode
+	}
+	if err := rd.threads(m.pid, &t); err != nil {
+		return t, err
+	}
+	for _, k := range pstree.AllNSKinds() {
+		ino, err := r.NSInode(m.pid, k.ProcName())
+		if err != nil {
+			if t.State == pstree.Zombie {
+				continue // a zombie keeps only ns/pid and ns/user (F6.1)
+			}
+			return t, err
+		}
+		t.NS[k] = rd.nsID(keyKind(k), ino, m.pid, k)
+	}
+	if t.State != pstree.Zombie {
+		// Zombies have no mm, cwd or root any more; a gone process
+		// surfaces as ErrGone on the next read anyway.
+		if t.Argv, err = r.Cmdline(m.pid); err != nil {
+			return t, err
+		}
+		if t.Env, err = r.Environ(m.pid); err != nil {
+			return t, err
+		}
+		for _, l := range []struct {
+			name string
+			dst  *string
+		}{{"exe", &t.Exe}, {"cwd", &t.Cwd}, {"root", &t.Root}} {
+			if *l.dst, err = r.Link(m.pid, l.name); err != nil {
+				return t, err
+			}
+		}
+		t.Agent = rd.isAgent(m.pid, t.Argv)
+	}
+	return t, nil
+}
+
+func (rd *reader) threads(pid int, t *pstree.Task) error {
+	tids, err := rd.r.Tasks(pid)
+	if err != nil {
+		return err
+	}
+	slices.Sort(tids)
+	for _, tid := range tids {
+		if tid == pid {
+			continue
+		}
+		ts, err := rd.r.TaskStatus(pid, tid)
+		if errors.Is(err, procfs.ErrGone) {
+			return fmt.Errorf("thread %d: %w", tid, err)
+		}
+		if err != nil {
+			return err
+		}
+		if len(ts.NSpid) != len(t.PIDs) {
+			return fmt.Errorf("thread %d has %d levels, its process %d", tid, len(ts.NSpid), len(t.PIDs))
+		}
+		s, err := state(ts.State, rd.stopped[tid])
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", tid, err)
+		}
+		t.Threads = append(t.Threads, pstree.Thread{TIDs: ts.NSpid, State: s})
+	}
+	return nil
+}
+
+func (rd *reader) nsID(kind pstree.NSKind, ino uint64, pid int, via pstree.NSKind) pstree.NSID {
+	k := nsKey{kind, ino}
+	if id, ok := rd.ids[k]; ok {
+		return id
+	}
+	id := pstree.NSID(len(rd.tree.Namespaces) + 1)
+	rd.ids[k] = id
+	rd.tree.Namespaces = append(rd.tree.Namespaces, pstree.Namespace{ID: id, Kind: kind})
+	if pid > 0 && via != pstree.PidForChildrenNS {
+		rd.rep[id] = pid
+	}
+	return id
+}
+
+// namespaces fills in parents, owners, levels, user maps and the cursor.
+// Namespaces reached only as a parent or owner are added as they are found
+// (without a task to read maps from).
+func (rd *reader) namespaces() error {
+	fds := map[pstree.NSID]int{}
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	// pid_for_children namespaces that no task is in have no
+	// representative; find one through the pid_for_children link.
+	for i := range rd.tree.Tasks {
+		t := &rd.tree.Tasks[i]
+		if id := t.NS[pstree.PidForChildrenNS]; id != 0 {
+			if _, ok := rd.rep[id]; !ok {
+				fd, err := rd.r.OpenNS(t.PIDs[0], "pid_for_children")
+				if err != nil {
+					return fmt.Errorf("open pid_for_children of %d: %w", t.PIDs[0], err)
+				}
+				fds[id] = fd
+			}
+		}
+	}
+	for i := 0; i < len(rd.tree.Namespaces); i++ {
+		ns := &rd.tree.Namespaces[i]
+		id, kind := ns.ID, ns.Kind
+		fd, ok := fds[id]
+		if !ok {
+			pid := rd.rep[id]
+			var err error
+			if fd, err = rd.r.OpenNS(pid, kind.ProcName()); err != nil {
+				return fmt.Errorf("open %v namespace of pid %d: %w", kind, pid, err)
+			}
+			fds[id] = fd
+		}
+		// rd.tree.Namespaces may grow below: use indexes, not ns.
+		if kind == pstree.PidNS || kind == pstree.UserNS {
+			pfd, err := nsid.Parent(fd)
+			switch {
+			case errors.Is(err, nsid.ErrNotVisible):
+			case err != nil:
+				return fmt.Errorf("%v namespace %d: %w", kind, id, err)
+			default:
+				pid, err := rd.adopt(fds, pfd, kind)
+				if err != nil {
+					return err
+				}
+				rd.tree.Namespaces[i].Parent = pid
+			}
+		}
+		ofd, err := nsid.Owner(fd)
+		switch {
+		case errors.Is(err, nsid.ErrNotVisible):
+		case err != nil:
+			return fmt.Errorf("%v namespace %d: %w", kind, id, err)
+		default:
+			oid, err := rd.adopt(fds, ofd, pstree.UserNS)
+			if err != nil {
+				return err
+			}
+			rd.tree.Namespaces[i].Owner = oid
+		}
+		if kind == pstree.UserNS {
+			if err := rd.userNS(&rd.tree.Namespaces[i], fd); err != nil {
+				return err
+			}
+		}
+	}
+	// Levels: depth below the top of the visible pid namespace chain.
+	for i := range rd.tree.Namespaces {
+		ns := &rd.tree.Namespaces[i]
+		if ns.Kind != pstree.PidNS {
+			continue
+		}
+		for p := ns.Parent; p != 0; p = rd.tree.Namespace(p).Parent {
+			if ns.Level++; ns.Level > pstree.MaxLevel {
+				return fmt.Errorf("pid namespace %d: deeper than %d levels", ns.ID, pstree.MaxLevel)
+			}
+		}
+	}
+	for i := range rd.tree.Tasks {
+		t := &rd.tree.Tasks[i]
+		if l := rd.tree.Namespace(t.NS[pstree.PidNS]).Level; l != t.Level() {
+			return fmt.Errorf("pid %d: %d pid levels in %s but its pid namespace is %d below the top visible one (is %s the procfs of our pid namespace?)",
+				t.PIDs[0], len(t.PIDs), rd.r.Root, l, rd.r.Root)
+		}
+	}
+	rd.lastPID()
+	return nil
+}
+
+// adopt names the namespace behind fd (taking ownership of fd).
+func (rd *reader) adopt(fds map[pstree.NSID]int, fd int, kind pstree.NSKind) (pstree.NSID, error) {
+	ino, err := nsid.Inode(fd)
+	if err != nil {
+		unix.Close(fd)
+		return 0, err
+	}
+	id := rd.nsID(kind, ino, 0, kind)
+	if _, ok := fds[id]; ok {
+		unix.Close(fd)
+	} else {
+		fds[id] = fd
+	}
+	return id, nil
+}
+
+func (rd *reader) userNS(ns *pstree.Namespace, fd int) error {
+	uid, err := nsid.OwnerUID(fd)
+	if err != nil {
+		return err
+	}
+	ns.OwnerUID = uid
+	pid, ok := rd.rep[ns.ID]
+	if !ok {
+		return nil // seen only as a parent or owner: no task to read maps from
+	}
+	for _, m := range []struct {
+		file string
+		dst  *[]pstree.IDMapEntry
+	}{{"uid_map", &ns.UIDMap}, {"gid_map", &ns.GIDMap}} {
+		es, err := rd.r.IDMap(pid, m.file)
+		if err != nil {
+			return fmt.Errorf("user namespace %d via pid %d: %w", ns.ID, pid, err)
+		}
+		for _, e := range es {
+			*m.dst = append(*m.dst, pstree.IDMapEntry{Inside: e.Inside, Outside: e.Outside, Count: e.Count})
+		}
+	}
+	if ns.SetgroupsAllowed, err = rd.r.SetgroupsAllowed(pid); err != nil {
+		return fmt.Errorf("user namespace %d via pid %d: %w", ns.ID, pid, err)
+	}
+	return nil
+}
+
+// lastPID records ns_last_pid where it can be read truthfully. The sysctl
+// always shows the READER's active pid namespace, whichever procfs it is
+// reached through (kernel-facts F1.1), so only the dumper's own pid
+// namespace - level 0 when the procfs is ours - can be read from outside.
+// Every other namespace keeps 0 (unknown): reading it needs a task inside.
+func (rd *reader) lastPID() {
+	self, err := rd.r.NSInode(os.Getpid(), "pid")
+	if err != nil {
+		return
+	}
+	id, ok := rd.ids[nsKey{pstree.PidNS, self}]
+	if !ok {
+		return
+	}
+	b, err := rd.r.ReadSmallFile("/proc/sys/kernel/ns_last_pid")
+	if err != nil {
+		return
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+		rd.tree.Namespace(id).LastPID = n
+	}
+}
+
+// isAgent applies the agent rule (docs/image-format.md): argv[0]'s base
+// name is "nsinit", the executable is the same file as agentExe (same
+// device and inode, or same content), and argv[1] is not one of the tool
+// subcommands (an agent runs in init mode: options or "--" follow).
+func (rd *reader) isAgent(pid int, argv []string) bool {
+	if rd.agentExe == "" || len(argv) == 0 || filepath.Base(argv[0]) != "nsinit" {
+		return false
+	}
+	if len(argv) > 1 {
+		switch argv[1] {
+		case "dump", "restore", "show", "check", "help", "version", "--version":
+			return false
+		}
+	}
+	exe := rd.r.Root + "/" + strconv.Itoa(pid) + "/exe"
+	var a, b unix.Stat_t
+	if unix.Stat(exe, &a) != nil || unix.Stat(rd.agentExe, &b) != nil {
+		return false
+	}
+	if a.Dev == b.Dev && a.Ino == b.Ino {
+		return true
+	}
+	return a.Size == b.Size && sameContent(exe, rd.agentExe)
+}
+
+func sameContent(p, q string) bool {
+	h := func(name string) []byte {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil
+		}
+		defer f.Close()
+		s := sha256.New()
+		if _, err := io.Copy(s, f); err != nil {
+			return nil
+		}
+		return s.Sum(nil)
+	}
+	a, b := h(p), h(q)
+	return a != nil && string(a) == string(b)
+}
+
+// ErrUnrepresentable is wrapped when the tree has a shape the image cannot
+// carry faithfully; the dump refuses rather than writing a wrong image.
+var ErrUnrepresentable = errors.New("tree cannot be represented in an image")
+
+// representable refuses a task whose pid namespace is neither the root's
+// nor one whose init (pid 1) is a task of the tree, and pid_for_children
+// namespaces of the same kind unless they are fresh (no task in them yet,
+// created by unshare below the task's own namespace): restore could not
+// re-create such a namespace without tasks outside the tree.
+func representable(tr *pstree.Tree) error {
+	root := tr.Tasks[0].NS[pstree.PidNS]
+	owned := map[pstree.NSID]bool{root: true}
+	used := map[pstree.NSID]bool{}
+	for _, t := range tr.Tasks {
+		used[t.NS[pstree.PidNS]] = true
+		if t.InnerPID() == 1 {
+			owned[t.NS[pstree.PidNS]] = true
+		}
+	}
+	for _, t := range tr.Tasks {
+		if !owned[t.NS[pstree.PidNS]] {
+			return fmt.Errorf("%w: pid %d is in pid namespace %d at level %d whose init is not in the tree",
+				ErrUnrepresentable, t.PIDs[0], t.NS[pstree.PidNS], t.Level())
+		}
+		pfc := t.NS[pstree.PidForChildrenNS]
+		if pfc == 0 || owned[pfc] {
+			continue
+		}
+		if used[pfc] || tr.Namespace(pfc).Parent != t.NS[pstree.PidNS] {
+			return fmt.Errorf("%w: pid %d has pid_for_children namespace %d whose init is not in the tree",
+				ErrUnrepresentable, t.PIDs[0], pfc)
+		}
+	}
+	return nil
+}
