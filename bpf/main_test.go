@@ -23,6 +23,8 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "threads":
 		threadsChild()
+	case "churn":
+		churnChild()
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", roleEnv, os.Getenv(roleEnv))
 		os.Exit(2)
@@ -98,4 +100,21 @@ func ownTids() map[int]bool {
 		}
 	}
 	return m
+}
+
+// churnChild reads a number N, then creates and ends N threads, one after
+// another: goroutines locked to a thread that they end by returning.
+func churnChild() {
+	fmt.Println("ready")
+	var n int
+	fmt.Scan(&n)
+	for range n {
+		done := make(chan struct{})
+		go func() {
+			runtime.LockOSThread()
+			close(done)
+		}()
+		<-done
+	}
+	os.Exit(0)
 }

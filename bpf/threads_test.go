@@ -183,3 +183,51 @@ func TestThreads(t *testing.T) {
 		t.Errorf("%d exits end the group, want 1", groupDead)
 	}
 }
+
+// TestDropsAreCounted: with no reader, a burst larger than the ring buffer
+// drops records but never counts: received + dropped == counted, exactly.
+func TestDropsAreCounted(t *testing.T) {
+	w := loadWatcher(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"=churn")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID, Pdeathsig: syscall.SIGKILL}
+	in, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	if !bufio.NewScanner(out).Scan() {
+		t.Fatal("child did not start")
+	}
+	fd, err := syscall.Open(fmt.Sprintf("/proc/%d/ns/pid", cmd.Process.Pid), syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+	if _, err := w.WatchNS(fd); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Attach(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(in, "5000") // ~10,000 events of 192 bytes: more than 256 KiB
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.Detach()
+	received := uint64(len(drain(t, w)))
+	c, err := w.Counts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("counted %d, received %d, dropped %d", c.Events, received, c.Dropped)
+	if c.Dropped == 0 || received+c.Dropped != c.Events || c.Events < 10000 {
+		t.Errorf("counted %d, received %d, dropped %d: want drops and received + dropped == counted", c.Events, received, c.Dropped)
+	}
+}
