@@ -10,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // forkLoop runs n fork+exec+exit cycles of busybox true in a new pid
@@ -67,6 +70,10 @@ func BenchmarkForkExitOverhead(b *testing.B) {
 func BenchmarkEventRate(b *testing.B) {
 	w := loadWatcher(b)
 	needBusybox(b)
+	// Kernel run-time statistics of the programs, while the benchmark runs.
+	if st, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME); err == nil {
+		defer st.Close()
+	}
 	if err := w.Attach(); err != nil {
 		b.Fatal(err)
 	}
@@ -139,5 +146,16 @@ func BenchmarkEventRate(b *testing.B) {
 	b.ReportMetric(float64(c.Events)/elapsed.Seconds(), "events/s")
 	b.ReportMetric(float64(c.Dropped), "dropped")
 	b.ReportMetric(float64(received), "received")
+	var runs uint64
+	var run time.Duration
+	for _, p := range []*ebpf.Program{w.objs.OnFork, w.objs.OnExit, w.objs.OnExec} {
+		if st, err := p.Stats(); err == nil {
+			runs += st.RunCount
+			run += st.Runtime
+		}
+	}
+	if runs > 0 { // every run on the machine, matched or not
+		b.ReportMetric(float64(run.Nanoseconds())/float64(runs), "ns/prog-run")
+	}
 }
 

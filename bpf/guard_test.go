@@ -196,3 +196,19 @@ func TestGuardErrors(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestLoadWithoutCapabilities: without CAP_BPF and CAP_PERFMON, loading
+// fails with a clear error wrapping EPERM, not a panic.
+func TestLoadWithoutCapabilities(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.BPF)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), roleEnv+"=noperm")
+	out, err := cmd.CombinedOutput()
+	t.Logf("%s", out)
+	if err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	if !strings.Contains(string(out), "CAP_BPF") {
+		t.Errorf("error does not name the capabilities: %s", out)
+	}
+}

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -25,6 +26,8 @@ func TestMain(m *testing.M) {
 		threadsChild()
 	case "churn":
 		churnChild()
+	case "noperm":
+		noPermChild()
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", roleEnv, os.Getenv(roleEnv))
 		os.Exit(2)
@@ -115,6 +118,37 @@ func churnChild() {
 			close(done)
 		}()
 		<-done
+	}
+	os.Exit(0)
+}
+
+// noPermChild drops CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN from the
+// effective set of its (locked) thread, loads the programs and prints the
+// error.
+func noPermChild() {
+	runtime.LockOSThread()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		fmt.Println("capget:", err)
+		os.Exit(1)
+	}
+	for _, c := range []int{unix.CAP_BPF, unix.CAP_PERFMON, unix.CAP_SYS_ADMIN} {
+		data[c/32].Effective &^= 1 << (uint(c) % 32)
+	}
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		fmt.Println("capset:", err)
+		os.Exit(1)
+	}
+	w, err := Load()
+	if err == nil {
+		w.Close()
+		fmt.Println("loaded")
+		os.Exit(1)
+	}
+	fmt.Println(err)
+	if !errors.Is(err, unix.EPERM) {
+		os.Exit(1)
 	}
 	os.Exit(0)
 }
