@@ -158,4 +158,3 @@ func BenchmarkEventRate(b *testing.B) {
 		b.ReportMetric(float64(run.Nanoseconds())/float64(runs), "ns/prog-run")
 	}
 }
-
