@@ -178,9 +178,11 @@ func (tt *testTree) cleanup(t *testing.T) {
 		os.WriteFile(filepath.Join(tt.cgroup, "cgroup.kill"), []byte("1"), 0)
 	}
 	if tt.cmd != nil {
-		if tr, err := ReadLive(tt.root, ""); err == nil {
-			for _, task := range tr.Tasks {
-				unix.Kill(task.PIDs[0], unix.SIGKILL)
+		// discover is the plainest reader: it works even when the tree
+		// is half-built.
+		if ms, err := discover(procfs.New(""), tt.root); err == nil {
+			for _, m := range ms {
+				unix.Kill(m.pid, unix.SIGKILL)
 			}
 		}
 		tt.cmd.Process.Kill()

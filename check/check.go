@@ -1,0 +1,219 @@
+// Package check compares an image with a live tree, strictly: it is how
+// restore tests prove a restore exact. Tasks are matched by their level-0
+// pid; namespaces are compared by shape (which tasks share one, the
+// hierarchy of pid and user namespaces and who owns what), never by id or
+// inode.
+package check
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/nsinit/nsinit/dump"
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// Difference is one way the live tree differs from the image.
+type Difference struct {
+	PID   int    // level-0 pid of the task concerned, 0 for the tree
+	What  string // the property: "pids", "ppid", "sid", "net namespace", ...
+	Image string // the image's value
+	Live  string // the live value
+}
+
+func (d Difference) String() string {
+	who := "tree"
+	if d.PID != 0 {
+		who = fmt.Sprintf("pid %d", d.PID)
+	}
+	return fmt.Sprintf("%s: %s: image %s, live %s", who, d.What, d.Image, d.Live)
+}
+
+// ReadLive reads the live tree rooted at level-0 pid root, through the
+// dump's reader, without freezing it.
+func ReadLive(root int) (*pstree.Tree, error) { return dump.ReadLive(root, "") }
+
+// Compare lists every difference between img and live; none means equal.
+func Compare(img, live *pstree.Tree) []Difference {
+	c := &comparer{img: img, live: live, nsMap: map[pstree.NSID]pstree.NSID{}, nsRev: map[pstree.NSID]pstree.NSID{}}
+	c.tasks()
+	c.namespaces()
+	return c.diffs
+}
+
+type comparer struct {
+	img, live    *pstree.Tree
+	diffs        []Difference
+	nsMap, nsRev map[pstree.NSID]pstree.NSID // image <-> live namespace ids
+}
+
+func (c *comparer) add(pid int, what string, img, live any) {
+	c.diffs = append(c.diffs, Difference{PID: pid, What: what, Image: fmt.Sprint(img), Live: fmt.Sprint(live)})
+}
+
+func (c *comparer) tasks() {
+	for i := range c.img.Tasks {
+		it := &c.img.Tasks[i]
+		lt := c.live.Task(it.PIDs[0])
+		if lt == nil {
+			c.add(it.PIDs[0], "task", fmt.Sprintf("%v %v", it.PIDs, it.State), "missing")
+			continue
+		}
+		pid := it.PIDs[0]
+		if !slices.Equal(it.PIDs, lt.PIDs) {
+			c.add(pid, "pids", it.PIDs, lt.PIDs)
+		}
+		if i > 0 && it.PPID != lt.PPID {
+			c.add(pid, "ppid", it.PPID, lt.PPID)
+		}
+		if !slices.Equal(it.PGIDs, lt.PGIDs) {
+			c.add(pid, "pgids", it.PGIDs, lt.PGIDs)
+		}
+		if !slices.Equal(it.SIDs, lt.SIDs) {
+			c.add(pid, "sids", it.SIDs, lt.SIDs)
+		}
+		if it.State != lt.State {
+			c.add(pid, "state", it.State, lt.State)
+		}
+		if it.ExitStatus != lt.ExitStatus {
+			c.add(pid, "exit status", fmt.Sprintf("%#x", it.ExitStatus), fmt.Sprintf("%#x", lt.ExitStatus))
+		}
+		c.threads(pid, it.Threads, lt.Threads)
+		for _, k := range pstree.AllNSKinds() {
+			c.sameNS(pid, k, it.NS[k], lt.NS[k])
+		}
+	}
+	if len(c.live.Tasks) > 0 && len(c.img.Tasks) > 0 && c.live.Tasks[0].PIDs[0] != c.img.Tasks[0].PIDs[0] {
+		c.add(0, "root", c.img.Tasks[0].PIDs, c.live.Tasks[0].PIDs)
+	}
+	for _, lt := range c.live.Tasks {
+		if c.img.Task(lt.PIDs[0]) == nil {
+			c.add(lt.PIDs[0], "task", "missing", fmt.Sprintf("%v %v", lt.PIDs, lt.State))
+		}
+	}
+}
+
+func (c *comparer) threads(pid int, img, live []pstree.Thread) {
+	key := func(ts []pstree.Thread) []string {
+		var out []string
+		for _, t := range ts {
+			out = append(out, fmt.Sprintf("%v:%v", t.TIDs, t.State))
+		}
+		slices.Sort(out)
+		return out
+	}
+	if a, b := key(img), key(live); !slices.Equal(a, b) {
+		c.add(pid, "threads", a, b)
+	}
+}
+
+// sameNS records that image namespace a is live namespace b; a namespace
+// met twice with different partners is a difference in shape.
+func (c *comparer) sameNS(pid int, k pstree.NSKind, a, b pstree.NSID) {
+	if a == 0 || b == 0 {
+		if a != b {
+			c.add(pid, k.String()+" namespace", known(a), known(b))
+		}
+		return
+	}
+	ma, okA := c.nsMap[a]
+	_, okB := c.nsRev[b]
+	switch {
+	case !okA && !okB:
+		c.nsMap[a], c.nsRev[b] = b, a
+	case okA && ma == b:
+	default:
+		c.add(pid, k.String()+" namespace", c.sharers(c.img, k, a), c.sharers(c.live, k, b))
+	}
+}
+
+func known(id pstree.NSID) string {
+	if id == 0 {
+		return "unknown"
+	}
+	return "known"
+}
+
+// sharers describes a namespace by the tasks in it.
+func (c *comparer) sharers(tr *pstree.Tree, k pstree.NSKind, id pstree.NSID) string {
+	var pids []int
+	for _, t := range tr.Tasks {
+		if t.NS[k] == id {
+			pids = append(pids, t.PIDs[0])
+		}
+	}
+	return fmt.Sprintf("shared by %v", pids)
+}
+
+// namespaces compares, for every pair of matched namespaces, the pid
+// namespace level and the parent and owner (which must match too).
+func (c *comparer) namespaces() {
+	done := map[pstree.NSID]bool{}
+	for len(done) < len(c.nsMap) { // related may match more namespaces
+		var ids []pstree.NSID
+		for a := range c.nsMap {
+			if !done[a] {
+				ids = append(ids, a)
+				done[a] = true
+			}
+		}
+		slices.Sort(ids)
+		c.namespacePairs(ids)
+	}
+}
+
+func (c *comparer) namespacePairs(ids []pstree.NSID) {
+	for _, a := range ids {
+		na, nb := c.img.Namespace(a), c.live.Namespace(c.nsMap[a])
+		if na == nil || nb == nil {
+			continue
+		}
+		what := fmt.Sprintf("%v namespace of pid %d", na.Kind, c.firstTask(c.img, a))
+		if na.Level != nb.Level {
+			c.add(0, what+": level", na.Level, nb.Level)
+		}
+		c.related(what+": parent", na.Parent, nb.Parent)
+		c.related(what+": owner", na.Owner, nb.Owner)
+		if na.Kind == pstree.UserNS {
+			if fmt.Sprint(na.UIDMap) != fmt.Sprint(nb.UIDMap) {
+				c.add(0, what+": uid_map", na.UIDMap, nb.UIDMap)
+			}
+			if fmt.Sprint(na.GIDMap) != fmt.Sprint(nb.GIDMap) {
+				c.add(0, what+": gid_map", na.GIDMap, nb.GIDMap)
+			}
+		}
+	}
+}
+
+// related compares two references (parent, owner): they must name matched
+// namespaces, or both be unknown; a namespace seen only as a reference is
+// matched here for the first time.
+func (c *comparer) related(what string, a, b pstree.NSID) {
+	if a == 0 || b == 0 {
+		if a != b {
+			c.add(0, what, known(a), known(b))
+		}
+		return
+	}
+	ma, okA := c.nsMap[a]
+	mb, okB := c.nsRev[b]
+	switch {
+	case !okA && !okB:
+		c.nsMap[a], c.nsRev[b] = b, a
+	case okA && ma == b:
+	case okB && mb == a:
+	default:
+		c.add(0, what, fmt.Sprintf("namespace %d", a), fmt.Sprintf("a different one (%d)", b))
+	}
+}
+
+func (c *comparer) firstTask(tr *pstree.Tree, id pstree.NSID) int {
+	for _, t := range tr.Tasks {
+		for _, n := range t.NS {
+			if n == id {
+				return t.PIDs[0]
+			}
+		}
+	}
+	return 0
+}
