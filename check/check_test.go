@@ -1,0 +1,165 @@
+package check
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsinit/nsinit/dump"
+	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
+)
+
+func tree() *pstree.Tree {
+	return &pstree.Tree{
+		Namespaces: []pstree.Namespace{
+			{ID: 1, Kind: pstree.PidNS, Owner: 3},
+			{ID: 2, Kind: pstree.PidNS, Parent: 1, Level: 1, Owner: 3},
+			{ID: 3, Kind: pstree.UserNS},
+			{ID: 4, Kind: pstree.NetNS, Owner: 3},
+			{ID: 5, Kind: pstree.NetNS, Owner: 3},
+		},
+		Tasks: []pstree.Task{
+			{PIDs: []int{10}, PGIDs: []int{10}, SIDs: []int{10}, NS: pstree.NSSet{1, 1, 3, 4}},
+			{PIDs: []int{11, 1}, PPID: 10, PGIDs: []int{10, 0}, SIDs: []int{10, 0}, NS: pstree.NSSet{2, 2, 3, 5},
+				Threads: []pstree.Thread{{TIDs: []int{13, 3}}}},
+			{PIDs: []int{12, 2}, PPID: 11, PGIDs: []int{12, 2}, SIDs: []int{12, 2}, NS: pstree.NSSet{2, 2, 3, 5},
+				State: pstree.Zombie, ExitStatus: 200 << 8},
+		},
+	}
+}
+
+// renumber gives every namespace another id, as a live read would.
+func renumber(tr *pstree.Tree) *pstree.Tree {
+	m := func(id pstree.NSID) pstree.NSID {
+		if id == 0 {
+			return 0
+		}
+		return 100 - id
+	}
+	for i := range tr.Namespaces {
+		ns := &tr.Namespaces[i]
+		ns.ID, ns.Parent, ns.Owner = m(ns.ID), m(ns.Parent), m(ns.Owner)
+	}
+	for i := range tr.Tasks {
+		for k := range tr.Tasks[i].NS {
+			tr.Tasks[i].NS[k] = m(tr.Tasks[i].NS[k])
+		}
+	}
+	return tr
+}
+
+func TestCompareIdentical(t *testing.T) {
+	if d := Compare(tree(), renumber(tree())); len(d) != 0 {
+		t.Fatalf("differences in identical trees: %v", d)
+	}
+}
+
+func TestCompareFindsEachDifference(t *testing.T) {
+	cases := map[string]struct {
+		mutate func(*pstree.Tree)
+		want   string
+	}{
+		"inner pid":   {func(tr *pstree.Tree) { tr.Tasks[2].PIDs[1] = 5 }, "pid 12: pids"},
+		"ppid":        {func(tr *pstree.Tree) { tr.Tasks[2].PPID = 10 }, "pid 12: ppid"},
+		"sid":         {func(tr *pstree.Tree) { tr.Tasks[1].SIDs[0] = 11 }, "pid 11: sids"},
+		"pgid":        {func(tr *pstree.Tree) { tr.Tasks[2].PGIDs[1] = 1 }, "pid 12: pgids"},
+		"state":       {func(tr *pstree.Tree) { tr.Tasks[2].State = pstree.Live }, "pid 12: state"},
+		"exit status": {func(tr *pstree.Tree) { tr.Tasks[2].ExitStatus = 9 }, "pid 12: exit status"},
+		"thread":      {func(tr *pstree.Tree) { tr.Tasks[1].Threads = nil }, "pid 11: threads"},
+		"missing":     {func(tr *pstree.Tree) { tr.Tasks = tr.Tasks[:2] }, "pid 12: task: image"},
+		"extra": {func(tr *pstree.Tree) {
+			tr.Tasks = append(tr.Tasks, pstree.Task{PIDs: []int{14, 4}, PPID: 11, PGIDs: []int{14, 4}, SIDs: []int{14, 4}, NS: tr.Tasks[2].NS})
+		}, "pid 14: task: image missing"},
+		// Same number of namespaces, but pid 12 no longer shares pid 11's.
+		"net shape": {func(tr *pstree.Tree) { tr.Tasks[2].NS[pstree.NetNS] = 4 }, "pid 12: net namespace"},
+		"owner": {func(tr *pstree.Tree) {
+			tr.Namespaces = append(tr.Namespaces, pstree.Namespace{ID: 6, Kind: pstree.UserNS, Parent: 3})
+			tr.Namespaces[1].Owner = 6
+		}, "pid namespace of pid 11: owner"},
+	}
+	for name, c := range cases {
+		live := tree()
+		c.mutate(live)
+		diffs := Compare(tree(), renumber(live))
+		var all []string
+		for _, d := range diffs {
+			all = append(all, d.String())
+		}
+		if !strings.Contains(strings.Join(all, "\n"), c.want) {
+			t.Errorf("%s: want a difference %q, got %q", name, c.want, all)
+		}
+	}
+}
+
+// TestCheckLiveTree dumps a real tree, checks it against itself, then
+// changes it and expects the change to be reported.
+func TestCheckLiveTree(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create pid namespaces")
+	}
+	cmd := exec.Command("/bin/busybox", "sh", "-c",
+		`busybox sh -c 'exit 3' & unshare -fp busybox sh -c 'busybox sleep 1000 & busybox sleep 1000 & wait' & exec busybox sleep 1000`)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	root := cmd.Process.Pid
+	var tr *pstree.Tree
+	t.Cleanup(func() {
+		if live, err := ReadLive(root); err == nil {
+			for i := len(live.Tasks) - 1; i >= 0; i-- {
+				unix.Kill(live.Tasks[i].PIDs[0], unix.SIGKILL)
+			}
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		live, err := ReadLive(root)
+		if err == nil && len(live.Tasks) == 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tree not ready: %v %d", err, len(live.Tasks))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tr, err := dump.Dump(root, dump.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := imagefile.Write(dir, tr); err != nil {
+		t.Fatal(err)
+	}
+	img, err := imagefile.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := ReadLive(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("fresh dump differs from the live tree: %v", d)
+	}
+	// Kill one inner sleeper: the tree loses a task.
+	victim := img.Tasks[len(img.Tasks)-1].PIDs[0]
+	unix.Kill(victim, unix.SIGKILL)
+	for time.Now().Before(deadline) {
+		if live, err = ReadLive(root); err == nil && live.Task(victim) == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d := Compare(img, live)
+	if len(d) != 1 || d[0].PID != victim || d[0].What != "task" {
+		t.Fatalf("after killing %d: %v", victim, d)
+	}
+}
