@@ -1,0 +1,99 @@
+package restorer
+
+import (
+	"unsafe"
+
+	"github.com/nsinit/nsinit/internal/sys"
+)
+
+// The block is the one piece of memory the Go restorer and the builder
+// processes share (they are CLONE_VM children of the restorer). It is
+// mmap'ed, never Go heap: no Go pointers are ever stored in it, only
+// integers and addresses inside the block itself. Builders read their steps
+// from it and write results and futex words into it.
+
+// header is at offset 0 of the block.
+type header struct {
+	cur       uint64 // index of the step whose turn it is
+	goWake    uint32 // futex word the restorer sleeps on
+	failed    uint32 // set by a builder whose step failed
+	failStep  int64
+	failErrno int64
+	nsteps    int64
+	base      uint64 // the block's own address, for sanity checks
+	// zeros stays all zero: SIG_DFL sigaction, empty sigset, RLIMIT 0,
+	// a futex word that never changes.
+	zeros       [128]byte
+	lastPIDPath [32]byte
+}
+
+// procRec is one proc's slot.
+type procRec struct {
+	wake      uint32 // futex word: the token for this proc's next step
+	alive     uint32 // CLONE_CHILD_CLEARTID: the kernel zeroes it at exec/exit
+	pidfd     int32  // CLONE_PIDFD: filled by the kernel, -1 before
+	execErr   int32  // errno of a failed execve, 0 otherwise
+	firstStep int64  // first step this proc performs, -1 for none
+	selfPid   int64  // its pid in its own namespace (for kill(self))
+	// payload (addresses inside the block; 0 = none)
+	path, argv, envp, cwd uint64
+	groups                uint64
+	ngroups               int64
+	uid, gid              [3]uint32 // real, effective, saved
+	setCreds              uint32
+	stopSelf              uint32 // park instead of exec (stopped payload)
+}
+
+// stepRec is one step in the block.
+type stepRec struct {
+	op        int64
+	actor     int64
+	nextSame  int64 // the next step of the same actor, -1 for none
+	nextActor int64 // the actor of step i+1 (Restorer = -1; -2 after the last)
+	into      int64 // proc whose pidfd names the pid ns to setns into, -1
+	arg, arg2 int64
+	waitPid   int64 // OpWait: the helper's pid in the actor's namespace
+	child     int64 // OpClone: builderMain argument of the new task
+	args      sys.CloneArgs
+	setTID    [sys.MaxSetTID]uint64
+	text      [24]byte // OpLastPID: the number as text
+	textLen   int64
+}
+
+const (
+	headerSize  = (unsafe.Sizeof(header{}) + 63) &^ 63
+	procRecSize = (unsafe.Sizeof(procRec{}) + 15) &^ 15
+	stepRecSize = (unsafe.Sizeof(stepRec{}) + 15) &^ 15
+	// stackSize is each builder's stack: its code is nosplit and only
+	// makes raw syscalls, so a little is plenty.
+	stackSize = 16 << 10
+	// threadArg marks a builderMain argument that starts a parked thread.
+	threadArg = 1 << 40
+)
+
+// block describes the layout; base is set once mapped. Only the accessors
+// below compute addresses, always inside the mapping.
+type block struct {
+	mem          []byte
+	base         unsafe.Pointer
+	nprocs       int
+	nsteps       int
+	procsOff     uintptr
+	stepsOff     uintptr
+	strOff, strN uintptr
+	stacksOff    uintptr
+	nstacks      int
+}
+
+//go:nosplit
+func hdrAt(base unsafe.Pointer) *header { return (*header)(base) }
+
+//go:nosplit
+func procAt(base unsafe.Pointer, off uintptr, i int64) *procRec {
+	return (*procRec)(unsafe.Add(base, off+uintptr(i)*procRecSize))
+}
+
+//go:nosplit
+func stepAt(base unsafe.Pointer, off uintptr, i int64) *stepRec {
+	return (*stepRec)(unsafe.Add(base, off+uintptr(i)*stepRecSize))
+}

@@ -1,0 +1,228 @@
+package restorer
+
+import (
+	"reflect"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"github.com/nsinit/nsinit/internal/sys"
+	"golang.org/x/sys/unix"
+)
+
+// This file is the builder: the code every restored process runs from its
+// birth until it becomes its payload, exits (zombies, helpers) or parks.
+//
+// It runs in CLONE_VM children of the Go restorer, on stacks inside the
+// block, with every signal blocked. Contract for everything called from
+// builderMain: //go:nosplit, raw syscalls only, no allocation, no write of a
+// pointer to memory, no bounds-checked indexing, no use of g. The ABI0
+// wrapper of builderMain is nosplit too because builderMain is (checked by
+// TestBuilderNoMorestack).
+
+// builderEntry is the register-ABI entry of builderMain, which the
+// trampoline calls in a new child.
+var builderEntry = reflect.ValueOf(builderMain).Pointer()
+
+// Set once by Execute before the first clone, read-only afterwards.
+var (
+	bBase     unsafe.Pointer
+	bProcsOff uintptr
+	bStepsOff uintptr
+)
+
+// clone3 is in trampoline_amd64.s.
+//
+//go:noescape
+func clone3(args uintptr, size uintptr, arg uintptr) (r1 uintptr, errno uintptr)
+
+const (
+	futexWait  = 0
+	futexWake  = 1
+	sigSetmask = 2
+	wALL       = 0x40000000
+	// errHelperStatus marks a failure errno that is really a helper's
+	// non-zero wait status (in the low 16 bits).
+	errHelperStatus = 1 << 20
+)
+
+// zeroBuf is 128 zero bytes inside the header's padding area: an all-zero
+// sigaction (SIG_DFL), an empty signal set, a futex word that never changes.
+//
+//go:nosplit
+func zeroBuf(base unsafe.Pointer) uintptr { return uintptr(base) + unsafe.Offsetof(header{}.zeros) }
+
+//go:nosplit
+func builderMain(arg uintptr) {
+	base := bBase
+	z := zeroBuf(base)
+	if arg&threadArg != 0 {
+		park(z)
+	}
+	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
+	// while every signal is still blocked.
+	for sig := uintptr(1); sig <= 64; sig++ {
+		if sig != 9 && sig != 19 && sig != 32 && sig != 33 {
+			syscall.RawSyscall6(unix.SYS_RT_SIGACTION, sig, z, 0, 8, 0, 0)
+		}
+	}
+	self := int64(arg)
+	h := hdrAt(base)
+	pr := procAt(base, bProcsOff, self)
+	for i := pr.firstStep; i >= 0; {
+		st := stepAt(base, bStepsOff, i)
+		for {
+			v := atomic.LoadUint32(&pr.wake)
+			if atomic.LoadUint64(&h.cur) == uint64(i) || atomic.LoadUint32(&h.failed) != 0 {
+				break
+			}
+			syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&pr.wake)), futexWait, uintptr(v), 0, 0, 0)
+		}
+		if atomic.LoadUint32(&h.failed) != 0 {
+			park(z)
+		}
+		switch st.op {
+		case int64(OpExit):
+			advance(base, st, i)
+			die(z, st.arg)
+		case int64(OpPayload):
+			advance(base, st, i)
+			if pr.stopSelf != 0 {
+				park(z)
+			}
+			execPayload(z, pr)
+		}
+		if e := doStep(base, pr, st); e != 0 {
+			fail(base, i, e)
+			park(z)
+		}
+		advance(base, st, i)
+		i = st.nextSame
+	}
+	park(z)
+}
+
+//go:nosplit
+func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
+	switch st.op {
+	case int64(OpClone):
+		if st.into >= 0 {
+			fd := procAt(base, bProcsOff, st.into).pidfd
+			if _, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), sys.CLONE_NEWPID, 0); e != 0 {
+				return uintptr(e)
+			}
+		}
+		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, uintptr(st.child))
+		if st.into >= 0 {
+			if _, _, e2 := syscall.RawSyscall(unix.SYS_SETNS, uintptr(pr.pidfd), sys.CLONE_NEWPID, 0); e2 != 0 && e == 0 {
+				return uintptr(e2)
+			}
+		}
+		return e
+	case int64(OpThread):
+		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, threadArg)
+		return e
+	case int64(OpSetsid):
+		_, _, e := syscall.RawSyscall(unix.SYS_SETSID, 0, 0, 0)
+		return uintptr(e)
+	case int64(OpSetpgid):
+		_, _, e := syscall.RawSyscall(unix.SYS_SETPGID, uintptr(st.arg), uintptr(st.arg2), 0)
+		return uintptr(e)
+	case int64(OpLastPID):
+		h := hdrAt(base)
+		fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, uintptr(unsafe.Pointer(&h.lastPIDPath)), unix.O_WRONLY|unix.O_CLOEXEC, 0, 0, 0)
+		if e != 0 {
+			return uintptr(e)
+		}
+		_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&st.text)), uintptr(st.textLen))
+		syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
+		return uintptr(e)
+	case int64(OpWait):
+		_, _, e := syscall.RawSyscall6(unix.SYS_WAIT4, uintptr(st.waitPid), uintptr(unsafe.Pointer(&st.arg2)), wALL, 0, 0, 0)
+		if e != 0 {
+			return uintptr(e)
+		}
+		if s := uint32(st.arg2); s != 0 {
+			return errHelperStatus | uintptr(s&0xffff)
+		}
+	}
+	return 0
+}
+
+// advance passes the token from step i to step i+1 and wakes its owner.
+//
+//go:nosplit
+func advance(base unsafe.Pointer, st *stepRec, i int64) {
+	h := hdrAt(base)
+	atomic.StoreUint64(&h.cur, uint64(i+1))
+	w := &h.goWake
+	if st.nextActor >= 0 {
+		w = &procAt(base, bProcsOff, st.nextActor).wake
+	}
+	atomic.AddUint32(w, 1)
+	syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWake, 1<<30, 0, 0, 0)
+}
+
+//go:nosplit
+func fail(base unsafe.Pointer, i int64, e uintptr) {
+	h := hdrAt(base)
+	h.failStep = i
+	h.failErrno = int64(e)
+	atomic.StoreUint32(&h.failed, 1)
+	atomic.AddUint32(&h.goWake, 1)
+	syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWake, 1<<30, 0, 0, 0)
+}
+
+// park waits forever (a stopped payload, a thread, a failed builder): only
+// a signal ends it.
+//
+//go:nosplit
+func park(z uintptr) {
+	for {
+		syscall.RawSyscall6(unix.SYS_FUTEX, z, futexWait, 0, 0, 0, 0)
+	}
+}
+
+// die terminates with raw wait status: exit code << 8, or death by signal
+// (never a core dump: RLIMIT_CORE is 0 first).
+//
+//go:nosplit
+func die(z uintptr, status int64) {
+	if sig := uintptr(status & 0x7f); sig != 0 {
+		syscall.RawSyscall6(unix.SYS_PRLIMIT64, 0, unix.RLIMIT_CORE, z, 0, 0, 0)
+		syscall.RawSyscall6(unix.SYS_RT_SIGPROCMASK, sigSetmask, z, 0, 8, 0, 0)
+		pid, _, _ := syscall.RawSyscall(unix.SYS_GETPID, 0, 0, 0)
+		syscall.RawSyscall(unix.SYS_KILL, pid, sig, 0)
+	}
+	syscall.RawSyscall(unix.SYS_EXIT_GROUP, uintptr(status>>8)&0xff, 0, 0)
+}
+
+// execPayload becomes the task's recorded program; on any failure it
+// records the errno and exits 127 (the restorer sees the CLONE_CHILD_CLEARTID
+// word cleared and the errno set).
+//
+//go:nosplit
+func execPayload(z uintptr, pr *procRec) {
+	var e syscall.Errno
+	if pr.setCreds != 0 {
+		if _, _, e = syscall.RawSyscall(unix.SYS_SETGROUPS, uintptr(pr.ngroups), uintptr(pr.groups), 0); e != 0 {
+			goto failed
+		}
+		if _, _, e = syscall.RawSyscall(unix.SYS_SETRESGID, uintptr(pr.gid[0]), uintptr(pr.gid[1]), uintptr(pr.gid[2])); e != 0 {
+			goto failed
+		}
+		if _, _, e = syscall.RawSyscall(unix.SYS_SETRESUID, uintptr(pr.uid[0]), uintptr(pr.uid[1]), uintptr(pr.uid[2])); e != 0 {
+			goto failed
+		}
+	}
+	if pr.cwd != 0 {
+		if _, _, e = syscall.RawSyscall(unix.SYS_CHDIR, uintptr(pr.cwd), 0, 0); e != 0 {
+			goto failed
+		}
+	}
+	syscall.RawSyscall6(unix.SYS_RT_SIGPROCMASK, sigSetmask, z, 0, 8, 0, 0)
+	_, _, e = syscall.RawSyscall(unix.SYS_EXECVE, uintptr(pr.path), uintptr(pr.argv), uintptr(pr.envp))
+failed:
+	pr.execErr = int32(e)
+	syscall.RawSyscall(unix.SYS_EXIT_GROUP, 127, 0, 0)
+}

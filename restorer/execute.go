@@ -1,0 +1,624 @@
+package restorer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/nsinit/nsinit/internal/sys"
+	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
+)
+
+// ExecOptions tune Execute; the zero value is the default.
+type ExecOptions struct {
+	// Timeout bounds the whole restore (default 60s plus 20ms a proc): a
+	// builder that stops answering aborts the restore.
+	Timeout time.Duration
+}
+
+// Restored is a committed restore.
+type Restored struct {
+	// Root is the root task's pid in the restorer's namespace, RootFD a
+	// pidfd for it (the caller owns it).
+	Root   int
+	RootFD *sys.FD
+}
+
+// Execute carries out a plan on the real kernel. It must run as root with
+// CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE in the initial user namespace,
+// in the pid namespace the image calls level 0. It verifies every placement
+// through pidfds and, on any error, kills and reaps every process it created
+// before returning: nothing is left behind. While it runs the calling
+// process is a child subreaper (orphans of a failed restore come back to it
+// to be reaped).
+func Execute(p *Plan, opt ExecOptions) (*Restored, error) {
+	if runtime.GOARCH != "amd64" {
+		return nil, fmt.Errorf("execute: the builder trampoline exists only for amd64, not %s: %w", runtime.GOARCH, ErrUnsupported)
+	}
+	if err := precheck(p); err != nil {
+		return nil, err
+	}
+	if opt.Timeout == 0 {
+		opt.Timeout = 60*time.Second + time.Duration(len(p.Procs))*20*time.Millisecond
+	}
+	b, err := newBlock(p)
+	if err != nil {
+		return nil, err
+	}
+	tx := &tx{p: p, b: b}
+	defer tx.rollbackUnlessCommitted()
+	old, err := unix.PrctlRetInt(unix.PR_GET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	if err == nil && old == 0 {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err == nil {
+			tx.resetSubreaper = true
+		}
+	}
+	if err := tx.run(time.Now().Add(opt.Timeout)); err != nil {
+		return nil, err
+	}
+	return tx.commit()
+}
+
+// precheck refuses early, with the pid named, when a level-0 pid the image
+// needs is in use. (clone3 would fail with EEXIST anyway; this only makes
+// the error precise. Inner levels are fresh namespaces.)
+func precheck(p *Plan) error {
+	check := func(pid int, what string) error {
+		if pid <= 0 {
+			return nil
+		}
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+			return fmt.Errorf("%s: pid %d at level 0: %w", what, pid, ErrPIDTaken)
+		}
+		return nil
+	}
+	for i := range p.Procs {
+		if err := check(p.Procs[i].PIDs[0], p.name(i)); err != nil {
+			return err
+		}
+	}
+	for _, s := range p.Steps {
+		if s.Op == OpThread {
+			if err := check(s.PIDs[0], "thread of "+p.name(s.Actor)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// newBlock lays the plan out in a fresh mapping.
+func newBlock(p *Plan) (*block, error) {
+	b := &block{nprocs: len(p.Procs), nsteps: len(p.Steps)}
+	nthreads := 0
+	for _, s := range p.Steps {
+		if s.Op == OpThread {
+			nthreads++
+		}
+	}
+	b.nstacks = b.nprocs + nthreads
+	// strings: exec payload paths, argv, envp, cwd, groups
+	var strs []byte
+	var ptrs []int // offsets in strs where an address (into strs) is stored
+	type procStrs struct{ path, argv, envp, cwd, groups int }
+	ps := make([]procStrs, len(p.Procs))
+	align := func() {
+		for len(strs)%8 != 0 {
+			strs = append(strs, 0)
+		}
+	}
+	cstr := func(s string) int {
+		o := len(strs)
+		strs = append(strs, s...)
+		strs = append(strs, 0)
+		return o
+	}
+	vec := func(ss []string) int {
+		offs := make([]int, len(ss))
+		for i, s := range ss {
+			offs[i] = cstr(s)
+		}
+		align()
+		o := len(strs)
+		for _, so := range offs {
+			ptrs = append(ptrs, len(strs))
+			strs = unsafeAppendU64(strs, uint64(so))
+		}
+		strs = unsafeAppendU64(strs, 0) // NULL terminator (not relocated)
+		return o
+	}
+	if p.Options.Payload == PayloadExec {
+		for i := range p.Procs {
+			t := p.Procs[i].Task
+			if t < 0 || p.Tree.Tasks[t].State == pstree.Zombie {
+				continue
+			}
+			tk := &p.Tree.Tasks[t]
+			if tk.Exe == "" {
+				return nil, fmt.Errorf("%s: no executable recorded for the exec payload: %w", p.name(i), ErrBadImage)
+			}
+			ps[i].path = cstr(tk.Exe)
+			argv := tk.Argv
+			if len(argv) == 0 {
+				argv = []string{tk.Exe}
+			}
+			ps[i].argv = vec(argv)
+			ps[i].envp = vec(tk.Env)
+			ps[i].cwd = -1
+			if tk.Cwd != "" {
+				ps[i].cwd = cstr(tk.Cwd)
+			}
+			align()
+			ps[i].groups = len(strs)
+			for _, g := range tk.Creds.Groups {
+				strs = unsafeAppendU32(strs, g)
+			}
+			align()
+		}
+	}
+	b.procsOff = headerSize
+	b.stepsOff = b.procsOff + uintptr(b.nprocs)*procRecSize
+	b.strOff = (b.stepsOff + uintptr(b.nsteps)*stepRecSize + 63) &^ 63
+	b.strN = uintptr(len(strs))
+	b.stacksOff = (b.strOff + b.strN + 4095) &^ 4095
+	size := int(b.stacksOff) + b.nstacks*stackSize
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("map the builder block (%d bytes): %w", size, err)
+	}
+	b.mem = mem
+	b.base = unsafe.Pointer(&mem[0])
+	base := uintptr(b.base)
+	copy(mem[b.strOff:], strs)
+	for _, o := range ptrs {
+		a := (*uint64)(unsafe.Pointer(&mem[b.strOff+uintptr(o)]))
+		*a += uint64(base + b.strOff)
+	}
+	addr := func(o int) uint64 { return uint64(base + b.strOff + uintptr(o)) }
+
+	h := hdrAt(b.base)
+	h.nsteps = int64(b.nsteps)
+	h.base = uint64(base)
+	copy(h.lastPIDPath[:], "/proc/sys/kernel/ns_last_pid\x00")
+
+	// per-proc records
+	last := make([]int64, b.nprocs)
+	for i := range p.Procs {
+		r := procAt(b.base, b.procsOff, int64(i))
+		r.firstStep, r.pidfd, r.alive = -1, -1, 1
+		last[i] = -1
+		pr := &p.Procs[i]
+		r.selfPid = int64(pr.PIDs[len(pr.PIDs)-1])
+		if p.Options.Payload == PayloadStopped {
+			r.stopSelf = 1
+		}
+		if ps[i].argv != 0 || ps[i].path != 0 {
+			tk := &p.Tree.Tasks[pr.Task]
+			r.path, r.argv, r.envp = addr(ps[i].path), addr(ps[i].argv), addr(ps[i].envp)
+			if ps[i].cwd >= 0 {
+				r.cwd = addr(ps[i].cwd)
+			}
+			r.groups, r.ngroups = addr(ps[i].groups), int64(len(tk.Creds.Groups))
+			c := tk.Creds
+			r.uid = [3]uint32{c.UID, c.EUID, c.SUID}
+			r.gid = [3]uint32{c.GID, c.EGID, c.SGID}
+			r.setCreds = 1
+		}
+	}
+	// steps
+	stack := 0
+	nextStack := func() uint64 {
+		s := uint64(base + b.stacksOff + uintptr(stack*stackSize))
+		stack++
+		return s
+	}
+	for i := range p.Steps {
+		s := &p.Steps[i]
+		r := stepAt(b.base, b.stepsOff, int64(i))
+		r.op, r.actor, r.into, r.nextSame = int64(s.Op), int64(s.Actor), -1, -1
+		r.arg, r.arg2 = int64(s.Arg), int64(s.Arg2)
+		r.nextActor = -2
+		if i+1 < len(p.Steps) {
+			r.nextActor = int64(p.Steps[i+1].Actor)
+		}
+		if s.Actor >= 0 {
+			if last[s.Actor] < 0 {
+				procAt(b.base, b.procsOff, int64(s.Actor)).firstStep = int64(i)
+			} else {
+				stepAt(b.base, b.stepsOff, last[s.Actor]).nextSame = int64(i)
+			}
+			last[s.Actor] = int64(i)
+		}
+		switch s.Op {
+		case OpClone:
+			t := &p.Procs[s.Target]
+			n, err := sys.SetTID(r.setTID[:], t.PIDs)
+			if err != nil {
+				b.unmap()
+				return nil, fmt.Errorf("step %d: %w", i, err)
+			}
+			tr := procAt(b.base, b.procsOff, int64(s.Target))
+			r.child = int64(s.Target)
+			r.args = sys.CloneArgs{
+				Flags:      sys.CLONE_VM | sys.CLONE_FILES | sys.CLONE_PIDFD | sys.CLONE_CHILD_CLEARTID,
+				PidFD:      uint64(uintptr(unsafe.Pointer(&tr.pidfd))),
+				ChildTID:   uint64(uintptr(unsafe.Pointer(&tr.alive))),
+				ExitSignal: uint64(unix.SIGCHLD),
+				Stack:      nextStack(),
+				StackSize:  stackSize,
+				SetTID:     uint64(uintptr(unsafe.Pointer(&r.setTID[0]))),
+				SetTIDSize: uint64(n),
+			}
+			if s.NewPIDNS {
+				r.args.Flags |= sys.CLONE_NEWPID
+			}
+			if s.AsSibling {
+				r.args.Flags |= sys.CLONE_PARENT
+				r.args.ExitSignal = 0
+			}
+			if s.Into != 0 {
+				r.into = -1
+				for j := range p.Procs {
+					if p.Procs[j].NS == s.Into && p.Procs[j].PIDs[len(p.Procs[j].PIDs)-1] == 1 {
+						r.into = int64(j)
+					}
+				}
+				if r.into < 0 {
+					b.unmap()
+					return nil, fmt.Errorf("step %d: pid ns %d has no init to setns through: %w", i, s.Into, ErrUnsupported)
+				}
+			}
+		case OpThread:
+			n, err := sys.SetTID(r.setTID[:], s.PIDs)
+			if err != nil {
+				b.unmap()
+				return nil, fmt.Errorf("step %d: %w", i, err)
+			}
+			r.args = sys.CloneArgs{
+				Flags:      sys.CLONE_VM | sys.CLONE_FS | sys.CLONE_FILES | sys.CLONE_SIGHAND | sys.CLONE_THREAD | sys.CLONE_SYSVSEM,
+				Stack:      nextStack(),
+				StackSize:  stackSize,
+				SetTID:     uint64(uintptr(unsafe.Pointer(&r.setTID[0]))),
+				SetTIDSize: uint64(n),
+			}
+		case OpLastPID:
+			t := strconv.Itoa(s.Arg)
+			r.textLen = int64(copy(r.text[:], t))
+		case OpWait:
+			a, t := &p.Procs[s.Actor], &p.Procs[s.Target]
+			r.waitPid = int64(t.PIDs[len(a.PIDs)-1])
+		}
+	}
+	bBase, bProcsOff, bStepsOff = b.base, b.procsOff, b.stepsOff
+	return b, nil
+}
+
+func unsafeAppendU64(b []byte, v uint64) []byte {
+	var x [8]byte
+	*(*uint64)(unsafe.Pointer(&x[0])) = v
+	return append(b, x[:]...)
+}
+
+func unsafeAppendU32(b []byte, v uint32) []byte {
+	var x [4]byte
+	*(*uint32)(unsafe.Pointer(&x[0])) = v
+	return append(b, x[:]...)
+}
+
+func (b *block) unmap() {
+	if b.mem != nil {
+		_ = unix.Munmap(b.mem)
+		b.mem, b.base = nil, nil
+	}
+}
+
+// tx owns every process Execute creates (guideline 14): committed, or
+// rolled back.
+type tx struct {
+	p              *Plan
+	b              *block
+	committed      bool
+	resetSubreaper bool
+	keepBlock      bool
+}
+
+func (t *tx) hdr() *header { return hdrAt(t.b.base) }
+
+func (t *tx) proc(i int) *procRec { return procAt(t.b.base, t.b.procsOff, int64(i)) }
+
+// run drives the plan: it performs the restorer's own steps when their turn
+// comes and otherwise sleeps until a builder wakes it, a builder fails, a
+// builder dies, or the deadline passes.
+func (t *tx) run(deadline time.Time) error {
+	h := t.hdr()
+	n := len(t.p.Steps)
+	for {
+		cur := int(atomic.LoadUint64(&h.cur))
+		if atomic.LoadUint32(&h.failed) != 0 {
+			return t.stepError(int(h.failStep), uintptr(h.failErrno))
+		}
+		if cur >= n {
+			return t.waitPayloads(deadline)
+		}
+		if s := &t.p.Steps[cur]; s.Actor == Restorer {
+			if err := t.restorerStep(cur, deadline); err != nil {
+				return fmt.Errorf("step %d (%s): %w", cur, t.p.describe(s), err)
+			}
+			advanceGo(t.b.base, t.b.stepsOff, int64(cur))
+			continue
+		}
+		v := atomic.LoadUint32(&h.goWake)
+		if int(atomic.LoadUint64(&h.cur)) != cur {
+			continue
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("step %d (%s by %s): no progress before the deadline", cur, t.p.describe(&t.p.Steps[cur]), t.p.name(t.p.Steps[cur].Actor))
+		}
+		if err := t.checkAlive(cur); err != nil {
+			return err
+		}
+		ts := unix.NsecToTimespec(int64(50 * time.Millisecond))
+		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	}
+}
+
+// advanceGo is advance for the restorer's own steps.
+func advanceGo(base unsafe.Pointer, stepsOff uintptr, i int64) {
+	advance(base, stepAt(base, stepsOff, i), i)
+}
+
+// checkAlive fails when a proc died before its last step (killed from
+// outside, or crashed).
+func (t *tx) checkAlive(cur int) error {
+	for i := range t.p.Procs {
+		r := t.proc(i)
+		if atomic.LoadInt32(&r.pidfd) < 0 || atomic.LoadUint32(&r.alive) != 0 {
+			continue
+		}
+		for j := cur; j < len(t.p.Steps); j++ {
+			if t.p.Steps[j].Actor == i {
+				return fmt.Errorf("%s died before step %d (%s)", t.p.name(i), j, t.p.describe(&t.p.Steps[j]))
+			}
+		}
+	}
+	return nil
+}
+
+func (t *tx) stepError(i int, e uintptr) error {
+	if i < 0 || i >= len(t.p.Steps) {
+		return fmt.Errorf("builder failure at step %d: errno %d", i, e)
+	}
+	s := &t.p.Steps[i]
+	what := fmt.Sprintf("step %d (%s by %s)", i, t.p.describe(s), t.p.name(s.Actor))
+	if e&errHelperStatus != 0 {
+		return fmt.Errorf("%s: helper exited with status %#x", what, e&0xffff)
+	}
+	err := error(unix.Errno(e))
+	if s.Op == OpClone && err == unix.EEXIST {
+		return fmt.Errorf("%s: one of pids %v (outermost first) is in use: %w: %w", what, t.p.Procs[s.Target].PIDs, ErrPIDTaken, err)
+	}
+	if s.Op == OpThread && err == unix.EEXIST {
+		return fmt.Errorf("%s: one of tids %v is in use: %w: %w", what, s.PIDs, ErrPIDTaken, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// restorerStep performs a step whose actor is the Go restorer.
+func (t *tx) restorerStep(i int, deadline time.Time) error {
+	s := &t.p.Steps[i]
+	switch s.Op {
+	case OpClone:
+		return t.cloneRoot(i)
+	case OpVerify:
+		return t.verify()
+	case OpKill:
+		r := t.proc(s.Target)
+		if t.p.Options.Payload == PayloadExec && s.Arg == int(unix.SIGSTOP) {
+			// a stopped task of the image: stop it once it runs its payload
+			if err := waitCleared(&r.alive, deadline); err != nil {
+				return err
+			}
+		}
+		if err := sys.PidfdKill(int(r.pidfd), unix.Signal(s.Arg)); err != nil {
+			return err
+		}
+		return t.waitSignalled(s.Target, unix.Signal(s.Arg), deadline)
+	}
+	return fmt.Errorf("the restorer cannot perform %v", s.Op)
+}
+
+// cloneRoot creates the root task from a locked thread with every signal
+// blocked, so the child starts with all signals blocked.
+func (t *tx) cloneRoot(i int) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var all, old unix.Sigset_t
+	for j := range all.Val {
+		all.Val[j] = ^uint64(0)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_SETMASK, &all, &old); err != nil {
+		return fmt.Errorf("block signals: %w", err)
+	}
+	r := stepAt(t.b.base, t.b.stepsOff, int64(i))
+	_, e := clone3(uintptr(unsafe.Pointer(&r.args)), sys.CloneArgsSize, uintptr(r.child))
+	_ = unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	if e != 0 {
+		return t.stepError(i, e)
+	}
+	return nil
+}
+
+// verify checks every placement through the pidfds (F9.1): fdinfo NSpid
+// read through the host procfs is race free. Threads are checked through
+// /proc/<tid>/status (their task is parked, so they cannot go away).
+func (t *tx) verify() error {
+	for i := range t.p.Procs {
+		want := t.p.Procs[i].PIDs
+		got, err := sys.FdinfoNSpid(int(t.proc(i).pidfd))
+		if err != nil {
+			return fmt.Errorf("verify %s: %w", t.p.name(i), err)
+		}
+		if len(got) != len(want) {
+			return fmt.Errorf("verify %s: placed at %v", t.p.name(i), got)
+		}
+		for l := range want {
+			if want[l] != 0 && got[l] != want[l] {
+				return fmt.Errorf("verify %s: placed at %v: wrong pid %d at level %d", t.p.name(i), got, got[l], l)
+			}
+		}
+	}
+	for _, s := range t.p.Steps {
+		if s.Op != OpThread {
+			continue
+		}
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", t.p.Procs[s.Actor].PIDs[0], s.PIDs[0]))
+		if err != nil {
+			return fmt.Errorf("verify thread %v of %s: %w", s.PIDs, t.p.name(s.Actor), err)
+		}
+		if got := statusField(string(st), "NSpid"); got != joinInts(s.PIDs) {
+			return fmt.Errorf("verify thread %v of %s: placed at %s", s.PIDs, t.p.name(s.Actor), got)
+		}
+	}
+	return nil
+}
+
+// waitPayloads waits until every exec payload has exec'd (its
+// CLONE_CHILD_CLEARTID word cleared) and checks none failed.
+func (t *tx) waitPayloads(deadline time.Time) error {
+	if t.p.Options.Payload != PayloadExec {
+		return nil
+	}
+	for _, s := range t.p.Steps {
+		if s.Op != OpPayload {
+			continue
+		}
+		r := t.proc(s.Actor)
+		if err := waitCleared(&r.alive, deadline); err != nil {
+			return fmt.Errorf("exec payload of %s: %w", t.p.name(s.Actor), err)
+		}
+		if e := atomic.LoadInt32(&r.execErr); e != 0 {
+			tk := &t.p.Tree.Tasks[t.p.Procs[s.Actor].Task]
+			return fmt.Errorf("exec payload of %s (%s): %w", t.p.name(s.Actor), tk.Exe, unix.Errno(e))
+		}
+	}
+	return nil
+}
+
+func waitCleared(w *uint32, deadline time.Time) error {
+	for {
+		v := atomic.LoadUint32(w)
+		if v == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("timed out waiting for exec")
+		}
+		ts := unix.NsecToTimespec(int64(50 * time.Millisecond))
+		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	}
+}
+
+// waitSignalled waits until a SIGSTOP took effect (state T) or a SIGKILL
+// made a zombie (state Z), read through the host procfs.
+func (t *tx) waitSignalled(p int, sig unix.Signal, deadline time.Time) error {
+	want := byte('T')
+	if sig == unix.SIGKILL {
+		want = 'Z'
+	}
+	path := fmt.Sprintf("/proc/%d/stat", t.p.Procs[p].PIDs[0])
+	for {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("%s after %v: %w", t.p.name(p), sig, err)
+		}
+		if st := procState(b); st == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: state %q after %v, want %q", t.p.name(p), procState(b), sig, want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// commit hands the tree over: it closes every pidfd but the root's.
+func (t *tx) commit() (*Restored, error) {
+	res := &Restored{Root: t.p.Procs[0].PIDs[0]}
+	for i := range t.p.Procs {
+		fd := int(t.proc(i).pidfd)
+		if fd < 0 {
+			continue
+		}
+		if i == 0 {
+			res.RootFD = sys.NewFD(fd)
+		} else {
+			_ = unix.Close(fd)
+		}
+	}
+	t.committed = true
+	t.restoreSubreaper()
+	// Parked processes (stopped payload) still run builder code in the
+	// block; it must stay mapped for them.
+	if t.p.Options.Payload == PayloadExec {
+		t.b.unmap()
+	}
+	return res, nil
+}
+
+func (t *tx) restoreSubreaper() {
+	if t.resetSubreaper {
+		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+		t.resetSubreaper = false
+	}
+}
+
+// rollbackUnlessCommitted kills every created process (SIGKILL through its
+// pidfd, last created first) and reaps each one: directly when it is our
+// child or becomes one (we are a subreaper), else by waiting until its
+// parent or its dying namespace init reaped it. Then the block goes.
+func (t *tx) rollbackUnlessCommitted() {
+	if t.committed || t.b == nil {
+		return
+	}
+	var fds []int
+	for i := len(t.p.Procs) - 1; i >= 0; i-- {
+		if fd := int(atomic.LoadInt32(&t.proc(i).pidfd)); fd >= 0 {
+			fds = append(fds, fd)
+			_ = sys.PidfdKill(fd, unix.SIGKILL)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	pending := fds
+	for len(pending) > 0 && time.Now().Before(deadline) {
+		var next []int
+		for _, fd := range pending {
+			reaped, _, err := sys.WaitPidfd(fd, unix.WNOHANG)
+			if reaped {
+				continue
+			}
+			if err != nil {
+				if _, err := sys.FdinfoNSpid(fd); errors.Is(err, sys.ErrReaped) {
+					continue
+				}
+			}
+			next = append(next, fd)
+		}
+		pending = next
+		if len(pending) > 0 {
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	for _, fd := range fds {
+		_ = unix.Close(fd)
+	}
+	t.restoreSubreaper()
+	if len(pending) == 0 {
+		t.b.unmap()
+	}
+}

@@ -1,0 +1,210 @@
+package restorer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsinit/nsinit/internal/sys"
+	"github.com/nsinit/nsinit/internal/testutil"
+	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	// Orphans of restored trees come back to the test process, which reaps
+	// them in cleanup: nothing is left to the host's init.
+	_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	code := m.Run()
+	if n := sys.OpenFDs(); n != 0 && code == 0 {
+		fmt.Fprintf(os.Stderr, "%d internal/sys fds leaked\n", n)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// freeBase finds n consecutive free host pids at or above from (tests use
+// 20000-32000, F: host pid_max is 32768).
+func freeBase(t *testing.T, from, n int) int {
+	t.Helper()
+	for b := from; b+n < 32000; b += n {
+		ok := true
+		for p := b; p < b+n; p++ {
+			if _, err := os.Stat("/proc/" + strconv.Itoa(p)); err == nil {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return b
+		}
+	}
+	t.Skip("no free host pid window")
+	return 0
+}
+
+// shift moves a tree's level-0 pids (and the level-0 ids of sessions and
+// groups, and PPIDs) by d, so each test can use a free window.
+func shift(tr *pstree.Tree, d int) *pstree.Tree {
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		t.PIDs[0] += d
+		t.SIDs[0] += d
+		t.PGIDs[0] += d
+		if t.PPID != 0 {
+			t.PPID += d
+		}
+		for j := range t.Threads {
+			t.Threads[j].TIDs[0] += d
+		}
+	}
+	return tr
+}
+
+// restore plans and executes tr, registering a cleanup that kills and
+// reaps the whole tree.
+func restore(t *testing.T, tr *pstree.Tree, pay Payload) (*Plan, *Restored, error) {
+	t.Helper()
+	p, err := NewPlan(tr, Options{Payload: pay})
+	if err != nil {
+		t.Fatalf("plan: %v", err)
+	}
+	res, err := Execute(p, ExecOptions{Timeout: 20 * time.Second})
+	if err == nil {
+		t.Cleanup(func() { killTree(t, tr, res) })
+	}
+	return p, res, err
+}
+
+// killTree kills every task of tr and reaps everything the test process
+// inherited.
+func killTree(t *testing.T, tr *pstree.Tree, res *Restored) {
+	for i := len(tr.Tasks) - 1; i >= 0; i-- {
+		_ = unix.Kill(tr.Tasks[i].PID(), unix.SIGKILL)
+	}
+	if res.RootFD != nil {
+		_, _, _ = sys.WaitPidfd(res.RootFD.Int(), 0)
+		res.RootFD.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG|unix.WALL, nil)
+		if err == unix.ECHILD {
+			break
+		}
+		if pid == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for _, tk := range tr.Tasks {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(tk.PID())); err == nil {
+			t.Errorf("task %d left behind", tk.PID())
+		}
+	}
+}
+
+// checkTree compares the live tree with the image through the host procfs:
+// NSpid, PPid, NSpgid, NSsid at every level, state, zombie exit status
+// (stat field 52) and threads (stopped payload).
+func checkTree(t *testing.T, tr *pstree.Tree, pay Payload) {
+	t.Helper()
+	for _, tk := range tr.Tasks {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", tk.PID()))
+		if err != nil {
+			t.Errorf("task %v: %v", tk.PIDs, err)
+			continue
+		}
+		s := string(st)
+		ints := func(v []int) string { return joinInts(v) }
+		if got := statusField(s, "NSpid"); got != ints(tk.PIDs) {
+			t.Errorf("task %v: NSpid %s", tk.PIDs, got)
+		}
+		if got := statusField(s, "PPid"); got != strconv.Itoa(tk.PPID) && tk.PPID != 0 {
+			t.Errorf("task %v: PPid %s, want %d", tk.PIDs, got, tk.PPID)
+		}
+		if tk.SIDs[0] != tr.Tasks[0].SIDs[0] || tr.Tasks[0].SIDs[0] == tr.Tasks[0].PID() {
+			if got := statusField(s, "NSsid"); got != ints(tk.SIDs) {
+				t.Errorf("task %v: NSsid %s, want %v", tk.PIDs, got, tk.SIDs)
+			}
+			if got := statusField(s, "NSpgid"); got != ints(tk.PGIDs) {
+				t.Errorf("task %v: NSpgid %s, want %v", tk.PIDs, got, tk.PGIDs)
+			}
+		}
+		state := statusField(s, "State")
+		switch {
+		case tk.State == pstree.Zombie:
+			stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", tk.PID()))
+			f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+			if !strings.HasPrefix(state, "Z") || len(f) < 50 || f[49] != strconv.Itoa(tk.ExitStatus) {
+				t.Errorf("task %v: state %s exit %v, want zombie %d", tk.PIDs, state, f[len(f)-1], tk.ExitStatus)
+			}
+		case tk.State == pstree.Stopped || pay == PayloadStopped:
+			if !strings.HasPrefix(state, "T") {
+				t.Errorf("task %v: state %s, want stopped", tk.PIDs, state)
+			}
+		default:
+			if strings.HasPrefix(state, "Z") || strings.HasPrefix(state, "T") {
+				t.Errorf("task %v: state %s, want running", tk.PIDs, state)
+			}
+		}
+		if pay == PayloadStopped && tk.State != pstree.Zombie {
+			for _, th := range tk.Threads {
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", tk.PID(), th.TIDs[0]))
+				if err != nil || statusField(string(b), "NSpid") != ints(th.TIDs) {
+					t.Errorf("thread %v of %v: %v %q", th.TIDs, tk.PIDs, err, statusField(string(b), "NSpid"))
+				}
+			}
+		}
+	}
+}
+
+func needRoot(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.SetTID)
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs /bin/busybox")
+	}
+}
+
+// sleepers gives every task busybox sleep as its payload.
+func sleepers(tr *pstree.Tree) *pstree.Tree {
+	for i := range tr.Tasks {
+		tr.Tasks[i].Exe, tr.Tasks[i].Argv, tr.Tasks[i].Cwd = "/bin/busybox", []string{"sleep", "1000"}, "/"
+	}
+	return tr
+}
+
+// simpleTree: a session leader at level 0 with a group, a member, and an
+// inner task in another group.
+func simpleTree(base int) *pstree.Tree {
+	b := newTB()
+	b.task(1, []int{base}, 0, []int{base}, []int{base})
+	b.task(1, []int{base + 1}, base, []int{base}, []int{base + 1})
+	b.task(1, []int{base + 2}, base+1, []int{base}, []int{base + 1})
+	b.task(1, []int{base + 3}, base, []int{base}, []int{base})
+	b.task(1, []int{base + 4}, base+3, []int{base + 4}, []int{base + 4})
+	return sleepers(&b.tr)
+}
+
+func TestRestoreSingleNamespace(t *testing.T) {
+	needRoot(t)
+	for _, pay := range []Payload{PayloadExec, PayloadStopped} {
+		t.Run(fmt.Sprint(pay), func(t *testing.T) {
+			base := freeBase(t, 24000, 8)
+			tr := simpleTree(base)
+			_, _, err := restore(t, tr, pay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkTree(t, tr, pay)
+		})
+	}
+}
+
+var _ = exec.Command
+var _ = errors.Is
