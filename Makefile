@@ -32,6 +32,10 @@ vm-test: build
 demo: build
 	./demo/demo.sh
 
+# Boot CMD under nsinit in a test VM; exits with CMD's status.
+vm-run: build
+	$(GO) build -o bin/vmrun ./vm-test/cmd/vmrun && bin/vmrun -- $(CMD)
+
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
 

@@ -9,6 +9,8 @@ need file
 need qemu-system-x86   # vm-test: boots a real kernel under TCG
 need xz-utils
 need busybox-static    # vm-test/demo: a shell inside namespaces and VMs
+need gcc               # agent tests: a C helper free of any runtime's signal handling
+need libc6-dev         # ... linked statically so it also runs inside test VMs
 if [ ${#pkgs[@]} -gt 0 ]; then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"

@@ -13,14 +13,21 @@
  *                                wait, then exit: N zombies for the reaper
  *   helper burst-reap N          fork N children that exit at once and reap
  *                                them itself (the kernel floor)
+ *   helper handover N reap|keep  a child forks N children that exit at once;
+ *                                with "reap" it reaps them itself (the kernel
+ *                                floor), with "keep" it exits and leaves them
+ *                                to the reaper; prints the nanoseconds until
+ *                                all N are gone
  *   helper together CODE         fork a child; both exit at the same moment
  *                                (released by one pipe close), parent with CODE
  */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,7 +66,7 @@ static int exec_with(char *blk, char *ign, char **cmd) {
 
 static int burst(int n, int reap) {
 	for (int i = 0; i < n; i++) {
-		pid_t p = fork();
+		pid_t p = vfork();
 		if (p == 0) _exit(0);
 		if (p < 0) { perror("fork"); return 1; }
 	}
@@ -84,11 +91,50 @@ static int together(int code) {
 	_exit(code);
 }
 
+static long long now_ns(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int handover(int n, int reap) {
+	int p[2];
+	if (pipe(p) < 0) return 1;
+	long long start = now_ns();
+	pid_t mid = fork();
+	if (mid == 0) {
+		close(p[0]);
+		for (int i = 0; i < n; i++) {
+			pid_t c = vfork(); /* cheap: no page tables to copy */
+			if (c == 0) _exit(0);
+			if (c < 0) _exit(1);
+			write(p[1], &c, sizeof c);
+		}
+		if (reap)
+			while (wait(NULL) > 0)
+				;
+		_exit(0);
+	}
+	close(p[1]);
+	pid_t *pids = calloc(n, sizeof *pids);
+	int got = 0;
+	while (got < n && read(p[0], &pids[got], sizeof *pids) == sizeof *pids)
+		got++;
+	waitpid(mid, NULL, 0);
+	/* A pid is gone once its zombie has been reaped. */
+	for (int i = 0; i < got; i++)
+		while (kill(pids[i], 0) == 0)
+			sched_yield();
+	printf("%lld\n", now_ns() - start);
+	return got == n ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
 	if (argc >= 3 && !strcmp(argv[1], "record")) return record(argv[2]);
 	if (argc >= 5 && !strcmp(argv[1], "exec-with")) return exec_with(argv[2], argv[3], argv + 4);
 	if (argc >= 3 && !strcmp(argv[1], "burst")) return burst(atoi(argv[2]), 0);
 	if (argc >= 3 && !strcmp(argv[1], "burst-reap")) return burst(atoi(argv[2]), 1);
+	if (argc >= 4 && !strcmp(argv[1], "handover")) return handover(atoi(argv[2]), !strcmp(argv[3], "reap"));
 	if (argc >= 3 && !strcmp(argv[1], "together")) return together(atoi(argv[2]));
 	fprintf(stderr, "usage: helper record|exec-with|burst|burst-reap|together ...\n");
 	return 2;
