@@ -11,16 +11,21 @@ LDFLAGS   := -s -w -X main.version=$(VERSION) \
 export CGO_ENABLED = 0
 export NSINIT_BIN  = $(CURDIR)/$(BIN)
 
-.PHONY: all build test unit-test vm-test vm-run demo bench fuzz generate clean
+.PHONY: all deps build test unit-test vm-test vm-run demo bench fuzz generate clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nsinit
 
+# Debian packages and Go modules the tests and the demo need (idempotent).
+deps:
+	./scripts/install-deps.sh
+
 # The whole suite: unit and privileged tests against the real kernel, then
 # the QEMU images.
-test: unit-test vm-test
+test: deps
+	$(MAKE) unit-test vm-test
 
 unit-test: build
 	$(GO) vet ./...
@@ -29,7 +34,7 @@ unit-test: build
 vm-test: build
 	$(GO) test -count=1 -timeout 30m -v ./vm-test/ -run . -vm
 
-demo: build
+demo: deps build
 	./demo/demo.sh
 
 # Boot CMD under nsinit in a test VM; exits with CMD's status.
