@@ -30,7 +30,7 @@ type freezer interface {
 // else (kernel-facts F10.1: one write, parents see nothing).
 type cgroupFreezer struct{ dirs []string }
 
-func (c *cgroupFreezer) String() string           { return "cgroup v2 freeze of " + strings.Join(c.dirs, ", ") }
+func (c *cgroupFreezer) String() string             { return "cgroup v2 freeze of " + strings.Join(c.dirs, ", ") }
 func (c *cgroupFreezer) groupStopped() map[int]bool { return nil }
 
 // cgroupFor returns a cgroup freezer when the tree's tasks exclusively
@@ -177,7 +177,7 @@ type ptraceFreezer struct {
 	stopped map[int]bool
 }
 
-func (p *ptraceFreezer) String() string           { return "ptrace seize" }
+func (p *ptraceFreezer) String() string             { return "ptrace seize" }
 func (p *ptraceFreezer) groupStopped() map[int]bool { return p.stopped }
 
 func (p *ptraceFreezer) do(f func()) {

@@ -223,13 +223,15 @@ func (rd *reader) threads(pid int, t *pstree.Task) error {
 
 func (rd *reader) nsID(kind pstree.NSKind, ino uint64, pid int, via pstree.NSKind) pstree.NSID {
 	k := nsKey{kind, ino}
-	if id, ok := rd.ids[k]; ok {
-		return id
+	id, ok := rd.ids[k]
+	if !ok {
+		id = pstree.NSID(len(rd.tree.Namespaces) + 1)
+		rd.ids[k] = id
+		rd.tree.Namespaces = append(rd.tree.Namespaces, pstree.Namespace{ID: id, Kind: kind})
 	}
-	id := pstree.NSID(len(rd.tree.Namespaces) + 1)
-	rd.ids[k] = id
-	rd.tree.Namespaces = append(rd.tree.Namespaces, pstree.Namespace{ID: id, Kind: kind})
-	if pid > 0 && via != pstree.PidForChildrenNS {
+	// A namespace first met as someone's pid_for_children (or as a parent)
+	// gets its representative from the first task really in it.
+	if _, has := rd.rep[id]; !has && pid > 0 && via != pstree.PidForChildrenNS {
 		rd.rep[id] = pid
 	}
 	return id
@@ -250,7 +252,8 @@ func (rd *reader) namespaces() error {
 	for i := range rd.tree.Tasks {
 		t := &rd.tree.Tasks[i]
 		if id := t.NS[pstree.PidForChildrenNS]; id != 0 {
-			if _, ok := rd.rep[id]; !ok {
+			_, hasRep := rd.rep[id]
+			if _, open := fds[id]; !hasRep && !open {
 				fd, err := rd.r.OpenNS(t.PIDs[0], "pid_for_children")
 				if err != nil {
 					return fmt.Errorf("open pid_for_children of %d: %w", t.PIDs[0], err)

@@ -101,7 +101,7 @@ type testTree struct {
 
 // startTree runs script under busybox sh as the root of a new tree, in a
 // fresh cgroup v2 if inCgroup, and waits until it has n stable tasks.
-func startTree(t *testing.T, script string, n int, inCgroup bool) *testTree {
+func startTree(t testing.TB, script string, n int, inCgroup bool) *testTree {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to create pid namespaces")
@@ -142,7 +142,7 @@ func startTree(t *testing.T, script string, n int, inCgroup bool) *testTree {
 	}
 	tt.cmd, tt.root = cmd, cmd.Process.Pid
 	t.Cleanup(func() { tt.cleanup(t) })
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(20*time.Second + time.Duration(n)*5*time.Millisecond)
 	var prev string
 	for {
 		tr, err := ReadLive(tt.root, "")
@@ -155,7 +155,11 @@ func startTree(t *testing.T, script string, n int, inCgroup bool) *testTree {
 		}
 		if time.Now().After(deadline) {
 			if tr != nil {
-				t.Fatalf("tree never settled at %d tasks: %v (last err %v)", n, summary(tr), err)
+				sum := summary(tr)
+				if len(sum) > 30 {
+					sum = sum[:30]
+				}
+				t.Fatalf("tree never settled at %d tasks: has %d: %v... (last err %v)", n, len(tr.Tasks), sum, err)
 			}
 			t.Fatalf("tree never settled: %v", err)
 		}
@@ -172,7 +176,7 @@ func summary(tr *pstree.Tree) []string {
 }
 
 // cleanup kills every task of the tree and reaps what comes back to us.
-func (tt *testTree) cleanup(t *testing.T) {
+func (tt *testTree) cleanup(t testing.TB) {
 	if tt.cgroup != "" {
 		os.WriteFile(filepath.Join(tt.cgroup, "cgroup.freeze"), []byte("0"), 0)
 		os.WriteFile(filepath.Join(tt.cgroup, "cgroup.kill"), []byte("1"), 0)
