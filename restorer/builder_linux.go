@@ -16,9 +16,10 @@ import (
 // It runs in CLONE_VM children of the Go restorer, on stacks inside the
 // block, with every signal blocked. Contract for everything called from
 // builderMain: //go:nosplit, raw syscalls only, no allocation, no write of a
-// pointer to memory, no bounds-checked indexing, no use of g. The ABI0
-// wrapper of builderMain is nosplit too because builderMain is (checked by
-// TestBuilderNoMorestack).
+// pointer to memory, no bounds-checked indexing, no use of g (the
+// trampoline enters builderMain through its register-ABI entry, so no ABI
+// wrapper with a stack check runs; the linker checks the nosplit chain
+// fits its stack limit).
 
 // builderEntry is the register-ABI entry of builderMain, which the
 // trampoline calls in a new child.

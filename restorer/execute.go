@@ -20,6 +20,8 @@ type ExecOptions struct {
 	// Timeout bounds the whole restore (default 60s plus 20ms a proc): a
 	// builder that stops answering aborts the restore.
 	Timeout time.Duration
+	// Attempts bounds the retries after ErrHostRace (default 5).
+	Attempts int
 }
 
 // Restored is a committed restore.
@@ -38,11 +40,34 @@ type Restored struct {
 // process is a child subreaper (orphans of a failed restore come back to it
 // to be reaped).
 func Execute(p *Plan, opt ExecOptions) (*Restored, error) {
+	if opt.Attempts == 0 {
+		opt.Attempts = 5
+	}
+	var err error
+	for a := 1; a <= opt.Attempts; a++ {
+		var res *Restored
+		res, err = execute(p, opt)
+		if err == nil || !errors.Is(err, ErrHostRace) {
+			return res, err
+		}
+	}
+	return nil, fmt.Errorf("%d attempts: %w", opt.Attempts, err)
+}
+
+// ErrHostRace: a process outside the tree took a level-0 pid between the
+// restorer's write of the host's ns_last_pid and the clone (the host cursor
+// is shared with every process on the machine, F1.3). The attempt was
+// rolled back completely; Execute retries.
+var ErrHostRace = errors.New("host pid cursor raced with an unrelated fork")
+
+func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	if runtime.GOARCH != "amd64" {
 		return nil, fmt.Errorf("execute: the builder trampoline exists only for amd64, not %s: %w", runtime.GOARCH, ErrUnsupported)
 	}
-	if err := precheck(p); err != nil {
-		return nil, err
+	if !skipPrecheck {
+		if err := precheck(p); err != nil {
+			return nil, err
+		}
 	}
 	if opt.Timeout == 0 {
 		opt.Timeout = 60*time.Second + time.Duration(len(p.Procs))*20*time.Millisecond
@@ -64,6 +89,9 @@ func Execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	}
 	return tx.commit()
 }
+
+// skipPrecheck lets tests reach the kernel's own EEXIST mid-restore.
+var skipPrecheck = false
 
 // precheck refuses early, with the pid named, when a level-0 pid the image
 // needs is in use. (clone3 would fail with EEXIST anyway; this only makes
@@ -238,10 +266,10 @@ func newBlock(p *Plan) (*block, error) {
 		switch s.Op {
 		case OpClone:
 			t := &p.Procs[s.Target]
-			n, err := sys.SetTID(r.setTID[:], t.PIDs)
-			if err != nil {
-				b.unmap()
-				return nil, fmt.Errorf("step %d: %w", i, err)
+			n := 0
+			if s.SetTID {
+				// one level only: see Placement
+				r.setTID[0], n = uint64(t.PIDs[len(t.PIDs)-1]), 1
 			}
 			tr := procAt(b.base, b.procsOff, int64(s.Target))
 			r.child = int64(s.Target)
@@ -275,10 +303,9 @@ func newBlock(p *Plan) (*block, error) {
 				}
 			}
 		case OpThread:
-			n, err := sys.SetTID(r.setTID[:], s.PIDs)
-			if err != nil {
-				b.unmap()
-				return nil, fmt.Errorf("step %d: %w", i, err)
+			n := 0
+			if s.SetTID {
+				r.setTID[0], n = uint64(s.PIDs[len(s.PIDs)-1]), 1
 			}
 			r.args = sys.CloneArgs{
 				Flags:      sys.CLONE_VM | sys.CLONE_FS | sys.CLONE_FILES | sys.CLONE_SIGHAND | sys.CLONE_THREAD | sys.CLONE_SYSVSEM,
@@ -325,7 +352,7 @@ type tx struct {
 	b              *block
 	committed      bool
 	resetSubreaper bool
-	keepBlock      bool
+	lastStep       []int // last step of each proc
 }
 
 func (t *tx) hdr() *header { return hdrAt(t.b.base) }
@@ -360,7 +387,7 @@ func (t *tx) run(deadline time.Time) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("step %d (%s by %s): no progress before the deadline", cur, t.p.describe(&t.p.Steps[cur]), t.p.name(t.p.Steps[cur].Actor))
 		}
-		if err := t.checkAlive(cur); err != nil {
+		if err := t.checkAlive(); err != nil {
 			return err
 		}
 		ts := unix.NsecToTimespec(int64(50 * time.Millisecond))
@@ -375,16 +402,28 @@ func advanceGo(base unsafe.Pointer, stepsOff uintptr, i int64) {
 
 // checkAlive fails when a proc died before its last step (killed from
 // outside, or crashed).
-func (t *tx) checkAlive(cur int) error {
+func (t *tx) checkAlive() error {
+	if t.lastStep == nil {
+		t.lastStep = make([]int, len(t.p.Procs))
+		for j, s := range t.p.Steps {
+			if s.Actor >= 0 {
+				t.lastStep[s.Actor] = j
+			}
+		}
+	}
+	var dead []int
 	for i := range t.p.Procs {
 		r := t.proc(i)
-		if atomic.LoadInt32(&r.pidfd) < 0 || atomic.LoadUint32(&r.alive) != 0 {
-			continue
+		if atomic.LoadInt32(&r.pidfd) >= 0 && atomic.LoadUint32(&r.alive) == 0 {
+			dead = append(dead, i)
 		}
-		for j := cur; j < len(t.p.Steps); j++ {
-			if t.p.Steps[j].Actor == i {
-				return fmt.Errorf("%s died before step %d (%s)", t.p.name(i), j, t.p.describe(&t.p.Steps[j]))
-			}
+	}
+	// A proc clears its word only after passing the token of its last
+	// step, so reading the current step after the words is race free.
+	cur := int(atomic.LoadUint64(&t.hdr().cur))
+	for _, i := range dead {
+		if j := t.lastStep[i]; j >= cur {
+			return fmt.Errorf("%s died before step %d (%s)", t.p.name(i), j, t.p.describe(&t.p.Steps[j]))
 		}
 	}
 	return nil
@@ -417,6 +456,8 @@ func (t *tx) restorerStep(i int, deadline time.Time) error {
 		return t.cloneRoot(i)
 	case OpVerify:
 		return t.verify()
+	case OpLastPID:
+		return writeLastPID(s.Arg)
 	case OpKill:
 		r := t.proc(s.Target)
 		if t.p.Options.Payload == PayloadExec && s.Arg == int(unix.SIGSTOP) {
@@ -431,6 +472,19 @@ func (t *tx) restorerStep(i int, deadline time.Time) error {
 		return t.waitSignalled(s.Target, unix.Signal(s.Arg), deadline)
 	}
 	return fmt.Errorf("the restorer cannot perform %v", s.Op)
+}
+
+// writeLastPID sets the restorer's own pid namespace cursor (level 0).
+func writeLastPID(v int) error {
+	f, err := os.OpenFile("/proc/sys/kernel/ns_last_pid", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(strconv.Itoa(v)); err != nil {
+		return fmt.Errorf("write ns_last_pid %d: %w", v, err)
+	}
+	return nil
 }
 
 // cloneRoot creates the root task from a locked thread with every signal
@@ -469,7 +523,14 @@ func (t *tx) verify() error {
 		}
 		for l := range want {
 			if want[l] != 0 && got[l] != want[l] {
-				return fmt.Errorf("verify %s: placed at %v: wrong pid %d at level %d", t.p.name(i), got, got[l], l)
+				err := fmt.Errorf("verify %s: placed at %v: wrong pid %d at level %d", t.p.name(i), got, got[l], l)
+				if l == 0 {
+					if _, serr := os.Stat("/proc/" + strconv.Itoa(want[0])); serr == nil && !t.ours(want[0]) {
+						return fmt.Errorf("%w: pid %d at level 0 is taken: %w", err, want[0], ErrPIDTaken)
+					}
+					return fmt.Errorf("%w: %w", err, ErrHostRace)
+				}
+				return err
 			}
 		}
 	}
@@ -486,6 +547,18 @@ func (t *tx) verify() error {
 		}
 	}
 	return nil
+}
+
+// ours says whether level-0 pid belongs to a proc this restore created.
+func (t *tx) ours(pid int) bool {
+	for i := range t.p.Procs {
+		if fd := t.proc(i).pidfd; fd >= 0 {
+			if got, err := sys.FdinfoNSpid(int(fd)); err == nil && got[0] == pid {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // waitPayloads waits until every exec payload has exec'd (its

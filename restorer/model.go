@@ -67,7 +67,7 @@ type mns struct {
 	parent pstree.NSID
 	init   int // proc index of its pid 1, -1 before it exists
 	dead   bool
-	last   int
+	last   int // ns_last_pid cursor
 }
 
 // ext is the leader of a session or group outside the tree (the one the
@@ -100,6 +100,9 @@ func newModel(tr *pstree.Tree, nprocs int) *model {
 	for _, n := range tr.Namespaces {
 		if n.Kind == pstree.PidNS {
 			m.nss[n.ID] = &mns{level: n.Level, parent: n.Parent, init: -1}
+			if n.Level == 0 {
+				m.nss[n.ID].last = -1 // the host's: unknown until written
+			}
 		}
 	}
 	m.procs = make([]mproc, nprocs)
@@ -183,10 +186,8 @@ func (m *model) apply(pl *Plan, i int) error {
 		if len(s.PIDs) != len(c) {
 			return fmt.Errorf("thread tids %v for %d levels", s.PIDs, len(c))
 		}
-		for l, t := range s.PIDs {
-			if _, ok := m.used[nsNum{c[l], t}]; ok {
-				return fmt.Errorf("tid %d at level %d: %w", t, l, ErrPIDTaken)
-			}
+		if err := m.allocate(c, s.PIDs, s.SetTID, false); err != nil {
+			return err
 		}
 		for l, t := range s.PIDs {
 			m.setUsed(nsNum{c[l], t}, s.Actor)
@@ -195,8 +196,9 @@ func (m *model) apply(pl *Plan, i int) error {
 		a.threads = append(a.threads[:len(a.threads):len(a.threads)], s.PIDs)
 	case OpVerify:
 	case OpLastPID:
-		m.saveNS(m.procs[s.Actor].ns)
-		m.nss[m.procs[s.Actor].ns].last = s.Arg
+		ns := m.actorNS(s.Actor, rootNS)
+		m.saveNS(ns)
+		m.nss[ns].last = s.Arg
 	case OpWait:
 		t := &m.procs[s.Target]
 		if t.parent != s.Actor || t.state != mZombie {
@@ -270,16 +272,8 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	if len(pr.PIDs) != len(c) {
 		return fmt.Errorf("%d pids for %d levels: EINVAL", len(pr.PIDs), len(c))
 	}
-	for l, p := range pr.PIDs {
-		if p == 0 {
-			continue
-		}
-		if _, ok := m.used[nsNum{c[l], p}]; ok {
-			return fmt.Errorf("pid %d at level %d: %w", p, l, ErrPIDTaken)
-		}
-		if p == 1 && !s.NewPIDNS && l == len(c)-1 {
-			return fmt.Errorf("pid 1 without CLONE_NEWPID: EEXIST")
-		}
+	if err := m.allocate(c, pr.PIDs, s.SetTID, s.NewPIDNS); err != nil {
+		return err
 	}
 	parent := s.Actor
 	if s.AsSibling {
@@ -306,6 +300,52 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	if s.NewPIDNS {
 		m.saveNS(ns)
 		m.nss[ns].init = s.Target
+	}
+	return nil
+}
+
+// allocate checks that a clone gets pids at every level of chain c: the
+// innermost through set_tid (which leaves the cursor alone, F1.4) or as pid 1
+// of a new namespace, the others as the first free pid above their
+// namespace's cursor, which then moves (F1.3). A level whose cursor is
+// unknown (the host before the restorer wrote it) cannot be predicted.
+func (m *model) allocate(c []pstree.NSID, pids []int, setTID, newNS bool) error {
+	if len(pids) != len(c) {
+		return fmt.Errorf("%d pids for %d levels: EINVAL", len(pids), len(c))
+	}
+	for l, p := range pids {
+		inner := l == len(c)-1
+		if _, ok := m.used[nsNum{c[l], p}]; ok {
+			return fmt.Errorf("pid %d at level %d: %w", p, l, ErrPIDTaken)
+		}
+		switch {
+		case inner && newNS:
+			if p != 1 {
+				return fmt.Errorf("CLONE_NEWPID with pid %d != 1: EINVAL", p)
+			}
+			continue
+		case inner && setTID:
+			if p == 1 {
+				return fmt.Errorf("pid 1 without CLONE_NEWPID: EEXIST")
+			}
+			continue
+		}
+		n := m.nss[c[l]]
+		if n.last < 0 {
+			return fmt.Errorf("level %d: cursor unknown, pid %d cannot be predicted", l, p)
+		}
+		next := n.last + 1
+		for {
+			if _, ok := m.used[nsNum{c[l], next}]; !ok {
+				break
+			}
+			next++
+		}
+		if next != p {
+			return fmt.Errorf("level %d: the cursor (%d) gives pid %d, want %d", l, n.last, next, p)
+		}
+		m.saveNS(c[l])
+		n.last = p
 	}
 	return nil
 }

@@ -48,7 +48,9 @@ const (
 	OpThread
 	// OpVerify: the restorer checks every placement through pidfds.
 	OpVerify
-	// OpLastPID: Actor writes Arg to its own namespace's ns_last_pid.
+	// OpLastPID: Actor writes Arg to its own namespace's ns_last_pid: right
+	// before a clone (so the next pid of that level is Arg+1), or at the end
+	// (the image's cursor, F1.4).
 	OpLastPID
 	// OpWait: Actor reaps its child Target (a helper) and checks it exited 0.
 	OpWait
@@ -80,11 +82,13 @@ type Step struct {
 	Op     Op
 	Actor  int
 	Target int // proc index (OpClone, OpWait, OpKill); -1 otherwise
-	// OpClone: NewPIDNS makes Target the init of a new pid namespace;
+	// OpClone: SetTID says whether the innermost pid is given through
+	// set_tid (else it comes from the cursor). NewPIDNS makes Target the init of a new pid namespace;
 	// Into > 0 means the actor first setns()es its pid_for_children into
 	// Target's namespace (task "born via setns") and back afterwards;
 	// AsSibling is CLONE_PARENT (Target becomes a child of the actor's
 	// parent). OpThread: PIDs are the thread's tids.
+	SetTID    bool
 	NewPIDNS  bool
 	Into      pstree.NSID
 	AsSibling bool
@@ -103,10 +107,30 @@ const (
 	PayloadStopped
 )
 
+// Placement is how a task gets its pid at the levels clone3 cannot set.
+//
+// Measured on this project's kernel (restorer/testdata/probe_settid.c):
+// clone3 accepts set_tid with ONE entry (the innermost level) and fails with
+// EINVAL for two or more, whatever the levels, contrary to kernel-facts F2.1.
+// So the outer levels of a task always come from ns_last_pid cursors, each
+// written by a process inside that level right before the clone (F1.1), and
+// every placement is verified.
+type Placement int
+
+const (
+	// PlaceSetTID: the innermost level through set_tid, outer levels
+	// through cursors.
+	PlaceSetTID Placement = iota
+	// PlaceLastPID: every level through cursors (no CAP_CHECKPOINT_RESTORE
+	// needed at the task's own level beyond writing ns_last_pid).
+	PlaceLastPID
+)
+
 // Options are decided before planning (guideline 2: the plan never changes
 // during execution).
 type Options struct {
-	Payload Payload
+	Payload   Payload
+	Placement Placement
 }
 
 // Proc is one process Execute creates: an image task or a helper.
@@ -186,12 +210,18 @@ func (p *Plan) describe(s *Step) string {
 		if pr := &p.Procs[s.Target]; pr.IsHelper() {
 			why = " # " + pr.Why
 		}
+		if s.SetTID {
+			fl = append(fl, "set_tid")
+		}
 		return fmt.Sprintf("clone %s %s%s", p.name(s.Target), strings.Join(fl, " "), why)
 	case OpSetsid:
 		return "setsid"
 	case OpSetpgid:
 		return fmt.Sprintf("setpgid(%d, %d)", s.Arg, s.Arg2)
 	case OpThread:
+		if s.SetTID {
+			return fmt.Sprintf("thread %v set_tid", s.PIDs)
+		}
 		return fmt.Sprintf("thread %v", s.PIDs)
 	case OpLastPID:
 		return fmt.Sprintf("ns_last_pid = %d", s.Arg)

@@ -112,7 +112,7 @@ func (pl *planner) build() error {
 	if err := pl.birthGroups(); err != nil {
 		return err
 	}
-	if err := pl.emit(Step{Op: OpClone, Actor: Restorer, Target: 0, NewPIDNS: root.InnerPID() == 1 && root.Level() > 0}); err != nil {
+	if err := pl.placed(Step{Op: OpClone, Actor: Restorer, Target: 0, NewPIDNS: root.InnerPID() == 1 && root.Level() > 0}); err != nil {
 		return err
 	}
 	if err := pl.expandAll(); err != nil {
@@ -435,6 +435,56 @@ func (pl *planner) cloneStep(c int) Step {
 	return s
 }
 
+// placed emits a clone or thread step preceded by the cursor writes that
+// give its pids at the levels set_tid does not set: the init of each such
+// namespace (the restorer for level 0) writes pid-1 to its ns_last_pid,
+// innermost first, so the host's cursor - the one unrelated processes race
+// for - is written last, right before the clone.
+func (pl *planner) placed(s Step) error {
+	var pids []int
+	var ns pstree.NSID
+	if s.Op == OpClone {
+		pids, ns = pl.plan.Procs[s.Target].PIDs, pl.plan.Procs[s.Target].NS
+	} else {
+		pids, ns = s.PIDs, pl.m.procs[s.Actor].ns
+	}
+	c := pl.m.chain(ns)
+	top := len(pids) - 1
+	switch {
+	case s.NewPIDNS:
+		top-- // pid 1 of a fresh namespace needs nothing
+		s.SetTID = pl.plan.Options.Placement == PlaceSetTID
+	case pl.plan.Options.Placement == PlaceSetTID:
+		top--
+		s.SetTID = true
+	}
+	for l := top; l >= 0; l-- {
+		if pids[l] == 0 {
+			continue
+		}
+		w, err := pl.writer(c[l])
+		if err != nil {
+			return err
+		}
+		if err := pl.emit(Step{Op: OpLastPID, Actor: w, Target: -1, Arg: pids[l] - 1}); err != nil {
+			return err
+		}
+	}
+	return pl.emit(s)
+}
+
+// writer is the proc that writes pid namespace ns's cursor: its init, or
+// the restorer for the image's level 0.
+func (pl *planner) writer(ns pstree.NSID) (int, error) {
+	if n := pl.m.nss[ns]; n != nil && n.level == 0 {
+		return Restorer, nil
+	}
+	if n := pl.m.nss[ns]; n != nil && n.init >= 0 {
+		return n.init, nil
+	}
+	return 0, fmt.Errorf("pid ns %d has no init to write its ns_last_pid: %w", ns, ErrUnsupported)
+}
+
 // setpgidTo emits actor's move of target (0 = itself) into group leader g.
 func (pl *planner) setpgidTo(actor, target, g int) error {
 	s := Step{Op: OpSetpgid, Actor: actor}
@@ -461,7 +511,7 @@ func (pl *planner) expand(p int) error {
 		t := &pl.tr().Tasks[pl.plan.Procs[p].Task]
 		if t.State != pstree.Zombie {
 			for _, th := range t.Threads {
-				if err := pl.emit(Step{Op: OpThread, Actor: p, Target: -1, PIDs: th.TIDs}); err != nil {
+				if err := pl.placed(Step{Op: OpThread, Actor: p, Target: -1, PIDs: th.TIDs}); err != nil {
 					return err
 				}
 			}
@@ -469,7 +519,7 @@ func (pl *planner) expand(p int) error {
 	}
 	var created []int
 	clone := func(c int) error {
-		if err := pl.emit(pl.cloneStep(c)); err != nil {
+		if err := pl.placed(pl.cloneStep(c)); err != nil {
 			return err
 		}
 		created = append(created, c)
