@@ -46,17 +46,18 @@ type planner struct {
 	byPID map[int]int // level-0 pid -> task index (= proc index)
 	// leader maps a level-0 sid/pgid number to the proc that plays it (a
 	// task or a helper); ext for the root's inherited session/group.
-	leader  map[int]int
-	creator []int         // proc -> the proc that clones it (Restorer for the root)
-	sibling []bool        // cloned with CLONE_PARENT
-	kids    map[int][]int // creator -> procs it clones, image order
-	tsid    []int         // target session leader proc (or ext)
-	tpgid   []int         // target group leader proc (or ext)
-	rb      []int         // required birth session of a session leader
-	bg      []int         // required birth group (one it cannot name itself)
-	ready   []int         // created procs whose part is still to plan
-	joins   []join        // group moves still to plan (waiting for their group)
-	moving  map[int]bool  // procs waiting for their outer parent to move them
+	leader   map[int]int
+	creator  []int         // proc -> the proc that clones it (Restorer for the root)
+	sibling  []bool        // cloned with CLONE_PARENT
+	kids     map[int][]int // creator -> procs it clones, image order
+	tsid     []int         // target session leader proc (or ext)
+	tpgid    []int         // target group leader proc (or ext)
+	rb       []int         // required birth session of a session leader
+	bg       []int         // required birth group (one it cannot name itself)
+	ready    []int         // created procs whose part is still to plan
+	joins    []join        // group moves still to plan (waiting for their group)
+	moving   map[int]bool  // procs waiting for their outer parent to move them
+	deferred []int         // setns-born procs waiting for their namespace's init
 }
 
 func (pl *planner) tr() *pstree.Tree { return pl.plan.Tree }
@@ -519,7 +520,14 @@ func (pl *planner) expand(p int) error {
 	}
 	var created []int
 	clone := func(c int) error {
-		if err := pl.placed(pl.cloneStep(c)); err != nil {
+		st := pl.cloneStep(c)
+		if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
+			// born via setns into a namespace whose init a later part of
+			// the plan creates: clone it then (p is in its final state).
+			pl.deferred = append(pl.deferred, c)
+			return nil
+		}
+		if err := pl.placed(st); err != nil {
 			return err
 		}
 		created = append(created, c)
@@ -632,9 +640,28 @@ func (pl *planner) expandAll() error {
 	pl.moving = map[int]bool{}
 	pl.m.journal = true
 	defer func() { pl.m.journal = false }()
-	for len(pl.ready) > 0 || len(pl.joins) > 0 {
+	for len(pl.ready) > 0 || len(pl.joins) > 0 || len(pl.deferred) > 0 {
 		var firstErr error
 		progressed := false
+		for i, c := range pl.deferred {
+			if pl.m.nss[pl.plan.Procs[c].NS].init < 0 {
+				continue
+			}
+			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+			if err := pl.placed(pl.cloneStep(c)); err != nil {
+				pl.m.rollback(mark)
+				pl.plan.Steps = pl.plan.Steps[:steps]
+				continue
+			}
+			pl.deferred = slices.Delete(pl.deferred, i, i+1)
+			pl.ready = append([]int{c}, pl.ready...)
+			progressed = true
+			break
+		}
+		if progressed {
+			pl.m.undo = pl.m.undo[:0]
+			continue
+		}
 		for i, j := range pl.joins {
 			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
 			if err := pl.setpgidTo(j.actor, j.target, j.g); err != nil {
