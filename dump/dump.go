@@ -158,7 +158,16 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 		return nil, d, nil
 	}
 	tr, err = readTree(r, after, o.AgentExe, fz.groupStopped())
-	return tr, nil, err
+	if err != nil {
+		return nil, nil, err
+	}
+	if m := fz.missed(tr); len(m) > 0 {
+		return nil, m, nil
+	}
+	if err := representable(tr); err != nil {
+		return nil, nil, err
+	}
+	return tr, nil, nil
 }
 
 func freeze(r *procfs.Reader, members []member, o Options) (freezer, error) {

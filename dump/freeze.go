@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,6 +24,9 @@ type freezer interface {
 	// groupStopped names the level-0 tids that were in group-stop before
 	// the freeze (ptrace hides it: they show 't'); nil if not needed.
 	groupStopped() map[int]bool
+	// missed names live threads of tr the freeze did not stop (they
+	// appeared after it); the attempt is then retried.
+	missed(tr *pstree.Tree) []string
 	String() string
 }
 
@@ -32,6 +36,9 @@ type cgroupFreezer struct{ dirs []string }
 
 func (c *cgroupFreezer) String() string             { return "cgroup v2 freeze of " + strings.Join(c.dirs, ", ") }
 func (c *cgroupFreezer) groupStopped() map[int]bool { return nil }
+
+// missed is empty: a frozen cgroup also freezes the tasks born in it.
+func (c *cgroupFreezer) missed(*pstree.Tree) []string { return nil }
 
 // cgroupFor returns a cgroup freezer when the tree's tasks exclusively
 // occupy their cgroup v2 cgroups, or nil (with the reason) when not.
@@ -179,6 +186,25 @@ type ptraceFreezer struct {
 
 func (p *ptraceFreezer) String() string             { return "ptrace seize" }
 func (p *ptraceFreezer) groupStopped() map[int]bool { return p.stopped }
+
+func (p *ptraceFreezer) missed(tr *pstree.Tree) []string {
+	seized := make(map[int]bool, len(p.seized))
+	for _, tid := range p.seized {
+		seized[tid] = true
+	}
+	var out []string
+	for _, t := range tr.Tasks {
+		if t.State != pstree.Zombie && !seized[t.PIDs[0]] {
+			out = append(out, fmt.Sprintf("pid %d was not stopped", t.PIDs[0]))
+		}
+		for _, th := range t.Threads {
+			if th.State != pstree.Zombie && !seized[th.TIDs[0]] {
+				out = append(out, fmt.Sprintf("thread %d of pid %d appeared", th.TIDs[0], t.PIDs[0]))
+			}
+		}
+	}
+	return out
+}
 
 func (p *ptraceFreezer) do(f func()) {
 	done := make(chan struct{})

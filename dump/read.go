@@ -105,9 +105,6 @@ func readTree(r *procfs.Reader, members []member, agentExe string, stopped map[i
 	if err := rd.namespaces(); err != nil {
 		return nil, err
 	}
-	if err := representable(rd.tree); err != nil {
-		return nil, err
-	}
 	return rd.tree, nil
 }
 

@@ -1,6 +1,7 @@
 package dump
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -142,7 +143,8 @@ func startTree(t testing.TB, script string, n int, inCgroup bool) *testTree {
 	}
 	tt.cmd, tt.root = cmd, cmd.Process.Pid
 	t.Cleanup(func() { tt.cleanup(t) })
-	deadline := time.Now().Add(20*time.Second + time.Duration(n)*5*time.Millisecond)
+	// Big benchmark trees spawn at ~100 tasks/s on a busy machine.
+	deadline := time.Now().Add(20*time.Second + time.Duration(n)*20*time.Millisecond)
 	var prev string
 	for {
 		tr, err := ReadLive(tt.root, "")
@@ -163,7 +165,7 @@ func startTree(t testing.TB, script string, n int, inCgroup bool) *testTree {
 			}
 			t.Fatalf("tree never settled: %v", err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100*time.Millisecond + time.Duration(n)*100*time.Microsecond)
 	}
 }
 
@@ -428,4 +430,53 @@ func mustExe(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestDumpRefusesForeignNamespace: a task of the tree born (through setns)
+// into a pid namespace whose init is not in the tree cannot be restored, so
+// the dump refuses it instead of writing a wrong image.
+func TestDumpRefusesForeignNamespace(t *testing.T) {
+	foreign := startTree(t, `exec unshare -fp busybox sleep 1000`, 2, false)
+	ftr, err := ReadLive(foreign.root, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := ftr.Tasks[1].PIDs[0]
+	tt := startTree(t, fmt.Sprintf(`nsenter -t %d -p busybox sleep 1000 & exec busybox sleep 1000`, init), 3, false)
+	_, err = Dump(tt.root, Options{})
+	if !errors.Is(err, ErrUnrepresentable) {
+		t.Fatalf("got %v, want ErrUnrepresentable", err)
+	}
+	t.Log(err)
+}
+
+// TestDumpStoppedTask: a SIGSTOPped task is recorded as stopped under both
+// freezers (ptrace hides group-stop behind 't').
+func TestDumpStoppedTask(t *testing.T) {
+	for _, cg := range []bool{false, true} {
+		tt := startTree(t, `busybox sleep 1000 & busybox sleep 1000 & exec busybox sleep 1000`, 3, cg)
+		tr, err := ReadLive(tt.root, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		victim := tr.Tasks[1].PIDs[0]
+		unix.Kill(victim, unix.SIGSTOP)
+		for i := 0; i < 100; i++ {
+			if s, _ := procfs.New("").Status(victim); s.State == 'T' {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		tr, err = Dump(tt.root, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tr.Tasks[1].State != pstree.Stopped || tr.Tasks[2].State != pstree.Live {
+			t.Errorf("cgroup=%v: states %v %v", cg, tr.Tasks[1].State, tr.Tasks[2].State)
+		}
+		if s, _ := procfs.New("").Status(victim); s.State != 'T' {
+			t.Errorf("cgroup=%v: stopped task is %c after the dump", cg, s.State)
+		}
+		tt.cleanup(t)
+	}
 }
