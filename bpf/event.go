@@ -30,6 +30,17 @@ func (k Kind) String() string {
 // MarshalText makes JSON show the kind by name.
 func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
 
+// UnmarshalText reads a kind by name.
+func (k *Kind) UnmarshalText(b []byte) error {
+	for _, c := range []Kind{Fork, Exit, Exec} {
+		if string(b) == c.String() {
+			*k = c
+			return nil
+		}
+	}
+	return fmt.Errorf("unknown event kind %q", b)
+}
+
 // Flags, as in trace.bpf.c's enum flag.
 const (
 	flagThread    = 1
