@@ -28,8 +28,8 @@ func sample() *pstree.Tree {
 		Namespaces: []pstree.Namespace{
 			{ID: 1, Kind: pstree.PidNS, Owner: 3, LastPID: 400},
 			{ID: 2, Kind: pstree.PidNS, Parent: 1, Owner: 4, Level: 1},
-			{ID: 3, Kind: pstree.UserNS, UIDMap: []pstree.IDMapEntry{{0, 0, 4294967295}}, GIDMap: []pstree.IDMapEntry{{0, 0, 4294967295}}, SetgroupsAllowed: true},
-			{ID: 4, Kind: pstree.UserNS, Parent: 3, Owner: 3, UIDMap: []pstree.IDMapEntry{{0, 100000, 65536}}, OwnerUID: 1000},
+			{ID: 3, Kind: pstree.UserNS, UIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 4294967295}}, GIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 4294967295}}, SetgroupsAllowed: true},
+			{ID: 4, Kind: pstree.UserNS, Parent: 3, Owner: 3, UIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}, OwnerUID: 1000},
 			ns(5, pstree.NetNS), {ID: 6, Kind: pstree.UTSNS, Hostname: "box", Domainname: "(none)"},
 			ns(7, pstree.IPCNS), ns(8, pstree.MntNS), ns(9, pstree.CgroupNS), ns(10, pstree.TimeNS),
 		},
