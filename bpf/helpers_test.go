@@ -67,6 +67,9 @@ func startShell(t testing.TB) *shell {
 		t.Fatal(err)
 	}
 	s.inode = uint32(st.Ino)
+	// Wait until the shell reads its input: its own exec is over (the exec
+	// event fires after os/exec's Start has returned).
+	s.run(":")
 	return s
 }
 

@@ -3,7 +3,6 @@ package bpf
 import (
 	"bufio"
 	"fmt"
-	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -40,21 +39,26 @@ func minus(a, b map[int]bool) []int {
 	return d
 }
 
-// settle drains records until the counter stops moving and returns the
-// level-0 tids of the records of the given kind, each checked by check.
-func settle(t *testing.T, w *Watcher, kind Kind, check func(Event)) []int {
+// settle drains records until the counter stops moving, checks each with
+// check, and returns the net change they describe: the level-0 tids forked
+// and not exited (born), exited and not forked (died). A thread that came
+// and went within the phase is in neither, as it is in no /proc snapshot.
+func settle(t *testing.T, w *Watcher, check func(Event)) (born, died []int) {
 	t.Helper()
-	var tids []int
+	forked, exited := map[int]bool{}, map[int]bool{}
 	var last uint64
 	for stable := 0; stable < 3; {
 		time.Sleep(20 * time.Millisecond)
 		for _, e := range drain(t, w) {
-			if e.Kind != kind {
-				t.Errorf("unexpected %v", e)
-				continue
-			}
 			check(e)
-			tids = append(tids, e.Pids[0])
+			switch e.Kind {
+			case Fork:
+				forked[e.Pids[0]] = true
+			case Exit:
+				exited[e.Pids[0]] = true
+			default:
+				t.Errorf("unexpected %v", e)
+			}
 		}
 		c, err := w.Counts()
 		if err != nil {
@@ -66,15 +70,27 @@ func settle(t *testing.T, w *Watcher, kind Kind, check func(Event)) []int {
 			stable, last = 0, c.Events
 		}
 	}
-	slices.Sort(tids)
-	return tids
+	return minus(forked, exited), minus(exited, forked)
+}
+
+// checkPhase compares the net change the records describe with what
+// /proc/PID/task shows between two snapshots.
+func checkPhase(t *testing.T, phase string, born, died []int, before, after map[int]bool) {
+	t.Helper()
+	if want := minus(after, before); !slices.Equal(born, want) {
+		t.Errorf("%s: threads forked %v, /proc shows new threads %v", phase, born, want)
+	}
+	if want := minus(before, after); !slices.Equal(died, want) {
+		t.Errorf("%s: threads exited %v, /proc shows ended threads %v", phase, died, want)
+	}
 }
 
 // TestThreads: threads are tasks. A thread created in a watched namespace
 // is a fork event with Thread set, and every thread's exit is an exit
-// event; the sets equal what /proc/PID/task shows appearing and vanishing.
-// The child is a Go program, whose runtime may add threads of its own: the
-// check is against /proc, not against the count the child asked for.
+// event; what they describe equals what /proc/PID/task shows appearing and
+// vanishing. The child is a Go program, whose runtime may add threads of
+// its own at any time: the check is against /proc, not against the count
+// the child asked for.
 func TestThreads(t *testing.T) {
 	w := loadWatcher(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -116,26 +132,28 @@ func TestThreads(t *testing.T) {
 	if err := w.Attach(); err != nil {
 		t.Fatal(err)
 	}
+	threadOf := func(e Event) {
+		if !e.Thread || e.Tgid != pid || len(e.Pids) != 2 || e.Kind == Fork && e.ParentTgid != pid {
+			t.Errorf("%v (tgid %d ppid %d): want a thread of %d at level 1", e, e.Tgid, e.ParentTgid, pid)
+		}
+	}
 
 	// Threads appear.
 	before := tasks(t, pid)
-	reply := say("spawn 3")
 	var inner []int
-	for _, f := range strings.Fields(reply) {
+	for _, f := range strings.Fields(say("spawn 3")) {
 		n, _ := strconv.Atoi(f)
 		inner = append(inner, n)
 	}
 	innerSeen := map[int]bool{}
-	forked := settle(t, w, Fork, func(e Event) {
-		if !e.Thread || e.Tgid != pid || e.ParentTgid != pid || len(e.Pids) != 2 {
-			t.Errorf("thread fork: %v (tgid %d ptgid %d), want a thread of %d at level 1", e, e.Tgid, e.ParentTgid, pid)
+	born, died := settle(t, w, func(e Event) {
+		threadOf(e)
+		if e.Kind == Fork {
+			innerSeen[e.Pids[1]] = true
 		}
-		innerSeen[e.Pids[1]] = true
 	})
 	after := tasks(t, pid)
-	if want := minus(after, before); !slices.Equal(forked, want) {
-		t.Errorf("thread forks %v, /proc shows new threads %v", forked, want)
-	}
+	checkPhase(t, "spawn", born, died, before, after)
 	for _, n := range inner {
 		if !innerSeen[n] {
 			t.Errorf("thread %d (level 1) the child created has no fork event", n)
@@ -152,33 +170,38 @@ func TestThreads(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	exited := settle(t, w, Exit, func(e Event) {
-		if !e.Thread || e.GroupDead || *e.ExitStatus != 0 {
-			t.Errorf("thread exit: %v group_dead=%v", e, e.GroupDead)
+	innerEnded := map[int]bool{}
+	born, died = settle(t, w, func(e Event) {
+		threadOf(e)
+		if e.Kind == Exit {
+			if e.GroupDead || *e.ExitStatus != 0 {
+				t.Errorf("thread exit: %v group_dead=%v", e, e.GroupDead)
+			}
+			innerEnded[e.Pids[1]] = true
 		}
 	})
 	now := tasks(t, pid)
-	if want := minus(after, now); !slices.Equal(exited, want) {
-		t.Errorf("thread exits %v, /proc shows ended threads %v", exited, want)
+	checkPhase(t, "end", born, died, after, now)
+	for _, n := range inner {
+		if !innerEnded[n] {
+			t.Errorf("thread %d (level 1) the child ended has no exit event", n)
+		}
 	}
 
 	// The process exits: every remaining thread is an exit with its status,
 	// the last one ends the group.
-	remaining := slices.Sorted(maps.Keys(now))
 	fmt.Fprintln(stdin, "exit 7")
 	cmd.Wait()
 	groupDead := 0
-	final := settle(t, w, Exit, func(e Event) {
-		if *e.ExitStatus != 0x700 {
+	born, died = settle(t, w, func(e Event) {
+		if e.Kind == Exit && *e.ExitStatus != 0x700 {
 			t.Errorf("exit: %v, want status 0x700", e)
 		}
 		if e.GroupDead {
 			groupDead++
 		}
 	})
-	if !slices.Equal(final, remaining) {
-		t.Errorf("exits %v, want the last threads %v", final, remaining)
-	}
+	checkPhase(t, "exit", born, died, now, map[int]bool{})
 	if groupDead != 1 {
 		t.Errorf("%d exits end the group, want 1", groupDead)
 	}
