@@ -122,6 +122,7 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 			return nil, nil, fmt.Errorf("dump pid %d: the dumper (pid %d) is in the tree", root, m.pid)
 		}
 	}
+	disarm := func() {}
 	if o.Guard != nil {
 		fds, err := guardNamespaces(r, before)
 		defer closeAll(fds)
@@ -131,13 +132,19 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 		if err := o.Guard.Arm(pids(before), fds); err != nil {
 			return nil, nil, fmt.Errorf("arm consistency guard: %w", err)
 		}
-		defer func() {
+		disarmed := false
+		disarm = func() {
+			if disarmed {
+				return
+			}
+			disarmed = true
 			m, derr := o.Guard.Disarm()
 			if derr != nil && err == nil {
 				tr, err = nil, fmt.Errorf("disarm consistency guard: %w", derr)
 			}
 			moved = append(moved, m...)
-		}()
+		}
+		defer disarm() // the early returns below
 	}
 	fz, err := freeze(r, before, o)
 	if err != nil {
@@ -145,6 +152,9 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 	}
 	o.logf("froze %d tasks with %v", len(before), fz)
 	defer func() {
+		// Stop counting before the tree runs again: what it does after
+		// the thaw is no race with this dump.
+		disarm()
 		leave := o.LeaveStopped && err == nil && len(moved) == 0
 		if terr := fz.thaw(leave); terr != nil && err == nil {
 			tr, err = nil, terr
