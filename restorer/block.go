@@ -25,6 +25,8 @@ type header struct {
 	// a futex word that never changes.
 	zeros       [128]byte
 	lastPIDPath [32]byte
+	parkText    [24]byte // the host cursor at the start, as text
+	parkLen     int64
 }
 
 // procRec is one proc's slot.
@@ -51,6 +53,7 @@ type stepRec struct {
 	nextSame  int64 // the next step of the same actor, -1 for none
 	nextActor int64 // the actor of step i+1 (Restorer = -1; -2 after the last)
 	into      int64 // proc whose pidfd names the pid ns to setns into, -1
+	prewake   int64 // a proc to wake early (it spins until its turn), -1
 	arg, arg2 int64
 	waitPid   int64 // OpWait: the helper's pid in the actor's namespace
 	child     int64 // OpClone: builderMain argument of the new task

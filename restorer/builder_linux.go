@@ -72,12 +72,19 @@ func builderMain(arg uintptr) {
 	pr := procAt(base, bProcsOff, self)
 	for i := pr.firstStep; i >= 0; {
 		st := stepAt(base, bStepsOff, i)
-		for {
+		// Sleep until our turn; woken early (prewake), spin yielding.
+		for spins := -1; ; {
 			v := atomic.LoadUint32(&pr.wake)
 			if atomic.LoadUint64(&h.cur) == uint64(i) || atomic.LoadUint32(&h.failed) != 0 {
 				break
 			}
+			if spins >= 0 && spins < 20000 {
+				spins++
+				syscall.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+				continue
+			}
 			syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&pr.wake)), futexWait, uintptr(v), 0, 0, 0)
+			spins = 0
 		}
 		if atomic.LoadUint32(&h.failed) != 0 {
 			park(z)
@@ -135,7 +142,11 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 		if e != 0 {
 			return uintptr(e)
 		}
-		_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&st.text)), uintptr(st.textLen))
+		txt, n := uintptr(unsafe.Pointer(&st.text)), uintptr(st.textLen)
+		if st.textLen < 0 {
+			txt, n = uintptr(unsafe.Pointer(&h.parkText)), uintptr(h.parkLen)
+		}
+		_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, txt, n)
 		syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
 		return uintptr(e)
 	case int64(OpWait):
@@ -162,6 +173,11 @@ func advance(base unsafe.Pointer, st *stepRec, i int64) {
 	}
 	atomic.AddUint32(w, 1)
 	syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWake, 1<<30, 0, 0, 0)
+	if st.prewake >= 0 {
+		w = &procAt(base, bProcsOff, st.prewake).wake
+		atomic.AddUint32(w, 1)
+		syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWake, 1<<30, 0, 0, 0)
+	}
 }
 
 //go:nosplit

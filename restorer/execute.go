@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -76,7 +77,15 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	if err != nil {
 		return nil, err
 	}
-	tx := &tx{p: p, b: b}
+	tx := &tx{p: p, b: b, hostCursor: -1}
+	// The host cursor is moved around the image's pids during the restore;
+	// it is put back afterwards so unrelated forks do not land among them.
+	if v, err := os.ReadFile("/proc/sys/kernel/ns_last_pid"); err == nil {
+		tx.hostCursor, _ = strconv.Atoi(strings.TrimSpace(string(v)))
+		h := b.hdr()
+		h.parkLen = int64(copy(h.parkText[:], strings.TrimSpace(string(v))))
+	}
+	defer tx.restoreHostCursor()
 	defer tx.rollbackUnlessCommitted()
 	old, err := unix.PrctlRetInt(unix.PR_GET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	if err == nil && old == 0 {
@@ -249,7 +258,7 @@ func newBlock(p *Plan) (*block, error) {
 	for i := range p.Steps {
 		s := &p.Steps[i]
 		r := stepAt(b.base, b.stepsOff, int64(i))
-		r.op, r.actor, r.into, r.nextSame = int64(s.Op), int64(s.Actor), -1, -1
+		r.op, r.actor, r.into, r.nextSame, r.prewake = int64(s.Op), int64(s.Actor), -1, -1, -1
 		r.arg, r.arg2 = int64(s.Arg), int64(s.Arg2)
 		r.nextActor = -2
 		if i+1 < len(p.Steps) {
@@ -280,8 +289,9 @@ func newBlock(p *Plan) (*block, error) {
 				ExitSignal: uint64(unix.SIGCHLD),
 				Stack:      nextStack(),
 				StackSize:  stackSize,
-				SetTID:     uint64(uintptr(unsafe.Pointer(&r.setTID[0]))),
-				SetTIDSize: uint64(n),
+			}
+			if n > 0 {
+				r.args.SetTID, r.args.SetTIDSize = uint64(uintptr(unsafe.Pointer(&r.setTID[0]))), uint64(n)
 			}
 			if s.NewPIDNS {
 				r.args.Flags |= sys.CLONE_NEWPID
@@ -308,18 +318,35 @@ func newBlock(p *Plan) (*block, error) {
 				r.setTID[0], n = uint64(s.PIDs[len(s.PIDs)-1]), 1
 			}
 			r.args = sys.CloneArgs{
-				Flags:      sys.CLONE_VM | sys.CLONE_FS | sys.CLONE_FILES | sys.CLONE_SIGHAND | sys.CLONE_THREAD | sys.CLONE_SYSVSEM,
-				Stack:      nextStack(),
-				StackSize:  stackSize,
-				SetTID:     uint64(uintptr(unsafe.Pointer(&r.setTID[0]))),
-				SetTIDSize: uint64(n),
+				Flags:     sys.CLONE_VM | sys.CLONE_FS | sys.CLONE_FILES | sys.CLONE_SIGHAND | sys.CLONE_THREAD | sys.CLONE_SYSVSEM,
+				Stack:     nextStack(),
+				StackSize: stackSize,
+			}
+			if n > 0 {
+				r.args.SetTID, r.args.SetTIDSize = uint64(uintptr(unsafe.Pointer(&r.setTID[0]))), uint64(n)
 			}
 		case OpLastPID:
-			t := strconv.Itoa(s.Arg)
-			r.textLen = int64(copy(r.text[:], t))
+			if s.Arg == ParkHostCursor {
+				r.textLen = -1
+			} else {
+				r.textLen = int64(copy(r.text[:], strconv.Itoa(s.Arg)))
+			}
 		case OpWait:
-			a, t := &p.Procs[s.Actor], &p.Procs[s.Target]
-			r.waitPid = int64(t.PIDs[len(a.PIDs)-1])
+			if s.Actor >= 0 {
+				a, t := &p.Procs[s.Actor], &p.Procs[s.Target]
+				r.waitPid = int64(t.PIDs[len(a.PIDs)-1])
+			}
+		}
+	}
+	// The host cursor is written by the writer helper and used by the next
+	// step's clone: wake the cloner one step early so it is spinning on a
+	// CPU when the cursor is set, and the window in which an unrelated fork
+	// can take the pid is as short as a hand-over between two running
+	// processes.
+	for i := 1; i+1 < len(p.Steps); i++ {
+		s, n := &p.Steps[i], &p.Steps[i+1]
+		if s.Op == OpLastPID && s.Actor == p.HostWriter && s.Arg >= 0 && n.Actor >= 0 && n.Actor != s.Actor {
+			stepAt(b.base, b.stepsOff, int64(i-1)).prewake = int64(n.Actor)
 		}
 	}
 	bBase, bProcsOff, bStepsOff = b.base, b.procsOff, b.stepsOff
@@ -338,6 +365,8 @@ func unsafeAppendU32(b []byte, v uint32) []byte {
 	return append(b, x[:]...)
 }
 
+func (b *block) hdr() *header { return hdrAt(b.base) }
+
 func (b *block) unmap() {
 	if b.mem != nil {
 		_ = unix.Munmap(b.mem)
@@ -353,6 +382,13 @@ type tx struct {
 	committed      bool
 	resetSubreaper bool
 	lastStep       []int // last step of each proc
+	hostCursor     int   // host ns_last_pid before the restore, -1 unknown
+}
+
+func (t *tx) restoreHostCursor() {
+	if t.hostCursor >= 0 {
+		_ = writeLastPID(t.hostCursor)
+	}
 }
 
 func (t *tx) hdr() *header { return hdrAt(t.b.base) }
@@ -390,8 +426,10 @@ func (t *tx) run(deadline time.Time) error {
 		if err := t.checkAlive(); err != nil {
 			return err
 		}
+		// A raw wait keeps this thread's P: the runtime has no reason to
+		// start a new thread (which would take a host pid) meanwhile.
 		ts := unix.NsecToTimespec(int64(50 * time.Millisecond))
-		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
 	}
 }
 
@@ -457,7 +495,20 @@ func (t *tx) restorerStep(i int, deadline time.Time) error {
 	case OpVerify:
 		return t.verify()
 	case OpLastPID:
+		if s.Arg == ParkHostCursor {
+			return writeLastPID(t.hostCursor)
+		}
 		return writeLastPID(s.Arg)
+	case OpWait:
+		fd := int(t.proc(s.Target).pidfd)
+		reaped, st, err := sys.WaitPidfd(fd, 0)
+		if err != nil || !reaped {
+			return fmt.Errorf("reap %s: %w", t.p.name(s.Target), err)
+		}
+		if st != 0 {
+			return fmt.Errorf("%s exited with status %#x", t.p.name(s.Target), int(st))
+		}
+		return nil
 	case OpKill:
 		r := t.proc(s.Target)
 		if t.p.Options.Payload == PayloadExec && s.Arg == int(unix.SIGSTOP) {
@@ -525,10 +576,7 @@ func (t *tx) verify() error {
 			if want[l] != 0 && got[l] != want[l] {
 				err := fmt.Errorf("verify %s: placed at %v: wrong pid %d at level %d", t.p.name(i), got, got[l], l)
 				if l == 0 {
-					if _, serr := os.Stat("/proc/" + strconv.Itoa(want[0])); serr == nil && !t.ours(want[0]) {
-						return fmt.Errorf("%w: pid %d at level 0 is taken: %w", err, want[0], ErrPIDTaken)
-					}
-					return fmt.Errorf("%w: %w", err, ErrHostRace)
+					return t.hostPIDError(err, want[0])
 				}
 				return err
 			}
@@ -540,13 +588,25 @@ func (t *tx) verify() error {
 		}
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", t.p.Procs[s.Actor].PIDs[0], s.PIDs[0]))
 		if err != nil {
-			return fmt.Errorf("verify thread %v of %s: %w", s.PIDs, t.p.name(s.Actor), err)
+			return t.hostPIDError(fmt.Errorf("verify thread %v of %s: %w", s.PIDs, t.p.name(s.Actor), err), s.PIDs[0])
 		}
 		if got := statusField(string(st), "NSpid"); got != joinInts(s.PIDs) {
 			return fmt.Errorf("verify thread %v of %s: placed at %s", s.PIDs, t.p.name(s.Actor), got)
 		}
 	}
 	return nil
+}
+
+// hostPIDError classifies a wrong level-0 placement: the wanted pid is held
+// by a process outside the restore (ErrPIDTaken, naming it), or it was free
+// and an unrelated fork took the cursor's pid first (ErrHostRace, retried).
+func (t *tx) hostPIDError(err error, pid int) error {
+	b, serr := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if serr != nil || t.ours(pid) {
+		return fmt.Errorf("%w: %w", err, ErrHostRace)
+	}
+	return fmt.Errorf("%w: pid %d at level 0 is taken by %q (tgid %s): %w", err, pid,
+		statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrPIDTaken)
 }
 
 // ours says whether level-0 pid belongs to a proc this restore created.

@@ -199,6 +199,9 @@ func (m *model) apply(pl *Plan, i int) error {
 		ns := m.actorNS(s.Actor, rootNS)
 		m.saveNS(ns)
 		m.nss[ns].last = s.Arg
+		if s.Arg < 0 && m.nss[ns].level != 0 {
+			return fmt.Errorf("only the host cursor can be parked")
+		}
 	case OpWait:
 		t := &m.procs[s.Target]
 		if t.parent != s.Actor || t.state != mZombie {
@@ -315,6 +318,9 @@ func (m *model) allocate(c []pstree.NSID, pids []int, setTID, newNS bool) error 
 	}
 	for l, p := range pids {
 		inner := l == len(c)-1
+		if p == 0 {
+			continue // left to the kernel: not an image pid
+		}
 		if _, ok := m.used[nsNum{c[l], p}]; ok {
 			return fmt.Errorf("pid %d at level %d: %w", p, l, ErrPIDTaken)
 		}

@@ -155,6 +155,8 @@ type Plan struct {
 	Options Options
 	Procs   []Proc
 	Steps   []Step
+	// HostWriter is the helper that writes the level-0 (host) cursor.
+	HostWriter int
 	// Verify is the index of the OpVerify step: every step before it
 	// creates; every step after it finishes (no more clones).
 	Verify int
@@ -224,6 +226,9 @@ func (p *Plan) describe(s *Step) string {
 		}
 		return fmt.Sprintf("thread %v", s.PIDs)
 	case OpLastPID:
+		if s.Arg == ParkHostCursor {
+			return "ns_last_pid = (back to the host's)"
+		}
 		return fmt.Sprintf("ns_last_pid = %d", s.Arg)
 	case OpWait, OpKill:
 		if s.Op == OpKill {

@@ -41,6 +41,8 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 type join struct{ actor, target, g int }
 
 type planner struct {
+	w0    int // the level-0 cursor writer
+	park  int // where the host cursor waits between clones
 	plan  *Plan
 	m     *model
 	byPID map[int]int // level-0 pid -> task index (= proc index)
@@ -101,6 +103,23 @@ func (pl *planner) build() error {
 	if err := pl.addLeaderHelpers(); err != nil {
 		return err
 	}
+	// The level-0 cursor writer: a helper in the restorer's namespace that
+	// writes the host's ns_last_pid right before each clone needing it and
+	// clones the root as its sibling (CLONE_PARENT: the root's parent is
+	// the restorer). The host cursor is raced for by every process on the
+	// machine, the restorer's own Go runtime threads included, so it is
+	// written by a process that runs no Go runtime, as close to the clone
+	// as possible; verification catches the rest (ErrHostRace).
+	pl.w0 = pl.addProc(Proc{Task: -1, PIDs: []int{0}, NS: nsAt(tr, root.NS[pstree.PidNS], 0), Why: "level-0 cursor writer"})
+	pl.plan.HostWriter = pl.w0
+	for i := range pl.plan.Procs {
+		pl.park = max(pl.park, pl.plan.Procs[i].PIDs[0])
+	}
+	for i := range tr.Tasks {
+		for _, th := range tr.Tasks[i].Threads {
+			pl.park = max(pl.park, th.TIDs[0])
+		}
+	}
 	pl.m = newModel(tr, len(pl.plan.Procs))
 	for i := range tr.Tasks {
 		t := &tr.Tasks[i]
@@ -113,7 +132,11 @@ func (pl *planner) build() error {
 	if err := pl.birthGroups(); err != nil {
 		return err
 	}
-	if err := pl.placed(Step{Op: OpClone, Actor: Restorer, Target: 0, NewPIDNS: root.InnerPID() == 1 && root.Level() > 0}); err != nil {
+	if err := pl.emit(Step{Op: OpClone, Actor: Restorer, Target: pl.w0}); err != nil {
+		return err
+	}
+	pl.creator[0], pl.sibling[0] = pl.w0, true
+	if err := pl.placed(Step{Op: OpClone, Actor: pl.w0, Target: 0, AsSibling: true, NewPIDNS: root.InnerPID() == 1 && root.Level() > 0}); err != nil {
 		return err
 	}
 	if err := pl.expandAll(); err != nil {
@@ -455,10 +478,13 @@ func (pl *planner) placed(s Step) error {
 	case s.NewPIDNS:
 		top-- // pid 1 of a fresh namespace needs nothing
 		s.SetTID = pl.plan.Options.Placement == PlaceSetTID
+	case pids[top] == 0:
+		top-- // the kernel chooses (a helper's pid)
 	case pl.plan.Options.Placement == PlaceSetTID:
 		top--
 		s.SetTID = true
 	}
+	hostCursor := false
 	for l := top; l >= 0; l-- {
 		if pids[l] == 0 {
 			continue
@@ -470,15 +496,30 @@ func (pl *planner) placed(s Step) error {
 		if err := pl.emit(Step{Op: OpLastPID, Actor: w, Target: -1, Arg: pids[l] - 1}); err != nil {
 			return err
 		}
+		hostCursor = hostCursor || l == 0
 	}
-	return pl.emit(s)
+	if err := pl.emit(s); err != nil {
+		return err
+	}
+	if hostCursor {
+		// Park the host cursor above every level-0 pid of the image at
+		// once: while it points among them, every unrelated fork on the
+		// machine takes one of them. (Execute puts the host's own value
+		// back at the end.)
+		return pl.emit(Step{Op: OpLastPID, Actor: pl.w0, Target: -1, Arg: pl.park})
+	}
+	return nil
 }
+
+// ParkHostCursor as the Arg of an OpLastPID puts the host's ns_last_pid back
+// to the value it had when the restore started.
+const ParkHostCursor = -1
 
 // writer is the proc that writes pid namespace ns's cursor: its init, or
 // the restorer for the image's level 0.
 func (pl *planner) writer(ns pstree.NSID) (int, error) {
 	if n := pl.m.nss[ns]; n != nil && n.level == 0 {
-		return Restorer, nil
+		return pl.w0, nil
 	}
 	if n := pl.m.nss[ns]; n != nil && n.init >= 0 {
 		return n.init, nil
