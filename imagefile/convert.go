@@ -26,6 +26,9 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 			OwnerUid:         ns.OwnerUID,
 			Hostname:         []byte(ns.Hostname),
 			Domainname:       []byte(ns.Domainname),
+			Ambient:          ns.Ambient,
+			Links:            linksToProto(ns.Links),
+			Routes:           routesToProto(ns.Routes),
 		})
 	}
 	for i := range tr.Tasks {
@@ -80,6 +83,14 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 		if ns.GetLastPid() < 0 || ns.GetLastPid() > math.MaxInt32 {
 			return nil, fmt.Errorf("namespace %d: last pid %d out of range", i, ns.GetLastPid())
 		}
+		links, err := linksFromProto(ns.GetLinks())
+		if err != nil {
+			return nil, fmt.Errorf("namespace %d: %w", i, err)
+		}
+		routes, err := routesFromProto(ns.GetRoutes())
+		if err != nil {
+			return nil, fmt.Errorf("namespace %d: %w", i, err)
+		}
 		tr.Namespaces = append(tr.Namespaces, pstree.Namespace{
 			ID:               pstree.NSID(ns.GetId()),
 			Kind:             pstree.NSKind(ns.GetKind()),
@@ -93,6 +104,9 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 			OwnerUID:         ns.GetOwnerUid(),
 			Hostname:         string(ns.GetHostname()),
 			Domainname:       string(ns.GetDomainname()),
+			Ambient:          ns.GetAmbient(),
+			Links:            links,
+			Routes:           routes,
 		})
 	}
 	for _, pt := range img.GetTasks() {

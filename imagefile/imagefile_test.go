@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -30,8 +32,21 @@ func sample() *pstree.Tree {
 			{ID: 2, Kind: pstree.PidNS, Parent: 1, Owner: 4, Level: 1},
 			{ID: 3, Kind: pstree.UserNS, UIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 4294967295}}, GIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 4294967295}}, SetgroupsAllowed: true},
 			{ID: 4, Kind: pstree.UserNS, Parent: 3, Owner: 3, UIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}, OwnerUID: 1000},
-			ns(5, pstree.NetNS), {ID: 6, Kind: pstree.UTSNS, Hostname: "box", Domainname: "(none)"},
-			ns(7, pstree.IPCNS), ns(8, pstree.MntNS), ns(9, pstree.CgroupNS), ns(10, pstree.TimeNS),
+			{ID: 5, Kind: pstree.NetNS, Owner: 3, Links: []pstree.NetLink{
+				{Name: "lo", Kind: pstree.LinkLoopback, Up: true, MTU: 65536,
+					Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/8"), netip.MustParsePrefix("::1/128")}},
+				{Name: "va", Kind: pstree.LinkVeth, KindName: "veth", Up: true, MTU: 1500,
+					MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Addrs: []netip.Prefix{netip.MustParsePrefix("10.7.0.1/24")},
+					PeerNS: 5, PeerName: "vb"},
+				{Name: "vb", Kind: pstree.LinkVeth, KindName: "veth", MTU: 1500, PeerNS: 5, PeerName: "va"},
+			}, Routes: []pstree.NetRoute{
+				{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("10.7.0.2"), Dev: "va",
+					Table: 254, Protocol: 3, Type: 1},
+				{Dst: netip.MustParsePrefix("fd00::/64"), Src: netip.MustParseAddr("fd00::1"), Dev: "va", Table: 254,
+					Protocol: 4, Scope: 253, Type: 1, Metric: 1024},
+			}},
+			{ID: 6, Kind: pstree.UTSNS, Hostname: "box", Domainname: "(none)"},
+			ns(7, pstree.IPCNS), ns(8, pstree.MntNS), ns(9, pstree.CgroupNS), {ID: 10, Kind: pstree.TimeNS, Ambient: true},
 		},
 		Tasks: []pstree.Task{
 			{PIDs: []int{100}, PGIDs: []int{100}, SIDs: []int{100}, NS: outer,
@@ -87,6 +102,12 @@ func TestDecodeRejects(t *testing.T) {
 		"magic":     {mut(func(b []byte) []byte { b[0] = 'X'; return b }), ErrFormat},
 		"truncated": {good[:len(good)-3], ErrFormat},
 		"checksum":  {mut(func(b []byte) []byte { b[len(b)-1] ^= 1; return b }), ErrFormat},
+		"address length": {withHeader(func() []byte {
+			img := toProto(sample())
+			img.Namespaces[4].Links[1].Addrs[0].Ip = []byte{10, 7, 0}
+			b, _ := proto.Marshal(img)
+			return b
+		}()), ErrFormat},
 		"major": {mut(func(b []byte) []byte {
 			binary.LittleEndian.PutUint16(b[8:], pstree.FormatMajor+1)
 			return b

@@ -30,6 +30,33 @@ type jsonNamespace struct {
 	OwnerUID         *uint32      `json:"owner_uid,omitempty"`
 	Hostname         string       `json:"hostname,omitempty"`
 	Domainname       string       `json:"domainname,omitempty"`
+	Ambient          bool         `json:"ambient,omitempty"`
+	Links            []jsonLink   `json:"links,omitempty"`
+	Routes           []jsonRoute  `json:"routes,omitempty"`
+}
+
+type jsonLink struct {
+	Name     string   `json:"name"`
+	Kind     string   `json:"kind"`
+	KindName string   `json:"kind_name,omitempty"`
+	Up       bool     `json:"up"`
+	MTU      int      `json:"mtu"`
+	MAC      string   `json:"mac,omitempty"`
+	Addrs    []string `json:"addrs"`
+	PeerNS   NSID     `json:"peer_ns,omitempty"`
+	PeerName string   `json:"peer_name,omitempty"`
+}
+
+type jsonRoute struct {
+	Dst      string `json:"dst"`
+	Gateway  string `json:"gateway,omitempty"`
+	Src      string `json:"src,omitempty"`
+	Dev      string `json:"dev,omitempty"`
+	Table    uint32 `json:"table"`
+	Protocol uint8  `json:"protocol"`
+	Scope    uint8  `json:"scope"`
+	Type     uint8  `json:"type"`
+	Metric   uint32 `json:"metric"`
 }
 
 type jsonThread struct {
@@ -95,7 +122,26 @@ func JSON(tr *Tree) ([]byte, error) {
 	}
 	for _, ns := range tr.Namespaces {
 		j := jsonNamespace{ID: ns.ID, Kind: ns.Kind.String(), Parent: ns.Parent, Owner: ns.Owner,
-			LastPID: ns.LastPID, Hostname: ns.Hostname, Domainname: ns.Domainname}
+			LastPID: ns.LastPID, Hostname: ns.Hostname, Domainname: ns.Domainname, Ambient: ns.Ambient}
+		for _, l := range ns.Links {
+			jl := jsonLink{Name: l.Name, Kind: l.Kind.String(), KindName: l.KindName, Up: l.Up, MTU: l.MTU,
+				MAC: l.MAC.String(), Addrs: []string{}, PeerNS: l.PeerNS, PeerName: l.PeerName}
+			for _, a := range l.Addrs {
+				jl.Addrs = append(jl.Addrs, a.String())
+			}
+			j.Links = append(j.Links, jl)
+		}
+		for _, r := range ns.Routes {
+			jr := jsonRoute{Dst: r.Dst.String(), Dev: r.Dev, Table: r.Table, Protocol: r.Protocol,
+				Scope: r.Scope, Type: r.Type, Metric: r.Metric}
+			if r.Gateway.IsValid() {
+				jr.Gateway = r.Gateway.String()
+			}
+			if r.Src.IsValid() {
+				jr.Src = r.Src.String()
+			}
+			j.Routes = append(j.Routes, jr)
+		}
 		switch ns.Kind {
 		case PidNS:
 			l := ns.Level

@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 0
+	FormatMinor = 1 // 1: net namespace contents, ambient namespaces
 )
 
 // NSKind is one kind of Linux namespace.
@@ -125,6 +125,14 @@ type Namespace struct {
 	OwnerUID         uint32
 	// UTS namespaces.
 	Hostname, Domainname string
+	// Ambient marks the dumper's own namespace of that kind: the tree
+	// inherited it from outside. Restore uses its own instead of creating
+	// one, and the dump records no contents for an ambient net namespace.
+	Ambient bool
+	// Net namespaces that are not ambient: interfaces (in ifindex order)
+	// and routes (see NetRoute).
+	Links  []NetLink
+	Routes []NetRoute
 }
 
 // TaskState is what a task was doing at dump time.
@@ -152,9 +160,9 @@ func (s TaskState) String() string {
 
 // Creds are a task's credentials as seen from the dumper's user namespace.
 type Creds struct {
-	UID, EUID, SUID, FSUID uint32
-	GID, EGID, SGID, FSGID uint32
-	Groups                 []uint32
+	UID, EUID, SUID, FSUID                 uint32
+	GID, EGID, SGID, FSGID                 uint32
+	Groups                                 []uint32
 	CapInh, CapPrm, CapEff, CapBnd, CapAmb uint64
 }
 

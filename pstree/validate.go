@@ -22,7 +22,11 @@ var ErrInvalid = errors.New("invalid process tree")
 //     to the level of the task's pid namespace, pids and tids unique in every
 //     pid namespace, pgid/sid vectors as long as the pid vector, parents
 //     listed before children and in an ancestor (or the same) pid namespace,
-//     exit status only on zombies and a possible wait status.
+//     exit status only on zombies and a possible wait status;
+//   - namespace contents on the right kind only (hostnames on uts, maps on
+//     user, links and routes on net namespaces that are not ambient), with
+//     valid interface names, addresses and routes, and veth pairs that point
+//     at each other.
 func Validate(tr *Tree) error {
 	if tr == nil {
 		return fmt.Errorf("%w: nil tree", ErrInvalid)
@@ -58,7 +62,13 @@ func validateNamespaces(tr *Tree) error {
 		if ns.LastPID < 0 {
 			return fmt.Errorf("namespace %d: negative last pid", ns.ID)
 		}
+		if err := validateContents(ns); err != nil {
+			return fmt.Errorf("%v namespace %d: %w", ns.Kind, ns.ID, err)
+		}
 		byID[ns.ID] = ns
+	}
+	if err := validatePeers(byID); err != nil {
+		return err
 	}
 	for _, ns := range byID {
 		if ns.Parent != 0 {

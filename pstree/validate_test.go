@@ -2,6 +2,7 @@ package pstree
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -13,6 +14,13 @@ func validTree() *Tree {
 			{ID: 1, Kind: PidNS, Owner: 3},
 			{ID: 2, Kind: PidNS, Parent: 1, Level: 1, Owner: 3},
 			{ID: 3, Kind: UserNS},
+			{ID: 4, Kind: NetNS, Links: []NetLink{
+				{Name: "lo", Kind: LinkLoopback, Up: true},
+				{Name: "va", Kind: LinkVeth, PeerNS: 5, PeerName: "vb",
+					Addrs: []netip.Prefix{netip.MustParsePrefix("10.7.0.1/24")}},
+			}, Routes: []NetRoute{{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("10.7.0.2"), Dev: "va"}}},
+			{ID: 5, Kind: NetNS, Links: []NetLink{{Name: "vb", Kind: LinkVeth, PeerNS: 4, PeerName: "va"}}},
+			{ID: 6, Kind: UTSNS, Hostname: "box"},
 		},
 		Tasks: []Task{
 			{PIDs: []int{10}, PGIDs: []int{10}, SIDs: []int{10}, NS: set(1)},
@@ -51,7 +59,22 @@ func TestValidateRejects(t *testing.T) {
 		"too deep": func(tr *Tree) {
 			tr.Tasks[0].PIDs = make([]int, MaxLevel+2)
 		},
-		"thread levels": func(tr *Tree) { tr.Tasks[1].Threads[0].TIDs = []int{13} },
+		"thread levels":    func(tr *Tree) { tr.Tasks[1].Threads[0].TIDs = []int{13} },
+		"hostname on net":  func(tr *Tree) { tr.Namespaces[3].Hostname = "x" },
+		"long hostname":    func(tr *Tree) { tr.Namespaces[5].Hostname = strings.Repeat("h", 65) },
+		"links on ambient": func(tr *Tree) { tr.Namespaces[3].Ambient = true },
+		"links on uts":     func(tr *Tree) { tr.Namespaces[5].Links = tr.Namespaces[3].Links },
+		"dup link":         func(tr *Tree) { tr.Namespaces[3].Links[1].Name = "lo" },
+		"long link name":   func(tr *Tree) { tr.Namespaces[3].Links[0].Name = "abcdefghijklmnop" },
+		"peer on lo":       func(tr *Tree) { tr.Namespaces[3].Links[0].PeerNS = 4 },
+		"peer not back":    func(tr *Tree) { tr.Namespaces[4].Links[0].PeerName = "lo" },
+		"peer missing":     func(tr *Tree) { tr.Namespaces[3].Links[1].PeerName = "nope" },
+		"peer ns not net":  func(tr *Tree) { tr.Namespaces[3].Links[1].PeerNS = 6 },
+		"route dev":        func(tr *Tree) { tr.Namespaces[3].Routes[0].Dev = "eth9" },
+		"route family": func(tr *Tree) {
+			tr.Namespaces[3].Routes[0].Gateway = netip.MustParseAddr("fe80::1")
+		},
+		"route no dst": func(tr *Tree) { tr.Namespaces[3].Routes[0].Dst = netip.Prefix{} },
 		"user cycle": func(tr *Tree) {
 			tr.Namespaces = append(tr.Namespaces, Namespace{ID: 4, Kind: UserNS, Parent: 3})
 			tr.Namespaces[2].Parent = 4

@@ -108,6 +108,55 @@ func (NSKind) EnumDescriptor() ([]byte, []int) {
 	return file_image_proto_rawDescGZIP(), []int{0}
 }
 
+type LinkKind int32
+
+const (
+	LinkKind_LINK_OTHER    LinkKind = 0
+	LinkKind_LINK_LOOPBACK LinkKind = 1
+	LinkKind_LINK_VETH     LinkKind = 2
+)
+
+// Enum value maps for LinkKind.
+var (
+	LinkKind_name = map[int32]string{
+		0: "LINK_OTHER",
+		1: "LINK_LOOPBACK",
+		2: "LINK_VETH",
+	}
+	LinkKind_value = map[string]int32{
+		"LINK_OTHER":    0,
+		"LINK_LOOPBACK": 1,
+		"LINK_VETH":     2,
+	}
+)
+
+func (x LinkKind) Enum() *LinkKind {
+	p := new(LinkKind)
+	*p = x
+	return p
+}
+
+func (x LinkKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LinkKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_image_proto_enumTypes[1].Descriptor()
+}
+
+func (LinkKind) Type() protoreflect.EnumType {
+	return &file_image_proto_enumTypes[1]
+}
+
+func (x LinkKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LinkKind.Descriptor instead.
+func (LinkKind) EnumDescriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{1}
+}
+
 type TaskState int32
 
 const (
@@ -141,11 +190,11 @@ func (x TaskState) String() string {
 }
 
 func (TaskState) Descriptor() protoreflect.EnumDescriptor {
-	return file_image_proto_enumTypes[1].Descriptor()
+	return file_image_proto_enumTypes[2].Descriptor()
 }
 
 func (TaskState) Type() protoreflect.EnumType {
-	return &file_image_proto_enumTypes[1]
+	return &file_image_proto_enumTypes[2]
 }
 
 func (x TaskState) Number() protoreflect.EnumNumber {
@@ -154,7 +203,7 @@ func (x TaskState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskState.Descriptor instead.
 func (TaskState) EnumDescriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{1}
+	return file_image_proto_rawDescGZIP(), []int{2}
 }
 
 type Image struct {
@@ -294,10 +343,18 @@ type Namespace struct {
 	GidMap           []*IDMapEntry `protobuf:"bytes,8,rep,name=gid_map,json=gidMap,proto3" json:"gid_map,omitempty"`
 	SetgroupsAllowed bool          `protobuf:"varint,9,opt,name=setgroups_allowed,json=setgroupsAllowed,proto3" json:"setgroups_allowed,omitempty"`
 	OwnerUid         uint32        `protobuf:"varint,10,opt,name=owner_uid,json=ownerUid,proto3" json:"owner_uid,omitempty"`
-	Hostname         []byte        `protobuf:"bytes,11,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Domainname       []byte        `protobuf:"bytes,12,opt,name=domainname,proto3" json:"domainname,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// hostname, domainname: of a uts namespace (uname seen inside it).
+	Hostname   []byte `protobuf:"bytes,11,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Domainname []byte `protobuf:"bytes,12,opt,name=domainname,proto3" json:"domainname,omitempty"`
+	// ambient: the dumper's own namespace of that kind, inherited by the
+	// tree from outside; restore does not re-create it (minor 1).
+	Ambient bool `protobuf:"varint,13,opt,name=ambient,proto3" json:"ambient,omitempty"`
+	// links, routes: contents of a net namespace that is not ambient
+	// (minor 1).
+	Links         []*NetLink  `protobuf:"bytes,14,rep,name=links,proto3" json:"links,omitempty"`
+	Routes        []*NetRoute `protobuf:"bytes,15,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Namespace) Reset() {
@@ -414,6 +471,304 @@ func (x *Namespace) GetDomainname() []byte {
 	return nil
 }
 
+func (x *Namespace) GetAmbient() bool {
+	if x != nil {
+		return x.Ambient
+	}
+	return false
+}
+
+func (x *Namespace) GetLinks() []*NetLink {
+	if x != nil {
+		return x.Links
+	}
+	return nil
+}
+
+func (x *Namespace) GetRoutes() []*NetRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+// NetPrefix is an address with a prefix length; ip is 4 or 16 bytes and is
+// not masked (10.0.0.1/24).
+type NetPrefix struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ip            []byte                 `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
+	Bits          uint32                 `protobuf:"varint,2,opt,name=bits,proto3" json:"bits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetPrefix) Reset() {
+	*x = NetPrefix{}
+	mi := &file_image_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetPrefix) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetPrefix) ProtoMessage() {}
+
+func (x *NetPrefix) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetPrefix.ProtoReflect.Descriptor instead.
+func (*NetPrefix) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *NetPrefix) GetIp() []byte {
+	if x != nil {
+		return x.Ip
+	}
+	return nil
+}
+
+func (x *NetPrefix) GetBits() uint32 {
+	if x != nil {
+		return x.Bits
+	}
+	return 0
+}
+
+type NetLink struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Kind  LinkKind               `protobuf:"varint,2,opt,name=kind,proto3,enum=nsinit.image.v1.LinkKind" json:"kind,omitempty"`
+	// kind_name: IFLA_INFO_KIND ("veth", "bridge", ...), empty when none.
+	KindName []byte       `protobuf:"bytes,3,opt,name=kind_name,json=kindName,proto3" json:"kind_name,omitempty"`
+	Up       bool         `protobuf:"varint,4,opt,name=up,proto3" json:"up,omitempty"`
+	Mtu      uint32       `protobuf:"varint,5,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	Mac      []byte       `protobuf:"bytes,6,opt,name=mac,proto3" json:"mac,omitempty"`
+	Addrs    []*NetPrefix `protobuf:"bytes,7,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	// peer_ns, peer_name: a veth's other end (its net namespace id, which may
+	// be this one, and its interface name); peer_ns 0 = outside the tree.
+	PeerNs        uint32 `protobuf:"varint,8,opt,name=peer_ns,json=peerNs,proto3" json:"peer_ns,omitempty"`
+	PeerName      []byte `protobuf:"bytes,9,opt,name=peer_name,json=peerName,proto3" json:"peer_name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetLink) Reset() {
+	*x = NetLink{}
+	mi := &file_image_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetLink) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetLink) ProtoMessage() {}
+
+func (x *NetLink) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
+func (*NetLink) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *NetLink) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *NetLink) GetKind() LinkKind {
+	if x != nil {
+		return x.Kind
+	}
+	return LinkKind_LINK_OTHER
+}
+
+func (x *NetLink) GetKindName() []byte {
+	if x != nil {
+		return x.KindName
+	}
+	return nil
+}
+
+func (x *NetLink) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+func (x *NetLink) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *NetLink) GetMac() []byte {
+	if x != nil {
+		return x.Mac
+	}
+	return nil
+}
+
+func (x *NetLink) GetAddrs() []*NetPrefix {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+func (x *NetLink) GetPeerNs() uint32 {
+	if x != nil {
+		return x.PeerNs
+	}
+	return 0
+}
+
+func (x *NetLink) GetPeerName() []byte {
+	if x != nil {
+		return x.PeerName
+	}
+	return nil
+}
+
+// NetRoute is a route the kernel did not generate by itself.
+type NetRoute struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// dst: 0 bits for a default route.
+	Dst *NetPrefix `protobuf:"bytes,1,opt,name=dst,proto3" json:"dst,omitempty"`
+	// gateway, src (RTA_PREFSRC): 4 or 16 bytes, empty when unset.
+	Gateway []byte `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	Src     []byte `protobuf:"bytes,3,opt,name=src,proto3" json:"src,omitempty"`
+	Dev     []byte `protobuf:"bytes,4,opt,name=dev,proto3" json:"dev,omitempty"`
+	Table   uint32 `protobuf:"varint,5,opt,name=table,proto3" json:"table,omitempty"`
+	// protocol, scope, type: rtm_protocol, rtm_scope, rtm_type.
+	Protocol      uint32 `protobuf:"varint,6,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Scope         uint32 `protobuf:"varint,7,opt,name=scope,proto3" json:"scope,omitempty"`
+	Type          uint32 `protobuf:"varint,8,opt,name=type,proto3" json:"type,omitempty"`
+	Metric        uint32 `protobuf:"varint,9,opt,name=metric,proto3" json:"metric,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetRoute) Reset() {
+	*x = NetRoute{}
+	mi := &file_image_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetRoute) ProtoMessage() {}
+
+func (x *NetRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
+func (*NetRoute) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NetRoute) GetDst() *NetPrefix {
+	if x != nil {
+		return x.Dst
+	}
+	return nil
+}
+
+func (x *NetRoute) GetGateway() []byte {
+	if x != nil {
+		return x.Gateway
+	}
+	return nil
+}
+
+func (x *NetRoute) GetSrc() []byte {
+	if x != nil {
+		return x.Src
+	}
+	return nil
+}
+
+func (x *NetRoute) GetDev() []byte {
+	if x != nil {
+		return x.Dev
+	}
+	return nil
+}
+
+func (x *NetRoute) GetTable() uint32 {
+	if x != nil {
+		return x.Table
+	}
+	return 0
+}
+
+func (x *NetRoute) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
+func (x *NetRoute) GetScope() uint32 {
+	if x != nil {
+		return x.Scope
+	}
+	return 0
+}
+
+func (x *NetRoute) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *NetRoute) GetMetric() uint32 {
+	if x != nil {
+		return x.Metric
+	}
+	return 0
+}
+
 // NSSet names the namespace of each kind a task is in (0 = unknown, e.g. a
 // zombie's mnt namespace).
 type NSSet struct {
@@ -433,7 +788,7 @@ type NSSet struct {
 
 func (x *NSSet) Reset() {
 	*x = NSSet{}
-	mi := &file_image_proto_msgTypes[3]
+	mi := &file_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -445,7 +800,7 @@ func (x *NSSet) String() string {
 func (*NSSet) ProtoMessage() {}
 
 func (x *NSSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[3]
+	mi := &file_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -458,7 +813,7 @@ func (x *NSSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NSSet.ProtoReflect.Descriptor instead.
 func (*NSSet) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{3}
+	return file_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NSSet) GetPid() uint32 {
@@ -546,7 +901,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_proto_msgTypes[4]
+	mi := &file_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +913,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[4]
+	mi := &file_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +926,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{4}
+	return file_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -683,7 +1038,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_image_proto_msgTypes[5]
+	mi := &file_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +1050,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[5]
+	mi := &file_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +1063,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{5}
+	return file_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Thread) GetTids() []int32 {
@@ -754,7 +1109,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_image_proto_msgTypes[6]
+	mi := &file_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +1121,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[6]
+	mi := &file_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +1134,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{6}
+	return file_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Task) GetPids() []int32 {
@@ -909,7 +1264,7 @@ const file_image_proto_rawDesc = "" +
 	"IDMapEntry\x12\x16\n" +
 	"\x06inside\x18\x01 \x01(\rR\x06inside\x12\x18\n" +
 	"\aoutside\x18\x02 \x01(\rR\aoutside\x12\x14\n" +
-	"\x05count\x18\x03 \x01(\rR\x05count\"\x99\x03\n" +
+	"\x05count\x18\x03 \x01(\rR\x05count\"\x96\x04\n" +
 	"\tNamespace\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12+\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x17.nsinit.image.v1.NSKindR\x04kind\x12\x16\n" +
@@ -925,7 +1280,33 @@ const file_image_proto_rawDesc = "" +
 	"\bhostname\x18\v \x01(\fR\bhostname\x12\x1e\n" +
 	"\n" +
 	"domainname\x18\f \x01(\fR\n" +
-	"domainname\"\xcb\x01\n" +
+	"domainname\x12\x18\n" +
+	"\aambient\x18\r \x01(\bR\aambient\x12.\n" +
+	"\x05links\x18\x0e \x03(\v2\x18.nsinit.image.v1.NetLinkR\x05links\x121\n" +
+	"\x06routes\x18\x0f \x03(\v2\x19.nsinit.image.v1.NetRouteR\x06routes\"/\n" +
+	"\tNetPrefix\x12\x0e\n" +
+	"\x02ip\x18\x01 \x01(\fR\x02ip\x12\x12\n" +
+	"\x04bits\x18\x02 \x01(\rR\x04bits\"\x85\x02\n" +
+	"\aNetLink\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12-\n" +
+	"\x04kind\x18\x02 \x01(\x0e2\x19.nsinit.image.v1.LinkKindR\x04kind\x12\x1b\n" +
+	"\tkind_name\x18\x03 \x01(\fR\bkindName\x12\x0e\n" +
+	"\x02up\x18\x04 \x01(\bR\x02up\x12\x10\n" +
+	"\x03mtu\x18\x05 \x01(\rR\x03mtu\x12\x10\n" +
+	"\x03mac\x18\x06 \x01(\fR\x03mac\x120\n" +
+	"\x05addrs\x18\a \x03(\v2\x1a.nsinit.image.v1.NetPrefixR\x05addrs\x12\x17\n" +
+	"\apeer_ns\x18\b \x01(\rR\x06peerNs\x12\x1b\n" +
+	"\tpeer_name\x18\t \x01(\fR\bpeerName\"\xea\x01\n" +
+	"\bNetRoute\x12,\n" +
+	"\x03dst\x18\x01 \x01(\v2\x1a.nsinit.image.v1.NetPrefixR\x03dst\x12\x18\n" +
+	"\agateway\x18\x02 \x01(\fR\agateway\x12\x10\n" +
+	"\x03src\x18\x03 \x01(\fR\x03src\x12\x10\n" +
+	"\x03dev\x18\x04 \x01(\fR\x03dev\x12\x14\n" +
+	"\x05table\x18\x05 \x01(\rR\x05table\x12\x1a\n" +
+	"\bprotocol\x18\x06 \x01(\rR\bprotocol\x12\x14\n" +
+	"\x05scope\x18\a \x01(\rR\x05scope\x12\x12\n" +
+	"\x04type\x18\b \x01(\rR\x04type\x12\x16\n" +
+	"\x06metric\x18\t \x01(\rR\x06metric\"\xcb\x01\n" +
 	"\x05NSSet\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12(\n" +
 	"\x10pid_for_children\x18\x02 \x01(\rR\x0epidForChildren\x12\x12\n" +
@@ -988,7 +1369,12 @@ const file_image_proto_rawDesc = "" +
 	"\n" +
 	"\x06NS_MNT\x10\x06\x12\r\n" +
 	"\tNS_CGROUP\x10\a\x12\v\n" +
-	"\aNS_TIME\x10\b*.\n" +
+	"\aNS_TIME\x10\b*<\n" +
+	"\bLinkKind\x12\x0e\n" +
+	"\n" +
+	"LINK_OTHER\x10\x00\x12\x11\n" +
+	"\rLINK_LOOPBACK\x10\x01\x12\r\n" +
+	"\tLINK_VETH\x10\x02*.\n" +
 	"\tTaskState\x12\b\n" +
 	"\x04LIVE\x10\x00\x12\v\n" +
 	"\aSTOPPED\x10\x01\x12\n" +
@@ -1007,35 +1393,44 @@ func file_image_proto_rawDescGZIP() []byte {
 	return file_image_proto_rawDescData
 }
 
-var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_image_proto_goTypes = []any{
 	(NSKind)(0),        // 0: nsinit.image.v1.NSKind
-	(TaskState)(0),     // 1: nsinit.image.v1.TaskState
-	(*Image)(nil),      // 2: nsinit.image.v1.Image
-	(*IDMapEntry)(nil), // 3: nsinit.image.v1.IDMapEntry
-	(*Namespace)(nil),  // 4: nsinit.image.v1.Namespace
-	(*NSSet)(nil),      // 5: nsinit.image.v1.NSSet
-	(*Creds)(nil),      // 6: nsinit.image.v1.Creds
-	(*Thread)(nil),     // 7: nsinit.image.v1.Thread
-	(*Task)(nil),       // 8: nsinit.image.v1.Task
+	(LinkKind)(0),      // 1: nsinit.image.v1.LinkKind
+	(TaskState)(0),     // 2: nsinit.image.v1.TaskState
+	(*Image)(nil),      // 3: nsinit.image.v1.Image
+	(*IDMapEntry)(nil), // 4: nsinit.image.v1.IDMapEntry
+	(*Namespace)(nil),  // 5: nsinit.image.v1.Namespace
+	(*NetPrefix)(nil),  // 6: nsinit.image.v1.NetPrefix
+	(*NetLink)(nil),    // 7: nsinit.image.v1.NetLink
+	(*NetRoute)(nil),   // 8: nsinit.image.v1.NetRoute
+	(*NSSet)(nil),      // 9: nsinit.image.v1.NSSet
+	(*Creds)(nil),      // 10: nsinit.image.v1.Creds
+	(*Thread)(nil),     // 11: nsinit.image.v1.Thread
+	(*Task)(nil),       // 12: nsinit.image.v1.Task
 }
 var file_image_proto_depIdxs = []int32{
-	4,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
-	8,  // 1: nsinit.image.v1.Image.tasks:type_name -> nsinit.image.v1.Task
+	5,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
+	12, // 1: nsinit.image.v1.Image.tasks:type_name -> nsinit.image.v1.Task
 	0,  // 2: nsinit.image.v1.Namespace.kind:type_name -> nsinit.image.v1.NSKind
-	3,  // 3: nsinit.image.v1.Namespace.uid_map:type_name -> nsinit.image.v1.IDMapEntry
-	3,  // 4: nsinit.image.v1.Namespace.gid_map:type_name -> nsinit.image.v1.IDMapEntry
-	1,  // 5: nsinit.image.v1.Thread.state:type_name -> nsinit.image.v1.TaskState
-	1,  // 6: nsinit.image.v1.Task.state:type_name -> nsinit.image.v1.TaskState
-	7,  // 7: nsinit.image.v1.Task.threads:type_name -> nsinit.image.v1.Thread
-	5,  // 8: nsinit.image.v1.Task.ns:type_name -> nsinit.image.v1.NSSet
-	6,  // 9: nsinit.image.v1.Task.creds:type_name -> nsinit.image.v1.Creds
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	4,  // 3: nsinit.image.v1.Namespace.uid_map:type_name -> nsinit.image.v1.IDMapEntry
+	4,  // 4: nsinit.image.v1.Namespace.gid_map:type_name -> nsinit.image.v1.IDMapEntry
+	7,  // 5: nsinit.image.v1.Namespace.links:type_name -> nsinit.image.v1.NetLink
+	8,  // 6: nsinit.image.v1.Namespace.routes:type_name -> nsinit.image.v1.NetRoute
+	1,  // 7: nsinit.image.v1.NetLink.kind:type_name -> nsinit.image.v1.LinkKind
+	6,  // 8: nsinit.image.v1.NetLink.addrs:type_name -> nsinit.image.v1.NetPrefix
+	6,  // 9: nsinit.image.v1.NetRoute.dst:type_name -> nsinit.image.v1.NetPrefix
+	2,  // 10: nsinit.image.v1.Thread.state:type_name -> nsinit.image.v1.TaskState
+	2,  // 11: nsinit.image.v1.Task.state:type_name -> nsinit.image.v1.TaskState
+	11, // 12: nsinit.image.v1.Task.threads:type_name -> nsinit.image.v1.Thread
+	9,  // 13: nsinit.image.v1.Task.ns:type_name -> nsinit.image.v1.NSSet
+	10, // 14: nsinit.image.v1.Task.creds:type_name -> nsinit.image.v1.Creds
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_image_proto_init() }
@@ -1048,8 +1443,8 @@ func file_image_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_proto_rawDesc), len(file_image_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   7,
+			NumEnums:      3,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
