@@ -31,7 +31,9 @@ var guestPackages = []guestPackage{
 	{Pkg: "./vm-test/guest", Needs: []string{"CONFIG_CGROUPS", "CONFIG_DEBUG_INFO_BTF"}},
 	// The supervisor's tests; the guest has no C compiler, so their
 	// helper is built here and named by NSINIT_TEST_HELPER.
-	{Pkg: "./agent", Needs: []string{"CONFIG_PID_NS"},
+	// 2 GiB: the burst of 10,000 orphans needs threads-max above 10,000,
+	// which the kernel sizes from memory (512 MiB gives about 4,000).
+	{Pkg: "./agent", Needs: []string{"CONFIG_PID_NS"}, MemoryMB: 2048,
 		Prepare: cHelper("agent/testdata/helper.c", "NSINIT_TEST_HELPER")},
 	// eBPF fork/exit/exec watcher on a kernel other than the dev machine's.
 	{Pkg: "./bpf", Needs: []string{"CONFIG_BPF_SYSCALL", "CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_EVENTS"}},
@@ -48,6 +50,8 @@ type guestPackage struct {
 	// Prepare, if set, builds on the host what the tests need in the
 	// guest, in dir, and returns the files and environment to add.
 	Prepare func(t *testing.T, dir string) ([]File, []string)
+	// MemoryMB is the guest's memory; 0 means the harness default.
+	MemoryMB int
 }
 
 // cHelper builds a static C test helper on the host (the guest has no
@@ -246,7 +250,8 @@ func TestVMPackages(t *testing.T) {
 				// Like go test: the package directory is the working directory.
 				Cmd: []string{"/bin/sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", pkgDir,
 					"/tests/" + name + ".test", "-test.v", "-test.count=1", "-test.timeout=4m", "-test.run", run},
-				Timeout: 5 * time.Minute,
+				Timeout:  5 * time.Minute,
+				MemoryMB: gp.MemoryMB,
 			}
 			res, err := boot(t, cfg)
 			if err != nil {
