@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // helperBin is the C test helper (testdata/helper.c), built once by TestMain.
@@ -400,5 +401,56 @@ func TestParentDeathSignal(t *testing.T) {
 	waitFor(t, "nsinit to exit after its parent died", 10*time.Second, func() bool {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		return err != nil || strings.HasPrefix(testutil.Field(string(b), "State"), "Z")
+	})
+}
+
+// TestForegroundTerminal: when stdin is nsinit's controlling terminal, the
+// command gets its own process group and that group becomes the terminal's
+// foreground group, as a shell does for a foreground job.
+func TestForegroundTerminal(t *testing.T) {
+	testutil.Require(t, testutil.Root)
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	defer master.Close()
+	if err := unix.IoctlSetPointerInt(int(master.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slave, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slave.Close()
+	cmd := exec.Command(testutil.Binary(t), "--", busybox(t), "sh", "-c", "echo pid=$$; exec sleep 1000")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var out []byte
+	var child int
+	buf := make([]byte, 256)
+	waitFor(t, "the command to print its pid", 10*time.Second, func() bool {
+		master.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		k, _ := master.Read(buf)
+		out = append(out, buf[:k]...)
+		_, after, ok := strings.Cut(string(out), "pid=")
+		if f := strings.Fields(after); ok && len(f) > 0 {
+			child, _ = strconv.Atoi(f[0])
+		}
+		return child > 0
+	})
+	if child == cmd.Process.Pid {
+		t.Fatalf("the command is nsinit itself (pid %d)", child)
+	}
+	waitFor(t, fmt.Sprintf("the command's group %d to be in the foreground", child), 10*time.Second, func() bool {
+		pg, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPGRP)
+		return err == nil && pg == child
 	})
 }
