@@ -324,7 +324,8 @@ func (rd *reader) namespaces() error {
 		}
 	}
 	rd.lastPID()
-	return nil
+	// Hostnames, net namespace contents (dump/netns.go, dump/uts.go).
+	return rd.contents(fds)
 }
 
 // adopt names the namespace behind fd (taking ownership of fd).
@@ -469,5 +470,5 @@ func representable(tr *pstree.Tree) error {
 				ErrUnrepresentable, t.PIDs[0], pfc)
 		}
 	}
-	return nil
+	return netRestorable(tr)
 }
