@@ -174,6 +174,15 @@ func (c *comparer) namespacePairs(ids []pstree.NSID) {
 		}
 		c.related(what+": parent", na.Parent, nb.Parent)
 		c.related(what+": owner", na.Owner, nb.Owner)
+		if na.Ambient != nb.Ambient {
+			c.add(0, what+": ambient (the checker's own)", na.Ambient, nb.Ambient)
+		}
+		if na.Hostname != nb.Hostname || na.Domainname != nb.Domainname {
+			c.add(0, what+": hostname/domainname", na.Hostname+"/"+na.Domainname, nb.Hostname+"/"+nb.Domainname)
+		}
+		if na.Kind == pstree.NetNS {
+			c.netContents(what, na, nb)
+		}
 		if na.Kind == pstree.UserNS {
 			if fmt.Sprint(na.UIDMap) != fmt.Sprint(nb.UIDMap) {
 				c.add(0, what+": uid_map", na.UIDMap, nb.UIDMap)

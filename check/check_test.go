@@ -1,6 +1,7 @@
 package check
 
 import (
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -20,11 +21,20 @@ func tree() *pstree.Tree {
 			{ID: 1, Kind: pstree.PidNS, Owner: 3},
 			{ID: 2, Kind: pstree.PidNS, Parent: 1, Level: 1, Owner: 3},
 			{ID: 3, Kind: pstree.UserNS},
-			{ID: 4, Kind: pstree.NetNS, Owner: 3},
-			{ID: 5, Kind: pstree.NetNS, Owner: 3},
+			{ID: 4, Kind: pstree.NetNS, Owner: 3, Links: []pstree.NetLink{
+				{Name: "lo", Kind: pstree.LinkLoopback, Up: true, MTU: 65536},
+				{Name: "va", Kind: pstree.LinkVeth, Up: true, MTU: 1500, PeerNS: 5, PeerName: "vb",
+					Addrs: []netip.Prefix{netip.MustParsePrefix("10.7.0.1/24")}},
+			}},
+			{ID: 5, Kind: pstree.NetNS, Owner: 3, Links: []pstree.NetLink{
+				{Name: "vb", Kind: pstree.LinkVeth, MTU: 1500, PeerNS: 4, PeerName: "va"},
+				{Name: "vc", Kind: pstree.LinkVeth, MTU: 1500, PeerNS: 5, PeerName: "vd"},
+				{Name: "vd", Kind: pstree.LinkVeth, MTU: 1500, PeerNS: 5, PeerName: "vc"},
+			}, Routes: []pstree.NetRoute{{Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("10.7.0.1"), Dev: "vb", Table: 254}}},
+			{ID: 6, Kind: pstree.UTSNS, Owner: 3, Hostname: "box"},
 		},
 		Tasks: []pstree.Task{
-			{PIDs: []int{10}, PGIDs: []int{10}, SIDs: []int{10}, NS: pstree.NSSet{1, 1, 3, 4}},
+			{PIDs: []int{10}, PGIDs: []int{10}, SIDs: []int{10}, NS: pstree.NSSet{1, 1, 3, 4, 6}},
 			{PIDs: []int{11, 1}, PPID: 10, PGIDs: []int{10, 0}, SIDs: []int{10, 0}, NS: pstree.NSSet{2, 2, 3, 5},
 				Threads: []pstree.Thread{{TIDs: []int{13, 3}}}},
 			{PIDs: []int{12, 2}, PPID: 11, PGIDs: []int{12, 2}, SIDs: []int{12, 2}, NS: pstree.NSSet{2, 2, 3, 5},
@@ -44,6 +54,9 @@ func renumber(tr *pstree.Tree) *pstree.Tree {
 	for i := range tr.Namespaces {
 		ns := &tr.Namespaces[i]
 		ns.ID, ns.Parent, ns.Owner = m(ns.ID), m(ns.Parent), m(ns.Owner)
+		for j := range ns.Links {
+			ns.Links[j].PeerNS = m(ns.Links[j].PeerNS)
+		}
 	}
 	for i := range tr.Tasks {
 		for k := range tr.Tasks[i].NS {
@@ -77,9 +90,23 @@ func TestCompareFindsEachDifference(t *testing.T) {
 		}, "pid 14: task: image missing"},
 		// Same number of namespaces, but pid 12 no longer shares pid 11's.
 		"net shape": {func(tr *pstree.Tree) { tr.Tasks[2].NS[pstree.NetNS] = 4 }, "pid 12: net namespace"},
+		"hostname":  {func(tr *pstree.Tree) { tr.Namespaces[5].Hostname = "other" }, "uts namespace of pid 10: hostname"},
+		"address": {func(tr *pstree.Tree) {
+			tr.Namespaces[3].Links[1].Addrs[0] = netip.MustParsePrefix("10.7.0.9/24")
+		}, "net namespace of pid 10: interface va: addresses"},
+		"mtu":       {func(tr *pstree.Tree) { tr.Namespaces[4].Links[0].MTU = 1400 }, "interface vb: image veth() up=false mtu=1500"},
+		"link gone": {func(tr *pstree.Tree) { tr.Namespaces[3].Links = tr.Namespaces[3].Links[:1] }, "net namespace of pid 10: interfaces"},
+		"route":     {func(tr *pstree.Tree) { tr.Namespaces[4].Routes = nil }, "net namespace of pid 11: routes"},
+		// vb's peer is now in its own namespace: the pair crosses no more.
+		"peer namespace": {func(tr *pstree.Tree) {
+			tr.Namespaces[4].Links[0].PeerNS, tr.Namespaces[3].Links[1].PeerNS = 5, 4
+		}, "interface vb: veth peer namespace"},
+		"peer name": {func(tr *pstree.Tree) {
+			tr.Namespaces[4].Links[1].PeerName, tr.Namespaces[4].Links[2].PeerName = "vc", "vd"
+		}, "interface vc: veth peer"},
 		"owner": {func(tr *pstree.Tree) {
-			tr.Namespaces = append(tr.Namespaces, pstree.Namespace{ID: 6, Kind: pstree.UserNS, Parent: 3})
-			tr.Namespaces[1].Owner = 6
+			tr.Namespaces = append(tr.Namespaces, pstree.Namespace{ID: 7, Kind: pstree.UserNS, Parent: 3})
+			tr.Namespaces[1].Owner = 7
 		}, "pid namespace of pid 11: owner"},
 	}
 	for name, c := range cases {
