@@ -1,6 +1,7 @@
 package check
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -188,5 +189,82 @@ func TestCheckLiveTree(t *testing.T) {
 	d := Compare(img, live)
 	if len(d) != 1 || d[0].PID != victim || d[0].What != "task" {
 		t.Fatalf("after killing %d: %v", victim, d)
+	}
+}
+
+// TestCheckLiveNet: a net and uts namespace with a veth pair inside it is
+// checked equal to its dump, then an address, a route and the hostname
+// change and each is reported.
+func TestCheckLiveNet(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs ip (iproute2)")
+	}
+	cmd := exec.Command("unshare", "-n", "-u", "/bin/busybox", "sh", "-c",
+		`busybox hostname alpha; busybox sleep 1000 & exec busybox sleep 1000`)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	root := cmd.Process.Pid
+	t.Cleanup(func() {
+		if live, err := ReadLive(root); err == nil {
+			for i := len(live.Tasks) - 1; i >= 0; i-- {
+				unix.Kill(live.Tasks[i].PIDs[0], unix.SIGKILL)
+			}
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		live, err := ReadLive(root)
+		if err == nil && len(live.Tasks) == 2 && live.Namespace(live.Tasks[0].NS[pstree.UTSNS]).Hostname == "alpha" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tree not ready: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	in := func(args ...string) {
+		t.Helper()
+		full := append([]string{"-t", fmt.Sprint(root), "-n", "-u", "--"}, args...)
+		if out, err := exec.Command("nsenter", full...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	in("ip", "link", "add", "va", "type", "veth", "peer", "name", "vb")
+	in("ip", "addr", "add", "10.79.0.1/24", "dev", "va")
+	in("ip", "link", "set", "va", "up")
+	in("ip", "link", "set", "vb", "up")
+	in("ip", "route", "add", "10.80.0.0/16", "via", "10.79.0.2")
+	tr, err := dump.Dump(root, dump.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := ReadLive(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Compare(tr, live); len(d) != 0 {
+		t.Fatalf("fresh dump differs from the live tree: %v", d)
+	}
+	in("ip", "addr", "add", "10.79.0.9/24", "dev", "va")
+	in("ip", "route", "del", "10.80.0.0/16")
+	in("busybox", "hostname", "beta")
+	if live, err = ReadLive(root); err != nil {
+		t.Fatal(err)
+	}
+	var all []string
+	for _, d := range Compare(tr, live) {
+		all = append(all, d.String())
+	}
+	for _, want := range []string{"interface va: addresses", ": routes", "hostname/domainname: image alpha/"} {
+		if !strings.Contains(strings.Join(all, "\n"), want) {
+			t.Errorf("want a difference %q, got %q", want, all)
+		}
 	}
 }
