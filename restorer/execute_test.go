@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 
 // freeBase finds n consecutive free host pids at or above from (tests use
 // 20000-32000, F: host pid_max is 32768).
-func freeBase(t *testing.T, from, n int) int {
+func freeBase(t testing.TB, from, n int) int {
 	t.Helper()
 	for b := from; b+n < 32000; b += n {
 		ok := true
@@ -83,7 +83,7 @@ func restore(t *testing.T, tr *pstree.Tree, pay Payload) (*Plan, *Restored, erro
 
 // killTree kills every task of tr and reaps everything the test process
 // inherited.
-func killTree(t *testing.T, tr *pstree.Tree, res *Restored) {
+func killTree(t testing.TB, tr *pstree.Tree, res *Restored) {
 	for i := len(tr.Tasks) - 1; i >= 0; i-- {
 		_ = unix.Kill(tr.Tasks[i].PID(), unix.SIGKILL)
 	}
@@ -164,7 +164,7 @@ func checkTree(t *testing.T, tr *pstree.Tree, pay Payload) {
 	}
 }
 
-func needRoot(t *testing.T) {
+func needRoot(t testing.TB) {
 	testutil.Require(t, testutil.Root, testutil.SetTID)
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Skip("needs /bin/busybox")

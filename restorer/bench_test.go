@@ -1,0 +1,74 @@
+package restorer
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// benchTree is bigTree with every task that is not an init a zombie (exit 0):
+// the benchmark measures creating the tree with exact pids and verifying it,
+// not exec'ing thousands of programs.
+func benchTree(n, base int) *pstree.Tree {
+	tr := bigTree(n, base)
+	for i := range tr.Tasks {
+		if tr.Tasks[i].InnerPID() != 1 {
+			tr.Tasks[i].State = pstree.Zombie
+		}
+	}
+	return tr
+}
+
+// floorTree is the floor the restorer is compared with: as many tasks,
+// all children of one root at level 0, each one clone3 with set_tid and an
+// exit - what the same raw CLONE_VM builder does with no namespaces,
+// sessions or cursors to take care of.
+func floorTree(n, base int) *pstree.Tree {
+	b := newTB()
+	b.task(1, []int{base}, 0, []int{base}, []int{base})
+	for i := 1; i < n; i++ {
+		z := b.task(1, []int{base + i}, base, []int{base}, []int{base})
+		z.State = pstree.Zombie
+	}
+	return &b.tr
+}
+
+func runOnce(b *testing.B, mk func(n, base int) *pstree.Tree, n int) time.Duration {
+	base := freeBase(b, 20000, n+1)
+	tr := mk(n, base)
+	p, err := NewPlan(tr, Options{Payload: PayloadStopped})
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	res, err := Execute(p, ExecOptions{})
+	d := time.Since(start)
+	if err != nil {
+		b.Skipf("restore of %d tasks: %v", n, err)
+	}
+	killTree(b, tr, res)
+	return d
+}
+
+// BenchmarkRestore restores 100, 1,000 and 5,000 tasks across 3 levels and,
+// in the same run, the floor (the same number of flat set_tid clones by the
+// same builder). It reports tasks per second of both and their ratio.
+func BenchmarkRestore(b *testing.B) {
+	needRoot(b)
+	for _, n := range []int{100, 1000, 5000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			var tree, floor time.Duration
+			for i := 0; i < b.N; i++ {
+				tree += runOnce(b, benchTree, n)
+				floor += runOnce(b, floorTree, n)
+			}
+			tps := float64(n*b.N) / tree.Seconds()
+			fps := float64(n*b.N) / floor.Seconds()
+			b.ReportMetric(tps, "tasks/s")
+			b.ReportMetric(fps, "floor-tasks/s")
+			b.ReportMetric(tree.Seconds()/floor.Seconds(), "x-floor")
+		})
+	}
+}
