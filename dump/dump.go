@@ -3,12 +3,17 @@
 //
 // Flow of one attempt (Dump retries a bounded number of times):
 //
-//	discover (scan /proc) -> Guard.Arm -> freeze -> discover again and read
+//	discover -> Guard.Arm -> freeze -> discover again and read
 //	-> thaw (unless LeaveStopped) -> Guard.Disarm
 //
 // The attempt is retried when the guard saw a fork/exit/exec, when the
 // second discovery differs from the first (a task appeared, vanished or
 // its pid was reused), or when a task vanished while being read.
+//
+// Discovery walks the tree from the root through the children files
+// (/proc/PID/task/TID/children), and after the freeze one parallel walk
+// both discovers and reads. Kernels without CONFIG_PROC_CHILDREN get the
+// plain path: scan every process's stat, then read the members one by one.
 //
 // Freezing: cgroup v2 cgroup.freeze when the tree's tasks are alone in
 // their cgroups (one write, parents see nothing); else PTRACE_SEIZE +
@@ -113,7 +118,7 @@ func (o Options) logf(format string, args ...any) {
 // procfs.ErrGone) means the attempt raced and may be retried.
 func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) {
 	r := procfs.New(o.Proc)
-	before, err := discover(r, root)
+	before, err := findMembers(r, root)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -160,16 +165,9 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 			tr, err = nil, terr
 		}
 	}()
-	after, err := discover(r, root)
-	if err != nil {
-		return nil, nil, err
-	}
-	if d := diffMembers(before, after); len(d) > 0 {
-		return nil, d, nil
-	}
-	tr, err = readTree(r, after, o.AgentExe, fz.groupStopped())
-	if err != nil {
-		return nil, nil, err
+	var d []string
+	if tr, d, err = readFrozen(r, root, before, o.AgentExe, fz.groupStopped()); tr == nil {
+		return nil, d, err
 	}
 	if m := fz.missed(tr); len(m) > 0 {
 		return nil, m, nil
@@ -178,6 +176,38 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 		return nil, nil, err
 	}
 	return tr, nil, nil
+}
+
+// readFrozen reads the frozen tree. A nil tree with a nil error means the
+// tree differs from the members found before the freeze: moved says how.
+func readFrozen(r *procfs.Reader, root int, before []member, agentExe string, stopped map[int]bool) (tr *pstree.Tree, moved []string, err error) {
+	if fast(r) {
+		// One walk finds and reads the members.
+		tr, after, err := readTreeWalk(r.Root, root, agentExe, stopped)
+		if err != nil {
+			// A task that joined after the freeze (ptrace) may be
+			// what broke the read: if so, it is a race.
+			if after, derr := findMembers(r, root); derr == nil {
+				if d := diffMembers(before, after); len(d) > 0 {
+					return nil, d, nil
+				}
+			}
+			return nil, nil, err
+		}
+		if d := diffMembers(before, after); len(d) > 0 {
+			return nil, d, nil
+		}
+		return tr, nil, nil
+	}
+	after, err := discover(r, root)
+	if err != nil {
+		return nil, nil, err
+	}
+	if d := diffMembers(before, after); len(d) > 0 {
+		return nil, d, nil
+	}
+	tr, err = readTree(r, after, agentExe, stopped)
+	return tr, nil, err
 }
 
 func freeze(r *procfs.Reader, members []member, o Options) (freezer, error) {
@@ -199,12 +229,18 @@ func ReadLive(root int, proc string) (*pstree.Tree, error) {
 		proc = "/proc"
 	}
 	r := procfs.New(proc)
-	members, err := discover(r, root)
-	if err != nil {
-		return nil, err
-	}
 	exe, _ := os.Executable()
-	tr, err := readTree(r, members, exe, nil)
+	var tr *pstree.Tree
+	var err error
+	if fast(r) {
+		tr, _, err = readTreeWalk(proc, root, exe, nil)
+	} else {
+		var members []member
+		if members, err = discover(r, root); err != nil {
+			return nil, err
+		}
+		tr, err = readTree(r, members, exe, nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read tree of pid %d: %w", root, err)
 	}

@@ -7,9 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/nsinit/nsinit/internal/nsid"
 	"github.com/nsinit/nsinit/internal/procfs"
@@ -25,9 +28,9 @@ type member struct {
 }
 
 // discover lists the tree rooted at root, parents before children (children
-// by ascending pid): every process whose parent chain reaches root. /proc
-// has no children file here (CONFIG_PROC_CHILDREN is off), so it scans every
-// process's stat once.
+// by ascending pid): every process whose parent chain reaches root. It is
+// the fallback for kernels without the children files (CONFIG_PROC_CHILDREN):
+// it scans every process's stat once.
 func discover(r *procfs.Reader, root int) ([]member, error) {
 	pids, err := r.Pids()
 	if err != nil {
@@ -59,6 +62,125 @@ func discover(r *procfs.Reader, root int) ([]member, error) {
 		out = append(out, kids...)
 	}
 	return out, nil
+}
+
+// walkChildren selects the walk through the children files where the
+// kernel has them; tests turn it off to compare with the plain path
+// (discover, then readTree).
+var walkChildren = true
+
+// walkWorkers is how many goroutines read /proc at once. Reading is all
+// system calls that scale across CPUs; a few more workers than CPUs keep
+// them busy while one blocks on a lock in the kernel.
+var walkWorkers = runtime.GOMAXPROCS(0) + 1
+
+// fast reports whether to walk the tree through the children files.
+func fast(r *procfs.Reader) bool { return walkChildren && r.HasChildren() }
+
+// findMembers lists the tree like discover does, through the children
+// files when the kernel has them (reading only the tree, not all of /proc).
+func findMembers(r *procfs.Reader, root int) ([]member, error) {
+	if !fast(r) {
+		return discover(r, root)
+	}
+	pids, starts, err := walk(r.Root, root, true, func(r *procfs.Reader, pid int) (uint64, []int, error) {
+		st, err := r.Stat(pid)
+		if err != nil {
+			return 0, nil, err
+		}
+		tids := []int{pid}
+		if st.NumThreads != 1 {
+			if tids, err = r.Tasks(pid); err != nil {
+				return 0, nil, err
+			}
+		}
+		var kids []int
+		for _, tid := range tids {
+			k, err := r.Children(pid, tid)
+			if errors.Is(err, procfs.ErrGone) && tid != pid {
+				continue // the thread exited; its children moved to another
+			}
+			if err != nil {
+				return 0, nil, err
+			}
+			kids = append(kids, k...)
+		}
+		return st.StartTime, kids, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("discover tree of pid %d: %w", root, err)
+	}
+	return zipMembers(pids, starts), nil
+}
+
+func zipMembers(pids []int, starts []uint64) []member {
+	ms := make([]member, len(pids))
+	for i := range pids {
+		ms[i] = member{pids[i], starts[i]}
+	}
+	return ms
+}
+
+// walk visits the tree rooted at root through the children files, in the
+// order discover lists it: breadth-first, each parent's children by
+// ascending pid. The processes of one generation are visited by
+// walkWorkers goroutines, each with a Reader of its own; visit returns what
+// it read and the process's children. skipGone drops processes (not the
+// root) that vanish before their visit, as discover does; otherwise they
+// fail the walk with ErrGone. A pid met twice means the tree moved under
+// the walk (children lists are reliable only while it is frozen): ErrGone.
+func walk[T any](proc string, root int, skipGone bool, visit func(r *procfs.Reader, pid int) (T, []int, error)) ([]int, []T, error) {
+	readers := make([]*procfs.Reader, walkWorkers)
+	for i := range readers {
+		readers[i] = procfs.New(proc)
+	}
+	var pids []int
+	var out []T
+	gen := []int{root}
+	seen := map[int]bool{root: true}
+	for first := true; len(gen) > 0; first = false {
+		res := make([]T, len(gen))
+		kids := make([][]int, len(gen))
+		errs := make([]error, len(gen))
+		one := func(r *procfs.Reader, j int) { res[j], kids[j], errs[j] = visit(r, gen[j]) }
+		if len(gen) < 2*len(readers) {
+			for j := range gen {
+				one(readers[0], j)
+			}
+		} else {
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			for _, r := range readers {
+				wg.Go(func() {
+					for j := int(next.Add(1) - 1); j < len(gen); j = int(next.Add(1) - 1) {
+						one(r, j)
+					}
+				})
+			}
+			wg.Wait()
+		}
+		var next []int
+		for j, pid := range gen {
+			if errs[j] != nil {
+				if skipGone && !first && errors.Is(errs[j], procfs.ErrGone) {
+					continue
+				}
+				return nil, nil, errs[j]
+			}
+			pids = append(pids, pid)
+			out = append(out, res[j])
+			slices.Sort(kids[j])
+			for _, k := range kids[j] {
+				if seen[k] {
+					return nil, nil, fmt.Errorf("pid %d met twice (the tree moved): %w", k, procfs.ErrGone)
+				}
+				seen[k] = true
+				next = append(next, k)
+			}
+		}
+		gen = next
+	}
+	return pids, out, nil
 }
 
 // nsKey names a namespace while the dump holds it: pid and pid_for_children
@@ -93,19 +215,53 @@ func readTree(r *procfs.Reader, members []member, agentExe string, stopped map[i
 	rd := &reader{r: r, agentExe: agentExe, tree: &pstree.Tree{},
 		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, stopped: stopped}
 	for i, m := range members {
-		t, err := rd.task(m)
+		ti, err := rd.task(r, m.pid, false)
+		if err == nil && ti.start != m.start {
+			err = fmt.Errorf("pid reused (start time %d, was %d): %w", ti.start, m.start, procfs.ErrGone)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read pid %d: %w", m.pid, err)
 		}
 		if i == 0 {
-			t.PPID = 0 // the root's parent is outside the tree
+			ti.t.PPID = 0 // the root's parent is outside the tree
 		}
-		rd.tree.Tasks = append(rd.tree.Tasks, t)
+		rd.add(ti)
 	}
 	if err := rd.namespaces(); err != nil {
 		return nil, err
 	}
 	return rd.tree, nil
+}
+
+// readTreeWalk is readTree for kernels with the children files: one walk
+// finds the members and reads them (the members are returned to compare
+// with an earlier discovery), on walkWorkers goroutines.
+func readTreeWalk(proc string, root int, agentExe string, stopped map[int]bool) (*pstree.Tree, []member, error) {
+	rd := &reader{r: procfs.New(proc), agentExe: agentExe, tree: &pstree.Tree{},
+		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, stopped: stopped}
+	pids, infos, err := walk(proc, root, false, func(r *procfs.Reader, pid int) (taskInfo, []int, error) {
+		ti, err := rd.task(r, pid, true)
+		if err != nil {
+			return ti, nil, fmt.Errorf("read pid %d: %w", pid, err)
+		}
+		return ti, ti.kids, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	starts := make([]uint64, len(infos))
+	for i := range infos {
+		starts[i] = infos[i].start
+		infos[i].kids = nil
+	}
+	infos[0].t.PPID = 0 // the root's parent is outside the tree
+	for _, ti := range infos {
+		rd.add(ti)
+	}
+	if err := rd.namespaces(); err != nil {
+		return nil, nil, err
+	}
+	return rd.tree, zipMembers(pids, starts), nil
 }
 
 func state(c byte, groupStopped bool) (pstree.TaskState, error) {
@@ -123,20 +279,31 @@ func state(c byte, groupStopped bool) (pstree.TaskState, error) {
 	return pstree.Live, nil
 }
 
-func (rd *reader) task(m member) (pstree.Task, error) {
-	r := rd.r
-	st, err := r.Stat(m.pid)
+// taskInfo is one process as read from /proc, before its namespaces get
+// image ids (rd.add does that, in tree order, so the ids do not depend on
+// which worker read what first).
+type taskInfo struct {
+	t     pstree.Task
+	start uint64
+	ino   [len(pstree.NSSet{})]uint64 // namespace inodes by kind, 0 if absent
+	kids  []int                       // children pids (if asked for), unsorted
+}
+
+// task reads process pid through r. It only reads rd, so workers may call
+// it concurrently, each with a Reader of its own. withKids also reads the
+// children files of every thread.
+func (rd *reader) task(r *procfs.Reader, pid int, withKids bool) (taskInfo, error) {
+	st, err := r.Stat(pid)
 	if err != nil {
-		return pstree.Task{}, err
+		return taskInfo{}, err
 	}
-	if st.StartTime != m.start {
-		return pstree.Task{}, fmt.Errorf("pid reused (start time %d, was %d): %w", st.StartTime, m.start, procfs.ErrGone)
-	}
-	s, err := r.Status(m.pid)
+	s, err := r.Status(pid)
 	if err != nil {
-		return pstree.Task{}, err
+		return taskInfo{}, err
 	}
-	t := pstree.Task{
+	ti := taskInfo{start: st.StartTime}
+	t := &ti.t
+	*t = pstree.Task{
 		PIDs:  s.NSpid,
 		PPID:  s.PPid,
 		PGIDs: s.NSpgid,
@@ -148,58 +315,82 @@ func (rd *reader) task(m member) (pstree.Task, error) {
 			CapInh: s.CapInh, CapPrm: s.CapPrm, CapEff: s.CapEff, CapBnd: s.CapBnd, CapAmb: s.CapAmb,
 		},
 	}
-	if t.State, err = state(s.State, rd.stopped[m.pid]); err != nil {
-		return t, err
+	if t.State, err = state(s.State, rd.stopped[pid]); err != nil {
+		return ti, err
 	}
 	if t.State == pstree.Zombie {
 		t.ExitStatus = st.ExitCode
 	}
-	if err := rd.threads(m.pid, &t); err != nil {
-		return t, err
+	// A single-threaded process (the common case) needs no task listing.
+	tids := []int{pid}
+	if st.NumThreads != 1 {
+		if tids, err = r.Tasks(pid); err != nil {
+			return ti, err
+		}
+		slices.Sort(tids)
+	}
+	if err := rd.threads(r, pid, tids, t); err != nil {
+		return ti, err
+	}
+	if withKids {
+		for _, tid := range tids {
+			kids, err := r.Children(pid, tid)
+			if err != nil {
+				return ti, fmt.Errorf("children of thread %d: %w", tid, err)
+			}
+			ti.kids = append(ti.kids, kids...)
+		}
 	}
 	for _, k := range pstree.AllNSKinds() {
-		ino, err := r.NSInode(m.pid, k.ProcName())
+		ino, err := r.NSInode(pid, k.ProcName())
 		if err != nil {
 			if t.State == pstree.Zombie {
 				continue // a zombie keeps only ns/pid and ns/user (F6.1)
 			}
-			return t, err
+			return ti, err
 		}
-		t.NS[k] = rd.nsID(keyKind(k), ino, m.pid, k)
+		ti.ino[k] = ino
 	}
 	if t.State != pstree.Zombie {
 		// Zombies have no mm, cwd or root any more; a gone process
 		// surfaces as ErrGone on the next read anyway.
-		if t.Argv, err = r.Cmdline(m.pid); err != nil {
-			return t, err
+		if t.Argv, err = r.Cmdline(pid); err != nil {
+			return ti, err
 		}
-		if t.Env, err = r.Environ(m.pid); err != nil {
-			return t, err
+		if t.Env, err = r.Environ(pid); err != nil {
+			return ti, err
 		}
 		for _, l := range []struct {
 			name string
 			dst  *string
 		}{{"exe", &t.Exe}, {"cwd", &t.Cwd}, {"root", &t.Root}} {
-			if *l.dst, err = r.Link(m.pid, l.name); err != nil {
-				return t, err
+			if *l.dst, err = r.Link(pid, l.name); err != nil {
+				return ti, err
 			}
 		}
-		t.Agent = rd.isAgent(m.pid, t.Argv)
+		t.Agent = rd.isAgent(r, pid, t.Argv)
 	}
-	return t, nil
+	return ti, nil
 }
 
-func (rd *reader) threads(pid int, t *pstree.Task) error {
-	tids, err := rd.r.Tasks(pid)
-	if err != nil {
-		return err
+// add appends a task read by task to the tree, naming its namespaces.
+func (rd *reader) add(ti taskInfo) {
+	t := ti.t
+	for _, k := range pstree.AllNSKinds() {
+		if ti.ino[k] != 0 {
+			t.NS[k] = rd.nsID(keyKind(k), ti.ino[k], t.PIDs[0], k)
+		}
 	}
-	slices.Sort(tids)
+	rd.tree.Tasks = append(rd.tree.Tasks, t)
+}
+
+// threads records the threads tids (sorted, the leader among them) of pid.
+func (rd *reader) threads(r *procfs.Reader, pid int, tids []int, t *pstree.Task) error {
 	for _, tid := range tids {
 		if tid == pid {
 			continue
 		}
-		ts, err := rd.r.TaskStatus(pid, tid)
+		ts, err := r.TaskStatus(pid, tid)
 		if errors.Is(err, procfs.ErrGone) {
 			return fmt.Errorf("thread %d: %w", tid, err)
 		}
@@ -399,7 +590,7 @@ func (rd *reader) lastPID() {
 // name is "nsinit", the executable is the same file as agentExe (same
 // device and inode, or same content), and argv[1] is not one of the tool
 // subcommands (an agent runs in init mode: options or "--" follow).
-func (rd *reader) isAgent(pid int, argv []string) bool {
+func (rd *reader) isAgent(r *procfs.Reader, pid int, argv []string) bool {
 	if rd.agentExe == "" || len(argv) == 0 || filepath.Base(argv[0]) != "nsinit" {
 		return false
 	}
@@ -409,7 +600,7 @@ func (rd *reader) isAgent(pid int, argv []string) bool {
 			return false
 		}
 	}
-	exe := rd.r.Root + "/" + strconv.Itoa(pid) + "/exe"
+	exe := r.Root + "/" + strconv.Itoa(pid) + "/exe"
 	var a, b unix.Stat_t
 	if unix.Stat(exe, &a) != nil || unix.Stat(rd.agentExe, &b) != nil {
 		return false

@@ -124,12 +124,14 @@ func ParseStatus(b []byte) (Status, error) {
 
 // Stat is what nsinit uses of /proc/PID/stat.
 type Stat struct {
-	Comm      string
-	State     byte
-	PPid      int
-	PGrp      int
-	Session   int
-	StartTime uint64 // field 22, clock ticks after boot: with the pid, an identity
+	Comm    string
+	State   byte
+	PPid    int
+	PGrp    int
+	Session int
+	// NumThreads is field 20: the threads in /proc/PID/task.
+	NumThreads int
+	StartTime  uint64 // field 22, clock ticks after boot: with the pid, an identity
 	// ExitCode is field 52: a zombie's raw wait status (exit code << 8, or
 	// the signal | 0x80 for a core dump), 0 for a live task.
 	ExitCode int
@@ -163,6 +165,9 @@ func ParseStat(b []byte) (Stat, error) {
 	}
 	if s.Session, err = atoi(f[3]); err != nil {
 		return Stat{}, fmt.Errorf("field 6: %w", err)
+	}
+	if s.NumThreads, err = atoi(f[17]); err != nil {
+		return Stat{}, fmt.Errorf("field 20: %w", err)
 	}
 	if s.StartTime, err = strconv.ParseUint(string(f[19]), 10, 64); err != nil {
 		return Stat{}, fmt.Errorf("field 22: %w", err)

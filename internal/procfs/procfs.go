@@ -205,6 +205,40 @@ func (r *Reader) OpenNS(pid int, name string) (int, error) {
 	return fd, nil
 }
 
+// Children reads /proc/PID/task/TID/children: the pids of the processes
+// whose parent is thread tid (a child belongs to the thread that forked it,
+// so a process's children are the union over its threads). The kernel lists
+// them reliably only while they are frozen or stopped. Kernels built
+// without CONFIG_PROC_CHILDREN lack the file: see HasChildren.
+func (r *Reader) Children(pid, tid int) ([]int, error) {
+	b, err := r.readFile(r.taskPath(pid, tid, "children"))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, ' ')
+		if i < 0 {
+			i = len(b)
+		}
+		if f := bytes.TrimSpace(b[:i]); len(f) > 0 {
+			n, err := atoi(f)
+			if err != nil || n <= 0 {
+				return nil, fmt.Errorf("parse %s: bad pid %q", r.taskPath(pid, tid, "children"), f)
+			}
+			out = append(out, n)
+		}
+		b = b[min(i+1, len(b)):]
+	}
+	return out, nil
+}
+
+// HasChildren reports whether this kernel has the children files
+// (CONFIG_PROC_CHILDREN), probing the caller's own thread.
+func (r *Reader) HasChildren() bool {
+	return unix.Access(r.Root+"/thread-self/children", unix.R_OK) == nil
+}
+
 // Pids lists the thread-group ids in the procfs (its numeric entries).
 func (r *Reader) Pids() ([]int, error) {
 	return r.numericDir(r.Root)
