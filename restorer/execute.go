@@ -180,10 +180,17 @@ func newBlock(p *Plan) (*block, error) {
 			if tk.Exe == "" {
 				return nil, fmt.Errorf("%s: no executable recorded for the exec payload: %w", p.name(i), ErrBadImage)
 			}
-			ps[i].path = cstr(tk.Exe)
-			argv := tk.Argv
+			exe, argv := tk.Exe, tk.Argv
+			if tk.Agent && p.Options.AgentExe != "" {
+				var err error
+				if argv, err = agentArgv(p, t); err != nil {
+					return nil, err
+				}
+				exe = p.Options.AgentExe
+			}
+			ps[i].path = cstr(exe)
 			if len(argv) == 0 {
-				argv = []string{tk.Exe}
+				argv = []string{exe}
 			}
 			ps[i].argv = vec(argv)
 			ps[i].envp = vec(tk.Env)
@@ -351,6 +358,40 @@ func newBlock(p *Plan) (*block, error) {
 	}
 	bBase, bProcsOff, bStepsOff = b.base, b.procsOff, b.stepsOff
 	return b, nil
+}
+
+// agentArgv is the command line of a restored agent: it adopts its first
+// live child, keeps its zombie children and restores its namespace's cursor
+// once its own runtime threads exist (pids in its own namespace).
+func agentArgv(p *Plan, ti int) ([]string, error) {
+	tr := p.Tree
+	a := &tr.Tasks[ti]
+	lvl := a.Level()
+	adopt := 0
+	var keep []string
+	for i := range tr.Tasks {
+		c := &tr.Tasks[i]
+		if c.PPID != a.PID() || len(c.PIDs) <= lvl {
+			continue
+		}
+		switch {
+		case c.State == pstree.Zombie:
+			keep = append(keep, strconv.Itoa(c.PIDs[lvl]))
+		case adopt == 0:
+			adopt = c.PIDs[lvl]
+		}
+	}
+	if adopt == 0 {
+		return nil, fmt.Errorf("agent %v has no live child to adopt: %w", a.PIDs, ErrUnsupported)
+	}
+	argv := []string{p.Options.AgentExe, "agent", "--adopt", strconv.Itoa(adopt)}
+	if len(keep) > 0 {
+		argv = append(argv, "--keep", strings.Join(keep, ","))
+	}
+	if ns := tr.Namespace(a.NS[pstree.PidNS]); ns != nil && ns.Level > 0 && ns.LastPID > 0 && a.InnerPID() == 1 {
+		argv = append(argv, "--ns-last-pid", strconv.Itoa(ns.LastPID))
+	}
+	return argv, nil
 }
 
 func unsafeAppendU64(b []byte, v uint64) []byte {

@@ -131,6 +131,10 @@ const (
 type Options struct {
 	Payload   Payload
 	Placement Placement
+	// AgentExe is the nsinit binary a task that was an agent (Task.Agent)
+	// execs in agent mode (`nsinit agent --adopt ...`) with the exec
+	// payload; "" execs its recorded program like any task.
+	AgentExe string
 }
 
 // Proc is one process Execute creates: an image task or a helper.

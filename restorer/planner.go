@@ -403,6 +403,18 @@ func (pl *planner) orphanRule(c, s, p int) (sibling, ok bool) {
 	return false, false
 }
 
+// AgentThreadWindow is where a restored agent's namespace cursor points
+// while the agent's runtime starts its threads (a child namespace's pid_max
+// is 4194304, F1.5).
+const AgentThreadWindow = 4_000_000
+
+// agentRestoresCursor says whether init p becomes `nsinit agent`, which
+// restores its namespace's cursor itself.
+func (pl *planner) agentRestoresCursor(p int) bool {
+	t := pl.plan.Procs[p].Task
+	return t >= 0 && pl.tr().Tasks[t].Agent && pl.plan.Options.AgentExe != "" && pl.plan.Options.Payload == PayloadExec
+}
+
 // exits says whether proc p terminates at the end of the restore (a helper
 // or a zombie of the image).
 func (pl *planner) exits(p int) bool {
@@ -551,7 +563,8 @@ func (pl *planner) expand(p int) error {
 	leadsSession := pl.tsid[p] == p
 	if pl.plan.Options.Payload == PayloadStopped && !pl.plan.Procs[p].IsHelper() {
 		t := &pl.tr().Tasks[pl.plan.Procs[p].Task]
-		if t.State != pstree.Zombie {
+		// An agent's threads belong to its Go runtime, not to the image.
+		if t.State != pstree.Zombie && !t.Agent {
 			for _, th := range t.Threads {
 				if err := pl.placed(Step{Op: OpThread, Actor: p, Target: -1, PIDs: th.TIDs}); err != nil {
 					return err
@@ -771,7 +784,14 @@ func (pl *planner) finish() error {
 		if init < 0 || tr.Tasks[init].State == pstree.Zombie {
 			continue // a dead namespace has no cursor to restore
 		}
-		if err := pl.emit(Step{Op: OpLastPID, Actor: init, Target: -1, Arg: ns.LastPID}); err != nil {
+		v := ns.LastPID
+		if pl.agentRestoresCursor(init) {
+			// The agent's Go runtime threads must not sit on the pids
+			// right above LastPID: they start in a high window, and the
+			// agent writes LastPID itself once running.
+			v = AgentThreadWindow
+		}
+		if err := pl.emit(Step{Op: OpLastPID, Actor: init, Target: -1, Arg: v}); err != nil {
 			return err
 		}
 	}

@@ -53,6 +53,10 @@ func runRestore(args []string) int {
 		fmt.Fprintf(os.Stderr, "nsinit restore: unknown placement %q (set_tid or ns_last_pid)\n", *placement)
 		return 2
 	}
+	// A task that was an nsinit agent becomes one again: this binary.
+	if exe, err := os.Executable(); err == nil {
+		opt.AgentExe = exe
+	}
 	tr, err := imagefile.Read(*dir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)

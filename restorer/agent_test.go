@@ -1,0 +1,62 @@
+package restorer
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nsinit/nsinit/internal/testutil"
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// TestRestoreAgent restores a namespace whose init was an nsinit agent:
+// the init becomes `nsinit agent` again, adopts its main child, leaves the
+// image's zombie child alone and puts the namespace's ns_last_pid back after
+// its own runtime threads exist.
+func TestRestoreAgent(t *testing.T) {
+	needRoot(t)
+	bin := testutil.Binary(t)
+	b := newTB().ns(2, 1, 1)
+	b.task(2, []int{21000, 1}, 0, []int{21000, 1}, []int{21000, 1}).Agent = true
+	b.task(2, []int{21001, 2}, 21000, []int{21000, 1}, []int{21000, 1})
+	z := b.task(2, []int{21002, 3}, 21000, []int{21000, 1}, []int{21000, 1})
+	z.State, z.ExitStatus = pstree.Zombie, 7<<8
+	b.tr.Namespaces[1].LastPID = 50
+	tr := place(t, sleepers(&b.tr))
+	p, err := NewPlan(tr, Options{AgentExe: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Execute(p, ExecOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killTree(t, tr, res) })
+	root := tr.Tasks[0].PID()
+	var got string
+	for i := 0; i < 100 && !strings.Contains(got, "agent"); i++ {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", root))
+		got = strings.ReplaceAll(string(b), "\x00", " ")
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.Contains(got, "agent --adopt 2 --keep 3 --ns-last-pid 50") {
+		t.Errorf("agent cmdline %q", got)
+	}
+	time.Sleep(500 * time.Millisecond) // the agent settles; it would reap now if it wrongly did
+	checkTree(t, tr, PayloadExec)
+	// The next pid of the namespace is 51: a process entering it gets it.
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(root), "-p", "--", "/bin/busybox", "sh", "-c", "echo $$").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nsenter: %v %s", err, out)
+	}
+	// nsenter forks once inside the namespace; the shell is that child.
+	// Runtime threads the agent starts after writing its cursor take the
+	// pids right above it, as the original agent's did: a few at most.
+	if got, _ := strconv.Atoi(strings.TrimSpace(string(out))); got < 51 || got > 51+16 {
+		t.Errorf("next pid in the agent's namespace = %d, want 51 (+ a few agent threads)", got)
+	}
+}
