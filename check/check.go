@@ -78,7 +78,14 @@ func (c *comparer) tasks() {
 		if it.ExitStatus != lt.ExitStatus {
 			c.add(pid, "exit status", fmt.Sprintf("%#x", it.ExitStatus), fmt.Sprintf("%#x", lt.ExitStatus))
 		}
-		c.threads(pid, it.Threads, lt.Threads)
+		if it.Agent != lt.Agent {
+			c.add(pid, "agent", it.Agent, lt.Agent)
+		}
+		// An nsinit agent's threads belong to its Go runtime, which
+		// makes them as it likes: they are not restored, so not compared.
+		if !it.Agent {
+			c.threads(pid, it.Threads, lt.Threads)
+		}
 		for _, k := range pstree.AllNSKinds() {
 			c.sameNS(pid, k, it.NS[k], lt.NS[k])
 		}

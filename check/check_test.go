@@ -73,6 +73,22 @@ func TestCompareIdentical(t *testing.T) {
 	}
 }
 
+// TestCompareAgentThreads: an nsinit agent's threads are its Go runtime's
+// and are not restored, so they are not compared; whether a task is an agent
+// is.
+func TestCompareAgentThreads(t *testing.T) {
+	img, live := tree(), renumber(tree())
+	img.Tasks[1].Agent, live.Tasks[1].Agent = true, true
+	live.Tasks[1].Threads = []pstree.Thread{{TIDs: []int{40, 7}}, {TIDs: []int{41, 8}}}
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("agent threads compared: %v", d)
+	}
+	live.Tasks[1].Agent = false
+	if d := Compare(img, live); len(d) != 2 { // agent, then threads
+		t.Fatalf("want the agent mark and the threads reported, got %v", d)
+	}
+}
+
 func TestCompareFindsEachDifference(t *testing.T) {
 	cases := map[string]struct {
 		mutate func(*pstree.Tree)
