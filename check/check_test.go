@@ -83,8 +83,8 @@ func TestCompareAgentThreads(t *testing.T) {
 	if d := Compare(img, live); len(d) != 0 {
 		t.Fatalf("agent threads compared: %v", d)
 	}
-	live.Tasks[1].Agent = false
-	if d := Compare(img, live); len(d) != 2 { // agent, then threads
+	img.Tasks[1].Agent = false // an ordinary task: its threads count
+	if d := Compare(img, live); len(d) != 2 {
 		t.Fatalf("want the agent mark and the threads reported, got %v", d)
 	}
 }
