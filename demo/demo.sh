@@ -44,12 +44,20 @@ root=$!
 for _ in $(seq 100); do pgrep -f "sleep 1023" >/dev/null && pgrep -f "sleep 1022" >/dev/null && break; sleep 0.1; done
 sleep 0.5
 table "$root"
+original=$(tree "$root")
 
 echo
 echo "== 2. nsinit dump -t $root -D $img --kill"
 "$NSINIT" dump -t "$root" -D "$img" --kill
 wait "$root" 2>/dev/null || true
 root=""
+# The killed tasks' pids stay taken until their new parent reaps them.
+for _ in $(seq 100); do
+	left=0
+	for p in $original; do [ -e /proc/"$p" ] && left=1; done
+	[ $left = 0 ] && break
+	sleep 0.1
+done
 echo "image: $(du -b "$img/pstree.img" | cut -f1) bytes; $("$NSINIT" show "$img" | grep -c '"pids"') tasks"
 
 echo

@@ -6,13 +6,22 @@
 #   level 2: a pid namespace with its nsinit, a new session and a sleeper.
 # $NSINIT is the nsinit binary; the script never waits for its children,
 # so the zombies stay zombies.
+#
+# Every process ends up running a program that does not start children of
+# its own (sleep, or an nsinit agent): restore's exec payload runs each
+# recorded program again from its start, so a launcher such as `unshare -f`
+# left waiting in the tree would launch a second copy of its subtree.
+# `unshare -p` without -f puts the shell's next child in a new namespace as
+# its PID 1, and the shell then becomes a sleep.
 bb=busybox
 $bb sleep 1001 &
 (exit 3) &
 $bb setsid $bb sh -c "$bb sleep 1002 & exec $bb sleep 1003" &
-$bb unshare -p -f "$NSINIT" -- $bb sh -c "
-	$bb sleep 1011 &
-	(exit 200) &
-	$bb unshare -p -f '$NSINIT' -- $bb sh -c '$bb sleep 1021 & $bb setsid $bb sleep 1022 & exec $bb sleep 1023' &
-	exec $bb sleep 1012" &
+$bb unshare -p $bb sh -c "
+	'$NSINIT' -- $bb sh -c \"
+		$bb sleep 1011 &
+		(exit 200) &
+		$bb unshare -p $bb sh -c '\\\"$NSINIT\\\" -- $bb sh -c \\\"$bb sleep 1021 & $bb setsid $bb sleep 1022 & exec $bb sleep 1023\\\" & exec $bb sleep 1013' &
+		exec $bb sleep 1012\" &
+	exec $bb sleep 1010" &
 exec $bb sleep 1000
