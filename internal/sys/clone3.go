@@ -48,6 +48,10 @@ var ErrBadPIDs = errors.New("invalid pid vector")
 
 // SetTID converts pids, OUTERMOST first as in NSpid, into clone3's set_tid
 // order (innermost first), writing into dst (which must hold len(pids)).
+// Note: the kernel this project runs on accepts only ONE set_tid entry
+// (more give EINVAL, restorer/testdata/probe_settid.c); the restorer
+// therefore passes only the innermost pid and places outer levels through
+// ns_last_pid (docs/restore.md).
 // A 0 entry means "let the kernel choose" and is allowed only as a prefix
 // (outer levels): set_tid can only leave the outermost levels unset. It
 // returns the number of entries to pass as set_tid_size.
