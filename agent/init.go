@@ -55,6 +55,11 @@ type Config struct {
 	ForwardSIGURG bool
 	// Log receives diagnostics (nil: stderr).
 	Log io.Writer
+	// Started, when set, runs once the init is set up - signals taken,
+	// command started or adopted - just before it starts waiting. A
+	// restored agent puts its namespace's ns_last_pid back from here, after
+	// the runtime threads of its start-up have taken their pids.
+	Started func() error
 }
 
 // Exit statuses for a command that could not be started, as shells use them.
@@ -101,6 +106,12 @@ func Run(cfg Config) int {
 		child = pid
 	}
 
+	if cfg.Started != nil {
+		if err := cfg.Started(); err != nil {
+			fmt.Fprintf(log, "nsinit: %v\n", err)
+			return ExitInitFailure
+		}
+	}
 	r := reaper{child: child, keep: cfg.Keep}
 	// The command may already be gone: reap before the first wait.
 	if st, done := r.reapAll(); done {

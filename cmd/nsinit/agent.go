@@ -4,10 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/nsinit/nsinit/agent"
 )
@@ -47,14 +45,14 @@ func runAgent(args []string) int {
 	}
 	if *lastPID > 0 {
 		// The runtime starts threads as the agent starts up, each taking a
-		// pid of this namespace at the cursor: let it settle first, then
-		// write the image's cursor. Threads it starts later move the
+		// pid of this namespace at the cursor: once the supervisor is set
+		// up, write the image's cursor. Threads it starts later move the
 		// cursor, as the original agent's did.
-		runtime.GC()
-		time.Sleep(20 * time.Millisecond)
-		if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(*lastPID)), 0); err != nil {
-			fmt.Fprintf(os.Stderr, "nsinit agent: restore ns_last_pid %d: %v\n", *lastPID, err)
-			return 1
+		cfg.Started = func() error {
+			if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(*lastPID)), 0); err != nil {
+				return fmt.Errorf("agent: restore ns_last_pid %d: %w", *lastPID, err)
+			}
+			return nil
 		}
 	}
 	return agent.Run(cfg)
