@@ -131,3 +131,31 @@ func bareRead(root int) (int, error) {
 	}
 	return count, nil
 }
+
+// BenchmarkDumpExisting dumps a tree started outside the benchmark (its
+// root pid in NSINIT_BENCH_ROOT, alone in its cgroup v2), for profiling
+// without the minutes it takes to spawn 10,000 tasks, with 1 to 4 workers
+// and on the plain path (scan, then serial read).
+func BenchmarkDumpExisting(b *testing.B) {
+	root, err := strconv.Atoi(os.Getenv("NSINIT_BENCH_ROOT"))
+	if err != nil {
+		b.Skip("NSINIT_BENCH_ROOT is not set")
+	}
+	defer func(w int) { walkWorkers, walkChildren = w, true }(walkWorkers)
+	for _, w := range []int{0, 1, 2, 3, 4} {
+		name := "plain"
+		if w > 0 {
+			name = fmt.Sprintf("workers=%d", w)
+		}
+		b.Run(name, func(b *testing.B) {
+			walkWorkers, walkChildren = max(w, 1), w > 0
+			var tr *pstree.Tree
+			for b.Loop() {
+				if tr, err = Dump(root, Options{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(tr.Tasks))*float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+		})
+	}
+}

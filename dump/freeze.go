@@ -48,12 +48,25 @@ func cgroupFor(r *procfs.Reader, members []member) (*cgroupFreezer, string) {
 		return nil, err.Error()
 	}
 	in := make(map[int]bool, len(members))
-	paths := map[string]bool{}
 	for _, m := range members {
 		in[m.pid] = true
-		p, err := r.Cgroup2(m.pid)
-		if err != nil || p == "" {
-			return nil, fmt.Sprintf("pid %d has no cgroup v2 path", m.pid)
+	}
+	// Trees usually sit in the root's cgroup and below it: the
+	// cgroup.procs files there name the cgroup of most members at once
+	// (not zombies: they are in no cgroup.procs), so only the others are
+	// read one by one from /proc/PID/cgroup.
+	var listed map[int]string
+	if p, err := r.Cgroup2(members[0].pid); err == nil && p != "" && p != "/" {
+		listed, _ = cgroupProcs(mnt, p) // on error, ask every member
+	}
+	paths := map[string]bool{}
+	for _, m := range members {
+		p, ok := listed[m.pid]
+		if !ok {
+			var err error
+			if p, err = r.Cgroup2(m.pid); err != nil || p == "" {
+				return nil, fmt.Sprintf("pid %d has no cgroup v2 path", m.pid)
+			}
 		}
 		paths[p] = true
 	}
@@ -78,42 +91,64 @@ func cgroupFor(r *procfs.Reader, members []member) (*cgroupFreezer, string) {
 		if p == "/" {
 			return nil, "tree is in the root cgroup"
 		}
-		dir := filepath.Join(mnt, p)
-		ok, why := exclusive(dir, in)
+		ok, why := exclusive(mnt, p, in)
 		if !ok {
 			return nil, why
 		}
-		c.dirs = append(c.dirs, dir)
+		c.dirs = append(c.dirs, filepath.Join(mnt, p))
 	}
 	return c, ""
 }
 
-// exclusive reports whether every process in dir and below is in the tree.
-func exclusive(dir string, in map[int]bool) (bool, string) {
-	bad := ""
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+// exclusive reports whether every process in cgroup p (a path below the
+// cgroup2 mount mnt) and below it is in the tree.
+func exclusive(mnt, p string, in map[int]bool) (bool, string) {
+	procs, err := cgroupProcs(mnt, p)
+	if err != nil {
+		return false, err.Error()
+	}
+	bad := -1
+	for pid := range procs {
+		if !in[pid] && (bad < 0 || pid < bad) {
+			bad = pid
+		}
+	}
+	if bad >= 0 {
+		return false, fmt.Sprintf("cgroup %s also holds pid %d, which is not in the tree", filepath.Join(mnt, procs[bad]), bad)
+	}
+	return true, ""
+}
+
+// cgroupProcs maps every process in cgroup p (a path below the cgroup2
+// mount mnt, as /proc/PID/cgroup names it) and below to its cgroup.
+func cgroupProcs(mnt, p string) (map[int]string, error) {
+	top := filepath.Join(mnt, p)
+	procs := map[int]string{}
+	err := filepath.WalkDir(top, func(dir string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		if !d.IsDir() {
 			return nil
 		}
-		b, err := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 		if err != nil {
 			return err
 		}
+		cg := p + strings.TrimPrefix(dir, top)
 		for _, f := range strings.Fields(string(b)) {
-			if pid, _ := strconv.Atoi(f); !in[pid] {
-				bad = fmt.Sprintf("cgroup %s also holds pid %s, which is not in the tree", p, f)
-				return filepath.SkipAll
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				return fmt.Errorf("%s/cgroup.procs: bad pid %q", dir, f)
 			}
+			procs[pid] = cg
 		}
 		return nil
 	})
 	if err != nil {
-		return false, fmt.Sprintf("cgroup %s: %v", dir, err)
+		return nil, fmt.Errorf("cgroup %s: %w", top, err)
 	}
-	return bad == "", bad
+	return procs, nil
 }
 
 func cgroup2Mount() (string, error) {

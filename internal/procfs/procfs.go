@@ -47,7 +47,17 @@ func (r *Reader) taskPath(pid, tid int, name string) string {
 
 // readFile reads a whole /proc file into r.buf (grown as needed) without
 // stat: procfs reports size 0. The result is valid until the next call.
-func (r *Reader) readFile(p string) ([]byte, error) {
+//
+// whole marks a file the kernel hands out in one piece: then a read that
+// leaves room in the buffer has reached the end, and the usual extra read
+// that returns 0 (one system call in four per file) is skipped. True of
+// stat and status (one seq_file record, which seq_file grows its buffer
+// for) and of cmdline and environ (they loop over the pages until the
+// buffer is full). NOT of files of many records (children, uid_map...):
+// seq_file stops at a page boundary between records.
+func (r *Reader) readFile(p string) ([]byte, error) { return r.read(p, false) }
+
+func (r *Reader) read(p string, whole bool) ([]byte, error) {
 	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, pathErr("open", p, err)
@@ -65,10 +75,10 @@ func (r *Reader) readFile(p string) ([]byte, error) {
 		if err != nil {
 			return nil, pathErr("read", p, err)
 		}
-		if m == 0 {
+		n += m
+		if m == 0 || whole && n < len(r.buf) {
 			return r.buf[:n], nil
 		}
-		n += m
 	}
 }
 
@@ -90,7 +100,7 @@ func (r *Reader) TaskStatus(pid, tid int) (Status, error) {
 }
 
 func (r *Reader) status(p string) (Status, error) {
-	b, err := r.readFile(p)
+	b, err := r.read(p, true)
 	if err != nil {
 		return Status{}, err
 	}
@@ -104,7 +114,7 @@ func (r *Reader) status(p string) (Status, error) {
 // Stat reads /proc/PID/stat.
 func (r *Reader) Stat(pid int) (Stat, error) {
 	p := r.path(pid, "stat")
-	b, err := r.readFile(p)
+	b, err := r.read(p, true)
 	if err != nil {
 		return Stat{}, err
 	}
@@ -117,7 +127,7 @@ func (r *Reader) Stat(pid int) (Stat, error) {
 
 // Cmdline reads /proc/PID/cmdline as argv.
 func (r *Reader) Cmdline(pid int) ([]string, error) {
-	b, err := r.readFile(r.path(pid, "cmdline"))
+	b, err := r.read(r.path(pid, "cmdline"), true)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +137,7 @@ func (r *Reader) Cmdline(pid int) ([]string, error) {
 // Environ reads /proc/PID/environ: the environment the process was started
 // with (execve), not what it changed since.
 func (r *Reader) Environ(pid int) ([]string, error) {
-	b, err := r.readFile(r.path(pid, "environ"))
+	b, err := r.read(r.path(pid, "environ"), true)
 	if err != nil {
 		return nil, err
 	}

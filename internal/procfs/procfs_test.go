@@ -1,10 +1,16 @@
 package procfs
 
 import (
+	"bufio"
 	"errors"
 	"os"
+	"os/exec"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func fixture(t *testing.T, name string) []byte {
@@ -129,5 +135,75 @@ func TestReaderSelf(t *testing.T) {
 	}
 	if _, err := r.Status(1 << 30); !errors.Is(err, ErrGone) {
 		t.Errorf("missing pid: %v, want ErrGone", err)
+	}
+}
+
+// TestReadWholeAndPaged reads files bigger than the Reader's buffer: the
+// one-piece files (stat, status, cmdline, environ, where a short read ends
+// the file) and the paged ones (children, where it does not) must come out
+// exactly as os.ReadFile sees them. A child with a 20 KB argv and environ
+// and a parent with 1,000 children (6 KB of pids) cover both.
+func TestReadWholeAndPaged(t *testing.T) {
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs /bin/busybox")
+	}
+	big := strings.Repeat("x", 20000)
+	cmd := exec.Command("/bin/busybox", "sh", "-c",
+		`i=0; while [ $i -lt 1000 ]; do busybox sleep 1000 & i=$((i+1)); done; echo ready; exec busybox sleep 1000`, big)
+	cmd.Env = []string{"BIG=" + big}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	r := New("")
+	defer func() {
+		kids, _ := r.Children(pid, pid)
+		for _, k := range kids {
+			unix.Kill(k, unix.SIGKILL)
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+		for _, k := range kids { // reparented to init or a subreaper; gone soon
+			for i := 0; i < 100 && unix.Kill(k, 0) == nil; i++ {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+	}()
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	r.buf = make([]byte, 64) // force growing and many reads
+	for _, f := range []string{"stat", "status", "cmdline", "environ"} {
+		p := r.path(pid, f)
+		got, err := r.read(p, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f == "stat" || f == "status" { // times and counters move
+			got, want = got[:40], want[:40]
+		}
+		if string(got) != string(want) {
+			t.Errorf("%s: read %d bytes, os.ReadFile %d", f, len(got), len(want))
+		}
+	}
+	r.buf = make([]byte, 8192)
+	kids, err := r.Children(pid, pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(r.taskPath(pid, pid, "children"))
+	if len(kids) != 1000 || len(kids) != len(strings.Fields(string(b))) {
+		t.Errorf("children: %d, os.ReadFile %d, want 1000", len(kids), len(strings.Fields(string(b))))
+	}
+	if !r.HasChildren() {
+		t.Error("HasChildren false with a children file")
 	}
 }
