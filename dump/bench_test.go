@@ -3,11 +3,13 @@ package dump
 import (
 	"fmt"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -158,4 +160,72 @@ func BenchmarkDumpExisting(b *testing.B) {
 			b.ReportMetric(float64(len(tr.Tasks))*float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
 		})
 	}
+}
+
+// TestWalkMatchesPlainPath: the walk through the children files with
+// parallel readers (the fast path) and the plain path (scan of /proc, then
+// a serial read) give the same Tree for the same quiet tree - nested pid
+// namespaces, zombies, threads, a user namespace - under both freezers and
+// without a freeze (ReadLive).
+func TestWalkMatchesPlainPath(t *testing.T) {
+	if !procfs.New("").HasChildren() {
+		t.Skip("kernel without /proc/PID/task/TID/children")
+	}
+	defer func(w int) { walkWorkers, walkChildren = w, true }(walkWorkers)
+	for _, cg := range []bool{false, true} {
+		tt := startTree(t, bigScript, bigTasks, cg)
+		dumps := map[string]*pstree.Tree{}
+		for _, path := range []string{"plain", "walk"} {
+			walkChildren, walkWorkers = path == "walk", 3
+			tr, err := Dump(tt.root, Options{AgentExe: mustExe(t)})
+			if err != nil {
+				t.Fatalf("cgroup=%v %s: %v", cg, path, err)
+			}
+			dumps[path] = tr
+			live, err := ReadLive(tt.root, "")
+			if err != nil {
+				t.Fatalf("cgroup=%v %s ReadLive: %v", cg, path, err)
+			}
+			dumps[path+" live"] = live
+		}
+		if err := pstree.Validate(dumps["walk"]); err != nil {
+			t.Fatal(err)
+		}
+		compareWithProc(t, dumps["walk"])
+		// The host's ns_last_pid moves with every fork on the machine.
+		for _, tr := range dumps {
+			for i := range tr.Namespaces {
+				if tr.Namespaces[i].Level == 0 {
+					tr.Namespaces[i].LastPID = 0
+				}
+			}
+		}
+		for _, kind := range []string{"", " live"} {
+			if d := treeDiff(dumps["plain"+kind], dumps["walk"+kind]); d != "" {
+				t.Errorf("cgroup=%v%s: the walk's tree differs from the plain path's: %s", cg, kind, d)
+			}
+		}
+		tt.cleanup(t)
+	}
+}
+
+// treeDiff names the first difference between two trees, "" if none.
+func treeDiff(a, b *pstree.Tree) string {
+	if len(a.Tasks) != len(b.Tasks) || len(a.Namespaces) != len(b.Namespaces) {
+		return fmt.Sprintf("%d/%d tasks, %d/%d namespaces", len(a.Tasks), len(b.Tasks), len(a.Namespaces), len(b.Namespaces))
+	}
+	for i := range a.Tasks {
+		if !reflect.DeepEqual(a.Tasks[i], b.Tasks[i]) {
+			return fmt.Sprintf("task %d:\n%+v\n%+v", i, a.Tasks[i], b.Tasks[i])
+		}
+	}
+	for i := range a.Namespaces {
+		if !reflect.DeepEqual(a.Namespaces[i], b.Namespaces[i]) {
+			return fmt.Sprintf("namespace %d:\n%+v\n%+v", i, a.Namespaces[i], b.Namespaces[i])
+		}
+	}
+	if !reflect.DeepEqual(a, b) {
+		return fmt.Sprintf("\n%+v\n%+v", *a, *b)
+	}
+	return ""
 }
