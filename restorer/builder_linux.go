@@ -130,6 +130,14 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 	case int64(OpThread):
 		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, threadArg)
 		return e
+	case int64(OpSetPFC):
+		if st.into < 0 {
+			_, _, e := syscall.RawSyscall(unix.SYS_UNSHARE, sys.CLONE_NEWPID, 0, 0)
+			return uintptr(e)
+		}
+		fd := procAt(base, bProcsOff, st.into).pidfd
+		_, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), sys.CLONE_NEWPID, 0)
+		return uintptr(e)
 	case int64(OpSetsid):
 		_, _, e := syscall.RawSyscall(unix.SYS_SETSID, 0, 0, 0)
 		return uintptr(e)

@@ -38,7 +38,7 @@ func nsinit(t *testing.T, args ...string) (string, error) {
 func TestE2EDumpKillRestoreCheck(t *testing.T) {
 	needRoot(t)
 	testutil.Binary(t)
-	for name, mk := range map[string]func() *pstree.Tree{"f43": f43, "zombies": zombieTree, "deep": func() *pstree.Tree { return deepChain(8, 23000) }} {
+	for name, mk := range map[string]func() *pstree.Tree{"f43": f43, "zombies": zombieTree, "deep": func() *pstree.Tree { return deepChain(8, 23000) }, "pfc": pfcDumpable} {
 		t.Run(name, func(t *testing.T) {
 			tr := place(t, sleepers(mk()))
 			t.Cleanup(func() { killTree(t, tr, &Restored{}) })
@@ -97,4 +97,73 @@ func waitGone(t *testing.T, tr *pstree.Tree) {
 		}
 	}
 	t.Fatal("dumped tree not gone after --kill")
+}
+
+// pfcDumpable is pfcTree without the task whose pid_for_children has no
+// init yet: the kernel shows no pid_for_children link for it (ENOENT), which
+// `nsinit dump` takes for a task that went away.
+func pfcDumpable() *pstree.Tree {
+	tr := pfcTree()
+	tr.Tasks = tr.Tasks[:4]
+	tr.Namespaces = tr.Namespaces[:3]
+	return tr
+}
+
+// TestE2EUnshareWithoutFork dumps, kills, restores and checks a real tree
+// whose root did `unshare -p` without -f and then exec'd after forking: its
+// first child is PID 1 of the new namespace and the root's pid_for_children
+// is that child namespace, not its own.
+func TestE2EUnshareWithoutFork(t *testing.T) {
+	needRoot(t)
+	testutil.Binary(t)
+	bb := "/bin/busybox"
+	cmd := exec.Command(bb, "unshare", "-p", bb, "sh", "-c", bb+" sleep 1001 & exec "+bb+" sleep 1000")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	root := cmd.Process.Pid
+	rootS := strconv.Itoa(root)
+	t.Cleanup(func() {
+		b, _ := os.ReadFile("/proc/" + rootS + "/task/" + rootS + "/children")
+		for _, c := range strings.Fields(string(b)) {
+			n, _ := strconv.Atoi(c)
+			unix.Kill(n, unix.SIGKILL)
+		}
+		unix.Kill(root, unix.SIGKILL)
+		cmd.Wait()
+	})
+	var kids []string
+	for i := 0; i < 500; i++ {
+		b, _ := os.ReadFile("/proc/" + rootS + "/cmdline")
+		c, _ := os.ReadFile("/proc/" + rootS + "/task/" + rootS + "/children")
+		kids = strings.Fields(string(c))
+		if strings.Contains(string(b), "1000") && len(kids) == 1 {
+			break
+		}
+		unix.Nanosleep(&unix.Timespec{Nsec: 1e7}, nil)
+	}
+	if len(kids) != 1 {
+		t.Fatalf("the tree did not form: children %v", kids)
+	}
+	img := t.TempDir()
+	if out, err := nsinit(t, "dump", "-t", rootS, "-D", img, "--unchecked", "--kill"); err != nil {
+		t.Fatalf("dump --kill: %v\n%s", err, out)
+	}
+	cmd.Wait()
+	tr, err := imagefile.Read(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pfc := tr.Tasks[0].NS[pstree.PidForChildrenNS]; len(tr.Tasks) != 2 || pfc != tr.Tasks[1].NS[pstree.PidNS] || pfc == tr.Tasks[0].NS[pstree.PidNS] {
+		t.Fatalf("dump: %d tasks, root's pid_for_children %d, want the child's namespace", len(tr.Tasks), pfc)
+	}
+	waitGone(t, tr)
+	t.Cleanup(func() { killTree(t, tr, &Restored{}) })
+	if out, err := nsinit(t, "restore", "-D", img, "-d"); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	if out, err := nsinit(t, "check", "-t", rootS, "-D", img); err != nil {
+		t.Errorf("check: %v\n%s", err, out)
+	}
+	checkTree(t, tr, PayloadExec)
 }

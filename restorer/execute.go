@@ -332,6 +332,8 @@ func newBlock(p *Plan) (*block, error) {
 			if n > 0 {
 				r.args.SetTID, r.args.SetTIDSize = uint64(uintptr(unsafe.Pointer(&r.setTID[0]))), uint64(n)
 			}
+		case OpSetPFC:
+			r.into = int64(s.Target) // -1: unshare
 		case OpLastPID:
 			if s.Arg == ParkHostCursor {
 				r.textLen = -1

@@ -103,7 +103,7 @@ func killTree(t testing.TB, tr *pstree.Tree, res *Restored) {
 		}
 	}
 	for _, tk := range tr.Tasks {
-		if _, err := os.Stat("/proc/" + strconv.Itoa(tk.PID())); err == nil {
+		if leftOver(tk) {
 			t.Errorf("task %d left behind", tk.PID())
 		}
 	}
@@ -153,6 +153,9 @@ func checkTree(t *testing.T, tr *pstree.Tree, pay Payload) {
 				t.Errorf("task %v: state %s, want running", tk.PIDs, state)
 			}
 		}
+		if tk.State != pstree.Zombie {
+			checkPFC(t, tr, tk)
+		}
 		if pay == PayloadStopped && tk.State != pstree.Zombie {
 			for _, th := range tk.Threads {
 				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", tk.PID(), th.TIDs[0]))
@@ -161,6 +164,47 @@ func checkTree(t *testing.T, tr *pstree.Tree, pay Payload) {
 				}
 			}
 		}
+	}
+}
+
+// checkPFC checks a live task's pid_for_children through the host procfs:
+// the pid namespace of the tasks the image puts in it and of no other. A
+// namespace nobody is in yet (`unshare -p` before the first fork) has no
+// init, and the kernel shows no pid_for_children link for it at all
+// (ENOENT), where a task that did not unshare shows its own namespace.
+func checkPFC(t *testing.T, tr *pstree.Tree, tk pstree.Task) {
+	t.Helper()
+	want := tk.NS[pstree.PidForChildrenNS]
+	if want == 0 {
+		return
+	}
+	ino := func(pid int, ns string) (uint64, error) {
+		var st unix.Stat_t
+		err := unix.Stat(fmt.Sprintf("/proc/%d/ns/%s", pid, ns), &st)
+		return st.Ino, err
+	}
+	got, err := ino(tk.PID(), "pid_for_children")
+	empty := true
+	for _, o := range tr.Tasks {
+		if o.State == pstree.Zombie {
+			continue
+		}
+		in, oerr := ino(o.PID(), "pid")
+		if oerr != nil {
+			t.Errorf("task %v: %v", o.PIDs, oerr)
+			continue
+		}
+		if o.NS[pstree.PidNS] == want {
+			empty = false
+			if err != nil || got != in {
+				t.Errorf("task %v: pid_for_children (%d, %v) is not the pid ns of %v", tk.PIDs, got, err, o.PIDs)
+			}
+		} else if err == nil && got == in {
+			t.Errorf("task %v: pid_for_children is the pid ns of %v, want ns %d", tk.PIDs, o.PIDs, want)
+		}
+	}
+	if empty && !errors.Is(err, unix.ENOENT) {
+		t.Errorf("task %v: pid_for_children of a namespace without init: %v, want ENOENT", tk.PIDs, err)
 	}
 }
 

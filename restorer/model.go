@@ -67,7 +67,8 @@ type mns struct {
 	parent pstree.NSID
 	init   int // proc index of its pid 1, -1 before it exists
 	dead   bool
-	last   int // ns_last_pid cursor
+	made   bool // created by unshare(CLONE_NEWPID) before it has an init
+	last   int  // ns_last_pid cursor
 }
 
 // ext is the leader of a session or group outside the tree (the one the
@@ -87,6 +88,7 @@ type mproc struct {
 	state     mstate
 	pids      []int
 	ns        pstree.NSID
+	pfc       pstree.NSID // pid_for_children when not ns (0: ns)
 	parent    int
 	sid, pgid int // leader proc (pid struct), or ext
 	status    int
@@ -228,9 +230,44 @@ func (m *model) apply(pl *Plan, i int) error {
 	case OpPayload:
 		m.saveProc(s.Actor)
 		m.procs[s.Actor].payload = true
+	case OpSetPFC:
+		return m.setPFC(pl, s)
 	default:
 		return fmt.Errorf("unknown op %d", s.Op)
 	}
+	return nil
+}
+
+// setPFC is setns(CLONE_NEWPID) (F2.3: only into the active namespace or
+// a descendant, through a live process in it) or unshare(CLONE_NEWPID) (a
+// fresh child of the active namespace).
+func (m *model) setPFC(pl *Plan, s *Step) error {
+	a := &m.procs[s.Actor]
+	var to pstree.NSID
+	switch {
+	case s.NewPIDNS:
+		n := m.nss[s.Into]
+		if n == nil || n.parent != a.ns || n.init >= 0 || n.made {
+			return fmt.Errorf("unshare(CLONE_NEWPID) as pid ns %d: not a fresh child of ns %d", s.Into, a.ns)
+		}
+		m.saveNS(s.Into)
+		n.made = true
+		to = s.Into
+	default:
+		if s.Target < 0 || s.Target >= len(m.procs) {
+			return fmt.Errorf("setns(CLONE_NEWPID) through proc %d: out of range", s.Target)
+		}
+		t := &m.procs[s.Target]
+		if t.state != mAlive || t.ns != s.Into {
+			return fmt.Errorf("setns(CLONE_NEWPID) through %s: not alive in pid ns %d: ESRCH", pl.name(s.Target), s.Into)
+		}
+		if !m.isDescendant(s.Into, a.ns) {
+			return fmt.Errorf("setns to pid ns %d: not below the actor's: EINVAL", s.Into)
+		}
+		to = s.Into
+	}
+	m.saveProc(s.Actor)
+	a.pfc = to
 	return nil
 }
 
@@ -245,6 +282,10 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	pr := &pl.Procs[s.Target]
 	active := m.actorNS(s.Actor, rootNS)
 	pfc := active
+	if s.Actor != Restorer && m.procs[s.Actor].pfc != 0 {
+		// The planner sets pid_for_children after every clone.
+		return fmt.Errorf("clone by %s after it set its pid_for_children", pl.name(s.Actor))
+	}
 	if s.Into != 0 {
 		if !m.isDescendant(s.Into, active) {
 			return fmt.Errorf("setns to pid ns %d: not below the actor's: EINVAL", s.Into)
@@ -476,6 +517,15 @@ func (m *model) compare(pl *Plan, procOf []int) error {
 			return fmt.Errorf("%s: not running its payload", name)
 		case (t.State == pstree.Stopped || pl.Options.Payload == PayloadStopped) != p.stopped:
 			return fmt.Errorf("%s: stopped=%v, want %v", name, p.stopped, !p.stopped)
+		}
+		if want := t.NS[pstree.PidForChildrenNS]; t.State != pstree.Zombie && want != 0 {
+			got := p.ns
+			if p.pfc != 0 {
+				got = p.pfc
+			}
+			if got != want {
+				return fmt.Errorf("%s: pid_for_children ns %d, want %d", name, got, want)
+			}
 		}
 		if t.State != pstree.Zombie && pl.Options.Payload == PayloadStopped && !t.Agent {
 			if len(p.threads) != len(t.Threads) {

@@ -63,9 +63,15 @@ const (
 	// OpPayload: Actor becomes its payload: exec its recorded program, or
 	// park (stopped payload; the restorer then stops it with OpKill).
 	OpPayload
+	// OpSetPFC: Actor sets its pid_for_children namespace to the image's
+	// before its final action (a task that did `unshare -p` and then
+	// exec'd, or setns(CLONE_NEWPID)): with Into != 0, setns(CLONE_NEWPID)
+	// through the pidfd of proc Target, which is in namespace Into; with
+	// NewPIDNS, unshare(CLONE_NEWPID) (a fresh namespace nobody is in yet).
+	OpSetPFC
 )
 
-var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload"}
+var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc"}
 
 func (o Op) String() string {
 	if o < 0 || int(o) >= len(opNames) {
@@ -244,6 +250,11 @@ func (p *Plan) describe(s *Step) string {
 			return fmt.Sprintf("die by signal %d", s.Arg&0x7f)
 		}
 		return fmt.Sprintf("exit %d", s.Arg>>8)
+	case OpSetPFC:
+		if s.NewPIDNS {
+			return "unshare(CLONE_NEWPID) # pid_for_children"
+		}
+		return fmt.Sprintf("setns(pidns %d via %s) # pid_for_children", s.Into, p.name(s.Target))
 	case OpPayload:
 		if p.Options.Payload == PayloadStopped {
 			return "payload park"

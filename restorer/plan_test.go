@@ -190,3 +190,54 @@ func TestPlanRejectsBadImages(t *testing.T) {
 		t.Errorf("nil tree: %v", err)
 	}
 }
+
+// pfcTree has every kind of pid_for_children: a task that did `unshare -p`
+// and exec'd after its first child (pfc = its child's namespace, at two
+// levels), one that did setns(CLONE_NEWPID) into a grandchild namespace,
+// and one that did `unshare -p` and has no child yet (a fresh namespace
+// nobody is in).
+func pfcTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1).ns(3, 2, 2).ns(4, 1, 1)
+	b.task(1, []int{22000}, 0, []int{22000}, []int{22000}).NS[pstree.PidForChildrenNS] = 2
+	b.task(2, []int{22001, 1}, 22000, []int{22000, 0}, []int{22000, 0}).NS[pstree.PidForChildrenNS] = 3
+	b.task(3, []int{22002, 2, 1}, 22001, []int{22000, 0, 0}, []int{22000, 0, 0})
+	b.task(1, []int{22003}, 22000, []int{22000}, []int{22000}).NS[pstree.PidForChildrenNS] = 3
+	b.task(1, []int{22004}, 22000, []int{22000}, []int{22000}).NS[pstree.PidForChildrenNS] = 4
+	return &b.tr
+}
+
+func TestPlanPidForChildren(t *testing.T) {
+	p := mustPlan(t, pfcTree(), Options{})
+	var got []string
+	for _, s := range p.Steps {
+		if s.Op == OpSetPFC {
+			got = append(got, p.name(s.Actor)+": "+p.describe(&s))
+		}
+	}
+	want := []string{
+		"task 22000: setns(pidns 2 via task 22001/1) # pid_for_children",
+		"task 22001/1: setns(pidns 3 via task 22002/2/1) # pid_for_children",
+		"task 22003: setns(pidns 3 via task 22002/2/1) # pid_for_children",
+		"task 22004: unshare(CLONE_NEWPID) # pid_for_children",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("pid_for_children steps:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// Without those steps the model sees the difference.
+	p.Steps = slices.DeleteFunc(p.Steps, func(s Step) bool { return s.Op == OpSetPFC })
+	m := newModel(p.Tree, len(p.Procs))
+	for i := range p.Steps {
+		if err := m.apply(p, i); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	if err := m.compare(p, []int{0, 1, 2, 3, 4}); err == nil || !strings.Contains(err.Error(), "pid_for_children") {
+		t.Errorf("compare without setpfc steps: %v", err)
+	}
+	// A pid_for_children above the task's own namespace cannot be set.
+	bad := pfcTree()
+	bad.Tasks[2].NS[pstree.PidForChildrenNS] = 2
+	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("pfc above the task's namespace: %v, want ErrUnsupported", err)
+	}
+}

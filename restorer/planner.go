@@ -776,6 +776,9 @@ func (pl *planner) finish() error {
 	if err := pl.emit(Step{Op: OpVerify, Actor: Restorer, Target: -1}); err != nil {
 		return err
 	}
+	if err := pl.pidForChildren(); err != nil {
+		return err
+	}
 	for _, ns := range tr.Namespaces {
 		if ns.Kind != pstree.PidNS || ns.Level == 0 || ns.LastPID <= 0 {
 			continue
@@ -853,6 +856,38 @@ func (pl *planner) finish() error {
 			if err := pl.emit(Step{Op: OpKill, Actor: Restorer, Target: i, Arg: 19}); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// pidForChildren gives every live task whose pid_for_children is not its
+// own pid namespace that namespace again, after every clone (the setns back
+// after a setns-born clone would undo it) and before any zombie dies (the
+// setns goes through a live process in the namespace): setns(CLONE_NEWPID)
+// through a proc in it, the namespace's init if it has one, or
+// unshare(CLONE_NEWPID) when nobody is in it (`unshare -p` with no child
+// yet).
+func (pl *planner) pidForChildren() error {
+	tr := pl.tr()
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		want := t.NS[pstree.PidForChildrenNS]
+		if t.State == pstree.Zombie || want == 0 || want == t.NS[pstree.PidNS] {
+			continue
+		}
+		via := -1
+		for p := range pl.plan.Procs {
+			if pl.plan.Procs[p].NS == want && pl.m.procs[p].state == mAlive && (via < 0 || pl.isInitOf(p, want)) {
+				via = p
+			}
+		}
+		s := Step{Op: OpSetPFC, Actor: i, Target: via, Into: want}
+		if via < 0 {
+			s.NewPIDNS, s.Target = true, -1
+		}
+		if err := pl.emit(s); err != nil {
+			return err
 		}
 	}
 	return nil
