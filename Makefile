@@ -27,9 +27,12 @@ deps:
 test: deps
 	$(MAKE) unit-test vm-test
 
+# -p 1: one test package at a time. Restore places level-0 pids through the
+# host's shared pid cursor and fails (cleanly) when another process takes an
+# image pid first; test packages forking in parallel would be that process.
 unit-test: build
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -p 1 -count=1 -timeout 30m ./...
 
 vm-test: build
 	$(GO) test -count=1 -timeout 30m -v ./vm-test/ -run . -vm
