@@ -153,7 +153,7 @@ func BenchmarkDumpExisting(b *testing.B) {
 			walkWorkers, walkChildren = max(w, 1), w > 0
 			var tr *pstree.Tree
 			for b.Loop() {
-				if tr, err = Dump(root, Options{}); err != nil {
+				if tr, err = Dump(root, Options{Log: b.Logf}); err != nil {
 					b.Fatal(err)
 				}
 			}

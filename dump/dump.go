@@ -118,6 +118,7 @@ func (o Options) logf(format string, args ...any) {
 // procfs.ErrGone) means the attempt raced and may be retried.
 func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) {
 	r := procfs.New(o.Proc)
+	t0 := time.Now()
 	before, err := findMembers(r, root)
 	if err != nil {
 		return nil, nil, err
@@ -151,11 +152,13 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 		}
 		defer disarm() // the early returns below
 	}
+	t1 := time.Now()
 	fz, err := freeze(r, before, o)
 	if err != nil {
 		return nil, nil, err
 	}
-	o.logf("froze %d tasks with %v", len(before), fz)
+	t2 := time.Now()
+	o.logf("found %d tasks in %v, froze them with %v in %v", len(before), t1.Sub(t0).Round(time.Millisecond), fz, t2.Sub(t1).Round(time.Millisecond))
 	defer func() {
 		// Stop counting before the tree runs again: what it does after
 		// the thaw is no race with this dump.
@@ -169,6 +172,7 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 	if tr, d, err = readFrozen(r, root, before, o.AgentExe, fz.groupStopped()); tr == nil {
 		return nil, d, err
 	}
+	o.logf("read %d tasks in %v", len(tr.Tasks), time.Since(t2).Round(time.Millisecond))
 	if m := fz.missed(tr); len(m) > 0 {
 		return nil, m, nil
 	}
@@ -183,7 +187,8 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 func readFrozen(r *procfs.Reader, root int, before []member, agentExe string, stopped map[int]bool) (tr *pstree.Tree, moved []string, err error) {
 	if fast(r) {
 		// One walk finds and reads the members.
-		tr, after, err := readTreeWalk(r.Root, root, agentExe, stopped)
+		// Start times only where the members have them (ptrace).
+		tr, after, err := readTreeWalk(r.Root, root, before[0].start != 0, agentExe, stopped)
 		if err != nil {
 			// A task that joined after the freeze (ptrace) may be
 			// what broke the read: if so, it is a race.
@@ -219,6 +224,11 @@ func freeze(r *procfs.Reader, members []member, o Options) (freezer, error) {
 	} else {
 		o.logf("not using cgroup freeze: %s", why)
 	}
+	// ptrace stops the pids it was given: a pid reused before the seize
+	// would be a stranger, which only start times tell.
+	if err := stamp(r, members); err != nil {
+		return nil, err
+	}
 	return ptraceFreeze(r, members, o.FreezeTimeout)
 }
 
@@ -233,7 +243,7 @@ func ReadLive(root int, proc string) (*pstree.Tree, error) {
 	var tr *pstree.Tree
 	var err error
 	if fast(r) {
-		tr, _, err = readTreeWalk(proc, root, exe, nil)
+		tr, _, err = readTreeWalk(proc, root, false, exe, nil)
 	} else {
 		var members []member
 		if members, err = discover(r, root); err != nil {

@@ -37,8 +37,29 @@ type cgroupFreezer struct{ dirs []string }
 func (c *cgroupFreezer) String() string             { return "cgroup v2 freeze of " + strings.Join(c.dirs, ", ") }
 func (c *cgroupFreezer) groupStopped() map[int]bool { return nil }
 
-// missed is empty: a frozen cgroup also freezes the tasks born in it.
-func (c *cgroupFreezer) missed(*pstree.Tree) []string { return nil }
+// missed names the live tasks of tr that are not in the frozen cgroups:
+// the cgroups were chosen from a discovery before the freeze, and a member
+// may have moved out (or a new one been born elsewhere) since. Tasks born
+// or moved into a frozen cgroup are frozen with it, whatever their pid.
+func (c *cgroupFreezer) missed(tr *pstree.Tree) []string {
+	frozen := map[int]bool{}
+	for _, d := range c.dirs {
+		procs, err := cgroupProcs(d, "")
+		if err != nil {
+			return []string{err.Error()}
+		}
+		for pid := range procs {
+			frozen[pid] = true
+		}
+	}
+	var out []string
+	for _, t := range tr.Tasks {
+		if t.State != pstree.Zombie && !frozen[t.PIDs[0]] {
+			out = append(out, fmt.Sprintf("pid %d is not in a frozen cgroup", t.PIDs[0]))
+		}
+	}
+	return out
+}
 
 // cgroupFor returns a cgroup freezer when the tree's tasks exclusively
 // occupy their cgroup v2 cgroups, or nil (with the reason) when not.

@@ -79,24 +79,32 @@ func fast(r *procfs.Reader) bool { return walkChildren && r.HasChildren() }
 
 // findMembers lists the tree like discover does, through the children
 // files when the kernel has them (reading only the tree, not all of /proc).
+// Walked members have no start time (0): a cgroup freeze needs none, as
+// every task of the frozen cgroups stops whatever its pid; stamp adds them
+// for the ptrace freeze.
 func findMembers(r *procfs.Reader, root int) ([]member, error) {
 	if !fast(r) {
 		return discover(r, root)
 	}
 	pids, starts, err := walk(r.Root, root, true, func(r *procfs.Reader, pid int) (uint64, []int, error) {
-		st, err := r.Stat(pid)
+		p, err := r.Open(pid)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer p.Close()
+		n, err := p.Threads()
 		if err != nil {
 			return 0, nil, err
 		}
 		tids := []int{pid}
-		if st.NumThreads != 1 {
-			if tids, err = r.Tasks(pid); err != nil {
+		if n != 1 {
+			if tids, err = p.Tasks(); err != nil {
 				return 0, nil, err
 			}
 		}
 		var kids []int
 		for _, tid := range tids {
-			k, err := r.Children(pid, tid)
+			k, err := p.Children(tid)
 			if errors.Is(err, procfs.ErrGone) && tid != pid {
 				continue // the thread exited; its children moved to another
 			}
@@ -105,12 +113,27 @@ func findMembers(r *procfs.Reader, root int) ([]member, error) {
 			}
 			kids = append(kids, k...)
 		}
-		return st.StartTime, kids, nil
+		return 0, kids, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("discover tree of pid %d: %w", root, err)
 	}
 	return zipMembers(pids, starts), nil
+}
+
+// stamp reads the start times that findMembers left out.
+func stamp(r *procfs.Reader, ms []member) error {
+	for i := range ms {
+		if ms[i].start != 0 {
+			continue
+		}
+		st, err := r.Stat(ms[i].pid)
+		if err != nil {
+			return fmt.Errorf("pid %d: %w", ms[i].pid, err)
+		}
+		ms[i].start = st.StartTime
+	}
+	return nil
 }
 
 func zipMembers(pids []int, starts []uint64) []member {
@@ -215,7 +238,7 @@ func readTree(r *procfs.Reader, members []member, agentExe string, stopped map[i
 	rd := &reader{r: r, agentExe: agentExe, tree: &pstree.Tree{},
 		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, stopped: stopped}
 	for i, m := range members {
-		ti, err := rd.task(r, m.pid, false)
+		ti, err := rd.task(r, m.pid, false, true)
 		if err == nil && ti.start != m.start {
 			err = fmt.Errorf("pid reused (start time %d, was %d): %w", ti.start, m.start, procfs.ErrGone)
 		}
@@ -235,12 +258,13 @@ func readTree(r *procfs.Reader, members []member, agentExe string, stopped map[i
 
 // readTreeWalk is readTree for kernels with the children files: one walk
 // finds the members and reads them (the members are returned to compare
-// with an earlier discovery), on walkWorkers goroutines.
-func readTreeWalk(proc string, root int, agentExe string, stopped map[int]bool) (*pstree.Tree, []member, error) {
+// with an earlier discovery; with start times if withStart), on
+// walkWorkers goroutines.
+func readTreeWalk(proc string, root int, withStart bool, agentExe string, stopped map[int]bool) (*pstree.Tree, []member, error) {
 	rd := &reader{r: procfs.New(proc), agentExe: agentExe, tree: &pstree.Tree{},
 		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, stopped: stopped}
 	pids, infos, err := walk(proc, root, false, func(r *procfs.Reader, pid int) (taskInfo, []int, error) {
-		ti, err := rd.task(r, pid, true)
+		ti, err := rd.task(r, pid, true, withStart)
 		if err != nil {
 			return ti, nil, fmt.Errorf("read pid %d: %w", pid, err)
 		}
@@ -255,6 +279,7 @@ func readTreeWalk(proc string, root int, agentExe string, stopped map[int]bool) 
 		infos[i].kids = nil
 	}
 	infos[0].t.PPID = 0 // the root's parent is outside the tree
+	rd.tree.Tasks = make([]pstree.Task, 0, len(infos))
 	for _, ti := range infos {
 		rd.add(ti)
 	}
@@ -291,17 +316,30 @@ type taskInfo struct {
 
 // task reads process pid through r. It only reads rd, so workers may call
 // it concurrently, each with a Reader of its own. withKids also reads the
-// children files of every thread.
-func (rd *reader) task(r *procfs.Reader, pid int, withKids bool) (taskInfo, error) {
-	st, err := r.Stat(pid)
+// children files of every thread; withStart reads stat for the start time
+// even when the task is not a zombie (stat's only other use: exit status).
+func (rd *reader) task(r *procfs.Reader, pid int, withKids, withStart bool) (taskInfo, error) {
+	// Every file through one open /proc/PID: shorter lookups, and all of
+	// them about the same process.
+	p, err := r.Open(pid)
 	if err != nil {
 		return taskInfo{}, err
 	}
-	s, err := r.Status(pid)
+	defer p.Close()
+	s, err := p.Status()
 	if err != nil {
 		return taskInfo{}, err
 	}
-	ti := taskInfo{start: st.StartTime}
+	var st procfs.Stat
+	if withStart || s.State == 'Z' {
+		if st, err = p.Stat(); err != nil {
+			return taskInfo{}, err
+		}
+	}
+	var ti taskInfo
+	if withStart {
+		ti.start = st.StartTime
+	}
 	t := &ti.t
 	*t = pstree.Task{
 		PIDs:  s.NSpid,
@@ -323,18 +361,18 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids bool) (taskInfo, erro
 	}
 	// A single-threaded process (the common case) needs no task listing.
 	tids := []int{pid}
-	if st.NumThreads != 1 {
-		if tids, err = r.Tasks(pid); err != nil {
+	if s.Threads != 1 {
+		if tids, err = p.Tasks(); err != nil {
 			return ti, err
 		}
 		slices.Sort(tids)
 	}
-	if err := rd.threads(r, pid, tids, t); err != nil {
+	if err := rd.threads(p, tids, t); err != nil {
 		return ti, err
 	}
 	if withKids {
 		for _, tid := range tids {
-			kids, err := r.Children(pid, tid)
+			kids, err := p.Children(tid)
 			if err != nil {
 				return ti, fmt.Errorf("children of thread %d: %w", tid, err)
 			}
@@ -342,7 +380,7 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids bool) (taskInfo, erro
 		}
 	}
 	for _, k := range pstree.AllNSKinds() {
-		ino, err := r.NSInode(pid, k.ProcName())
+		ino, err := p.NSInode(k.ProcName())
 		if err != nil {
 			if t.State == pstree.Zombie {
 				continue // a zombie keeps only ns/pid and ns/user (F6.1)
@@ -354,17 +392,17 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids bool) (taskInfo, erro
 	if t.State != pstree.Zombie {
 		// Zombies have no mm, cwd or root any more; a gone process
 		// surfaces as ErrGone on the next read anyway.
-		if t.Argv, err = r.Cmdline(pid); err != nil {
+		if t.Argv, err = p.Cmdline(); err != nil {
 			return ti, err
 		}
-		if t.Env, err = r.Environ(pid); err != nil {
+		if t.Env, err = p.Environ(); err != nil {
 			return ti, err
 		}
 		for _, l := range []struct {
 			name string
 			dst  *string
 		}{{"exe", &t.Exe}, {"cwd", &t.Cwd}, {"root", &t.Root}} {
-			if *l.dst, err = r.Link(pid, l.name); err != nil {
+			if *l.dst, err = p.Link(l.name); err != nil {
 				return ti, err
 			}
 		}
@@ -384,13 +422,13 @@ func (rd *reader) add(ti taskInfo) {
 	rd.tree.Tasks = append(rd.tree.Tasks, t)
 }
 
-// threads records the threads tids (sorted, the leader among them) of pid.
-func (rd *reader) threads(r *procfs.Reader, pid int, tids []int, t *pstree.Task) error {
+// threads records the threads tids (sorted, the leader among them) of p.
+func (rd *reader) threads(p *procfs.Proc, tids []int, t *pstree.Task) error {
 	for _, tid := range tids {
-		if tid == pid {
+		if tid == p.Pid() {
 			continue
 		}
-		ts, err := r.TaskStatus(pid, tid)
+		ts, err := p.TaskStatus(tid)
 		if errors.Is(err, procfs.ErrGone) {
 			return fmt.Errorf("thread %d: %w", tid, err)
 		}

@@ -15,7 +15,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -58,7 +57,12 @@ func (r *Reader) taskPath(pid, tid int, name string) string {
 func (r *Reader) readFile(p string) ([]byte, error) { return r.read(p, false) }
 
 func (r *Reader) read(p string, whole bool) ([]byte, error) {
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	return r.readAt(unix.AT_FDCWD, p, p, whole)
+}
+
+// readAt is read of name relative to dirfd; p names the file in errors.
+func (r *Reader) readAt(dirfd int, name, p string, whole bool) ([]byte, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, pathErr("open", p, err)
 	}
@@ -100,7 +104,11 @@ func (r *Reader) TaskStatus(pid, tid int) (Status, error) {
 }
 
 func (r *Reader) status(p string) (Status, error) {
-	b, err := r.read(p, true)
+	return r.statusAt(unix.AT_FDCWD, p, p)
+}
+
+func (r *Reader) statusAt(dirfd int, name, p string) (Status, error) {
+	b, err := r.readAt(dirfd, name, p, true)
 	if err != nil {
 		return Status{}, err
 	}
@@ -114,7 +122,11 @@ func (r *Reader) status(p string) (Status, error) {
 // Stat reads /proc/PID/stat.
 func (r *Reader) Stat(pid int) (Stat, error) {
 	p := r.path(pid, "stat")
-	b, err := r.read(p, true)
+	return r.statAt(unix.AT_FDCWD, p, p)
+}
+
+func (r *Reader) statAt(dirfd int, name, p string) (Stat, error) {
+	b, err := r.readAt(dirfd, name, p, true)
 	if err != nil {
 		return Stat{}, err
 	}
@@ -164,9 +176,13 @@ func SplitNUL(b []byte) []string {
 // Link reads the symlink /proc/PID/NAME (exe, cwd, root, ns/...).
 func (r *Reader) Link(pid int, name string) (string, error) {
 	p := r.path(pid, name)
+	return r.linkAt(unix.AT_FDCWD, p, p)
+}
+
+func (r *Reader) linkAt(dirfd int, name, p string) (string, error) {
 	buf := r.buf[:cap(r.buf)]
 	for {
-		n, err := unix.Readlink(p, buf)
+		n, err := unix.Readlinkat(dirfd, name, buf)
 		if err != nil {
 			return "", pathErr("readlink", p, err)
 		}
@@ -185,8 +201,12 @@ func (r *Reader) NSInode(pid int, name string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return ParseNSLink(strings.TrimSuffix(name, "_for_children"), s)
+	return ParseNSLink(nsLinkKind(name), s)
 }
+
+// nsLinkKind is the kind a /proc/PID/ns link names: pid_for_children
+// links read "pid:[...]".
+func nsLinkKind(name string) string { return strings.TrimSuffix(name, "_for_children") }
 
 // ParseNSLink parses "KIND:[INODE]".
 func ParseNSLink(kind, s string) (uint64, error) {
@@ -221,7 +241,12 @@ func (r *Reader) OpenNS(pid int, name string) (int, error) {
 // them reliably only while they are frozen or stopped. Kernels built
 // without CONFIG_PROC_CHILDREN lack the file: see HasChildren.
 func (r *Reader) Children(pid, tid int) ([]int, error) {
-	b, err := r.readFile(r.taskPath(pid, tid, "children"))
+	p := r.taskPath(pid, tid, "children")
+	return r.childrenAt(unix.AT_FDCWD, p, p)
+}
+
+func (r *Reader) childrenAt(dirfd int, name, p string) ([]int, error) {
+	b, err := r.readAt(dirfd, name, p, false)
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +259,7 @@ func (r *Reader) Children(pid, tid int) ([]int, error) {
 		if f := bytes.TrimSpace(b[:i]); len(f) > 0 {
 			n, err := atoi(f)
 			if err != nil || n <= 0 {
-				return nil, fmt.Errorf("parse %s: bad pid %q", r.taskPath(pid, tid, "children"), f)
+				return nil, fmt.Errorf("parse %s: bad pid %q", p, f)
 			}
 			out = append(out, n)
 		}
@@ -260,14 +285,15 @@ func (r *Reader) Tasks(pid int) ([]int, error) {
 }
 
 func (r *Reader) numericDir(p string) ([]int, error) {
-	f, err := os.Open(p)
+	return r.numericDirAt(unix.AT_FDCWD, p, p)
+}
+
+func (r *Reader) numericDirAt(dirfd int, name, p string) ([]int, error) {
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) && (pe.Err == syscall.ENOENT || pe.Err == syscall.ESRCH) {
-			return nil, fmt.Errorf("open %s: %w (%w)", p, ErrGone, pe.Err)
-		}
-		return nil, err
+		return nil, pathErr("open", p, err)
 	}
+	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
 	names, err := f.Readdirnames(-1)
 	if err != nil {

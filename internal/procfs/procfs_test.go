@@ -203,6 +203,34 @@ func TestReadWholeAndPaged(t *testing.T) {
 	if len(kids) != 1000 || len(kids) != len(strings.Fields(string(b))) {
 		t.Errorf("children: %d, os.ReadFile %d, want 1000", len(kids), len(strings.Fields(string(b))))
 	}
+	pr, err := r.Open(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	if n, err := pr.Threads(); err != nil || n != 1 {
+		t.Errorf("Threads of the shell: %d %v, want 1", n, err)
+	}
+	if k, err := pr.Children(pid); err != nil || len(k) != len(kids) {
+		t.Errorf("Proc.Children: %d %v, want %d", len(k), err, len(kids))
+	}
+	self, err := r.Open(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer self.Close()
+	// The Go runtime may add a thread between the two reads: try again.
+	for i := 0; ; i++ {
+		tids, _ := self.Tasks()
+		n, err := self.Threads()
+		if err == nil && n == len(tids) {
+			break
+		}
+		if i == 10 {
+			t.Errorf("Threads of the test: %d %v, task/ lists %d", n, err, len(tids))
+			break
+		}
+	}
 	if !r.HasChildren() {
 		t.Error("HasChildren false with a children file")
 	}
