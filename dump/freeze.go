@@ -288,19 +288,23 @@ func ptraceFreeze(r *procfs.Reader, members []member, timeout time.Duration) (*p
 
 func (p *ptraceFreezer) seizeAll(r *procfs.Reader, members []member, timeout time.Duration) error {
 	for _, m := range members {
-		tids, err := r.Tasks(m.pid)
+		tids, err := threadsOf(r, m.pid)
 		if err != nil {
 			return fmt.Errorf("freeze pid %d: %w", m.pid, err)
 		}
 		for _, tid := range tids {
-			st, err := r.TaskStatus(m.pid, tid)
-			if err != nil {
-				return fmt.Errorf("freeze pid %d thread %d: %w", m.pid, tid, err)
-			}
-			if st.State == 'Z' || st.State == 'X' {
-				continue // nothing to stop; zombies cannot be seized
-			}
 			if err := unix.PtraceSeize(tid); err != nil {
+				// Zombies cannot be seized (EPERM) and need no stopping;
+				// only then is the thread's state worth reading.
+				if err == unix.EPERM {
+					st, serr := r.TaskStatus(m.pid, tid)
+					if serr != nil {
+						return fmt.Errorf("freeze pid %d thread %d: %w", m.pid, tid, serr)
+					}
+					if st.State == 'Z' || st.State == 'X' {
+						continue
+					}
+				}
 				if err == unix.ESRCH {
 					err = fmt.Errorf("%w (%w)", procfs.ErrGone, err)
 				}
@@ -344,6 +348,20 @@ func (p *ptraceFreezer) seizeAll(r *procfs.Reader, members []member, timeout tim
 		}
 	}
 	return nil
+}
+
+// threadsOf lists the threads of pid; a single-threaded process (the
+// common case) is told by the link count of its task/, without a listing.
+func threadsOf(r *procfs.Reader, pid int) ([]int, error) {
+	p, err := r.Open(pid)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	if n, err := p.Threads(); err != nil || n != 1 {
+		return p.Tasks()
+	}
+	return []int{pid}, nil
 }
 
 func (p *ptraceFreezer) thaw(leaveStopped bool) error {
