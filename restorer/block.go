@@ -61,6 +61,9 @@ type stepRec struct {
 	setTID    [sys.MaxSetTID]uint64
 	text      [24]byte // OpLastPID: the number as text
 	textLen   int64
+	// OpHostname: the names (at most 64 bytes each, __NEW_UTS_LEN).
+	host, domain       [64]byte
+	hostLen, domainLen int64
 }
 
 const (

@@ -138,6 +138,19 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 		fd := procAt(base, bProcsOff, st.into).pidfd
 		_, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), sys.CLONE_NEWPID, 0)
 		return uintptr(e)
+	case int64(OpUnshare):
+		_, _, e := syscall.RawSyscall(unix.SYS_UNSHARE, uintptr(st.arg), 0, 0)
+		return uintptr(e)
+	case int64(OpSetns):
+		fd := procAt(base, bProcsOff, st.into).pidfd
+		_, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), uintptr(st.arg), 0)
+		return uintptr(e)
+	case int64(OpHostname):
+		if _, _, e := syscall.RawSyscall(unix.SYS_SETHOSTNAME, uintptr(unsafe.Pointer(&st.host)), uintptr(st.hostLen), 0); e != 0 {
+			return uintptr(e)
+		}
+		_, _, e := syscall.RawSyscall(unix.SYS_SETDOMAINNAME, uintptr(unsafe.Pointer(&st.domain)), uintptr(st.domainLen), 0)
+		return uintptr(e)
 	case int64(OpSetsid):
 		_, _, e := syscall.RawSyscall(unix.SYS_SETSID, 0, 0, 0)
 		return uintptr(e)

@@ -38,7 +38,7 @@ func nsinit(t *testing.T, args ...string) (string, error) {
 func TestE2EDumpKillRestoreCheck(t *testing.T) {
 	needRoot(t)
 	testutil.Binary(t)
-	for name, mk := range map[string]func() *pstree.Tree{"f43": f43, "zombies": zombieTree, "deep": func() *pstree.Tree { return deepChain(8, 23000) }, "pfc": pfcDumpable} {
+	for name, mk := range map[string]func() *pstree.Tree{"f43": f43, "zombies": zombieTree, "deep": func() *pstree.Tree { return deepChain(8, 23000) }, "pfc": pfcDumpable, "namespaces": nsTree} {
 		t.Run(name, func(t *testing.T) {
 			tr := place(t, sleepers(mk()))
 			t.Cleanup(func() { killTree(t, tr, &Restored{}) })

@@ -334,6 +334,16 @@ func newBlock(p *Plan) (*block, error) {
 			}
 		case OpSetPFC:
 			r.into = int64(s.Target) // -1: unshare
+		case OpUnshare, OpSetns:
+			r.into = int64(s.Target)
+			r.arg = int64(s.NS.CloneFlags())
+		case OpHostname:
+			h, d := hostnameOf(p, s.Actor)
+			if len(h) > len(r.host) || len(d) > len(r.domain) {
+				b.unmap()
+				return nil, fmt.Errorf("step %d: hostname %q / domain name %q longer than 64 bytes: %w", i, h, d, ErrBadImage)
+			}
+			r.hostLen, r.domainLen = int64(copy(r.host[:], h)), int64(copy(r.domain[:], d))
 		case OpLastPID:
 			if s.Arg == ParkHostCursor {
 				r.textLen = -1

@@ -165,6 +165,7 @@ func checkTree(t *testing.T, tr *pstree.Tree, pay Payload) {
 			}
 		}
 	}
+	checkNSMembership(t, tr)
 }
 
 // checkPFC checks a live task's pid_for_children through the host procfs:

@@ -21,6 +21,9 @@ type model struct {
 	// used maps a pid number of a namespace to the proc owning that pid
 	// struct (threads are owned by their task).
 	used map[nsNum]int
+	// made: namespaces (not pid) created so far; own: the restorer's.
+	made map[pstree.NSID]bool
+	own  pstree.NSSet
 	// undo, when journaling, holds what reverts each change since mark.
 	undo    []func()
 	journal bool
@@ -89,6 +92,7 @@ type mproc struct {
 	pids      []int
 	ns        pstree.NSID
 	pfc       pstree.NSID // pid_for_children when not ns (0: ns)
+	nsk       pstree.NSSet // its namespaces of memberKinds
 	parent    int
 	sid, pgid int // leader proc (pid struct), or ext
 	status    int
@@ -98,7 +102,7 @@ type mproc struct {
 }
 
 func newModel(tr *pstree.Tree, nprocs int) *model {
-	m := &model{tr: tr, nss: map[pstree.NSID]*mns{}, used: map[nsNum]int{}}
+	m := &model{tr: tr, nss: map[pstree.NSID]*mns{}, used: map[nsNum]int{}, made: map[pstree.NSID]bool{}, own: restorerNS(tr)}
 	for _, n := range tr.Namespaces {
 		if n.Kind == pstree.PidNS {
 			m.nss[n.ID] = &mns{level: n.Level, parent: n.Parent, init: -1}
@@ -232,6 +236,11 @@ func (m *model) apply(pl *Plan, i int) error {
 		m.procs[s.Actor].payload = true
 	case OpSetPFC:
 		return m.setPFC(pl, s)
+	case OpUnshare:
+		return m.unshareNS(pl, s)
+	case OpSetns:
+		return m.setnsNS(pl, s)
+	case OpHostname:
 	default:
 		return fmt.Errorf("unknown op %d", s.Op)
 	}
@@ -340,7 +349,11 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		}
 	}
 	m.saveProc(s.Target)
-	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, sid: sid, pgid: pgid}
+	nsk := m.own
+	if s.Actor != Restorer {
+		nsk = m.procs[s.Actor].nsk
+	}
+	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, sid: sid, pgid: pgid, nsk: nsk}
 	if s.NewPIDNS {
 		m.saveNS(ns)
 		m.nss[ns].init = s.Target
@@ -517,6 +530,11 @@ func (m *model) compare(pl *Plan, procOf []int) error {
 			return fmt.Errorf("%s: not running its payload", name)
 		case (t.State == pstree.Stopped || pl.Options.Payload == PayloadStopped) != p.stopped:
 			return fmt.Errorf("%s: stopped=%v, want %v", name, p.stopped, !p.stopped)
+		}
+		if t.State != pstree.Zombie {
+			if err := m.compareNS(name, t, p); err != nil {
+				return err
+			}
 		}
 		if want := t.NS[pstree.PidForChildrenNS]; t.State != pstree.Zombie && want != 0 {
 			got := p.ns

@@ -69,9 +69,18 @@ const (
 	// through the pidfd of proc Target, which is in namespace Into; with
 	// NewPIDNS, unshare(CLONE_NEWPID) (a fresh namespace nobody is in yet).
 	OpSetPFC
+	// OpUnshare: Actor creates the namespaces NS names (the kinds whose
+	// entry is set) with unshare(2): it is their first member.
+	OpUnshare
+	// OpSetns: Actor joins the namespaces NS names through the pidfd of
+	// proc Target, a member of each.
+	OpSetns
+	// OpHostname: Actor sets the hostname and domain name of its (new) uts
+	// namespace to the image's.
+	OpHostname
 )
 
-var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc"}
+var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc", "unshare", "setns", "hostname"}
 
 func (o Op) String() string {
 	if o < 0 || int(o) >= len(opNames) {
@@ -100,6 +109,8 @@ type Step struct {
 	AsSibling bool
 	PIDs      []int
 	Arg, Arg2 int
+	// NS: OpUnshare and OpSetns, the namespace of each kind concerned.
+	NS pstree.NSSet
 }
 
 // Payload is what restored live tasks become.
@@ -250,6 +261,20 @@ func (p *Plan) describe(s *Step) string {
 			return fmt.Sprintf("die by signal %d", s.Arg&0x7f)
 		}
 		return fmt.Sprintf("exit %d", s.Arg>>8)
+	case OpUnshare, OpSetns:
+		var kinds []string
+		for k, id := range s.NS {
+			if id != 0 {
+				kinds = append(kinds, fmt.Sprintf("%v %d", pstree.NSKind(k), id))
+			}
+		}
+		if s.Op == OpSetns {
+			return fmt.Sprintf("setns(%s via %s)", strings.Join(kinds, ", "), p.name(s.Target))
+		}
+		return fmt.Sprintf("unshare(%s)", strings.Join(kinds, ", "))
+	case OpHostname:
+		h, d := hostnameOf(p, s.Actor)
+		return fmt.Sprintf("sethostname(%q) setdomainname(%q)", h, d)
 	case OpSetPFC:
 		if s.NewPIDNS {
 			return "unshare(CLONE_NEWPID) # pid_for_children"

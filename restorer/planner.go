@@ -518,7 +518,12 @@ func (pl *planner) placed(s Step) error {
 		// once: while it points among them, every unrelated fork on the
 		// machine takes one of them. (Execute puts the host's own value
 		// back at the end.)
-		return pl.emit(Step{Op: OpLastPID, Actor: pl.w0, Target: -1, Arg: pl.park})
+		if err := pl.emit(Step{Op: OpLastPID, Actor: pl.w0, Target: -1, Arg: pl.park}); err != nil {
+			return err
+		}
+	}
+	if s.Op == OpClone {
+		return pl.memberships(s.Target)
 	}
 	return nil
 }

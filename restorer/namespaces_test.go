@@ -1,0 +1,121 @@
+package restorer
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
+)
+
+// addNS adds a namespace of kind k to a hand-built tree.
+func (b *tb) addNS(id pstree.NSID, k pstree.NSKind, ambient bool) *pstree.Namespace {
+	b.tr.Namespaces = append(b.tr.Namespaces, pstree.Namespace{ID: id, Kind: k, Ambient: ambient})
+	return &b.tr.Namespaces[len(b.tr.Namespaces)-1]
+}
+
+// nsTree: the root in the restorer's (ambient) namespaces; a child in new
+// net, uts (with names), ipc, mnt and cgroup namespaces; its child back in
+// the ambient uts namespace; a second child of the root joining the first
+// child's net and uts namespaces; its child in a third net namespace.
+func nsTree() *pstree.Tree {
+	b := newTB()
+	kinds := []pstree.NSKind{pstree.NetNS, pstree.UTSNS, pstree.IPCNS, pstree.MntNS, pstree.CgroupNS}
+	for i, k := range kinds {
+		b.addNS(pstree.NSID(10*(i+1)), k, true)
+		b.addNS(pstree.NSID(10*(i+1)+1), k, false)
+	}
+	b.addNS(12, pstree.NetNS, false)
+	for i := range b.tr.Namespaces {
+		if n := &b.tr.Namespaces[i]; n.ID == 21 {
+			n.Hostname, n.Domainname = "restored-alpha", "example.test"
+		}
+	}
+	set := func(t *pstree.Task, net, uts, ipc, mnt, cg pstree.NSID) {
+		t.NS[pstree.NetNS], t.NS[pstree.UTSNS], t.NS[pstree.IPCNS], t.NS[pstree.MntNS], t.NS[pstree.CgroupNS] = net, uts, ipc, mnt, cg
+	}
+	set(b.task(1, []int{22100}, 0, []int{22100}, []int{22100}), 10, 20, 30, 40, 50)
+	set(b.task(1, []int{22101}, 22100, []int{22100}, []int{22100}), 11, 21, 31, 41, 51)
+	set(b.task(1, []int{22102}, 22101, []int{22100}, []int{22100}), 11, 20, 31, 41, 51)
+	set(b.task(1, []int{22103}, 22100, []int{22100}, []int{22100}), 11, 21, 30, 40, 50)
+	set(b.task(1, []int{22104}, 22103, []int{22100}, []int{22100}), 12, 21, 30, 40, 50)
+	return &b.tr
+}
+
+func TestPlanNamespaces(t *testing.T) {
+	p := mustPlan(t, nsTree(), Options{})
+	var got []string
+	for _, s := range p.Steps {
+		if s.Op == OpUnshare || s.Op == OpSetns || s.Op == OpHostname {
+			got = append(got, p.name(s.Actor)+": "+p.describe(&s))
+		}
+	}
+	want := `task 22101: sethostname("restored-alpha") setdomainname("example.test")
+task 22101: unshare(net 11, uts 21, ipc 31, mnt 41, cgroup 51)
+task 22102: setns(uts 20 via helper 0)
+task 22103: setns(net 11, uts 21 via task 22101)
+task 22104: unshare(net 12)`
+	slices.Sort(got) // per task in plan order; tasks in name order
+	if g := strings.Join(got, "\n"); g != want {
+		t.Errorf("namespace steps:\n%s\nwant\n%s", g, want)
+	}
+	tr := nsTree()
+	tr.Tasks[2].NS[pstree.TimeNS] = 99
+	tr.Namespaces = append(tr.Namespaces, pstree.Namespace{ID: 99, Kind: pstree.TimeNS})
+	if _, err := NewPlan(tr, Options{}); err == nil || !strings.Contains(err.Error(), "time namespace") {
+		t.Errorf("non-ambient time namespace: %v, want refused", err)
+	}
+}
+
+func TestRestoreNamespaces(t *testing.T) { scenario(t, nsTree) }
+
+// checkNSMembership compares, for every live task and every kind, who
+// shares which namespace with the image, through namespace inodes; an
+// ambient namespace must be the test process's own. UTS names are read
+// inside each uts namespace.
+func checkNSMembership(t *testing.T, tr *pstree.Tree) {
+	t.Helper()
+	ino := func(pid int, k pstree.NSKind) uint64 {
+		var st unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/%s", pid, k), &st); err != nil {
+			t.Errorf("%v", err)
+		}
+		return st.Ino
+	}
+	byID := map[pstree.NSID]uint64{}
+	byIno := map[uint64]pstree.NSID{}
+	for _, tk := range tr.Tasks {
+		if tk.State == pstree.Zombie {
+			continue
+		}
+		for _, k := range memberKinds {
+			id := tk.NS[k]
+			if id == 0 {
+				continue
+			}
+			in := ino(tk.PID(), k)
+			if tr.Namespace(id).Ambient && in != ino(os.Getpid(), k) {
+				t.Errorf("task %v: %v namespace is not the restorer's own", tk.PIDs, k)
+			}
+			if old, ok := byID[id]; ok && old != in {
+				t.Errorf("task %v: %v namespace %d split in two", tk.PIDs, k, id)
+			}
+			if old, ok := byIno[in]; ok && old != id {
+				t.Errorf("task %v: %v namespaces %d and %d are one", tk.PIDs, k, id, old)
+			}
+			byID[id], byIno[in] = in, id
+		}
+		if ns := tr.Namespace(tk.NS[pstree.UTSNS]); ns != nil && !ns.Ambient {
+			out, err := exec.Command("nsenter", "-t", strconv.Itoa(tk.PID()), "-u", "/bin/busybox", "sh", "-c",
+				"/bin/busybox hostname; /bin/busybox cat /proc/sys/kernel/domainname").CombinedOutput()
+			if want := ns.Hostname + "\n" + ns.Domainname + "\n"; err != nil || string(out) != want {
+				t.Errorf("task %v: uts names %q (%v), want %q", tk.PIDs, out, err, want)
+			}
+		}
+	}
+}
