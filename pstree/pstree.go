@@ -185,7 +185,9 @@ type Task struct {
 	// level of the task. An entry is 0 at levels where the leader has no pid
 	// (the leader lives in an ancestor namespace); index 0 names the leader.
 	// The leader may be dead: its pid number stays reserved while members
-	// use it, and no Task of the tree has it.
+	// use it, and no Task of the tree has it. 0 at index 0 is the kernel's
+	// session or group 0, which no process leads: tasks of a machine's init
+	// that never called setsid/setpgid are in it.
 	PGIDs, SIDs []int
 	State       TaskState
 	// ExitStatus is a zombie's raw wait status (/proc/PID/stat field 52):

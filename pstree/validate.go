@@ -184,9 +184,6 @@ func validateTasks(tr *Tree) error {
 				return fmt.Errorf("%s: negative pgid or sid at level %d", who, l)
 			}
 		}
-		if t.PGIDs[0] == 0 || t.SIDs[0] == 0 {
-			return fmt.Errorf("%s: pgid and sid must name their leader at level 0", who)
-		}
 		if err := validateState(who, t.State, t.ExitStatus); err != nil {
 			return err
 		}

@@ -38,6 +38,17 @@ func TestValidateAccepts(t *testing.T) {
 	}
 }
 
+// TestValidateSessionZero: the children of a machine's init that never
+// called setsid are in the kernel's session and group 0, which no process
+// leads (seen in the test VM).
+func TestValidateSessionZero(t *testing.T) {
+	tr := validTree()
+	tr.Tasks[0].PGIDs[0], tr.Tasks[0].SIDs[0] = 0, 0
+	if err := Validate(tr); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestValidateRejects(t *testing.T) {
 	cases := map[string]func(tr *Tree){
 		"no tasks":            func(tr *Tree) { tr.Tasks = nil },
@@ -53,7 +64,6 @@ func TestValidateRejects(t *testing.T) {
 		"parent level":        func(tr *Tree) { tr.Namespaces[1].Level = 2 },
 		"dup ns id":           func(tr *Tree) { tr.Namespaces[2].ID = 1 },
 		"pgid length":         func(tr *Tree) { tr.Tasks[1].PGIDs = []int{10} },
-		"pgid zero at l0":     func(tr *Tree) { tr.Tasks[1].PGIDs[0] = 0 },
 		"status on live":      func(tr *Tree) { tr.Tasks[1].ExitStatus = 256 },
 		"bad status":          func(tr *Tree) { tr.Tasks[2].ExitStatus = 0x17f },
 		"too deep": func(tr *Tree) {

@@ -28,7 +28,10 @@ var vmFlag = flag.Bool("vm", false, "boot QEMU test VMs (make vm-test); without 
 // privileged tests: {Pkg: "./dump"}, {Pkg: "./restorer"}, {Pkg: "./bpf"}.
 var guestPackages = []guestPackage{
 	// nsinit as PID 1 of the machine.
-	{Pkg: "./vm-test/guest", Needs: []string{"CONFIG_CGROUPS", "CONFIG_DEBUG_INFO_BTF"}},
+	// nsinit as PID 1 of the machine, and make demo's tree dumped and
+	// restored on this kernel.
+	{Pkg: "./vm-test/guest", Needs: []string{"CONFIG_CGROUPS", "CONFIG_DEBUG_INFO_BTF", "CONFIG_CHECKPOINT_RESTORE"},
+		Prepare: repoFiles("demo/tree.sh")},
 	// The supervisor's tests; the guest has no C compiler, so their
 	// helper is built here and named by NSINIT_TEST_HELPER.
 	// 2 GiB: the burst of 10,000 orphans needs threads-max above 10,000,
@@ -52,6 +55,17 @@ type guestPackage struct {
 	Prepare func(t *testing.T, dir string) ([]File, []string)
 	// MemoryMB is the guest's memory; 0 means the harness default.
 	MemoryMB int
+}
+
+// repoFiles puts files of the repository into the guest under /src/.
+func repoFiles(paths ...string) func(*testing.T, string) ([]File, []string) {
+	return func(t *testing.T, dir string) ([]File, []string) {
+		var files []File
+		for _, p := range paths {
+			files = append(files, File{Path: "/src/" + p, Src: filepath.Join(testutil.RepoRoot(), p)})
+		}
+		return files, nil
+	}
 }
 
 // cHelper builds a static C test helper on the host (the guest has no
