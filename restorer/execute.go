@@ -547,6 +547,8 @@ func (t *tx) restorerStep(i int, deadline time.Time) error {
 		return t.cloneRoot(i)
 	case OpVerify:
 		return t.verify()
+	case OpNetConfig:
+		return t.netConfig(s)
 	case OpLastPID:
 		if s.Arg == ParkHostCursor {
 			return writeLastPID(t.hostCursor)

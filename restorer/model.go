@@ -91,7 +91,7 @@ type mproc struct {
 	state     mstate
 	pids      []int
 	ns        pstree.NSID
-	pfc       pstree.NSID // pid_for_children when not ns (0: ns)
+	pfc       pstree.NSID  // pid_for_children when not ns (0: ns)
 	nsk       pstree.NSSet // its namespaces of memberKinds
 	parent    int
 	sid, pgid int // leader proc (pid struct), or ext
@@ -241,6 +241,10 @@ func (m *model) apply(pl *Plan, i int) error {
 	case OpSetns:
 		return m.setnsNS(pl, s)
 	case OpHostname:
+	case OpNetConfig:
+		if t := s.Target; t < 0 || t >= len(m.procs) || m.procs[t].state != mAlive || m.procs[t].nsk[pstree.NetNS] != s.NS[pstree.NetNS] {
+			return fmt.Errorf("configure net namespace %d: proc %d is not a live member", s.NS[pstree.NetNS], t)
+		}
 	default:
 		return fmt.Errorf("unknown op %d", s.Op)
 	}

@@ -78,9 +78,12 @@ const (
 	// OpHostname: Actor sets the hostname and domain name of its (new) uts
 	// namespace to the image's.
 	OpHostname
+	// OpNetConfig: the restorer configures net namespace NS[NetNS]
+	// (interfaces, addresses, routes) through member proc Target.
+	OpNetConfig
 )
 
-var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc", "unshare", "setns", "hostname"}
+var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc", "unshare", "setns", "hostname", "netconfig"}
 
 func (o Op) String() string {
 	if o < 0 || int(o) >= len(opNames) {
@@ -272,6 +275,9 @@ func (p *Plan) describe(s *Step) string {
 			return fmt.Sprintf("setns(%s via %s)", strings.Join(kinds, ", "), p.name(s.Target))
 		}
 		return fmt.Sprintf("unshare(%s)", strings.Join(kinds, ", "))
+	case OpNetConfig:
+		ns := p.Tree.Namespace(s.NS[pstree.NetNS])
+		return fmt.Sprintf("configure net %d via %s: %d interfaces, %d routes", ns.ID, p.name(s.Target), len(ns.Links), len(ns.Routes))
 	case OpHostname:
 		h, d := hostnameOf(p, s.Actor)
 		return fmt.Sprintf("sethostname(%q) setdomainname(%q)", h, d)

@@ -781,6 +781,9 @@ func (pl *planner) finish() error {
 	if err := pl.emit(Step{Op: OpVerify, Actor: Restorer, Target: -1}); err != nil {
 		return err
 	}
+	if err := pl.netConfig(); err != nil {
+		return err
+	}
 	if err := pl.pidForChildren(); err != nil {
 		return err
 	}
@@ -939,7 +942,7 @@ func validate(tr *pstree.Tree) error {
 		if n == nil || n.Kind != pstree.PidNS || n.Level != len(t.PIDs)-1 {
 			return bad("task %v: pid ns %d does not match its %d levels", t.PIDs, t.NS[pstree.PidNS], len(t.PIDs))
 		}
-		if len(t.SIDs) != len(t.PIDs) || len(t.PGIDs) != len(t.PIDs) || t.SIDs[0] <= 0 || t.PGIDs[0] <= 0 {
+		if len(t.SIDs) != len(t.PIDs) || len(t.PGIDs) != len(t.PIDs) || t.SIDs[0] < 0 || t.PGIDs[0] < 0 {
 			return bad("task %v: sids %v / pgids %v do not match its levels", t.PIDs, t.SIDs, t.PGIDs)
 		}
 		if (i == 0) != (t.PPID == 0) {
