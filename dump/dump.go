@@ -163,6 +163,11 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 		// Stop counting before the tree runs again: what it does after
 		// the thaw is no race with this dump.
 		disarm()
+		if err == nil && len(moved) == 0 && tr != nil {
+			// After the guard (the probes fork into the tree's
+			// namespaces), before the tree runs again.
+			probeCursors(tr, o)
+		}
 		leave := o.LeaveStopped && err == nil && len(moved) == 0
 		if terr := fz.thaw(leave); terr != nil && err == nil {
 			tr, err = nil, terr
