@@ -3,7 +3,6 @@ package restorer
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -49,7 +48,7 @@ func TestRestoreAgent(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // the agent settles; it would reap now if it wrongly did
 	checkTree(t, tr, PayloadExec)
 	// The next pid of the namespace is 51: a process entering it gets it.
-	out, err := exec.Command("nsenter", "-t", strconv.Itoa(root), "-p", "--", "/bin/busybox", "sh", "-c", "echo $$").CombinedOutput()
+	out, err := nsenter("-t", strconv.Itoa(root), "-p", "--", "/bin/busybox", "sh", "-c", "echo $$").CombinedOutput()
 	if err != nil {
 		t.Fatalf("nsenter: %v %s", err, out)
 	}

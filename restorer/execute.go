@@ -283,9 +283,9 @@ func newBlock(p *Plan) (*block, error) {
 		case OpClone:
 			t := &p.Procs[s.Target]
 			n := 0
-			if s.SetTID {
-				// one level only: see Placement
-				r.setTID[0], n = uint64(t.PIDs[len(t.PIDs)-1]), 1
+			if n, err = setTIDOf(p, s, t.PIDs, r); err != nil {
+				b.unmap()
+				return nil, fmt.Errorf("step %d: %w", i, err)
 			}
 			tr := procAt(b.base, b.procsOff, int64(s.Target))
 			r.child = int64(s.Target)
@@ -321,8 +321,9 @@ func newBlock(p *Plan) (*block, error) {
 			}
 		case OpThread:
 			n := 0
-			if s.SetTID {
-				r.setTID[0], n = uint64(s.PIDs[len(s.PIDs)-1]), 1
+			if n, err = setTIDOf(p, s, s.PIDs, r); err != nil {
+				b.unmap()
+				return nil, fmt.Errorf("step %d: %w", i, err)
 			}
 			r.args = sys.CloneArgs{
 				Flags:     sys.CLONE_VM | sys.CLONE_FS | sys.CLONE_FILES | sys.CLONE_SIGHAND | sys.CLONE_THREAD | sys.CLONE_SYSVSEM,
@@ -370,6 +371,20 @@ func newBlock(p *Plan) (*block, error) {
 	}
 	bBase, bProcsOff, bStepsOff = b.base, b.procsOff, b.stepsOff
 	return b, nil
+}
+
+// setTIDOf fills step record r's set_tid array for pids (outermost
+// first): only the innermost level (see Placement), or every level on a
+// kernel with Features.MultiLevelSetTID. It returns set_tid_size.
+func setTIDOf(p *Plan, s *Step, pids []int, r *stepRec) (int, error) {
+	switch {
+	case !s.SetTID:
+		return 0, nil
+	case p.Options.Features.MultiLevelSetTID:
+		return sys.SetTID(r.setTID[:], pids)
+	}
+	r.setTID[0] = uint64(pids[len(pids)-1])
+	return 1, nil
 }
 
 // agentArgv is the command line of a restored agent: it adopts its first

@@ -247,7 +247,7 @@ func TestPlanRandomTrees(t *testing.T) {
 		reasons := map[string]int{}
 		for seed := uint64(1); seed <= 3000; seed++ {
 			tr := genTree(seed, 5+int(seed%60), reap)
-			opt := Options{Payload: Payload(seed % 2), Placement: Placement(seed / 2 % 2)}
+			opt := Options{Payload: Payload(seed % 2), Placement: Placement(seed / 2 % 2), Features: Features{MultiLevelSetTID: seed%8 >= 4}}
 			p, err := NewPlan(tr, opt)
 			switch {
 			case err == nil:

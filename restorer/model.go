@@ -192,7 +192,7 @@ func (m *model) apply(pl *Plan, i int) error {
 		if len(s.PIDs) != len(c) {
 			return fmt.Errorf("thread tids %v for %d levels", s.PIDs, len(c))
 		}
-		if err := m.allocate(c, s.PIDs, s.SetTID, false); err != nil {
+		if err := m.allocate(c, s.PIDs, s.SetTID, false, allLevels(pl, s)); err != nil {
 			return err
 		}
 		for l, t := range s.PIDs {
@@ -329,7 +329,7 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	if len(pr.PIDs) != len(c) {
 		return fmt.Errorf("%d pids for %d levels: EINVAL", len(pr.PIDs), len(c))
 	}
-	if err := m.allocate(c, pr.PIDs, s.SetTID, s.NewPIDNS); err != nil {
+	if err := m.allocate(c, pr.PIDs, s.SetTID, s.NewPIDNS, allLevels(pl, s)); err != nil {
 		return err
 	}
 	parent := s.Actor
@@ -365,12 +365,19 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	return nil
 }
 
+// allLevels says whether step s's set_tid holds every level.
+func allLevels(pl *Plan, s *Step) bool {
+	return s.SetTID && pl.Options.Features.MultiLevelSetTID
+}
+
 // allocate checks that a clone gets pids at every level of chain c: the
 // innermost through set_tid (which leaves the cursor alone, F1.4) or as pid 1
 // of a new namespace, the others as the first free pid above their
 // namespace's cursor, which then moves (F1.3). A level whose cursor is
 // unknown (the host before the restorer wrote it) cannot be predicted.
-func (m *model) allocate(c []pstree.NSID, pids []int, setTID, newNS bool) error {
+// With all, set_tid gives every level that has a pid (F2.1, on kernels
+// with Features.MultiLevelSetTID): no cursor is read or moved.
+func (m *model) allocate(c []pstree.NSID, pids []int, setTID, newNS, all bool) error {
 	if len(pids) != len(c) {
 		return fmt.Errorf("%d pids for %d levels: EINVAL", len(pids), len(c))
 	}
@@ -391,6 +398,11 @@ func (m *model) allocate(c []pstree.NSID, pids []int, setTID, newNS bool) error 
 		case inner && setTID:
 			if p == 1 {
 				return fmt.Errorf("pid 1 without CLONE_NEWPID: EEXIST")
+			}
+			continue
+		case all:
+			if p != 1 && m.nss[c[l]].level > 0 && m.nss[c[l]].init < 0 {
+				return fmt.Errorf("set_tid %d at level %d before its namespace has an init: EINVAL", p, l)
 			}
 			continue
 		}

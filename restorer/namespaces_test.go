@@ -114,7 +114,7 @@ func checkNSMembership(t *testing.T, tr *pstree.Tree) {
 			byID[id], byIno[in] = in, id
 		}
 		if ns := tr.Namespace(tk.NS[pstree.UTSNS]); ns != nil && !ns.Ambient {
-			out, err := exec.Command("nsenter", "-t", strconv.Itoa(tk.PID()), "-u", "/bin/busybox", "sh", "-c",
+			out, err := nsenter("-t", strconv.Itoa(tk.PID()), "-u", "/bin/busybox", "sh", "-c",
 				"/bin/busybox hostname; /bin/busybox cat /proc/sys/kernel/domainname").CombinedOutput()
 			if want := ns.Hostname + "\n" + ns.Domainname + "\n"; err != nil || string(out) != want {
 				t.Errorf("task %v: uts names %q (%v), want %q", tk.PIDs, out, err, want)
@@ -143,10 +143,19 @@ func vethTree() *pstree.Tree {
 	return &b.tr
 }
 
+// nsenter runs nsenter from util-linux, or busybox's (the VM guest has
+// only busybox); both take -t PID -u/-n/-p and fork for -p.
+func nsenter(args ...string) *exec.Cmd {
+	if _, err := exec.LookPath("nsenter"); err == nil {
+		return exec.Command("nsenter", args...)
+	}
+	return exec.Command("/bin/busybox", append([]string{"nsenter"}, args...)...)
+}
+
 // ping pings addr from inside pid's net namespace.
 func ping(t *testing.T, pid int, addr string) {
 	t.Helper()
-	out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "/bin/busybox", "ping", "-c", "1", "-W", "5", addr).CombinedOutput()
+	out, err := nsenter("-t", strconv.Itoa(pid), "-n", "/bin/busybox", "ping", "-c", "1", "-W", "5", addr).CombinedOutput()
 	if err != nil {
 		t.Errorf("ping %s from %d: %v\n%s", addr, pid, err, out)
 	}
@@ -159,6 +168,12 @@ func ping(t *testing.T, pid int, addr string) {
 func TestE2EVethPing(t *testing.T) {
 	needRoot(t)
 	testutil.Binary(t)
+	if ko := os.Getenv("NSINIT_TEST_VETH_KO"); ko != "" {
+		// the VM guest's kernel has veth as a module
+		if out, err := exec.Command("/bin/busybox", "insmod", ko).CombinedOutput(); err != nil && !strings.Contains(string(out), "exists") {
+			t.Fatalf("insmod %s: %v\n%s", ko, err, out)
+		}
+	}
 	tr := place(t, sleepers(vethTree()))
 	t.Cleanup(func() { killTree(t, tr, &Restored{}) })
 	src := t.TempDir()

@@ -155,6 +155,8 @@ type Options struct {
 	// execs in agent mode (`nsinit agent --adopt ...`) with the exec
 	// payload; "" execs its recorded program like any task.
 	AgentExe string
+	// Features of the kernel the plan runs on (ProbeFeatures).
+	Features Features
 }
 
 // Proc is one process Execute creates: an image task or a helper.

@@ -6,7 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
 )
 
 // tb builds trees by hand: namespaces by id, tasks by pid vectors.
@@ -239,5 +241,36 @@ func TestPlanPidForChildren(t *testing.T) {
 	bad.Tasks[2].NS[pstree.PidForChildrenNS] = 2
 	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("pfc above the task's namespace: %v, want ErrUnsupported", err)
+	}
+}
+
+// features is what this kernel can do, probed once for the live tests.
+var features = ProbeFeatures()
+
+// TestProbeFeatures: the set_tid probe answers EEXIST (every level can be
+// set) or EINVAL (one level only, like the dev machine's 6.18), nothing
+// else, and leaves no process behind.
+func TestProbeFeatures(t *testing.T) {
+	testutil.Require(t, testutil.Root)
+	e := probeSetTID()
+	if e != unix.EEXIST && e != unix.EINVAL {
+		t.Fatalf("set_tid probe: %v, want EEXIST or EINVAL", e)
+	}
+	t.Logf("kernel accepts multi-level set_tid: %v (probe: %v)", e == unix.EEXIST, e)
+}
+
+// TestPlanMultiLevelSetTID: with every level settable, no clone needs a
+// cursor: the only ns_last_pid steps left are the image's final cursors.
+func TestPlanMultiLevelSetTID(t *testing.T) {
+	for name, tr := range map[string]*pstree.Tree{"f43": f43(), "deep": deepChain(8, 23000), "pfc": pfcTree(), "ns": nsTree()} {
+		p := mustPlan(t, tr, Options{Features: Features{MultiLevelSetTID: true}})
+		for i, s := range p.Steps {
+			if s.Op == OpLastPID && i < p.Verify {
+				t.Errorf("%s: cursor step %d before verification: %s", name, i, p.describe(&s))
+			}
+			if s.Op == OpClone && s.Target != p.HostWriter && !s.SetTID {
+				t.Errorf("%s: clone step %d without set_tid", name, i)
+			}
+		}
 	}
 }

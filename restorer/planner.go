@@ -487,6 +487,9 @@ func (pl *planner) placed(s Step) error {
 	c := pl.m.chain(ns)
 	top := len(pids) - 1
 	switch {
+	case pl.allSetTID() && pids[top] != 0:
+		// every level through set_tid in one clone: no cursor
+		top, s.SetTID = -1, true
 	case s.NewPIDNS:
 		top-- // pid 1 of a fresh namespace needs nothing
 		s.SetTID = pl.plan.Options.Placement == PlaceSetTID
@@ -526,6 +529,12 @@ func (pl *planner) placed(s Step) error {
 		return pl.memberships(s.Target)
 	}
 	return nil
+}
+
+// allSetTID says whether set_tid places every level (PlaceSetTID on a
+// kernel with MultiLevelSetTID).
+func (pl *planner) allSetTID() bool {
+	return pl.plan.Options.Placement == PlaceSetTID && pl.plan.Options.Features.MultiLevelSetTID
 }
 
 // ParkHostCursor as the Arg of an OpLastPID puts the host's ns_last_pid back

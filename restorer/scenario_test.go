@@ -48,7 +48,7 @@ func scenario(t *testing.T, mk func() *pstree.Tree) {
 				var err error
 				for try := 0; try < 5; try++ {
 					tr := place(t, sleepers(mk()))
-					p, perr := NewPlan(tr, Options{Payload: pay, Placement: pm})
+					p, perr := NewPlan(tr, Options{Payload: pay, Placement: pm, Features: features})
 					if perr != nil {
 						t.Fatalf("plan: %v", perr)
 					}

@@ -42,6 +42,30 @@ var guestPackages = []guestPackage{
 	{Pkg: "./bpf", Needs: []string{"CONFIG_BPF_SYSCALL", "CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_EVENTS"}},
 	// clone3 set_tid, pidfds and setns wrappers.
 	{Pkg: "./internal/sys", Needs: []string{"CONFIG_PID_NS", "CONFIG_CHECKPOINT_RESTORE"}},
+	// Restore on another kernel: the set_tid probe (the 6.1 guest may set
+	// every level in one clone3), the main scenarios in both payloads and
+	// placements, namespaces, and dump -> kill -> restore -> check through
+	// the binary. Not the 1000-task and random-tree tests (TCG is slow).
+	// veth is a module in Debian's kernel: the test loads it.
+	{Pkg: "./restorer", Needs: []string{"CONFIG_PID_NS", "CONFIG_NET_NS", "CONFIG_UTS_NS", "CONFIG_IPC_NS", "CONFIG_CHECKPOINT_RESTORE"},
+		Run:      "TestProbe|TestPlan(F43|Namespaces|PidForChildren|MultiLevel)|TestRestore(SingleNamespace|F43|Zombies|BornVia|PidForChildren|Namespaces|LowPIDs|PIDTaken$|Agent|32Levels)|TestE2E",
+		MemoryMB: 1024, Prepare: kernelModule("kernel/drivers/net/veth.ko", "NSINIT_TEST_VETH_KO")},
+	// Dump on another kernel (the tests that need no iproute2).
+	{Pkg: "./dump", Needs: []string{"CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_CHECKPOINT_RESTORE"},
+		Run: "TestWalkMatchesPlainPath|TestProbeLastPID|TestDumpRefusesForeignNamespace|TestDumpStoppedTask|TestDumpUserNamespaces|TestDumpBigTree"},
+}
+
+// kernelModule puts the guest kernel's module rel (under lib/modules/VER/)
+// into the guest and names its path in env, for a test to insmod.
+func kernelModule(rel, env string) func(*testing.T, string) ([]File, []string) {
+	return func(t *testing.T, dir string) ([]File, []string) {
+		m, _ := filepath.Glob(filepath.Join(DefaultCacheDir(), "linux-*", "lib", "modules", "*", rel))
+		if len(m) == 0 {
+			return nil, nil // the test then finds the module missing
+		}
+		guest := "/tests/" + filepath.Base(rel)
+		return []File{{Path: guest, Src: m[len(m)-1]}}, []string{env + "=" + guest}
+	}
 }
 
 type guestPackage struct {

@@ -57,6 +57,8 @@ func runRestore(args []string) int {
 	if exe, err := os.Executable(); err == nil {
 		opt.AgentExe = exe
 	}
+	// Decided before planning, never during execution.
+	opt.Features = restorer.ProbeFeatures()
 	tr, err := imagefile.Read(*dir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
