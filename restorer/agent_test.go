@@ -26,7 +26,7 @@ func TestRestoreAgent(t *testing.T) {
 	z.State, z.ExitStatus = pstree.Zombie, 7<<8
 	b.tr.Namespaces[1].LastPID = 50
 	tr := place(t, sleepers(&b.tr))
-	p, err := NewPlan(tr, Options{AgentExe: bin})
+	p, err := NewPlan(tr, Options{AgentExe: bin, Features: features})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,8 +58,8 @@ type stepRec struct {
 	waitPid   int64 // OpWait: the helper's pid in the actor's namespace
 	child     int64 // OpClone: builderMain argument of the new task
 	args      sys.CloneArgs
-	setTID    [sys.MaxSetTID]uint64
-	text      [24]byte // OpLastPID: the number as text
+	setTID    [sys.MaxSetTID]int32 // pid_t, not u64 (internal/sys.SetTID)
+	text      [24]byte             // OpLastPID: the number as text
 	textLen   int64
 	// OpHostname: the names (at most 64 bytes each, __NEW_UTS_LEN).
 	host, domain       [64]byte

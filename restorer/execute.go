@@ -383,7 +383,7 @@ func setTIDOf(p *Plan, s *Step, pids []int, r *stepRec) (int, error) {
 	case p.Options.Features.MultiLevelSetTID:
 		return sys.SetTID(r.setTID[:], pids)
 	}
-	r.setTID[0] = uint64(pids[len(pids)-1])
+	r.setTID[0] = int32(pids[len(pids)-1])
 	return 1, nil
 }
 

@@ -1,6 +1,9 @@
 package restorer
 
 import (
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"unsafe"
 
@@ -13,10 +16,14 @@ import (
 // a plan never changes during execution.
 type Features struct {
 	// MultiLevelSetTID: clone3 accepts a set_tid entry for every level
-	// (kernel-facts F2.1), so one clone places a task at all its levels
-	// without ns_last_pid cursors. The project's 6.18 dev kernel refuses
-	// any set_tid_size >= 2 with EINVAL (docs/restore.md).
+	// (kernel-facts F2.1, since 5.5), so one clone places a task at all
+	// its levels without ns_last_pid cursors. Both the 6.18 dev kernel and
+	// Debian's 6.1 have it (the earlier "one entry only" finding was an
+	// array of u64 where the kernel reads pid_t, see internal/sys.SetTID).
 	MultiLevelSetTID bool
+	// PidMax is /proc/sys/kernel/pid_max as the restorer sees it (0:
+	// unknown). On 6.1 it bounds every namespace's cursor.
+	PidMax int
 }
 
 // ProbeFeatures asks the kernel. The set_tid probe creates nothing: it asks
@@ -25,11 +32,15 @@ type Features struct {
 // kernel that takes two entries fails in pid allocation with EEXIST, and
 // one that does not fails the argument check with EINVAL.
 func ProbeFeatures() Features {
-	return Features{MultiLevelSetTID: probeSetTID() == unix.EEXIST}
+	f := Features{MultiLevelSetTID: probeSetTID() == unix.EEXIST}
+	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
+		f.PidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	return f
 }
 
 func probeSetTID() syscall.Errno {
-	tids := [2]uint64{1, 1} // innermost first: pid 1 of the new ns, pid 1 here
+	tids := [2]int32{1, 1} // pid_t, innermost first: pid 1 of the new ns, pid 1 here
 	args := sys.CloneArgs{
 		Flags:      sys.CLONE_NEWPID,
 		ExitSignal: uint64(unix.SIGCHLD),

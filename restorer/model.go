@@ -365,6 +365,9 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	return nil
 }
 
+// agentWindowOf is the planner's agentWindow for a plan.
+func agentWindowOf(pl *Plan) int { return (&planner{plan: pl}).agentWindow() }
+
 // allLevels says whether step s's set_tid holds every level.
 func allLevels(pl *Plan, s *Step) bool {
 	return s.SetTID && pl.Options.Features.MultiLevelSetTID
@@ -574,7 +577,7 @@ func (m *model) compare(pl *Plan, procOf []int) error {
 	}
 	for id, n := range m.nss {
 		ns := tr.Namespace(id)
-		if ns.Level > 0 && ns.LastPID > 0 && !n.dead && n.last != ns.LastPID && n.last != AgentThreadWindow {
+		if ns.Level > 0 && ns.LastPID > 0 && !n.dead && n.last != ns.LastPID && n.last != agentWindowOf(pl) {
 			return fmt.Errorf("pid ns %d: ns_last_pid %d, want %d", id, n.last, ns.LastPID)
 		}
 	}

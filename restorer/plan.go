@@ -127,19 +127,17 @@ const (
 	PayloadStopped
 )
 
-// Placement is how a task gets its pid at the levels clone3 cannot set.
+// Placement is how a task gets its pid at each level.
 //
-// Measured on this project's kernel (restorer/testdata/probe_settid.c):
-// clone3 accepts set_tid with ONE entry (the innermost level) and fails with
-// EINVAL for two or more, whatever the levels, contrary to kernel-facts F2.1.
-// So the outer levels of a task always come from ns_last_pid cursors, each
-// written by a process inside that level right before the clone (F1.1), and
-// every placement is verified.
+// With PlaceSetTID on a kernel with Features.MultiLevelSetTID (6.1 and 6.18
+// both) one clone3 sets every level (kernel-facts F2.1). Otherwise the outer
+// levels come from ns_last_pid cursors, each written by a process inside
+// that level right before the clone (F1.1). Every placement is verified.
 type Placement int
 
 const (
-	// PlaceSetTID: the innermost level through set_tid, outer levels
-	// through cursors.
+	// PlaceSetTID: every level through set_tid (MultiLevelSetTID), else
+	// the innermost level through set_tid and outer levels through cursors.
 	PlaceSetTID Placement = iota
 	// PlaceLastPID: every level through cursors (no CAP_CHECKPOINT_RESTORE
 	// needed at the task's own level beyond writing ns_last_pid).

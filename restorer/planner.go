@@ -405,8 +405,19 @@ func (pl *planner) orphanRule(c, s, p int) (sibling, ok bool) {
 
 // AgentThreadWindow is where a restored agent's namespace cursor points
 // while the agent's runtime starts its threads (a child namespace's pid_max
-// is 4194304, F1.5).
+// is 4194304 on 6.18, F1.5), unless the kernel's pid_max is lower: on 6.1
+// pid_max is one global value (32768 on a small machine) and a cursor
+// above it is EINVAL. See agentWindow.
 const AgentThreadWindow = 4_000_000
+
+// agentWindow is AgentThreadWindow, or 256 below the probed pid_max when
+// that is lower (the agent's runtime starts a handful of threads).
+func (pl *planner) agentWindow() int {
+	if pm := pl.plan.Options.Features.PidMax; pm > 0 && pm-256 < AgentThreadWindow {
+		return pm - 256
+	}
+	return AgentThreadWindow
+}
 
 // agentRestoresCursor says whether init p becomes `nsinit agent`, which
 // restores its namespace's cursor itself.
@@ -809,7 +820,12 @@ func (pl *planner) finish() error {
 			// The agent's Go runtime threads must not sit on the pids
 			// right above LastPID: they start in a high window, and the
 			// agent writes LastPID itself once running.
-			v = AgentThreadWindow
+			v = pl.agentWindow()
+			for _, t := range tr.Tasks {
+				if t.NS[pstree.PidNS] == ns.ID && t.InnerPID() >= v {
+					return fmt.Errorf("pid ns %d: pid %d is in the agent's thread window above %d: %w", ns.ID, t.InnerPID(), v, ErrUnsupported)
+				}
+			}
 		}
 		if err := pl.emit(Step{Op: OpLastPID, Actor: init, Target: -1, Arg: v}); err != nil {
 			return err

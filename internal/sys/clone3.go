@@ -35,7 +35,7 @@ type CloneArgs struct {
 	Stack      uint64 // lowest address of the child's stack
 	StackSize  uint64
 	TLS        uint64
-	SetTID     uint64 // address of SetTIDSize uint64 pids, innermost first
+	SetTID     uint64 // address of SetTIDSize pid_t (int32!) pids, innermost first
 	SetTIDSize uint64
 	Cgroup     uint64
 }
@@ -48,18 +48,20 @@ var ErrBadPIDs = errors.New("invalid pid vector")
 
 // SetTID converts pids, OUTERMOST first as in NSpid, into clone3's set_tid
 // order (innermost first), writing into dst (which must hold len(pids)).
-// Note: the kernel this project runs on accepts only ONE set_tid entry
-// (more give EINVAL, restorer/testdata/probe_settid.c); the restorer
-// therefore passes only the innermost pid and places outer levels through
-// ns_last_pid (docs/restore.md).
+// The kernel reads set_tid as an array of pid_t, 32-bit entries
+// (copy_from_user of set_tid_size * sizeof(pid_t)), not of u64 like the
+// other clone_args fields: an array of uint64 happens to work for ONE entry
+// on little-endian machines and fails with EINVAL for two or more (the
+// second entry reads as 0). That is what an earlier version of this code
+// took for a kernel limit.
 // A 0 entry means "let the kernel choose" and is allowed only as a prefix
 // (outer levels): set_tid can only leave the outermost levels unset. It
 // returns the number of entries to pass as set_tid_size.
-func SetTID(dst []uint64, pids []int) (int, error) {
+func SetTID(dst []int32, pids []int) (int, error) {
 	n := 0
 	for i, p := range pids {
 		switch {
-		case p < 0:
+		case p < 0 || p > 1<<30:
 			return 0, fmt.Errorf("pid %d at level %d: %w", p, i, ErrBadPIDs)
 		case p == 0 && n > 0:
 			return 0, fmt.Errorf("unset pid at level %d below a set level: %w", i, ErrBadPIDs)
@@ -74,7 +76,7 @@ func SetTID(dst []uint64, pids []int) (int, error) {
 		return 0, fmt.Errorf("set_tid buffer of %d for %d pids: %w", len(dst), n, ErrBadPIDs)
 	}
 	for i := 0; i < n; i++ {
-		dst[i] = uint64(pids[len(pids)-1-i])
+		dst[i] = int32(pids[len(pids)-1-i])
 	}
 	return n, nil
 }

@@ -2,17 +2,19 @@ package sys
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"reflect"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 func TestSetTIDReversesOutermostFirst(t *testing.T) {
-	dst := make([]uint64, MaxSetTID)
+	dst := make([]int32, MaxSetTID)
 	n, err := SetTID(dst, []int{31077, 277, 377, 77})
-	if err != nil || n != 4 || !reflect.DeepEqual(dst[:n], []uint64{77, 377, 277, 31077}) {
+	if err != nil || n != 4 || !reflect.DeepEqual(dst[:n], []int32{77, 377, 277, 31077}) {
 		t.Fatalf("SetTID = %v %v %v", n, dst[:n], err)
 	}
 	// Unset outer levels are left to the kernel (F2.1).
@@ -86,5 +88,38 @@ func TestPidfdLifecycle(t *testing.T) {
 	fd.Close()
 	if OpenFDs() != before {
 		t.Errorf("fd leak: %d open, want %d", OpenFDs(), before)
+	}
+}
+
+// TestSetTIDIsPidT: clone3 reads set_tid as pid_t entries. Two entries
+// (pid 1 of a new namespace, pid 1 here) reach pid allocation and fail
+// with EEXIST (pid 1 is always taken here); a u64 array reads as {1, 0}
+// and fails the argument check with EINVAL. Nothing is created either way.
+func TestSetTIDIsPidT(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_SYS_ADMIN, CAP_CHECKPOINT_RESTORE)")
+	}
+	try := func(tids unsafe.Pointer) unix.Errno {
+		args := CloneArgs{Flags: CLONE_NEWPID, ExitSignal: uint64(unix.SIGCHLD), SetTID: uint64(uintptr(tids)), SetTIDSize: 2}
+		r, _, e := unix.RawSyscall(unix.SYS_CLONE3, uintptr(unsafe.Pointer(&args)), CloneArgsSize, 0)
+		if e == 0 && r == 0 {
+			unix.RawSyscall(unix.SYS_EXIT_GROUP, 0, 0, 0)
+		}
+		if e == 0 {
+			t.Fatalf("clone3 created pid %d", r)
+		}
+		return e
+	}
+	var pidT [2]int32
+	n, err := SetTID(pidT[:], []int{1, 1})
+	if err != nil || n != 2 {
+		t.Fatal(n, err)
+	}
+	if e := try(unsafe.Pointer(&pidT[0])); e != unix.EEXIST {
+		t.Errorf("two pid_t entries: %v, want EEXIST", e)
+	}
+	u64 := [2]uint64{1, 1}
+	if e := try(unsafe.Pointer(&u64[0])); e != unix.EINVAL {
+		t.Errorf("two u64 entries: %v, want EINVAL (read as {1, 0})", e)
 	}
 }
