@@ -43,6 +43,7 @@ type procRec struct {
 	ngroups               int64
 	uid, gid              [3]uint32 // real, effective, saved
 	setCreds              uint32
+	noGroups              uint32 // setgroups is denied in its user ns: skip it
 	stopSelf              uint32 // park instead of exec (stopped payload)
 }
 
@@ -61,6 +62,11 @@ type stepRec struct {
 	setTID    [sys.MaxSetTID]int32 // pid_t, not u64 (internal/sys.SetTID)
 	text      [24]byte             // OpLastPID: the number as text
 	textLen   int64
+	// OpUserMap: up to three files (setgroups, uid_map, gid_map) to write:
+	// NUL-terminated path and text addresses in the block, text lengths;
+	// a 0 path is skipped.
+	fpath, ftext [3]uint64
+	flen         [3]int64
 	// OpHostname: the names (at most 64 bytes each, __NEW_UTS_LEN).
 	host, domain       [64]byte
 	hostLen, domainLen int64

@@ -145,6 +145,34 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 		fd := procAt(base, bProcsOff, st.into).pidfd
 		_, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), uintptr(st.arg), 0)
 		return uintptr(e)
+	case int64(OpSetCreds):
+		if _, _, e := syscall.RawSyscall(unix.SYS_SETRESGID, uintptr(st.arg2), uintptr(st.arg2), uintptr(st.arg2)); e != 0 {
+			return uintptr(e)
+		}
+		if _, _, e := syscall.RawSyscall(unix.SYS_SETRESUID, uintptr(st.arg), uintptr(st.arg), uintptr(st.arg)); e != 0 {
+			return uintptr(e)
+		}
+		// The uid change made the mm - shared by every builder and the
+		// restorer - non-dumpable, which would refuse other builders'
+		// pidfd setns (ptrace_may_access) and /proc access: undo that.
+		_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 1, 0)
+		return uintptr(e)
+	case int64(OpUserMap):
+		for j := 0; j < 3; j++ {
+			if st.fpath[j] == 0 {
+				continue
+			}
+			fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, uintptr(st.fpath[j]), unix.O_WRONLY|unix.O_CLOEXEC, 0, 0, 0)
+			if e != 0 {
+				return uintptr(e)
+			}
+			_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(st.ftext[j]), uintptr(st.flen[j]))
+			syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
+			if e != 0 {
+				return uintptr(e)
+			}
+		}
+		return 0
 	case int64(OpHostname):
 		if _, _, e := syscall.RawSyscall(unix.SYS_SETHOSTNAME, uintptr(unsafe.Pointer(&st.host)), uintptr(st.hostLen), 0); e != 0 {
 			return uintptr(e)
@@ -243,8 +271,10 @@ func die(z uintptr, status int64) {
 func execPayload(z uintptr, pr *procRec) {
 	var e syscall.Errno
 	if pr.setCreds != 0 {
-		if _, _, e = syscall.RawSyscall(unix.SYS_SETGROUPS, uintptr(pr.ngroups), uintptr(pr.groups), 0); e != 0 {
-			goto failed
+		if pr.noGroups == 0 {
+			if _, _, e = syscall.RawSyscall(unix.SYS_SETGROUPS, uintptr(pr.ngroups), uintptr(pr.groups), 0); e != 0 {
+				goto failed
+			}
 		}
 		if _, _, e = syscall.RawSyscall(unix.SYS_SETRESGID, uintptr(pr.gid[0]), uintptr(pr.gid[1]), uintptr(pr.gid[2])); e != 0 {
 			goto failed

@@ -38,7 +38,7 @@ func nsinit(t *testing.T, args ...string) (string, error) {
 func TestE2EDumpKillRestoreCheck(t *testing.T) {
 	needRoot(t)
 	testutil.Binary(t)
-	for name, mk := range map[string]func() *pstree.Tree{"f43": f43, "zombies": zombieTree, "deep": func() *pstree.Tree { return deepChain(8, 23000) }, "pfc": pfcDumpable, "namespaces": nsTree} {
+	for name, mk := range map[string]func() *pstree.Tree{"f43": f43, "zombies": zombieTree, "deep": func() *pstree.Tree { return deepChain(8, 23000) }, "pfc": pfcDumpable, "namespaces": nsTree, "userns": userTree} {
 		t.Run(name, func(t *testing.T) {
 			tr := place(t, sleepers(mk()))
 			t.Cleanup(func() { killTree(t, tr, &Restored{}) })
@@ -72,6 +72,8 @@ func TestE2EDumpKillRestoreCheck(t *testing.T) {
 			if out, err := nsinit(t, "check", "-t", root, "-D", img); err != nil {
 				t.Errorf("check: %v\n%s", err, out)
 			}
+			// and, independently of check, against the hand-written image
+			checkTree(t, tr, PayloadExec)
 		})
 	}
 }

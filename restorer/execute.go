@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -145,6 +146,12 @@ func newBlock(p *Plan) (*block, error) {
 	var ptrs []int // offsets in strs where an address (into strs) is stored
 	type procStrs struct{ path, argv, envp, cwd, groups int }
 	ps := make([]procStrs, len(p.Procs))
+	type procCreds struct {
+		uid, gid  [3]uint32
+		groups    []uint32
+		setgroups bool
+	}
+	creds := make([]procCreds, len(p.Procs))
 	align := func() {
 		for len(strs)%8 != 0 {
 			strs = append(strs, 0)
@@ -200,11 +207,39 @@ func newBlock(p *Plan) (*block, error) {
 			}
 			align()
 			ps[i].groups = len(strs)
-			for _, g := range tk.Creds.Groups {
+			var err error
+			if creds[i].uid, creds[i].gid, creds[i].groups, creds[i].setgroups, err = taskCreds(p, t); err != nil {
+				return nil, err
+			}
+			for _, g := range creds[i].groups {
 				strs = unsafeAppendU32(strs, g)
 			}
 			align()
 		}
+	}
+	// user namespace map files, per OpUserMap step
+	type mapFiles struct{ path, text, n [3]int }
+	maps := map[int]*mapFiles{}
+	for i := range p.Steps {
+		s := &p.Steps[i]
+		if s.Op != OpUserMap {
+			continue
+		}
+		u := s.NS[pstree.UserNS]
+		um, gm, err := userMapText(p, u, s.Actor)
+		if err != nil {
+			return nil, err
+		}
+		sg := "allow"
+		if !p.Tree.Namespace(u).SetgroupsAllowed {
+			sg = "deny"
+		}
+		f := &mapFiles{}
+		for j, kv := range [3][2]string{{"setgroups", sg}, {"uid_map", um}, {"gid_map", gm}} {
+			f.path[j] = cstr(fmt.Sprintf("/proc/%d/%s", p.Procs[s.Target].PIDs[0], kv[0]))
+			f.text[j], f.n[j] = cstr(kv[1]), len(kv[1])
+		}
+		maps[i] = f
 	}
 	b.procsOff = headerSize
 	b.stepsOff = b.procsOff + uintptr(b.nprocs)*procRecSize
@@ -243,15 +278,16 @@ func newBlock(p *Plan) (*block, error) {
 			r.stopSelf = 1
 		}
 		if ps[i].argv != 0 || ps[i].path != 0 {
-			tk := &p.Tree.Tasks[pr.Task]
 			r.path, r.argv, r.envp = addr(ps[i].path), addr(ps[i].argv), addr(ps[i].envp)
 			if ps[i].cwd >= 0 {
 				r.cwd = addr(ps[i].cwd)
 			}
-			r.groups, r.ngroups = addr(ps[i].groups), int64(len(tk.Creds.Groups))
-			c := tk.Creds
-			r.uid = [3]uint32{c.UID, c.EUID, c.SUID}
-			r.gid = [3]uint32{c.GID, c.EGID, c.SGID}
+			c := &creds[i]
+			r.groups, r.ngroups = addr(ps[i].groups), int64(len(c.groups))
+			r.uid, r.gid = c.uid, c.gid
+			if !c.setgroups {
+				r.noGroups = 1
+			}
 			r.setCreds = 1
 		}
 	}
@@ -338,6 +374,12 @@ func newBlock(p *Plan) (*block, error) {
 		case OpUnshare, OpSetns:
 			r.into = int64(s.Target)
 			r.arg = int64(s.NS.CloneFlags())
+		case OpUserMap:
+			f := maps[i]
+			for j := range f.path {
+				r.fpath[j], r.ftext[j] = addr(f.path[j]), addr(f.text[j])
+				r.flen[j] = int64(f.n[j])
+			}
 		case OpHostname:
 			h, d := hostnameOf(p, s.Actor)
 			if len(h) > len(r.host) || len(d) > len(r.domain) {
@@ -377,14 +419,18 @@ func newBlock(p *Plan) (*block, error) {
 // first): only the innermost level (see Placement), or every level on a
 // kernel with Features.MultiLevelSetTID. It returns set_tid_size.
 func setTIDOf(p *Plan, s *Step, pids []int, r *stepRec) (int, error) {
-	switch {
-	case !s.SetTID:
+	if !s.SetTID {
 		return 0, nil
-	case p.Options.Features.MultiLevelSetTID:
-		return sys.SetTID(r.setTID[:], pids)
 	}
-	r.setTID[0] = int32(pids[len(pids)-1])
-	return 1, nil
+	v := slices.Clone(pids)
+	for l := 0; l < s.SetFrom && l < len(v); l++ {
+		v[l] = 0 // the kernel takes these from the cursors
+	}
+	n, err := sys.SetTID(r.setTID[:], v)
+	if err == nil && n > 1 && !p.Options.Features.MultiLevelSetTID {
+		err = fmt.Errorf("%d set_tid levels without MultiLevelSetTID", n)
+	}
+	return n, err
 }
 
 // agentArgv is the command line of a restored agent: it adopts its first

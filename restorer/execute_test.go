@@ -166,6 +166,7 @@ func checkTree(t *testing.T, tr *pstree.Tree, pay Payload) {
 		}
 	}
 	checkNSMembership(t, tr)
+	checkOwnersAndMaps(t, tr, pay)
 }
 
 // checkPFC checks a live task's pid_for_children through the host procfs:

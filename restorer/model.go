@@ -24,6 +24,11 @@ type model struct {
 	// made: namespaces (not pid) created so far; own: the restorer's.
 	made map[pstree.NSID]bool
 	own  pstree.NSSet
+	// owner: the user namespace each namespace the restore created (not
+	// pid, not user) was created in; mapped: user namespaces whose maps
+	// are written.
+	owner  map[pstree.NSID]pstree.NSID
+	mapped map[pstree.NSID]bool
 	// undo, when journaling, holds what reverts each change since mark.
 	undo    []func()
 	journal bool
@@ -70,8 +75,9 @@ type mns struct {
 	parent pstree.NSID
 	init   int // proc index of its pid 1, -1 before it exists
 	dead   bool
-	made   bool // created by unshare(CLONE_NEWPID) before it has an init
-	last   int  // ns_last_pid cursor
+	made   bool        // created by unshare(CLONE_NEWPID) before it has an init
+	owner  pstree.NSID // its user namespace, set when created (0: unknown)
+	last   int         // ns_last_pid cursor
 }
 
 // ext is the leader of a session or group outside the tree (the one the
@@ -93,6 +99,7 @@ type mproc struct {
 	ns        pstree.NSID
 	pfc       pstree.NSID  // pid_for_children when not ns (0: ns)
 	nsk       pstree.NSSet // its namespaces of memberKinds
+	credsIn   pstree.NSID  // user ns whose ids it set (OpSetCreds)
 	parent    int
 	sid, pgid int // leader proc (pid struct), or ext
 	status    int
@@ -102,12 +109,14 @@ type mproc struct {
 }
 
 func newModel(tr *pstree.Tree, nprocs int) *model {
-	m := &model{tr: tr, nss: map[pstree.NSID]*mns{}, used: map[nsNum]int{}, made: map[pstree.NSID]bool{}, own: restorerNS(tr)}
+	m := &model{tr: tr, nss: map[pstree.NSID]*mns{}, used: map[nsNum]int{}, made: map[pstree.NSID]bool{}, own: restorerNS(tr),
+		owner: map[pstree.NSID]pstree.NSID{}, mapped: map[pstree.NSID]bool{}}
 	for _, n := range tr.Namespaces {
 		if n.Kind == pstree.PidNS {
 			m.nss[n.ID] = &mns{level: n.Level, parent: n.Parent, init: -1}
 			if n.Level == 0 {
 				m.nss[n.ID].last = -1 // the host's: unknown until written
+				m.nss[n.ID].owner = m.own[pstree.UserNS]
 			}
 		}
 	}
@@ -192,7 +201,7 @@ func (m *model) apply(pl *Plan, i int) error {
 		if len(s.PIDs) != len(c) {
 			return fmt.Errorf("thread tids %v for %d levels", s.PIDs, len(c))
 		}
-		if err := m.allocate(c, s.PIDs, s.SetTID, false, allLevels(pl, s)); err != nil {
+		if err := m.allocate(c, s.PIDs, false, setFrom(s, len(c))); err != nil {
 			return err
 		}
 		for l, t := range s.PIDs {
@@ -203,6 +212,11 @@ func (m *model) apply(pl *Plan, i int) error {
 	case OpVerify:
 	case OpLastPID:
 		ns := m.actorNS(s.Actor, rootNS)
+		if s.Actor != Restorer {
+			if o := m.nss[ns].owner; o != 0 && !m.capable(m.procs[s.Actor].nsk[pstree.UserNS], o) {
+				return fmt.Errorf("ns_last_pid of pid ns %d: no capability over its owner user ns %d: EPERM", ns, o)
+			}
+		}
 		m.saveNS(ns)
 		m.nss[ns].last = s.Arg
 		if s.Arg < 0 && m.nss[ns].level != 0 {
@@ -241,6 +255,16 @@ func (m *model) apply(pl *Plan, i int) error {
 	case OpSetns:
 		return m.setnsNS(pl, s)
 	case OpHostname:
+	case OpUserMap:
+		return m.userMap(pl, s)
+	case OpSetCreds:
+		a := &m.procs[s.Actor]
+		u := a.nsk[pstree.UserNS]
+		if u != m.own[pstree.UserNS] && !m.mapped[u] {
+			return fmt.Errorf("setresuid in user ns %d before its maps are written: EINVAL", u)
+		}
+		m.saveProc(s.Actor)
+		a.credsIn = u
 	case OpNetConfig:
 		if t := s.Target; t < 0 || t >= len(m.procs) || m.procs[t].state != mAlive || m.procs[t].nsk[pstree.NetNS] != s.NS[pstree.NetNS] {
 			return fmt.Errorf("configure net namespace %d: proc %d is not a live member", s.NS[pstree.NetNS], t)
@@ -329,7 +353,7 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	if len(pr.PIDs) != len(c) {
 		return fmt.Errorf("%d pids for %d levels: EINVAL", len(pr.PIDs), len(c))
 	}
-	if err := m.allocate(c, pr.PIDs, s.SetTID, s.NewPIDNS, allLevels(pl, s)); err != nil {
+	if err := m.allocate(c, pr.PIDs, s.NewPIDNS, setFrom(s, len(c))); err != nil {
 		return err
 	}
 	parent := s.Actor
@@ -352,15 +376,40 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 			m.setUsed(nsNum{c[l], p}, s.Target)
 		}
 	}
-	m.saveProc(s.Target)
 	nsk := m.own
 	if s.Actor != Restorer {
 		nsk = m.procs[s.Actor].nsk
 	}
+	if err := m.cloneCaps(s, c, pr.PIDs, nsk[pstree.UserNS]); err != nil {
+		return err
+	}
+	m.saveProc(s.Target)
 	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, sid: sid, pgid: pgid, nsk: nsk}
 	if s.NewPIDNS {
 		m.saveNS(ns)
 		m.nss[ns].init = s.Target
+		m.nss[ns].owner = nsk[pstree.UserNS]
+		if want := m.tr.Namespace(ns).Owner; want != 0 && !m.tr.Namespace(want).Ambient && want != nsk[pstree.UserNS] {
+			return fmt.Errorf("pid ns %d would be owned by user ns %d (its creator's), the image says %d", ns, nsk[pstree.UserNS], want)
+		}
+	}
+	return nil
+}
+
+// cloneCaps checks the capabilities a clone needs: CAP_CHECKPOINT_RESTORE
+// in the owner of every level set_tid sets, and CAP_SYS_ADMIN (in the
+// creator's own user namespace, which every builder has) for CLONE_NEWPID.
+func (m *model) cloneCaps(s *Step, c []pstree.NSID, pids []int, user pstree.NSID) error {
+	if !s.SetTID {
+		return nil
+	}
+	for l := range c {
+		if l < setFrom(s, len(c)) || pids[l] == 0 || (s.NewPIDNS && l == len(c)-1) {
+			continue
+		}
+		if o := m.nss[c[l]].owner; o != 0 && !m.capable(user, o) {
+			return fmt.Errorf("set_tid %d at level %d: no CAP_CHECKPOINT_RESTORE over its owner user ns %d from user ns %d: EPERM", pids[l], l, o, user)
+		}
 	}
 	return nil
 }
@@ -368,9 +417,12 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 // agentWindowOf is the planner's agentWindow for a plan.
 func agentWindowOf(pl *Plan) int { return (&planner{plan: pl}).agentWindow() }
 
-// allLevels says whether step s's set_tid holds every level.
-func allLevels(pl *Plan, s *Step) bool {
-	return s.SetTID && pl.Options.Features.MultiLevelSetTID
+// setFrom is the outermost level step s's set_tid sets (n: none).
+func setFrom(s *Step, n int) int {
+	if !s.SetTID {
+		return n
+	}
+	return s.SetFrom
 }
 
 // allocate checks that a clone gets pids at every level of chain c: the
@@ -378,9 +430,9 @@ func allLevels(pl *Plan, s *Step) bool {
 // of a new namespace, the others as the first free pid above their
 // namespace's cursor, which then moves (F1.3). A level whose cursor is
 // unknown (the host before the restorer wrote it) cannot be predicted.
-// With all, set_tid gives every level that has a pid (F2.1, on kernels
-// with Features.MultiLevelSetTID): no cursor is read or moved.
-func (m *model) allocate(c []pstree.NSID, pids []int, setTID, newNS, all bool) error {
+// set_tid gives the levels from `from` on (every one of them on kernels
+// with Features.MultiLevelSetTID, F2.1): no cursor is read or moved there.
+func (m *model) allocate(c []pstree.NSID, pids []int, newNS bool, from int) error {
 	if len(pids) != len(c) {
 		return fmt.Errorf("%d pids for %d levels: EINVAL", len(pids), len(c))
 	}
@@ -398,12 +450,10 @@ func (m *model) allocate(c []pstree.NSID, pids []int, setTID, newNS, all bool) e
 				return fmt.Errorf("CLONE_NEWPID with pid %d != 1: EINVAL", p)
 			}
 			continue
-		case inner && setTID:
-			if p == 1 {
+		case l >= from:
+			if inner && p == 1 {
 				return fmt.Errorf("pid 1 without CLONE_NEWPID: EEXIST")
 			}
-			continue
-		case all:
 			if p != 1 && m.nss[c[l]].level > 0 && m.nss[c[l]].init < 0 {
 				return fmt.Errorf("set_tid %d at level %d before its namespace has an init: EINVAL", p, l)
 			}

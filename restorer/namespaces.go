@@ -7,7 +7,7 @@ import (
 )
 
 // Namespaces other than pid are a table: every kind below is restored the
-// same way, by membership. A task whose namespace of a kind is not the one
+// same way, by membership (user namespaces also get their maps, userns.go). A task whose namespace of a kind is not the one
 // it inherited from its creator either creates it (unshare, the first
 // member the plan creates) or joins it (setns through the pidfd of a live
 // member), right after its birth and before it creates anyone, so its
@@ -21,7 +21,7 @@ import (
 // the kernel refuses a time namespace switch to a process that shares its
 // mm (setns: EUSERS; clone with CLONE_VM: EINVAL), and every builder is a
 // CLONE_VM child. A tree using a non-ambient time namespace is refused.
-var memberKinds = []pstree.NSKind{pstree.NetNS, pstree.UTSNS, pstree.IPCNS, pstree.MntNS, pstree.CgroupNS, pstree.TimeNS}
+var memberKinds = []pstree.NSKind{pstree.UserNS, pstree.NetNS, pstree.UTSNS, pstree.IPCNS, pstree.MntNS, pstree.CgroupNS, pstree.TimeNS}
 
 // outsideNS stands for a namespace the image does not know: the
 // restorer's own of a kind that has no ambient namespace in the image.
@@ -42,33 +42,30 @@ func restorerNS(tr *pstree.Tree) pstree.NSSet {
 }
 
 // memberships emits the steps that put the new image task c into its
-// namespaces: one unshare for the kinds it is the first member of, one
-// setns per member it joins others through, then its hostname.
+// namespaces, in an order the kernel's capability and ownership rules
+// allow (every builder has full capabilities in its own user namespace,
+// hence in all below it):
+//
+//  1. it joins the existing namespaces of other kinds (setns through a
+//     member; one call per member), while still in the user namespace it
+//     inherited, whose capabilities reach them;
+//  2. it creates the fresh namespaces owned by that user namespace;
+//  3. it enters its user namespace: setns, or unshare together with the
+//     fresh namespaces that user namespace owns (the kernel creates the
+//     user namespace first and makes it their owner); a member of the
+//     parent user namespace then writes the new one's maps (OpUserMap);
+//  4. a new uts namespace gets its names.
 func (pl *planner) memberships(c int) error {
 	ti := pl.plan.Procs[c].Task
 	if ti < 0 {
 		return nil // helpers stay where they are born
 	}
 	t := &pl.tr().Tasks[ti]
-	var fresh pstree.NSSet
+	cur := pl.m.procs[c].nsk
+	var freshOld, freshNew pstree.NSSet // owned by the inherited / by the new user ns
 	joins := map[int]*pstree.NSSet{}
 	var order []int
-	for _, k := range memberKinds {
-		want := t.NS[k]
-		if want == 0 || pl.m.procs[c].nsk[k] == want {
-			continue // unknown (a zombie's) or inherited
-		}
-		ns := pl.tr().Namespace(want)
-		if ns == nil || ns.Kind != k {
-			return fmt.Errorf("%s: %v namespace %d is not one: %w", pl.plan.name(c), k, want, ErrBadImage)
-		}
-		if k == pstree.TimeNS {
-			return fmt.Errorf("%s: time namespace %d differs from its creator's: a builder shares its mm and cannot switch time namespaces: %w", pl.plan.name(c), want, ErrUnsupported)
-		}
-		if !ns.Ambient && !pl.m.made[want] {
-			fresh[k] = want
-			continue
-		}
+	join := func(k pstree.NSKind, want pstree.NSID) error {
 		via := pl.memberOf(k, want)
 		if via < 0 {
 			return fmt.Errorf("%s: no live member of %v namespace %d to join it through: %w", pl.plan.name(c), k, want, ErrUnsupported)
@@ -78,16 +75,74 @@ func (pl *planner) memberships(c int) error {
 			order = append(order, via)
 		}
 		joins[via][k] = want
+		return nil
+	}
+	wantUser := t.NS[pstree.UserNS]
+	newUser := wantUser != 0 && wantUser != cur[pstree.UserNS] && !pl.tr().Namespace(wantUser).Ambient && !pl.m.made[wantUser]
+	for _, k := range memberKinds {
+		want := t.NS[k]
+		if want == 0 || cur[k] == want {
+			continue // unknown (a zombie's) or inherited
+		}
+		ns := pl.tr().Namespace(want)
+		if ns == nil || ns.Kind != k {
+			return fmt.Errorf("%s: %v namespace %d is not one: %w", pl.plan.name(c), k, want, ErrBadImage)
+		}
+		if k == pstree.TimeNS {
+			return fmt.Errorf("%s: time namespace %d differs from its creator's: a builder shares its mm and cannot switch time namespaces: %w", pl.plan.name(c), want, ErrUnsupported)
+		}
+		switch {
+		case k == pstree.UserNS && newUser:
+			freshNew[k] = want
+		case k == pstree.UserNS:
+			// joined last (step 3), see below
+		case ns.Ambient || pl.m.made[want]:
+			if err := join(k, want); err != nil {
+				return err
+			}
+		case newUser && ns.Owner == wantUser:
+			freshNew[k] = want
+		default:
+			freshOld[k] = want
+		}
 	}
 	for _, via := range order {
 		if err := pl.emit(Step{Op: OpSetns, Actor: c, Target: via, NS: *joins[via]}); err != nil {
 			return err
 		}
 	}
-	if fresh != (pstree.NSSet{}) {
-		if err := pl.emit(Step{Op: OpUnshare, Actor: c, Target: -1, NS: fresh}); err != nil {
+	if freshOld != (pstree.NSSet{}) {
+		if err := pl.emit(Step{Op: OpUnshare, Actor: c, Target: -1, NS: freshOld}); err != nil {
 			return err
 		}
+	}
+	if wantUser != 0 && wantUser != cur[pstree.UserNS] && !newUser {
+		via := pl.memberOf(pstree.UserNS, wantUser)
+		if via < 0 {
+			return fmt.Errorf("%s: no live member of user namespace %d to join it through: %w", pl.plan.name(c), wantUser, ErrUnsupported)
+		}
+		var s pstree.NSSet
+		s[pstree.UserNS] = wantUser
+		if err := pl.emit(Step{Op: OpSetns, Actor: c, Target: via, NS: s}); err != nil {
+			return err
+		}
+	}
+	if freshNew != (pstree.NSSet{}) {
+		if newUser && cur[pstree.UserNS] != pl.m.own[pstree.UserNS] {
+			if err := pl.nestedCreds(c, cur[pstree.UserNS], wantUser); err != nil {
+				return err
+			}
+		}
+		if err := pl.emit(Step{Op: OpUnshare, Actor: c, Target: -1, NS: freshNew}); err != nil {
+			return err
+		}
+		if newUser {
+			if err := pl.userMap(c, wantUser); err != nil {
+				return err
+			}
+		}
+	}
+	for _, fresh := range []pstree.NSSet{freshOld, freshNew} {
 		if id := fresh[pstree.UTSNS]; id != 0 {
 			if ns := pl.tr().Namespace(id); ns.Hostname != "" || ns.Domainname != "" {
 				if err := pl.emit(Step{Op: OpHostname, Actor: c, Target: -1}); err != nil {
@@ -142,7 +197,30 @@ func (m *model) unshareNS(pl *Plan, s *Step) error {
 		if m.made[id] {
 			return fmt.Errorf("%v namespace %d created twice", pstree.NSKind(k), id)
 		}
+	}
+	// unshare(2) creates the user namespace first; it owns the others.
+	owner := a.nsk[pstree.UserNS]
+	if u := s.NS[pstree.UserNS]; u != 0 {
+		ns := m.tr.Namespace(u)
+		if ns.Parent != 0 && ns.Parent != owner {
+			return fmt.Errorf("unshare user namespace %d from user namespace %d, its parent is %d", u, owner, ns.Parent)
+		}
+		if owner != m.own[pstree.UserNS] && (!m.mapped[owner] || a.credsIn != owner) {
+			return fmt.Errorf("unshare user namespace %d inside user namespace %d with ids it does not map: EPERM", u, owner)
+		}
+		m.setMade(u)
+		a.nsk[pstree.UserNS] = u
+		owner = u
+	}
+	for k, id := range s.NS {
+		if id == 0 || pstree.NSKind(k) == pstree.UserNS {
+			continue
+		}
+		if want := m.tr.Namespace(id).Owner; want != 0 && want != owner {
+			return fmt.Errorf("%v namespace %d would be owned by user namespace %d, the image says %d", pstree.NSKind(k), id, owner, want)
+		}
 		m.setMade(id)
+		m.setOwner(id, owner)
 		a.nsk[k] = id
 	}
 	return nil
@@ -163,9 +241,73 @@ func (m *model) setnsNS(pl *Plan, s *Step) error {
 		if t.nsk[k] != id {
 			return fmt.Errorf("setns %v through %s: it is in %d, not %d", pstree.NSKind(k), pl.name(s.Target), t.nsk[k], id)
 		}
-		a.nsk[k] = id
+		over := m.ownerOf(id)
+		if pstree.NSKind(k) == pstree.UserNS {
+			over = id
+		}
+		if !m.capable(a.nsk[pstree.UserNS], over) {
+			return fmt.Errorf("setns %v %d: no capability in its user namespace %d from %d: EPERM", pstree.NSKind(k), id, over, a.nsk[pstree.UserNS])
+		}
+	}
+	for k, id := range s.NS {
+		if id != 0 && pstree.NSKind(k) != pstree.UserNS {
+			a.nsk[k] = id
+		}
+	}
+	if id := s.NS[pstree.UserNS]; id != 0 {
+		// memberships joins a user namespace in a call of its own, after
+		// the other kinds (setns(2) would check those against the new
+		// credentials)
+		a.nsk[pstree.UserNS] = id
 	}
 	return nil
+}
+
+// ownerOf is the user namespace owning namespace id (not a user one): the
+// one it was created in, or the image's owner for one the restore did not
+// create (ambient), or the restorer's own.
+func (m *model) ownerOf(id pstree.NSID) pstree.NSID {
+	if o, ok := m.owner[id]; ok {
+		return o
+	}
+	if ns := m.tr.Namespace(id); ns != nil && ns.Owner != 0 && !m.tr.Namespace(ns.Owner).Ambient {
+		return ns.Owner
+	}
+	return m.own[pstree.UserNS]
+}
+
+// capable says whether a builder in user namespace from (with the full
+// capabilities every builder has in its own) has them in user namespace
+// over: over is from or below it (the kernel's cap_capable walk).
+func (m *model) capable(from, over pstree.NSID) bool {
+	if from == m.own[pstree.UserNS] || over == 0 {
+		return true
+	}
+	for id, n := over, 0; id != 0 && n < 64; n++ {
+		if id == from {
+			return true
+		}
+		ns := m.tr.Namespace(id)
+		if ns == nil {
+			return false
+		}
+		id = ns.Parent
+	}
+	return false
+}
+
+func (m *model) setOwner(id, owner pstree.NSID) {
+	if m.journal {
+		old, had := m.owner[id]
+		m.undo = append(m.undo, func() {
+			if had {
+				m.owner[id] = old
+			} else {
+				delete(m.owner, id)
+			}
+		})
+	}
+	m.owner[id] = owner
 }
 
 // NSKindPid says whether kind k is handled by the pid machinery.

@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -202,4 +203,162 @@ func TestE2EVethPing(t *testing.T) {
 	ping(t, a, "10.77.0.2")
 	ping(t, b, "10.77.0.1")
 	ping(t, a, "127.0.0.1")
+}
+
+// userTree: the root in the restorer's user namespace; below it a user
+// namespace U1 (uids and gids 0-65535 inside = 100000-165535 outside)
+// owning a pid namespace, a net and a uts namespace, with tasks of
+// different uids inside; below U1 a user namespace U2 (0-999 inside =
+// 101000-101999 outside, setgroups denied) owning a pid namespace at level
+// 2.
+func userTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
+	b.addNS(60, pstree.UserNS, true)
+	u1 := b.addNS(61, pstree.UserNS, false)
+	u1.Parent, u1.SetgroupsAllowed = 60, true
+	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
+	u1.GIDMap = u1.UIDMap
+	u2 := b.addNS(62, pstree.UserNS, false)
+	u2.Parent = 61
+	u2.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 101000, Count: 1000}}
+	u2.GIDMap = u2.UIDMap
+	b.addNS(11, pstree.NetNS, false).Owner = 61
+	b.addNS(21, pstree.UTSNS, false).Owner = 61
+	b.tr.Namespace(21).Hostname = "in-u1"
+	b.tr.Namespace(2).Owner, b.tr.Namespace(3).Owner = 61, 62
+	b.tr.Namespace(1).Owner = 60
+	creds := func(t *pstree.Task, id uint32) {
+		t.Creds = pstree.Creds{UID: id, EUID: id, SUID: id, FSUID: id, GID: id, EGID: id, SGID: id, FSGID: id}
+	}
+	b.task(1, []int{22300}, 0, []int{22300}, []int{22300}).NS[pstree.UserNS] = 60
+	// the "unshare -U -p -n -u -f" process: in U1, its child is PID 1
+	p := b.task(1, []int{22301}, 22300, []int{22300}, []int{22300})
+	p.NS[pstree.UserNS], p.NS[pstree.NetNS], p.NS[pstree.UTSNS], p.NS[pstree.PidForChildrenNS] = 61, 11, 21, 2
+	creds(p, 100000)
+	in := func(ns pstree.NSID, user pstree.NSID, uid uint32, pids []int, ppid int) {
+		sids, pgids := make([]int, len(pids)), make([]int, len(pids))
+		sids[0], pgids[0] = 22300, 22300
+		t := b.task(ns, pids, ppid, sids, pgids)
+		t.NS[pstree.UserNS], t.NS[pstree.NetNS], t.NS[pstree.UTSNS] = user, 11, 21
+		creds(t, uid)
+	}
+	in(2, 61, 100000, []int{22302, 1}, 22301)
+	in(2, 61, 101000, []int{22303, 2}, 22302)
+	in(2, 61, 100033, []int{22304, 3}, 22302)
+	// the second level: U2's first member unshares it and forks its init
+	in(2, 62, 101000, []int{22305, 4}, 22302)
+	b.tr.Tasks[len(b.tr.Tasks)-1].NS[pstree.PidForChildrenNS] = 3
+	in(3, 62, 101000, []int{22306, 5, 1}, 22305)
+	in(3, 62, 101007, []int{22307, 6, 2}, 22306)
+	return &b.tr
+}
+
+func TestPlanUserNamespaces(t *testing.T) {
+	p := mustPlan(t, userTree(), Options{})
+	var got []string
+	for _, s := range p.Steps {
+		if s.Op == OpUnshare || s.Op == OpSetns || s.Op == OpUserMap {
+			got = append(got, p.name(s.Actor)+": "+p.describe(&s))
+		}
+	}
+	t.Logf("\n%s", strings.Join(got, "\n"))
+	for _, want := range []string{
+		"task 22301: unshare(user 61, net 11, uts 21)",
+		`helper 0: write maps of user 61 via task 22301: uid_map "0 100000 65536\n" gid_map "0 100000 65536\n"`,
+		"task 22305/4: unshare(user 62)",
+		`task 22301: write maps of user 62 via task 22305/4: uid_map "0 1000 1000\n" gid_map "0 1000 1000\n"`,
+	} {
+		if !slices.Contains(got, want) {
+			t.Errorf("missing step %q", want)
+		}
+	}
+	uid, _, _, sg, err := taskCreds(p, 7)
+	if err != nil || uid != [3]uint32{7, 7, 7} || sg {
+		t.Errorf("creds of the last task in U2: %v setgroups=%v %v, want uid 7 without setgroups", uid, sg, err)
+	}
+	// A pid namespace owned by a user namespace its creator is not in.
+	bad := userTree()
+	bad.Namespace(2).Owner = 62
+	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("pid ns owned by another user ns: %v, want ErrUnsupported", err)
+	}
+	// A uid the task's user namespace does not map.
+	bad = userTree()
+	bad.Tasks[3].Creds.UID = 5
+	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("unmapped uid: %v, want ErrUnsupported", err)
+	}
+}
+
+func TestRestoreUserNamespaces(t *testing.T) { scenario(t, userTree) }
+
+// checkOwnersAndMaps checks through the host procfs: every non-ambient
+// user namespace's uid_map and gid_map as the image has them, the owner
+// of each task's pid, net and uts namespaces (NS_GET_USERNS) is the user
+// namespace the image names, and (exec payload) every task's uids and gids.
+func checkOwnersAndMaps(t *testing.T, tr *pstree.Tree, pay Payload) {
+	t.Helper()
+	userIno := map[pstree.NSID]uint64{}
+	for _, tk := range tr.Tasks {
+		if tk.State == pstree.Zombie || tk.NS[pstree.UserNS] == 0 {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/user", tk.PID()), &st); err == nil {
+			userIno[tk.NS[pstree.UserNS]] = st.Ino
+		}
+	}
+	mapText := func(m []pstree.IDMapEntry) string {
+		var b strings.Builder
+		for _, e := range m {
+			fmt.Fprintf(&b, "%d %d %d\n", e.Inside, e.Outside, e.Count)
+		}
+		return b.String()
+	}
+	for _, tk := range tr.Tasks {
+		if tk.State == pstree.Zombie {
+			continue
+		}
+		if u := tr.Namespace(tk.NS[pstree.UserNS]); u != nil && !u.Ambient {
+			for file, m := range map[string][]pstree.IDMapEntry{"uid_map": u.UIDMap, "gid_map": u.GIDMap} {
+				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", tk.PID(), file))
+				if got := strings.Join(strings.Fields(string(b)), " "); err != nil || got != strings.Join(strings.Fields(mapText(m)), " ") {
+					t.Errorf("task %v: %s %q (%v), want %q", tk.PIDs, file, got, err, mapText(m))
+				}
+			}
+		}
+		for _, k := range []pstree.NSKind{pstree.PidNS, pstree.NetNS, pstree.UTSNS} {
+			ns := tr.Namespace(tk.NS[k])
+			if ns == nil || ns.Owner == 0 || userIno[ns.Owner] == 0 {
+				continue
+			}
+			f, err := os.Open(fmt.Sprintf("/proc/%d/ns/%s", tk.PID(), k))
+			if err != nil {
+				t.Error(err)
+				continue
+			}
+			fd, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_USERNS)
+			f.Close()
+			if err != nil {
+				t.Errorf("task %v: NS_GET_USERNS of its %v ns: %v", tk.PIDs, k, err)
+				continue
+			}
+			var st unix.Stat_t
+			unix.Fstat(fd, &st)
+			unix.Close(fd)
+			if st.Ino != userIno[ns.Owner] {
+				t.Errorf("task %v: its %v namespace is not owned by user namespace %d", tk.PIDs, k, ns.Owner)
+			}
+		}
+		if pay == PayloadExec {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", tk.PID()))
+			c := tk.Creds
+			if got, want := statusField(string(b), "Uid"), fmt.Sprintf("%d\t%d\t%d\t%d", c.UID, c.EUID, c.SUID, c.FSUID); strings.Join(strings.Fields(got), "\t") != want {
+				t.Errorf("task %v: Uid %q, want %q", tk.PIDs, got, want)
+			}
+			if got, want := statusField(string(b), "Gid"), fmt.Sprintf("%d\t%d\t%d\t%d", c.GID, c.EGID, c.SGID, c.FSGID); strings.Join(strings.Fields(got), "\t") != want {
+				t.Errorf("task %v: Gid %q, want %q", tk.PIDs, got, want)
+			}
+		}
+	}
 }

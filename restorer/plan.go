@@ -78,12 +78,20 @@ const (
 	// OpHostname: Actor sets the hostname and domain name of its (new) uts
 	// namespace to the image's.
 	OpHostname
+	// OpUserMap: Actor, a member of user namespace NS[UserNS]'s parent,
+	// writes its setgroups, uid_map and gid_map through Target, the
+	// member that just created it.
+	OpUserMap
+	// OpSetCreds: Actor sets its real, effective and saved uid to Arg and
+	// gids to Arg2 (ids of its user namespace), so it can create a user
+	// namespace inside it (the kernel wants the creator's ids mapped).
+	OpSetCreds
 	// OpNetConfig: the restorer configures net namespace NS[NetNS]
 	// (interfaces, addresses, routes) through member proc Target.
 	OpNetConfig
 )
 
-var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc", "unshare", "setns", "hostname", "netconfig"}
+var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc", "unshare", "setns", "hostname", "usermap", "setcreds", "netconfig"}
 
 func (o Op) String() string {
 	if o < 0 || int(o) >= len(opNames) {
@@ -107,6 +115,7 @@ type Step struct {
 	// AsSibling is CLONE_PARENT (Target becomes a child of the actor's
 	// parent). OpThread: PIDs are the thread's tids.
 	SetTID    bool
+	SetFrom   int // with SetTID: the outermost level set_tid sets
 	NewPIDNS  bool
 	Into      pstree.NSID
 	AsSibling bool
@@ -275,6 +284,11 @@ func (p *Plan) describe(s *Step) string {
 			return fmt.Sprintf("setns(%s via %s)", strings.Join(kinds, ", "), p.name(s.Target))
 		}
 		return fmt.Sprintf("unshare(%s)", strings.Join(kinds, ", "))
+	case OpUserMap:
+		u, g, _ := userMapText(p, s.NS[pstree.UserNS], s.Actor)
+		return fmt.Sprintf("write maps of user %d via %s: uid_map %q gid_map %q", s.NS[pstree.UserNS], p.name(s.Target), u, g)
+	case OpSetCreds:
+		return fmt.Sprintf("setresgid(%d) setresuid(%d)", s.Arg2, s.Arg)
 	case OpNetConfig:
 		ns := p.Tree.Namespace(s.NS[pstree.NetNS])
 		return fmt.Sprintf("configure net %d via %s: %d interfaces, %d routes", ns.ID, p.name(s.Target), len(ns.Links), len(ns.Routes))

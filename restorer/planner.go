@@ -497,18 +497,29 @@ func (pl *planner) placed(s Step) error {
 	}
 	c := pl.m.chain(ns)
 	top := len(pids) - 1
-	switch {
-	case pl.allSetTID() && pids[top] != 0:
-		// every level through set_tid in one clone: no cursor
-		top, s.SetTID = -1, true
-	case s.NewPIDNS:
+	// set_tid sets levels from..top: the innermost only, or every level
+	// (MultiLevelSetTID) down to the first one the actor has no
+	// CAP_CHECKPOINT_RESTORE over (a builder inside a user namespace has
+	// none over the levels its ancestors' namespaces own) or that the
+	// kernel chooses (0); cursors give the levels above.
+	from := len(pids)
+	if pl.plan.Options.Placement == PlaceSetTID {
+		lowest := top
+		if pl.plan.Options.Features.MultiLevelSetTID {
+			lowest = 0
+		}
+		user := pl.m.procs[s.Actor].nsk[pstree.UserNS]
+		for l := top; l >= lowest && pids[l] != 0; l-- {
+			if o := pl.m.nss[c[l]].owner; !(l == top && s.NewPIDNS) && o != 0 && !pl.m.capable(user, o) {
+				break
+			}
+			from = l
+		}
+	}
+	s.SetTID, s.SetFrom = from < len(pids), from
+	top = from - 1
+	if s.NewPIDNS && from == len(pids) {
 		top-- // pid 1 of a fresh namespace needs nothing
-		s.SetTID = pl.plan.Options.Placement == PlaceSetTID
-	case pids[top] == 0:
-		top-- // the kernel chooses (a helper's pid)
-	case pl.plan.Options.Placement == PlaceSetTID:
-		top--
-		s.SetTID = true
 	}
 	hostCursor := false
 	for l := top; l >= 0; l-- {
@@ -540,12 +551,6 @@ func (pl *planner) placed(s Step) error {
 		return pl.memberships(s.Target)
 	}
 	return nil
-}
-
-// allSetTID says whether set_tid places every level (PlaceSetTID on a
-// kernel with MultiLevelSetTID).
-func (pl *planner) allSetTID() bool {
-	return pl.plan.Options.Placement == PlaceSetTID && pl.plan.Options.Features.MultiLevelSetTID
 }
 
 // ParkHostCursor as the Arg of an OpLastPID puts the host's ns_last_pid back
@@ -879,6 +884,11 @@ func (pl *planner) finish() error {
 	}
 	for i := range tr.Tasks {
 		if tr.Tasks[i].State != pstree.Zombie {
+			if pl.plan.Options.Payload == PayloadExec {
+				if _, _, _, _, err := taskCreds(pl.plan, i); err != nil {
+					return err
+				}
+			}
 			if err := pl.emit(Step{Op: OpPayload, Actor: i, Target: -1}); err != nil {
 				return err
 			}

@@ -1,0 +1,176 @@
+package restorer
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// User namespaces are created like the other kinds (namespaces.go), by
+// their first member; right after the unshare a member of the parent user
+// namespace writes the new one's setgroups, uid_map and gid_map
+// (OpUserMap; the kernel wants the writer in the parent or in the
+// namespace itself, with CAP_SETUID there). The image's maps are as the
+// dumper saw them: the outside ids are in its (the restorer's) terms. A
+// writer in the restorer's user namespace writes them as they are; a
+// writer in a nested parent P sees outside ids in P's terms, so they are
+// translated through P's map.
+
+// userMap emits the map writes of user namespace u, whose first member c
+// just created it.
+func (pl *planner) userMap(c int, u pstree.NSID) error {
+	ns := pl.tr().Namespace(u)
+	parent := ns.Parent
+	if parent == 0 || pl.tr().Namespace(parent).Ambient {
+		parent = pl.m.own[pstree.UserNS]
+	}
+	w := pl.memberOf(pstree.UserNS, parent)
+	if w < 0 {
+		return fmt.Errorf("user ns %d: no live member of its parent %d to write its maps: %w", u, parent, ErrUnsupported)
+	}
+	if _, _, err := userMapText(pl.plan, u, w); err != nil {
+		return err
+	}
+	return pl.emit(Step{Op: OpUserMap, Actor: w, Target: c, NS: nsOne(pstree.UserNS, u)})
+}
+
+func nsOne(k pstree.NSKind, id pstree.NSID) pstree.NSSet {
+	var s pstree.NSSet
+	s[k] = id
+	return s
+}
+
+// userMapText is what writer w writes to user namespace u's uid_map and
+// gid_map.
+func userMapText(p *Plan, u pstree.NSID, w int) (uidMap, gidMap string, err error) {
+	ns := p.Tree.Namespace(u)
+	var via *pstree.Namespace // the writer's user ns, when not the restorer's
+	if wt := p.Procs[w].Task; wt >= 0 {
+		if id := p.Tree.Tasks[wt].NS[pstree.UserNS]; id != 0 && !p.Tree.Namespace(id).Ambient {
+			via = p.Tree.Namespace(id)
+		}
+	}
+	text := func(m []pstree.IDMapEntry, xlate func(uint32) (uint32, bool)) (string, error) {
+		var b strings.Builder
+		for _, e := range m {
+			out := e.Outside
+			if via != nil {
+				first, ok1 := xlate(e.Outside)
+				last, ok2 := xlate(e.Outside + e.Count - 1)
+				if !ok1 || !ok2 || last-first != e.Count-1 {
+					return "", fmt.Errorf("user ns %d: map line %d %d %d is not one range in its parent's ids: %w", u, e.Inside, e.Outside, e.Count, ErrUnsupported)
+				}
+				out = first
+			}
+			fmt.Fprintf(&b, "%d %d %d\n", e.Inside, out, e.Count)
+		}
+		return b.String(), nil
+	}
+	if len(ns.UIDMap) == 0 || len(ns.GIDMap) == 0 {
+		return "", "", fmt.Errorf("user ns %d: no uid or gid map in the image: %w", u, ErrUnsupported)
+	}
+	var xu, xg func(uint32) (uint32, bool)
+	if via != nil {
+		xu, xg = via.MapUID, via.MapGID
+	}
+	if uidMap, err = text(ns.UIDMap, xu); err != nil {
+		return "", "", err
+	}
+	if gidMap, err = text(ns.GIDMap, xg); err != nil {
+		return "", "", err
+	}
+	return uidMap, gidMap, nil
+}
+
+// userMap is the model of the map writes: by a member of the parent user
+// namespace, once, for a namespace the restore created.
+func (m *model) userMap(pl *Plan, s *Step) error {
+	u := s.NS[pstree.UserNS]
+	t := &m.procs[s.Target]
+	if s.Target < 0 || t.state != mAlive || t.nsk[pstree.UserNS] != u || !m.made[u] {
+		return fmt.Errorf("maps of user ns %d: target is not a member of it", u)
+	}
+	if m.mapped[u] {
+		return fmt.Errorf("maps of user ns %d written twice: EPERM", u)
+	}
+	parent := m.tr.Namespace(u).Parent
+	if parent == 0 || m.tr.Namespace(parent).Ambient {
+		parent = m.own[pstree.UserNS]
+	}
+	if w := m.procs[s.Actor].nsk[pstree.UserNS]; w != parent {
+		return fmt.Errorf("maps of user ns %d written from user ns %d, not its parent %d: EPERM", u, w, parent)
+	}
+	if m.journal {
+		m.undo = append(m.undo, func() { delete(m.mapped, u) })
+	}
+	m.mapped[u] = true
+	return nil
+}
+
+// taskCreds are the ids an exec payload sets, in the task's own user
+// namespace (the image has them as the dumper saw them), and whether it
+// may call setgroups there.
+func taskCreds(p *Plan, ti int) (uid, gid [3]uint32, groups []uint32, setgroups bool, err error) {
+	t := &p.Tree.Tasks[ti]
+	c := t.Creds
+	uid, gid, groups, setgroups = [3]uint32{c.UID, c.EUID, c.SUID}, [3]uint32{c.GID, c.EGID, c.SGID}, c.Groups, true
+	ns := p.Tree.Namespace(t.NS[pstree.UserNS])
+	if ns == nil || ns.Ambient {
+		return
+	}
+	bad := func(what string, v uint32) error {
+		return fmt.Errorf("task %v: %s %d is not mapped in its user ns %d: %w", t.PIDs, what, v, ns.ID, ErrUnsupported)
+	}
+	for i := range uid {
+		var ok bool
+		if uid[i], ok = ns.MapUID(uid[i]); !ok {
+			return uid, gid, nil, false, bad("uid", c.UID)
+		}
+		if gid[i], ok = ns.MapGID(gid[i]); !ok {
+			return uid, gid, nil, false, bad("gid", c.GID)
+		}
+	}
+	setgroups = ns.SetgroupsAllowed
+	groups = nil
+	for _, g := range c.Groups {
+		if in, ok := ns.MapGID(g); ok {
+			groups = append(groups, in)
+		} else if setgroups {
+			return uid, gid, nil, false, bad("group", g)
+		}
+	}
+	return
+}
+
+// nestedCreds emits c's switch to ids its user namespace cur maps, before
+// it creates user namespace u inside: the creator's uid becomes u's owner,
+// so the image's owner uid when cur maps it, else cur's root.
+func (pl *planner) nestedCreds(c int, cur, u pstree.NSID) error {
+	ns := pl.tr().Namespace(cur)
+	uid, ok := ns.MapUID(pl.tr().Namespace(u).OwnerUID)
+	if !ok {
+		uid = 0
+		if _, ok = inverse(ns.UIDMap, 0); !ok {
+			return fmt.Errorf("user ns %d maps neither uid 0 nor the owner of user ns %d: %w", cur, u, ErrUnsupported)
+		}
+	}
+	gid := uint32(0)
+	if _, ok := inverse(ns.GIDMap, 0); !ok {
+		if len(ns.GIDMap) == 0 {
+			return fmt.Errorf("user ns %d has no gid map: %w", cur, ErrUnsupported)
+		}
+		gid = ns.GIDMap[0].Inside
+	}
+	return pl.emit(Step{Op: OpSetCreds, Actor: c, Target: -1, Arg: int(uid), Arg2: int(gid)})
+}
+
+// inverse maps an inside id back to the outside.
+func inverse(m []pstree.IDMapEntry, inside uint32) (uint32, bool) {
+	for _, e := range m {
+		if inside >= e.Inside && uint64(inside) < uint64(e.Inside)+uint64(e.Count) {
+			return e.Outside + (inside - e.Inside), true
+		}
+	}
+	return 0, false
+}
