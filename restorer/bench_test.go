@@ -35,10 +35,10 @@ func floorTree(n, base int) *pstree.Tree {
 	return &b.tr
 }
 
-func runOnce(b *testing.B, mk func(n, base int) *pstree.Tree, n int) time.Duration {
+func runOnce(b *testing.B, mk func(n, base int) *pstree.Tree, n int, f Features) time.Duration {
 	base := freeBase(b, 20000, n+1)
 	tr := mk(n, base)
-	p, err := NewPlan(tr, Options{Payload: PayloadStopped})
+	p, err := NewPlan(tr, Options{Payload: PayloadStopped, Features: f})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -52,21 +52,25 @@ func runOnce(b *testing.B, mk func(n, base int) *pstree.Tree, n int) time.Durati
 	return d
 }
 
-// BenchmarkRestore restores 100, 1,000 and 5,000 tasks across 3 levels and,
-// in the same run, the floor (the same number of flat set_tid clones by the
-// same builder). It reports tasks per second of both and their ratio.
+// BenchmarkRestore restores 100, 1,000 and 5,000 tasks across 3 levels with
+// every level set by set_tid (this kernel's Features), the same tree through
+// the cursor path (Features without MultiLevelSetTID) and, in the same run,
+// the floor (the same number of flat set_tid clones by the same builder).
+// It reports tasks per second of each and the ratio to the floor.
 func BenchmarkRestore(b *testing.B) {
 	needRoot(b)
 	for _, n := range []int{100, 1000, 5000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			var tree, floor time.Duration
+			var tree, cursor, floor time.Duration
 			for i := 0; i < b.N; i++ {
-				tree += runOnce(b, benchTree, n)
-				floor += runOnce(b, floorTree, n)
+				tree += runOnce(b, benchTree, n, features)
+				cursor += runOnce(b, benchTree, n, Features{})
+				floor += runOnce(b, floorTree, n, features)
 			}
 			tps := float64(n*b.N) / tree.Seconds()
 			fps := float64(n*b.N) / floor.Seconds()
 			b.ReportMetric(tps, "tasks/s")
+			b.ReportMetric(float64(n*b.N)/cursor.Seconds(), "cursor-tasks/s")
 			b.ReportMetric(fps, "floor-tasks/s")
 			b.ReportMetric(tree.Seconds()/floor.Seconds(), "x-floor")
 		})
