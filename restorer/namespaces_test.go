@@ -362,3 +362,22 @@ func checkOwnersAndMaps(t *testing.T, tr *pstree.Tree, pay Payload) {
 		}
 	}
 }
+
+// TestRestoreNetConfigFailureLeavesNothing: a route whose gateway no
+// interface reaches makes the net configuration fail after every process
+// exists; the restore reports the namespace and route and leaves nothing.
+func TestRestoreNetConfigFailureLeavesNothing(t *testing.T) {
+	needRoot(t)
+	tr := place(t, sleepers(vethTree()))
+	tr.Namespace(12).Routes[0].Gateway = netip.MustParseAddr("10.99.0.1")
+	p, err := NewPlan(tr, Options{Features: features})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Execute(p, ExecOptions{})
+	if err == nil || !strings.Contains(err.Error(), "net namespace 12: route") {
+		t.Fatalf("err = %v, want the route's failure", err)
+	}
+	t.Logf("error: %v", err)
+	assertGone(t, tr)
+}

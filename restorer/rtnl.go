@@ -24,41 +24,61 @@ type rtnl struct {
 const vethInfoPeer = 1
 
 // rtnlIn opens an rtnetlink socket inside the net namespace nsPath
-// (/proc/PID/ns/net) from a locked thread that joins it and comes back. A
-// thread that cannot come back is left locked, so the runtime retires it.
+// (/proc/PID/ns/net), from a goroutine on a locked thread that joins the
+// namespace and comes back. A thread that cannot come back stays locked
+// when its goroutine ends, so the runtime retires it.
 func rtnlIn(nsPath string) (*rtnl, error) {
-	target, err := os.Open(nsPath)
-	if err != nil {
+	type result struct {
+		fd  int
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err, back := socketIn(nsPath)
+		if back {
+			runtime.UnlockOSThread()
+		}
+		ch <- result{fd, err}
+	}()
+	res := <-ch
+	if res.err != nil {
+		return nil, res.err
+	}
+	if err := unix.Bind(res.fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		unix.Close(res.fd)
 		return nil, err
 	}
+	return &rtnl{fd: res.fd}, nil
+}
+
+// socketIn runs on a locked thread; back says the thread is in its own
+// net namespace again.
+func socketIn(nsPath string) (fd int, err error, back bool) {
+	target, err := os.Open(nsPath)
+	if err != nil {
+		return -1, err, true
+	}
 	defer target.Close()
-	runtime.LockOSThread()
 	own, err := os.Open("/proc/thread-self/ns/net")
 	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, err
+		return -1, err, true
 	}
 	defer own.Close()
 	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("setns %s: %w", nsPath, err)
+		return -1, fmt.Errorf("setns %s: %w", nsPath, err), true
 	}
 	fd, serr := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err := unix.Setns(int(own.Fd()), unix.CLONE_NEWNET); err != nil {
 		if serr == nil {
 			unix.Close(fd)
 		}
-		return nil, fmt.Errorf("back to the restorer's net namespace: %w", err) // thread stays locked: retired
+		return -1, fmt.Errorf("back to the restorer's net namespace: %w", err), false
 	}
-	runtime.UnlockOSThread()
 	if serr != nil {
-		return nil, fmt.Errorf("netlink socket in %s: %w", nsPath, serr)
+		return -1, fmt.Errorf("netlink socket in %s: %w", nsPath, serr), true
 	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return &rtnl{fd: fd}, nil
+	return fd, nil, true
 }
 
 func (r *rtnl) close() { unix.Close(r.fd) }
