@@ -189,6 +189,13 @@ func TestE2EVethPing(t *testing.T) {
 	ping(t, b, "10.77.0.1")
 	ping(t, a, "127.0.0.1")
 	ping(t, b, "::1")
+	// The image lists every address: no link-local address of the
+	// kernel's own may appear later (the VM's slow kernel showed one
+	// arriving after the dump).
+	out, err := nsenter("-t", strconv.Itoa(b), "-n", "/bin/busybox", "cat", "/proc/sys/net/ipv6/conf/vb/addr_gen_mode").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "1" {
+		t.Errorf("addr_gen_mode of vb: %q %v, want 1 (none)", out, err)
+	}
 	img := t.TempDir()
 	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(a), "-D", img, "--unchecked", "--kill"); err != nil {
 		t.Fatalf("dump --kill: %v\n%s", err, out)

@@ -111,6 +111,14 @@ func (t *tx) netConfig(s *Step) error {
 		if err != nil {
 			return fmt.Errorf("net namespace %d: %w", ns.ID, err)
 		}
+		if l.Kind != pstree.LinkLoopback {
+			// The image lists every address, IPv6 link-local ones
+			// included: the kernel must not invent its own when the link
+			// goes up (it would, asynchronously).
+			if err := r.noAddrGen(idx); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) && !errors.Is(err, unix.EOPNOTSUPP) {
+				return fmt.Errorf("net namespace %d: addrgenmode none on %q: %w", ns.ID, l.Name, err)
+			}
+		}
 		if l.Up {
 			if err := r.do(newMsg(unix.RTM_NEWLINK, 0, ifinfo(idx, unix.IFF_UP, unix.IFF_UP)), nil); err != nil {
 				return fmt.Errorf("net namespace %d: set %q up: %w", ns.ID, l.Name, err)
@@ -128,6 +136,20 @@ func (t *tx) netConfig(s *Step) error {
 		}
 	}
 	return nil
+}
+
+// in6AddrGenModeNone is IN6_ADDR_GEN_MODE_NONE (linux/if_link.h).
+const in6AddrGenModeNone = 1
+
+// noAddrGen turns IPv6 address generation off on link idx.
+func (r *rtnl) noAddrGen(idx int32) error {
+	m := newMsg(unix.RTM_NEWLINK, 0, ifinfo(idx, 0, 0))
+	endSpec := m.nest(unix.IFLA_AF_SPEC)
+	endInet6 := m.nest(unix.AF_INET6)
+	m.attr(unix.IFLA_INET6_ADDR_GEN_MODE, []byte{in6AddrGenModeNone})
+	endInet6()
+	endSpec()
+	return r.do(m, nil)
 }
 
 func linkPos(ns *pstree.Namespace, name string) int {
