@@ -206,6 +206,11 @@ func walk[T any](proc string, root int, skipGone bool, visit func(r *procfs.Read
 	return pids, out, nil
 }
 
+// unbornPidNS marks the key of a pid namespace that a task created with
+// unshare(CLONE_NEWPID) and that has no init yet: the kernel shows no link
+// for it, so the key is this bit and the task's pid.
+const unbornPidNS = 1 << 63
+
 // nsKey names a namespace while the dump holds it: pid and pid_for_children
 // share one key space.
 type nsKey struct {
@@ -385,6 +390,14 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids, withStart bool) (tas
 			if t.State == pstree.Zombie {
 				continue // a zombie keeps only ns/pid and ns/user (F6.1)
 			}
+			if k == pstree.PidForChildrenNS && p.Alive() {
+				// After unshare(CLONE_NEWPID) and before its first
+				// child the new namespace has no init, and the kernel
+				// hides the link. It is nobody's yet: name it after
+				// the task (no real inode has the top bit set).
+				ti.ino[k] = unbornPidNS | uint64(pid)
+				continue
+			}
 			return ti, err
 		}
 		ti.ino[k] = ino
@@ -475,9 +488,17 @@ func (rd *reader) namespaces() error {
 	}()
 	// pid_for_children namespaces that no task is in have no
 	// representative; find one through the pid_for_children link.
+	unborn := map[pstree.NSID]*pstree.Task{}
 	for i := range rd.tree.Tasks {
 		t := &rd.tree.Tasks[i]
 		if id := t.NS[pstree.PidForChildrenNS]; id != 0 {
+			if rd.ids[nsKey{pstree.PidNS, unbornPidNS | uint64(t.PIDs[0])}] == id {
+				// No init yet, nothing to open: a child of the task's
+				// pid namespace, owned by its user namespace (the
+				// kernel gives the new namespace to the unsharer's).
+				unborn[id] = t
+				continue
+			}
 			_, hasRep := rd.rep[id]
 			if _, open := fds[id]; !hasRep && !open {
 				fd, err := rd.r.OpenNS(t.PIDs[0], "pid_for_children")
@@ -491,6 +512,10 @@ func (rd *reader) namespaces() error {
 	for i := 0; i < len(rd.tree.Namespaces); i++ {
 		ns := &rd.tree.Namespaces[i]
 		id, kind := ns.ID, ns.Kind
+		if t, ok := unborn[id]; ok {
+			ns.Parent, ns.Owner = t.NS[pstree.PidNS], t.NS[pstree.UserNS]
+			continue
+		}
 		fd, ok := fds[id]
 		if !ok {
 			pid := rd.rep[id]

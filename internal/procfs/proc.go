@@ -77,6 +77,13 @@ func (p *Proc) Link(name string) (string, error) {
 	return p.r.linkAt(p.fd, name, p.dir+"/"+name)
 }
 
+// Alive reports whether the process still has its pid namespace link,
+// which every process has until it is reaped (zombies included).
+func (p *Proc) Alive() bool {
+	_, err := p.Link("ns/pid")
+	return err == nil
+}
+
 // NSInode is Reader.NSInode through the open directory.
 func (p *Proc) NSInode(name string) (uint64, error) {
 	s, err := p.Link("ns/" + name)
