@@ -457,7 +457,15 @@ func agentArgv(p *Plan, ti int) ([]string, error) {
 	if adopt == 0 {
 		return nil, fmt.Errorf("agent %v has no live child to adopt: %w", a.PIDs, ErrUnsupported)
 	}
-	argv := []string{p.Options.AgentExe, "agent", "--adopt", strconv.Itoa(adopt)}
+	// argv[0] as the original had it: the agent rule (docs/image-format.md)
+	// recognises agents by it, and AgentExe may be a link such as a VM's
+	// /init.
+	argv0 := "nsinit"
+	if len(a.Argv) > 0 {
+		argv0 = a.Argv[0]
+	}
+	argv := []string{argv0, "agent", "--adopt", strconv.Itoa(adopt)}
+	argv = append(argv, initOptions(a.Argv)...)
 	if len(keep) > 0 {
 		argv = append(argv, "--keep", strings.Join(keep, ","))
 	}
@@ -465,6 +473,26 @@ func agentArgv(p *Plan, ti int) ([]string, error) {
 		argv = append(argv, "--ns-last-pid", strconv.Itoa(ns.LastPID))
 	}
 	return argv, nil
+}
+
+// initOptions returns the init options of an agent's original command
+// line (`nsinit [options] -- CMD...`): the restored agent keeps forwarding
+// to the group, remapping exit codes and so on as the original did.
+func initOptions(argv []string) []string {
+	var opts []string
+	for i := 1; i < len(argv); i++ {
+		a := argv[i]
+		switch {
+		case a == "--" || !strings.HasPrefix(a, "-"):
+			return opts
+		case (a == "-e" || a == "-p") && i+1 < len(argv):
+			opts = append(opts, a, argv[i+1])
+			i++
+		default:
+			opts = append(opts, a)
+		}
+	}
+	return opts
 }
 
 func unsafeAppendU64(b []byte, v uint64) []byte {

@@ -27,11 +27,29 @@ func runAgent(args []string) int {
 	adopt := fs.Int("adopt", 0, "restored child `pid` to supervise")
 	keep := fs.String("keep", "", "comma-separated `pids` of image zombies never to reap")
 	lastPID := fs.Int("ns-last-pid", 0, "ns_last_pid to restore once running (0: leave it)")
+	// The original agent's init options, carried over by the restorer.
+	cfg := agent.Config{Keep: map[int]bool{}}
+	var zero exitCodes
+	var pdeath string
+	fs.BoolVar(&cfg.Subreaper, "s", false, "")
+	fs.BoolVar(&cfg.SignalGroup, "g", false, "")
+	fs.StringVar(&pdeath, "p", "", "")
+	fs.Var(&zero, "e", "")
+	fs.Bool("v", false, "")
 	if err := fs.Parse(args); err != nil || *adopt <= 0 || fs.NArg() != 0 {
-		fmt.Fprintln(os.Stderr, "usage: nsinit agent --adopt PID [--keep PID,...] [--ns-last-pid N]")
+		fmt.Fprintln(os.Stderr, "usage: nsinit agent --adopt PID [--keep PID,...] [--ns-last-pid N] [init options]")
 		return 2
 	}
-	cfg := agent.Config{Adopt: *adopt, Keep: map[int]bool{}}
+	cfg.Adopt, cfg.ZeroExitCodes = *adopt, zero
+	if pdeath != "" {
+		sig, err := agent.ParseSignal(pdeath)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "nsinit agent: -p: %v\n", err)
+			return 2
+		}
+		cfg.ParentDeathSignal = sig
+	}
+	cfg.ForwardSIGURG = noPreemptSignals == "1"
 	for _, s := range strings.Split(*keep, ",") {
 		if s == "" {
 			continue

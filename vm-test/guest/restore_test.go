@@ -68,9 +68,19 @@ func TestDemoTreeRestored(t *testing.T) {
 }
 
 // nsinit runs /bin/nsinit with args and fails the test on a non-zero exit.
+// Output goes through a file, not a pipe: a detached restore's tree inherits
+// nsinit's stdout and would hold a pipe open forever.
 func nsinit(t *testing.T, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("/bin/nsinit", args...).CombinedOutput()
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("/bin/nsinit", args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	err = cmd.Run()
+	out, _ := os.ReadFile(f.Name())
 	if err != nil {
 		t.Fatalf("nsinit %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
