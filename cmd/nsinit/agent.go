@@ -29,27 +29,17 @@ func runAgent(args []string) int {
 	lastPID := fs.Int("ns-last-pid", 0, "ns_last_pid to restore once running (0: leave it)")
 	// The original agent's init options, carried over by the restorer.
 	cfg := agent.Config{Keep: map[int]bool{}}
-	var zero exitCodes
-	var pdeath string
-	fs.BoolVar(&cfg.Subreaper, "s", false, "")
-	fs.BoolVar(&cfg.SignalGroup, "g", false, "")
-	fs.StringVar(&pdeath, "p", "", "")
-	fs.Var(&zero, "e", "")
+	apply := initFlags(fs, &cfg)
 	fs.Bool("v", false, "")
 	if err := fs.Parse(args); err != nil || *adopt <= 0 || fs.NArg() != 0 {
 		fmt.Fprintln(os.Stderr, "usage: nsinit agent --adopt PID [--keep PID,...] [--ns-last-pid N] [init options]")
 		return 2
 	}
-	cfg.Adopt, cfg.ZeroExitCodes = *adopt, zero
-	if pdeath != "" {
-		sig, err := agent.ParseSignal(pdeath)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "nsinit agent: -p: %v\n", err)
-			return 2
-		}
-		cfg.ParentDeathSignal = sig
+	if err := apply(); err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit agent: %v\n", err)
+		return 2
 	}
-	cfg.ForwardSIGURG = noPreemptSignals == "1"
+	cfg.Adopt = *adopt
 	for _, s := range strings.Split(*keep, ",") {
 		if s == "" {
 			continue

@@ -58,20 +58,41 @@ func runInit(args []string) int {
 	return status
 }
 
-func parseAndRun(args []string) int {
-	fs := flag.NewFlagSet("nsinit", flag.ContinueOnError)
-	fs.Usage = func() { usage(os.Stderr) }
+// initFlags registers the init options (-s -g -p -e -v) on fs, for both
+// `nsinit -- CMD` and a restored agent; the returned apply fills cfg from
+// them once fs is parsed.
+func initFlags(fs *flag.FlagSet, cfg *agent.Config) (apply func() error) {
 	var (
-		cfg       agent.Config
-		zero      exitCodes
-		pdeath    string
-		verbose   bool
-		printVers bool
+		zero   exitCodes
+		pdeath string
 	)
 	fs.BoolVar(&cfg.Subreaper, "s", false, "")
 	fs.BoolVar(&cfg.SignalGroup, "g", false, "")
 	fs.StringVar(&pdeath, "p", "", "")
 	fs.Var(&zero, "e", "")
+	return func() error {
+		cfg.ZeroExitCodes = zero
+		if pdeath != "" {
+			sig, err := agent.ParseSignal(pdeath)
+			if err != nil {
+				return fmt.Errorf("-p: %w", err)
+			}
+			cfg.ParentDeathSignal = sig
+		}
+		cfg.ForwardSIGURG = noPreemptSignals == "1"
+		return nil
+	}
+}
+
+func parseAndRun(args []string) int {
+	fs := flag.NewFlagSet("nsinit", flag.ContinueOnError)
+	fs.Usage = func() { usage(os.Stderr) }
+	var (
+		cfg       agent.Config
+		verbose   bool
+		printVers bool
+	)
+	apply := initFlags(fs, &cfg)
 	fs.BoolVar(&verbose, "v", false, "")
 	fs.BoolVar(&printVers, "version", false, "")
 	if err := fs.Parse(args); err != nil {
@@ -89,19 +110,13 @@ func parseAndRun(args []string) int {
 		usage(os.Stderr)
 		return 2
 	}
-	if pdeath != "" {
-		sig, err := agent.ParseSignal(pdeath)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "nsinit: -p: %v\n", err)
-			return 2
-		}
-		cfg.ParentDeathSignal = sig
+	if err := apply(); err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit: %v\n", err)
+		return 2
 	}
 	cfg.Argv = fs.Args()
-	cfg.ZeroExitCodes = zero
 	cfg.Ignored = originallyIgnored()
 	cfg.Blocked, cfg.BlockedKnown = origSigMask, origSigKnown != 0
-	cfg.ForwardSIGURG = noPreemptSignals == "1"
 	if verbose {
 		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, ignored at start: %s\n",
 			os.Getpid(), strings.Join(cfg.Argv, " "), signalList(cfg.Ignored))
