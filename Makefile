@@ -50,7 +50,10 @@ bench: build
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./imagefile/
 
+# Rebuilds the committed generated code (eBPF objects and bindings, protobuf);
+# the output is byte-stable, so `git diff` after it shows nothing.
 generate:
+	./scripts/install-deps.sh --generate
 	$(GO) generate ./...
 
 clean:
