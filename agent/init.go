@@ -179,9 +179,11 @@ func start(cfg Config) (pid, code int, err error) {
 	for _, s := range cfg.Ignored {
 		attr.ignored |= 1 << (s - 1)
 	}
-	if _, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil {
-		// stdin is our controlling terminal: hand it to the command, as a
-		// shell hands it to a foreground job.
+	if fg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil && fg == unix.Getpgrp() {
+		// stdin is our controlling terminal and we have its foreground:
+		// hand it to the command, as a shell hands it to a foreground job.
+		// Run in the background (`nsinit -- CMD &`), nsinit leaves the
+		// terminal to whoever has it.
 		attr.foreground = true
 	}
 	pid, err = spawn(attr)
