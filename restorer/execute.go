@@ -765,19 +765,33 @@ func (t *tx) ours(pid int) bool {
 	return false
 }
 
-// waitPayloads waits until every exec payload has exec'd (its
-// CLONE_CHILD_CLEARTID word cleared) and checks none failed.
+// waitPayloads waits until every builder whose last step leaves the
+// restorer's memory has left it (its CLONE_CHILD_CLEARTID word cleared):
+// exec payloads, and tasks that exit. Passing on the turn token is the last
+// thing they do in that memory, not the last thing they run: returning
+// before they are gone let the restorer's memory (their stacks) be reused
+// under a task still dying - it died of SIGSEGV instead of its recorded
+// signal. Image zombies are then awaited until /proc shows them as zombies,
+// so what the caller reads is final. Exec failures are reported.
 func (t *tx) waitPayloads(deadline time.Time) error {
-	if t.p.Options.Payload != PayloadExec {
-		return nil
-	}
 	for _, s := range t.p.Steps {
-		if s.Op != OpPayload {
+		switch {
+		case s.Op == OpExit:
+		case s.Op == OpPayload && t.p.Options.Payload == PayloadExec:
+		default:
 			continue
 		}
 		r := t.proc(s.Actor)
 		if err := waitCleared(&r.alive, deadline); err != nil {
-			return fmt.Errorf("exec payload of %s: %w", t.p.name(s.Actor), err)
+			return fmt.Errorf("final step of %s: %w", t.p.name(s.Actor), err)
+		}
+		if s.Op == OpExit {
+			if ti := t.p.Procs[s.Actor].Task; ti >= 0 && t.p.Tree.Tasks[ti].State == pstree.Zombie {
+				if err := t.waitSignalled(s.Actor, unix.SIGKILL, deadline); err != nil {
+					return err
+				}
+			}
+			continue
 		}
 		if e := atomic.LoadInt32(&r.execErr); e != 0 {
 			tk := &t.p.Tree.Tasks[t.p.Procs[s.Actor].Task]
@@ -794,7 +808,7 @@ func waitCleared(w *uint32, deadline time.Time) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return errors.New("timed out waiting for exec")
+			return errors.New("timed out waiting for it to leave the restorer's memory")
 		}
 		ts := unix.NsecToTimespec(int64(50 * time.Millisecond))
 		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
@@ -802,7 +816,7 @@ func waitCleared(w *uint32, deadline time.Time) error {
 }
 
 // waitSignalled waits until a SIGSTOP took effect (state T) or a SIGKILL
-// made a zombie (state Z), read through the host procfs.
+// (or any death) made a zombie (state Z), read through the host procfs.
 func (t *tx) waitSignalled(p int, sig unix.Signal, deadline time.Time) error {
 	want := byte('T')
 	if sig == unix.SIGKILL {
