@@ -123,15 +123,22 @@ func (c *comparer) sameNS(pid int, k pstree.NSKind, a, b pstree.NSID) {
 		}
 		return
 	}
-	ma, okA := c.nsMap[a]
-	_, okB := c.nsRev[b]
-	switch {
-	case !okA && !okB:
-		c.nsMap[a], c.nsRev[b] = b, a
-	case okA && ma == b:
-	default:
+	if !c.match(a, b) {
 		c.add(pid, k.String()+" namespace", c.sharers(c.img, k, a), c.sharers(c.live, k, b))
 	}
+}
+
+// match pairs image namespace a with live namespace b the first time either
+// is met, and reports whether they are each other's partners. The two maps
+// are only ever set together.
+func (c *comparer) match(a, b pstree.NSID) bool {
+	ma, okA := c.nsMap[a]
+	_, okB := c.nsRev[b]
+	if !okA && !okB {
+		c.nsMap[a], c.nsRev[b] = b, a
+		return true
+	}
+	return okA && ma == b
 }
 
 func known(id pstree.NSID) string {
@@ -211,14 +218,7 @@ func (c *comparer) related(what string, a, b pstree.NSID) {
 		}
 		return
 	}
-	ma, okA := c.nsMap[a]
-	mb, okB := c.nsRev[b]
-	switch {
-	case !okA && !okB:
-		c.nsMap[a], c.nsRev[b] = b, a
-	case okA && ma == b:
-	case okB && mb == a:
-	default:
+	if !c.match(a, b) {
 		c.add(0, what, fmt.Sprintf("namespace %d", a), fmt.Sprintf("a different one (%d)", b))
 	}
 }
