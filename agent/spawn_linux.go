@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/sys"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,13 +67,12 @@ func spawn(attr spawnAttr) (int, error) {
 	// Block every signal on this thread across the fork: the child must not
 	// run a Go signal handler before it has reset the dispositions.
 	runtime.LockOSThread()
-	var all, saved uint64 = ^uint64(0), 0
-	sigprocmask(unix.SIG_SETMASK, &all, &saved)
+	saved := sys.BlockAllSignals()
 	if attr.blockedUnknown {
-		attr.blocked = saved
+		attr.blocked = saved.Val[0]
 	}
 	pid, errno := forkExecChild(path, argv, envv, &attr, wr)
-	sigprocmask(unix.SIG_SETMASK, &saved, nil)
+	sys.RestoreSignals(saved)
 	runtime.UnlockOSThread()
 	unix.Close(wr)
 	if errno != 0 {
@@ -93,11 +93,6 @@ func spawn(attr spawnAttr) (int, error) {
 	}
 	code := *(*int32)(unsafe.Pointer(&buf[0]))
 	return 0, syscall.Errno(code)
-}
-
-func sigprocmask(how int, set, old *uint64) {
-	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, uintptr(how),
-		uintptr(unsafe.Pointer(set)), uintptr(unsafe.Pointer(old)), 8, 0, 0)
 }
 
 // forkExecChild forks; the child sets up and execs, the parent returns the

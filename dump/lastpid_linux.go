@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -44,10 +45,9 @@ func ProbeLastPID(nsFD int) (int, error) {
 		unix.Close(p[1])
 		return 0, fmt.Errorf("probe ns_last_pid: enter pid namespace: %w", err)
 	}
-	var all, saved uint64 = ^uint64(0), 0
-	rawSigprocmask(unix.SIG_SETMASK, &all, &saved)
+	saved := sys.BlockAllSignals()
 	pid, errno := forkProbe(path, p[1])
-	rawSigprocmask(unix.SIG_SETMASK, &saved, nil)
+	sys.RestoreSignals(saved)
 	if err := unix.Setns(self, unix.CLONE_NEWPID); err != nil {
 		// Never hand this thread back: it dies with the goroutine.
 		unix.Close(p[1])
@@ -107,11 +107,6 @@ func probeCursors(tr *pstree.Tree, o Options) {
 			break
 		}
 	}
-}
-
-func rawSigprocmask(how int, set, old *uint64) {
-	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, uintptr(how),
-		uintptr(unsafe.Pointer(set)), uintptr(unsafe.Pointer(old)), 8, 0, 0)
 }
 
 // forkProbe forks the probe. The child runs on a copy of this goroutine's

@@ -687,16 +687,10 @@ func writeLastPID(v int) error {
 func (t *tx) cloneRoot(i int) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	var all, old unix.Sigset_t
-	for j := range all.Val {
-		all.Val[j] = ^uint64(0)
-	}
-	if err := unix.PthreadSigmask(unix.SIG_SETMASK, &all, &old); err != nil {
-		return fmt.Errorf("block signals: %w", err)
-	}
+	old := sys.BlockAllSignals()
 	r := stepAt(t.b.base, t.b.stepsOff, int64(i))
 	_, e := clone3(uintptr(unsafe.Pointer(&r.args)), sys.CloneArgsSize, uintptr(r.child))
-	_ = unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	sys.RestoreSignals(old)
 	if e != 0 {
 		return t.stepError(i, e)
 	}
