@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -189,8 +190,14 @@ func TestReadWholeAndPaged(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f == "stat" || f == "status" { // times and counters move
-			got, want = got[:40], want[:40]
+		// Times, counters and the state move between two reads: compare
+		// the shape instead, which is what paged reading could get wrong -
+		// every field of stat, every key of status.
+		switch f {
+		case "stat":
+			got, want = []byte(strconv.Itoa(len(strings.Fields(string(got))))), []byte(strconv.Itoa(len(strings.Fields(string(want)))))
+		case "status":
+			got, want = statusKeys(got), statusKeys(want)
 		}
 		if string(got) != string(want) {
 			t.Errorf("%s: read %d bytes, os.ReadFile %d", f, len(got), len(want))
@@ -236,4 +243,15 @@ func TestReadWholeAndPaged(t *testing.T) {
 	if !r.HasChildren() {
 		t.Error("HasChildren false with a children file")
 	}
+}
+
+// statusKeys is the keys of a status file, in order, without their values.
+func statusKeys(b []byte) []byte {
+	var keys []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, _, ok := strings.Cut(l, ":"); ok {
+			keys = append(keys, k)
+		}
+	}
+	return []byte(strings.Join(keys, ","))
 }
