@@ -66,25 +66,35 @@ type Conn struct {
 // SO_PEERCRED pid must be it (the child agent passes its parent's pid).
 func NewConn(f *os.File, peerPID int) (*Conn, error) {
 	if peerPID != 0 {
-		raw, err := f.SyscallConn()
+		cred, err := peerCred(f)
 		if err != nil {
 			return nil, err
-		}
-		var cred *unix.Ucred
-		var cerr error
-		if err := raw.Control(func(fd uintptr) {
-			cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-		}); err != nil {
-			return nil, err
-		}
-		if cerr != nil {
-			return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
 		}
 		if int(cred.Pid) != peerPID {
 			return nil, fmt.Errorf("peer pid %d, want %d: %w", cred.Pid, peerPID, ErrPeer)
 		}
 	}
 	return &Conn{f: f, Timeout: 10 * time.Second}, nil
+}
+
+// peerCred is the socket peer's SO_PEERCRED (pid as seen from the caller's
+// pid namespace, 0 for a peer outside it).
+func peerCred(f *os.File) (*unix.Ucred, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	if cerr != nil {
+		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
+	}
+	return cred, nil
 }
 
 // Close closes the socket.

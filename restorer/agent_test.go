@@ -3,6 +3,7 @@ package restorer
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,8 +15,9 @@ import (
 
 // TestRestoreAgent restores a namespace whose init was an nsinit agent:
 // the init becomes `nsinit agent` again, adopts its main child, leaves the
-// image's zombie child alone and puts the namespace's ns_last_pid back after
-// its own runtime threads exist.
+// image's zombie child alone and, asked by the restorer over its control
+// socket, puts the namespace's ns_last_pid back after its own runtime
+// threads exist.
 func TestRestoreAgent(t *testing.T) {
 	needRoot(t)
 	bin := testutil.Binary(t)
@@ -42,7 +44,7 @@ func TestRestoreAgent(t *testing.T) {
 		got = strings.ReplaceAll(string(b), "\x00", " ")
 		time.Sleep(10 * time.Millisecond)
 	}
-	if !strings.Contains(got, "agent --adopt 2 --keep 3 --ns-last-pid 50") {
+	if !strings.Contains(got, "agent --adopt 2 --keep 3 --control-fd ") {
 		t.Errorf("agent cmdline %q", got)
 	}
 	time.Sleep(500 * time.Millisecond) // the agent settles; it would reap now if it wrongly did
@@ -57,5 +59,42 @@ func TestRestoreAgent(t *testing.T) {
 	// pids right above it, as the original agent's did: a few at most.
 	if got, _ := strconv.Atoi(strings.TrimSpace(string(out))); got < 51 || got > 51+16 {
 		t.Errorf("next pid in the agent's namespace = %d, want 51 (+ a few agent threads)", got)
+	}
+}
+
+// TestRestoreAgentFaults: an agent that dies or stops answering aborts the
+// restore with an error that says so, and nothing of the tree is left.
+// The agent's program is a script standing in for a broken nsinit.
+func TestRestoreAgentFaults(t *testing.T) {
+	needRoot(t)
+	for _, c := range []struct {
+		name, script, want string
+	}{
+		{"dies", "exit 3", "closed its socket"},
+		{"hangs", "exec /bin/busybox sleep 1000", "no answer within"},
+		{"answers garbage", "printf 'not a protocol message' >&$5; exec /bin/busybox sleep 1000", "decode"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// argv: agent --adopt N [--keep ...] --control-fd FD: $5 is the
+			// fd when there is no --keep.
+			exe := filepath.Join(t.TempDir(), "broken-agent")
+			if err := os.WriteFile(exe, []byte("#!/bin/busybox sh\n"+c.script+"\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			b := newTB().ns(2, 1, 1)
+			b.task(2, []int{21000, 1}, 0, []int{21000, 1}, []int{21000, 1}).Agent = true
+			b.task(2, []int{21001, 2}, 21000, []int{21000, 1}, []int{21000, 1})
+			tr := place(t, sleepers(&b.tr))
+			p, err := NewPlan(tr, Options{AgentExe: exe, Features: features})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Execute(p, ExecOptions{AgentTimeout: time.Second, Attempts: 1})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("restore with a broken agent: error %v, want one containing %q", err, c.want)
+			}
+			t.Logf("error: %v", err)
+			assertGone(t, tr)
+		})
 	}
 }

@@ -45,6 +45,10 @@ type procRec struct {
 	setCreds              uint32
 	noGroups              uint32 // setgroups is denied in its user ns: skip it
 	stopSelf              uint32 // park instead of exec (stopped payload)
+	// controlFD is a restored agent's end of its control socket (in the
+	// shared fd table, close-on-exec), -1 for other procs: the builder
+	// keeps it across its exec (agents.go).
+	controlFD int32
 }
 
 // stepRec is one step in the block.

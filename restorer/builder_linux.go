@@ -288,6 +288,17 @@ func execPayload(z uintptr, pr *procRec) {
 			goto failed
 		}
 	}
+	if pr.controlFD >= 0 {
+		// A restored agent keeps its control socket: in a private copy of
+		// the fd table (the shared one stays close-on-exec for everyone
+		// else), clear the flag on that one fd.
+		if _, _, e = syscall.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_FILES, 0, 0); e != 0 {
+			goto failed
+		}
+		if _, _, e = syscall.RawSyscall(unix.SYS_FCNTL, uintptr(pr.controlFD), unix.F_SETFD, 0); e != 0 {
+			goto failed
+		}
+	}
 	syscall.RawSyscall6(unix.SYS_RT_SIGPROCMASK, sigSetmask, z, 0, 8, 0, 0)
 	_, _, e = syscall.RawSyscall(unix.SYS_EXECVE, uintptr(pr.path), uintptr(pr.argv), uintptr(pr.envp))
 failed:

@@ -24,6 +24,10 @@ type ExecOptions struct {
 	Timeout time.Duration
 	// Attempts bounds the retries after ErrHostRace (default 5).
 	Attempts int
+	// AgentTimeout bounds each request to a restored agent (default
+	// DefaultAgentTimeout): an agent that does not answer aborts the
+	// restore.
+	AgentTimeout time.Duration
 }
 
 // Restored is a committed restore.
@@ -74,11 +78,19 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	if opt.Timeout == 0 {
 		opt.Timeout = 60*time.Second + time.Duration(len(p.Procs))*20*time.Millisecond
 	}
-	b, err := newBlock(p)
+	if opt.AgentTimeout == 0 {
+		opt.AgentTimeout = DefaultAgentTimeout
+	}
+	links, err := openAgentLinks(p)
 	if err != nil {
 		return nil, err
 	}
-	tx := &tx{p: p, b: b, hostCursor: -1}
+	b, err := newBlock(p, links)
+	if err != nil {
+		closeAgentLinks(links)
+		return nil, err
+	}
+	tx := &tx{p: p, b: b, links: links, agentTimeout: opt.AgentTimeout, hostCursor: -1}
 	// The host cursor is moved around the image's pids during the restore;
 	// it is put back afterwards so unrelated forks do not land among them.
 	if v, err := os.ReadFile("/proc/sys/kernel/ns_last_pid"); err == nil {
@@ -132,7 +144,7 @@ func precheck(p *Plan) error {
 }
 
 // newBlock lays the plan out in a fresh mapping.
-func newBlock(p *Plan) (*block, error) {
+func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 	b := &block{nprocs: len(p.Procs), nsteps: len(p.Steps)}
 	nthreads := 0
 	for _, s := range p.Steps {
@@ -188,9 +200,9 @@ func newBlock(p *Plan) (*block, error) {
 				return nil, fmt.Errorf("%s: no executable recorded for the exec payload: %w", p.name(i), ErrBadImage)
 			}
 			exe, argv := tk.Exe, tk.Argv
-			if tk.Agent && p.Options.AgentExe != "" {
+			if l := links[i]; l != nil {
 				var err error
-				if argv, err = agentArgv(p, t); err != nil {
+				if argv, err = agentArgv(p, t, int(l.child.Fd())); err != nil {
 					return nil, err
 				}
 				exe = p.Options.AgentExe
@@ -270,7 +282,10 @@ func newBlock(p *Plan) (*block, error) {
 	last := make([]int64, b.nprocs)
 	for i := range p.Procs {
 		r := procAt(b.base, b.procsOff, int64(i))
-		r.firstStep, r.pidfd, r.alive = -1, -1, 1
+		r.firstStep, r.pidfd, r.alive, r.controlFD = -1, -1, 1, -1
+		if l := links[i]; l != nil {
+			r.controlFD = int32(l.child.Fd())
+		}
 		last[i] = -1
 		pr := &p.Procs[i]
 		r.selfPid = int64(pr.PIDs[len(pr.PIDs)-1])
@@ -434,9 +449,9 @@ func setTIDOf(p *Plan, s *Step, pids []int, r *stepRec) (int, error) {
 }
 
 // agentArgv is the command line of a restored agent: it adopts its first
-// live child, keeps its zombie children and restores its namespace's cursor
-// once its own runtime threads exist (pids in its own namespace).
-func agentArgv(p *Plan, ti int) ([]string, error) {
+// live child, keeps its zombie children (pids in its own namespace) and
+// answers the restorer on its inherited control socket fd.
+func agentArgv(p *Plan, ti int, controlFD int) ([]string, error) {
 	tr := p.Tree
 	a := &tr.Tasks[ti]
 	lvl := a.Level()
@@ -469,9 +484,7 @@ func agentArgv(p *Plan, ti int) ([]string, error) {
 	if len(keep) > 0 {
 		argv = append(argv, "--keep", strings.Join(keep, ","))
 	}
-	if ns := tr.Namespace(a.NS[pstree.PidNS]); ns != nil && ns.Level > 0 && ns.LastPID > 0 && a.InnerPID() == 1 {
-		argv = append(argv, "--ns-last-pid", strconv.Itoa(ns.LastPID))
-	}
+	argv = append(argv, "--control-fd", strconv.Itoa(controlFD))
 	return argv, nil
 }
 
@@ -525,6 +538,8 @@ type tx struct {
 	resetSubreaper bool
 	lastStep       []int // last step of each proc
 	hostCursor     int   // host ns_last_pid before the restore, -1 unknown
+	links          map[int]*agentLink
+	agentTimeout   time.Duration
 }
 
 func (t *tx) restoreHostCursor() {
@@ -549,7 +564,10 @@ func (t *tx) run(deadline time.Time) error {
 			return t.stepError(int(h.failStep), uintptr(h.failErrno))
 		}
 		if cur >= n {
-			return t.waitPayloads(deadline)
+			if err := t.waitPayloads(deadline); err != nil {
+				return err
+			}
+			return t.greetAgents(t.agentTimeout)
 		}
 		if s := &t.p.Steps[cur]; s.Actor == Restorer {
 			if err := t.restorerStep(cur, deadline); err != nil {
@@ -847,6 +865,7 @@ func (t *tx) commit() (*Restored, error) {
 		}
 	}
 	t.committed = true
+	closeAgentLinks(t.links)
 	t.restoreSubreaper()
 	// Parked processes (stopped payload) still run builder code in the
 	// block; it must stay mapped for them.
@@ -871,6 +890,7 @@ func (t *tx) rollbackUnlessCommitted() {
 	if t.committed || t.b == nil {
 		return
 	}
+	closeAgentLinks(t.links)
 	var fds []int
 	for i := len(t.p.Procs) - 1; i >= 0; i-- {
 		if fd := int(atomic.LoadInt32(&t.proc(i).pidfd)); fd >= 0 {

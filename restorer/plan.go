@@ -308,3 +308,10 @@ func (p *Plan) describe(s *Step) string {
 	}
 	return s.Op.String()
 }
+
+// becomesAgent says whether proc p execs `nsinit agent` (AgentExe) as its
+// payload: it was an agent in the image and the payload is exec.
+func (p *Plan) becomesAgent(i int) bool {
+	t := p.Procs[i].Task
+	return t >= 0 && p.Tree.Tasks[t].Agent && p.Options.AgentExe != "" && p.Options.Payload == PayloadExec
+}

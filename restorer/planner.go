@@ -421,10 +421,7 @@ func (pl *planner) agentWindow() int {
 
 // agentRestoresCursor says whether init p becomes `nsinit agent`, which
 // restores its namespace's cursor itself.
-func (pl *planner) agentRestoresCursor(p int) bool {
-	t := pl.plan.Procs[p].Task
-	return t >= 0 && pl.tr().Tasks[t].Agent && pl.plan.Options.AgentExe != "" && pl.plan.Options.Payload == PayloadExec
-}
+func (pl *planner) agentRestoresCursor(p int) bool { return pl.plan.becomesAgent(p) }
 
 // exits says whether proc p terminates at the end of the restore (a helper
 // or a zombie of the image).

@@ -18,7 +18,7 @@ func init() {
 func runRestore(args []string) int {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: nsinit restore -D DIR [--dry-run] [--payload exec|stopped] [--placement set_tid|ns_last_pid] [-d] [--pidfile F]")
+		fmt.Fprintln(fs.Output(), "usage: nsinit restore -D DIR [--dry-run] [--payload exec|stopped] [--placement set_tid|ns_last_pid] [-d] [--pidfile F] [--agent-timeout D]")
 		fs.PrintDefaults()
 	}
 	dir := fs.String("D", "", "image `directory`")
@@ -29,6 +29,7 @@ func runRestore(args []string) int {
 	fs.BoolVar(&detach, "d", false, "detach: leave the tree running and print the root's pid")
 	fs.BoolVar(&detach, "detach", false, "same as -d")
 	pidfile := fs.String("pidfile", "", "write the root's pid to `file`")
+	agentTimeout := fs.Duration("agent-timeout", restorer.DefaultAgentTimeout, "abort when a restored agent does not answer within `duration`")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -73,7 +74,7 @@ func runRestore(args []string) int {
 		fmt.Print(plan)
 		return 0
 	}
-	res, err := restorer.Execute(plan, restorer.ExecOptions{})
+	res, err := restorer.Execute(plan, restorer.ExecOptions{AgentTimeout: *agentTimeout})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
 		return 1

@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/nsinit/nsinit/proto/agentpb"
+	"golang.org/x/sys/unix"
+)
+
+// This file is the child side of the agent protocol as a restored agent
+// serves it: `nsinit restore` execs the agent with one end of a socket pair
+// and, once every task of the tree exists, greets it (Hello) and has it put
+// its namespace's ns_last_pid back (Finish). The restorer's builder
+// processes create the tasks, so CreateTask is not served.
+
+// OpenParentConn wraps the inherited control socket fd of a restored agent
+// and checks, through SO_PEERCRED, that the peer (the process that made the
+// socket pair: the restorer) is an ancestor of the agent. An agent that is
+// PID 1 of its namespace sees its parent and the restorer, both outside the
+// namespace, as pid 0; any other agent finds the restorer up its chain of
+// parents.
+func OpenParentConn(fd int) (*Conn, error) {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return nil, fmt.Errorf("control fd %d: %w", fd, err)
+	}
+	// Close-on-exec again (the command it may start must not inherit it);
+	// non-blocking so that reads honour deadlines.
+	unix.CloseOnExec(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return nil, fmt.Errorf("control fd %d: %w", fd, err)
+	}
+	f := os.NewFile(uintptr(fd), "agent-control")
+	c, err := NewConn(f, 0)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	cred, err := peerCred(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !isAncestor(int(cred.Pid)) {
+		f.Close()
+		return nil, fmt.Errorf("control socket peer pid %d is not an ancestor of the agent: %w", cred.Pid, ErrPeer)
+	}
+	return c, nil
+}
+
+// ServeRestore answers the restorer until it closes the socket: Hello with
+// the agent's pid and pid-namespace depth, SetCursor and Finish by writing
+// ns_last_pid, Abort with Done (the restorer kills what it created; the
+// agent created nothing itself).
+func ServeRestore(c *Conn) error {
+	return c.Serve(func(req *agentpb.Request) (*agentpb.Reply, error) {
+		switch op := req.Op.(type) {
+		case *agentpb.Request_Hello:
+			return &agentpb.Reply{Result: &agentpb.Reply_Hello{Hello: &agentpb.HelloReply{
+				Level: uint32(procfsDepth()), Pid: int64(os.Getpid()),
+			}}}, nil
+		case *agentpb.Request_SetCursor:
+			return nil, writeLastPID(op.SetCursor.Value)
+		case *agentpb.Request_Finish:
+			if op.Finish.LastPid > 0 {
+				return nil, writeLastPID(op.Finish.LastPid)
+			}
+			return nil, nil
+		case *agentpb.Request_Abort:
+			return nil, nil
+		case *agentpb.Request_CreateTask:
+			return nil, fmt.Errorf("create task %v: a restored agent does not create tasks (the restorer's builders do): %w", op.CreateTask.Pids, unix.ENOSYS)
+		}
+		return nil, fmt.Errorf("unknown request %T: %w", req.Op, unix.EOPNOTSUPP)
+	})
+}
+
+// isAncestor says whether pid is the caller's parent, grandparent, ... as
+// the caller's pid namespace numbers them (0: outside it, which is where
+// the parent of a namespace's PID 1 is).
+func isAncestor(pid int) bool {
+	p := os.Getppid()
+	for seen := 0; seen < 4096; seen++ {
+		if p == pid {
+			return true
+		}
+		if p == 0 || !ownProcfs() {
+			return false
+		}
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
+		if err != nil {
+			return false
+		}
+		// the fields after the command's closing parenthesis: state ppid ...
+		i := bytes.LastIndexByte(b, ')')
+		f := bytes.Fields(b[i+1:])
+		if i < 0 || len(f) < 2 {
+			return false
+		}
+		p, _ = strconv.Atoi(string(f[1]))
+	}
+	return false
+}
+
+// ownProcfs says whether /proc numbers processes as the caller's pid
+// namespace does (a namespace's tasks may see an ancestor's procfs).
+func ownProcfs() bool {
+	self, err := os.Readlink("/proc/self")
+	return err == nil && self == strconv.Itoa(os.Getpid())
+}
+
+func writeLastPID(v int64) error {
+	if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.FormatInt(v, 10)), 0); err != nil {
+		return fmt.Errorf("write ns_last_pid %d: %w", v, err)
+	}
+	return nil
+}
+
+// procfsDepth is the number of pid namespaces above the agent's that its
+// /proc shows (NSpid has one entry per level the procfs' namespace sees).
+func procfsDepth() int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
+			return len(bytes.Fields(v)) - 1
+		}
+	}
+	return 0
+}
