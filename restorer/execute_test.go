@@ -32,17 +32,18 @@ func TestMain(m *testing.M) {
 // 20000-32000, F: host pid_max is 32768).
 func freeBase(t testing.TB, from, n int) int {
 	t.Helper()
-	for b := from; b+n < 32000; b += n {
-		ok := true
-		for p := b; p < b+n; p++ {
+	for b := from; b+n < 32000; {
+		taken := -1
+		for p := b + n - 1; p >= b; p-- {
 			if _, err := os.Stat("/proc/" + strconv.Itoa(p)); err == nil {
-				ok = false
+				taken = p
 				break
 			}
 		}
-		if ok {
+		if taken < 0 {
 			return b
 		}
+		b = taken + 1 // the next window starts after the highest taken pid
 	}
 	t.Skip("no free host pid window")
 	return 0
@@ -84,8 +85,12 @@ func restore(t *testing.T, tr *pstree.Tree, pay Payload) (*Plan, *Restored, erro
 // killTree kills every task of tr and reaps everything the test process
 // inherited.
 func killTree(t testing.TB, tr *pstree.Tree, res *Restored) {
+	// By pid number, but only what is still ours: a pid freed by a dead
+	// task may already belong to someone else's process on a shared host.
 	for i := len(tr.Tasks) - 1; i >= 0; i-- {
-		_ = unix.Kill(tr.Tasks[i].PID(), unix.SIGKILL)
+		if leftOver(tr.Tasks[i]) {
+			_ = unix.Kill(tr.Tasks[i].PID(), unix.SIGKILL)
+		}
 	}
 	if res.RootFD != nil {
 		_, _, _ = sys.WaitPidfd(res.RootFD.Int(), 0)
