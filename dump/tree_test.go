@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,10 +26,22 @@ const roleEnv = "NSINIT_DUMP_TEST_ROLE"
 func TestMain(m *testing.M) {
 	switch os.Getenv(roleEnv) {
 	case "threads":
-		// A multi-threaded member: a few locked goroutines on top of the
-		// runtime's own threads, then sleep.
+		// A multi-threaded member: three goroutines each locked to a
+		// thread that blocks in pause(2), on top of the runtime's own
+		// threads. A blocking syscall keeps its thread, so the runtime
+		// must run everything else on others: at least four threads
+		// whatever GOMAXPROCS is (a one-CPU VM included). They exist
+		// before the tree can look settled.
 		for i := 0; i < 3; i++ {
-			go func() { runtime.LockOSThread(); sleepForever() }()
+			go func() {
+				runtime.LockOSThread()
+				for {
+					syscall.Syscall(syscall.SYS_PAUSE, 0, 0, 0)
+				}
+			}()
+		}
+		for threadCount() < 4 {
+			time.Sleep(time.Millisecond)
 		}
 		sleepForever()
 	case "setpgid":
@@ -48,6 +61,18 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	os.Exit(m.Run())
+}
+
+// threadCount is the Threads: line of /proc/self/status.
+func threadCount() int {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
 }
 
 func sleepForever() {
@@ -360,10 +385,17 @@ func checkBigTree(t *testing.T, tt *testTree, tr *pstree.Tree) {
 		t.Errorf("%d agents, want 1", agents)
 	}
 	self := mustExe(t)
+	threaded := 0
 	for _, task := range tr.Tasks {
-		if task.Exe == self && len(task.Threads) < 3 {
-			t.Errorf("pid %d: %d threads", task.PIDs[0], len(task.Threads))
+		if task.Exe == self && slices.Contains(task.Env, roleEnv+"=threads") {
+			threaded++
+			if len(task.Threads) < 3 {
+				t.Errorf("pid %d: %d threads besides its leader, want at least 3", task.PIDs[0], len(task.Threads))
+			}
 		}
+	}
+	if threaded != 2 {
+		t.Errorf("%d multi-threaded members, want 2", threaded)
 	}
 	// Born through setns: in L2 with a parent at L1, PPid 0 inside.
 	found := false

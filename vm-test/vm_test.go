@@ -52,9 +52,9 @@ var guestPackages = []guestPackage{
 		MemoryMB: 1024, Prepare: kernelModule("kernel/drivers/net/veth.ko", "NSINIT_TEST_VETH_KO")},
 	// Dump on another kernel: the tests that need neither iproute2 nor
 	// util-linux (TestDumpUserNamespaces runs `unshare`, the net tests
-	// `ip`; TestDumpBigTree* count 2 threads where the guest shows 1).
+	// `ip`).
 	{Pkg: "./dump", Needs: []string{"CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_CHECKPOINT_RESTORE"},
-		Run: "TestWalkMatchesPlainPath|TestProbeLastPID|TestDumpRefusesForeignNamespace|TestDumpStoppedTask"},
+		Run: "TestWalkMatchesPlainPath|TestProbeLastPID|TestDumpRefusesForeignNamespace|TestDumpStoppedTask|TestDumpBigTree"},
 }
 
 // kernelModule puts the guest kernel's module rel (under lib/modules/VER/)
