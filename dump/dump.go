@@ -197,7 +197,11 @@ func readFrozen(r *procfs.Reader, root int, before []member, agentExe string, st
 		if err != nil {
 			// A task that joined after the freeze (ptrace) may be
 			// what broke the read: if so, it is a race.
-			if after, derr := findMembers(r, root); derr == nil {
+			after, derr := findMembers(r, root)
+			if derr == nil && before[0].start != 0 {
+				derr = stamp(r, after) // compare like with like
+			}
+			if derr == nil {
 				if d := diffMembers(before, after); len(d) > 0 {
 					return nil, d, nil
 				}
