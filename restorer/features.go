@@ -24,6 +24,11 @@ type Features struct {
 	// PidMax is /proc/sys/kernel/pid_max as the restorer sees it (0:
 	// unknown). On 6.1 it bounds every namespace's cursor.
 	PidMax int
+	// SetgroupsDenied: the restorer's own user namespace denies
+	// setgroups(2) (/proc/self/setgroups is "deny", as `unshare -r` leaves
+	// it): tasks of the ambient user namespace keep the groups they
+	// inherit, because nothing in that namespace can change them.
+	SetgroupsDenied bool
 }
 
 // ProbeFeatures asks the kernel. The set_tid probe creates nothing: it asks
@@ -35,6 +40,9 @@ func ProbeFeatures() Features {
 	f := Features{MultiLevelSetTID: probeSetTID() == unix.EEXIST}
 	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
 		f.PidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	if b, err := os.ReadFile("/proc/self/setgroups"); err == nil {
+		f.SetgroupsDenied = strings.TrimSpace(string(b)) == "deny"
 	}
 	return f
 }

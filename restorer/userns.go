@@ -117,6 +117,7 @@ func taskCreds(p *Plan, ti int) (uid, gid [3]uint32, groups []uint32, setgroups 
 	uid, gid, groups, setgroups = [3]uint32{c.UID, c.EUID, c.SUID}, [3]uint32{c.GID, c.EGID, c.SGID}, c.Groups, true
 	ns := p.Tree.Namespace(t.NS[pstree.UserNS])
 	if ns == nil || ns.Ambient {
+		setgroups = !p.Options.Features.SetgroupsDenied
 		return
 	}
 	bad := func(what string, v uint32) error {
