@@ -45,6 +45,13 @@ type procRec struct {
 	setCreds              uint32
 	noGroups              uint32 // setgroups is denied in its user ns: skip it
 	stopSelf              uint32 // park instead of exec (stopped payload)
+	// capability sets for the exec payload (caps.go); setCaps 0 leaves the
+	// builder's own. capHdr and capData are capget/capset scratch space.
+	setCaps, keepCaps      uint32
+	capLast                uint32 // /proc/sys/kernel/cap_last_cap
+	capInh, capBnd, capAmb uint64
+	capHdr                 [2]uint32 // version, pid
+	capData                [6]uint32 // two halves of {effective, permitted, inheritable}
 }
 
 // stepRec is one step in the block.

@@ -150,6 +150,7 @@ func newBlock(p *Plan) (*block, error) {
 		uid, gid  [3]uint32
 		groups    []uint32
 		setgroups bool
+		caps      taskCaps
 	}
 	creds := make([]procCreds, len(p.Procs))
 	align := func() {
@@ -209,6 +210,9 @@ func newBlock(p *Plan) (*block, error) {
 			ps[i].groups = len(strs)
 			var err error
 			if creds[i].uid, creds[i].gid, creds[i].groups, creds[i].setgroups, err = taskCreds(p, t); err != nil {
+				return nil, err
+			}
+			if creds[i].caps, err = taskCapsOf(p, t); err != nil {
 				return nil, err
 			}
 			for _, g := range creds[i].groups {
@@ -288,6 +292,7 @@ func newBlock(p *Plan) (*block, error) {
 			if !c.setgroups {
 				r.noGroups = 1
 			}
+			c.caps.put(r)
 			r.setCreds = 1
 		}
 	}
