@@ -48,8 +48,10 @@ type procRec struct {
 	// capability sets for the exec payload (caps.go); setCaps 0 leaves the
 	// builder's own. capHdr and capData are capget/capset scratch space.
 	setCaps, keepCaps      uint32
+	capExact               uint32 // a zombie: capset permitted and effective too
 	capLast                uint32 // /proc/sys/kernel/cap_last_cap
 	capInh, capBnd, capAmb uint64
+	capPrm, capEff         uint64
 	capHdr                 [2]uint32 // version, pid
 	capData                [6]uint32 // two halves of {effective, permitted, inheritable}
 }

@@ -91,6 +91,7 @@ func builderMain(arg uintptr) {
 		}
 		switch st.op {
 		case int64(OpExit):
+			exitCreds(base, z, pr, i) // a zombie's own: caps_linux.go
 			advance(base, st, i)
 			die(z, st.arg)
 		case int64(OpPayload):

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/nsinit/nsinit/pstree"
 )
 
 // Capability sets of the exec payload. The builder is root with every
@@ -29,6 +31,10 @@ type taskCaps struct {
 	keep          bool // PR_SET_KEEPCAPS across setresuid: ambient caps to raise
 	inh, bnd, amb uint64
 	last          uint
+	// exact: a zombie, which does not exec: permitted and effective are
+	// set as they are (within what the builder has).
+	exact    bool
+	prm, eff uint64
 }
 
 func capsOf(p *Plan, ti int, last uint) (taskCaps, error) {
@@ -49,7 +55,11 @@ func capsOf(p *Plan, ti int, last uint) (taskCaps, error) {
 	if c.CapAmb&^(c.CapInh&c.CapPrm) != 0 {
 		return taskCaps{}, fmt.Errorf("task %v: ambient capabilities %#x not both inheritable %#x and permitted %#x: %w", t.PIDs, c.CapAmb, c.CapInh, c.CapPrm, ErrBadImage)
 	}
-	return taskCaps{ok: true, keep: c.CapAmb != 0, inh: c.CapInh, bnd: c.CapBnd & valid, amb: c.CapAmb}, nil
+	tc := taskCaps{ok: true, keep: c.CapAmb != 0, inh: c.CapInh, bnd: c.CapBnd & valid, amb: c.CapAmb}
+	if t.State == pstree.Zombie {
+		tc.exact, tc.keep, tc.prm, tc.eff = true, true, c.CapPrm, c.CapEff
+	}
+	return tc, nil
 }
 
 var capLast struct {
@@ -97,5 +107,43 @@ func (c taskCaps) put(r *procRec) {
 	if c.keep {
 		r.keepCaps = 1
 	}
-	r.capInh, r.capBnd, r.capAmb = c.inh, c.bnd, c.amb
+	if c.exact {
+		r.capExact = 1
+	}
+	r.capInh, r.capBnd, r.capAmb, r.capPrm, r.capEff = c.inh, c.bnd, c.amb, c.prm, c.eff
+}
+
+// procCreds are the credentials a builder takes: before the exec payload,
+// or before it dies as a zombie.
+type procCreds struct {
+	set       bool
+	uid, gid  [3]uint32
+	groups    []uint32
+	setgroups bool
+	caps      taskCaps
+}
+
+func credsOf(p *Plan, ti int) (procCreds, error) {
+	c := procCreds{set: true}
+	var err error
+	if c.uid, c.gid, c.groups, c.setgroups, err = taskCreds(p, ti); err != nil {
+		return c, err
+	}
+	c.caps, err = taskCapsOf(p, ti)
+	return c, err
+}
+
+// put fills the builder's record; groups is the address of the groups in
+// the block.
+func (c *procCreds) put(r *procRec, groups uint64) {
+	if !c.set {
+		return
+	}
+	r.groups, r.ngroups = groups, int64(len(c.groups))
+	r.uid, r.gid = c.uid, c.gid
+	if !c.setgroups {
+		r.noGroups = 1
+	}
+	c.caps.put(r)
+	r.setCreds = 1
 }

@@ -31,15 +31,23 @@ import (
 //	  a new pid namespace (unshare -p without -f, as TestE2EUnshareWithoutFork)
 //	6 PID 1 of that namespace, its bounding set without net_admin, kill
 //	  inheritable: the sets are relative to the child user namespace
+//
+// and two zombies (the root never reaps: it execs sleep), which do not exec
+// when restored and get their sets as they are:
+//
+//	exit 3: uid 1002, kill inheritable
+//	exit 4: root without sys_admin in its bounding set
 const capTreeScript = `S=/usr/bin/setpriv B=/bin/busybox
 $S --reuid 1000 --regid 1000 --clear-groups --inh-caps +net_raw --ambient-caps +net_raw $B sleep 1001 &
 $S --reuid 1001 --regid 1001 --groups 5,6 --inh-caps +chown $B sleep 1002 &
 $S --bounding-set -sys_admin,-net_admin $B sleep 1003 &
 $S --inh-caps +chown,+kill $B sleep 1004 &
 unshare -U -r -p $B sh -c "$S --bounding-set -net_admin --inh-caps +kill $B sleep 1006 & exec $B sleep 1005" &
+$S --reuid 1002 --regid 1002 --clear-groups --inh-caps +kill $B sh -c 'exit 3' &
+$S --bounding-set -sys_admin $B sh -c 'exit 4' &
 exec $B sleep 1000`
 
-const capTreeSize = 7
+const capTreeSize = 9
 
 // startCapTree starts the tree and waits until every task has exec'd its
 // sleep; the cleanup kills and reaps what is left of it.
@@ -85,18 +93,23 @@ func startCapTree(t *testing.T) *exec.Cmd {
 
 func allSleeping(tr *pstree.Tree) bool {
 	for _, tk := range tr.Tasks {
-		if len(tk.Argv) != 3 || tk.Argv[1] != "sleep" {
+		if tk.State != pstree.Zombie && (len(tk.Argv) != 3 || tk.Argv[1] != "sleep") {
 			return false
 		}
 	}
 	return true
 }
 
-// capsByTask is the image's capability sets by sleep argument.
+// capsByTask is the image's credentials by sleep argument, "exit N" for a
+// zombie.
 func capsByTask(tr *pstree.Tree) map[string]pstree.Creds {
 	m := map[string]pstree.Creds{}
 	for _, tk := range tr.Tasks {
-		m[tk.Argv[2]] = tk.Creds
+		if tk.State == pstree.Zombie {
+			m[fmt.Sprintf("exit %d", tk.ExitStatus>>8)] = tk.Creds
+		} else {
+			m[tk.Argv[2]] = tk.Creds
+		}
 	}
 	return m
 }
@@ -201,6 +214,10 @@ func checkCapImage(t *testing.T, tr *pstree.Tree) {
 	expect(c.CapInh == chown|kill && c.CapPrm == m["1000"].CapPrm, "1004: chown, kill inheritable")
 	c = m["1006"]
 	expect(c.CapInh == kill && c.CapBnd&netAdmin == 0 && c.CapPrm == c.CapBnd|kill, "1006: in a user ns, bounding set without net_admin, kill inheritable")
+	c = m["exit 3"]
+	expect(c.UID == 1002 && c.CapInh == kill && c.CapPrm == 0 && c.CapEff == 0, "zombie exit 3: uid 1002, kill inheritable")
+	c = m["exit 4"]
+	expect(c.UID == 0 && c.CapBnd&sysAdmin == 0 && c.CapPrm == c.CapBnd && c.CapEff == c.CapBnd, "zombie exit 4: bounding set without sys_admin")
 	if len(bad) > 0 {
 		t.Fatalf("the dump does not have the states the tree was built with: %s\n%+v", strings.Join(bad, "; "), m)
 	}
