@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -220,5 +221,39 @@ func checkCapImage(t *testing.T, tr *pstree.Tree) {
 	expect(c.UID == 0 && c.CapBnd&sysAdmin == 0 && c.CapPrm == c.CapBnd && c.CapEff == c.CapBnd, "zombie exit 4: bounding set without sys_admin")
 	if len(bad) > 0 {
 		t.Fatalf("the dump does not have the states the tree was built with: %s\n%+v", strings.Join(bad, "; "), m)
+	}
+}
+
+// TestCapsOf: what the builder is given, and the images refused, without
+// root.
+func TestCapsOf(t *testing.T) {
+	const last = 40
+	full := uint64(1)<<(last+1) - 1
+	mk := func(st pstree.TaskState, c pstree.Creds) *Plan {
+		return &Plan{Tree: &pstree.Tree{Tasks: []pstree.Task{{PIDs: []int{10}, State: st, Creds: c}}}}
+	}
+	// hand-written: nothing recorded, nothing set
+	if c, err := capsOf(mk(pstree.Live, pstree.Creds{UID: 1000}), 0, last); err != nil || c.ok {
+		t.Errorf("all-zero sets: %+v %v, want not ok", c, err)
+	}
+	amb := pstree.Creds{UID: 1000, CapInh: 1 << 13, CapPrm: 1 << 13, CapEff: 1 << 13, CapAmb: 1 << 13, CapBnd: full | 1<<63}
+	c, err := capsOf(mk(pstree.Live, amb), 0, last)
+	if err != nil || !c.ok || !c.keep || c.exact || c.bnd != full || c.inh != 1<<13 || c.amb != 1<<13 {
+		t.Errorf("ambient task: %+v %v (bits past cap_last_cap dropped from the bounding set, keepcaps)", c, err)
+	}
+	c, err = capsOf(mk(pstree.Zombie, pstree.Creds{CapPrm: 7, CapEff: 3, CapBnd: full}), 0, last)
+	if err != nil || !c.exact || !c.keep || c.prm != 7 || c.eff != 3 {
+		t.Errorf("zombie: %+v %v, want exact permitted 7 effective 3", c, err)
+	}
+	for name, x := range map[string]struct {
+		cr   pstree.Creds
+		want error
+	}{
+		"inheritable past cap_last_cap": {pstree.Creds{CapInh: 1 << 50, CapBnd: full}, ErrUnsupported},
+		"ambient not permitted":         {pstree.Creds{CapInh: 1, CapAmb: 1, CapBnd: full}, ErrBadImage},
+	} {
+		if _, err := capsOf(mk(pstree.Live, x.cr), 0, last); !errors.Is(err, x.want) {
+			t.Errorf("%s: %v, want %v", name, err, x.want)
+		}
 	}
 }
