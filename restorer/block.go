@@ -37,14 +37,6 @@ type procRec struct {
 	execErr   int32  // errno of a failed execve, 0 otherwise
 	firstStep int64  // first step this proc performs, -1 for none
 	selfPid   int64  // its pid in its own namespace (for kill(self))
-	// payload (addresses inside the block; 0 = none)
-	path, argv, envp, cwd uint64
-	groups                uint64
-	ngroups               int64
-	uid, gid              [3]uint32 // real, effective, saved
-	setCreds              uint32
-	noGroups              uint32 // setgroups is denied in its user ns: skip it
-	stopSelf              uint32 // park instead of exec (stopped payload)
 	// capability sets for the exec payload (caps.go); setCaps 0 leaves the
 	// builder's own. capHdr and capData are capget/capset scratch space.
 	setCaps, keepCaps      uint32
@@ -54,6 +46,14 @@ type procRec struct {
 	capPrm, capEff         uint64
 	capHdr                 [2]uint32 // version, pid
 	capData                [6]uint32 // two halves of {effective, permitted, inheritable}
+	// payload (addresses inside the block; 0 = none)
+	path, argv, envp, cwd uint64
+	groups                uint64
+	ngroups               int64
+	uid, gid              [3]uint32 // real, effective, saved
+	setCreds              uint32
+	noGroups              uint32 // setgroups is denied in its user ns: skip it
+	stopSelf              uint32 // park instead of exec (stopped payload)
 }
 
 // stepRec is one step in the block.
