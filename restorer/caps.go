@@ -12,7 +12,7 @@ import (
 
 // Capability sets of the exec payload. The builder is root with every
 // capability in the task's final user namespace; before the execve it puts
-// the image's bounding, inheritable and ambient sets in place (capsSet in
+// the image's bounding, inheritable and ambient sets in place (setCreds in
 // caps_linux.go), and the kernel's exec rules (capabilities(7)) then compute
 // the permitted and effective sets: for a root target every cap of
 // bounding|inheritable, for a non-root target without file capabilities the
@@ -20,9 +20,10 @@ import (
 // such an exec (a task that dropped capabilities itself after its own exec)
 // is restored with what the exec gives, and `nsinit check` names the
 // difference. Capabilities are bits relative to the task's own user
-// namespace, so the image's sets need no translation.
+// namespace, so the image's sets need no translation. A zombie does not
+// exec: its builder also sets permitted and effective as they are.
 
-// taskCaps is what the builder of task ti sets: ok is false when the image
+// taskCaps is what a task's builder sets: ok is false when the image
 // records no capability state at all (all five sets zero: hand-written
 // images), which leaves the builder's own. last is the running kernel's
 // cap_last_cap.
@@ -37,6 +38,7 @@ type taskCaps struct {
 	prm, eff uint64
 }
 
+// capsOf is task ti's taskCaps on a kernel whose cap_last_cap is last.
 func capsOf(p *Plan, ti int, last uint) (taskCaps, error) {
 	t := &p.Tree.Tasks[ti]
 	c := t.Creds
