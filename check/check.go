@@ -89,6 +89,11 @@ func (c *comparer) tasks() {
 		for _, k := range pstree.AllNSKinds() {
 			c.sameNS(pid, k, it.NS[k], lt.NS[k])
 		}
+		// Zombies too: /proc/PID/status shows a zombie's credentials
+		// until it is reaped, and the image has them. An agent is
+		// exec'd as `nsinit agent` by a root builder with the image's
+		// ids and sets, so it matches a root agent's image.
+		c.creds(pid, &it.Creds, &lt.Creds)
 	}
 	if len(c.live.Tasks) > 0 && len(c.img.Tasks) > 0 && c.live.Tasks[0].PIDs[0] != c.img.Tasks[0].PIDs[0] {
 		c.add(0, "root", c.img.Tasks[0].PIDs, c.live.Tasks[0].PIDs)
@@ -96,6 +101,38 @@ func (c *comparer) tasks() {
 	for _, lt := range c.live.Tasks {
 		if c.img.Task(lt.PIDs[0]) == nil {
 			c.add(lt.PIDs[0], "task", "missing", fmt.Sprintf("%v %v", lt.PIDs, lt.State))
+		}
+	}
+}
+
+// creds compares ids, groups and the five capability sets (as the kernel
+// shows them: hex).
+func (c *comparer) creds(pid int, a, b *pstree.Creds) {
+	ids := []struct {
+		what string
+		a, b uint32
+	}{
+		{"uid", a.UID, b.UID}, {"euid", a.EUID, b.EUID}, {"suid", a.SUID, b.SUID}, {"fsuid", a.FSUID, b.FSUID},
+		{"gid", a.GID, b.GID}, {"egid", a.EGID, b.EGID}, {"sgid", a.SGID, b.SGID}, {"fsgid", a.FSGID, b.FSGID},
+	}
+	for _, id := range ids {
+		if id.a != id.b {
+			c.add(pid, id.what, id.a, id.b)
+		}
+	}
+	if !slices.Equal(a.Groups, b.Groups) {
+		c.add(pid, "groups", a.Groups, b.Groups)
+	}
+	caps := []struct {
+		what string
+		a, b uint64
+	}{
+		{"cap_inh", a.CapInh, b.CapInh}, {"cap_prm", a.CapPrm, b.CapPrm}, {"cap_eff", a.CapEff, b.CapEff},
+		{"cap_bnd", a.CapBnd, b.CapBnd}, {"cap_amb", a.CapAmb, b.CapAmb},
+	}
+	for _, cp := range caps {
+		if cp.a != cp.b {
+			c.add(pid, cp.what, fmt.Sprintf("%016x", cp.a), fmt.Sprintf("%016x", cp.b))
 		}
 	}
 }

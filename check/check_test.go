@@ -121,6 +121,10 @@ func TestCompareFindsEachDifference(t *testing.T) {
 		"peer name": {func(tr *pstree.Tree) {
 			tr.Namespaces[4].Links[1].PeerName, tr.Namespaces[4].Links[2].PeerName = "vc", "vd"
 		}, "interface vc: veth peer"},
+		"uid":    {func(tr *pstree.Tree) { tr.Tasks[1].Creds.UID = 1000 }, "pid 11: uid: image 0, live 1000"},
+		"groups": {func(tr *pstree.Tree) { tr.Tasks[0].Creds.Groups = []uint32{5} }, "pid 10: groups: image [], live [5]"},
+		// a zombie's credentials count too
+		"cap_amb": {func(tr *pstree.Tree) { tr.Tasks[2].Creds.CapAmb = 1 << 13 }, "pid 12: cap_amb: image 0000000000000000, live 0000000000002000"},
 		"owner": {func(tr *pstree.Tree) {
 			tr.Namespaces = append(tr.Namespaces, pstree.Namespace{ID: 7, Kind: pstree.UserNS, Parent: 3})
 			tr.Namespaces[1].Owner = 7
@@ -137,6 +141,40 @@ func TestCompareFindsEachDifference(t *testing.T) {
 		if !strings.Contains(strings.Join(all, "\n"), c.want) {
 			t.Errorf("%s: want a difference %q, got %q", name, c.want, all)
 		}
+	}
+}
+
+// TestCompareCaps: each capability set that differs is reported by its
+// name, image and live value in hex, and nothing else is.
+func TestCompareCaps(t *testing.T) {
+	img := tree()
+	for i := range img.Tasks {
+		img.Tasks[i].Creds = pstree.Creds{UID: 1000, EUID: 1000, SUID: 1000, FSUID: 1000,
+			CapInh: 0x2000, CapPrm: 0x2000, CapEff: 0x2000, CapBnd: 0x1ffffffffff, CapAmb: 0x2000}
+	}
+	live := renumber(tree())
+	for i := range live.Tasks {
+		live.Tasks[i].Creds = img.Tasks[i].Creds
+	}
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("same credentials reported: %v", d)
+	}
+	lc := &live.Tasks[1].Creds
+	lc.CapBnd &^= 1 << 21 // cap_sys_admin
+	lc.CapPrm, lc.CapEff, lc.CapAmb, lc.CapInh = 0, 0, 0, 0x2001
+	want := []string{
+		"pid 11: cap_inh: image 0000000000002000, live 0000000000002001",
+		"pid 11: cap_prm: image 0000000000002000, live 0000000000000000",
+		"pid 11: cap_eff: image 0000000000002000, live 0000000000000000",
+		"pid 11: cap_bnd: image 000001ffffffffff, live 000001ffffdfffff",
+		"pid 11: cap_amb: image 0000000000002000, live 0000000000000000",
+	}
+	var got []string
+	for _, d := range Compare(img, live) {
+		got = append(got, d.String())
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 

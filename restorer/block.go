@@ -37,6 +37,15 @@ type procRec struct {
 	execErr   int32  // errno of a failed execve, 0 otherwise
 	firstStep int64  // first step this proc performs, -1 for none
 	selfPid   int64  // its pid in its own namespace (for kill(self))
+	// capability sets for the exec payload (caps.go); setCaps 0 leaves the
+	// builder's own. capHdr and capData are capget/capset scratch space.
+	setCaps, keepCaps      uint32
+	capExact               uint32 // a zombie: capset permitted and effective too
+	capLast                uint32 // /proc/sys/kernel/cap_last_cap
+	capInh, capBnd, capAmb uint64
+	capPrm, capEff         uint64
+	capHdr                 [2]uint32 // version, pid
+	capData                [6]uint32 // two halves of {effective, permitted, inheritable}
 	// payload (addresses inside the block; 0 = none)
 	path, argv, envp, cwd uint64
 	groups                uint64

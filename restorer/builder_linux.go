@@ -91,6 +91,7 @@ func builderMain(arg uintptr) {
 		}
 		switch st.op {
 		case int64(OpExit):
+			exitCreds(base, z, pr, i) // a zombie's own: caps_linux.go
 			advance(base, st, i)
 			die(z, st.arg)
 		case int64(OpPayload):
@@ -271,15 +272,7 @@ func die(z uintptr, status int64) {
 func execPayload(z uintptr, pr *procRec) {
 	var e syscall.Errno
 	if pr.setCreds != 0 {
-		if pr.noGroups == 0 {
-			if _, _, e = syscall.RawSyscall(unix.SYS_SETGROUPS, uintptr(pr.ngroups), uintptr(pr.groups), 0); e != 0 {
-				goto failed
-			}
-		}
-		if _, _, e = syscall.RawSyscall(unix.SYS_SETRESGID, uintptr(pr.gid[0]), uintptr(pr.gid[1]), uintptr(pr.gid[2])); e != 0 {
-			goto failed
-		}
-		if _, _, e = syscall.RawSyscall(unix.SYS_SETRESUID, uintptr(pr.uid[0]), uintptr(pr.uid[1]), uintptr(pr.uid[2])); e != 0 {
+		if e = setCreds(pr); e != 0 { // ids and capability sets: caps_linux.go
 			goto failed
 		}
 	}

@@ -158,12 +158,7 @@ func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 	var ptrs []int // offsets in strs where an address (into strs) is stored
 	type procStrs struct{ path, argv, envp, cwd, groups int }
 	ps := make([]procStrs, len(p.Procs))
-	type procCreds struct {
-		uid, gid  [3]uint32
-		groups    []uint32
-		setgroups bool
-	}
-	creds := make([]procCreds, len(p.Procs))
+	creds := make([]procCreds, len(p.Procs)) // caps.go
 	align := func() {
 		for len(strs)%8 != 0 {
 			strs = append(strs, 0)
@@ -217,17 +212,25 @@ func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 			if tk.Cwd != "" {
 				ps[i].cwd = cstr(tk.Cwd)
 			}
-			align()
-			ps[i].groups = len(strs)
-			var err error
-			if creds[i].uid, creds[i].gid, creds[i].groups, creds[i].setgroups, err = taskCreds(p, t); err != nil {
-				return nil, err
-			}
-			for _, g := range creds[i].groups {
-				strs = unsafeAppendU32(strs, g)
-			}
-			align()
 		}
+	}
+	// The exec payload's credentials; a zombie dies with its image's, in
+	// either payload.
+	for i := range p.Procs {
+		t := p.Procs[i].Task
+		if t < 0 || (p.Options.Payload != PayloadExec && p.Tree.Tasks[t].State != pstree.Zombie) {
+			continue
+		}
+		var err error
+		if creds[i], err = credsOf(p, t); err != nil {
+			return nil, err
+		}
+		align()
+		ps[i].groups = len(strs)
+		for _, g := range creds[i].groups {
+			strs = unsafeAppendU32(strs, g)
+		}
+		align()
 	}
 	// user namespace map files, per OpUserMap step
 	type mapFiles struct{ path, text, n [3]int }
@@ -297,14 +300,8 @@ func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 			if ps[i].cwd >= 0 {
 				r.cwd = addr(ps[i].cwd)
 			}
-			c := &creds[i]
-			r.groups, r.ngroups = addr(ps[i].groups), int64(len(c.groups))
-			r.uid, r.gid = c.uid, c.gid
-			if !c.setgroups {
-				r.noGroups = 1
-			}
-			r.setCreds = 1
 		}
+		creds[i].put(r, addr(ps[i].groups))
 	}
 	// steps
 	stack := 0
