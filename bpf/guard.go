@@ -18,8 +18,13 @@ type Guard struct {
 }
 
 // NewGuard loads the eBPF programs (about 100 ms). The error wraps
-// ebpf.ErrNotSupported or unix.EPERM when eBPF can't be used.
+// ebpf.ErrNotSupported or unix.EPERM when eBPF can't be used. Inside a pid
+// namespace other than the host's it fails at once: the programs see the
+// kernel's level-0 pids, which the dump there cannot name.
 func NewGuard() (*Guard, error) {
+	if err := hostPidNS(); err != nil {
+		return nil, fmt.Errorf("dump guard: %w", err)
+	}
 	w, err := Load()
 	if err != nil {
 		return nil, fmt.Errorf("dump guard: %w", err)
