@@ -53,6 +53,9 @@ type Config struct {
 	// ForwardSIGURG says SIGURG may be forwarded: true only when the binary
 	// was built with async preemption off, so the runtime never raises it.
 	ForwardSIGURG bool
+	// Listen, when set, is the path of a restore socket the init serves
+	// (listen.go): clients restore images into its pid namespace.
+	Listen string
 	// Log receives diagnostics (nil: stderr).
 	Log io.Writer
 	// Started, when set, runs once the init is set up - signals taken,
@@ -96,6 +99,12 @@ func Run(cfg Config) int {
 		signal.Ignore(syscall.SIGURG)
 	}
 
+	if cfg.Listen != "" {
+		if err := Listen(cfg.Listen, log); err != nil {
+			fmt.Fprintf(log, "nsinit: %v\n", err)
+			return ExitInitFailure
+		}
+	}
 	child := cfg.Adopt
 	if child == 0 {
 		pid, code, err := start(cfg)

@@ -39,6 +39,9 @@ type ReplyError struct {
 }
 
 func (e *ReplyError) Error() string {
+	if len(e.PIDs) == 0 {
+		return fmt.Sprintf("agent: %s (%v)", e.Msg, e.Errno)
+	}
 	return fmt.Sprintf("agent: %s (task %v): %v", e.Msg, e.PIDs, e.Errno)
 }
 

@@ -15,6 +15,7 @@ func TestInitOptions(t *testing.T) {
 		{[]string{"nsinit", "-g", "-e", "3", "-p", "TERM", "--", "sh", "-e"}, []string{"-g", "-e", "3", "-p", "TERM"}},
 		{[]string{"/bin/nsinit", "-s", "sleep", "-e"}, []string{"-s"}},
 		{[]string{"nsinit"}, nil},
+		{[]string{"nsinit", "--listen", "/run/a.sock", "-g", "--", "sh"}, []string{"--listen", "/run/a.sock", "-g"}},
 	} {
 		if got := initOptions(c.argv); !slices.Equal(got, c.want) {
 			t.Errorf("initOptions(%q) = %q, want %q", c.argv, got, c.want)

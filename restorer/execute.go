@@ -495,7 +495,7 @@ func initOptions(argv []string) []string {
 		switch {
 		case a == "--" || !strings.HasPrefix(a, "-"):
 			return opts
-		case (a == "-e" || a == "-p") && i+1 < len(argv):
+		case (a == "-e" || a == "-p" || a == "--listen" || a == "-listen") && i+1 < len(argv):
 			opts = append(opts, a, argv[i+1])
 			i++
 		default:

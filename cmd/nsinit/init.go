@@ -22,6 +22,8 @@ const initOptionsHelp = `  -s          be a child subreaper (automatic when not 
   -g          forward signals to the command's process group
   -p SIGNAL   signal nsinit gets when its parent dies
   -e CODE     report exit code CODE of the command as 0 (repeatable)
+  --listen P  serve restores into this pid namespace on unix socket P
+              (nsinit restore --agent P)
   -v          verbose diagnostics
   --version   print the version`
 
@@ -70,6 +72,7 @@ func initFlags(fs *flag.FlagSet, cfg *agent.Config) (apply func() error) {
 	fs.BoolVar(&cfg.SignalGroup, "g", false, "")
 	fs.StringVar(&pdeath, "p", "", "")
 	fs.Var(&zero, "e", "")
+	fs.StringVar(&cfg.Listen, "listen", "", "")
 	return func() error {
 		cfg.ZeroExitCodes = zero
 		if pdeath != "" {

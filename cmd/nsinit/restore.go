@@ -4,10 +4,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"time"
 
+	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/sys"
+	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/restorer"
 )
 
@@ -18,7 +22,7 @@ func init() {
 func runRestore(args []string) int {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: nsinit restore -D DIR [--dry-run] [--payload exec|stopped] [--placement set_tid|ns_last_pid] [-d] [--pidfile F] [--agent-timeout D]")
+		fmt.Fprintln(fs.Output(), "usage: nsinit restore -D DIR [--dry-run] [--payload exec|stopped] [--placement set_tid|ns_last_pid] [-d] [--pidfile F] [--agent-timeout D] [--agent SOCKET]")
 		fs.PrintDefaults()
 	}
 	dir := fs.String("D", "", "image `directory`")
@@ -29,6 +33,7 @@ func runRestore(args []string) int {
 	fs.BoolVar(&detach, "d", false, "detach: leave the tree running and print the root's pid")
 	fs.BoolVar(&detach, "detach", false, "same as -d")
 	pidfile := fs.String("pidfile", "", "write the root's pid to `file`")
+	via := fs.String("agent", "", "restore through the nsinit agent listening on unix `socket` (nsinit --listen), into its pid namespace")
 	agentTimeout := fs.Duration("agent-timeout", restorer.DefaultAgentTimeout, "abort when a restored agent does not answer within `duration`")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -53,6 +58,9 @@ func runRestore(args []string) int {
 	default:
 		fmt.Fprintf(os.Stderr, "nsinit restore: unknown placement %q (set_tid or ns_last_pid)\n", *placement)
 		return 2
+	}
+	if *via != "" {
+		return restoreViaAgent(*via, *dir, *payload, *placement, *pidfile)
 	}
 	// A task that was an nsinit agent becomes one again: this binary.
 	if exe, err := os.Executable(); err == nil {
@@ -100,4 +108,39 @@ func runRestore(args []string) int {
 		return 128 + int(st.Signal())
 	}
 	return st.ExitStatus()
+}
+
+// restoreViaAgent asks a running agent to restore the image into its own
+// pid namespace (level 0 of the image): for a caller with no capability
+// over that namespace, or no process inside it. The tree is detached; the
+// pid printed is the root's as the agent's namespace numbers it.
+func restoreViaAgent(socket, dir, payload, placement, pidfile string) int {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
+		return 1
+	}
+	c, err := agent.Dial(socket)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
+		return 1
+	}
+	defer c.Close()
+	c.Timeout = agent.RestoreTimeout + time.Minute
+	rep, err := c.Call(&agentpb.Request{Op: &agentpb.Request_Restore{Restore: &agentpb.Restore{
+		ImageDir: abs, Payload: payload, Placement: placement,
+	}}})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit restore: through the agent at %s: %v\n", socket, err)
+		return 1
+	}
+	root := rep.GetRestored().GetRootPid()
+	if pidfile != "" {
+		if err := os.WriteFile(pidfile, []byte(strconv.FormatInt(root, 10)+"\n"), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "nsinit restore: pidfile: %v\n", err)
+			return 1
+		}
+	}
+	fmt.Println(root)
+	return 0
 }

@@ -16,6 +16,16 @@
 //   Abort{}                          ---->     kills and reaps what it created
 //                                    <----     Done{}
 //
+// A running agent started with `nsinit --listen PATH -- CMD` also serves
+// clients that connect to PATH (a SOCK_SEQPACKET unix socket, mode 0600):
+//
+//   Hello{}                          ---->
+//                                    <----     HelloReply{level, pid}
+//   Restore{image_dir, ...}          ---->     restores the image into its
+//                                              own pid namespace (level 0 of
+//                                              the image), tree detached
+//                                    <----     Restored{root_pid} | Failed
+//
 // Rules:
 //   * version: every Envelope carries VERSION (1). A peer that receives
 //     another version replies Failed{errno: EPROTO} and closes the socket.
@@ -152,6 +162,7 @@ type Request struct {
 	//	*Request_CreateTask
 	//	*Request_Finish
 	//	*Request_Abort
+	//	*Request_Restore
 	Op            isRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -246,6 +257,15 @@ func (x *Request) GetAbort() *Abort {
 	return nil
 }
 
+func (x *Request) GetRestore() *Restore {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Restore); ok {
+			return x.Restore
+		}
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -270,6 +290,10 @@ type Request_Abort struct {
 	Abort *Abort `protobuf:"bytes,6,opt,name=abort,proto3,oneof"`
 }
 
+type Request_Restore struct {
+	Restore *Restore `protobuf:"bytes,7,opt,name=restore,proto3,oneof"`
+}
+
 func (*Request_Hello) isRequest_Op() {}
 
 func (*Request_SetCursor) isRequest_Op() {}
@@ -279,6 +303,8 @@ func (*Request_CreateTask) isRequest_Op() {}
 func (*Request_Finish) isRequest_Op() {}
 
 func (*Request_Abort) isRequest_Op() {}
+
+func (*Request_Restore) isRequest_Op() {}
 
 type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -498,6 +524,70 @@ func (*Abort) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
+// Restore: re-create the image in image_dir (a path as the agent sees it)
+// in the receiver's pid namespace, like `nsinit restore -D image_dir -d`
+// run by the agent; payload and placement as restore's options ("" for
+// the defaults).
+type Restore struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ImageDir      string                 `protobuf:"bytes,1,opt,name=image_dir,json=imageDir,proto3" json:"image_dir,omitempty"`
+	Payload       string                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	Placement     string                 `protobuf:"bytes,3,opt,name=placement,proto3" json:"placement,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Restore) Reset() {
+	*x = Restore{}
+	mi := &file_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Restore) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Restore) ProtoMessage() {}
+
+func (x *Restore) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Restore.ProtoReflect.Descriptor instead.
+func (*Restore) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Restore) GetImageDir() string {
+	if x != nil {
+		return x.ImageDir
+	}
+	return ""
+}
+
+func (x *Restore) GetPayload() string {
+	if x != nil {
+		return x.Payload
+	}
+	return ""
+}
+
+func (x *Restore) GetPlacement() string {
+	if x != nil {
+		return x.Placement
+	}
+	return ""
+}
+
 type Reply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -507,6 +597,7 @@ type Reply struct {
 	//	*Reply_Done
 	//	*Reply_Created
 	//	*Reply_Failed
+	//	*Reply_Restored
 	Result        isReply_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -514,7 +605,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +617,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +630,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -592,6 +683,15 @@ func (x *Reply) GetFailed() *Failed {
 	return nil
 }
 
+func (x *Reply) GetRestored() *Restored {
+	if x != nil {
+		if x, ok := x.Result.(*Reply_Restored); ok {
+			return x.Restored
+		}
+	}
+	return nil
+}
+
 type isReply_Result interface {
 	isReply_Result()
 }
@@ -612,6 +712,10 @@ type Reply_Failed struct {
 	Failed *Failed `protobuf:"bytes,5,opt,name=failed,proto3,oneof"`
 }
 
+type Reply_Restored struct {
+	Restored *Restored `protobuf:"bytes,6,opt,name=restored,proto3,oneof"`
+}
+
 func (*Reply_Hello) isReply_Result() {}
 
 func (*Reply_Done) isReply_Result() {}
@@ -619,6 +723,8 @@ func (*Reply_Done) isReply_Result() {}
 func (*Reply_Created) isReply_Result() {}
 
 func (*Reply_Failed) isReply_Result() {}
+
+func (*Reply_Restored) isReply_Result() {}
 
 // HelloReply: the child's pid namespace level and its pid there (1).
 type HelloReply struct {
@@ -631,7 +737,7 @@ type HelloReply struct {
 
 func (x *HelloReply) Reset() {
 	*x = HelloReply{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -643,7 +749,7 @@ func (x *HelloReply) String() string {
 func (*HelloReply) ProtoMessage() {}
 
 func (x *HelloReply) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -656,7 +762,7 @@ func (x *HelloReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloReply.ProtoReflect.Descriptor instead.
 func (*HelloReply) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HelloReply) GetLevel() uint32 {
@@ -681,7 +787,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -693,7 +799,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -706,7 +812,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 // Created: the pids the new task got, outermost first (verified through its
@@ -720,7 +826,7 @@ type Created struct {
 
 func (x *Created) Reset() {
 	*x = Created{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +838,7 @@ func (x *Created) String() string {
 func (*Created) ProtoMessage() {}
 
 func (x *Created) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +851,7 @@ func (x *Created) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Created.ProtoReflect.Descriptor instead.
 func (*Created) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Created) GetPids() []int64 {
@@ -753,6 +859,51 @@ func (x *Created) GetPids() []int64 {
 		return x.Pids
 	}
 	return nil
+}
+
+// Restored: the restored tree's root, as the agent's namespace numbers it.
+type Restored struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RootPid       int64                  `protobuf:"varint,1,opt,name=root_pid,json=rootPid,proto3" json:"root_pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Restored) Reset() {
+	*x = Restored{}
+	mi := &file_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Restored) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Restored) ProtoMessage() {}
+
+func (x *Restored) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Restored.ProtoReflect.Descriptor instead.
+func (*Restored) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Restored) GetRootPid() int64 {
+	if x != nil {
+		return x.RootPid
+	}
+	return 0
 }
 
 // Failed: errno of the failing syscall, the task it concerns (its pids,
@@ -768,7 +919,7 @@ type Failed struct {
 
 func (x *Failed) Reset() {
 	*x = Failed{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +931,7 @@ func (x *Failed) String() string {
 func (*Failed) ProtoMessage() {}
 
 func (x *Failed) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +944,7 @@ func (x *Failed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failed.ProtoReflect.Descriptor instead.
 func (*Failed) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Failed) GetErrno() int32 {
@@ -826,7 +977,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x124\n" +
 	"\arequest\x18\x02 \x01(\v2\x18.nsinit.agent.v1.RequestH\x00R\arequest\x12.\n" +
 	"\x05reply\x18\x03 \x01(\v2\x16.nsinit.agent.v1.ReplyH\x00R\x05replyB\x06\n" +
-	"\x04body\"\xaf\x02\n" +
+	"\x04body\"\xe5\x02\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05hello\x18\x02 \x01(\v2\x16.nsinit.agent.v1.HelloH\x00R\x05hello\x12;\n" +
@@ -835,7 +986,8 @@ const file_agent_proto_rawDesc = "" +
 	"\vcreate_task\x18\x04 \x01(\v2\x1b.nsinit.agent.v1.CreateTaskH\x00R\n" +
 	"createTask\x121\n" +
 	"\x06finish\x18\x05 \x01(\v2\x17.nsinit.agent.v1.FinishH\x00R\x06finish\x12.\n" +
-	"\x05abort\x18\x06 \x01(\v2\x16.nsinit.agent.v1.AbortH\x00R\x05abortB\x04\n" +
+	"\x05abort\x18\x06 \x01(\v2\x16.nsinit.agent.v1.AbortH\x00R\x05abort\x124\n" +
+	"\arestore\x18\a \x01(\v2\x18.nsinit.agent.v1.RestoreH\x00R\arestoreB\x04\n" +
 	"\x02op\"\a\n" +
 	"\x05Hello\"!\n" +
 	"\tSetCursor\x12\x14\n" +
@@ -847,13 +999,18 @@ const file_agent_proto_rawDesc = "" +
 	"new_pid_ns\x18\x02 \x01(\bR\bnewPidNs\"#\n" +
 	"\x06Finish\x12\x19\n" +
 	"\blast_pid\x18\x01 \x01(\x03R\alastPid\"\a\n" +
-	"\x05Abort\"\xec\x01\n" +
+	"\x05Abort\"^\n" +
+	"\aRestore\x12\x1b\n" +
+	"\timage_dir\x18\x01 \x01(\tR\bimageDir\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\tR\apayload\x12\x1c\n" +
+	"\tplacement\x18\x03 \x01(\tR\tplacement\"\xa5\x02\n" +
 	"\x05Reply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x123\n" +
 	"\x05hello\x18\x02 \x01(\v2\x1b.nsinit.agent.v1.HelloReplyH\x00R\x05hello\x12+\n" +
 	"\x04done\x18\x03 \x01(\v2\x15.nsinit.agent.v1.DoneH\x00R\x04done\x124\n" +
 	"\acreated\x18\x04 \x01(\v2\x18.nsinit.agent.v1.CreatedH\x00R\acreated\x121\n" +
-	"\x06failed\x18\x05 \x01(\v2\x17.nsinit.agent.v1.FailedH\x00R\x06failedB\b\n" +
+	"\x06failed\x18\x05 \x01(\v2\x17.nsinit.agent.v1.FailedH\x00R\x06failed\x127\n" +
+	"\brestored\x18\x06 \x01(\v2\x19.nsinit.agent.v1.RestoredH\x00R\brestoredB\b\n" +
 	"\x06result\"4\n" +
 	"\n" +
 	"HelloReply\x12\x14\n" +
@@ -861,7 +1018,9 @@ const file_agent_proto_rawDesc = "" +
 	"\x03pid\x18\x02 \x01(\x03R\x03pid\"\x06\n" +
 	"\x04Done\"\x1d\n" +
 	"\aCreated\x12\x12\n" +
-	"\x04pids\x18\x01 \x03(\x03R\x04pids\"L\n" +
+	"\x04pids\x18\x01 \x03(\x03R\x04pids\"%\n" +
+	"\bRestored\x12\x19\n" +
+	"\broot_pid\x18\x01 \x01(\x03R\arootPid\"L\n" +
 	"\x06Failed\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x12\n" +
 	"\x04pids\x18\x02 \x03(\x03R\x04pids\x12\x18\n" +
@@ -879,7 +1038,7 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_agent_proto_goTypes = []any{
 	(*Envelope)(nil),   // 0: nsinit.agent.v1.Envelope
 	(*Request)(nil),    // 1: nsinit.agent.v1.Request
@@ -888,29 +1047,33 @@ var file_agent_proto_goTypes = []any{
 	(*CreateTask)(nil), // 4: nsinit.agent.v1.CreateTask
 	(*Finish)(nil),     // 5: nsinit.agent.v1.Finish
 	(*Abort)(nil),      // 6: nsinit.agent.v1.Abort
-	(*Reply)(nil),      // 7: nsinit.agent.v1.Reply
-	(*HelloReply)(nil), // 8: nsinit.agent.v1.HelloReply
-	(*Done)(nil),       // 9: nsinit.agent.v1.Done
-	(*Created)(nil),    // 10: nsinit.agent.v1.Created
-	(*Failed)(nil),     // 11: nsinit.agent.v1.Failed
+	(*Restore)(nil),    // 7: nsinit.agent.v1.Restore
+	(*Reply)(nil),      // 8: nsinit.agent.v1.Reply
+	(*HelloReply)(nil), // 9: nsinit.agent.v1.HelloReply
+	(*Done)(nil),       // 10: nsinit.agent.v1.Done
+	(*Created)(nil),    // 11: nsinit.agent.v1.Created
+	(*Restored)(nil),   // 12: nsinit.agent.v1.Restored
+	(*Failed)(nil),     // 13: nsinit.agent.v1.Failed
 }
 var file_agent_proto_depIdxs = []int32{
 	1,  // 0: nsinit.agent.v1.Envelope.request:type_name -> nsinit.agent.v1.Request
-	7,  // 1: nsinit.agent.v1.Envelope.reply:type_name -> nsinit.agent.v1.Reply
+	8,  // 1: nsinit.agent.v1.Envelope.reply:type_name -> nsinit.agent.v1.Reply
 	2,  // 2: nsinit.agent.v1.Request.hello:type_name -> nsinit.agent.v1.Hello
 	3,  // 3: nsinit.agent.v1.Request.set_cursor:type_name -> nsinit.agent.v1.SetCursor
 	4,  // 4: nsinit.agent.v1.Request.create_task:type_name -> nsinit.agent.v1.CreateTask
 	5,  // 5: nsinit.agent.v1.Request.finish:type_name -> nsinit.agent.v1.Finish
 	6,  // 6: nsinit.agent.v1.Request.abort:type_name -> nsinit.agent.v1.Abort
-	8,  // 7: nsinit.agent.v1.Reply.hello:type_name -> nsinit.agent.v1.HelloReply
-	9,  // 8: nsinit.agent.v1.Reply.done:type_name -> nsinit.agent.v1.Done
-	10, // 9: nsinit.agent.v1.Reply.created:type_name -> nsinit.agent.v1.Created
-	11, // 10: nsinit.agent.v1.Reply.failed:type_name -> nsinit.agent.v1.Failed
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	7,  // 7: nsinit.agent.v1.Request.restore:type_name -> nsinit.agent.v1.Restore
+	9,  // 8: nsinit.agent.v1.Reply.hello:type_name -> nsinit.agent.v1.HelloReply
+	10, // 9: nsinit.agent.v1.Reply.done:type_name -> nsinit.agent.v1.Done
+	11, // 10: nsinit.agent.v1.Reply.created:type_name -> nsinit.agent.v1.Created
+	13, // 11: nsinit.agent.v1.Reply.failed:type_name -> nsinit.agent.v1.Failed
+	12, // 12: nsinit.agent.v1.Reply.restored:type_name -> nsinit.agent.v1.Restored
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -928,12 +1091,14 @@ func file_agent_proto_init() {
 		(*Request_CreateTask)(nil),
 		(*Request_Finish)(nil),
 		(*Request_Abort)(nil),
+		(*Request_Restore)(nil),
 	}
-	file_agent_proto_msgTypes[7].OneofWrappers = []any{
+	file_agent_proto_msgTypes[8].OneofWrappers = []any{
 		(*Reply_Hello)(nil),
 		(*Reply_Done)(nil),
 		(*Reply_Created)(nil),
 		(*Reply_Failed)(nil),
+		(*Reply_Restored)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -941,7 +1106,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
