@@ -169,3 +169,24 @@ func TestE2EUnshareWithoutFork(t *testing.T) {
 	}
 	checkTree(t, tr, PayloadExec)
 }
+
+// TestE2ERestoreWithoutCapability: a restorer without CAP_CHECKPOINT_RESTORE
+// and CAP_SYS_ADMIN is refused up front, by name, and creates nothing.
+func TestE2ERestoreWithoutCapability(t *testing.T) {
+	needRoot(t)
+	bin := testutil.Binary(t)
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("needs setpriv (util-linux)")
+	}
+	tr := place(t, simpleTree(20000))
+	dir := t.TempDir()
+	if err := imagefile.Write(dir, tr); err != nil {
+		t.Fatal(err)
+	}
+	// root, with the two capabilities out of its bounding set
+	out, err := exec.Command("setpriv", "--bounding-set", "-sys_admin,-checkpoint_restore", bin, "restore", "-D", dir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN") {
+		t.Errorf("restore without the capabilities: %v\n%s", err, out)
+	}
+	assertGone(t, tr)
+}

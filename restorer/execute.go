@@ -70,6 +70,9 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	if runtime.GOARCH != "amd64" {
 		return nil, fmt.Errorf("execute: the builder trampoline exists only for amd64, not %s: %w", runtime.GOARCH, ErrUnsupported)
 	}
+	if err := requireCapabilities(); err != nil {
+		return nil, err
+	}
 	if !skipPrecheck {
 		if err := precheck(p); err != nil {
 			return nil, err
@@ -112,6 +115,27 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	return tx.commit()
 }
 
+// ErrCapability: the restorer lacks a capability it needs.
+var ErrCapability = errors.New("missing capability")
+
+// requireCapabilities refuses early, and by name, when the restorer cannot
+// place pids at all: clone3 set_tid and ns_last_pid need CAP_SYS_ADMIN or
+// CAP_CHECKPOINT_RESTORE in the user namespace owning the level-0 pid
+// namespace (kernel-facts F1.2, F2), which for the restorer is its own;
+// the kernel would only say EPERM at the first clone.
+func requireCapabilities() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("read own capabilities: %w", err)
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	if !has(unix.CAP_SYS_ADMIN) && !has(unix.CAP_CHECKPOINT_RESTORE) {
+		return fmt.Errorf("restore needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN in its own user namespace to choose pids (run it as root, or inside the target namespace through its agent: restore --agent): %w", ErrCapability)
+	}
+	return nil
+}
+
 // skipPrecheck lets tests reach the kernel's own EEXIST mid-restore.
 var skipPrecheck = false
 
@@ -123,8 +147,9 @@ func precheck(p *Plan) error {
 		if pid <= 0 {
 			return nil
 		}
-		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
-			return fmt.Errorf("%s: pid %d at level 0: %w", what, pid, ErrPIDTaken)
+		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status"); err == nil {
+			return fmt.Errorf("%s: pid %d at level 0 is taken by %q (tgid %s): %w", what, pid,
+				statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrPIDTaken)
 		}
 		return nil
 	}
