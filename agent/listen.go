@@ -85,9 +85,7 @@ func serveClient(f *os.File, log io.Writer) {
 	err = c.Serve(func(req *agentpb.Request) (*agentpb.Reply, error) {
 		switch op := req.Op.(type) {
 		case *agentpb.Request_Hello:
-			return &agentpb.Reply{Result: &agentpb.Reply_Hello{Hello: &agentpb.HelloReply{
-				Level: uint32(procfsDepth()), Pid: int64(os.Getpid()),
-			}}}, nil
+			return helloReply(), nil
 		case *agentpb.Request_Restore:
 			root, err := restoreHere(op.Restore)
 			if err != nil {

@@ -58,9 +58,7 @@ func ServeRestore(c *Conn) error {
 	return c.Serve(func(req *agentpb.Request) (*agentpb.Reply, error) {
 		switch op := req.Op.(type) {
 		case *agentpb.Request_Hello:
-			return &agentpb.Reply{Result: &agentpb.Reply_Hello{Hello: &agentpb.HelloReply{
-				Level: uint32(procfsDepth()), Pid: int64(os.Getpid()),
-			}}}, nil
+			return helloReply(), nil
 		case *agentpb.Request_SetCursor:
 			return nil, writeLastPID(op.SetCursor.Value)
 		case *agentpb.Request_Finish:
@@ -109,6 +107,13 @@ func isAncestor(pid int) bool {
 func ownProcfs() bool {
 	self, err := os.Readlink("/proc/self")
 	return err == nil && self == strconv.Itoa(os.Getpid())
+}
+
+// helloReply is an agent's answer to Hello: its pid and namespace depth.
+func helloReply() *agentpb.Reply {
+	return &agentpb.Reply{Result: &agentpb.Reply_Hello{Hello: &agentpb.HelloReply{
+		Level: uint32(procfsDepth()), Pid: int64(os.Getpid()),
+	}}}
 }
 
 func writeLastPID(v int64) error {

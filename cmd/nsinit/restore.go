@@ -88,11 +88,9 @@ func runRestore(args []string) int {
 		return 1
 	}
 	defer res.RootFD.Close()
-	if *pidfile != "" {
-		if err := os.WriteFile(*pidfile, []byte(strconv.Itoa(res.Root)+"\n"), 0o644); err != nil {
-			fmt.Fprintf(os.Stderr, "nsinit restore: pidfile: %v\n", err)
-			return 1
-		}
+	if err := writePidfile(*pidfile, res.Root); err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
+		return 1
 	}
 	if detach {
 		fmt.Println(res.Root)
@@ -134,13 +132,22 @@ func restoreViaAgent(socket, dir, payload, placement, pidfile string) int {
 		fmt.Fprintf(os.Stderr, "nsinit restore: through the agent at %s: %v\n", socket, err)
 		return 1
 	}
-	root := rep.GetRestored().GetRootPid()
-	if pidfile != "" {
-		if err := os.WriteFile(pidfile, []byte(strconv.FormatInt(root, 10)+"\n"), 0o644); err != nil {
-			fmt.Fprintf(os.Stderr, "nsinit restore: pidfile: %v\n", err)
-			return 1
-		}
+	root := int(rep.GetRestored().GetRootPid())
+	if err := writePidfile(pidfile, root); err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
+		return 1
 	}
 	fmt.Println(root)
 	return 0
+}
+
+// writePidfile writes pid to path, unless path is empty.
+func writePidfile(path string, pid int) error {
+	if path == "" {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+		return fmt.Errorf("pidfile: %w", err)
+	}
+	return nil
 }
