@@ -255,6 +255,7 @@ func readTree(r *procfs.Reader, members []member, agentExe string, stopped map[i
 		}
 		rd.add(ti)
 	}
+	rd.markWaiters()
 	if err := rd.namespaces(); err != nil {
 		return nil, err
 	}
@@ -288,6 +289,7 @@ func readTreeWalk(proc string, root int, withStart bool, agentExe string, stoppe
 	for _, ti := range infos {
 		rd.add(ti)
 	}
+	rd.markWaiters()
 	if err := rd.namespaces(); err != nil {
 		return nil, nil, err
 	}
@@ -422,6 +424,34 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids, withStart bool) (tas
 		t.Agent = rd.isAgent(r, pid, t.Argv)
 	}
 	return ti, nil
+}
+
+// waitSyscalls are the system calls of a task waiting for its children:
+// wait4 and waitid, and rt_sigsuspend, where shells wait for SIGCHLD.
+var waitSyscalls = []int{unix.SYS_WAIT4, unix.SYS_WAITID, unix.SYS_RT_SIGSUSPEND}
+
+// markWaiters sets WaitsForChildren on each live task with children, none
+// of them a zombie, that is blocked in one of waitSyscalls (read from
+// /proc/PID/syscall, which a frozen task still shows). A task with a zombie
+// child is not reaping, whatever it waits for; a task that cannot be read
+// is left unmarked (the mark only chooses how restore runs it again).
+func (rd *reader) markWaiters() {
+	kids, zombieKids := map[int]int{}, map[int]int{}
+	for _, t := range rd.tree.Tasks {
+		kids[t.PPID]++
+		if t.State == pstree.Zombie {
+			zombieKids[t.PPID]++
+		}
+	}
+	for i := range rd.tree.Tasks {
+		t := &rd.tree.Tasks[i]
+		if t.State != pstree.Live || kids[t.PID()] == 0 || zombieKids[t.PID()] > 0 {
+			continue
+		}
+		if nr, err := rd.r.Syscall(t.PID()); err == nil && slices.Contains(waitSyscalls, nr) {
+			t.WaitsForChildren = true
+		}
+	}
 }
 
 // add appends a task read by task to the tree, naming its namespaces.

@@ -58,13 +58,14 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 				CapInh: t.Creds.CapInh, CapPrm: t.Creds.CapPrm, CapEff: t.Creds.CapEff,
 				CapBnd: t.Creds.CapBnd, CapAmb: t.Creds.CapAmb,
 			},
-			Exe:            []byte(t.Exe),
-			Argv:           bytesList(t.Argv),
-			Env:            bytesList(t.Env),
-			Cwd:            []byte(t.Cwd),
-			Root:           []byte(t.Root),
-			ChildSubreaper: t.ChildSubreaper,
-			Agent:          t.Agent,
+			Exe:              []byte(t.Exe),
+			Argv:             bytesList(t.Argv),
+			Env:              bytesList(t.Env),
+			Cwd:              []byte(t.Cwd),
+			Root:             []byte(t.Root),
+			ChildSubreaper:   t.ChildSubreaper,
+			Agent:            t.Agent,
+			WaitsForChildren: t.WaitsForChildren,
 		}
 		for _, th := range t.Threads {
 			pt.Threads = append(pt.Threads, &imagepb.Thread{Tids: ints32(th.TIDs), State: imagepb.TaskState(th.State)})
@@ -125,13 +126,14 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 				CapInh: c.GetCapInh(), CapPrm: c.GetCapPrm(), CapEff: c.GetCapEff(),
 				CapBnd: c.GetCapBnd(), CapAmb: c.GetCapAmb(),
 			},
-			Exe:            string(pt.GetExe()),
-			Argv:           stringsFrom(pt.GetArgv()),
-			Env:            stringsFrom(pt.GetEnv()),
-			Cwd:            string(pt.GetCwd()),
-			Root:           string(pt.GetRoot()),
-			ChildSubreaper: pt.GetChildSubreaper(),
-			Agent:          pt.GetAgent(),
+			Exe:              string(pt.GetExe()),
+			Argv:             stringsFrom(pt.GetArgv()),
+			Env:              stringsFrom(pt.GetEnv()),
+			Cwd:              string(pt.GetCwd()),
+			Root:             string(pt.GetRoot()),
+			ChildSubreaper:   pt.GetChildSubreaper(),
+			Agent:            pt.GetAgent(),
+			WaitsForChildren: pt.GetWaitsForChildren(),
 		}
 		t.NS[pstree.PidNS] = pstree.NSID(n.GetPid())
 		t.NS[pstree.PidForChildrenNS] = pstree.NSID(n.GetPidForChildren())

@@ -93,6 +93,7 @@ type jsonTask struct {
 	Root           string          `json:"root"`
 	ChildSubreaper bool            `json:"child_subreaper"`
 	Agent          bool            `json:"agent"`
+	Waits          bool            `json:"waits_for_children,omitempty"`
 }
 
 func (m IDMapEntry) MarshalJSON() ([]byte, error) {
@@ -164,7 +165,7 @@ func JSON(tr *Tree) ([]byte, error) {
 				CapBnd: hex(c.CapBnd), CapAmb: hex(c.CapAmb),
 			},
 			Exe: t.Exe, Argv: nonNil(t.Argv), Env: nonNil(t.Env), Cwd: t.Cwd, Root: t.Root,
-			ChildSubreaper: t.ChildSubreaper, Agent: t.Agent,
+			ChildSubreaper: t.ChildSubreaper, Agent: t.Agent, Waits: t.WaitsForChildren,
 		}
 		if t.State == Zombie {
 			st := t.ExitStatus

@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 1 // 1: net namespace contents, ambient namespaces
+	FormatMinor = 3 // 1: net namespace contents, ambient namespaces; 3: tasks waiting for children
 )
 
 // NSKind is one kind of Linux namespace.
@@ -204,6 +204,12 @@ type Task struct {
 	// Agent marks a task that was an nsinit agent (nsinit as PID 1 of its
 	// namespace).
 	Agent bool
+	// WaitsForChildren marks a live task that was blocked waiting for its
+	// children (wait4, waitid, or a shell's sigsuspend/pause) and had no
+	// zombie child: a shell at `wait`, `unshare -f`, a launcher. Restore
+	// makes it wait again instead of running its program from the start,
+	// which would launch its children a second time.
+	WaitsForChildren bool
 }
 
 // Tree is a whole dumped tree.

@@ -58,6 +58,9 @@ type procRec struct {
 	// shared fd table, close-on-exec), -1 for other procs: the builder
 	// keeps it across its exec (agents.go).
 	controlFD int32
+	// markFD is the waiter mark (internal/waiter) for a proc that becomes a
+	// waiter, -1 for others: the builder dups it to waiter.FD for its exec.
+	markFD int32
 }
 
 // stepRec is one step in the block.

@@ -7,6 +7,7 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/internal/sys"
+	"github.com/nsinit/nsinit/internal/waiter"
 	"golang.org/x/sys/unix"
 )
 
@@ -281,14 +282,21 @@ func execPayload(z uintptr, pr *procRec) {
 			goto failed
 		}
 	}
-	if pr.controlFD >= 0 {
-		// A restored agent keeps its control socket: in a private copy of
-		// the fd table (the shared one stays close-on-exec for everyone
-		// else), clear the flag on that one fd.
+	if pr.controlFD >= 0 || pr.markFD >= 0 {
+		// A restored agent keeps its control socket, a waiter gets its
+		// mark: in a private copy of the fd table (the shared one stays
+		// close-on-exec for everyone else).
 		if _, _, e = syscall.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_FILES, 0, 0); e != 0 {
 			goto failed
 		}
+	}
+	if pr.controlFD >= 0 {
 		if _, _, e = syscall.RawSyscall(unix.SYS_FCNTL, uintptr(pr.controlFD), unix.F_SETFD, 0); e != 0 {
+			goto failed
+		}
+	}
+	if pr.markFD >= 0 {
+		if _, _, e = syscall.RawSyscall(unix.SYS_DUP3, uintptr(pr.markFD), waiter.FD, 0); e != 0 {
 			goto failed
 		}
 	}

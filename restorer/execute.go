@@ -13,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/internal/sys"
+	"github.com/nsinit/nsinit/internal/waiter"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -88,12 +89,23 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := newBlock(p, links)
+	mark := -1
+	for i := range p.Procs {
+		if p.becomesWaiter(i) {
+			if mark, err = waiter.NewMark(); err != nil {
+				closeAgentLinks(links)
+				return nil, fmt.Errorf("waiter mark: %w", err)
+			}
+			break
+		}
+	}
+	b, err := newBlock(p, links, mark)
 	if err != nil {
 		closeAgentLinks(links)
+		closeMark(mark)
 		return nil, err
 	}
-	tx := &tx{p: p, b: b, links: links, agentTimeout: opt.AgentTimeout, hostCursor: -1}
+	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1}
 	// The host cursor is moved around the image's pids during the restore;
 	// it is put back afterwards so unrelated forks do not land among them.
 	if v, err := os.ReadFile("/proc/sys/kernel/ns_last_pid"); err == nil {
@@ -113,6 +125,12 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 		return nil, err
 	}
 	return tx.commit()
+}
+
+func closeMark(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
 }
 
 // ErrCapability: the restorer lacks a capability it needs.
@@ -169,7 +187,7 @@ func precheck(p *Plan) error {
 }
 
 // newBlock lays the plan out in a fresh mapping.
-func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
+func newBlock(p *Plan, links map[int]*agentLink, mark int) (*block, error) {
 	b := &block{nprocs: len(p.Procs), nsteps: len(p.Steps)}
 	nthreads := 0
 	for _, s := range p.Steps {
@@ -226,6 +244,9 @@ func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 					return nil, err
 				}
 				exe = p.Options.AgentExe
+			}
+			if p.becomesWaiter(i) {
+				exe = p.Options.AgentExe // its own argv: see internal/waiter
 			}
 			ps[i].path = cstr(exe)
 			if len(argv) == 0 {
@@ -310,9 +331,12 @@ func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 	last := make([]int64, b.nprocs)
 	for i := range p.Procs {
 		r := procAt(b.base, b.procsOff, int64(i))
-		r.firstStep, r.pidfd, r.alive, r.controlFD = -1, -1, 1, -1
+		r.firstStep, r.pidfd, r.alive, r.controlFD, r.markFD = -1, -1, 1, -1, -1
 		if l := links[i]; l != nil {
 			r.controlFD = int32(l.child.Fd())
+		}
+		if p.becomesWaiter(i) {
+			r.markFD = int32(mark)
 		}
 		last[i] = -1
 		pr := &p.Procs[i]
@@ -561,6 +585,7 @@ type tx struct {
 	lastStep       []int // last step of each proc
 	hostCursor     int   // host ns_last_pid before the restore, -1 unknown
 	links          map[int]*agentLink
+	mark           int // the waiter mark (internal/waiter), -1 for none
 	agentTimeout   time.Duration
 }
 
@@ -888,6 +913,7 @@ func (t *tx) commit() (*Restored, error) {
 	}
 	t.committed = true
 	closeAgentLinks(t.links)
+	closeMark(t.mark)
 	t.restoreSubreaper()
 	// Parked processes (stopped payload) still run builder code in the
 	// block; it must stay mapped for them.
@@ -913,6 +939,7 @@ func (t *tx) rollbackUnlessCommitted() {
 		return
 	}
 	closeAgentLinks(t.links)
+	closeMark(t.mark)
 	var fds []int
 	for i := len(t.p.Procs) - 1; i >= 0; i-- {
 		if fd := int(atomic.LoadInt32(&t.proc(i).pidfd)); fd >= 0 {

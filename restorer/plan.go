@@ -309,6 +309,19 @@ func (p *Plan) describe(s *Step) string {
 	return s.Op.String()
 }
 
+// becomesWaiter says whether proc p execs the nsinit binary marked as a
+// waiter (internal/waiter) instead of its program: it was waiting for its
+// children in the image, and running its program again would launch them
+// a second time.
+func (p *Plan) becomesWaiter(i int) bool {
+	t := p.Procs[i].Task
+	if t < 0 || p.Options.AgentExe == "" || p.Options.Payload != PayloadExec {
+		return false
+	}
+	tk := &p.Tree.Tasks[t]
+	return tk.WaitsForChildren && !tk.Agent && tk.State == pstree.Live
+}
+
 // becomesAgent says whether proc p execs `nsinit agent` (AgentExe) as its
 // payload: it was an agent in the image and the payload is exec.
 func (p *Plan) becomesAgent(i int) bool {

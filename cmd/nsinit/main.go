@@ -39,6 +39,7 @@ func registerHidden(name string, run func(args []string) int) {
 }
 
 func main() {
+	runWaiterIfMarked()
 	os.Exit(dispatch(os.Args[1:]))
 }
 

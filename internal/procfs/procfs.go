@@ -137,6 +137,25 @@ func (r *Reader) statAt(dirfd int, name, p string) (Stat, error) {
 	return s, nil
 }
 
+// Syscall is the number of the system call process pid is blocked in
+// (the first field of /proc/PID/syscall), -1 when it is running in user
+// space ("running") or not in a system call.
+func (r *Reader) Syscall(pid int) (int, error) {
+	b, err := r.readFile(r.path(pid, "syscall"))
+	if err != nil {
+		return -1, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return -1, nil // "running"
+	}
+	return n, nil
+}
+
 // Cmdline reads /proc/PID/cmdline as argv.
 func (r *Reader) Cmdline(pid int) ([]string, error) {
 	b, err := r.read(r.path(pid, "cmdline"), true)

@@ -1103,8 +1103,11 @@ type Task struct {
 	Root           []byte    `protobuf:"bytes,14,opt,name=root,proto3" json:"root,omitempty"`
 	ChildSubreaper bool      `protobuf:"varint,15,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"`
 	Agent          bool      `protobuf:"varint,16,opt,name=agent,proto3" json:"agent,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// waits_for_children: a live task blocked waiting for its children
+	// (wait4/waitid/sigsuspend/pause) with no zombie child (minor 3).
+	WaitsForChildren bool `protobuf:"varint,18,opt,name=waits_for_children,json=waitsForChildren,proto3" json:"waits_for_children,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -1249,6 +1252,13 @@ func (x *Task) GetAgent() bool {
 	return false
 }
 
+func (x *Task) GetWaitsForChildren() bool {
+	if x != nil {
+		return x.WaitsForChildren
+	}
+	return false
+}
+
 var File_image_proto protoreflect.FileDescriptor
 
 const file_image_proto_rawDesc = "" +
@@ -1335,7 +1345,7 @@ const file_image_proto_rawDesc = "" +
 	"\acap_amb\x18\x0e \x01(\x04R\x06capAmb\"N\n" +
 	"\x06Thread\x12\x12\n" +
 	"\x04tids\x18\x01 \x03(\x05R\x04tids\x120\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x1a.nsinit.image.v1.TaskStateR\x05state\"\xd1\x03\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1a.nsinit.image.v1.TaskStateR\x05state\"\xff\x03\n" +
 	"\x04Task\x12\x12\n" +
 	"\x04pids\x18\x01 \x03(\x05R\x04pids\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\x05R\x04ppid\x12\x14\n" +
@@ -1354,7 +1364,8 @@ const file_image_proto_rawDesc = "" +
 	"\x03cwd\x18\r \x01(\fR\x03cwd\x12\x12\n" +
 	"\x04root\x18\x0e \x01(\fR\x04root\x12'\n" +
 	"\x0fchild_subreaper\x18\x0f \x01(\bR\x0echildSubreaper\x12\x14\n" +
-	"\x05agent\x18\x10 \x01(\bR\x05agent*\x86\x01\n" +
+	"\x05agent\x18\x10 \x01(\bR\x05agent\x12,\n" +
+	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren*\x86\x01\n" +
 	"\x06NSKind\x12\n" +
 	"\n" +
 	"\x06NS_PID\x10\x00\x12\x17\n" +
