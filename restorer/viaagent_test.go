@@ -31,14 +31,45 @@ func TestE2ERestoreThroughAgent(t *testing.T) {
 			t.Skipf("needs %s (util-linux, busybox-static)", tool)
 		}
 	}
+	for _, placement := range []string{"set_tid", "ns_last_pid"} {
+		t.Run(placement, func(t *testing.T) { restoreThroughAgent(t, bin, placement, false) })
+	}
+	// A rootless container: uid 1000 starts the agent in a user namespace
+	// of its own (root inside is uid 1000 outside) and, as a plain uid 1000
+	// process with no capability over the container's pid namespace and no
+	// process in it, has the agent restore there.
+	t.Run("rootless", func(t *testing.T) { restoreThroughAgent(t, bin, "set_tid", true) })
+}
+
+func restoreThroughAgent(t *testing.T, bin, placement string, rootless bool) {
 	dir := t.TempDir()
+	var asUser, enterUser []string // the container's user, and how to enter it
+	if rootless {
+		if _, err := exec.LookPath("setpriv"); err != nil {
+			t.Skip("needs setpriv (util-linux)")
+		}
+		var err error
+		if dir, err = os.MkdirTemp("", "nsinit-rootless"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		if err := os.Chown(dir, 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+		asUser = []string{"setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"}
+		enterUser = []string{"-U"}
+	}
 	sock, img := dir+"/agent.sock", dir+"/img"
 	tree := fmt.Sprintf(`busybox setsid busybox sh -c 'busybox sleep 1001 & (exit 7) & `+
 		`busybox unshare -p busybox sh -c "%s -- busybox sleep 1003 & exec busybox sleep 1004" & exec busybox sleep 1002'`, bin)
 	// The subshell leaves the tree's root an orphan of the agent, which
 	// reaps it when the dump kills it.
-	cmd := exec.Command("unshare", "-p", "-f", "--mount-proc", bin, "--listen", sock, "--",
-		"busybox", "sh", "-c", "( "+tree+" & ) ; exec busybox sleep 1000")
+	unshare := []string{"unshare", "-p", "-f", "--mount-proc"}
+	if rootless {
+		unshare = append(asUser, "unshare", "-U", "-r", "-p", "-f", "--mount-proc")
+	}
+	cmd := exec.Command(unshare[0], append(unshare[1:], bin, "--listen", sock, "--",
+		"busybox", "sh", "-c", "( "+tree+" & ) ; exec busybox sleep 1000")...)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +82,11 @@ func TestE2ERestoreThroughAgent(t *testing.T) {
 		cmd.Wait()
 	})
 	root := 0 // host pid of the tree's root
-	for i := 0; i < 200 && (agentPID == 0 || root == 0 || len(procView(agentPID)) < 8); i++ {
+	settled := func() bool { // every task there, none caught running
+		v := procView(agentPID)
+		return len(v) == 8 && !slices.ContainsFunc(v, func(l string) bool { return strings.HasSuffix(l, "| R") })
+	}
+	for i := 0; i < 200 && (agentPID == 0 || root == 0 || !settled()); i++ {
 		time.Sleep(20 * time.Millisecond)
 		kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
 		agentPID, _ = strconv.Atoi(strings.TrimSpace(string(kids)))
@@ -70,7 +105,8 @@ func TestE2ERestoreThroughAgent(t *testing.T) {
 		return f[len(f)-1]
 	}
 	inside := func(args ...string) (string, error) {
-		out, err := exec.Command("nsenter", append([]string{"-t", strconv.Itoa(agentPID), "-p", "-m", bin}, args...)...).CombinedOutput()
+		enter := append(append([]string{"-t", strconv.Itoa(agentPID)}, enterUser...), "-p", "-m", bin)
+		out, err := exec.Command("nsenter", append(enter, args...)...).CombinedOutput()
 		return string(out), err
 	}
 	// Inside a pid namespace the eBPF guard cannot name level-0 pids.
@@ -80,7 +116,14 @@ func TestE2ERestoreThroughAgent(t *testing.T) {
 	for i := 0; i < 200 && findArgv(agentPID, "busybox sleep 1002") != 0; i++ {
 		time.Sleep(10 * time.Millisecond) // the agent reaps the killed root
 	}
-	out, err := exec.Command(bin, "restore", "--agent", sock, "-D", img).CombinedOutput()
+	if rootless { // the client cannot restore there by itself
+		direct := append(asUser, bin, "restore", "-D", img)
+		if out, err := exec.Command(direct[0], direct[1:]...).CombinedOutput(); err == nil || !strings.Contains(string(out), "needs CAP_") {
+			t.Errorf("uid 1000 restoring by itself: %v\n%s", err, out)
+		}
+	}
+	client := append(asUser, bin, "restore", "--agent", sock, "-D", img, "--placement", placement)
+	out, err := exec.Command(client[0], client[1:]...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("restore through the agent: %v\n%s", err, out)
 	}
@@ -88,14 +131,19 @@ func TestE2ERestoreThroughAgent(t *testing.T) {
 	if got := strings.TrimSpace(string(out)); root == 0 || got != inner(root) {
 		t.Fatalf("restore printed %q; the restored root is host pid %d", got, root)
 	}
-	if after := procView(root); !slices.Equal(before, after) {
+	after := procView(root)
+	for i := 0; i < 100 && slices.ContainsFunc(after, func(l string) bool { return strings.HasSuffix(l, "| R") }); i++ {
+		time.Sleep(10 * time.Millisecond) // a restored program still starting
+		after = procView(root)
+	}
+	if !slices.Equal(before, after) {
 		t.Errorf("/proc before the dump and after the restore differ:\n%s\n---\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
 	}
 	if out, err := inside("check", "-t", inner(root), "-D", img); err != nil {
 		t.Errorf("check inside: %v\n%s", err, out)
 	}
 	n := len(procView(agentPID))
-	out, err = exec.Command(bin, "restore", "--agent", sock, "-D", img).CombinedOutput()
+	out, err = exec.Command(client[0], client[1:]...).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "already taken") {
 		t.Errorf("second restore of the same image: %v\n%s", err, out)
 	}
