@@ -65,7 +65,13 @@ func demoTable(text, section string) []string {
 		if len(line) > 71 {
 			line = line[:71]
 		}
-		rows = append(rows, strings.TrimRight(line, " "))
+		// running or asleep is the same to a restore: a program just
+		// restored may still be starting
+		line = strings.TrimRight(line, " ")
+		if strings.HasSuffix(line, " R") {
+			line = strings.TrimSuffix(line, "R") + "S"
+		}
+		rows = append(rows, line)
 	}
 	slices.Sort(rows)
 	return rows
