@@ -96,11 +96,16 @@ func builderMain(arg uintptr) {
 			advance(base, st, i)
 			die(z, st.arg)
 		case int64(OpPayload):
-			advance(base, st, i)
 			if pr.stopSelf != 0 {
+				advance(base, st, i)
 				park(z)
 			}
-			execPayload(z, pr)
+			// Credentials (which make the shared mm non-dumpable for a
+			// moment) and the fd table while holding the token, so no
+			// other builder's step runs meanwhile; the exec after it.
+			e := prepareExec(pr)
+			advance(base, st, i)
+			execPayload(pr, z, e)
 		}
 		if e := doStep(base, pr, st); e != 0 {
 			fail(base, i, e)
@@ -141,12 +146,16 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 		_, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), sys.CLONE_NEWPID, 0)
 		return uintptr(e)
 	case int64(OpUnshare):
-		_, _, e := syscall.RawSyscall(unix.SYS_UNSHARE, uintptr(st.arg), 0, 0)
-		return uintptr(e)
+		if _, _, e := syscall.RawSyscall(unix.SYS_UNSHARE, uintptr(st.arg), 0, 0); e != 0 {
+			return uintptr(e)
+		}
+		return redumpable(st.arg)
 	case int64(OpSetns):
 		fd := procAt(base, bProcsOff, st.into).pidfd
-		_, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), uintptr(st.arg), 0)
-		return uintptr(e)
+		if _, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), uintptr(st.arg), 0); e != 0 {
+			return uintptr(e)
+		}
+		return redumpable(st.arg)
 	case int64(OpSetCreds):
 		if _, _, e := syscall.RawSyscall(unix.SYS_SETRESGID, uintptr(st.arg2), uintptr(st.arg2), uintptr(st.arg2)); e != 0 {
 			return uintptr(e)
@@ -212,6 +221,20 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 	return 0
 }
 
+// redumpable undoes what entering another user namespace did to the mm
+// every builder and the restorer share: the kernel made it non-dumpable
+// (new credentials that are not a subset of the old ones), which refuses
+// the others' pidfd setns (ptrace_may_access) and /proc access until reset.
+//
+//go:nosplit
+func redumpable(flags int64) uintptr {
+	if flags&unix.CLONE_NEWUSER == 0 {
+		return 0
+	}
+	_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 1, 0)
+	return uintptr(e)
+}
+
 // advance passes the token from step i to step i+1 and wakes its owner.
 //
 //go:nosplit
@@ -265,21 +288,23 @@ func die(z uintptr, status int64) {
 	syscall.RawSyscall(unix.SYS_EXIT_GROUP, uintptr(status>>8)&0xff, 0, 0)
 }
 
-// execPayload becomes the task's recorded program; on any failure it
-// records the errno and exits 127 (the restorer sees the CLONE_CHILD_CLEARTID
-// word cleared and the errno set).
+// prepareExec gives the builder the payload's credentials, working
+// directory and fds (a private fd table for a restored agent's control
+// socket or a waiter's mark); execPayload then execs. On failure the errno
+// is recorded and the builder exits 127 without exec (the restorer sees
+// the CLONE_CHILD_CLEARTID word cleared and the errno set).
 //
 //go:nosplit
-func execPayload(z uintptr, pr *procRec) {
+func prepareExec(pr *procRec) syscall.Errno {
 	var e syscall.Errno
 	if pr.setCreds != 0 {
 		if e = setCreds(pr); e != 0 { // ids and capability sets: caps_linux.go
-			goto failed
+			return e
 		}
 	}
 	if pr.cwd != 0 {
 		if _, _, e = syscall.RawSyscall(unix.SYS_CHDIR, uintptr(pr.cwd), 0, 0); e != 0 {
-			goto failed
+			return e
 		}
 	}
 	if pr.controlFD >= 0 || pr.markFD >= 0 {
@@ -287,18 +312,29 @@ func execPayload(z uintptr, pr *procRec) {
 		// mark: in a private copy of the fd table (the shared one stays
 		// close-on-exec for everyone else).
 		if _, _, e = syscall.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_FILES, 0, 0); e != 0 {
-			goto failed
+			return e
 		}
 	}
 	if pr.controlFD >= 0 {
 		if _, _, e = syscall.RawSyscall(unix.SYS_FCNTL, uintptr(pr.controlFD), unix.F_SETFD, 0); e != 0 {
-			goto failed
+			return e
 		}
 	}
 	if pr.markFD >= 0 {
 		if _, _, e = syscall.RawSyscall(unix.SYS_DUP3, uintptr(pr.markFD), waiter.FD, 0); e != 0 {
-			goto failed
+			return e
 		}
+	}
+	return 0
+}
+
+// execPayload becomes the task's recorded program, after prepareExec
+// returned e.
+//
+//go:nosplit
+func execPayload(pr *procRec, z uintptr, e syscall.Errno) {
+	if e != 0 {
+		goto failed
 	}
 	syscall.RawSyscall6(unix.SYS_RT_SIGPROCMASK, sigSetmask, z, 0, 8, 0, 0)
 	_, _, e = syscall.RawSyscall(unix.SYS_EXECVE, uintptr(pr.path), uintptr(pr.argv), uintptr(pr.envp))

@@ -47,6 +47,10 @@ type Restored struct {
 // process is a child subreaper (orphans of a failed restore come back to it
 // to be reaped).
 func Execute(p *Plan, opt ExecOptions) (*Restored, error) {
+	// Builders share our mm: a credential change in one that died before
+	// resetting it would leave this process non-dumpable (no pidfd setns
+	// into anything for the next Execute).
+	defer unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
 	if opt.Attempts == 0 {
 		opt.Attempts = 5
 	}
