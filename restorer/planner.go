@@ -479,6 +479,31 @@ func (pl *planner) cloneStep(c int) Step {
 	return s
 }
 
+// placeClone emits clone step s. A clone born via setns (s.Into) goes
+// back to its creator's pid namespace afterwards, and setns(CLONE_NEWPID)
+// needs CAP_SYS_ADMIN over that namespace's owner: a creator inside a user
+// namespace of its own has none over the host's (`unshare -U -p` without
+// -f: its first child is the new namespace's init, its later ones are born
+// there too). Such a creator sets its pid_for_children for good, as the
+// original did, and its clones land there without a setns.
+func (pl *planner) placeClone(s Step) error {
+	if s.Into == 0 || s.Actor == Restorer {
+		return pl.placed(s)
+	}
+	a := &pl.m.procs[s.Actor]
+	if o := pl.m.nss[a.ns].owner; o == 0 || pl.m.capable(a.nsk[pstree.UserNS], o) {
+		return pl.placed(s)
+	}
+	if a.pfc == 0 {
+		via := pl.m.nss[s.Into].init
+		if err := pl.emit(Step{Op: OpSetPFC, Actor: s.Actor, Target: via, Into: s.Into}); err != nil {
+			return err
+		}
+	}
+	s.Into = 0
+	return pl.placed(s)
+}
+
 // placed emits a clone or thread step preceded by the cursor writes that
 // give its pids at the levels set_tid does not set: the init of each such
 // namespace (the restorer for level 0) writes pid-1 to its ns_last_pid,
@@ -608,7 +633,7 @@ func (pl *planner) expand(p int) error {
 			pl.deferred = append(pl.deferred, c)
 			return nil
 		}
-		if err := pl.placed(st); err != nil {
+		if err := pl.placeClone(st); err != nil {
 			return err
 		}
 		created = append(created, c)
@@ -729,7 +754,7 @@ func (pl *planner) expandAll() error {
 				continue
 			}
 			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
-			if err := pl.placed(pl.cloneStep(c)); err != nil {
+			if err := pl.placeClone(pl.cloneStep(c)); err != nil {
 				pl.m.rollback(mark)
 				pl.plan.Steps = pl.plan.Steps[:steps]
 				continue
@@ -913,7 +938,7 @@ func (pl *planner) pidForChildren() error {
 	for i := range tr.Tasks {
 		t := &tr.Tasks[i]
 		want := t.NS[pstree.PidForChildrenNS]
-		if t.State == pstree.Zombie || want == 0 || want == t.NS[pstree.PidNS] {
+		if t.State == pstree.Zombie || want == 0 || want == t.NS[pstree.PidNS] || pl.m.procs[i].pfc == want {
 			continue
 		}
 		via := -1
