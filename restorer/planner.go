@@ -289,11 +289,15 @@ func (pl *planner) assign(c, p int, placed map[int]bool) error {
 			}
 		}
 		sib, ok := pl.orphanRule(c, s, p)
+		cr = s
 		if !ok {
-			return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling or a dying task of its init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+			z := pl.orphanMaker(c, s, p)
+			if z < 0 {
+				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling or a dying task of its init, and no dying member of it can leave it to its init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+			}
+			cr = z
 		}
 		pl.sibling[c] = sib
-		cr = s
 	}
 	pl.creator[c] = cr
 	pl.kids[cr] = append(pl.kids[cr], c)
@@ -401,6 +405,25 @@ func (pl *planner) orphanRule(c, s, p int) (sibling, ok bool) {
 		return false, true
 	}
 	return false, false
+}
+
+// orphanMaker finds a proc that can play the parent that left orphan c to
+// its init p: one that exits at the end of the restore (a zombie of the
+// image or a helper), is in c's session s and in c's pid namespace, whose
+// init p is. It clones c in the session, and when it dies c is re-parented
+// to p. This is how such an orphan usually came about: the zombie is the
+// shell that started c and exited (found by TestRealTrees). -1 if none.
+func (pl *planner) orphanMaker(c, s, p int) int {
+	ns := pl.plan.Procs[c].NS
+	if p < 0 || s < 0 || !pl.isInitOf(p, ns) {
+		return -1
+	}
+	for z := range pl.plan.Procs {
+		if z != c && z != p && pl.exits(z) && pl.tsid[z] == s && pl.plan.Procs[z].NS == ns && !pl.isInitOf(z, ns) {
+			return z
+		}
+	}
+	return -1
 }
 
 // AgentThreadWindow is where a restored agent's namespace cursor points

@@ -73,3 +73,36 @@ func TestRestoreUserLauncherChildren(t *testing.T) {
 		}
 	}
 }
+
+// orphanOfMemberTree: an orphan re-parented to its namespace's init, in a
+// session whose live leader is neither its init's child nor dead; the shell
+// that started it and exited is a zombie child of the leader (found by
+// real-tree seeds 480304779 and 6):
+//
+//	unshare -p sh -c 'sh -c "setsid sh -c \"sh -c \\\"sleep & exit 0\\\" & exec sleep\" & exec sleep" & exec sleep'
+func orphanOfMemberTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1)
+	const base = 23400
+	b.task(1, []int{base}, 0, []int{base}, []int{base})
+	b.task(2, []int{base + 1, 1}, base, []int{base, 0}, []int{base, 0})           // init
+	b.task(2, []int{base + 2, 2}, base+1, []int{base, 0}, []int{base, 0})         // a plain child
+	b.task(2, []int{base + 3, 3}, base+2, []int{base + 3, 3}, []int{base + 3, 3}) // setsid
+	z := b.task(2, []int{base + 4, 4}, base+3, []int{base + 3, 3}, []int{base + 3, 3})
+	z.State = pstree.Zombie
+	b.task(2, []int{base + 5, 5}, base+1, []int{base + 3, 3}, []int{base + 3, 3}) // the orphan
+	return sleepers(&b.tr)
+}
+
+func TestPlanOrphanOfMember(t *testing.T) {
+	p, err := NewPlan(orphanOfMemberTree(), Options{})
+	if err != nil {
+		t.Fatalf("plan: %v", err)
+	}
+	for _, s := range p.Steps {
+		if s.Op == OpClone && s.Target == 5 && s.Actor != 4 {
+			t.Errorf("the orphan is cloned by %s, want the zombie that leaves it to the init", p.name(s.Actor))
+		}
+	}
+}
+
+func TestRestoreOrphanOfMember(t *testing.T) { scenario(t, orphanOfMemberTree) }

@@ -264,6 +264,15 @@ func (g *rtGen) child(ctx rtCtx, group *string) string {
 			if g.nss[ctx.ns].level >= g.maxLevel || g.budget < 2 {
 				continue
 			}
+			if g.r.Intn(6) == 0 {
+				// A namespace whose init exited: a zombie init whose
+				// namespace is dead, under a launcher whose
+				// pid_for_children still names it.
+				g.count(ctx, false)
+				g.count(rtCtx{}, true)
+				l := g.script(fmt.Sprintf("busybox sh -c 'exit %d' &\n", []int{0, 2, 129}[g.r.Intn(3)]), g.end(false))
+				return fmt.Sprintf("busybox unshare -p busybox sh %s &\n", l)
+			}
 			return g.pidns(ctx)
 		case 15:
 			if ctx.user {
@@ -355,5 +364,7 @@ func (g *rtGen) nsenter(ctx rtCtx, target int) string {
 	ns := g.nss[target]
 	in := rtCtx{ns: target, reaper: ns.reaper, user: ns.user}
 	s := g.script(g.children(in, 1+g.r.Intn(3)), g.end(false))
-	return fmt.Sprintf("while ! [ -s %s ]; do busybox usleep 10000; done; read hp < %s; nsenter -t $hp -p -F busybox sh %s &\n", ns.hp, ns.hp, s)
+	// Builtins only: a shell waiting for a foreground command reaps its
+	// background children too, and the zombies would go.
+	return fmt.Sprintf("while ! [ -s %s ]; do :; done; read hp < %s; nsenter -t $hp -p -F busybox sh %s &\n", ns.hp, ns.hp, s)
 }
