@@ -419,11 +419,30 @@ func (pl *planner) orphanMaker(c, s, p int) int {
 		return -1
 	}
 	for z := range pl.plan.Procs {
-		if z != c && z != p && pl.exits(z) && pl.tsid[z] == s && pl.plan.Procs[z].NS == ns && !pl.isInitOf(z, ns) {
+		if z != c && z != p && pl.exits(z) && pl.tsid[z] == s && pl.plan.Procs[z].NS == ns && !pl.isInitOf(z, ns) && !pl.below(z, c) {
 			return z
 		}
 	}
 	return -1
+}
+
+// below says whether proc q descends from proc a, through the image's
+// parents (helpers: through their creators): a could not clone q's
+// ancestor after being cloned by q.
+func (pl *planner) below(q, a int) bool {
+	for n := 0; q >= 0 && n <= len(pl.plan.Procs); n++ {
+		if q == a {
+			return true
+		}
+		if t := pl.plan.Procs[q].Task; t > 0 {
+			q = pl.byPID[pl.tr().Tasks[t].PPID]
+		} else if t < 0 {
+			q = pl.creator[q]
+		} else {
+			return false
+		}
+	}
+	return false
 }
 
 // AgentThreadWindow is where a restored agent's namespace cursor points

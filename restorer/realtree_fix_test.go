@@ -106,3 +106,19 @@ func TestPlanOrphanOfMember(t *testing.T) {
 }
 
 func TestRestoreOrphanOfMember(t *testing.T) { scenario(t, orphanOfMemberTree) }
+
+// TestPlanOrphanNotByItsOwnChild: the orphan's own zombie child is in the
+// session too, listed before the zombie that really left it; it cannot be
+// the orphan's creator (found by real-tree seed 923315660: "is never
+// created").
+func TestPlanOrphanNotByItsOwnChild(t *testing.T) {
+	tr := orphanOfMemberTree()
+	const base = 23400
+	x, z := tr.Tasks[5], tr.Tasks[4]
+	w := x
+	w.PIDs, w.PPID, w.State = []int{base + 6, 6}, base+5, pstree.Zombie
+	tr.Tasks = append(tr.Tasks[:4], x, w, z)
+	if _, err := NewPlan(tr, Options{}); err != nil {
+		t.Fatalf("plan: %v", err)
+	}
+}
