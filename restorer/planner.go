@@ -299,6 +299,14 @@ func (pl *planner) assign(c, p int, placed map[int]bool) error {
 		}
 		pl.sibling[c] = sib
 	}
+	if cr == p && s != c && !pl.reachesUser(p, c) {
+		// The parent is in a user namespace below c's (c was born
+		// through nsenter from outside and left to the init): a dying
+		// member of c's session in c's namespaces clones it instead.
+		if z := pl.orphanMaker(c, s, p); z >= 0 {
+			cr = z
+		}
+	}
 	pl.creator[c] = cr
 	pl.kids[cr] = append(pl.kids[cr], c)
 	return nil
@@ -424,6 +432,17 @@ func (pl *planner) orphanMaker(c, s, p int) int {
 		}
 	}
 	return -1
+}
+
+// reachesUser says whether proc p can clone c into c's user namespace: a
+// creator can setns only into its own user namespace's descendants.
+func (pl *planner) reachesUser(p, c int) bool {
+	tp, tc := pl.plan.Procs[p].Task, pl.plan.Procs[c].Task
+	if tp < 0 || tc < 0 {
+		return true
+	}
+	up, uc := pl.tr().Tasks[tp].NS[pstree.UserNS], pl.tr().Tasks[tc].NS[pstree.UserNS]
+	return up == 0 || uc == 0 || pl.m.capable(up, uc)
 }
 
 // below says whether proc q descends from proc a, through the image's

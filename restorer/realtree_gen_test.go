@@ -115,6 +115,10 @@ type rtCtx struct {
 	// reaper is an agent.
 	orphaned bool
 	user     bool // in a user namespace the tree made (no nsenter from there)
+	// foreignOwner: their pid namespace is owned by a user namespace they
+	// are not in (born there through nsenter), so they cannot make a child
+	// pid namespace (the kernel says EINVAL).
+	foreignOwner bool
 	// plainShell: the shell's children are in its own pid namespace, so a
 	// sibling's pid from $! names a group it can join.
 	plainShell bool
@@ -212,11 +216,9 @@ func (g *rtGen) child(ctx rtCtx, group *string) string {
 			g.count(ctx, false)
 			return fmt.Sprintf("busybox sh -c 'kill -STOP $$; exec busybox sleep %d' &\n", 100000+g.next())
 		case 3:
-			g.count(ctx, true)
-			return fmt.Sprintf("busybox sh -c 'exit %d' &\n", []int{0, 1, 3, 127, 128, 200, 255}[g.r.Intn(7)])
+			return g.nest(ctx, fmt.Sprintf("busybox sh -c 'exit %d'", []int{0, 1, 3, 127, 128, 200, 255}[g.r.Intn(7)]))
 		case 4:
-			g.count(ctx, true)
-			return fmt.Sprintf("busybox sh -c 'kill -%s $$' &\n", []string{"KILL", "TERM", "HUP", "USR1", "SEGV", "ABRT"}[g.r.Intn(6)])
+			return g.nest(ctx, fmt.Sprintf("busybox sh -c 'kill -%s $$'", []string{"KILL", "TERM", "HUP", "USR1", "SEGV", "ABRT"}[g.r.Intn(6)]))
 		case 5:
 			g.count(ctx, false)
 			return fmt.Sprintf("busybox sh %s &\n", g.shell(sub, false, ""))
@@ -249,10 +251,9 @@ func (g *rtGen) child(ctx rtCtx, group *string) string {
 			if ctx.reaper == reaperNone {
 				continue
 			}
-			g.count(ctx, true)
 			o := sub
 			o.orphaned = true
-			return fmt.Sprintf("busybox sh %s &\n", g.shell(o, true, ""))
+			return g.nest(ctx, "busybox sh "+g.shell(o, true, ""))
 		case 12:
 			g.count(ctx, false)
 			host := fmt.Sprintf("h%d", g.next())
@@ -261,7 +262,7 @@ func (g *rtGen) child(ctx rtCtx, group *string) string {
 			}
 			return fmt.Sprintf("busybox unshare -u busybox sh %s &\n", g.shell(sub, false, "busybox hostname "+host+"\n"))
 		case 13, 14:
-			if g.nss[ctx.ns].level >= g.maxLevel || g.budget < 2 {
+			if g.nss[ctx.ns].level >= g.maxLevel || g.budget < 2 || ctx.foreignOwner {
 				continue
 			}
 			if g.r.Intn(6) == 0 {
@@ -290,6 +291,19 @@ func (g *rtGen) child(ctx rtCtx, group *string) string {
 			return g.nsenter(ctx, targets[g.r.Intn(len(targets))])
 		}
 	}
+}
+
+// nest starts cmd, which ends dead, under a parent of its own that execs a
+// sleep right after starting it: a zombie under a script shell went away
+// now and then (busybox sh reaps finished background jobs at times).
+func (g *rtGen) nest(ctx rtCtx, cmd string) string {
+	if !ctx.plainShell || g.r.Intn(3) == 0 {
+		g.count(ctx, true)
+		return cmd + " &\n"
+	}
+	g.count(ctx, false)
+	g.count(rtCtx{}, true)
+	return "busybox sh " + g.script(cmd+" &\n", g.end(false)) + " &\n"
 }
 
 // below reports whether pid namespace i is a strict descendant of anc.
@@ -362,7 +376,7 @@ func (g *rtGen) pidns(ctx rtCtx) string {
 func (g *rtGen) nsenter(ctx rtCtx, target int) string {
 	g.count(ctx, false)
 	ns := g.nss[target]
-	in := rtCtx{ns: target, reaper: ns.reaper, user: ns.user}
+	in := rtCtx{ns: target, reaper: ns.reaper, user: ns.user, foreignOwner: ns.user}
 	s := g.script(g.children(in, 1+g.r.Intn(3)), g.end(false))
 	// Builtins only: a shell waiting for a foreground command reaps its
 	// background children too, and the zombies would go.

@@ -22,7 +22,7 @@ import (
 // realtreeSeeds pass today: the regular test runs them (each takes about a
 // second). NSINIT_REALTREE_SEEDS=N runs N random seeds instead, for
 // exploration; NSINIT_REALTREE_SEED=S runs seed S alone.
-var realtreeSeeds = []int64{1, 2, 3, 4, 5, 6, 7, 8}
+var realtreeSeeds = []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 882946930}
 
 // TestRealTrees builds random real trees with busybox sh (see
 // realtree_gen_test.go), records each through /proc, dumps and kills it with
