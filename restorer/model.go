@@ -301,6 +301,9 @@ func (m *model) setPFC(pl *Plan, s *Step) error {
 		if !m.isDescendant(s.Into, a.ns) {
 			return fmt.Errorf("setns to pid ns %d: not below the actor's: EINVAL", s.Into)
 		}
+		if o := m.nss[s.Into].owner; o != 0 && !m.capable(a.nsk[pstree.UserNS], o) {
+			return fmt.Errorf("setns to pid ns %d: no CAP_SYS_ADMIN over its owner user ns %d: EPERM", s.Into, o)
+		}
 		to = s.Into
 	}
 	m.saveProc(s.Actor)
@@ -319,9 +322,17 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	pr := &pl.Procs[s.Target]
 	active := m.actorNS(s.Actor, rootNS)
 	pfc := active
+	user := m.own[pstree.UserNS]
+	if s.Actor != Restorer {
+		user = m.procs[s.Actor].nsk[pstree.UserNS]
+	}
 	if s.Actor != Restorer && m.procs[s.Actor].pfc != 0 {
-		// The planner sets pid_for_children after every clone.
-		return fmt.Errorf("clone by %s after it set its pid_for_children", pl.name(s.Actor))
+		// A creator that cannot setns back to its own pid namespace set
+		// its pid_for_children for good (the planner's placeClone).
+		if s.Into != 0 || s.NewPIDNS {
+			return fmt.Errorf("clone by %s with setns or CLONE_NEWPID after it set its pid_for_children: EINVAL", pl.name(s.Actor))
+		}
+		pfc = m.procs[s.Actor].pfc
 	}
 	if s.Into != 0 {
 		if !m.isDescendant(s.Into, active) {
@@ -329,6 +340,13 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		}
 		if s.NewPIDNS {
 			return fmt.Errorf("CLONE_NEWPID after setns: EINVAL")
+		}
+		// setns(CLONE_NEWPID) needs CAP_SYS_ADMIN over the owner of the
+		// namespace entered, there and back again (F2.3).
+		for _, ns := range []pstree.NSID{s.Into, active} {
+			if o := m.nss[ns].owner; o != 0 && !m.capable(user, o) {
+				return fmt.Errorf("setns to pid ns %d by %s: no CAP_SYS_ADMIN over its owner user ns %d from user ns %d: EPERM", ns, pl.name(s.Actor), o, user)
+			}
 		}
 		pfc = s.Into
 	}

@@ -289,11 +289,23 @@ func (pl *planner) assign(c, p int, placed map[int]bool) error {
 			}
 		}
 		sib, ok := pl.orphanRule(c, s, p)
+		cr = s
 		if !ok {
-			return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling or a dying task of its init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+			z := pl.orphanMaker(c, s, p)
+			if z < 0 {
+				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling or a dying task of its init, and no dying member of it can leave it to its init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+			}
+			cr = z
 		}
 		pl.sibling[c] = sib
-		cr = s
+	}
+	if cr == p && s != c && !pl.reachesUser(p, c) {
+		// The parent is in a user namespace below c's (c was born
+		// through nsenter from outside and left to the init): a dying
+		// member of c's session in c's namespaces clones it instead.
+		if z := pl.orphanMaker(c, s, p); z >= 0 {
+			cr = z
+		}
 	}
 	pl.creator[c] = cr
 	pl.kids[cr] = append(pl.kids[cr], c)
@@ -403,6 +415,55 @@ func (pl *planner) orphanRule(c, s, p int) (sibling, ok bool) {
 	return false, false
 }
 
+// orphanMaker finds a proc that can play the parent that left orphan c to
+// its init p: one that exits at the end of the restore (a zombie of the
+// image or a helper), is in c's session s and in c's pid namespace, whose
+// init p is. It clones c in the session, and when it dies c is re-parented
+// to p. This is how such an orphan usually came about: the zombie is the
+// shell that started c and exited (found by TestRealTrees). -1 if none.
+func (pl *planner) orphanMaker(c, s, p int) int {
+	ns := pl.plan.Procs[c].NS
+	if p < 0 || s < 0 || !pl.isInitOf(p, ns) {
+		return -1
+	}
+	for z := range pl.plan.Procs {
+		if z != c && z != p && pl.exits(z) && pl.tsid[z] == s && pl.plan.Procs[z].NS == ns && !pl.isInitOf(z, ns) && !pl.below(z, c) {
+			return z
+		}
+	}
+	return -1
+}
+
+// reachesUser says whether proc p can clone c into c's user namespace: a
+// creator can setns only into its own user namespace's descendants.
+func (pl *planner) reachesUser(p, c int) bool {
+	tp, tc := pl.plan.Procs[p].Task, pl.plan.Procs[c].Task
+	if tp < 0 || tc < 0 {
+		return true
+	}
+	up, uc := pl.tr().Tasks[tp].NS[pstree.UserNS], pl.tr().Tasks[tc].NS[pstree.UserNS]
+	return up == 0 || uc == 0 || pl.m.capable(up, uc)
+}
+
+// below says whether proc q descends from proc a, through the image's
+// parents (helpers: through their creators): a could not clone q's
+// ancestor after being cloned by q.
+func (pl *planner) below(q, a int) bool {
+	for n := 0; q >= 0 && n <= len(pl.plan.Procs); n++ {
+		if q == a {
+			return true
+		}
+		if t := pl.plan.Procs[q].Task; t > 0 {
+			q = pl.byPID[pl.tr().Tasks[t].PPID]
+		} else if t < 0 {
+			q = pl.creator[q]
+		} else {
+			return false
+		}
+	}
+	return false
+}
+
 // AgentThreadWindow is where a restored agent's namespace cursor points
 // while the agent's runtime starts its threads (a child namespace's pid_max
 // is 4194304 on 6.18, F1.5), unless the kernel's pid_max is lower: on 6.1
@@ -477,6 +538,31 @@ func (pl *planner) cloneStep(c int) Step {
 		s.Into = pr.NS // born via setns
 	}
 	return s
+}
+
+// placeClone emits clone step s. A clone born via setns (s.Into) goes
+// back to its creator's pid namespace afterwards, and setns(CLONE_NEWPID)
+// needs CAP_SYS_ADMIN over that namespace's owner: a creator inside a user
+// namespace of its own has none over the host's (`unshare -U -p` without
+// -f: its first child is the new namespace's init, its later ones are born
+// there too). Such a creator sets its pid_for_children for good, as the
+// original did, and its clones land there without a setns.
+func (pl *planner) placeClone(s Step) error {
+	if s.Into == 0 || s.Actor == Restorer {
+		return pl.placed(s)
+	}
+	a := &pl.m.procs[s.Actor]
+	if o := pl.m.nss[a.ns].owner; o == 0 || pl.m.capable(a.nsk[pstree.UserNS], o) {
+		return pl.placed(s)
+	}
+	if a.pfc == 0 {
+		via := pl.m.nss[s.Into].init
+		if err := pl.emit(Step{Op: OpSetPFC, Actor: s.Actor, Target: via, Into: s.Into}); err != nil {
+			return err
+		}
+	}
+	s.Into = 0
+	return pl.placed(s)
 }
 
 // placed emits a clone or thread step preceded by the cursor writes that
@@ -608,7 +694,7 @@ func (pl *planner) expand(p int) error {
 			pl.deferred = append(pl.deferred, c)
 			return nil
 		}
-		if err := pl.placed(st); err != nil {
+		if err := pl.placeClone(st); err != nil {
 			return err
 		}
 		created = append(created, c)
@@ -729,7 +815,7 @@ func (pl *planner) expandAll() error {
 				continue
 			}
 			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
-			if err := pl.placed(pl.cloneStep(c)); err != nil {
+			if err := pl.placeClone(pl.cloneStep(c)); err != nil {
 				pl.m.rollback(mark)
 				pl.plan.Steps = pl.plan.Steps[:steps]
 				continue
@@ -913,7 +999,7 @@ func (pl *planner) pidForChildren() error {
 	for i := range tr.Tasks {
 		t := &tr.Tasks[i]
 		want := t.NS[pstree.PidForChildrenNS]
-		if t.State == pstree.Zombie || want == 0 || want == t.NS[pstree.PidNS] {
+		if t.State == pstree.Zombie || want == 0 || want == t.NS[pstree.PidNS] || pl.m.procs[i].pfc == want {
 			continue
 		}
 		via := -1
