@@ -170,37 +170,46 @@ type Handler func(req *agentpb.Request) (*agentpb.Reply, error)
 // Failed{EPROTO} and ends Serve with ErrVersion.
 func (c *Conn) Serve(h Handler) error {
 	for {
-		env, err := c.recv(0)
-		if errors.Is(err, ErrVersion) {
-			_ = c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Reply{Reply: failed(env.GetRequest().GetId(), unix.EPROTO, err)}})
-			return err
-		}
+		req, err := c.ServeOne(h)
 		if err != nil {
-			return err
-		}
-		req := env.GetRequest()
-		if req == nil {
-			return fmt.Errorf("expected a request, got %v", env)
-		}
-		rep, herr := h(req)
-		if herr != nil {
-			var errno unix.Errno
-			if !errors.As(herr, &errno) {
-				errno = unix.EIO
-			}
-			rep = failed(req.Id, errno, herr)
-		}
-		if rep == nil {
-			rep = &agentpb.Reply{Result: &agentpb.Reply_Done{Done: &agentpb.Done{}}}
-		}
-		rep.Id = req.Id
-		if err := c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Reply{Reply: rep}}); err != nil {
 			return err
 		}
 		if req.GetAbort() != nil {
 			return nil
 		}
 	}
+}
+
+// ServeOne answers one request and returns it.
+func (c *Conn) ServeOne(h Handler) (*agentpb.Request, error) {
+	env, err := c.recv(0)
+	if errors.Is(err, ErrVersion) {
+		_ = c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Reply{Reply: failed(env.GetRequest().GetId(), unix.EPROTO, err)}})
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	req := env.GetRequest()
+	if req == nil {
+		return nil, fmt.Errorf("expected a request, got %v", env)
+	}
+	rep, herr := h(req)
+	if herr != nil {
+		var errno unix.Errno
+		if !errors.As(herr, &errno) {
+			errno = unix.EIO
+		}
+		rep = failed(req.Id, errno, herr)
+	}
+	if rep == nil {
+		rep = &agentpb.Reply{Result: &agentpb.Reply_Done{Done: &agentpb.Done{}}}
+	}
+	rep.Id = req.Id
+	if err := c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Reply{Reply: rep}}); err != nil {
+		return nil, err
+	}
+	return req, nil
 }
 
 func failed(id uint64, errno unix.Errno, err error) *agentpb.Reply {

@@ -11,10 +11,62 @@ import (
 )
 
 // This file is the child side of the agent protocol as a restored agent
-// serves it: `nsinit restore` execs the agent with one end of a socket pair
-// and, once every task of the tree exists, greets it (Hello) and has it put
-// its namespace's ns_last_pid back (Finish). The restorer's builder
-// processes create the tasks, so CreateTask is not served.
+// serves it: `nsinit restore` execs the agent with its original command
+// line and one end of a socket pair at ControlFD. Once every task of the
+// tree exists the restorer greets it (Hello), tells it which child to adopt
+// instead of starting its command and which zombie children to keep
+// (Adopt), and has it put its namespace's ns_last_pid back (Finish). The
+// restorer's builder processes create the tasks, so CreateTask is not
+// served.
+
+// ControlFD is the descriptor at which a restored agent finds its control
+// socket (internal/waiter's mark is at 63).
+const ControlFD = 62
+
+// RestoredControl returns the control connection when this process is a
+// restored agent - ControlFD is a unix SOCK_SEQPACKET socket - and nil
+// otherwise. An error means it looks like one but the peer is refused.
+func RestoredControl() (*Conn, error) {
+	typ, err := unix.GetsockoptInt(ControlFD, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || typ != unix.SOCK_SEQPACKET {
+		return nil, nil
+	}
+	if dom, err := unix.GetsockoptInt(ControlFD, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || dom != unix.AF_UNIX {
+		return nil, nil
+	}
+	return OpenParentConn(ControlFD)
+}
+
+// AwaitAdoption answers the restorer (Hello) until it says what to adopt
+// (Adopt) and fills cfg.Adopt and cfg.Keep. The restorer sends it once
+// every task exists, right after the exec.
+func AwaitAdoption(c *Conn, cfg *Config) error {
+	for cfg.Adopt == 0 {
+		req, err := c.ServeOne(func(req *agentpb.Request) (*agentpb.Reply, error) {
+			switch op := req.Op.(type) {
+			case *agentpb.Request_Hello:
+				return helloReply(), nil
+			case *agentpb.Request_Adopt:
+				if op.Adopt.Child <= 0 {
+					return nil, fmt.Errorf("adopt pid %d: %w", op.Adopt.Child, unix.EINVAL)
+				}
+				return nil, nil
+			}
+			return nil, fmt.Errorf("request %T before Adopt: %w", req.Op, unix.EPROTO)
+		})
+		if err != nil {
+			return fmt.Errorf("restorer connection: %w", err)
+		}
+		if a := req.GetAdopt(); a != nil && a.Child > 0 {
+			cfg.Adopt = int(a.Child)
+			cfg.Keep = map[int]bool{}
+			for _, k := range a.Keep {
+				cfg.Keep[int(k)] = true
+			}
+		}
+	}
+	return nil
+}
 
 // OpenParentConn wraps the inherited control socket fd of a restored agent
 // and checks, through SO_PEERCRED, that the peer (the process that made the
@@ -50,8 +102,9 @@ func OpenParentConn(fd int) (*Conn, error) {
 	return c, nil
 }
 
-// ServeRestore answers the restorer until it closes the socket: Hello with
-// the agent's pid and pid-namespace depth, SetCursor and Finish by writing
+// ServeRestore answers the restorer after the adoption until it closes the
+// socket: Hello with the agent's pid and pid-namespace depth, SetCursor and
+// Finish by writing
 // ns_last_pid, Abort with Done (the restorer kills what it created; the
 // agent created nothing itself).
 func ServeRestore(c *Conn) error {

@@ -14,18 +14,25 @@ import (
 )
 
 // The restorer is the top of the agent chain. Every task that was an nsinit
-// agent in the image execs `nsinit agent` as its payload with one end of a
-// socket pair (proto/agent.proto); once every task exists the restorer
-// greets each agent and has it put its namespace's ns_last_pid back (its Go
-// runtime's threads took pids after the cursor the restorer set). An agent
-// that dies, stops answering within the timeout or answers wrongly aborts
-// the restore, which kills and reaps the whole tree.
+// agent in the image execs this nsinit with its original command line as
+// its payload, with one end of a socket pair at agent.ControlFD
+// (proto/agent.proto); once every task exists the restorer greets each
+// agent, tells it which child to adopt and which zombies to keep, and has
+// it put its namespace's ns_last_pid back (its Go runtime's threads took
+// pids after the cursor the restorer set). An agent that dies, stops
+// answering within the timeout or answers wrongly aborts the restore,
+// which kills and reaps the whole tree.
 
 // agentLink is the restorer's side of one restored agent's control socket.
 type agentLink struct {
 	proc   int      // the agent's proc
 	parent *os.File // the restorer's end
 	child  *os.File // the agent's end: inherited through its exec
+	// adopt and keep are what the agent supervises instead of starting its
+	// command: its first live child and its zombie children (pids in its
+	// own namespace).
+	adopt int
+	keep  []int64
 }
 
 // DefaultAgentTimeout bounds each agent-protocol request.
@@ -40,14 +47,43 @@ func openAgentLinks(p *Plan) (map[int]*agentLink, error) {
 		if !p.becomesAgent(i) {
 			continue
 		}
+		adopt, keep, err := adoption(p, p.Procs[i].Task)
+		if err != nil {
+			closeAgentLinks(links)
+			return nil, err
+		}
 		parent, child, err := agent.SocketPair()
 		if err != nil {
 			closeAgentLinks(links)
 			return nil, fmt.Errorf("control socket for %s: %w", p.name(i), err)
 		}
-		links[i] = &agentLink{proc: i, parent: parent, child: child}
+		links[i] = &agentLink{proc: i, parent: parent, child: child, adopt: adopt, keep: keep}
 	}
 	return links, nil
+}
+
+// adoption is what agent task ti supervises once restored: its first live
+// child of the image, and its zombie children, which it must never reap.
+func adoption(p *Plan, ti int) (adopt int, keep []int64, err error) {
+	tr := p.Tree
+	a := &tr.Tasks[ti]
+	lvl := a.Level()
+	for i := range tr.Tasks {
+		c := &tr.Tasks[i]
+		if c.PPID != a.PID() || len(c.PIDs) <= lvl {
+			continue
+		}
+		switch {
+		case c.State == pstree.Zombie:
+			keep = append(keep, int64(c.PIDs[lvl]))
+		case adopt == 0:
+			adopt = c.PIDs[lvl]
+		}
+	}
+	if adopt == 0 {
+		return 0, nil, fmt.Errorf("agent %v has no live child to adopt: %w", a.PIDs, ErrUnsupported)
+	}
+	return adopt, keep, nil
 }
 
 // closeAgentLinks closes every end still open.
@@ -96,6 +132,9 @@ func (t *tx) greetAgent(l *agentLink, timeout time.Duration) error {
 	want := pr.PIDs[len(pr.PIDs)-1]
 	if got := rep.GetHello().GetPid(); got != int64(want) {
 		return fmt.Errorf("hello: the agent says it is pid %d of its namespace, want %d", got, want)
+	}
+	if _, err := c.Call(&agentpb.Request{Op: &agentpb.Request_Adopt{Adopt: &agentpb.Adopt{Child: int64(l.adopt), Keep: l.keep}}}); err != nil {
+		return agentCallError(fmt.Sprintf("adopt %d", l.adopt), err, timeout)
 	}
 	last := 0
 	tk := &t.p.Tree.Tasks[pr.Task]

@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/internal/waiter"
 	"golang.org/x/sys/unix"
@@ -316,7 +317,7 @@ func prepareExec(pr *procRec) syscall.Errno {
 		}
 	}
 	if pr.controlFD >= 0 {
-		if _, _, e = syscall.RawSyscall(unix.SYS_FCNTL, uintptr(pr.controlFD), unix.F_SETFD, 0); e != 0 {
+		if _, _, e = syscall.RawSyscall(unix.SYS_DUP3, uintptr(pr.controlFD), agent.ControlFD, 0); e != 0 {
 			return e
 		}
 	}

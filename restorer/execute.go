@@ -241,16 +241,11 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int) (*block, error) {
 			if tk.Exe == "" {
 				return nil, fmt.Errorf("%s: no executable recorded for the exec payload: %w", p.name(i), ErrBadImage)
 			}
+			// An agent or a waiter execs this nsinit with its own argv
+			// (agents.go, internal/waiter).
 			exe, argv := tk.Exe, tk.Argv
-			if l := links[i]; l != nil {
-				var err error
-				if argv, err = agentArgv(p, t, int(l.child.Fd())); err != nil {
-					return nil, err
-				}
+			if p.becomesAgent(i) || p.becomesWaiter(i) {
 				exe = p.Options.AgentExe
-			}
-			if p.becomesWaiter(i) {
-				exe = p.Options.AgentExe // its own argv: see internal/waiter
 			}
 			ps[i].path = cstr(exe)
 			if len(argv) == 0 {
@@ -496,66 +491,6 @@ func setTIDOf(p *Plan, s *Step, pids []int, r *stepRec) (int, error) {
 		err = fmt.Errorf("%d set_tid levels without MultiLevelSetTID", n)
 	}
 	return n, err
-}
-
-// agentArgv is the command line of a restored agent: it adopts its first
-// live child, keeps its zombie children (pids in its own namespace) and
-// answers the restorer on its inherited control socket fd.
-func agentArgv(p *Plan, ti int, controlFD int) ([]string, error) {
-	tr := p.Tree
-	a := &tr.Tasks[ti]
-	lvl := a.Level()
-	adopt := 0
-	var keep []string
-	for i := range tr.Tasks {
-		c := &tr.Tasks[i]
-		if c.PPID != a.PID() || len(c.PIDs) <= lvl {
-			continue
-		}
-		switch {
-		case c.State == pstree.Zombie:
-			keep = append(keep, strconv.Itoa(c.PIDs[lvl]))
-		case adopt == 0:
-			adopt = c.PIDs[lvl]
-		}
-	}
-	if adopt == 0 {
-		return nil, fmt.Errorf("agent %v has no live child to adopt: %w", a.PIDs, ErrUnsupported)
-	}
-	// argv[0] as the original had it: the agent rule (docs/image-format.md)
-	// recognises agents by it, and AgentExe may be a link such as a VM's
-	// /init.
-	argv0 := "nsinit"
-	if len(a.Argv) > 0 {
-		argv0 = a.Argv[0]
-	}
-	argv := []string{argv0, "agent", "--adopt", strconv.Itoa(adopt)}
-	argv = append(argv, initOptions(a.Argv)...)
-	if len(keep) > 0 {
-		argv = append(argv, "--keep", strings.Join(keep, ","))
-	}
-	argv = append(argv, "--control-fd", strconv.Itoa(controlFD))
-	return argv, nil
-}
-
-// initOptions returns the init options of an agent's original command
-// line (`nsinit [options] -- CMD...`): the restored agent keeps forwarding
-// to the group, remapping exit codes and so on as the original did.
-func initOptions(argv []string) []string {
-	var opts []string
-	for i := 1; i < len(argv); i++ {
-		a := argv[i]
-		switch {
-		case a == "--" || !strings.HasPrefix(a, "-"):
-			return opts
-		case (a == "-e" || a == "-p" || a == "--listen" || a == "-listen") && i+1 < len(argv):
-			opts = append(opts, a, argv[i+1])
-			i++
-		default:
-			opts = append(opts, a)
-		}
-	}
-	return opts
 }
 
 func unsafeAppendU64(b []byte, v uint64) []byte {

@@ -480,7 +480,7 @@ func (pl *planner) agentWindow() int {
 	return AgentThreadWindow
 }
 
-// agentRestoresCursor says whether init p becomes `nsinit agent`, which
+// agentRestoresCursor says whether init p becomes a restored agent, which
 // restores its namespace's cursor itself.
 func (pl *planner) agentRestoresCursor(p int) bool { return pl.plan.becomesAgent(p) }
 

@@ -589,10 +589,10 @@ func rtCompare(before, after map[int]*rtTask, stopped bool) []string {
 		}
 		d("state", wantState, a.State)
 		d("exit status", b.Exit, a.Exit)
-		// A restored agent runs `nsinit agent --adopt ...` (see
-		// docs/restore.md, Agents), and its threads are its Go runtime's.
+		// A restored agent's threads are its Go runtime's (see
+		// docs/restore.md, Agents).
 		agent := strings.HasPrefix(b.Argv, rtNSinit+" -- ")
-		if !stopped && b.State != "Z" && !agent {
+		if !stopped && b.State != "Z" {
 			d("argv", b.Argv, a.Argv)
 		}
 		if stopped && !agent {

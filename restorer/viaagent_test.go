@@ -81,7 +81,7 @@ func restoreThroughAgent(t *testing.T, bin, placement string, rootless bool) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	root := 0 // host pid of the tree's root
+	root := 0                // host pid of the tree's root
 	settled := func() bool { // every task there, none caught running
 		v := procView(agentPID)
 		return len(v) == 8 && !slices.ContainsFunc(v, func(l string) bool { return strings.HasSuffix(l, "| R") })

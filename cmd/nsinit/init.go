@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -118,6 +120,10 @@ func parseAndRun(args []string) int {
 		return 2
 	}
 	cfg.Argv = fs.Args()
+	if err := restoredAgent(&cfg); err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit: %v\n", err)
+		return agent.ExitInitFailure
+	}
 	cfg.Ignored = originallyIgnored()
 	cfg.Blocked, cfg.BlockedKnown = origSigMask, origSigKnown != 0
 	if verbose {
@@ -136,4 +142,32 @@ func signalList(ss []syscall.Signal) string {
 		names[i] = strconv.Itoa(int(s))
 	}
 	return strings.Join(names, ",")
+}
+
+// restoredAgent makes this init a restored agent when `nsinit restore`
+// started it (its original command line, a control socket at
+// agent.ControlFD): instead of starting its command it adopts the child
+// the restorer names, never reaps the image's zombies, and - once its own
+// Go runtime threads exist - puts its namespace's ns_last_pid back when the
+// restorer asks (those threads took pids after the cursor the restorer had
+// set; they are runtime-owned, not part of the image).
+func restoredAgent(cfg *agent.Config) error {
+	conn, err := agent.RestoredControl()
+	if conn == nil || err != nil {
+		return err
+	}
+	if err := agent.AwaitAdoption(conn, cfg); err != nil {
+		conn.Close()
+		return err
+	}
+	cfg.Started = func() error {
+		go func() {
+			defer conn.Close()
+			if err := agent.ServeRestore(conn); err != nil && !errors.Is(err, io.EOF) {
+				fmt.Fprintf(os.Stderr, "nsinit: restorer connection: %v\n", err)
+			}
+		}()
+		return nil
+	}
+	return nil
 }

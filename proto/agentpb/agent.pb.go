@@ -7,6 +7,11 @@
 //   ------------------------------             ------------------------------
 //   Hello{}                          ---->
 //                                    <----     HelloReply{level, pid}
+//   Adopt{child, keep}               ---->     a restored agent: supervise
+//                                              this child instead of
+//                                              starting its command, never
+//                                              reap these zombies
+//                                    <----     Done{}
 //   SetCursor{value}                 ---->     writes its ns_last_pid
 //                                    <----     Done{} | Failed{errno}
 //   CreateTask{pids, ...}            ---->     clone3 of a task of its ns
@@ -163,6 +168,7 @@ type Request struct {
 	//	*Request_Finish
 	//	*Request_Abort
 	//	*Request_Restore
+	//	*Request_Adopt
 	Op            isRequest_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -266,6 +272,15 @@ func (x *Request) GetRestore() *Restore {
 	return nil
 }
 
+func (x *Request) GetAdopt() *Adopt {
+	if x != nil {
+		if x, ok := x.Op.(*Request_Adopt); ok {
+			return x.Adopt
+		}
+	}
+	return nil
+}
+
 type isRequest_Op interface {
 	isRequest_Op()
 }
@@ -294,6 +309,10 @@ type Request_Restore struct {
 	Restore *Restore `protobuf:"bytes,7,opt,name=restore,proto3,oneof"`
 }
 
+type Request_Adopt struct {
+	Adopt *Adopt `protobuf:"bytes,8,opt,name=adopt,proto3,oneof"`
+}
+
 func (*Request_Hello) isRequest_Op() {}
 
 func (*Request_SetCursor) isRequest_Op() {}
@@ -306,6 +325,63 @@ func (*Request_Abort) isRequest_Op() {}
 
 func (*Request_Restore) isRequest_Op() {}
 
+func (*Request_Adopt) isRequest_Op() {}
+
+// Adopt: the restored agent's main child and the image's zombies among its
+// children, as its own namespace numbers them. A restored agent keeps its
+// original command line; this is what it learns instead of starting it.
+type Adopt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Child         int64                  `protobuf:"varint,1,opt,name=child,proto3" json:"child,omitempty"`
+	Keep          []int64                `protobuf:"varint,2,rep,packed,name=keep,proto3" json:"keep,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Adopt) Reset() {
+	*x = Adopt{}
+	mi := &file_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Adopt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Adopt) ProtoMessage() {}
+
+func (x *Adopt) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Adopt.ProtoReflect.Descriptor instead.
+func (*Adopt) Descriptor() ([]byte, []int) {
+	return file_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Adopt) GetChild() int64 {
+	if x != nil {
+		return x.Child
+	}
+	return 0
+}
+
+func (x *Adopt) GetKeep() []int64 {
+	if x != nil {
+		return x.Keep
+	}
+	return nil
+}
+
 type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -314,7 +390,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -326,7 +402,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[2]
+	mi := &file_agent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -339,7 +415,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{2}
+	return file_agent_proto_rawDescGZIP(), []int{3}
 }
 
 // SetCursor: write value to the receiver's ns_last_pid (the next pid of its
@@ -353,7 +429,7 @@ type SetCursor struct {
 
 func (x *SetCursor) Reset() {
 	*x = SetCursor{}
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +441,7 @@ func (x *SetCursor) String() string {
 func (*SetCursor) ProtoMessage() {}
 
 func (x *SetCursor) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[3]
+	mi := &file_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +454,7 @@ func (x *SetCursor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCursor.ProtoReflect.Descriptor instead.
 func (*SetCursor) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetCursor) GetValue() int64 {
@@ -400,7 +476,7 @@ type CreateTask struct {
 
 func (x *CreateTask) Reset() {
 	*x = CreateTask{}
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +488,7 @@ func (x *CreateTask) String() string {
 func (*CreateTask) ProtoMessage() {}
 
 func (x *CreateTask) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[4]
+	mi := &file_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +501,7 @@ func (x *CreateTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTask.ProtoReflect.Descriptor instead.
 func (*CreateTask) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateTask) GetPids() []int64 {
@@ -452,7 +528,7 @@ type Finish struct {
 
 func (x *Finish) Reset() {
 	*x = Finish{}
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +540,7 @@ func (x *Finish) String() string {
 func (*Finish) ProtoMessage() {}
 
 func (x *Finish) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[5]
+	mi := &file_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +553,7 @@ func (x *Finish) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Finish.ProtoReflect.Descriptor instead.
 func (*Finish) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Finish) GetLastPid() int64 {
@@ -496,7 +572,7 @@ type Abort struct {
 
 func (x *Abort) Reset() {
 	*x = Abort{}
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +584,7 @@ func (x *Abort) String() string {
 func (*Abort) ProtoMessage() {}
 
 func (x *Abort) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[6]
+	mi := &file_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +597,7 @@ func (x *Abort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Abort.ProtoReflect.Descriptor instead.
 func (*Abort) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
 // Restore: re-create the image in image_dir (a path as the agent sees it)
@@ -539,7 +615,7 @@ type Restore struct {
 
 func (x *Restore) Reset() {
 	*x = Restore{}
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +627,7 @@ func (x *Restore) String() string {
 func (*Restore) ProtoMessage() {}
 
 func (x *Restore) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[7]
+	mi := &file_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +640,7 @@ func (x *Restore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restore.ProtoReflect.Descriptor instead.
 func (*Restore) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Restore) GetImageDir() string {
@@ -605,7 +681,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -617,7 +693,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[8]
+	mi := &file_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -630,7 +706,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -737,7 +813,7 @@ type HelloReply struct {
 
 func (x *HelloReply) Reset() {
 	*x = HelloReply{}
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +825,7 @@ func (x *HelloReply) String() string {
 func (*HelloReply) ProtoMessage() {}
 
 func (x *HelloReply) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[9]
+	mi := &file_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +838,7 @@ func (x *HelloReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloReply.ProtoReflect.Descriptor instead.
 func (*HelloReply) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HelloReply) GetLevel() uint32 {
@@ -787,7 +863,7 @@ type Done struct {
 
 func (x *Done) Reset() {
 	*x = Done{}
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +875,7 @@ func (x *Done) String() string {
 func (*Done) ProtoMessage() {}
 
 func (x *Done) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[10]
+	mi := &file_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +888,7 @@ func (x *Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Done.ProtoReflect.Descriptor instead.
 func (*Done) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_proto_rawDescGZIP(), []int{11}
 }
 
 // Created: the pids the new task got, outermost first (verified through its
@@ -826,7 +902,7 @@ type Created struct {
 
 func (x *Created) Reset() {
 	*x = Created{}
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +914,7 @@ func (x *Created) String() string {
 func (*Created) ProtoMessage() {}
 
 func (x *Created) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[11]
+	mi := &file_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +927,7 @@ func (x *Created) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Created.ProtoReflect.Descriptor instead.
 func (*Created) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Created) GetPids() []int64 {
@@ -871,7 +947,7 @@ type Restored struct {
 
 func (x *Restored) Reset() {
 	*x = Restored{}
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +959,7 @@ func (x *Restored) String() string {
 func (*Restored) ProtoMessage() {}
 
 func (x *Restored) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[12]
+	mi := &file_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +972,7 @@ func (x *Restored) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Restored.ProtoReflect.Descriptor instead.
 func (*Restored) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Restored) GetRootPid() int64 {
@@ -919,7 +995,7 @@ type Failed struct {
 
 func (x *Failed) Reset() {
 	*x = Failed{}
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1007,7 @@ func (x *Failed) String() string {
 func (*Failed) ProtoMessage() {}
 
 func (x *Failed) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_proto_msgTypes[13]
+	mi := &file_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1020,7 @@ func (x *Failed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failed.ProtoReflect.Descriptor instead.
 func (*Failed) Descriptor() ([]byte, []int) {
-	return file_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Failed) GetErrno() int32 {
@@ -977,7 +1053,7 @@ const file_agent_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x124\n" +
 	"\arequest\x18\x02 \x01(\v2\x18.nsinit.agent.v1.RequestH\x00R\arequest\x12.\n" +
 	"\x05reply\x18\x03 \x01(\v2\x16.nsinit.agent.v1.ReplyH\x00R\x05replyB\x06\n" +
-	"\x04body\"\xe5\x02\n" +
+	"\x04body\"\x95\x03\n" +
 	"\aRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12.\n" +
 	"\x05hello\x18\x02 \x01(\v2\x16.nsinit.agent.v1.HelloH\x00R\x05hello\x12;\n" +
@@ -987,8 +1063,12 @@ const file_agent_proto_rawDesc = "" +
 	"createTask\x121\n" +
 	"\x06finish\x18\x05 \x01(\v2\x17.nsinit.agent.v1.FinishH\x00R\x06finish\x12.\n" +
 	"\x05abort\x18\x06 \x01(\v2\x16.nsinit.agent.v1.AbortH\x00R\x05abort\x124\n" +
-	"\arestore\x18\a \x01(\v2\x18.nsinit.agent.v1.RestoreH\x00R\arestoreB\x04\n" +
-	"\x02op\"\a\n" +
+	"\arestore\x18\a \x01(\v2\x18.nsinit.agent.v1.RestoreH\x00R\arestore\x12.\n" +
+	"\x05adopt\x18\b \x01(\v2\x16.nsinit.agent.v1.AdoptH\x00R\x05adoptB\x04\n" +
+	"\x02op\"1\n" +
+	"\x05Adopt\x12\x14\n" +
+	"\x05child\x18\x01 \x01(\x03R\x05child\x12\x12\n" +
+	"\x04keep\x18\x02 \x03(\x03R\x04keep\"\a\n" +
 	"\x05Hello\"!\n" +
 	"\tSetCursor\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\x03R\x05value\">\n" +
@@ -1038,42 +1118,44 @@ func file_agent_proto_rawDescGZIP() []byte {
 	return file_agent_proto_rawDescData
 }
 
-var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_agent_proto_goTypes = []any{
 	(*Envelope)(nil),   // 0: nsinit.agent.v1.Envelope
 	(*Request)(nil),    // 1: nsinit.agent.v1.Request
-	(*Hello)(nil),      // 2: nsinit.agent.v1.Hello
-	(*SetCursor)(nil),  // 3: nsinit.agent.v1.SetCursor
-	(*CreateTask)(nil), // 4: nsinit.agent.v1.CreateTask
-	(*Finish)(nil),     // 5: nsinit.agent.v1.Finish
-	(*Abort)(nil),      // 6: nsinit.agent.v1.Abort
-	(*Restore)(nil),    // 7: nsinit.agent.v1.Restore
-	(*Reply)(nil),      // 8: nsinit.agent.v1.Reply
-	(*HelloReply)(nil), // 9: nsinit.agent.v1.HelloReply
-	(*Done)(nil),       // 10: nsinit.agent.v1.Done
-	(*Created)(nil),    // 11: nsinit.agent.v1.Created
-	(*Restored)(nil),   // 12: nsinit.agent.v1.Restored
-	(*Failed)(nil),     // 13: nsinit.agent.v1.Failed
+	(*Adopt)(nil),      // 2: nsinit.agent.v1.Adopt
+	(*Hello)(nil),      // 3: nsinit.agent.v1.Hello
+	(*SetCursor)(nil),  // 4: nsinit.agent.v1.SetCursor
+	(*CreateTask)(nil), // 5: nsinit.agent.v1.CreateTask
+	(*Finish)(nil),     // 6: nsinit.agent.v1.Finish
+	(*Abort)(nil),      // 7: nsinit.agent.v1.Abort
+	(*Restore)(nil),    // 8: nsinit.agent.v1.Restore
+	(*Reply)(nil),      // 9: nsinit.agent.v1.Reply
+	(*HelloReply)(nil), // 10: nsinit.agent.v1.HelloReply
+	(*Done)(nil),       // 11: nsinit.agent.v1.Done
+	(*Created)(nil),    // 12: nsinit.agent.v1.Created
+	(*Restored)(nil),   // 13: nsinit.agent.v1.Restored
+	(*Failed)(nil),     // 14: nsinit.agent.v1.Failed
 }
 var file_agent_proto_depIdxs = []int32{
 	1,  // 0: nsinit.agent.v1.Envelope.request:type_name -> nsinit.agent.v1.Request
-	8,  // 1: nsinit.agent.v1.Envelope.reply:type_name -> nsinit.agent.v1.Reply
-	2,  // 2: nsinit.agent.v1.Request.hello:type_name -> nsinit.agent.v1.Hello
-	3,  // 3: nsinit.agent.v1.Request.set_cursor:type_name -> nsinit.agent.v1.SetCursor
-	4,  // 4: nsinit.agent.v1.Request.create_task:type_name -> nsinit.agent.v1.CreateTask
-	5,  // 5: nsinit.agent.v1.Request.finish:type_name -> nsinit.agent.v1.Finish
-	6,  // 6: nsinit.agent.v1.Request.abort:type_name -> nsinit.agent.v1.Abort
-	7,  // 7: nsinit.agent.v1.Request.restore:type_name -> nsinit.agent.v1.Restore
-	9,  // 8: nsinit.agent.v1.Reply.hello:type_name -> nsinit.agent.v1.HelloReply
-	10, // 9: nsinit.agent.v1.Reply.done:type_name -> nsinit.agent.v1.Done
-	11, // 10: nsinit.agent.v1.Reply.created:type_name -> nsinit.agent.v1.Created
-	13, // 11: nsinit.agent.v1.Reply.failed:type_name -> nsinit.agent.v1.Failed
-	12, // 12: nsinit.agent.v1.Reply.restored:type_name -> nsinit.agent.v1.Restored
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	9,  // 1: nsinit.agent.v1.Envelope.reply:type_name -> nsinit.agent.v1.Reply
+	3,  // 2: nsinit.agent.v1.Request.hello:type_name -> nsinit.agent.v1.Hello
+	4,  // 3: nsinit.agent.v1.Request.set_cursor:type_name -> nsinit.agent.v1.SetCursor
+	5,  // 4: nsinit.agent.v1.Request.create_task:type_name -> nsinit.agent.v1.CreateTask
+	6,  // 5: nsinit.agent.v1.Request.finish:type_name -> nsinit.agent.v1.Finish
+	7,  // 6: nsinit.agent.v1.Request.abort:type_name -> nsinit.agent.v1.Abort
+	8,  // 7: nsinit.agent.v1.Request.restore:type_name -> nsinit.agent.v1.Restore
+	2,  // 8: nsinit.agent.v1.Request.adopt:type_name -> nsinit.agent.v1.Adopt
+	10, // 9: nsinit.agent.v1.Reply.hello:type_name -> nsinit.agent.v1.HelloReply
+	11, // 10: nsinit.agent.v1.Reply.done:type_name -> nsinit.agent.v1.Done
+	12, // 11: nsinit.agent.v1.Reply.created:type_name -> nsinit.agent.v1.Created
+	14, // 12: nsinit.agent.v1.Reply.failed:type_name -> nsinit.agent.v1.Failed
+	13, // 13: nsinit.agent.v1.Reply.restored:type_name -> nsinit.agent.v1.Restored
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_agent_proto_init() }
@@ -1092,8 +1174,9 @@ func file_agent_proto_init() {
 		(*Request_Finish)(nil),
 		(*Request_Abort)(nil),
 		(*Request_Restore)(nil),
+		(*Request_Adopt)(nil),
 	}
-	file_agent_proto_msgTypes[8].OneofWrappers = []any{
+	file_agent_proto_msgTypes[9].OneofWrappers = []any{
 		(*Reply_Hello)(nil),
 		(*Reply_Done)(nil),
 		(*Reply_Created)(nil),
@@ -1106,7 +1189,7 @@ func file_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_proto_rawDesc), len(file_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
