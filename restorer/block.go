@@ -58,6 +58,7 @@ type procRec struct {
 	// shared fd table, close-on-exec), -1 for other procs: the builder
 	// keeps it across its exec (agents.go).
 	controlFD int32
+	comm      [commLen + 1]byte // name of a zombie or parked task (comm.go)
 }
 
 // stepRec is one step in the block.
@@ -83,6 +84,7 @@ type stepRec struct {
 	// OpHostname: the names (at most 64 bytes each, __NEW_UTS_LEN).
 	host, domain       [64]byte
 	hostLen, domainLen int64
+	comm               [commLen + 1]byte // OpThread: the thread's name (comm.go)
 }
 
 const (

@@ -57,7 +57,8 @@ func zeroBuf(base unsafe.Pointer) uintptr { return uintptr(base) + unsafe.Offset
 func builderMain(arg uintptr) {
 	base := bBase
 	z := zeroBuf(base)
-	if arg&threadArg != 0 {
+	if arg&threadArg != 0 { // a thread: the rest of arg is its OpThread step
+		setName(&stepAt(base, bStepsOff, int64(arg&^threadArg)).comm)
 		park(z)
 	}
 	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
@@ -92,11 +93,13 @@ func builderMain(arg uintptr) {
 		switch st.op {
 		case int64(OpExit):
 			exitCreds(base, z, pr, i) // a zombie's own: caps_linux.go
+			setName(&pr.comm)
 			advance(base, st, i)
 			die(z, st.arg)
 		case int64(OpPayload):
 			advance(base, st, i)
 			if pr.stopSelf != 0 {
+				setName(&pr.comm)
 				park(z)
 			}
 			execPayload(z, pr)
@@ -129,7 +132,7 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 		}
 		return e
 	case int64(OpThread):
-		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, threadArg)
+		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, uintptr(st.child))
 		return e
 	case int64(OpSetPFC):
 		if st.into < 0 {

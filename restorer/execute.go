@@ -85,7 +85,9 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := newBlock(p, links)
+	el := &execLinks{}
+	defer el.remove()
+	b, err := newBlock(p, links, el)
 	if err != nil {
 		closeAgentLinks(links)
 		return nil, err
@@ -144,7 +146,7 @@ func precheck(p *Plan) error {
 }
 
 // newBlock lays the plan out in a fresh mapping.
-func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
+func newBlock(p *Plan, links map[int]*agentLink, el *execLinks) (*block, error) {
 	b := &block{nprocs: len(p.Procs), nsteps: len(p.Steps)}
 	nthreads := 0
 	for _, s := range p.Steps {
@@ -202,7 +204,11 @@ func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 				}
 				exe = p.Options.AgentExe
 			}
-			ps[i].path = cstr(exe)
+			path, err := el.path(exe, tk.Comm) // its name: comm.go
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p.name(i), err)
+			}
+			ps[i].path = cstr(path)
 			if len(argv) == 0 {
 				argv = []string{exe}
 			}
@@ -302,6 +308,7 @@ func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 			}
 		}
 		creds[i].put(r, addr(ps[i].groups))
+		putComm(&r.comm, taskComm(p, i))
 	}
 	// steps
 	stack := 0
@@ -373,6 +380,8 @@ func newBlock(p *Plan, links map[int]*agentLink) (*block, error) {
 				b.unmap()
 				return nil, fmt.Errorf("step %d: %w", i, err)
 			}
+			r.child = threadArg | int64(i) // the thread reads its name here
+			putComm(&r.comm, threadComm(p, s))
 			r.args = sys.CloneArgs{
 				Flags:     sys.CLONE_VM | sys.CLONE_FS | sys.CLONE_FILES | sys.CLONE_SIGHAND | sys.CLONE_THREAD | sys.CLONE_SYSVSEM,
 				Stack:     nextStack(),
