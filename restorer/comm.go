@@ -1,12 +1,14 @@
 package restorer
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Command names (comm, /proc/PID/comm). A builder that exits (zombie),
@@ -59,12 +61,19 @@ func execComm(path string) string {
 type execLinks struct {
 	dir   string
 	links map[string]string // comm NUL exe -> symlink
+	named map[int]bool      // procs whose name is recorded (waitExec)
 }
 
-// path is what a task named comm execs to run exe with that name.
-func (l *execLinks) path(exe, comm string) (string, error) {
+// path is what proc i, named comm, execs to run exe with that name.
+func (l *execLinks) path(i int, exe, comm string) (string, error) {
 	if len(comm) > commLen {
 		comm = comm[:commLen]
+	}
+	if comm != "" {
+		if l.named == nil {
+			l.named = map[int]bool{}
+		}
+		l.named[i] = true
 	}
 	if comm == "" || comm == execComm(exe) {
 		return exe, nil
@@ -106,11 +115,39 @@ func (l *execLinks) path(exe, comm string) (string, error) {
 	return p, nil
 }
 
+// waitExec waits until proc i (level-0 pid) shows the name its exec gave
+// it. The restorer learns that a payload exec'd from its cleared
+// CLONE_CHILD_CLEARTID word, which the kernel clears when it drops the old
+// mm - before it sets the new name: without this wait, whoever reads
+// /proc right after the restore may still see the builder's name.
+func (l *execLinks) waitExec(i, pid int, deadline time.Time) error {
+	if !l.named[i] {
+		return nil // no name recorded: nobody cares
+	}
+	self, err := os.ReadFile("/proc/self/comm") // a builder's name
+	if err != nil {
+		return err
+	}
+	for {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		if err != nil || !bytes.Equal(b, self) {
+			// A different name (or a task gone, which the caller sees
+			// otherwise). A payload named like the restorer ("nsinit
+			// agent") looks the same either way.
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pid %d: still named %q after its exec", pid, bytes.TrimSpace(b))
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
 // remove deletes the directory and its links.
 func (l *execLinks) remove() {
 	if l.dir != "" {
 		_ = os.RemoveAll(l.dir)
-		l.dir, l.links = "", nil
+		l.dir, l.links, l.named = "", nil, nil
 	}
 }
 

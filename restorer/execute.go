@@ -92,7 +92,7 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 		closeAgentLinks(links)
 		return nil, err
 	}
-	tx := &tx{p: p, b: b, links: links, agentTimeout: opt.AgentTimeout, hostCursor: -1}
+	tx := &tx{p: p, b: b, links: links, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el}
 	// The host cursor is moved around the image's pids during the restore;
 	// it is put back afterwards so unrelated forks do not land among them.
 	if v, err := os.ReadFile("/proc/sys/kernel/ns_last_pid"); err == nil {
@@ -204,7 +204,7 @@ func newBlock(p *Plan, links map[int]*agentLink, el *execLinks) (*block, error) 
 				}
 				exe = p.Options.AgentExe
 			}
-			path, err := el.path(exe, tk.Comm) // its name: comm.go
+			path, err := el.path(i, exe, tk.Comm) // its name: comm.go
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", p.name(i), err)
 			}
@@ -546,6 +546,7 @@ type tx struct {
 	hostCursor     int   // host ns_last_pid before the restore, -1 unknown
 	links          map[int]*agentLink
 	agentTimeout   time.Duration
+	el             *execLinks // comm.go
 }
 
 func (t *tx) restoreHostCursor() {
@@ -814,6 +815,9 @@ func (t *tx) waitPayloads(deadline time.Time) error {
 		if e := atomic.LoadInt32(&r.execErr); e != 0 {
 			tk := &t.p.Tree.Tasks[t.p.Procs[s.Actor].Task]
 			return fmt.Errorf("exec payload of %s (%s): %w", t.p.name(s.Actor), tk.Exe, unix.Errno(e))
+		}
+		if err := t.el.waitExec(s.Actor, t.p.Procs[s.Actor].PIDs[0], deadline); err != nil {
+			return err
 		}
 	}
 	return nil
