@@ -61,7 +61,7 @@ func execComm(path string) string {
 type execLinks struct {
 	dir   string
 	links map[string]string // comm NUL exe -> symlink
-	named map[int]bool      // procs whose name is recorded (waitExec)
+	named map[int]string    // the name exec gives a proc whose name is recorded
 }
 
 // path is what proc i, named comm, execs to run exe with that name.
@@ -71,9 +71,9 @@ func (l *execLinks) path(i int, exe, comm string) (string, error) {
 	}
 	if comm != "" {
 		if l.named == nil {
-			l.named = map[int]bool{}
+			l.named = map[int]string{}
 		}
-		l.named[i] = true
+		l.named[i] = execComm(exe) // unless a link is made below
 	}
 	if comm == "" || comm == execComm(exe) {
 		return exe, nil
@@ -83,6 +83,7 @@ func (l *execLinks) path(i int, exe, comm string) (string, error) {
 		// like this one: exec Exe itself, the name stays its base name.
 		return exe, nil
 	}
+	l.named[i] = comm
 	key := comm + "\x00" + exe
 	if p, ok := l.links[key]; ok {
 		return p, nil
@@ -121,19 +122,19 @@ func (l *execLinks) path(i int, exe, comm string) (string, error) {
 // mm - before it sets the new name: without this wait, whoever reads
 // /proc right after the restore may still see the builder's name.
 func (l *execLinks) waitExec(i, pid int, deadline time.Time) error {
-	if !l.named[i] {
+	want, ok := l.named[i]
+	if !ok {
 		return nil // no name recorded: nobody cares
 	}
 	self, err := os.ReadFile("/proc/self/comm") // a builder's name
-	if err != nil {
-		return err
+	if err != nil || string(self) == want+"\n" {
+		return err // a payload named like the restorer (an agent) looks the same either way
 	}
 	for {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 		if err != nil || !bytes.Equal(b, self) {
-			// A different name (or a task gone, which the caller sees
-			// otherwise). A payload named like the restorer ("nsinit
-			// agent") looks the same either way.
+			// The new name, or one the program gave itself since (or
+			// a task gone, which the caller sees otherwise).
 			return nil
 		}
 		if time.Now().After(deadline) {
