@@ -85,6 +85,7 @@ type stepRec struct {
 	host, domain       [64]byte
 	hostLen, domainLen int64
 	comm               [commLen + 1]byte // OpThread: the thread's name (comm.go)
+	named              uint32            // OpThread: futex word, 1 once it has it
 }
 
 const (

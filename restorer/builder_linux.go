@@ -58,7 +58,7 @@ func builderMain(arg uintptr) {
 	base := bBase
 	z := zeroBuf(base)
 	if arg&threadArg != 0 { // a thread: the rest of arg is its OpThread step
-		setName(&stepAt(base, bStepsOff, int64(arg&^threadArg)).comm)
+		nameThread(stepAt(base, bStepsOff, int64(arg&^threadArg)))
 		park(z)
 	}
 	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
@@ -97,9 +97,11 @@ func builderMain(arg uintptr) {
 			advance(base, st, i)
 			die(z, st.arg)
 		case int64(OpPayload):
+			if pr.stopSelf != 0 {
+				setName(&pr.comm) // before the restorer's SIGSTOP
+			}
 			advance(base, st, i)
 			if pr.stopSelf != 0 {
-				setName(&pr.comm)
 				park(z)
 			}
 			execPayload(z, pr)
@@ -133,6 +135,9 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 		return e
 	case int64(OpThread):
 		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, uintptr(st.child))
+		if e == 0 {
+			waitNamed(st)
+		}
 		return e
 	case int64(OpSetPFC):
 		if st.into < 0 {

@@ -83,15 +83,18 @@ func (l *execLinks) path(i int, exe, comm string) (string, error) {
 		// like this one: exec Exe itself, the name stays its base name.
 		return exe, nil
 	}
-	l.named[i] = comm
 	key := comm + "\x00" + exe
 	if p, ok := l.links[key]; ok {
+		l.named[i] = comm
 		return p, nil
 	}
 	if l.dir == "" {
 		d, err := os.MkdirTemp("", "nsinit-exec-")
 		if err != nil {
-			return "", fmt.Errorf("directory for exec names: %w", err)
+			// No writable temporary directory (a read-only root, a
+			// VM's init): restore anyway, under Exe's name - check
+			// reports the names that differ.
+			return exe, nil
 		}
 		l.dir, l.links = d, map[string]string{}
 		// Payloads exec after dropping to their own ids: let them
@@ -113,6 +116,7 @@ func (l *execLinks) path(i int, exe, comm string) (string, error) {
 		return "", fmt.Errorf("exec name %q for %s: %w", comm, exe, err)
 	}
 	l.links[key] = p
+	l.named[i] = comm
 	return p, nil
 }
 

@@ -35,7 +35,8 @@ func init() {
 
 // TestRestoreCommNames restores a hand-written tree whose tasks and threads
 // carry names - a live task, threads, zombies, an image stopped task, a
-// 15-byte name and one with blanks and a slash - in both payloads, and
+// 15-byte name (of a task of uid 1000) and one with blanks and a slash - in
+// both payloads, and
 // reads every /proc/PID[/task/TID]/comm back. The exec payload runs busybox
 // sleep, so a live task's name comes from the symlink it is exec'd through
 // (the slash one cannot: it keeps "busybox"); threads exist only in the
@@ -46,7 +47,9 @@ func TestRestoreCommNames(t *testing.T) {
 		b := newTB().ns(2, 1, 1)
 		r := b.task(1, []int{24500}, 0, []int{24500}, []int{24500})
 		r.Comm, r.Threads = "napper", []pstree.Thread{{TIDs: []int{24510}, Comm: "worker 1"}, {TIDs: []int{24511}}}
-		b.task(2, []int{24501, 1}, 24500, []int{24500, 0}, []int{24500, 0}).Comm = "fifteen-bytes-x"
+		// not root: it must be let through the link directory
+		u := b.task(2, []int{24501, 1}, 24500, []int{24500, 0}, []int{24500, 0})
+		u.Comm, u.Creds = "fifteen-bytes-x", pstree.Creds{UID: 1000, EUID: 1000, SUID: 1000, FSUID: 1000, GID: 1000, EGID: 1000, SGID: 1000, FSGID: 1000}
 		z := b.task(2, []int{24502, 2}, 24501, []int{24500, 0}, []int{24500, 0})
 		z.State, z.ExitStatus, z.Comm = pstree.Zombie, 3<<8, "sh"
 		s := b.task(2, []int{24503, 3}, 24501, []int{24500, 0}, []int{24500, 0})
