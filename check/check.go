@@ -81,6 +81,11 @@ func (c *comparer) tasks() {
 		if it.Agent != lt.Agent {
 			c.add(pid, "agent", it.Agent, lt.Agent)
 		}
+		// The command name, when the image has one (an agent's too:
+		// restore execs `nsinit agent` under the recorded name).
+		if it.Comm != "" && it.Comm != lt.Comm {
+			c.add(pid, "comm", fmt.Sprintf("%q", it.Comm), fmt.Sprintf("%q", lt.Comm))
+		}
 		// An nsinit agent's threads belong to its Go runtime, which
 		// makes them as it likes: they are not restored, so not compared.
 		if !it.Agent {
@@ -148,6 +153,14 @@ func (c *comparer) threads(pid int, img, live []pstree.Thread) {
 	}
 	if a, b := key(img), key(live); !slices.Equal(a, b) {
 		c.add(pid, "threads", a, b)
+		return
+	}
+	for _, it := range img {
+		for _, lt := range live {
+			if slices.Equal(it.TIDs, lt.TIDs) && it.Comm != "" && it.Comm != lt.Comm {
+				c.add(pid, fmt.Sprintf("comm of thread %v", it.TIDs), fmt.Sprintf("%q", it.Comm), fmt.Sprintf("%q", lt.Comm))
+			}
+		}
 	}
 }
 

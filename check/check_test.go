@@ -35,11 +35,11 @@ func tree() *pstree.Tree {
 			{ID: 6, Kind: pstree.UTSNS, Owner: 3, Hostname: "box"},
 		},
 		Tasks: []pstree.Task{
-			{PIDs: []int{10}, PGIDs: []int{10}, SIDs: []int{10}, NS: pstree.NSSet{1, 1, 3, 4, 6}},
+			{PIDs: []int{10}, PGIDs: []int{10}, SIDs: []int{10}, NS: pstree.NSSet{1, 1, 3, 4, 6}, Comm: "sh"},
 			{PIDs: []int{11, 1}, PPID: 10, PGIDs: []int{10, 0}, SIDs: []int{10, 0}, NS: pstree.NSSet{2, 2, 3, 5},
-				Threads: []pstree.Thread{{TIDs: []int{13, 3}}}},
+				Threads: []pstree.Thread{{TIDs: []int{13, 3}, Comm: "worker"}}},
 			{PIDs: []int{12, 2}, PPID: 11, PGIDs: []int{12, 2}, SIDs: []int{12, 2}, NS: pstree.NSSet{2, 2, 3, 5},
-				State: pstree.Zombie, ExitStatus: 200 << 8},
+				State: pstree.Zombie, ExitStatus: 200 << 8, Comm: "sleep"},
 		},
 	}
 }
@@ -89,6 +89,16 @@ func TestCompareAgentThreads(t *testing.T) {
 	}
 }
 
+// TestCompareCommNotRecorded: an image without names (minor < 2) does not
+// care what the live tasks are called.
+func TestCompareCommNotRecorded(t *testing.T) {
+	img, live := tree(), renumber(tree())
+	img.Tasks[0].Comm, img.Tasks[2].Comm, img.Tasks[1].Threads[0].Comm = "", "", ""
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("names compared though the image has none: %v", d)
+	}
+}
+
 func TestCompareFindsEachDifference(t *testing.T) {
 	cases := map[string]struct {
 		mutate func(*pstree.Tree)
@@ -101,6 +111,8 @@ func TestCompareFindsEachDifference(t *testing.T) {
 		"state":       {func(tr *pstree.Tree) { tr.Tasks[2].State = pstree.Live }, "pid 12: state"},
 		"exit status": {func(tr *pstree.Tree) { tr.Tasks[2].ExitStatus = 9 }, "pid 12: exit status"},
 		"thread":      {func(tr *pstree.Tree) { tr.Tasks[1].Threads = nil }, "pid 11: threads"},
+		"comm":        {func(tr *pstree.Tree) { tr.Tasks[2].Comm = "busybox" }, `pid 12: comm: image "sleep", live "busybox"`},
+		"thread comm": {func(tr *pstree.Tree) { tr.Tasks[1].Threads[0].Comm = "w 2" }, `pid 11: comm of thread [13 3]: image "worker", live "w 2"`},
 		"missing":     {func(tr *pstree.Tree) { tr.Tasks = tr.Tasks[:2] }, "pid 12: task: image"},
 		"extra": {func(tr *pstree.Tree) {
 			tr.Tasks = append(tr.Tasks, pstree.Task{PIDs: []int{14, 4}, PPID: 11, PGIDs: []int{14, 4}, SIDs: []int{14, 4}, NS: tr.Tasks[2].NS})

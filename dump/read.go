@@ -350,6 +350,7 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids, withStart bool) (tas
 	t := &ti.t
 	*t = pstree.Task{
 		PIDs:  s.NSpid,
+		Comm:  s.Name,
 		PPID:  s.PPid,
 		PGIDs: s.NSpgid,
 		SIDs:  s.NSsid,
@@ -485,7 +486,7 @@ func (rd *reader) threads(p *procfs.Proc, tids []int, t *pstree.Task) error {
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", tid, err)
 		}
-		t.Threads = append(t.Threads, pstree.Thread{TIDs: ts.NSpid, State: s})
+		t.Threads = append(t.Threads, pstree.Thread{TIDs: ts.NSpid, State: s, Comm: ts.Name})
 	}
 	return nil
 }

@@ -58,6 +58,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 				CapInh: t.Creds.CapInh, CapPrm: t.Creds.CapPrm, CapEff: t.Creds.CapEff,
 				CapBnd: t.Creds.CapBnd, CapAmb: t.Creds.CapAmb,
 			},
+			Comm:             []byte(t.Comm),
 			Exe:              []byte(t.Exe),
 			Argv:             bytesList(t.Argv),
 			Env:              bytesList(t.Env),
@@ -68,7 +69,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 			WaitsForChildren: t.WaitsForChildren,
 		}
 		for _, th := range t.Threads {
-			pt.Threads = append(pt.Threads, &imagepb.Thread{Tids: ints32(th.TIDs), State: imagepb.TaskState(th.State)})
+			pt.Threads = append(pt.Threads, &imagepb.Thread{Tids: ints32(th.TIDs), State: imagepb.TaskState(th.State), Comm: []byte(th.Comm)})
 		}
 		img.Tasks = append(img.Tasks, pt)
 	}
@@ -126,6 +127,7 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 				CapInh: c.GetCapInh(), CapPrm: c.GetCapPrm(), CapEff: c.GetCapEff(),
 				CapBnd: c.GetCapBnd(), CapAmb: c.GetCapAmb(),
 			},
+			Comm:             string(pt.GetComm()),
 			Exe:              string(pt.GetExe()),
 			Argv:             stringsFrom(pt.GetArgv()),
 			Env:              stringsFrom(pt.GetEnv()),
@@ -145,7 +147,7 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 		t.NS[pstree.CgroupNS] = pstree.NSID(n.GetCgroup())
 		t.NS[pstree.TimeNS] = pstree.NSID(n.GetTime())
 		for _, th := range pt.GetThreads() {
-			t.Threads = append(t.Threads, pstree.Thread{TIDs: intsFrom(th.GetTids()), State: pstree.TaskState(th.GetState())})
+			t.Threads = append(t.Threads, pstree.Thread{TIDs: intsFrom(th.GetTids()), State: pstree.TaskState(th.GetState()), Comm: string(th.GetComm())})
 		}
 		tr.Tasks = append(tr.Tasks, t)
 	}

@@ -51,9 +51,9 @@ func sample() *pstree.Tree {
 		Tasks: []pstree.Task{
 			{PIDs: []int{100}, PGIDs: []int{100}, SIDs: []int{100}, NS: outer,
 				Creds: pstree.Creds{Groups: []uint32{0, 10}, CapEff: 0x1ffffffffff},
-				Exe:   "/bin/busybox", Argv: []string{"sh", "-c", "x\xff"}, Env: []string{"A=1"}, Cwd: "/", Root: "/"},
+				Comm:  " sh\n(x)\xff", Exe: "/bin/busybox", Argv: []string{"sh", "-c", "x\xff"}, Env: []string{"A=1"}, Cwd: "/", Root: "/"},
 			{PIDs: []int{101, 1}, PPID: 100, PGIDs: []int{100, 0}, SIDs: []int{100, 0}, NS: inner, Agent: true, ChildSubreaper: true,
-				Threads: []pstree.Thread{{TIDs: []int{103, 3}, State: pstree.Stopped}}},
+				Threads: []pstree.Thread{{TIDs: []int{103, 3}, State: pstree.Stopped, Comm: "worker"}}},
 			{PIDs: []int{102, 2}, PPID: 101, PGIDs: []int{102, 2}, SIDs: []int{102, 2}, NS: inner,
 				State: pstree.Zombie, ExitStatus: 200 << 8},
 		},

@@ -62,6 +62,7 @@ type jsonRoute struct {
 type jsonThread struct {
 	TIDs  []int  `json:"tids"`
 	State string `json:"state"`
+	Comm  string `json:"comm,omitempty"`
 }
 
 type jsonCreds struct {
@@ -86,6 +87,7 @@ type jsonTask struct {
 	Threads        []jsonThread    `json:"threads"`
 	NS             map[string]NSID `json:"ns"`
 	Creds          jsonCreds       `json:"creds"`
+	Comm           string          `json:"comm,omitempty"`
 	Exe            string          `json:"exe"`
 	Argv           []string        `json:"argv"`
 	Env            []string        `json:"env"`
@@ -164,7 +166,7 @@ func JSON(tr *Tree) ([]byte, error) {
 				Groups: nonNil(c.Groups), CapInh: hex(c.CapInh), CapPrm: hex(c.CapPrm), CapEff: hex(c.CapEff),
 				CapBnd: hex(c.CapBnd), CapAmb: hex(c.CapAmb),
 			},
-			Exe: t.Exe, Argv: nonNil(t.Argv), Env: nonNil(t.Env), Cwd: t.Cwd, Root: t.Root,
+			Comm: t.Comm, Exe: t.Exe, Argv: nonNil(t.Argv), Env: nonNil(t.Env), Cwd: t.Cwd, Root: t.Root,
 			ChildSubreaper: t.ChildSubreaper, Agent: t.Agent, Waits: t.WaitsForChildren,
 		}
 		if t.State == Zombie {
@@ -172,7 +174,7 @@ func JSON(tr *Tree) ([]byte, error) {
 			j.ExitStatus, j.Exit = &st, DescribeExit(st)
 		}
 		for _, th := range t.Threads {
-			j.Threads = append(j.Threads, jsonThread{TIDs: th.TIDs, State: th.State.String()})
+			j.Threads = append(j.Threads, jsonThread{TIDs: th.TIDs, State: th.State.String(), Comm: th.Comm})
 		}
 		for k, id := range t.NS {
 			if id != 0 {

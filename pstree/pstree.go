@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 3 // 1: net namespace contents, ambient namespaces; 3: tasks waiting for children
+	FormatMinor = 3 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children
 )
 
 // NSKind is one kind of Linux namespace.
@@ -172,6 +172,8 @@ type Thread struct {
 	// /proc/PID/task/TID/status).
 	TIDs  []int
 	State TaskState
+	// Comm is the thread's command name (see Task.Comm).
+	Comm string
 }
 
 // Task is one process (thread group) of the tree.
@@ -196,9 +198,13 @@ type Task struct {
 	Threads    []Thread
 	NS         NSSet
 	Creds      Creds
-	Exe        string
-	Argv, Env  []string
-	Cwd, Root  string
+	// Comm is the command name (/proc/PID/comm, the Name: of status; at
+	// most 15 bytes, any bytes but NUL). Empty: not recorded (an image of
+	// minor < 2), which restore and check do not care about.
+	Comm      string
+	Exe       string
+	Argv, Env []string
+	Cwd, Root string
 	// ChildSubreaper is PR_SET_CHILD_SUBREAPER.
 	ChildSubreaper bool
 	// Agent marks a task that was an nsinit agent (nsinit as PID 1 of its

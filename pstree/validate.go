@@ -3,6 +3,7 @@ package pstree
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // MaxLevel is the deepest pid namespace level Linux allows
@@ -187,8 +188,14 @@ func validateTasks(tr *Tree) error {
 		if err := validateState(who, t.State, t.ExitStatus); err != nil {
 			return err
 		}
+		if err := validateComm(who, t.Comm); err != nil {
+			return err
+		}
 		for j, th := range t.Threads {
 			tw := fmt.Sprintf("%s thread %d", who, j)
+			if err := validateComm(tw, th.Comm); err != nil {
+				return err
+			}
 			if len(th.TIDs) != len(t.PIDs) {
 				return fmt.Errorf("%s: %d tid levels, task has %d", tw, len(th.TIDs), len(t.PIDs))
 			}
@@ -275,4 +282,13 @@ func validateState(who string, s TaskState, status int) error {
 		return fmt.Errorf("%s: impossible exit status %#x", who, status)
 	}
 	return fmt.Errorf("%s: bad state %d", who, int(s))
+}
+
+// validateComm refuses a command name the kernel could not have shown:
+// longer than TASK_COMM_LEN-1 bytes, or with a NUL.
+func validateComm(who, comm string) error {
+	if len(comm) > 15 || strings.IndexByte(comm, 0) >= 0 {
+		return fmt.Errorf("%s: command name %q: more than 15 bytes or a NUL", who, comm)
+	}
+	return nil
 }

@@ -70,6 +70,9 @@ func TestValidateRejects(t *testing.T) {
 			tr.Tasks[0].PIDs = make([]int, MaxLevel+2)
 		},
 		"thread levels":    func(tr *Tree) { tr.Tasks[1].Threads[0].TIDs = []int{13} },
+		"long comm":        func(tr *Tree) { tr.Tasks[0].Comm = "sixteen-bytes-xx" },
+		"NUL in comm":      func(tr *Tree) { tr.Tasks[2].Comm = "a\x00b" },
+		"thread comm":      func(tr *Tree) { tr.Tasks[1].Threads[0].Comm = strings.Repeat("t", 16) },
 		"hostname on net":  func(tr *Tree) { tr.Namespaces[3].Hostname = "x" },
 		"long hostname":    func(tr *Tree) { tr.Namespaces[5].Hostname = strings.Repeat("h", 65) },
 		"links on ambient": func(tr *Tree) { tr.Namespaces[3].Ambient = true },

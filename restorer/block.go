@@ -61,6 +61,7 @@ type procRec struct {
 	// markFD is the waiter mark (internal/waiter) for a proc that becomes a
 	// waiter, -1 for others: the builder dups it to waiter.FD for its exec.
 	markFD int32
+	comm   [commLen + 1]byte // name of a zombie or parked task (comm.go)
 }
 
 // stepRec is one step in the block.
@@ -86,6 +87,8 @@ type stepRec struct {
 	// OpHostname: the names (at most 64 bytes each, __NEW_UTS_LEN).
 	host, domain       [64]byte
 	hostLen, domainLen int64
+	comm               [commLen + 1]byte // OpThread: the thread's name (comm.go)
+	named              uint32            // OpThread: futex word, 1 once it has it
 }
 
 const (

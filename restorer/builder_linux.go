@@ -59,7 +59,8 @@ func zeroBuf(base unsafe.Pointer) uintptr { return uintptr(base) + unsafe.Offset
 func builderMain(arg uintptr) {
 	base := bBase
 	z := zeroBuf(base)
-	if arg&threadArg != 0 {
+	if arg&threadArg != 0 { // a thread: the rest of arg is its OpThread step
+		nameThread(stepAt(base, bStepsOff, int64(arg&^threadArg)))
 		park(z)
 	}
 	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
@@ -94,10 +95,12 @@ func builderMain(arg uintptr) {
 		switch st.op {
 		case int64(OpExit):
 			exitCreds(base, z, pr, i) // a zombie's own: caps_linux.go
+			setName(&pr.comm)
 			advance(base, st, i)
 			die(z, st.arg)
 		case int64(OpPayload):
 			if pr.stopSelf != 0 {
+				setName(&pr.comm) // before the restorer's SIGSTOP
 				advance(base, st, i)
 				park(z)
 			}
@@ -136,7 +139,10 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 		}
 		return e
 	case int64(OpThread):
-		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, threadArg)
+		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, uintptr(st.child))
+		if e == 0 {
+			waitNamed(st)
+		}
 		return e
 	case int64(OpSetPFC):
 		if st.into < 0 {

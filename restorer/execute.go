@@ -103,13 +103,15 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 			break
 		}
 	}
-	b, err := newBlock(p, links, mark)
+	el := &execLinks{}
+	defer el.remove()
+	b, err := newBlock(p, links, mark, el)
 	if err != nil {
 		closeAgentLinks(links)
 		closeMark(mark)
 		return nil, err
 	}
-	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1}
+	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el}
 	// The host cursor is moved around the image's pids during the restore;
 	// it is put back afterwards so unrelated forks do not land among them.
 	if v, err := os.ReadFile("/proc/sys/kernel/ns_last_pid"); err == nil {
@@ -191,7 +193,7 @@ func precheck(p *Plan) error {
 }
 
 // newBlock lays the plan out in a fresh mapping.
-func newBlock(p *Plan, links map[int]*agentLink, mark int) (*block, error) {
+func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*block, error) {
 	b := &block{nprocs: len(p.Procs), nsteps: len(p.Steps)}
 	nthreads := 0
 	for _, s := range p.Steps {
@@ -247,7 +249,11 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int) (*block, error) {
 			if p.becomesAgent(i) || p.becomesWaiter(i) {
 				exe = p.Options.AgentExe
 			}
-			ps[i].path = cstr(exe)
+			path, err := el.path(i, exe, tk.Comm) // its name: comm.go
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", p.name(i), err)
+			}
+			ps[i].path = cstr(path)
 			if len(argv) == 0 {
 				argv = []string{exe}
 			}
@@ -350,6 +356,7 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int) (*block, error) {
 			}
 		}
 		creds[i].put(r, addr(ps[i].groups))
+		putComm(&r.comm, taskComm(p, i))
 	}
 	// steps
 	stack := 0
@@ -421,6 +428,8 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int) (*block, error) {
 				b.unmap()
 				return nil, fmt.Errorf("step %d: %w", i, err)
 			}
+			r.child = threadArg | int64(i) // the thread reads its name here
+			putComm(&r.comm, threadComm(p, s))
 			r.args = sys.CloneArgs{
 				Flags:     sys.CLONE_VM | sys.CLONE_FS | sys.CLONE_FILES | sys.CLONE_SIGHAND | sys.CLONE_THREAD | sys.CLONE_SYSVSEM,
 				Stack:     nextStack(),
@@ -526,6 +535,7 @@ type tx struct {
 	links          map[int]*agentLink
 	mark           int // the waiter mark (internal/waiter), -1 for none
 	agentTimeout   time.Duration
+	el             *execLinks // comm.go
 }
 
 func (t *tx) restoreHostCursor() {
@@ -795,8 +805,34 @@ func (t *tx) waitPayloads(deadline time.Time) error {
 			tk := &t.p.Tree.Tasks[t.p.Procs[s.Actor].Task]
 			return fmt.Errorf("exec payload of %s (%s): %w", t.p.name(s.Actor), tk.Exe, unix.Errno(e))
 		}
+		if err := waitExecDone(t.p.Procs[s.Actor].PIDs[0], deadline); err != nil {
+			return fmt.Errorf("exec payload of %s: %w", t.p.name(s.Actor), err)
+		}
 	}
 	return nil
+}
+
+// waitExecDone waits until the exec of level-0 pid has set up the new
+// program: its command line is there. The cleared CLONE_CHILD_CLEARTID
+// word only says that the old mm was dropped; the name and the arguments
+// come later in the exec, and whoever reads /proc right after the restore
+// (nsinit check, a test, a user) must see the program, not a builder
+// half-way through its execve. A task that exited or died meanwhile is
+// done too.
+func waitExecDone(pid int, deadline time.Time) error {
+	dir := "/proc/" + strconv.Itoa(pid)
+	for {
+		if b, err := os.ReadFile(dir + "/cmdline"); err != nil || len(b) > 0 {
+			return nil
+		}
+		if b, err := os.ReadFile(dir + "/stat"); err != nil || procState(b) == 'Z' {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pid %d: no command line after its exec", pid)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
 
 func waitCleared(w *uint32, deadline time.Time) error {

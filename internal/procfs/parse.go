@@ -55,11 +55,14 @@ func ParseStatus(b []byte) (Status, error) {
 		if !ok {
 			continue
 		}
+		if string(k) == "Name" {
+			// The name may begin with blanks: cut the one tab only.
+			s.Name = unescapeName(bytes.TrimPrefix(v, []byte{'\t'}))
+			continue
+		}
 		v = bytes.TrimLeft(v, " \t")
 		var err error
 		switch string(k) {
-		case "Name":
-			s.Name = string(v)
 		case "State":
 			if len(v) == 0 {
 				err = errors.New("empty")
@@ -120,6 +123,28 @@ func ParseStatus(b []byte) (Status, error) {
 		return Status{}, fmt.Errorf("NS* vectors disagree: NSpid %v NStgid %v NSpgid %v NSsid %v", s.NSpid, s.NStgid, s.NSpgid, s.NSsid)
 	}
 	return s, nil
+}
+
+// unescapeName undoes status's escaping of the command name: the kernel
+// (proc_task_name, seq_escape_str with only "\n\\") writes a newline as
+// `\n` and a backslash as `\\`, every other byte as is (tab, ':', '/',
+// parentheses, non-UTF-8).
+func unescapeName(v []byte) string {
+	if bytes.IndexByte(v, '\\') < 0 {
+		return string(v)
+	}
+	out := make([]byte, 0, len(v))
+	for i := 0; i < len(v); i++ {
+		if v[i] == '\\' && i+1 < len(v) {
+			i++
+			if v[i] == 'n' {
+				out = append(out, '\n')
+				continue
+			}
+		}
+		out = append(out, v[i])
+	}
+	return string(out)
 }
 
 // Stat is what nsinit uses of /proc/PID/stat.

@@ -3,13 +3,16 @@ package procfs
 import (
 	"bufio"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"reflect"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -254,4 +257,43 @@ func statusKeys(b []byte) []byte {
 		}
 	}
 	return []byte(strings.Join(keys, ","))
+}
+
+// TestStatusName renames a thread of this test to names the kernel writes
+// into status in more than one way (leading blank, tab, newline and
+// backslash escaped, ':', '/', parentheses, cut at 15 bytes) and reads
+// each back through TaskStatus: it must be /proc/PID/task/TID/comm, byte
+// for byte.
+func TestStatusName(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid := unix.Gettid()
+	old, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/comm", tid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer setName(t, strings.TrimSuffix(string(old), "\n"))
+	r := New("")
+	for _, name := range []string{"plain", " a\\b\nc\td/e:f", "(x) y", "\\n", "", "0123456789abcdefghij"} {
+		setName(t, name)
+		want, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/comm", tid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := r.TaskStatus(os.Getpid(), tid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := strings.TrimSuffix(string(want), "\n"); s.Name != w {
+			t.Errorf("name %q: status gives %q, comm %q", name, s.Name, w)
+		}
+	}
+}
+
+func setName(t *testing.T, name string) {
+	t.Helper()
+	b := append([]byte(name), 0)
+	if _, _, e := unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0); e != 0 {
+		t.Fatal(e)
+	}
 }

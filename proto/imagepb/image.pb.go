@@ -1030,8 +1030,10 @@ func (x *Creds) GetCapAmb() uint64 {
 type Thread struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tids: NSpid of the thread, outermost first.
-	Tids          []int32   `protobuf:"varint,1,rep,packed,name=tids,proto3" json:"tids,omitempty"`
-	State         TaskState `protobuf:"varint,2,opt,name=state,proto3,enum=nsinit.image.v1.TaskState" json:"state,omitempty"`
+	Tids  []int32   `protobuf:"varint,1,rep,packed,name=tids,proto3" json:"tids,omitempty"`
+	State TaskState `protobuf:"varint,2,opt,name=state,proto3,enum=nsinit.image.v1.TaskState" json:"state,omitempty"`
+	// comm: the thread's command name, as Task.comm (minor 2).
+	Comm          []byte `protobuf:"bytes,3,opt,name=comm,proto3" json:"comm,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1080,6 +1082,13 @@ func (x *Thread) GetState() TaskState {
 	return TaskState_LIVE
 }
 
+func (x *Thread) GetComm() []byte {
+	if x != nil {
+		return x.Comm
+	}
+	return nil
+}
+
 type Task struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// pids: NSpid, outermost first; len(pids)-1 is the task's level.
@@ -1103,6 +1112,9 @@ type Task struct {
 	Root           []byte    `protobuf:"bytes,14,opt,name=root,proto3" json:"root,omitempty"`
 	ChildSubreaper bool      `protobuf:"varint,15,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"`
 	Agent          bool      `protobuf:"varint,16,opt,name=agent,proto3" json:"agent,omitempty"`
+	// comm: the command name (/proc/PID/comm, at most 15 bytes), empty when
+	// not recorded (minor 2).
+	Comm []byte `protobuf:"bytes,17,opt,name=comm,proto3" json:"comm,omitempty"`
 	// waits_for_children: a live task blocked waiting for its children
 	// (wait4/waitid/sigsuspend/pause) with no zombie child (minor 3).
 	WaitsForChildren bool `protobuf:"varint,18,opt,name=waits_for_children,json=waitsForChildren,proto3" json:"waits_for_children,omitempty"`
@@ -1252,6 +1264,13 @@ func (x *Task) GetAgent() bool {
 	return false
 }
 
+func (x *Task) GetComm() []byte {
+	if x != nil {
+		return x.Comm
+	}
+	return nil
+}
+
 func (x *Task) GetWaitsForChildren() bool {
 	if x != nil {
 		return x.WaitsForChildren
@@ -1342,10 +1361,11 @@ const file_image_proto_rawDesc = "" +
 	"\acap_prm\x18\v \x01(\x04R\x06capPrm\x12\x17\n" +
 	"\acap_eff\x18\f \x01(\x04R\x06capEff\x12\x17\n" +
 	"\acap_bnd\x18\r \x01(\x04R\x06capBnd\x12\x17\n" +
-	"\acap_amb\x18\x0e \x01(\x04R\x06capAmb\"N\n" +
+	"\acap_amb\x18\x0e \x01(\x04R\x06capAmb\"b\n" +
 	"\x06Thread\x12\x12\n" +
 	"\x04tids\x18\x01 \x03(\x05R\x04tids\x120\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x1a.nsinit.image.v1.TaskStateR\x05state\"\xff\x03\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1a.nsinit.image.v1.TaskStateR\x05state\x12\x12\n" +
+	"\x04comm\x18\x03 \x01(\fR\x04comm\"\x93\x04\n" +
 	"\x04Task\x12\x12\n" +
 	"\x04pids\x18\x01 \x03(\x05R\x04pids\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\x05R\x04ppid\x12\x14\n" +
@@ -1364,7 +1384,8 @@ const file_image_proto_rawDesc = "" +
 	"\x03cwd\x18\r \x01(\fR\x03cwd\x12\x12\n" +
 	"\x04root\x18\x0e \x01(\fR\x04root\x12'\n" +
 	"\x0fchild_subreaper\x18\x0f \x01(\bR\x0echildSubreaper\x12\x14\n" +
-	"\x05agent\x18\x10 \x01(\bR\x05agent\x12,\n" +
+	"\x05agent\x18\x10 \x01(\bR\x05agent\x12\x12\n" +
+	"\x04comm\x18\x11 \x01(\fR\x04comm\x12,\n" +
 	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren*\x86\x01\n" +
 	"\x06NSKind\x12\n" +
 	"\n" +
