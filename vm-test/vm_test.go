@@ -48,7 +48,7 @@ var guestPackages = []guestPackage{
 	// the binary. Not the 1000-task and random-tree tests (TCG is slow).
 	// veth is a module in Debian's kernel: the test loads it.
 	{Pkg: "./restorer", Needs: []string{"CONFIG_PID_NS", "CONFIG_NET_NS", "CONFIG_UTS_NS", "CONFIG_IPC_NS", "CONFIG_CHECKPOINT_RESTORE"},
-		Run:      "TestProbe|TestPlan(F43|Namespaces|UserNamespaces|PidForChildren|MultiLevel)|TestRestore(SingleNamespace|F43|Zombies|BornVia|PidForChildren|Namespaces|UserNamespaces|LowPIDs|PIDTaken$|Agent|32Levels)|TestE2E",
+		Run:      "TestProbe|TestPlan(F43|Namespaces|UserNamespaces|PidForChildren|MultiLevel)|TestRestore(SingleNamespace|F43|Zombies|BornVia|PidForChildren|Namespaces|UserNamespaces|LowPIDs|PIDTaken$|Agent|32Levels|CommNames|UserLauncherChildren|OrphanOfMember)|TestE2E",
 		MemoryMB: 1024, Prepare: kernelModule("kernel/drivers/net/veth.ko", "NSINIT_TEST_VETH_KO")},
 	// Dump on another kernel: the tests that need neither iproute2 nor
 	// util-linux (TestDumpUserNamespaces runs `unshare`, the net tests
