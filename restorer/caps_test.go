@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,7 +15,6 @@ import (
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
-	"golang.org/x/sys/unix"
 )
 
 // capTreeScript builds a real tree whose tasks have the capability states
@@ -55,29 +53,14 @@ const capTreeSize = 9
 func startCapTree(t *testing.T) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command("/bin/busybox", "sh", "-c", capTreeScript)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	out, err := os.Create(t.TempDir() + "/out")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer out.Close()
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	startScriptTree(t, cmd)
 	root := cmd.Process.Pid
-	t.Cleanup(func() {
-		if cmd.ProcessState != nil {
-			return // reaped by the test: root may name another process now
-		}
-		if live, err := dump.ReadLive(root, ""); err == nil {
-			for i := len(live.Tasks) - 1; i >= 0; i-- {
-				unix.Kill(live.Tasks[i].PID(), unix.SIGKILL)
-			}
-		}
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		live, err := dump.ReadLive(root, "")
 		if err == nil && len(live.Tasks) == capTreeSize && allSleeping(live) {

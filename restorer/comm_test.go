@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -193,23 +192,8 @@ $D/sleep 0 &
 %s=renamed %s &
 exec $D/sleep 1000`, d, commRole, self)
 	cmd := exec.Command("/bin/busybox", "sh", "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	startScriptTree(t, cmd)
 	root := cmd.Process.Pid
-	t.Cleanup(func() {
-		if cmd.ProcessState != nil {
-			return // reaped by the test: root may name another process now
-		}
-		if live, err := dump.ReadLive(root, ""); err == nil {
-			for i := len(live.Tasks) - 1; i >= 0; i-- {
-				unix.Kill(live.Tasks[i].PID(), unix.SIGKILL)
-			}
-		}
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		live, err := dump.ReadLive(root, "")
 		if err == nil && len(live.Tasks) == commTreeSize && live.Tasks[0].Comm == "sleep" && zombies(live) == 3 {

@@ -8,9 +8,11 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
@@ -121,17 +123,7 @@ func killTree(t testing.TB, tr *pstree.Tree, res *Restored) {
 		_, _, _ = sys.WaitPidfd(res.RootFD.Int(), 0)
 		res.RootFD.Close()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG|unix.WALL, nil)
-		if err == unix.ECHILD {
-			break
-		}
-		if pid == 0 {
-			time.Sleep(time.Millisecond)
-		}
-	}
+	reapChildren(10 * time.Second)
 	for _, tk := range tr.Tasks {
 		if leftOver(tk) {
 			t.Errorf("task %d left behind", tk.PID())
@@ -284,3 +276,44 @@ func TestRestoreSingleNamespace(t *testing.T) {
 
 var _ = exec.Command
 var _ = errors.Is
+
+// reapChildren reaps whatever the test process inherited until it has no
+// child left, for at most d; it says whether none is left.
+func reapChildren(d time.Duration) bool {
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		pid, err := unix.Wait4(-1, nil, unix.WNOHANG|unix.WALL, nil)
+		if err == unix.ECHILD {
+			return true
+		}
+		if pid == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return false
+}
+
+// startScriptTree starts cmd (a tree-building script), in a session of its
+// own; the cleanup kills what is left of the tree and reaps the root.
+func startScriptTree(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setsid = true
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	root := cmd.Process.Pid
+	t.Cleanup(func() {
+		if cmd.ProcessState != nil {
+			return // reaped by the test: root may name another process now
+		}
+		if live, err := dump.ReadLive(root, ""); err == nil {
+			for i := len(live.Tasks) - 1; i >= 0; i-- {
+				unix.Kill(live.Tasks[i].PID(), unix.SIGKILL)
+			}
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+}

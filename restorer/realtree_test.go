@@ -241,17 +241,9 @@ func rtKill(t *testing.T, root int, cg *rtCgroup) {
 			unix.Kill(pid, unix.SIGKILL)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		pid, err := unix.Wait4(-1, nil, unix.WNOHANG|unix.WALL, nil)
-		if err == unix.ECHILD {
-			return
-		}
-		if pid == 0 {
-			time.Sleep(5 * time.Millisecond)
-		}
+	if !reapChildren(10 * time.Second) {
+		t.Errorf("children of the test left after 10s")
 	}
-	t.Errorf("children of the test left after 10s")
 }
 
 // rtOurs reports whether pid is still the test's child (a dead root's pid
