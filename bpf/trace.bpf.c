@@ -80,6 +80,22 @@ struct {
 	__type(value, u32); /* 1: given by user space, 2: inherited at fork */
 } watched_tgids SEC(".maps");
 
+/* A thread group, for as long as the machine runs: its tgid and the start
+ * time of its leader. */
+struct group_key {
+	u32 tgid;
+	u32 pad;
+	u64 start;
+};
+
+/* Groups whose end was reported (see first_group_end). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct group_key);
+	__type(value, u8);
+} ended_groups SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, NUM_COUNTERS);
@@ -196,6 +212,21 @@ int BPF_PROG(on_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
+/* Every thread of a group leaving through exit_group decrements
+ * signal->live before it reaches the exit tracepoint, so several of them
+ * can find it at 0 there (seen on 6.1 under TCG): only the first one
+ * reports the group's end. */
+static bool first_group_end(struct task_struct *task, u32 tgid)
+{
+	struct group_key k = {
+		.tgid = tgid,
+		.start = BPF_CORE_READ(task, group_leader, start_time),
+	};
+	u8 one = 1;
+
+	return bpf_map_update_elem(&ended_groups, &k, &one, BPF_NOEXIST) == 0;
+}
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(on_exit, struct task_struct *task)
 {
@@ -213,6 +244,8 @@ int BPF_PROG(on_exit, struct task_struct *task)
 		bpf_map_delete_elem(&watched_tgids, &tgid);
 	if (!by_ns && !by_tgid)
 		return 0;
+	if (group_dead)
+		group_dead = first_group_end(task, tgid);
 	e->kind = KIND_EXIT;
 	e->flags = (task->pid != task->tgid ? FLAG_THREAD : 0) | (by_ns ? FLAG_BY_NS : 0) |
 		   (by_tgid ? FLAG_BY_TGID : 0) | (group_dead ? FLAG_GROUP_DEAD : 0);

@@ -27,6 +27,13 @@ type traceEvent struct {
 	Pids     [33]uint32
 }
 
+type traceGroupKey struct {
+	_     structs.HostLayout
+	Tgid  uint32
+	Pad   uint32
+	Start uint64
+}
+
 type traceNsValue struct {
 	_      structs.HostLayout
 	Events uint64
@@ -37,6 +44,7 @@ type traceNsValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	traceMapCounters     = "counters"
+	traceMapEndedGroups  = "ended_groups"
 	traceMapEvents       = "events"
 	traceMapScratch      = "scratch"
 	traceMapWatchedNs    = "watched_ns"
@@ -98,6 +106,7 @@ type traceProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type traceMapSpecs struct {
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	EndedGroups  *ebpf.MapSpec `ebpf:"ended_groups"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	WatchedNs    *ebpf.MapSpec `ebpf:"watched_ns"`
@@ -131,6 +140,7 @@ func (o *traceObjects) Close() error {
 // It can be passed to loadTraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type traceMaps struct {
 	Counters     *ebpf.Map `ebpf:"counters"`
+	EndedGroups  *ebpf.Map `ebpf:"ended_groups"`
 	Events       *ebpf.Map `ebpf:"events"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	WatchedNs    *ebpf.Map `ebpf:"watched_ns"`
@@ -140,6 +150,7 @@ type traceMaps struct {
 func (m *traceMaps) Close() error {
 	return _TraceClose(
 		m.Counters,
+		m.EndedGroups,
 		m.Events,
 		m.Scratch,
 		m.WatchedNs,
