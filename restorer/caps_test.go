@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/dump"
-	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 )
@@ -129,15 +128,7 @@ func capRoundTrip(t *testing.T, placement string, last bool) bool {
 	t.Helper()
 	cmd := startCapTree(t)
 	rootS := strconv.Itoa(cmd.Process.Pid)
-	img := t.TempDir()
-	if out, err := nsinit(t, "dump", "-t", rootS, "-D", img, "--unchecked", "--kill"); err != nil {
-		t.Fatalf("dump --kill: %v\n%s", err, out)
-	}
-	cmd.Wait() // the root, killed by the dump
-	tr, err := imagefile.Read(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr, img := dumpKilled(t, cmd, "--unchecked")
 	checkCapImage(t, tr)
 	waitGone(t, tr)
 	if out, err := nsinit(t, "restore", "-D", img, "-d", "--placement", placement); err != nil {

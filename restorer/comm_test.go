@@ -12,7 +12,6 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/dump"
-	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -234,15 +233,7 @@ func commRoundTrip(t *testing.T, last bool) bool {
 	t.Helper()
 	cmd := startCommTree(t)
 	rootS := strconv.Itoa(cmd.Process.Pid)
-	img := t.TempDir()
-	if out, err := nsinit(t, "dump", "-t", rootS, "-D", img, "--unchecked", "--kill"); err != nil {
-		t.Fatalf("dump --kill: %v\n%s", err, out)
-	}
-	cmd.Wait() // the root, killed by the dump
-	tr, err := imagefile.Read(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr, img := dumpKilled(t, cmd, "--unchecked")
 	var names []string
 	for _, tk := range tr.Tasks {
 		names = append(names, fmt.Sprintf("%s:%d", tk.Comm, tk.ExitStatus>>8))

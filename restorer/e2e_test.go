@@ -190,3 +190,20 @@ func TestE2ERestoreWithoutCapability(t *testing.T) {
 	}
 	assertGone(t, tr)
 }
+
+// dumpKilled dumps the tree rooted at cmd's process through the binary
+// (with flags), killing it, reaps the root and reads the image back.
+func dumpKilled(t *testing.T, cmd *exec.Cmd, flags ...string) (*pstree.Tree, string) {
+	t.Helper()
+	img := t.TempDir()
+	args := append([]string{"dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--kill"}, flags...)
+	if out, err := nsinit(t, args...); err != nil {
+		t.Fatalf("dump --kill: %v\n%s", err, out)
+	}
+	cmd.Wait() // the root, killed by the dump
+	tr, err := imagefile.Read(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr, img
+}
