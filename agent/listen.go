@@ -185,14 +185,26 @@ func moveCursorHigh() func() {
 	if err != nil || os.Getpid() != 1 {
 		return func() {}
 	}
-	high := 4_000_000 // a child namespace's pid range (pid_max 4,194,304)
+	pidMax := 0
 	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
-		if m, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && m-200 < high {
-			high = m - 200
-		}
+		pidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	}
-	if os.WriteFile(path, []byte(strconv.Itoa(high)), 0) != nil {
+	if writeLastPID(int64(RuntimeWindow(pidMax))) != nil {
 		return func() {}
 	}
 	return func() { os.WriteFile(path, cur, 0) }
+}
+
+// RuntimeWindow is where a namespace's cursor points while a Go process
+// (a restored agent, a restorer) starts its runtime threads there, so they
+// take no pid an image needs: 4,000,000 (a child namespace's pid_max is
+// 4,194,304 on 6.18, F1.5), or 256 below pidMax when that is lower - on 6.1
+// pid_max is one global value (32768 on a small machine) and a cursor above
+// it is EINVAL. pidMax 0: unknown.
+func RuntimeWindow(pidMax int) int {
+	const window = 4_000_000
+	if pidMax > 0 && pidMax-256 < window {
+		return pidMax - 256
+	}
+	return window
 }

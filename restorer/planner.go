@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/pstree"
 )
 
@@ -464,20 +465,10 @@ func (pl *planner) below(q, a int) bool {
 	return false
 }
 
-// AgentThreadWindow is where a restored agent's namespace cursor points
-// while the agent's runtime starts its threads (a child namespace's pid_max
-// is 4194304 on 6.18, F1.5), unless the kernel's pid_max is lower: on 6.1
-// pid_max is one global value (32768 on a small machine) and a cursor
-// above it is EINVAL. See agentWindow.
-const AgentThreadWindow = 4_000_000
-
-// agentWindow is AgentThreadWindow, or 256 below the probed pid_max when
-// that is lower (the agent's runtime starts a handful of threads).
+// agentWindow is where a restored agent's namespace cursor points while the
+// agent's runtime starts its threads (agent.RuntimeWindow).
 func (pl *planner) agentWindow() int {
-	if pm := pl.plan.Options.Features.PidMax; pm > 0 && pm-256 < AgentThreadWindow {
-		return pm - 256
-	}
-	return AgentThreadWindow
+	return agent.RuntimeWindow(pl.plan.Options.Features.PidMax)
 }
 
 // agentRestoresCursor says whether init p becomes a restored agent, which
