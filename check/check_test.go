@@ -198,21 +198,8 @@ func TestCheckLiveTree(t *testing.T) {
 	}
 	cmd := exec.Command("/bin/busybox", "sh", "-c",
 		`busybox sh -c 'exit 3' & unshare -fp busybox sh -c 'busybox sleep 1000 & busybox sleep 1000 & wait' & exec busybox sleep 1000`)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	root := cmd.Process.Pid
+	root := startTree(t, cmd)
 	var tr *pstree.Tree
-	t.Cleanup(func() {
-		if live, err := ReadLive(root); err == nil {
-			for i := len(live.Tasks) - 1; i >= 0; i-- {
-				unix.Kill(live.Tasks[i].PIDs[0], unix.SIGKILL)
-			}
-		}
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		live, err := ReadLive(root)
@@ -270,20 +257,7 @@ func TestCheckLiveNet(t *testing.T) {
 	}
 	cmd := exec.Command("unshare", "-n", "-u", "/bin/busybox", "sh", "-c",
 		`busybox hostname alpha; busybox sleep 1000 & exec busybox sleep 1000`)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	root := cmd.Process.Pid
-	t.Cleanup(func() {
-		if live, err := ReadLive(root); err == nil {
-			for i := len(live.Tasks) - 1; i >= 0; i-- {
-				unix.Kill(live.Tasks[i].PIDs[0], unix.SIGKILL)
-			}
-		}
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
+	root := startTree(t, cmd)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		live, err := ReadLive(root)
@@ -333,4 +307,25 @@ func TestCheckLiveNet(t *testing.T) {
 			t.Errorf("want a difference %q, got %q", want, all)
 		}
 	}
+}
+
+// startTree starts cmd (a tree-building script) in a session of its own and
+// returns its pid; the cleanup kills what is left of the tree.
+func startTree(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	root := cmd.Process.Pid
+	t.Cleanup(func() {
+		if live, err := ReadLive(root); err == nil {
+			for i := len(live.Tasks) - 1; i >= 0; i-- {
+				unix.Kill(live.Tasks[i].PIDs[0], unix.SIGKILL)
+			}
+		}
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return root
 }

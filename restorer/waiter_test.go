@@ -7,11 +7,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -31,17 +29,8 @@ func TestE2EWaitersAreNotRunAgain(t *testing.T) {
 	script := fmt.Sprintf(`%[1]s sh -c "%[1]s sleep 1001 & %[1]s sleep 1002 & wait" & `+
 		`%[1]s unshare -f -p %[1]s sh -c "%[1]s sleep 1003 & wait" & exec %[1]s sleep 1000`, bb)
 	cmd := exec.Command(bb, "sh", "-c", script)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	startScriptTree(t, cmd)
 	root := cmd.Process.Pid
-	t.Cleanup(func() {
-		for _, p := range slices.Backward(subtree(root)) {
-			unix.Kill(p, unix.SIGKILL)
-		}
-		cmd.Wait()
-	})
 	// pids, parents, groups, sessions, state, command line, threads
 	view := func() []string {
 		var out []string
@@ -71,15 +60,7 @@ func TestE2EWaitersAreNotRunAgain(t *testing.T) {
 	if len(before) != 7 {
 		t.Fatalf("the tree did not form: %q", before)
 	}
-	img := t.TempDir()
-	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(root), "-D", img, "--kill"); err != nil {
-		t.Fatalf("dump --kill: %v\n%s", err, out)
-	}
-	cmd.Wait()
-	tr, err := imagefile.Read(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr, img := dumpKilled(t, cmd)
 	var waiting []string
 	for _, tk := range tr.Tasks {
 		if tk.WaitsForChildren {
