@@ -6,9 +6,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"golang.org/x/sys/unix"
@@ -20,15 +23,50 @@ import (
 // and the agent - PID 1 there, with its capabilities - runs the restore
 // inside. The restored tree is detached and ends up as the agent's child,
 // so the agent reaps it like any orphan.
+//
+// Threat model (docs/design.md, "The restore service"): whoever can
+// restore an image can run any program with any credentials the agent can
+// give, so the service is a root shell for its clients. It therefore
+// serves only clients whose uid, as the agent's user namespace sees it
+// (SO_PEERCRED), is the agent's own effective uid, on a path socket of mode
+// 0600 (never an abstract name, which no file permission protects). The
+// image directory comes from the client as an open descriptor
+// (SCM_RIGHTS), so the agent reads only what the client itself could
+// open; only the restorer's own error lines go back. Every read has a
+// deadline, the number of connections is capped, one restore runs at a
+// time, and a restorer that outlives RestoreTimeout is stopped (SIGTERM:
+// it rolls back) and then killed.
 
 // RestoreTimeout bounds one Restore request.
 const RestoreTimeout = 5 * time.Minute
 
+// Limits of the restore service (variables: tests shorten them).
+var (
+	// clientIdleTimeout bounds the wait for a client's next request and
+	// for it to take a reply.
+	clientIdleTimeout = 30 * time.Second
+	// maxClients caps the connections served at once; more are closed at
+	// once, so a flood cannot exhaust the agent's descriptors or threads.
+	maxClients = 16
+	// restorerGrace is how long a restorer that outlived RestoreTimeout
+	// has, after SIGTERM, to roll back before it is killed.
+	restorerGrace = 30 * time.Second
+)
+
+// maxErrorReply bounds the restorer's message sent back to a client.
+const maxErrorReply = 4 << 10
+
+// ErrAbstractSocket: --listen was given an abstract socket name.
+var ErrAbstractSocket = errors.New("abstract unix socket names are not protected by file permissions")
+
 // Listen binds the restore socket at path (SOCK_SEQPACKET, mode 0600: the
-// file's permissions decide who may connect, as for any daemon socket) and
+// file's permissions are the first gate, SO_PEERCRED the second) and
 // serves each connection on a goroutine of its own. A stale socket file is
 // replaced. Errors of single connections go to log.
 func Listen(path string, log io.Writer) error {
+	if path == "" || path[0] == '@' || strings.IndexByte(path, 0) >= 0 {
+		return fmt.Errorf("listen %q: %w (give a path)", path, ErrAbstractSocket)
+	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", path, err)
@@ -46,20 +84,53 @@ func Listen(path string, log io.Writer) error {
 		unix.Close(fd)
 		return fmt.Errorf("listen %s: %w", path, err)
 	}
-	go func() {
-		for {
-			c, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
-			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
-				continue
-			}
-			if err != nil {
-				fmt.Fprintf(log, "nsinit: restore socket %s: %v\n", path, err)
-				return
-			}
-			go serveClient(os.NewFile(uintptr(c), "restore-client"), log)
-		}
-	}()
+	s := &service{log: log, uid: uint32(os.Geteuid()), slots: make(chan struct{}, maxClients)}
+	go s.accept(fd, path)
 	return nil
+}
+
+// service is the restore socket's state: who may restore, the connection
+// slots, and the one restore that may run at a time.
+type service struct {
+	log       io.Writer
+	uid       uint32 // the only client uid served
+	slots     chan struct{}
+	restoring sync.Mutex
+}
+
+// accept serves connections until the socket fails for good. Running out
+// of descriptors or memory is temporary: the loop waits and goes on
+// instead of leaving the namespace without its service.
+func (s *service) accept(fd int, path string) {
+	backoff := 10 * time.Millisecond
+	for {
+		c, _, err := unix.Accept4(fd, unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK)
+		switch {
+		case err == nil:
+			backoff = 10 * time.Millisecond
+		case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+			continue
+		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+			fmt.Fprintf(s.log, "nsinit: restore socket %s: %v (retrying)\n", path, err)
+			time.Sleep(backoff)
+			backoff = min(2*backoff, time.Second)
+			continue
+		default:
+			fmt.Fprintf(s.log, "nsinit: restore socket %s: %v\n", path, err)
+			return
+		}
+		f := os.NewFile(uintptr(c), "restore-client")
+		select {
+		case s.slots <- struct{}{}:
+			go func() {
+				defer func() { <-s.slots }()
+				s.serveClient(f)
+			}()
+		default:
+			fmt.Fprintf(s.log, "nsinit: restore socket %s: %d clients already connected, one refused\n", path, maxClients)
+			f.Close()
+		}
+	}
 }
 
 // Dial connects to an agent's restore socket.
@@ -75,19 +146,37 @@ func Dial(path string) (*Conn, error) {
 	return NewConn(os.NewFile(uintptr(fd), "agent"), 0)
 }
 
-func serveClient(f *os.File, log io.Writer) {
+func (s *service) serveClient(f *os.File) {
 	c, err := NewConn(f, 0)
 	if err != nil {
 		f.Close()
 		return
 	}
 	defer c.Close()
+	c.IdleTimeout = clientIdleTimeout
+	cred, err := peerCred(f)
+	if err != nil {
+		fmt.Fprintf(s.log, "nsinit: restore client: %v\n", err)
+		return
+	}
 	err = c.Serve(func(req *agentpb.Request) (*agentpb.Reply, error) {
+		if cred.Uid != s.uid {
+			return nil, fmt.Errorf("uid %d may not use this restore socket (only uid %d, the agent's own): %w", cred.Uid, s.uid, unix.EPERM)
+		}
 		switch op := req.Op.(type) {
 		case *agentpb.Request_Hello:
 			return helloReply(), nil
 		case *agentpb.Request_Restore:
-			root, err := restoreHere(op.Restore)
+			dir := c.TakeFD()
+			if dir < 0 {
+				return nil, fmt.Errorf("restore: the image directory must come as an open descriptor (SCM_RIGHTS): %w", unix.EINVAL)
+			}
+			defer unix.Close(dir)
+			if !s.restoring.TryLock() {
+				return nil, fmt.Errorf("restore: another restore is running in this namespace: %w", unix.EBUSY)
+			}
+			defer s.restoring.Unlock()
+			root, err := restoreHere(op.Restore, dir)
 			if err != nil {
 				return nil, err
 			}
@@ -96,20 +185,25 @@ func serveClient(f *os.File, log io.Writer) {
 		return nil, fmt.Errorf("request %T is not served on the restore socket: %w", req.Op, unix.EOPNOTSUPP)
 	})
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, unix.ECONNRESET) {
-		fmt.Fprintf(log, "nsinit: restore client: %v\n", err)
+		fmt.Fprintf(s.log, "nsinit: restore client (uid %d): %v\n", cred.Uid, err)
 	}
 }
 
 // restoreHere runs `nsinit restore -D DIR -d` as a child of the agent,
-// inside its namespaces and with its credentials, and returns the root's
-// pid. The restorer is a Go process whose runtime threads take pids of
-// this namespace: it is started with the namespace's cursor in a high
+// inside its namespaces and with its credentials, where DIR is the
+// client's directory descriptor dir (inherited as fd 3), and returns the
+// root's pid. The restorer is a Go process whose runtime threads take pids
+// of this namespace: it is started with the namespace's cursor in a high
 // window, so they stay off the pids the image needs, and the cursor is put
 // back afterwards. The agent's reaper reaps the restorer when it exits, so
 // its end is watched through a pidfd and its result read from files.
-func restoreHere(r *agentpb.Restore) (int, error) {
-	if !filepath.IsAbs(r.ImageDir) {
-		return 0, fmt.Errorf("image dir %q is not an absolute path: %w", r.ImageDir, unix.EINVAL)
+func restoreHere(r *agentpb.Restore, dir int) (int, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(dir, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return 0, fmt.Errorf("restore: the descriptor sent is not a directory: %w", unix.ENOTDIR)
+	}
+	if !slices.Contains([]string{"", "exec", "stopped"}, r.Payload) || !slices.Contains([]string{"", "set_tid", "ns_last_pid"}, r.Placement) {
+		return 0, fmt.Errorf("restore: payload %q or placement %q unknown: %w", r.Payload, r.Placement, unix.EINVAL)
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -120,18 +214,19 @@ func restoreHere(r *agentpb.Restore) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(tmp)
-	out, err := os.Create(filepath.Join(tmp, "out"))
+	msgs, err := os.Create(filepath.Join(tmp, "stderr"))
 	if err != nil {
 		return 0, err
 	}
-	defer out.Close()
-	null, err := os.Open(os.DevNull)
+	defer msgs.Close()
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		return 0, err
 	}
 	defer null.Close()
+	dirFile := os.NewFile(uintptr(dir), "image-dir") // closed by the caller
 	pidfile := filepath.Join(tmp, "pid")
-	args := []string{exe, "restore", "-D", r.ImageDir, "-d", "--pidfile", pidfile}
+	args := []string{exe, "restore", "-D", "/proc/self/fd/3", "-d", "--pidfile", pidfile}
 	if r.Payload != "" {
 		args = append(args, "--payload", r.Payload)
 	}
@@ -141,7 +236,7 @@ func restoreHere(r *agentpb.Restore) (int, error) {
 
 	restoreCursor := moveCursorHigh()
 	defer restoreCursor()
-	p, err := os.StartProcess(exe, args, &os.ProcAttr{Files: []*os.File{null, out, out}})
+	p, err := os.StartProcess(exe, args, &os.ProcAttr{Files: []*os.File{null, null, msgs, dirFile}})
 	if err != nil {
 		return 0, fmt.Errorf("start the restorer: %w", err)
 	}
@@ -151,26 +246,68 @@ func restoreHere(r *agentpb.Restore) (int, error) {
 		return 0, fmt.Errorf("pidfd of the restorer: %w", err)
 	}
 	defer unix.Close(pidfd)
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	for {
-		n, err := unix.Poll(fds, int(RestoreTimeout/time.Millisecond))
-		if errors.Is(err, unix.EINTR) {
-			continue
+	if !waitPidfd(pidfd, RestoreTimeout) {
+		// SIGTERM first: the restorer rolls back what it created; a
+		// restorer that cannot is killed (its builders notice and go).
+		unix.PidfdSendSignal(pidfd, unix.SIGTERM, nil, 0)
+		if !waitPidfd(pidfd, restorerGrace) {
+			unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0)
+			waitPidfd(pidfd, -1)
 		}
-		if n == 0 || err != nil {
-			// Not killed: the restorer rolls back by its own deadline,
-			// which SIGKILL would skip.
-			return 0, fmt.Errorf("the restorer (pid %d) did not finish within %v: %w", p.Pid, RestoreTimeout, unix.ETIMEDOUT)
-		}
-		break
+		return 0, fmt.Errorf("the restorer (pid %d) did not finish within %v and was stopped: %w", p.Pid, RestoreTimeout, unix.ETIMEDOUT)
 	}
 	if b, err := os.ReadFile(pidfile); err == nil {
 		if root, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && root > 0 {
 			return root, nil
 		}
 	}
-	msg, _ := os.ReadFile(out.Name())
-	return 0, fmt.Errorf("%s", strings.TrimSpace(string(msg)))
+	return 0, errors.New(restorerMessage(msgs))
+}
+
+// waitPidfd waits until the process of pidfd exits, at most d (d < 0:
+// without bound), and says whether it did.
+func waitPidfd(pidfd int, d time.Duration) bool {
+	ms := -1
+	if d >= 0 {
+		ms = int(d / time.Millisecond)
+	}
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, ms)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err == nil && n > 0
+	}
+}
+
+// restorerMessage is what a failed restorer said about itself: only its
+// own lines ("nsinit restore: ..."), printable, at most maxErrorReply
+// bytes. Whatever else reached its stderr (a payload's output) stays here.
+func restorerMessage(f *os.File) string {
+	b, _ := io.ReadAll(io.NewSectionReader(f, 0, 1<<20))
+	var out []string
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "nsinit restore: ") {
+			continue
+		}
+		l = strings.Map(func(r rune) rune {
+			if r < ' ' || r == 0x7f || r == utf8.RuneError {
+				return '?'
+			}
+			return r
+		}, l)
+		if n+len(l) > maxErrorReply {
+			break
+		}
+		n += len(l)
+		out = append(out, l)
+	}
+	if len(out) == 0 {
+		return "nsinit restore: the restorer failed without a message"
+	}
+	return strings.Join(out, "\n")
 }
 
 // moveCursorHigh points this namespace's ns_last_pid at the top of its pid

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -18,8 +19,11 @@ import (
 // ProtocolVersion is what every Envelope carries.
 const ProtocolVersion = 1
 
-// maxPacket bounds one message.
-const maxPacket = 64 << 10
+// maxPacket bounds one message, maxFDs the descriptors that come with it.
+const (
+	maxPacket = 64 << 10
+	maxFDs    = 1
+)
 
 // Errors callers branch on.
 var (
@@ -63,6 +67,13 @@ type Conn struct {
 	f       *os.File
 	nextID  uint64
 	Timeout time.Duration // per request; default 10s
+	// IdleTimeout bounds how long ServeOne waits for a request and then
+	// for the peer to take the reply (0: forever, for the trusted control
+	// socket of a restored agent).
+	IdleTimeout time.Duration
+	// fds are the descriptors that came with the last request (SCM_RIGHTS),
+	// until the handler takes them; the rest are closed after it.
+	fds []int
 }
 
 // NewConn wraps an end of SocketPair. When peerPID is non-zero the peer's
@@ -100,34 +111,106 @@ func peerCred(f *os.File) (*unix.Ucred, error) {
 	return cred, nil
 }
 
-// Close closes the socket.
-func (c *Conn) Close() error { return c.f.Close() }
+// Close closes the socket and any descriptor received and not taken.
+func (c *Conn) Close() error {
+	c.closeFDs()
+	return c.f.Close()
+}
 
-func (c *Conn) send(env *agentpb.Envelope) error {
+// TakeFD hands the first descriptor that came with the request being
+// served to the caller, who must close it; -1 when none came.
+func (c *Conn) TakeFD() int {
+	if len(c.fds) == 0 {
+		return -1
+	}
+	fd := c.fds[0]
+	c.fds = c.fds[1:]
+	return fd
+}
+
+func (c *Conn) closeFDs() {
+	for _, fd := range c.fds {
+		unix.Close(fd)
+	}
+	c.fds = nil
+}
+
+// send writes one Envelope, with fd (when >= 0) as SCM_RIGHTS, waiting at
+// most d for room in the peer's queue (0: forever).
+func (c *Conn) send(env *agentpb.Envelope, fd int, d time.Duration) error {
 	env.Version = ProtocolVersion
 	b, err := proto.Marshal(env)
 	if err != nil {
 		return err
 	}
-	if _, err := c.f.Write(b); err != nil {
-		return fmt.Errorf("send: %w", err)
+	var oob []byte
+	if fd >= 0 {
+		oob = unix.UnixRights(fd)
+	}
+	if d > 0 {
+		_ = c.f.SetWriteDeadline(time.Now().Add(d))
+		defer c.f.SetWriteDeadline(time.Time{})
+	}
+	raw, err := c.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Write(func(s uintptr) bool {
+		serr = unix.Sendmsg(int(s), b, oob, nil, 0)
+		return !errors.Is(serr, unix.EAGAIN)
+	}); err != nil {
+		serr = err
+	}
+	if serr != nil {
+		if errors.Is(serr, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("send: %w", ErrTimeout)
+		}
+		return fmt.Errorf("send: %w", serr)
 	}
 	return nil
 }
 
-// recv reads one Envelope, waiting at most d (0: forever).
+// recv reads one Envelope, waiting at most d (0: forever). Descriptors
+// that came with it replace those of the previous one (closed); a packet
+// or a set of descriptors larger than the protocol allows is an error (the
+// kernel closes descriptors that did not fit).
 func (c *Conn) recv(d time.Duration) (*agentpb.Envelope, error) {
+	c.closeFDs()
 	if d > 0 {
 		_ = c.f.SetReadDeadline(time.Now().Add(d))
 		defer c.f.SetReadDeadline(time.Time{})
 	}
-	buf := make([]byte, maxPacket)
-	n, err := c.f.Read(buf)
+	raw, err := c.f.SyscallConn()
 	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, err
+	}
+	buf := make([]byte, maxPacket)
+	oob := make([]byte, unix.CmsgSpace(maxFDs*4))
+	var n, oobn, flags int
+	var rerr error
+	if err := raw.Read(func(s uintptr) bool {
+		n, oobn, flags, _, rerr = unix.Recvmsg(int(s), buf, oob, unix.MSG_CMSG_CLOEXEC)
+		return !errors.Is(rerr, unix.EAGAIN)
+	}); err != nil {
+		rerr = err
+	}
+	if rerr != nil {
+		if errors.Is(rerr, os.ErrDeadlineExceeded) {
 			return nil, ErrTimeout
 		}
-		return nil, fmt.Errorf("receive: %w", err)
+		return nil, fmt.Errorf("receive: %w", rerr)
+	}
+	if oobn > 0 {
+		c.fds = receivedFDs(oob[:oobn])
+	}
+	switch {
+	case flags&unix.MSG_TRUNC != 0:
+		return nil, fmt.Errorf("receive: a packet over %d bytes: %w", maxPacket, unix.EMSGSIZE)
+	case flags&unix.MSG_CTRUNC != 0:
+		return nil, fmt.Errorf("receive: more than %d descriptors: %w", maxFDs, unix.EMSGSIZE)
+	case n == 0:
+		return nil, fmt.Errorf("receive: %w", io.EOF) // the peer closed (SOCK_SEQPACKET)
 	}
 	env := &agentpb.Envelope{}
 	if err := proto.Unmarshal(buf[:n], env); err != nil {
@@ -139,12 +222,33 @@ func (c *Conn) recv(d time.Duration) (*agentpb.Envelope, error) {
 	return env, nil
 }
 
+// receivedFDs are the descriptors of SCM_RIGHTS messages in oob.
+func receivedFDs(oob []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for i := range msgs {
+		if got, err := unix.ParseUnixRights(&msgs[i]); err == nil {
+			fds = append(fds, got...)
+		}
+	}
+	return fds
+}
+
 // Call sends a request and waits for its reply: the reply on success, a
 // *ReplyError for Failed, ErrTimeout, ErrVersion or a socket error.
 func (c *Conn) Call(req *agentpb.Request) (*agentpb.Reply, error) {
+	return c.CallWithFD(req, -1)
+}
+
+// CallWithFD is Call with a descriptor passed along (SCM_RIGHTS), when fd
+// is >= 0: the peer gets its own reference to the open file.
+func (c *Conn) CallWithFD(req *agentpb.Request, fd int) (*agentpb.Reply, error) {
 	c.nextID++
 	req.Id = c.nextID
-	if err := c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Request{Request: req}}); err != nil {
+	if err := c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Request{Request: req}}, fd, c.Timeout); err != nil {
 		return nil, err
 	}
 	env, err := c.recv(c.Timeout)
@@ -180,11 +284,13 @@ func (c *Conn) Serve(h Handler) error {
 	}
 }
 
-// ServeOne answers one request and returns it.
+// ServeOne answers one request and returns it. Descriptors that came with
+// the request and that the handler did not take are closed.
 func (c *Conn) ServeOne(h Handler) (*agentpb.Request, error) {
-	env, err := c.recv(0)
+	env, err := c.recv(c.IdleTimeout)
+	defer c.closeFDs()
 	if errors.Is(err, ErrVersion) {
-		_ = c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Reply{Reply: failed(env.GetRequest().GetId(), unix.EPROTO, err)}})
+		_ = c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Reply{Reply: failed(env.GetRequest().GetId(), unix.EPROTO, err)}}, -1, c.IdleTimeout)
 		return nil, err
 	}
 	if err != nil {
@@ -206,7 +312,7 @@ func (c *Conn) ServeOne(h Handler) (*agentpb.Request, error) {
 		rep = &agentpb.Reply{Result: &agentpb.Reply_Done{Done: &agentpb.Done{}}}
 	}
 	rep.Id = req.Id
-	if err := c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Reply{Reply: rep}}); err != nil {
+	if err := c.send(&agentpb.Envelope{Body: &agentpb.Envelope_Reply{Reply: rep}}, -1, c.IdleTimeout); err != nil {
 		return nil, err
 	}
 	return req, nil

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/nsinit/nsinit/agent"
@@ -13,6 +17,7 @@ import (
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/restorer"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -42,6 +47,10 @@ func runRestore(args []string) int {
 		fs.Usage()
 		return 2
 	}
+	// What this process inherited (an agent's client passes the image
+	// directory as fd 3) is not for the restored tasks, which share its fd
+	// table until their exec.
+	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	var opt restorer.Options
 	switch *payload {
 	case "exec":
@@ -82,9 +91,17 @@ func runRestore(args []string) int {
 		fmt.Print(plan)
 		return 0
 	}
-	res, err := restorer.Execute(plan, restorer.ExecOptions{AgentTimeout: *agentTimeout})
+	// SIGINT (Ctrl-C), SIGTERM and SIGHUP roll the restore back like any
+	// failure, and nsinit then dies of the signal's status.
+	ctx, sig, stopSignals := interruptContext(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	res, err := restorer.ExecuteContext(ctx, plan, restorer.ExecOptions{AgentTimeout: *agentTimeout})
+	stopSignals()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
+		if errors.Is(err, restorer.ErrInterrupted) {
+			fmt.Fprintln(os.Stderr, "nsinit restore: everything it created is gone")
+			return 128 + int(*sig)
+		}
 		return 1
 	}
 	defer res.RootFD.Close()
@@ -108,16 +125,47 @@ func runRestore(args []string) int {
 	return st.ExitStatus()
 }
 
+// interruptContext is a context cancelled by the first of sigs to arrive
+// (its cause names it, *sig holds it); stop puts the signals' default
+// action back.
+func interruptContext(sigs ...os.Signal) (ctx context.Context, sig *syscall.Signal, stop func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sigs...)
+	done := make(chan struct{})
+	sig = new(syscall.Signal)
+	go func() {
+		select {
+		case s := <-ch:
+			*sig = s.(syscall.Signal)
+			cancel(fmt.Errorf("%v", s))
+		case <-done:
+		}
+	}()
+	return ctx, sig, func() {
+		signal.Stop(ch)
+		close(done)
+	}
+}
+
 // restoreViaAgent asks a running agent to restore the image into its own
 // pid namespace (level 0 of the image): for a caller with no capability
-// over that namespace, or no process inside it. The tree is detached; the
-// pid printed is the root's as the agent's namespace numbers it.
+// over that namespace, or no process inside it. The image directory goes
+// as a descriptor opened here, with this process's rights. The tree is
+// detached; the pid printed is the root's as the agent's namespace numbers
+// it.
 func restoreViaAgent(socket, dir, payload, placement, pidfile string) int {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
 		return 1
 	}
+	dirfd, err := unix.Open(abs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit restore: open %s: %v\n", abs, err)
+		return 1
+	}
+	defer unix.Close(dirfd)
 	c, err := agent.Dial(socket)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
@@ -125,9 +173,9 @@ func restoreViaAgent(socket, dir, payload, placement, pidfile string) int {
 	}
 	defer c.Close()
 	c.Timeout = agent.RestoreTimeout + time.Minute
-	rep, err := c.Call(&agentpb.Request{Op: &agentpb.Request_Restore{Restore: &agentpb.Restore{
+	rep, err := c.CallWithFD(&agentpb.Request{Op: &agentpb.Request_Restore{Restore: &agentpb.Restore{
 		ImageDir: abs, Payload: payload, Placement: placement,
-	}}})
+	}}}, dirfd)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: through the agent at %s: %v\n", socket, err)
 		return 1

@@ -22,14 +22,21 @@
 //                                    <----     Done{}
 //
 // A running agent started with `nsinit --listen PATH -- CMD` also serves
-// clients that connect to PATH (a SOCK_SEQPACKET unix socket, mode 0600):
+// clients that connect to PATH (a SOCK_SEQPACKET unix socket, mode 0600,
+// never an abstract name) and whose SO_PEERCRED uid, in the agent's user
+// namespace, is the agent's own effective uid; any other client gets
+// Failed{EPERM} for every request:
 //
 //   Hello{}                          ---->
 //                                    <----     HelloReply{level, pid}
 //   Restore{image_dir, ...}          ---->     restores the image into its
-//                                              own pid namespace (level 0 of
-//                                              the image), tree detached
+//     + the image directory as an              own pid namespace (level 0 of
+//       open descriptor (SCM_RIGHTS)           the image), tree detached
 //                                    <----     Restored{root_pid} | Failed
+//
+// One restore runs at a time (Failed{EBUSY} meanwhile); a client has 30 s
+// for each request and for taking each reply; at most 16 clients are
+// served at once.
 //
 // Rules:
 //   * version: every Envelope carries VERSION (1). A peer that receives
@@ -600,10 +607,11 @@ func (*Abort) Descriptor() ([]byte, []int) {
 	return file_agent_proto_rawDescGZIP(), []int{7}
 }
 
-// Restore: re-create the image in image_dir (a path as the agent sees it)
-// in the receiver's pid namespace, like `nsinit restore -D image_dir -d`
-// run by the agent; payload and placement as restore's options ("" for
-// the defaults).
+// Restore: re-create the image in the directory whose descriptor comes
+// with the request (SCM_RIGHTS; image_dir is only its name, for messages)
+// in the receiver's pid namespace, like `nsinit restore -D DIR -d` run by
+// the agent; payload and placement as restore's options ("" for the
+// defaults).
 type Restore struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ImageDir      string                 `protobuf:"bytes,1,opt,name=image_dir,json=imageDir,proto3" json:"image_dir,omitempty"`
