@@ -27,6 +27,13 @@ type header struct {
 	lastPIDPath [32]byte
 	parkText    [24]byte // the host cursor at the start, as text
 	parkLen     int64
+	// restorerFD is a pidfd for the restorer (in the fd table every
+	// builder shares), -1 for none: a builder that waits polls it now and
+	// then, so that a restorer killed outright (SIGKILL) does not leave
+	// builders waiting forever for a turn. committed is set once the
+	// restore is handed over: parked tasks then wait without bound.
+	restorerFD int32
+	committed  uint32
 }
 
 // procRec is one proc's slot.

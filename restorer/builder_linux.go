@@ -61,7 +61,7 @@ func builderMain(arg uintptr) {
 	z := zeroBuf(base)
 	if arg&threadArg != 0 { // a thread: the rest of arg is its OpThread step
 		nameThread(stepAt(base, bStepsOff, int64(arg&^threadArg)))
-		park(z)
+		park(base)
 	}
 	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
 	// while every signal is still blocked.
@@ -86,15 +86,15 @@ func builderMain(arg uintptr) {
 				syscall.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 				continue
 			}
-			syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&pr.wake)), futexWait, uintptr(v), 0, 0, 0)
+			waitOrLeave(h, &pr.wake, v)
 			spins = 0
 		}
 		if atomic.LoadUint32(&h.failed) != 0 {
-			park(z)
+			park(base)
 		}
 		switch st.op {
 		case int64(OpExit):
-			exitCreds(base, z, pr, i) // a zombie's own: caps_linux.go
+			exitCreds(base, pr, i) // a zombie's own: caps_linux.go
 			setName(&pr.comm)
 			advance(base, st, i)
 			die(z, st.arg)
@@ -102,7 +102,7 @@ func builderMain(arg uintptr) {
 			if pr.stopSelf != 0 {
 				setName(&pr.comm) // before the restorer's SIGSTOP
 				advance(base, st, i)
-				park(z)
+				park(base)
 			}
 			// Credentials (which make the shared mm non-dumpable for a
 			// moment) and the fd table while holding the token, so no
@@ -113,12 +113,12 @@ func builderMain(arg uintptr) {
 		}
 		if e := doStep(base, pr, st); e != 0 {
 			fail(base, i, e)
-			park(z)
+			park(base)
 		}
 		advance(base, st, i)
 		i = st.nextSame
 	}
-	park(z)
+	park(base)
 }
 
 //go:nosplit
@@ -271,14 +271,52 @@ func fail(base unsafe.Pointer, i int64, e uintptr) {
 	syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWake, 1<<30, 0, 0, 0)
 }
 
-// park waits forever (a stopped payload, a thread, a failed builder): only
-// a signal ends it.
+// park waits (a stopped payload, a thread, a failed builder) until a
+// signal ends it - or, before the restore is committed, until the
+// restorer is gone.
 //
 //go:nosplit
-func park(z uintptr) {
+func park(base unsafe.Pointer) {
+	h := hdrAt(base)
+	z := (*uint32)(unsafe.Pointer(&h.zeros[0])) // a word nobody changes
 	for {
-		syscall.RawSyscall6(unix.SYS_FUTEX, z, futexWait, 0, 0, 0, 0)
+		waitOrLeave(h, z, 0)
 	}
+}
+
+// leaveCheck is how often a waiting builder checks that the restorer is
+// still there: rare enough to cost nothing while thousands wait.
+const leaveCheck = 2 // seconds
+
+// waitOrLeave is one futex wait on w while it holds v, bounded by
+// leaveCheck before the restore is committed; a builder that then finds
+// the restorer gone exits (its work can never be finished, and nobody
+// would roll it back).
+//
+//go:nosplit
+func waitOrLeave(h *header, w *uint32, v uint32) {
+	if atomic.LoadUint32(&h.committed) != 0 {
+		syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), 0, 0, 0)
+		return
+	}
+	ts := [2]int64{leaveCheck, 0}
+	_, _, e := syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	if e == syscall.ETIMEDOUT && restorerGone(h) {
+		syscall.RawSyscall(unix.SYS_EXIT_GROUP, 0x7f, 0, 0)
+	}
+}
+
+// restorerGone says whether the restorer exited before committing: its
+// pidfd polls readable (or was closed under us).
+//
+//go:nosplit
+func restorerGone(h *header) bool {
+	if h.restorerFD < 0 || atomic.LoadUint32(&h.committed) != 0 {
+		return false
+	}
+	pfd := uint64(uint32(h.restorerFD)) | uint64(unix.POLLIN)<<32 // struct pollfd
+	n, _, _ := syscall.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&pfd)), 1, 0)
+	return n == 1
 }
 
 // die terminates with raw wait status: exit code << 8, or death by signal

@@ -95,12 +95,12 @@ func setCreds(pr *procRec) syscall.Errno {
 // credentials before it dies; on failure the restore fails and it parks.
 //
 //go:nosplit
-func exitCreds(base unsafe.Pointer, z uintptr, pr *procRec, i int64) {
+func exitCreds(base unsafe.Pointer, pr *procRec, i int64) {
 	if pr.setCreds == 0 {
 		return
 	}
 	if e := setCreds(pr); e != 0 {
 		fail(base, i, uintptr(e))
-		park(z)
+		park(base)
 	}
 }

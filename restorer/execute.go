@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -47,6 +48,17 @@ type Restored struct {
 // process is a child subreaper (orphans of a failed restore come back to it
 // to be reaped).
 func Execute(p *Plan, opt ExecOptions) (*Restored, error) {
+	return ExecuteContext(context.Background(), p, opt)
+}
+
+// ErrInterrupted: the restore was cancelled (the restorer got SIGINT,
+// SIGTERM or SIGHUP) and rolled back.
+var ErrInterrupted = errors.New("restore interrupted")
+
+// ExecuteContext is Execute that stops when ctx is done: whatever it
+// created is killed and reaped, the host cursor put back, and the error
+// wraps ErrInterrupted with ctx's cause.
+func ExecuteContext(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	// Builders share our mm: a credential change in one that died before
 	// resetting it would leave this process non-dumpable (no pidfd setns
 	// into anything for the next Execute).
@@ -57,8 +69,8 @@ func Execute(p *Plan, opt ExecOptions) (*Restored, error) {
 	var err error
 	for a := 1; a <= opt.Attempts; a++ {
 		var res *Restored
-		res, err = execute(p, opt)
-		if err == nil || !errors.Is(err, ErrHostRace) {
+		res, err = execute(ctx, p, opt)
+		if err == nil || !errors.Is(err, ErrHostRace) || ctx.Err() != nil {
 			return res, err
 		}
 	}
@@ -71,7 +83,7 @@ func Execute(p *Plan, opt ExecOptions) (*Restored, error) {
 // rolled back completely; Execute retries.
 var ErrHostRace = errors.New("host pid cursor raced with an unrelated fork")
 
-func execute(p *Plan, opt ExecOptions) (*Restored, error) {
+func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	if runtime.GOARCH != "amd64" {
 		return nil, fmt.Errorf("execute: the builder trampoline exists only for amd64, not %s: %w", runtime.GOARCH, ErrUnsupported)
 	}
@@ -111,7 +123,9 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 		closeMark(mark)
 		return nil, err
 	}
-	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el}
+	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el,
+		ctx: ctx, deadline: time.Now().Add(opt.Timeout)}
+	tx.watchRestorer()
 	// The host cursor is moved around the image's pids during the restore;
 	// it is put back afterwards so unrelated forks do not land among them.
 	if v, err := os.ReadFile("/proc/sys/kernel/ns_last_pid"); err == nil {
@@ -127,7 +141,9 @@ func execute(p *Plan, opt ExecOptions) (*Restored, error) {
 			tx.resetSubreaper = true
 		}
 	}
-	if err := tx.run(time.Now().Add(opt.Timeout)); err != nil {
+	// A cancelled ctx wakes run, which then rolls everything back.
+	defer context.AfterFunc(ctx, tx.wakeRestorer)()
+	if err := tx.run(); err != nil {
 		return nil, err
 	}
 	return tx.commit()
@@ -536,6 +552,41 @@ type tx struct {
 	mark           int // the waiter mark (internal/waiter), -1 for none
 	agentTimeout   time.Duration
 	el             *execLinks // comm.go
+	ctx            context.Context
+	deadline       time.Time // of the whole restore (ExecOptions.Timeout)
+	selfFD         int       // the pidfd in hdr().restorerFD, -1 for none
+}
+
+// watchRestorer gives the builders a pidfd for this process, so that
+// they notice when it is gone (builder_linux.go, waitOrLeave).
+func (t *tx) watchRestorer() {
+	t.selfFD = -1
+	h := t.hdr()
+	h.restorerFD = -1
+	if fd, err := unix.PidfdOpen(os.Getpid(), 0); err == nil {
+		t.selfFD = fd
+		h.restorerFD = int32(fd)
+	}
+}
+
+// wakeRestorer makes run look at the state again now, not at its next
+// periodic check.
+func (t *tx) wakeRestorer() {
+	h := t.hdr()
+	atomic.AddUint32(&h.goWake, 1)
+	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWake, 1<<30, 0, 0, 0)
+}
+
+// expired is the error of a wait that must end: the restore was cancelled
+// (ErrInterrupted) or its deadline passed; nil otherwise.
+func (t *tx) expired() error {
+	if t.ctx.Err() != nil {
+		return fmt.Errorf("%w: %v", ErrInterrupted, context.Cause(t.ctx))
+	}
+	if time.Now().After(t.deadline) {
+		return errors.New("no progress before the deadline")
+	}
+	return nil
 }
 
 func (t *tx) restoreHostCursor() {
@@ -551,7 +602,7 @@ func (t *tx) proc(i int) *procRec { return procAt(t.b.base, t.b.procsOff, int64(
 // run drives the plan: it performs the restorer's own steps when their turn
 // comes and otherwise sleeps until a builder wakes it, a builder fails, a
 // builder dies, or the deadline passes.
-func (t *tx) run(deadline time.Time) error {
+func (t *tx) run() error {
 	h := t.hdr()
 	n := len(t.p.Steps)
 	for {
@@ -559,14 +610,17 @@ func (t *tx) run(deadline time.Time) error {
 		if atomic.LoadUint32(&h.failed) != 0 {
 			return t.stepError(int(h.failStep), uintptr(h.failErrno))
 		}
+		if t.ctx.Err() != nil {
+			return t.expired()
+		}
 		if cur >= n {
-			if err := t.waitPayloads(deadline); err != nil {
+			if err := t.waitPayloads(); err != nil {
 				return err
 			}
 			return t.greetAgents(t.agentTimeout)
 		}
 		if s := &t.p.Steps[cur]; s.Actor == Restorer {
-			if err := t.restorerStep(cur, deadline); err != nil {
+			if err := t.restorerStep(cur); err != nil {
 				return fmt.Errorf("step %d (%s): %w", cur, t.p.describe(s), err)
 			}
 			advanceGo(t.b.base, t.b.stepsOff, int64(cur))
@@ -576,8 +630,8 @@ func (t *tx) run(deadline time.Time) error {
 		if int(atomic.LoadUint64(&h.cur)) != cur {
 			continue
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("step %d (%s by %s): no progress before the deadline", cur, t.p.describe(&t.p.Steps[cur]), t.p.name(t.p.Steps[cur].Actor))
+		if err := t.expired(); err != nil {
+			return fmt.Errorf("step %d (%s by %s): %w", cur, t.p.describe(&t.p.Steps[cur]), t.p.name(t.p.Steps[cur].Actor), err)
 		}
 		if err := t.checkAlive(); err != nil {
 			return err
@@ -643,7 +697,7 @@ func (t *tx) stepError(i int, e uintptr) error {
 }
 
 // restorerStep performs a step whose actor is the Go restorer.
-func (t *tx) restorerStep(i int, deadline time.Time) error {
+func (t *tx) restorerStep(i int) error {
 	s := &t.p.Steps[i]
 	switch s.Op {
 	case OpClone:
@@ -671,14 +725,14 @@ func (t *tx) restorerStep(i int, deadline time.Time) error {
 		r := t.proc(s.Target)
 		if t.p.Options.Payload == PayloadExec && s.Arg == int(unix.SIGSTOP) {
 			// a stopped task of the image: stop it once it runs its payload
-			if err := waitCleared(&r.alive, deadline); err != nil {
+			if err := t.waitCleared(&r.alive); err != nil {
 				return err
 			}
 		}
 		if err := sys.PidfdKill(int(r.pidfd), unix.Signal(s.Arg)); err != nil {
 			return err
 		}
-		return t.waitSignalled(s.Target, unix.Signal(s.Arg), deadline)
+		return t.waitSignalled(s.Target, unix.Signal(s.Arg))
 	}
 	return fmt.Errorf("the restorer cannot perform %v", s.Op)
 }
@@ -781,7 +835,7 @@ func (t *tx) ours(pid int) bool {
 // under a task still dying - it died of SIGSEGV instead of its recorded
 // signal. Image zombies are then awaited until /proc shows them as zombies,
 // so what the caller reads is final. Exec failures are reported.
-func (t *tx) waitPayloads(deadline time.Time) error {
+func (t *tx) waitPayloads() error {
 	for _, s := range t.p.Steps {
 		switch {
 		case s.Op == OpExit:
@@ -790,12 +844,12 @@ func (t *tx) waitPayloads(deadline time.Time) error {
 			continue
 		}
 		r := t.proc(s.Actor)
-		if err := waitCleared(&r.alive, deadline); err != nil {
+		if err := t.waitCleared(&r.alive); err != nil {
 			return fmt.Errorf("final step of %s: %w", t.p.name(s.Actor), err)
 		}
 		if s.Op == OpExit {
 			if ti := t.p.Procs[s.Actor].Task; ti >= 0 && t.p.Tree.Tasks[ti].State == pstree.Zombie {
-				if err := t.waitSignalled(s.Actor, unix.SIGKILL, deadline); err != nil {
+				if err := t.waitSignalled(s.Actor, unix.SIGKILL); err != nil {
 					return err
 				}
 			}
@@ -805,7 +859,7 @@ func (t *tx) waitPayloads(deadline time.Time) error {
 			tk := &t.p.Tree.Tasks[t.p.Procs[s.Actor].Task]
 			return fmt.Errorf("exec payload of %s (%s): %w", t.p.name(s.Actor), tk.Exe, unix.Errno(e))
 		}
-		if err := waitExecDone(t.p.Procs[s.Actor].PIDs[0], deadline); err != nil {
+		if err := t.waitExecDone(t.p.Procs[s.Actor].PIDs[0]); err != nil {
 			return fmt.Errorf("exec payload of %s: %w", t.p.name(s.Actor), err)
 		}
 	}
@@ -819,7 +873,7 @@ func (t *tx) waitPayloads(deadline time.Time) error {
 // (nsinit check, a test, a user) must see the program, not a builder
 // half-way through its execve. A task that exited or died meanwhile is
 // done too.
-func waitExecDone(pid int, deadline time.Time) error {
+func (t *tx) waitExecDone(pid int) error {
 	dir := "/proc/" + strconv.Itoa(pid)
 	for {
 		if b, err := os.ReadFile(dir + "/cmdline"); err != nil || len(b) > 0 {
@@ -828,21 +882,21 @@ func waitExecDone(pid int, deadline time.Time) error {
 		if b, err := os.ReadFile(dir + "/stat"); err != nil || procState(b) == 'Z' {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("pid %d: no command line after its exec", pid)
+		if err := t.expired(); err != nil {
+			return fmt.Errorf("pid %d: no command line after its exec: %w", pid, err)
 		}
 		time.Sleep(100 * time.Microsecond)
 	}
 }
 
-func waitCleared(w *uint32, deadline time.Time) error {
+func (t *tx) waitCleared(w *uint32) error {
 	for {
 		v := atomic.LoadUint32(w)
 		if v == 0 {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return errors.New("timed out waiting for it to leave the restorer's memory")
+		if err := t.expired(); err != nil {
+			return fmt.Errorf("waiting for it to leave the restorer's memory: %w", err)
 		}
 		ts := unix.NsecToTimespec(int64(50 * time.Millisecond))
 		unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
@@ -851,7 +905,7 @@ func waitCleared(w *uint32, deadline time.Time) error {
 
 // waitSignalled waits until a SIGSTOP took effect (state T) or a SIGKILL
 // (or any death) made a zombie (state Z), read through the host procfs.
-func (t *tx) waitSignalled(p int, sig unix.Signal, deadline time.Time) error {
+func (t *tx) waitSignalled(p int, sig unix.Signal) error {
 	want := byte('T')
 	if sig == unix.SIGKILL {
 		want = 'Z'
@@ -865,8 +919,8 @@ func (t *tx) waitSignalled(p int, sig unix.Signal, deadline time.Time) error {
 		if st := procState(b); st == want {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: state %q after %v, want %q", t.p.name(p), procState(b), sig, want)
+		if err := t.expired(); err != nil {
+			return fmt.Errorf("%s: state %q after %v, want %q: %w", t.p.name(p), procState(b), sig, want, err)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -887,6 +941,8 @@ func (t *tx) commit() (*Restored, error) {
 		}
 	}
 	t.committed = true
+	atomic.StoreUint32(&t.hdr().committed, 1)
+	t.closeSelfFD()
 	closeAgentLinks(t.links)
 	closeMark(t.mark)
 	t.restoreSubreaper()
@@ -948,6 +1004,15 @@ func (t *tx) rollbackUnlessCommitted() {
 	}
 	t.restoreSubreaper()
 	if len(pending) == 0 {
+		t.closeSelfFD()
 		t.b.unmap()
+	}
+}
+
+// closeSelfFD closes the restorer's own pidfd once no builder waits on it.
+func (t *tx) closeSelfFD() {
+	if t.selfFD >= 0 {
+		unix.Close(t.selfFD)
+		t.selfFD = -1
 	}
 }
