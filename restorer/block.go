@@ -34,6 +34,11 @@ type header struct {
 	// restore is handed over: parked tasks then wait without bound.
 	restorerFD int32
 	committed  uint32
+	// leaving is 1 + the proc that took credentials an unprivileged user
+	// could ptrace and is leaving the shared memory (exec or exit) while
+	// holding the token; the restorer passes the token on once it is gone
+	// (builder_linux.go, passOrLeave). 0 for none.
+	leaving int64
 }
 
 // procRec is one proc's slot.

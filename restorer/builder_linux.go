@@ -96,7 +96,7 @@ func builderMain(arg uintptr) {
 		case int64(OpExit):
 			exitCreds(base, pr, i) // a zombie's own: caps_linux.go
 			setName(&pr.comm)
-			advance(base, st, i)
+			passOrLeave(base, st, i, self)
 			die(z, st.arg)
 		case int64(OpPayload):
 			if pr.stopSelf != 0 {
@@ -104,11 +104,10 @@ func builderMain(arg uintptr) {
 				advance(base, st, i)
 				park(base)
 			}
-			// Credentials (which make the shared mm non-dumpable for a
-			// moment) and the fd table while holding the token, so no
-			// other builder's step runs meanwhile; the exec after it.
+			// Credentials and the fd table while holding the token, so
+			// no other builder's step runs meanwhile; the exec after it.
 			e := prepareExec(pr)
-			advance(base, st, i)
+			passOrLeave(base, st, i, self)
 			execPayload(pr, z, e)
 		}
 		if e := doStep(base, pr, st); e != 0 {
@@ -240,6 +239,29 @@ func redumpable(flags int64) uintptr {
 	}
 	_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 1, 0)
 	return uintptr(e)
+}
+
+// passOrLeave ends step i of a builder that is about to exec or die with
+// its task's credentials. While the shared mm is dumpable, whoever owns
+// those credentials passes the kernel's ptrace check on this process, and
+// with it reads and writes the root restorer's memory. So a builder whose
+// credential change made the mm non-dumpable (the kernel's own verdict: a
+// uid or gid change) keeps the token - no other builder needs the mm
+// dumpable meanwhile - and leaves: the restorer waits until it has left
+// the shared memory (its CLONE_CHILD_CLEARTID word cleared by exec or
+// exit), makes the mm dumpable again for the others, and passes the token
+// on. A builder that kept root's ids passes the token at once, as before.
+//
+//go:nosplit
+func passOrLeave(base unsafe.Pointer, st *stepRec, i, self int64) {
+	if d, _, _ := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_GET_DUMPABLE, 0, 0); d == 1 {
+		advance(base, st, i)
+		return
+	}
+	h := hdrAt(base)
+	atomic.StoreInt64(&h.leaving, self+1)
+	atomic.AddUint32(&h.goWake, 1)
+	syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWake, 1<<30, 0, 0, 0)
 }
 
 // advance passes the token from step i to step i+1 and wakes its owner.

@@ -22,12 +22,12 @@ import (
 //  5. setresuid: needs CAP_SETUID; it clears the ambient set, so
 //  6. for a zombie (no exec follows) permitted and effective as the image
 //     has them, within what the builder kept;
-//  7. ambient raises come last (each cap must be permitted and inheritable);
-//  8. the uid change made the mm - shared by every builder and the restorer
-//     until the exec - non-dumpable, which would refuse other builders'
-//     pidfd setns and /proc access: undo that (as OpSetCreds does).
+//  7. ambient raises come last (each cap must be permitted and inheritable).
 //
-// execve then clears keepcaps and computes permitted and effective.
+// A uid change leaves the mm - shared by every builder and the restorer
+// until the exec - non-dumpable: on purpose, until the builder has left it
+// (passOrLeave). execve then clears keepcaps and computes permitted and
+// effective.
 //
 //go:nosplit
 func setCreds(pr *procRec) syscall.Errno {
@@ -87,8 +87,7 @@ func setCreds(pr *procRec) syscall.Errno {
 			}
 		}
 	}
-	_, _, e = syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 1, 0)
-	return e
+	return 0
 }
 
 // exitCreds gives a zombie's builder (step i, OpExit) its image

@@ -630,6 +630,12 @@ func (t *tx) run() error {
 		if int(atomic.LoadUint64(&h.cur)) != cur {
 			continue
 		}
+		if l := atomic.LoadInt64(&h.leaving); l != 0 {
+			if err := t.passForLeaver(cur, int(l-1)); err != nil {
+				return err
+			}
+			continue
+		}
 		if err := t.expired(); err != nil {
 			return fmt.Errorf("step %d (%s by %s): %w", cur, t.p.describe(&t.p.Steps[cur]), t.p.name(t.p.Steps[cur].Actor), err)
 		}
@@ -641,6 +647,22 @@ func (t *tx) run() error {
 		ts := unix.NsecToTimespec(int64(50 * time.Millisecond))
 		unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
 	}
+}
+
+// passForLeaver ends step cur for proc i, which took credentials that made
+// the shared mm non-dumpable and is leaving it (builder_linux.go,
+// passOrLeave): once it has, the mm is made dumpable again for the other
+// builders' pidfd setns and /proc writes, and the token goes on.
+func (t *tx) passForLeaver(cur, i int) error {
+	if err := t.waitCleared(&t.proc(i).alive); err != nil {
+		return fmt.Errorf("step %d: %s leaving the restorer's memory: %w", cur, t.p.name(i), err)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("step %d: make the builders' memory dumpable again: %w", cur, err)
+	}
+	atomic.StoreInt64(&t.hdr().leaving, 0)
+	advanceGo(t.b.base, t.b.stepsOff, int64(cur))
+	return nil
 }
 
 // advanceGo is advance for the restorer's own steps.
