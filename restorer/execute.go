@@ -735,6 +735,13 @@ func (t *tx) restorerStep(i int) error {
 		return writeLastPID(s.Arg)
 	case OpWait:
 		fd := int(t.proc(s.Target).pidfd)
+		// Polled, not a blocking wait: a helper that never exits must not
+		// keep the restore from its deadline or from a cancel.
+		for !pidfdReadable(fd) {
+			if err := t.expired(); err != nil {
+				return fmt.Errorf("reap %s: %w", t.p.name(s.Target), err)
+			}
+		}
 		reaped, st, err := sys.WaitPidfd(fd, 0)
 		if err != nil || !reaped {
 			return fmt.Errorf("reap %s: %w", t.p.name(s.Target), err)
@@ -757,6 +764,14 @@ func (t *tx) restorerStep(i int) error {
 		return t.waitSignalled(s.Target, unix.Signal(s.Arg))
 	}
 	return fmt.Errorf("the restorer cannot perform %v", s.Op)
+}
+
+// pidfdReadable waits up to 50 ms for the process of pidfd to exit and
+// says whether it has.
+func pidfdReadable(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 50)
+	return err == nil && n > 0
 }
 
 // writeLastPID sets the restorer's own pid namespace cursor (level 0).
