@@ -236,11 +236,12 @@ func TestPlanPidForChildren(t *testing.T) {
 	if err := m.compare(p, []int{0, 1, 2, 3, 4}); err == nil || !strings.Contains(err.Error(), "pid_for_children") {
 		t.Errorf("compare without setpfc steps: %v", err)
 	}
-	// A pid_for_children above the task's own namespace cannot be set.
+	// A pid_for_children above the task's own namespace cannot exist
+	// (setns(CLONE_NEWPID) only goes down): the validator refuses it.
 	bad := pfcTree()
 	bad.Tasks[2].NS[pstree.PidForChildrenNS] = 2
-	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("pfc above the task's namespace: %v, want ErrUnsupported", err)
+	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrBadImage) {
+		t.Errorf("pfc above the task's namespace: %v, want ErrBadImage", err)
 	}
 }
 
