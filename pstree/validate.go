@@ -404,7 +404,8 @@ func validateComm(who, comm string) error {
 }
 
 // validateCreds refuses (uid_t)-1, which setresuid(2) would read as "keep
-// the current one", and more groups than setgroups(2) takes.
+// the current one", more groups than setgroups(2) takes, and capability
+// sets no task can have.
 func validateCreds(who string, c *Creds) error {
 	for _, id := range []struct {
 		name string
@@ -414,6 +415,11 @@ func validateCreds(who string, c *Creds) error {
 		if id.v == InvalidID {
 			return fmt.Errorf("%s: %s %d is not a valid id", who, id.name, id.v)
 		}
+	}
+	// The kernel keeps ambient within permitted and inheritable
+	// (capabilities(7)); the exec payload raises ambient caps from those.
+	if extra := c.CapAmb &^ (c.CapInh & c.CapPrm); extra != 0 {
+		return fmt.Errorf("%s: ambient capabilities %#x neither inheritable nor permitted", who, extra)
 	}
 	if len(c.Groups) > MaxGroups {
 		return fmt.Errorf("%s: %d supplementary groups, more than %d", who, len(c.Groups), MaxGroups)

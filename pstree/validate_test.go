@@ -133,6 +133,7 @@ func TestValidateRefusesHostile(t *testing.T) {
 		{"huge argv", func(tr *Tree) { tr.Tasks[0].Argv = []string{strings.Repeat("a", MaxArgBytes)} }, "task 0 (pid 10): argv and env longer than"},
 		{"uid -1", func(tr *Tree) { tr.Tasks[0].Creds.EUID = InvalidID }, "task 0 (pid 10): euid 4294967295 is not a valid id"},
 		{"group -1", func(tr *Tree) { tr.Tasks[0].Creds.Groups = []uint32{0, InvalidID} }, "task 0 (pid 10): groups[1]"},
+		{"ambient not permitted", func(tr *Tree) { tr.Tasks[0].Creds.CapInh, tr.Tasks[0].Creds.CapAmb = 1, 3 }, "task 0 (pid 10): ambient capabilities 0x3 neither"},
 		{"too many groups", func(tr *Tree) { tr.Tasks[0].Creds.Groups = make([]uint32, MaxGroups+1) }, "65537 supplementary groups"},
 		{"map overflow", func(tr *Tree) { tr.Namespaces[2].UIDMap = []IDMapEntry{{Inside: 1, Outside: 0, Count: InvalidID}} }, "user namespace 3: uid_map: line 0 (1 0 4294967295): range overflows"},
 		{"map empty range", func(tr *Tree) { tr.Namespaces[2].GIDMap = []IDMapEntry{{Count: 0}} }, "user namespace 3: gid_map: line 0: empty range"},

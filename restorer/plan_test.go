@@ -193,6 +193,18 @@ func TestPlanRejectsBadImages(t *testing.T) {
 	}
 }
 
+// TestPlanExecNeedsExe: only the exec payload needs a task's executable, so
+// the planner, which knows the payload, refuses a task without one (a
+// zombie runs nothing).
+func TestPlanExecNeedsExe(t *testing.T) {
+	tr := f43()
+	tr.Tasks[2].Exe = ""
+	if _, err := NewPlan(tr, Options{}); !errors.Is(err, ErrBadImage) || !strings.Contains(err.Error(), "task 2 (pid 31502): no executable") {
+		t.Errorf("exec payload: %v, want ErrBadImage naming task 2", err)
+	}
+	mustPlan(t, tr, Options{Payload: PayloadStopped})
+}
+
 // pfcTree has every kind of pid_for_children: a task that did `unshare -p`
 // and exec'd after its first child (pfc = its child's namespace, at two
 // levels), one that did setns(CLONE_NEWPID) into a grandchild namespace,

@@ -29,6 +29,9 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 	if err := pstree.Validate(tr); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadImage, err)
 	}
+	if err := checkPayload(tr, opt); err != nil {
+		return nil, err
+	}
 	pl := &planner{
 		plan:   &Plan{Tree: tr, Options: opt},
 		byPID:  map[int]int{},
@@ -39,6 +42,21 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 		return nil, err
 	}
 	return pl.plan, nil
+}
+
+// checkPayload refuses what only the chosen payload makes impossible, so
+// that Execute never finds it after a plan was printed: a task the exec
+// payload runs (any but a zombie) needs an executable.
+func checkPayload(tr *pstree.Tree, opt Options) error {
+	if opt.Payload != PayloadExec {
+		return nil
+	}
+	for i := range tr.Tasks {
+		if t := &tr.Tasks[i]; t.State != pstree.Zombie && t.Exe == "" {
+			return fmt.Errorf("task %d (pid %d): no executable recorded for the exec payload: %w", i, t.PID(), ErrBadImage)
+		}
+	}
+	return nil
 }
 
 // join is a setpgid still to plan: actor moves target (0: itself) into g.
