@@ -7,7 +7,8 @@ package pstree
 // docs/image-format.md lists them with their reasons.
 const (
 	// MaxLevel is the deepest pid namespace level Linux allows
-	// (MAX_PID_NS_LEVEL): a task has at most MaxLevel+1 pids.
+	// (MAX_PID_NS_LEVEL): a task has at most MaxLevel+1 pids. User
+	// namespaces nest as deep (create_user_ns: EUSERS past level 32).
 	MaxLevel = 32
 	// MaxPID is the largest pid the kernel ever hands out (PID_MAX_LIMIT
 	// on 64-bit, the ceiling of /proc/sys/kernel/pid_max).

@@ -152,26 +152,31 @@ func validateRefs(ns *Namespace, byID map[NSID]*Namespace) error {
 }
 
 // validateChains refuses a cycle of parents (a user namespace that is its
-// own ancestor), visiting every namespace once: a walk stops at the first
-// namespace already known to reach the top.
+// own ancestor) and a user namespace chain longer than the kernel nests
+// them, visiting every namespace once: a walk stops at the first namespace
+// whose depth is known. (Pid namespace chains are bounded by their levels.)
 func validateChains(tr *Tree, byID map[NSID]*Namespace) error {
-	const (
-		walking = 1
-		done    = 2
-	)
-	state := make(map[NSID]int, len(byID))
+	const walking = -1
+	depth := make(map[NSID]int, len(byID)) // namespaces above it, itself included
 	var path []NSID
 	for i := range tr.Namespaces {
+		ns := &tr.Namespaces[i]
 		path = path[:0]
-		for id := tr.Namespaces[i].ID; id != 0 && state[id] != done; id = byID[id].Parent {
-			if state[id] == walking {
-				return fmt.Errorf("%v namespace %d: parent chain has a cycle through namespace %d", tr.Namespaces[i].Kind, tr.Namespaces[i].ID, id)
-			}
-			state[id] = walking
+		id := ns.ID
+		for ; id != 0 && depth[id] == 0; id = byID[id].Parent {
+			depth[id] = walking
 			path = append(path, id)
 		}
-		for _, id := range path {
-			state[id] = done
+		if id != 0 && depth[id] == walking {
+			return fmt.Errorf("%v namespace %d: parent chain has a cycle through namespace %d", ns.Kind, ns.ID, id)
+		}
+		d := depth[id] // 0 when the chain ends at 0
+		for j := len(path) - 1; j >= 0; j-- {
+			d++
+			depth[path[j]] = d
+		}
+		if ns.Kind == UserNS && depth[ns.ID] > MaxLevel+1 {
+			return fmt.Errorf("user namespace %d: %d nested user namespaces, more than %d", ns.ID, depth[ns.ID], MaxLevel+1)
 		}
 	}
 	return nil

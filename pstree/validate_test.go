@@ -118,6 +118,13 @@ func TestValidateRefusesHostile(t *testing.T) {
 		{"dangling user chain", func(tr *Tree) { userChain(tr, 11, 12) }, "user namespace 11: parent 12 missing"},
 		{"user cycle", func(tr *Tree) { userChain(tr, 11, 12, 10) }, "user namespace 10: parent chain has a cycle"},
 		{"user self parent", func(tr *Tree) { userChain(tr, 10) }, "user namespace 10: parent chain has a cycle"},
+		{"user chain too deep", func(tr *Tree) {
+			parents := []NSID{3} // 3 <- 10 <- 11 ... <- 42: 34 deep
+			for i := range MaxLevel {
+				parents = append(parents, NSID(10+i))
+			}
+			userChain(tr, parents...)
+		}, "user namespace 42: 34 nested user namespaces, more than 33"},
 		{"dangling pid parent", func(tr *Tree) { tr.Namespaces[1].Parent = 9 }, "pid namespace 2: parent 9 missing"},
 		{"dangling owner", func(tr *Tree) { tr.Namespaces[3].Owner = 9 }, "net namespace 4: owner 9 missing"},
 		{"user owner not parent", func(tr *Tree) { userChain(tr, 3); tr.Namespaces[6].Parent = 0 }, "user namespace 10: owner 3 is not its parent 0"},
@@ -180,6 +187,23 @@ func TestValidateDanglingChainNoPanic(t *testing.T) {
 		if err := Validate(tr); err == nil || !strings.Contains(err.Error(), "user namespace 11: parent 12 missing") {
 			t.Fatalf("got %v", err)
 		}
+	}
+}
+
+// TestValidateDeepestUserChain: 33 user namespaces (the initial one and 32
+// nested) are what the kernel allows, whatever the order they are listed in.
+func TestValidateDeepestUserChain(t *testing.T) {
+	tr := validTree()
+	for i := MaxLevel; i >= 1; i-- { // children first: depths come from below
+		p := NSID(10 + i - 1)
+		if i == 1 {
+			p = 3
+		}
+		tr.Namespaces = append(tr.Namespaces, Namespace{ID: NSID(10 + i), Kind: UserNS, Parent: p, Owner: p})
+	}
+	tr.Namespaces = append(tr.Namespaces, Namespace{ID: 10, Kind: UserNS}) // unused, at depth 1
+	if err := Validate(tr); err != nil {
+		t.Fatal(err)
 	}
 }
 
