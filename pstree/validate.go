@@ -17,8 +17,9 @@ var ErrInvalid = errors.New("invalid process tree")
 //
 //   - namespaces: ids unique and non-zero, known kinds, every parent and
 //     owner present, parents of the same kind, owners user namespaces (a
-//     user namespace's owner is its parent), parent chains acyclic, pid
-//     namespace levels one below their parent's;
+//     user namespace's owner is its parent), parent chains acyclic and no
+//     deeper than the kernel nests them, pid namespace levels one below
+//     their parent's;
 //   - tasks: at least one, pids in 1..MaxPID, 1..MaxLevel+1 levels, level
 //     equal to the level of the task's pid namespace, pids and tids unique
 //     in every pid namespace, pgid/sid vectors as long as the pid vector,
