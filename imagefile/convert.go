@@ -2,13 +2,14 @@ package imagefile
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/nsinit/nsinit/proto/imagepb"
 	"github.com/nsinit/nsinit/pstree"
 )
 
 // toProto and fromProto are the only places that know both shapes.
+// fromProto only converts (ints are 64 bits wide, so nothing is cut): every
+// range check is pstree.Validate's, run on what it returns.
 
 func toProto(tr *pstree.Tree) *imagepb.Image {
 	img := &imagepb.Image{Checked: tr.Checked}
@@ -79,12 +80,6 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 	tr := &pstree.Tree{Checked: img.GetChecked()}
 	for i, ns := range img.GetNamespaces() {
-		if ns.GetLevel() > pstree.MaxLevel {
-			return nil, fmt.Errorf("namespace %d: level %d out of range", i, ns.GetLevel())
-		}
-		if ns.GetLastPid() < 0 || ns.GetLastPid() > math.MaxInt32 {
-			return nil, fmt.Errorf("namespace %d: last pid %d out of range", i, ns.GetLastPid())
-		}
 		links, err := linksFromProto(ns.GetLinks())
 		if err != nil {
 			return nil, fmt.Errorf("namespace %d: %w", i, err)

@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/nsinit/nsinit/proto/imagepb"
 	"github.com/nsinit/nsinit/pstree"
@@ -27,11 +29,21 @@ const FileName = "pstree.img"
 // Magic starts every image file.
 const Magic = "NSINITIM"
 
-const headerSize = len(Magic) + 2 + 2 + 4 + 4
+// HeaderSize is the fixed header before the payload.
+const HeaderSize = len(Magic) + 2 + 2 + 4 + 4
 
-// MaxPayload bounds what Decode accepts (and allocates): far more than
-// 32768 tasks with full environments need.
-const MaxPayload = 1 << 30
+// MaxFile bounds an image file, checked before a byte of it is read, and so
+// what Read allocates: a dump of 10,000 tasks takes a few MiB, and even
+// pstree.MaxTasks tasks with typical environments stay far below it.
+const MaxFile = 256 << 20
+
+// MaxPayload bounds what Decode accepts: the payload of a MaxFile file.
+const MaxPayload = MaxFile - HeaderSize
+
+// ErrNotRegular is wrapped when the image path is not a regular file: a
+// FIFO, a device or a symbolic link (to /dev/zero, say) would block or
+// never end.
+var ErrNotRegular = errors.New("not a regular file")
 
 // ErrVersion is wrapped when the image has another major format version.
 var ErrVersion = errors.New("unsupported image format version")
@@ -53,7 +65,7 @@ func Encode(tr *pstree.Tree) ([]byte, error) {
 	if len(payload) > MaxPayload {
 		return nil, fmt.Errorf("encode image: payload of %d bytes exceeds %d", len(payload), MaxPayload)
 	}
-	b := make([]byte, headerSize, headerSize+len(payload))
+	b := make([]byte, HeaderSize, HeaderSize+len(payload))
 	copy(b, Magic)
 	le := binary.LittleEndian
 	le.PutUint16(b[8:], pstree.FormatMajor)
@@ -65,8 +77,8 @@ func Encode(tr *pstree.Tree) ([]byte, error) {
 
 // Decode parses and validates image bytes.
 func Decode(b []byte) (*pstree.Tree, error) {
-	if len(b) < headerSize {
-		return nil, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrFormat, len(b), headerSize)
+	if len(b) < HeaderSize {
+		return nil, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrFormat, len(b), HeaderSize)
 	}
 	if !bytes.Equal(b[:8], []byte(Magic)) {
 		return nil, fmt.Errorf("%w: bad magic %q (not an nsinit image)", ErrFormat, b[:8])
@@ -77,12 +89,22 @@ func Decode(b []byte) (*pstree.Tree, error) {
 		return nil, fmt.Errorf("%w: image is version %d.%d, this nsinit reads %d.x", ErrVersion, major, minor, pstree.FormatMajor)
 	}
 	n := le.Uint32(b[12:])
-	payload := b[headerSize:]
+	payload := b[HeaderSize:]
 	if uint64(n) != uint64(len(payload)) {
 		return nil, fmt.Errorf("%w: header says %d payload bytes, file has %d (truncated?)", ErrFormat, n, len(payload))
 	}
 	if sum := crc32.Checksum(payload, castagnoli); sum != le.Uint32(b[16:]) {
 		return nil, fmt.Errorf("%w: payload checksum %#08x, header says %#08x", ErrFormat, sum, le.Uint32(b[16:]))
+	}
+	return DecodePayload(payload)
+}
+
+// DecodePayload parses and validates the payload of an image (the bytes
+// after the header), for a caller that has checked the header already, or
+// a fuzzer that wants every mutation to reach the model.
+func DecodePayload(payload []byte) (*pstree.Tree, error) {
+	if len(payload) > MaxPayload {
+		return nil, fmt.Errorf("%w: %d payload bytes, more than %d", ErrFormat, len(payload), MaxPayload)
 	}
 	var img imagepb.Image
 	if err := proto.Unmarshal(payload, &img); err != nil {
@@ -130,16 +152,51 @@ func Write(dir string, tr *pstree.Tree) error {
 	return nil
 }
 
-// Read loads and validates DIR/pstree.img.
+// Read loads and validates DIR/pstree.img. The file is untrusted: see
+// readFile.
 func Read(dir string) (*pstree.Tree, error) {
 	p := filepath.Join(dir, FileName)
-	b, err := os.ReadFile(p)
+	b, err := readFile(p)
 	if err != nil {
-		return nil, fmt.Errorf("read image: %w", err)
+		return nil, fmt.Errorf("read image %s: %w", p, err)
 	}
 	tr, err := Decode(b)
 	if err != nil {
 		return nil, fmt.Errorf("read image %s: %w", p, err)
 	}
 	return tr, nil
+}
+
+// readFile reads an image file that may be anything: it refuses a symbolic
+// link (O_NOFOLLOW) and, from fstat before reading a byte, anything but a
+// regular file of at most MaxFile bytes. O_NONBLOCK makes opening a FIFO
+// return at once instead of waiting for a writer. The read is bounded too,
+// for a file that grows after the fstat.
+func readFile(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%w: a symbolic link", ErrNotRegular)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: file mode %v", ErrNotRegular, st.Mode().Type())
+	}
+	if st.Size() > MaxFile {
+		return nil, fmt.Errorf("%w: %d bytes, more than the %d an image may have", ErrFormat, st.Size(), MaxFile)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxFile {
+		return nil, fmt.Errorf("%w: grew past %d bytes while read", ErrFormat, MaxFile)
+	}
+	return b, nil
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/nsinit/nsinit/pstree"
@@ -143,7 +145,7 @@ func FuzzDecode(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(good)
-	f.Add(good[headerSize:])
+	f.Add(good[HeaderSize:])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, in := range [][]byte{b, withHeader(b)} {
 			tr, err := Decode(in)
@@ -159,7 +161,7 @@ func FuzzDecode(f *testing.F) {
 }
 
 func withHeader(payload []byte) []byte {
-	b := make([]byte, headerSize, headerSize+len(payload))
+	b := make([]byte, HeaderSize, HeaderSize+len(payload))
 	copy(b, Magic)
 	binary.LittleEndian.PutUint16(b[8:], pstree.FormatMajor)
 	binary.LittleEndian.PutUint32(b[12:], uint32(len(payload)))
@@ -181,12 +183,15 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	binary.LittleEndian.PutUint16(v2[8:], pstree.FormatMajor+1)
 	seeds := map[string][]byte{
 		"valid":      good,
-		"payload":    good[headerSize:],
+		"payload":    good[HeaderSize:],
 		"truncated":  good[:len(good)/2],
-		"header":     good[:headerSize],
+		"header":     good[:HeaderSize],
 		"major2":     v2,
 		"bad-parent": withHeader(func() []byte { tr := sample(); tr.Tasks[2].PPID = 7; return mustMarshal(t, tr) }()),
 		"deep":       withHeader(func() []byte { tr := sample(); tr.Namespaces[1].Level = 40; return mustMarshal(t, tr) }()),
+	}
+	for name, tr := range hostileTrees() {
+		seeds[name] = withHeader(mustMarshal(t, tr))
 	}
 	dir := filepath.Join("testdata", "fuzz", "FuzzDecode")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -200,10 +205,94 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	}
 }
 
+// hostileTrees are images that must be refused (issue #11), committed as
+// seeds of FuzzDecode, which restorer.FuzzPlan reads too: each is one field
+// away from sample().
+func hostileTrees() map[string]*pstree.Tree {
+	mut := func(f func(tr *pstree.Tree)) *pstree.Tree { tr := sample(); f(tr); return tr }
+	return map[string]*pstree.Tree{
+		// user namespace 4's parent 3 -> 11 -> 12, 12 absent
+		"dangling-userns": mut(func(tr *pstree.Tree) {
+			tr.Namespaces[2].Parent, tr.Namespaces[2].Owner = 11, 11
+			tr.Namespaces = append(tr.Namespaces, pstree.Namespace{ID: 11, Kind: pstree.UserNS, Parent: 12, Owner: 12})
+		}),
+		"userns-cycle": mut(func(tr *pstree.Tree) { tr.Namespaces[2].Parent, tr.Namespaces[2].Owner = 4, 4 }),
+		"nul-argv":     mut(func(tr *pstree.Tree) { tr.Tasks[0].Argv[1] = "-c\x00rm -rf /" }),
+		"nul-env":      mut(func(tr *pstree.Tree) { tr.Tasks[0].Env[0] = "A=1\x00LD_PRELOAD=/x" }),
+		"nul-exe":      mut(func(tr *pstree.Tree) { tr.Tasks[0].Exe = "/bin/busybox\x00.evil" }),
+		"nul-cwd":      mut(func(tr *pstree.Tree) { tr.Tasks[0].Cwd = "/\x00tmp" }),
+		"nul-comm":     mut(func(tr *pstree.Tree) { tr.Tasks[0].Comm = "s\x00h" }),
+		"root-jail":    mut(func(tr *pstree.Tree) { tr.Tasks[0].Root = "/srv/jail" }),
+		"uid-max":      mut(func(tr *pstree.Tree) { tr.Tasks[0].Creds.UID = pstree.InvalidID }),
+		"pid-max":      mut(func(tr *pstree.Tree) { tr.Tasks[2].PIDs[1] = pstree.MaxPID + 1 }),
+		"map-overflow": mut(func(tr *pstree.Tree) {
+			tr.Namespaces[3].UIDMap[0].Inside = 1 << 31
+			tr.Namespaces[3].UIDMap[0].Count = 1 << 31
+		}),
+		"zombie-sig65": mut(func(tr *pstree.Tree) { tr.Tasks[2].ExitStatus = 65 }),
+	}
+}
+
+// TestHostileTreesRefused: every hostile seed is refused by Decode, with
+// the validator's error.
+func TestHostileTreesRefused(t *testing.T) {
+	for name, tr := range hostileTrees() {
+		if _, err := Decode(withHeader(mustMarshal(t, tr))); !errors.Is(err, pstree.ErrInvalid) {
+			t.Errorf("%s: got %v, want ErrInvalid", name, err)
+		}
+	}
+}
+
 func mustMarshal(t *testing.T, tr *pstree.Tree) []byte {
 	b, err := proto.Marshal(toProto(tr))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestReadRefusesUnsafeFiles: Read looks at what pstree.img is before
+// reading a byte of it. A FIFO (no writer) or a symbolic link to /dev/zero
+// made Read block or allocate forever; an oversized file is refused from
+// its size alone (a sparse file: nothing is read).
+func TestReadRefusesUnsafeFiles(t *testing.T) {
+	cases := map[string]struct {
+		make func(p string) error
+		want error
+		msg  string
+	}{
+		"fifo":            {func(p string) error { return syscall.Mkfifo(p, 0o600) }, ErrNotRegular, "file mode p"},
+		"symlink to zero": {func(p string) error { return os.Symlink("/dev/zero", p) }, ErrNotRegular, "a symbolic link"},
+		"symlink to image": {func(p string) error {
+			good := filepath.Join(filepath.Dir(p), "good.img")
+			b, err := Encode(sample())
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(good, b, 0o600); err != nil {
+				return err
+			}
+			return os.Symlink(good, p)
+		}, ErrNotRegular, "a symbolic link"},
+		"directory": {func(p string) error { return os.Mkdir(p, 0o700) }, ErrNotRegular, "file mode d"},
+		"oversized": {func(p string) error {
+			f, err := os.Create(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return f.Truncate(MaxFile + 1)
+		}, ErrFormat, "268435457 bytes, more than the 268435456 an image may have"},
+	}
+	for name, c := range cases {
+		dir := t.TempDir()
+		p := filepath.Join(dir, FileName)
+		if err := c.make(p); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		_, err := Read(dir)
+		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: got %v, want %v naming %s with %q", name, err, c.want, p, c.msg)
+		}
+	}
 }

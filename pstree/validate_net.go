@@ -1,8 +1,10 @@
 package pstree
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Limits the kernel puts on namespace contents.
@@ -16,11 +18,24 @@ func validateContents(ns *Namespace) error {
 	if ns.Kind != UTSNS && (ns.Hostname != "" || ns.Domainname != "") {
 		return errors.New("hostname or domainname on a namespace that is not uts")
 	}
-	if len(ns.Hostname) > maxHostname || len(ns.Domainname) > maxHostname {
-		return fmt.Errorf("hostname or domainname longer than %d bytes", maxHostname)
+	for _, h := range []struct{ name, s string }{{"hostname", ns.Hostname}, {"domainname", ns.Domainname}} {
+		if err := cString(h.s, maxHostname); err != nil {
+			return fmt.Errorf("%s: %w", h.name, err)
+		}
 	}
 	if ns.Kind != UserNS && (ns.UIDMap != nil || ns.GIDMap != nil) {
 		return errors.New("id maps on a namespace that is not a user namespace")
+	}
+	if ns.OwnerUID == InvalidID {
+		return fmt.Errorf("owner uid %d is not a valid id", ns.OwnerUID)
+	}
+	for _, m := range []struct {
+		name string
+		m    []IDMapEntry
+	}{{"uid_map", ns.UIDMap}, {"gid_map", ns.GIDMap}} {
+		if err := validateMap(m.m); err != nil {
+			return fmt.Errorf("%s: %w", m.name, err)
+		}
 	}
 	if ns.Kind != NetNS || ns.Ambient {
 		if ns.Links != nil || ns.Routes != nil {
@@ -31,7 +46,7 @@ func validateContents(ns *Namespace) error {
 	names := map[string]bool{}
 	for i := range ns.Links {
 		l := &ns.Links[i]
-		if l.Name == "" || len(l.Name) > maxIfName {
+		if err := cString(l.Name, maxIfName); l.Name == "" || err != nil {
 			return fmt.Errorf("link %d: bad name %q", i, l.Name)
 		}
 		if names[l.Name] {
@@ -46,6 +61,12 @@ func validateContents(ns *Namespace) error {
 		}
 		if l.Kind != LinkVeth && (l.PeerNS != 0 || l.PeerName != "") {
 			return fmt.Errorf("link %q: a %v link has no peer", l.Name, l.Kind)
+		}
+		if err := cString(l.PeerName, maxIfName); err != nil {
+			return fmt.Errorf("link %q: peer name: %w", l.Name, err)
+		}
+		if err := cString(l.KindName, maxIfName); err != nil {
+			return fmt.Errorf("link %q: kind name: %w", l.Name, err)
 		}
 		for _, a := range l.Addrs {
 			if !a.IsValid() {
@@ -73,10 +94,52 @@ func validateContents(ns *Namespace) error {
 	return nil
 }
 
+// validateMap refuses a uid_map or gid_map the kernel would not take
+// (kernel/user_namespace.c, map_write): more than MaxMapLines lines, an
+// empty range, a range that wraps past InvalidID, ranges that overlap.
+func validateMap(m []IDMapEntry) error {
+	if len(m) > MaxMapLines {
+		return fmt.Errorf("%d lines, more than %d", len(m), MaxMapLines)
+	}
+	for i, e := range m {
+		if e.Count == 0 {
+			return fmt.Errorf("line %d: empty range", i)
+		}
+		if uint64(e.Inside)+uint64(e.Count) > InvalidID || uint64(e.Outside)+uint64(e.Count) > InvalidID {
+			return fmt.Errorf("line %d (%d %d %d): range overflows the ids", i, e.Inside, e.Outside, e.Count)
+		}
+	}
+	for _, side := range []struct {
+		name  string
+		first func(IDMapEntry) uint32
+	}{{"inside", func(e IDMapEntry) uint32 { return e.Inside }}, {"outside", func(e IDMapEntry) uint32 { return e.Outside }}} {
+		s := slices.SortedFunc(slices.Values(m), func(a, b IDMapEntry) int { return cmp.Compare(side.first(a), side.first(b)) })
+		for i := 1; i < len(s); i++ {
+			if uint64(side.first(s[i-1]))+uint64(s[i-1].Count) > uint64(side.first(s[i])) {
+				return fmt.Errorf("%s ranges at %d and %d overlap", side.name, side.first(s[i-1]), side.first(s[i]))
+			}
+		}
+	}
+	return nil
+}
+
+type linkKey struct {
+	ns   NSID
+	name string
+}
+
 // validatePeers checks that every veth whose peer is known names a veth of
 // a recorded net namespace that names it back.
-func validatePeers(byID map[NSID]*Namespace) error {
-	for _, ns := range byID {
+func validatePeers(tr *Tree, byID map[NSID]*Namespace) error {
+	links := map[linkKey]*NetLink{}
+	for i := range tr.Namespaces {
+		ns := &tr.Namespaces[i]
+		for j := range ns.Links {
+			links[linkKey{ns.ID, ns.Links[j].Name}] = &ns.Links[j]
+		}
+	}
+	for i := range tr.Namespaces {
+		ns := &tr.Namespaces[i]
 		for _, l := range ns.Links {
 			if l.Kind != LinkVeth || l.PeerNS == 0 {
 				continue
@@ -85,7 +148,7 @@ func validatePeers(byID map[NSID]*Namespace) error {
 			if !ok || pns.Kind != NetNS {
 				return fmt.Errorf("net namespace %d: veth %q: peer namespace %d is not a net namespace of the image", ns.ID, l.Name, l.PeerNS)
 			}
-			p := pns.Link(l.PeerName)
+			p := links[linkKey{pns.ID, l.PeerName}]
 			if p == nil || p.Kind != LinkVeth {
 				return fmt.Errorf("net namespace %d: veth %q: peer %q is not a veth of net namespace %d", ns.ID, l.Name, l.PeerName, pns.ID)
 			}

@@ -88,10 +88,6 @@ func TestValidateRejects(t *testing.T) {
 			tr.Namespaces[3].Routes[0].Gateway = netip.MustParseAddr("fe80::1")
 		},
 		"route no dst": func(tr *Tree) { tr.Namespaces[3].Routes[0].Dst = netip.Prefix{} },
-		"user cycle": func(tr *Tree) {
-			tr.Namespaces = append(tr.Namespaces, Namespace{ID: 4, Kind: UserNS, Parent: 3})
-			tr.Namespaces[2].Parent = 4
-		},
 	}
 	for name, mutate := range cases {
 		tr := validTree()
@@ -102,5 +98,123 @@ func TestValidateRejects(t *testing.T) {
 		} else if strings.Contains(err.Error(), "%!") {
 			t.Errorf("%s: bad format: %v", name, err)
 		}
+	}
+}
+
+// TestValidateRefusesHostile: each hostile image is refused with an error
+// that names the field and the task or namespace, never a panic.
+func TestValidateRefusesHostile(t *testing.T) {
+	userChain := func(tr *Tree, parents ...NSID) {
+		// user namespaces 10, 11, ... whose parents are the given ids.
+		for i, p := range parents {
+			tr.Namespaces = append(tr.Namespaces, Namespace{ID: NSID(10 + i), Kind: UserNS, Parent: p, Owner: p})
+		}
+	}
+	cases := []struct {
+		name   string
+		mutate func(tr *Tree)
+		want   string
+	}{
+		{"dangling user chain", func(tr *Tree) { userChain(tr, 11, 12) }, "user namespace 11: parent 12 missing"},
+		{"user cycle", func(tr *Tree) { userChain(tr, 11, 12, 10) }, "user namespace 10: parent chain has a cycle"},
+		{"user self parent", func(tr *Tree) { userChain(tr, 10) }, "user namespace 10: parent chain has a cycle"},
+		{"user chain too deep", func(tr *Tree) {
+			parents := []NSID{3} // 3 <- 10 <- 11 ... <- 42: 34 deep
+			for i := range MaxLevel {
+				parents = append(parents, NSID(10+i))
+			}
+			userChain(tr, parents...)
+		}, "user namespace 42: 34 nested user namespaces, more than 33"},
+		{"dangling pid parent", func(tr *Tree) { tr.Namespaces[1].Parent = 9 }, "pid namespace 2: parent 9 missing"},
+		{"dangling owner", func(tr *Tree) { tr.Namespaces[3].Owner = 9 }, "net namespace 4: owner 9 missing"},
+		{"user owner not parent", func(tr *Tree) { userChain(tr, 3); tr.Namespaces[6].Parent = 0 }, "user namespace 10: owner 3 is not its parent 0"},
+		{"NUL in argv", func(tr *Tree) { tr.Tasks[1].Argv = []string{"sh", "-c", "rm\x00-rf"} }, "task 1 (pid 11): argv[2]: contains a NUL byte"},
+		{"NUL in env", func(tr *Tree) { tr.Tasks[0].Env = []string{"A=1\x00B=2"} }, "task 0 (pid 10): env[0]: contains a NUL byte"},
+		{"NUL in exe", func(tr *Tree) { tr.Tasks[0].Exe = "/bin/true\x00/x" }, "task 0 (pid 10): exe: contains a NUL byte at offset 9"},
+		{"NUL in cwd", func(tr *Tree) { tr.Tasks[0].Cwd = "/tmp\x00" }, "task 0 (pid 10): cwd: contains a NUL byte"},
+		{"NUL in comm", func(tr *Tree) { tr.Tasks[0].Comm = "a\x00" }, "task 0 (pid 10): command name"},
+		{"NUL in hostname", func(tr *Tree) { tr.Namespaces[5].Hostname = "b\x00x" }, "uts namespace 6: hostname: contains a NUL byte"},
+		{"NUL in link", func(tr *Tree) { tr.Namespaces[3].Links[0].Name = "l\x00" }, "net namespace 4: link 0: bad name"},
+		{"long exe", func(tr *Tree) { tr.Tasks[0].Exe = "/" + strings.Repeat("x", MaxPath) }, "task 0 (pid 10): exe: 4097 bytes, more than 4096"},
+		{"root not /", func(tr *Tree) { tr.Tasks[1].Root = "/srv/jail" }, `task 1 (pid 11): root "/srv/jail": restore re-creates no root but /`},
+		{"huge argv", func(tr *Tree) { tr.Tasks[0].Argv = []string{strings.Repeat("a", MaxArgBytes)} }, "task 0 (pid 10): argv and env longer than"},
+		{"uid -1", func(tr *Tree) { tr.Tasks[0].Creds.EUID = InvalidID }, "task 0 (pid 10): euid 4294967295 is not a valid id"},
+		{"group -1", func(tr *Tree) { tr.Tasks[0].Creds.Groups = []uint32{0, InvalidID} }, "task 0 (pid 10): groups[1]"},
+		{"ambient not permitted", func(tr *Tree) { tr.Tasks[0].Creds.CapInh, tr.Tasks[0].Creds.CapAmb = 1, 3 }, "task 0 (pid 10): ambient capabilities 0x3 neither"},
+		{"too many groups", func(tr *Tree) { tr.Tasks[0].Creds.Groups = make([]uint32, MaxGroups+1) }, "65537 supplementary groups"},
+		{"map overflow", func(tr *Tree) { tr.Namespaces[2].UIDMap = []IDMapEntry{{Inside: 1, Outside: 0, Count: InvalidID}} }, "user namespace 3: uid_map: line 0 (1 0 4294967295): range overflows"},
+		{"map empty range", func(tr *Tree) { tr.Namespaces[2].GIDMap = []IDMapEntry{{Count: 0}} }, "user namespace 3: gid_map: line 0: empty range"},
+		{"map overlap", func(tr *Tree) {
+			tr.Namespaces[2].UIDMap = []IDMapEntry{{Inside: 0, Outside: 1000, Count: 10}, {Inside: 5, Outside: 5000, Count: 1}}
+		}, "uid_map: inside ranges at 0 and 5 overlap"},
+		{"map lines", func(tr *Tree) {
+			for i := range MaxMapLines + 1 {
+				tr.Namespaces[2].UIDMap = append(tr.Namespaces[2].UIDMap, IDMapEntry{Inside: uint32(i), Outside: uint32(i), Count: 1})
+			}
+		}, "uid_map: 341 lines, more than 340"},
+		{"pid too big", func(tr *Tree) { tr.Tasks[2].PIDs[0] = MaxPID + 1 }, "task 2 (pid 4194305): pid 4194305 at level 0 out of range 1..4194304"},
+		{"negative pid", func(tr *Tree) { tr.Tasks[2].PIDs[1] = -3 }, "task 2 (pid 12): pid -3 at level 1 out of range"},
+		{"tid too big", func(tr *Tree) { tr.Tasks[1].Threads[0].TIDs[1] = MaxPID + 1 }, "task 1 (pid 11) thread 0: pid 4194305 at level 1 out of range"},
+		{"pgid too big", func(tr *Tree) { tr.Tasks[1].PGIDs[0] = MaxPID + 1 }, "task 1 (pid 11): pgid 4194305 or sid 10 at level 0 out of range"},
+		{"last pid too big", func(tr *Tree) { tr.Namespaces[0].LastPID = MaxPID + 1 }, "namespace 1: last pid 4194305 out of range"},
+		{"level too deep", func(tr *Tree) { tr.Namespaces[1].Level = MaxLevel + 1 }, "namespace 2: level 33 out of range 0..32"},
+		{"too many levels", func(tr *Tree) { tr.Tasks[0].PIDs = make([]int, MaxLevel+2) }, "task 0: 34 pid levels, want 1..33"},
+		{"signal out of range", func(tr *Tree) { tr.Tasks[2].ExitStatus = 65 }, "task 2 (pid 12): impossible exit status 0x41"},
+		{"exit code out of range", func(tr *Tree) { tr.Tasks[2].ExitStatus = 256 << 8 }, "task 2 (pid 12): impossible exit status 0x10000"},
+		{"too many tasks", func(tr *Tree) { tr.Tasks = make([]Task, MaxTasks+1) }, "65537 tasks, more than 65536"},
+		{"too many namespaces", func(tr *Tree) { tr.Namespaces = make([]Namespace, MaxNamespaces+1) }, "65537 namespaces, more than 65536"},
+		{"too many threads", func(tr *Tree) { tr.Tasks[1].Threads = make([]Thread, MaxThreads+1) }, "more than 65536 threads"},
+	}
+	for _, c := range cases {
+		tr := validTree()
+		c.mutate(tr)
+		err := Validate(tr)
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want ErrInvalid with %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestValidateDanglingChainNoPanic: a user namespace chain 1 -> 2 -> 3
+// with 3 absent used to dereference nil when the namespace map happened to
+// be walked from its far end; refused the same way on every run now.
+func TestValidateDanglingChainNoPanic(t *testing.T) {
+	for range 100 {
+		tr := validTree()
+		tr.Namespaces = append(tr.Namespaces,
+			Namespace{ID: 10, Kind: UserNS, Parent: 11, Owner: 11},
+			Namespace{ID: 11, Kind: UserNS, Parent: 12, Owner: 12})
+		if err := Validate(tr); err == nil || !strings.Contains(err.Error(), "user namespace 11: parent 12 missing") {
+			t.Fatalf("got %v", err)
+		}
+	}
+}
+
+// TestValidateDeepestUserChain: 33 user namespaces (the initial one and 32
+// nested) are what the kernel allows, whatever the order they are listed in.
+func TestValidateDeepestUserChain(t *testing.T) {
+	tr := validTree()
+	for i := MaxLevel; i >= 1; i-- { // children first: depths come from below
+		p := NSID(10 + i - 1)
+		if i == 1 {
+			p = 3
+		}
+		tr.Namespaces = append(tr.Namespaces, Namespace{ID: NSID(10 + i), Kind: UserNS, Parent: p, Owner: p})
+	}
+	tr.Namespaces = append(tr.Namespaces, Namespace{ID: 10, Kind: UserNS}) // unused, at depth 1
+	if err := Validate(tr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestValidateKeepsIdentityMap: the whole-range map of the initial user
+// namespace, 0 0 4294967295, is the largest valid one.
+func TestValidateKeepsIdentityMap(t *testing.T) {
+	tr := validTree()
+	tr.Namespaces[2].UIDMap = []IDMapEntry{{Inside: 0, Outside: 0, Count: InvalidID}}
+	tr.Namespaces[2].GIDMap = []IDMapEntry{{Inside: 0, Outside: 1000, Count: 1}, {Inside: 1, Outside: 100000, Count: 65536}}
+	tr.Tasks[0].Root = "/"
+	if err := Validate(tr); err != nil {
+		t.Fatal(err)
 	}
 }

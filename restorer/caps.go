@@ -54,9 +54,6 @@ func capsOf(p *Plan, ti int, last uint) (taskCaps, error) {
 	if extra := (c.CapInh | c.CapAmb) &^ valid; extra != 0 {
 		return taskCaps{}, fmt.Errorf("task %v: inheritable/ambient capabilities %#x beyond this kernel's cap_last_cap %d: %w", t.PIDs, extra, last, ErrUnsupported)
 	}
-	if c.CapAmb&^(c.CapInh&c.CapPrm) != 0 {
-		return taskCaps{}, fmt.Errorf("task %v: ambient capabilities %#x not both inheritable %#x and permitted %#x: %w", t.PIDs, c.CapAmb, c.CapInh, c.CapPrm, ErrBadImage)
-	}
 	tc := taskCaps{ok: true, keep: c.CapAmb != 0, inh: c.CapInh, bnd: c.CapBnd & valid, amb: c.CapAmb}
 	if t.State == pstree.Zombie {
 		tc.exact, tc.keep, tc.prm, tc.eff = true, true, c.CapPrm, c.CapEff

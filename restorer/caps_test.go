@@ -224,7 +224,6 @@ func TestCapsOf(t *testing.T) {
 		want error
 	}{
 		"inheritable past cap_last_cap": {pstree.Creds{CapInh: 1 << 50, CapBnd: full}, ErrUnsupported},
-		"ambient not permitted":         {pstree.Creds{CapInh: 1, CapAmb: 1, CapBnd: full}, ErrBadImage},
 	} {
 		if _, err := capsOf(mk(pstree.Live, x.cr), 0, last); !errors.Is(err, x.want) {
 			t.Errorf("%s: %v, want %v", name, err, x.want)

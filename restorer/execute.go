@@ -255,10 +255,7 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 			if t < 0 || p.Tree.Tasks[t].State == pstree.Zombie {
 				continue
 			}
-			tk := &p.Tree.Tasks[t]
-			if tk.Exe == "" {
-				return nil, fmt.Errorf("%s: no executable recorded for the exec payload: %w", p.name(i), ErrBadImage)
-			}
+			tk := &p.Tree.Tasks[t] // has an Exe: checkPayload
 			// An agent or a waiter execs this nsinit with its own argv
 			// (agents.go, internal/waiter).
 			exe, argv := tk.Exe, tk.Argv

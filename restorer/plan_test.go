@@ -193,6 +193,18 @@ func TestPlanRejectsBadImages(t *testing.T) {
 	}
 }
 
+// TestPlanExecNeedsExe: only the exec payload needs a task's executable, so
+// the planner, which knows the payload, refuses a task without one (a
+// zombie runs nothing).
+func TestPlanExecNeedsExe(t *testing.T) {
+	tr := f43()
+	tr.Tasks[2].Exe = ""
+	if _, err := NewPlan(tr, Options{}); !errors.Is(err, ErrBadImage) || !strings.Contains(err.Error(), "task 2 (pid 31502): no executable") {
+		t.Errorf("exec payload: %v, want ErrBadImage naming task 2", err)
+	}
+	mustPlan(t, tr, Options{Payload: PayloadStopped})
+}
+
 // pfcTree has every kind of pid_for_children: a task that did `unshare -p`
 // and exec'd after its first child (pfc = its child's namespace, at two
 // levels), one that did setns(CLONE_NEWPID) into a grandchild namespace,
@@ -236,11 +248,12 @@ func TestPlanPidForChildren(t *testing.T) {
 	if err := m.compare(p, []int{0, 1, 2, 3, 4}); err == nil || !strings.Contains(err.Error(), "pid_for_children") {
 		t.Errorf("compare without setpfc steps: %v", err)
 	}
-	// A pid_for_children above the task's own namespace cannot be set.
+	// A pid_for_children above the task's own namespace cannot exist
+	// (setns(CLONE_NEWPID) only goes down): the validator refuses it.
 	bad := pfcTree()
 	bad.Tasks[2].NS[pstree.PidForChildrenNS] = 2
-	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("pfc above the task's namespace: %v, want ErrUnsupported", err)
+	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrBadImage) {
+		t.Errorf("pfc above the task's namespace: %v, want ErrBadImage", err)
 	}
 }
 

@@ -23,7 +23,13 @@ import (
 // their parent never had (orphans) are created by their session leader
 // with CLONE_PARENT (F2.7).
 func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
-	if err := validate(tr); err != nil {
+	// The one validator of images (guideline 18): whatever passes it has
+	// the shape the planner relies on, so bad input is an error, never a
+	// panic. What only planning can find is ErrUnsupported below.
+	if err := pstree.Validate(tr); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadImage, err)
+	}
+	if err := checkPayload(tr, opt); err != nil {
 		return nil, err
 	}
 	pl := &planner{
@@ -36,6 +42,21 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 		return nil, err
 	}
 	return pl.plan, nil
+}
+
+// checkPayload refuses what only the chosen payload makes impossible, so
+// that Execute never finds it after a plan was printed: a task the exec
+// payload runs (any but a zombie) needs an executable.
+func checkPayload(tr *pstree.Tree, opt Options) error {
+	if opt.Payload != PayloadExec {
+		return nil
+	}
+	for i := range tr.Tasks {
+		if t := &tr.Tasks[i]; t.State != pstree.Zombie && t.Exe == "" {
+			return fmt.Errorf("task %d (pid %d): no executable recorded for the exec payload: %w", i, t.PID(), ErrBadImage)
+		}
+	}
+	return nil
 }
 
 // join is a setpgid still to plan: actor moves target (0: itself) into g.
@@ -1009,86 +1030,3 @@ func (pl *planner) pidForChildren() error {
 	}
 	return nil
 }
-
-// validate checks the image's shape before anything is planned, so bad input
-// is an error and never a panic.
-func validate(tr *pstree.Tree) error {
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%s: %w", fmt.Sprintf(format, a...), ErrBadImage)
-	}
-	if tr == nil || len(tr.Tasks) == 0 {
-		return bad("no tasks")
-	}
-	nss := map[pstree.NSID]*pstree.Namespace{}
-	for i := range tr.Namespaces {
-		n := &tr.Namespaces[i]
-		if n.ID == 0 || nss[n.ID] != nil {
-			return bad("namespace id %d: zero or duplicate", n.ID)
-		}
-		nss[n.ID] = n
-	}
-	for _, n := range nss {
-		if n.Kind != pstree.PidNS {
-			continue
-		}
-		if n.Level < 0 || n.Level > sysMaxLevel {
-			return bad("pid ns %d: level %d", n.ID, n.Level)
-		}
-		if n.Level > 0 {
-			p := nss[n.Parent]
-			if p == nil || p.Kind != pstree.PidNS || p.Level != n.Level-1 {
-				return bad("pid ns %d at level %d: parent %d is not a pid ns one level up", n.ID, n.Level, n.Parent)
-			}
-		}
-	}
-	seen := map[nsNum]bool{}
-	for i := range tr.Tasks {
-		t := &tr.Tasks[i]
-		if len(t.PIDs) == 0 {
-			return bad("task %d has no pids", i)
-		}
-		n := nss[t.NS[pstree.PidNS]]
-		if n == nil || n.Kind != pstree.PidNS || n.Level != len(t.PIDs)-1 {
-			return bad("task %v: pid ns %d does not match its %d levels", t.PIDs, t.NS[pstree.PidNS], len(t.PIDs))
-		}
-		if len(t.SIDs) != len(t.PIDs) || len(t.PGIDs) != len(t.PIDs) || t.SIDs[0] < 0 || t.PGIDs[0] < 0 {
-			return bad("task %v: sids %v / pgids %v do not match its levels", t.PIDs, t.SIDs, t.PGIDs)
-		}
-		if (i == 0) != (t.PPID == 0) {
-			return bad("task %v: only the root (first task) has ppid 0", t.PIDs)
-		}
-		vecs := [][]int{t.PIDs}
-		for _, th := range t.Threads {
-			if len(th.TIDs) != len(t.PIDs) {
-				return bad("task %v: thread %v has %d levels", t.PIDs, th.TIDs, len(th.TIDs))
-			}
-			vecs = append(vecs, th.TIDs)
-		}
-		if t.State < pstree.Live || t.State > pstree.Zombie {
-			return bad("task %v: state %d", t.PIDs, t.State)
-		}
-		c := []pstree.NSID{}
-		for id := n.ID; id != 0; id = nss[id].Parent {
-			c = append([]pstree.NSID{id}, c...)
-			if nss[id].Level == 0 {
-				break
-			}
-		}
-		for _, v := range vecs {
-			for l, p := range v {
-				if p <= 0 || l >= len(c) {
-					return bad("task %v: pid %d at level %d", t.PIDs, p, l)
-				}
-				k := nsNum{c[l], p}
-				if seen[k] {
-					return bad("pid %d used twice at level %d", p, l)
-				}
-				seen[k] = true
-			}
-		}
-	}
-	return nil
-}
-
-// sysMaxLevel is the deepest pid namespace level Linux allows.
-const sysMaxLevel = 32
