@@ -56,6 +56,9 @@ type Config struct {
 	// Listen, when set, is the path of a restore socket the init serves
 	// (listen.go): clients restore images into its pid namespace.
 	Listen string
+	// ListenUIDs are the uids served besides the agent's own (their
+	// restores run with their ids and CAP_CHECKPOINT_RESTORE only).
+	ListenUIDs []uint32
 	// Log receives diagnostics (nil: stderr).
 	Log io.Writer
 	// Started, when set, runs once the init is set up - signals taken,
@@ -100,7 +103,7 @@ func Run(cfg Config) int {
 	}
 
 	if cfg.Listen != "" {
-		if err := Listen(cfg.Listen, log); err != nil {
+		if err := Listen(cfg.Listen, cfg.ListenUIDs, log); err != nil {
 			fmt.Fprintf(log, "nsinit: %v\n", err)
 			return ExitInitFailure
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -29,7 +31,10 @@ import (
 // give, so the service is a root shell for its clients. It therefore
 // serves only clients whose uid, as the agent's user namespace sees it
 // (SO_PEERCRED), is the agent's own effective uid, on a path socket of mode
-// 0600 (never an abstract name, which no file permission protects). The
+// 0600 (never an abstract name, which no file permission protects). Other
+// uids are served only when named (--listen-uid), and their restorer runs
+// with their ids, groups and CAP_CHECKPOINT_RESTORE alone, so the kernel
+// refuses whatever the image asks beyond what they could do. The
 // image directory comes from the client as an open descriptor
 // (SCM_RIGHTS), so the agent reads only what the client itself could
 // open; only the restorer's own error lines go back. Every read has a
@@ -61,9 +66,10 @@ var ErrAbstractSocket = errors.New("abstract unix socket names are not protected
 
 // Listen binds the restore socket at path (SOCK_SEQPACKET, mode 0600: the
 // file's permissions are the first gate, SO_PEERCRED the second) and
-// serves each connection on a goroutine of its own. A stale socket file is
-// replaced. Errors of single connections go to log.
-func Listen(path string, log io.Writer) error {
+// serves each connection on a goroutine of its own: clients of the agent's
+// own uid, and of the uids in others with their own rights. A stale socket
+// file is replaced. Errors of single connections go to log.
+func Listen(path string, others []uint32, log io.Writer) error {
 	if path == "" || path[0] == '@' || strings.IndexByte(path, 0) >= 0 {
 		return fmt.Errorf("listen %q: %w (give a path)", path, ErrAbstractSocket)
 	}
@@ -84,7 +90,7 @@ func Listen(path string, log io.Writer) error {
 		unix.Close(fd)
 		return fmt.Errorf("listen %s: %w", path, err)
 	}
-	s := &service{log: log, uid: uint32(os.Geteuid()), slots: make(chan struct{}, maxClients)}
+	s := &service{log: log, uid: uint32(os.Geteuid()), others: others, slots: make(chan struct{}, maxClients)}
 	go s.accept(fd, path)
 	return nil
 }
@@ -93,7 +99,8 @@ func Listen(path string, log io.Writer) error {
 // slots, and the one restore that may run at a time.
 type service struct {
 	log       io.Writer
-	uid       uint32 // the only client uid served
+	uid       uint32   // the agent's own: served with its rights
+	others    []uint32 // served with their own rights (--listen-uid)
 	slots     chan struct{}
 	restoring sync.Mutex
 }
@@ -159,9 +166,16 @@ func (s *service) serveClient(f *os.File) {
 		fmt.Fprintf(s.log, "nsinit: restore client: %v\n", err)
 		return
 	}
+	var as *clientIDs // nil: the agent's own uid, its own rights
+	if cred.Uid != s.uid && slices.Contains(s.others, cred.Uid) {
+		if as, err = clientIDsOf(f, cred); err != nil {
+			fmt.Fprintf(s.log, "nsinit: restore client: %v\n", err)
+			return
+		}
+	}
 	err = c.Serve(func(req *agentpb.Request) (*agentpb.Reply, error) {
-		if cred.Uid != s.uid {
-			return nil, fmt.Errorf("uid %d may not use this restore socket (only uid %d, the agent's own): %w", cred.Uid, s.uid, unix.EPERM)
+		if cred.Uid != s.uid && as == nil {
+			return nil, fmt.Errorf("uid %d may not use this restore socket (only uid %d, the agent's own, and those given with --listen-uid): %w", cred.Uid, s.uid, unix.EPERM)
 		}
 		switch op := req.Op.(type) {
 		case *agentpb.Request_Hello:
@@ -176,7 +190,7 @@ func (s *service) serveClient(f *os.File) {
 				return nil, fmt.Errorf("restore: another restore is running in this namespace: %w", unix.EBUSY)
 			}
 			defer s.restoring.Unlock()
-			root, err := restoreHere(op.Restore, dir)
+			root, err := restoreHere(op.Restore, dir, as)
 			if err != nil {
 				return nil, err
 			}
@@ -197,7 +211,7 @@ func (s *service) serveClient(f *os.File) {
 // window, so they stay off the pids the image needs, and the cursor is put
 // back afterwards. The agent's reaper reaps the restorer when it exits, so
 // its end is watched through a pidfd and its result read from files.
-func restoreHere(r *agentpb.Restore, dir int) (int, error) {
+func restoreHere(r *agentpb.Restore, dir int, as *clientIDs) (int, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(dir, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return 0, fmt.Errorf("restore: the descriptor sent is not a directory: %w", unix.ENOTDIR)
@@ -205,7 +219,7 @@ func restoreHere(r *agentpb.Restore, dir int) (int, error) {
 	if !slices.Contains([]string{"", "exec", "stopped"}, r.Payload) || !slices.Contains([]string{"", "set_tid", "ns_last_pid"}, r.Placement) {
 		return 0, fmt.Errorf("restore: payload %q or placement %q unknown: %w", r.Payload, r.Placement, unix.EINVAL)
 	}
-	exe, err := os.Executable()
+	exe, err := restorerExe()
 	if err != nil {
 		return 0, err
 	}
@@ -214,6 +228,14 @@ func restoreHere(r *agentpb.Restore, dir int) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(tmp)
+	attr := &os.ProcAttr{}
+	if as != nil {
+		// Its restorer writes the pidfile here.
+		if err := os.Chown(tmp, int(as.uid), int(as.gid)); err != nil {
+			return 0, err
+		}
+		attr.Sys = as.sysProcAttr()
+	}
 	msgs, err := os.Create(filepath.Join(tmp, "stderr"))
 	if err != nil {
 		return 0, err
@@ -236,7 +258,8 @@ func restoreHere(r *agentpb.Restore, dir int) (int, error) {
 
 	restoreCursor := moveCursorHigh()
 	defer restoreCursor()
-	p, err := os.StartProcess(exe, args, &os.ProcAttr{Files: []*os.File{null, null, msgs, dirFile}})
+	attr.Files = []*os.File{null, null, msgs, dirFile}
+	p, err := os.StartProcess(exe, args, attr)
 	if err != nil {
 		return 0, fmt.Errorf("start the restorer: %w", err)
 	}
@@ -262,6 +285,54 @@ func restoreHere(r *agentpb.Restore, dir int) (int, error) {
 		}
 	}
 	return 0, errors.New(restorerMessage(msgs))
+}
+
+// restorerExe is the binary run as the restorer: this one (tests point it
+// at the built nsinit).
+var restorerExe = os.Executable
+
+// clientIDs are the ids a client of another uid restores with.
+type clientIDs struct {
+	uid, gid uint32
+	groups   []uint32
+}
+
+// clientIDsOf reads the client's ids and supplementary groups as the
+// kernel recorded them when it connected (SO_PEERCRED, SO_PEERGROUPS).
+func clientIDsOf(f *os.File, cred *unix.Ucred) (*clientIDs, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var groups string
+	var gerr error
+	if err := raw.Control(func(fd uintptr) {
+		groups, gerr = unix.GetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS)
+	}); err != nil {
+		return nil, err
+	}
+	if gerr != nil {
+		return nil, fmt.Errorf("SO_PEERGROUPS: %w", gerr)
+	}
+	ids := &clientIDs{uid: cred.Uid, gid: cred.Gid}
+	for b := []byte(groups); len(b) >= 4; b = b[4:] {
+		ids.groups = append(ids.groups, binary.NativeEndian.Uint32(b))
+	}
+	return ids, nil
+}
+
+// sysProcAttr starts the restorer with the client's ids and groups and no
+// capability but CAP_CHECKPOINT_RESTORE (ambient, so it survives the exec),
+// which chooses pids and nothing else: every credential, namespace and
+// capability the image asks for is then the kernel's to refuse as it
+// would refuse the client. The restorer clears its ambient and inheritable
+// sets before it creates a task (restorer.Execute), so no restored task
+// keeps it.
+func (c *clientIDs) sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: c.uid, Gid: c.gid, Groups: c.groups},
+		AmbientCaps: []uintptr{unix.CAP_CHECKPOINT_RESTORE},
+	}
 }
 
 // waitPidfd waits until the process of pidfd exits, at most d (d < 0:

@@ -2,16 +2,20 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/testutil"
+	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"golang.org/x/sys/unix"
 )
@@ -33,7 +37,7 @@ func listenHere(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "agent.sock")
-	if err := Listen(sock, io.Discard); err != nil {
+	if err := Listen(sock, nil, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	return sock
@@ -41,7 +45,7 @@ func listenHere(t *testing.T) string {
 
 func TestListenRefusesAbstractNames(t *testing.T) {
 	for _, name := range []string{"@nsinit", "\x00nsinit", ""} {
-		if err := Listen(name, io.Discard); !errors.Is(err, ErrAbstractSocket) {
+		if err := Listen(name, nil, io.Discard); !errors.Is(err, ErrAbstractSocket) {
 			t.Errorf("Listen(%q): %v, want ErrAbstractSocket", name, err)
 		}
 	}
@@ -152,4 +156,133 @@ func TestRestoreServiceBoundsClients(t *testing.T) {
 	if _, err := idle.recv(time.Minute); !errors.Is(err, io.EOF) {
 		t.Errorf("an idle client: %v, want the connection closed (EOF)", err)
 	}
+}
+
+// TestRestoreServiceOtherUIDWithItsRights: an agent run with --listen-uid
+// 1000 serves uid 1000 with uid 1000's rights only. Its own task (uid 1000,
+// busybox sleep) is restored at the image's pid with no capability left;
+// an image whose task is uid 0 and would write `id` to a file is refused
+// by the kernel, and the file never appears.
+func TestRestoreServiceOtherUIDWithItsRights(t *testing.T) {
+	testutil.Require(t, testutil.Root)
+	bin := testutil.Binary(t)
+	defer func(f func() (string, error)) { restorerExe = f }(restorerExe)
+	restorerExe = func() (string, error) { return bin, nil }
+	dir, err := os.MkdirTemp("", "nsinit-listen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "agent.sock")
+	if err := Listen(sock, []uint32{1000}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	asUser := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	proof := filepath.Join(dir, "proof")
+	for _, tc := range []struct {
+		name string
+		uid  uint32
+		argv []string
+	}{
+		{"own", 1000, []string{"sleep", "1000"}},
+		{"root", 0, []string{"sh", "-c", "id > " + proof}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pid := freeHostPID(t)
+			img := filepath.Join(dir, tc.name)
+			writeImage(t, img, flatTask(pid, tc.uid, tc.argv))
+			out, err := asUser("restore", "--agent", sock, "-D", img)
+			t.Logf("uid 1000 restores a uid-%d task: %v %s", tc.uid, err, out)
+			status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+			defer unix.Kill(pid, unix.SIGKILL)
+			if tc.uid != 1000 {
+				if err == nil || !strings.Contains(out, "operation not permitted") {
+					t.Errorf("uid 1000 restoring a uid-0 task: %v\n%s", err, out)
+				}
+				if _, err := os.Stat(proof); err == nil {
+					t.Errorf("the uid-0 task ran for uid 1000")
+				}
+				if len(status) > 0 && strings.Contains(string(status), "busybox") {
+					t.Errorf("pid %d left behind: %s", pid, status)
+				}
+				return
+			}
+			if err != nil || strings.TrimSpace(out) != strconv.Itoa(pid) {
+				t.Fatalf("uid 1000 restoring its own task: %v\n%s", err, out)
+			}
+			for key, want := range map[string]string{
+				"Uid": "1000\t1000\t1000\t1000", "Gid": "1000\t1000\t1000\t1000",
+				"CapInh": "0000000000000000", "CapPrm": "0000000000000000",
+				"CapEff": "0000000000000000", "CapAmb": "0000000000000000",
+			} {
+				if got := testutil.Field(string(status), key); got != want {
+					t.Errorf("restored task %d: %s %q, want %q", pid, key, got, want)
+				}
+			}
+		})
+	}
+}
+
+// flatTask is an image of one task at host pid with uid's ids running
+// busybox argv.
+func flatTask(pid int, uid uint32, argv []string) *pstree.Tree {
+	full := uint64(1)<<(lastCap()+1) - 1
+	tk := pstree.Task{PIDs: []int{pid}, SIDs: []int{pid}, PGIDs: []int{pid},
+		Exe: "/bin/busybox", Argv: argv, Cwd: "/",
+		Creds: pstree.Creds{UID: uid, EUID: uid, SUID: uid, FSUID: uid,
+			GID: uid, EGID: uid, SGID: uid, FSGID: uid, CapBnd: full}}
+	if uid == 0 {
+		tk.Creds.CapPrm, tk.Creds.CapEff = full, full
+	}
+	tk.NS[pstree.PidNS] = 1
+	return &pstree.Tree{
+		Namespaces: []pstree.Namespace{{ID: 1, Kind: pstree.PidNS}},
+		Tasks:      []pstree.Task{tk},
+	}
+}
+
+func writeImage(t *testing.T, dir string, tr *pstree.Tree) {
+	t.Helper()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := imagefile.Write(dir, tr); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(dir, "pstree.img"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// freeHostPID is a host pid nobody holds, well above the cursor (the
+// processes the test starts next take the pids right above it).
+func freeHostPID(t *testing.T) int {
+	t.Helper()
+	b, _ := os.ReadFile("/proc/sys/kernel/ns_last_pid")
+	cur, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	for p := range 2000 {
+		pid := 20000 + (cur+3000+p*7)%12000
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+			return pid
+		}
+	}
+	t.Skip("no free host pid")
+	return 0
+}
+
+func lastCap() int {
+	b, _ := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return n
 }

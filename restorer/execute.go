@@ -164,14 +164,43 @@ var ErrCapability = errors.New("missing capability")
 // namespace (kernel-facts F1.2, F2), which for the restorer is its own;
 // the kernel would only say EPERM at the first clone.
 func requireCapabilities() error {
+	if !hasCap(unix.CAP_SYS_ADMIN) && !hasCap(unix.CAP_CHECKPOINT_RESTORE) {
+		return fmt.Errorf("restore needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN in its own user namespace to choose pids (run it as root, or inside the target namespace through its agent: restore --agent): %w", ErrCapability)
+	}
+	return nil
+}
+
+// hasCap says whether the calling thread has capability c in its
+// effective set.
+func hasCap(c uint) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[c/32].Effective&(1<<(c%32)) != 0
+}
+
+// dropInheritableCaps empties the calling thread's ambient and inheritable
+// sets, which every task it creates would otherwise inherit: a restorer
+// started with ambient CAP_CHECKPOINT_RESTORE (agent/listen.go, a restore
+// for another uid) must not hand it on. The image's own sets are set by
+// each builder afterwards (caps_linux.go).
+func dropInheritableCaps() error {
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("clear ambient capabilities: %w", err)
+	}
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("read own capabilities: %w", err)
 	}
-	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
-	if !has(unix.CAP_SYS_ADMIN) && !has(unix.CAP_CHECKPOINT_RESTORE) {
-		return fmt.Errorf("restore needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN in its own user namespace to choose pids (run it as root, or inside the target namespace through its agent: restore --agent): %w", ErrCapability)
+	if data[0].Inheritable == 0 && data[1].Inheritable == 0 {
+		return nil
+	}
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("clear inheritable capabilities: %w", err)
 	}
 	return nil
 }
@@ -789,6 +818,9 @@ func writeLastPID(v int) error {
 func (t *tx) cloneRoot(i int) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if err := dropInheritableCaps(); err != nil {
+		return err
+	}
 	old := sys.BlockAllSignals()
 	r := stepAt(t.b.base, t.b.stepsOff, int64(i))
 	_, e := clone3(uintptr(unsafe.Pointer(&r.args)), sys.CloneArgsSize, uintptr(r.child))

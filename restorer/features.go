@@ -24,10 +24,11 @@ type Features struct {
 	// PidMax is /proc/sys/kernel/pid_max as the restorer sees it (0:
 	// unknown). On 6.1 it bounds every namespace's cursor.
 	PidMax int
-	// SetgroupsDenied: the restorer's own user namespace denies
-	// setgroups(2) (/proc/self/setgroups is "deny", as `unshare -r` leaves
-	// it): tasks of the ambient user namespace keep the groups they
-	// inherit, because nothing in that namespace can change them.
+	// SetgroupsDenied: the restorer cannot call setgroups(2) in its own
+	// user namespace - the namespace denies it (/proc/self/setgroups is
+	// "deny", as `unshare -r` leaves it), or the restorer lacks CAP_SETGID
+	// (an agent restoring for another uid, agent/listen.go): tasks of the
+	// ambient user namespace keep the groups they inherit.
 	SetgroupsDenied bool
 }
 
@@ -43,6 +44,9 @@ func ProbeFeatures() Features {
 	}
 	if b, err := os.ReadFile("/proc/self/setgroups"); err == nil {
 		f.SetgroupsDenied = strings.TrimSpace(string(b)) == "deny"
+	}
+	if !hasCap(unix.CAP_SETGID) {
+		f.SetgroupsDenied = true
 	}
 	return f
 }

@@ -25,9 +25,25 @@ const initOptionsHelp = `  -s          be a child subreaper (automatic when not 
   -p SIGNAL   signal nsinit gets when its parent dies
   -e CODE     report exit code CODE of the command as 0 (repeatable)
   --listen P  serve restores into this pid namespace on unix socket P
-              (nsinit restore --agent P)
+              (nsinit restore --agent P), to clients of nsinit's own uid
+  --listen-uid UID
+              also serve uid UID (repeatable): its restores run as UID
+              with CAP_CHECKPOINT_RESTORE only
   -v          verbose diagnostics
   --version   print the version`
+
+// uids is a repeatable --listen-uid flag.
+type uids []uint32
+
+func (u *uids) String() string { return fmt.Sprint(*u) }
+func (u *uids) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n == 1<<32-1 {
+		return fmt.Errorf("uid must be 0..4294967294, got %q", s)
+	}
+	*u = append(*u, uint32(n))
+	return nil
+}
 
 // exitCodes is a repeatable -e flag.
 type exitCodes []int
@@ -75,6 +91,7 @@ func initFlags(fs *flag.FlagSet, cfg *agent.Config) (apply func() error) {
 	fs.StringVar(&pdeath, "p", "", "")
 	fs.Var(&zero, "e", "")
 	fs.StringVar(&cfg.Listen, "listen", "", "")
+	fs.Var((*uids)(&cfg.ListenUIDs), "listen-uid", "")
 	return func() error {
 		cfg.ZeroExitCodes = zero
 		if pdeath != "" {
