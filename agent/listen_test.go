@@ -15,8 +15,8 @@ import (
 
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/testutil"
-	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/proto/agentpb"
+	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
 
