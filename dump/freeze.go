@@ -31,7 +31,7 @@ type freezer interface {
 }
 
 // cgroupFreezer freezes cgroup v2 cgroups that hold the tree and nothing
-// else (kernel-facts F10.1: one write, parents see nothing).
+// else (docs/kernel.md F10.1: one write, parents see nothing).
 type cgroupFreezer struct{ dirs []string }
 
 func (c *cgroupFreezer) String() string             { return "cgroup v2 freeze of " + strings.Join(c.dirs, ", ") }
@@ -229,7 +229,7 @@ func (c *cgroupFreezer) thaw(leaveStopped bool) error {
 }
 
 // ptraceFreezer stops every thread with PTRACE_SEIZE + PTRACE_INTERRUPT, as
-// CRIU does (kernel-facts F10.4): the parents see nothing, TracerPid shows
+// CRIU does (docs/kernel.md F10.4): the parents see nothing, TracerPid shows
 // while it lasts. All ptrace calls of a tracee must come from the tracing
 // thread, so they run on one locked OS thread; it is never unlocked, so the
 // thread dies with its goroutine and no tracer state leaks into the pool.

@@ -659,7 +659,7 @@ func (rd *reader) userNS(ns *pstree.Namespace, fd int) error {
 
 // lastPID records ns_last_pid where it can be read truthfully. The sysctl
 // always shows the READER's active pid namespace, whichever procfs it is
-// reached through (kernel-facts F1.1), so only the dumper's own pid
+// reached through (docs/kernel.md F1.1), so only the dumper's own pid
 // namespace - level 0 when the procfs is ours - can be read from outside.
 // Every other namespace keeps 0 (unknown): reading it needs a task inside.
 func (rd *reader) lastPID() {

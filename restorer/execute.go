@@ -161,7 +161,7 @@ var ErrCapability = errors.New("missing capability")
 // requireCapabilities refuses early, and by name, when the restorer cannot
 // place pids at all: clone3 set_tid and ns_last_pid need CAP_SYS_ADMIN or
 // CAP_CHECKPOINT_RESTORE in the user namespace owning the level-0 pid
-// namespace (kernel-facts F1.2, F2), which for the restorer is its own;
+// namespace (docs/kernel.md F1.2, F2), which for the restorer is its own;
 // the kernel would only say EPERM at the first clone.
 func requireCapabilities() error {
 	if !hasCap(unix.CAP_SYS_ADMIN) && !hasCap(unix.CAP_CHECKPOINT_RESTORE) {
@@ -565,7 +565,7 @@ func (b *block) unmap() {
 	}
 }
 
-// tx owns every process Execute creates (guideline 14): committed, or
+// tx owns every process Execute creates (one owner of rollback): committed, or
 // rolled back.
 type tx struct {
 	p              *Plan

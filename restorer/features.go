@@ -16,7 +16,7 @@ import (
 // a plan never changes during execution.
 type Features struct {
 	// MultiLevelSetTID: clone3 accepts a set_tid entry for every level
-	// (kernel-facts F2.1, since 5.5), so one clone places a task at all
+	// (docs/kernel.md F2.1, since 5.5), so one clone places a task at all
 	// its levels without ns_last_pid cursors. Both the 6.18 dev kernel and
 	// Debian's 6.1 have it (the earlier "one entry only" finding was an
 	// array of u64 where the kernel reads pid_t, see internal/sys.SetTID).

@@ -8,7 +8,7 @@ import (
 )
 
 // model is a small model of the kernel rules a plan relies on (see
-// kernel-facts.md): pid numbers per namespace level (set_tid, EEXIST),
+// docs/kernel.md): pid numbers per namespace level (set_tid, EEXIST),
 // parents (CLONE_PARENT, reparenting to the ns init), session and group
 // inheritance and the setsid/setpgid rules of F4.1, CLONE_NEWPID only when
 // pid_for_children is the active namespace (F2.3), a dead init killing its

@@ -139,7 +139,7 @@ const (
 // Placement is how a task gets its pid at each level.
 //
 // With PlaceSetTID on a kernel with Features.MultiLevelSetTID (6.1 and 6.18
-// both) one clone3 sets every level (kernel-facts F2.1). Otherwise the outer
+// both) one clone3 sets every level (docs/kernel.md F2.1). Otherwise the outer
 // levels come from ns_last_pid cursors, each written by a process inside
 // that level right before the clone (F1.1). Every placement is verified.
 type Placement int
@@ -153,7 +153,7 @@ const (
 	PlaceLastPID
 )
 
-// Options are decided before planning (guideline 2: the plan never changes
+// Options are decided before planning (decided before planning: the plan never changes
 // during execution).
 type Options struct {
 	Payload   Payload

@@ -62,7 +62,7 @@ func mustPlan(t *testing.T, tr *pstree.Tree, opt Options) *Plan {
 	return p
 }
 
-// f43 is the tree of kernel-facts F4.3: S leads a session, G a group in it,
+// f43 is the tree of docs/kernel.md F4.3: S leads a session, G a group in it,
 // I is the init of a child ns placed in G by S, with inner tasks in the
 // outer group (F), an inner group (D, E) and I's own session (K).
 func f43() *pstree.Tree {

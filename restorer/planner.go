@@ -13,7 +13,7 @@ import (
 // returns reproduces the tree in the model (checked at the end) and an image
 // it cannot reproduce is an error wrapping ErrBadImage or ErrUnsupported.
 //
-// The order follows kernel-facts F4.3: a task creates, in this order, the
+// The order follows docs/kernel.md F4.3: a task creates, in this order, the
 // children that lead their own session, the children that inherit its
 // current group, (it forms its own group), the children that inherit
 // another group (it visits that group), the children that fix their group
@@ -23,7 +23,7 @@ import (
 // their parent never had (orphans) are created by their session leader
 // with CLONE_PARENT (F2.7).
 func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
-	// The one validator of images (guideline 18): whatever passes it has
+	// The one validator of images (one validator between bytes and the model): whatever passes it has
 	// the shape the planner relies on, so bad input is an error, never a
 	// panic. What only planning can find is ErrUnsupported below.
 	if err := pstree.Validate(tr); err != nil {

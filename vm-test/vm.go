@@ -146,7 +146,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-machine", "pc", "-m", strconv.Itoa(cfg.MemoryMB),
 		// One vCPU, single-threaded TCG: multi-threaded TCG hung the guest
-		// with tracepoints attached (vm-facts.md).
+		// with tracepoints attached (docs/kernel.md V1).
 		"-smp", "1", "-accel", "tcg,thread=single",
 		"-kernel", cfg.Kernel, "-initrd", initrd, "-append", strings.TrimSpace(appendLine),
 		"-serial", "stdio", "-serial", "file:"+resultFile,

@@ -99,7 +99,7 @@ func TestF2_1SetTIDSetsEveryLevel(t *testing.T) {
 		r.inner, r.inErr = spawn(spawnOpts{pids: []int{79}, argv: []string{"exit", "0"}})
 		r.placed, r.placedErr = start(t, spawnOpts{}, "f23")
 		// Back to the active namespace before the thread returns to the
-		// scheduler (kernel-facts F2.8's hazard); if that fails the
+		// scheduler (docs/kernel.md F2.8's hazard); if that fails the
 		// goroutine ends locked and the thread dies with it.
 		if unix.Setns(own, unix.CLONE_NEWPID) == nil {
 			runtime.UnlockOSThread()
