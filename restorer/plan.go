@@ -153,7 +153,7 @@ const (
 	PlaceLastPID
 )
 
-// Options are decided before planning (decided before planning: the plan never changes
+// Options are decided before planning (the plan never changes
 // during execution).
 type Options struct {
 	Payload   Payload
