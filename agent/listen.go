@@ -300,19 +300,12 @@ type clientIDs struct {
 // clientIDsOf reads the client's ids and supplementary groups as the
 // kernel recorded them when it connected (SO_PEERCRED, SO_PEERGROUPS).
 func clientIDsOf(f *os.File, cred *unix.Ucred) (*clientIDs, error) {
-	raw, err := f.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
 	var groups string
-	var gerr error
-	if err := raw.Control(func(fd uintptr) {
-		groups, gerr = unix.GetsockoptString(int(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS)
+	if err := sockopt(f, "SO_PEERGROUPS", func(fd int) (err error) {
+		groups, err = unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_PEERGROUPS)
+		return err
 	}); err != nil {
 		return nil, err
-	}
-	if gerr != nil {
-		return nil, fmt.Errorf("SO_PEERGROUPS: %w", gerr)
 	}
 	ids := &clientIDs{uid: cred.Uid, gid: cred.Gid}
 	for b := []byte(groups); len(b) >= 4; b = b[4:] {

@@ -237,7 +237,7 @@ func TestRestoreServiceOtherUIDWithItsRights(t *testing.T) {
 // flatTask is an image of one task at host pid with uid's ids running
 // busybox argv.
 func flatTask(pid int, uid uint32, argv []string) *pstree.Tree {
-	full := uint64(1)<<(lastCap()+1) - 1
+	full := testutil.FullCapSet()
 	tk := pstree.Task{PIDs: []int{pid}, SIDs: []int{pid}, PGIDs: []int{pid},
 		Exe: "/bin/busybox", Argv: argv, Cwd: "/",
 		Creds: pstree.Creds{UID: uid, EUID: uid, SUID: uid, FSUID: uid,
@@ -279,10 +279,4 @@ func freeHostPID(t *testing.T) int {
 	}
 	t.Skip("no free host pid")
 	return 0
-}
-
-func lastCap() int {
-	b, _ := os.ReadFile("/proc/sys/kernel/cap_last_cap")
-	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return n
 }

@@ -93,22 +93,28 @@ func NewConn(f *os.File, peerPID int) (*Conn, error) {
 
 // peerCred is the socket peer's SO_PEERCRED (pid as seen from the caller's
 // pid namespace, 0 for a peer outside it).
-func peerCred(f *os.File) (*unix.Ucred, error) {
+func peerCred(f *os.File) (cred *unix.Ucred, err error) {
+	err = sockopt(f, "SO_PEERCRED", func(fd int) (err error) {
+		cred, err = unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
+		return err
+	})
+	return cred, err
+}
+
+// sockopt runs get on f's descriptor; its error is named after opt.
+func sockopt(f *os.File, opt string, get func(fd int) error) error {
 	raw, err := f.SyscallConn()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, err
+	var gerr error
+	if err := raw.Control(func(fd uintptr) { gerr = get(int(fd)) }); err != nil {
+		return err
 	}
-	if cerr != nil {
-		return nil, fmt.Errorf("SO_PEERCRED: %w", cerr)
+	if gerr != nil {
+		return fmt.Errorf("%s: %w", opt, gerr)
 	}
-	return cred, nil
+	return nil
 }
 
 // Close closes the socket and any descriptor received and not taken.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -35,7 +36,7 @@ func TestNoPtraceWindow(t *testing.T) {
 	const n = 100
 	base := freeBase(t, 20000, n+1)
 	b := newTB()
-	full := uint64(1)<<(lastCap()+1) - 1
+	full := testutil.FullCapSet()
 	root := b.task(1, []int{base}, 0, []int{base}, []int{base})
 	root.Creds = pstree.Creds{CapPrm: full, CapEff: full, CapBnd: full}
 	var pids []string
@@ -129,10 +130,4 @@ func copyForUser(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return bin
-}
-
-func lastCap() int {
-	b, _ := os.ReadFile("/proc/sys/kernel/cap_last_cap")
-	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return n
 }

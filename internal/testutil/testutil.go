@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -105,4 +106,15 @@ func Field(status, key string) string {
 		}
 	}
 	return ""
+}
+
+// FullCapSet is the set of every capability the running kernel has
+// (bits 0..cap_last_cap), as /proc/PID/status shows a full set.
+func FullCapSet() uint64 {
+	b, _ := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n > 63 {
+		n = 40
+	}
+	return uint64(1)<<(n+1) - 1
 }
