@@ -245,6 +245,7 @@ type ptraceFreezer struct {
 	traced   map[int]bool // tids seized and not yet seen exiting
 	ever     map[int]bool // tids ever seized (a gone one is not seized again)
 	reported map[int]bool // tids whose stop was reported
+	tgid     map[int]int  // tid -> its process
 	procs    map[int]bool // processes (tgids) with a seized thread
 	stopped  map[int]bool // tids that were in group-stop before the seize
 	members  []member     // the tree at the fixed point, parents first
@@ -286,7 +287,7 @@ const maxFreezePasses = 8
 // members are the tree as it stands stopped (with start times).
 func ptraceFreeze(r *procfs.Reader, root int, timeout time.Duration) (*ptraceFreezer, error) {
 	p := &ptraceFreezer{calls: make(chan func()), traced: map[int]bool{}, ever: map[int]bool{},
-		reported: map[int]bool{}, procs: map[int]bool{}, stopped: map[int]bool{}}
+		reported: map[int]bool{}, tgid: map[int]int{}, procs: map[int]bool{}, stopped: map[int]bool{}}
 	go func() {
 		runtime.LockOSThread() // never unlocked: see the type comment
 		for f := range p.calls {
@@ -462,7 +463,7 @@ func (p *ptraceFreezer) seizeThreads(r *procfs.Reader, pid int) (int, error) {
 			return n, fmt.Errorf("freeze pid %d: ptrace seize thread %d: %w", pid, tid, err)
 		}
 		p.seized = append(p.seized, tid)
-		p.traced[tid], p.ever[tid] = true, true
+		p.traced[tid], p.ever[tid], p.tgid[tid] = true, true, pid
 		p.procs[pid] = true
 		n++
 		if err := unix.PtraceInterrupt(tid); err != nil && err != unix.ESRCH {
@@ -602,8 +603,40 @@ func (p *ptraceFreezer) thaw(leaveStopped bool) error {
 				errs = append(errs, fmt.Errorf("ptrace detach thread %d: %w", tid, e))
 			}
 		}
-		p.seized = nil
 	})
 	close(p.calls)
+	if leaveStopped && len(errs) == 0 {
+		errs = append(errs, p.settle(time.Second))
+	}
+	p.seized = nil
 	return errors.Join(errs...)
+}
+
+// settle waits until every thread detached with SIGSTOP pending shows 'T':
+// between the detach and its group-stop a thread shows 'R' for a moment
+// (running kernel code only), and whoever reads the tree after the dump
+// should find it stopped.
+func (p *ptraceFreezer) settle(timeout time.Duration) error {
+	r := procfs.New("/proc")
+	member := make(map[int]bool, len(p.members))
+	for _, m := range p.members {
+		member[m.pid] = true
+	}
+	deadline := time.Now().Add(timeout)
+	for _, tid := range p.seized {
+		if !p.traced[tid] {
+			continue
+		}
+		for {
+			st, err := r.Stat(tid) // /proc/TID works for any thread
+			if err != nil || st.State == 'T' || st.State == 'Z' || st.State == 'X' || !member[p.tgid[tid]] {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("leave stopped: thread %d is still %c after %v", tid, st.State, timeout)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+	}
+	return nil
 }
