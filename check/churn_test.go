@@ -34,9 +34,47 @@ wait
 // a row, `nsinit dump --leave-stopped`, and after each one `nsinit check
 // --left-stopped` must find the stopped tree identical to the image; the
 // tree then runs again until the next dump. At most one dump of the 20 may
-// be refused (naming what moved), none may be inconsistent.
+// be refused (naming what moved), none may be inconsistent. The tree is in
+// no cgroup of its own (the ptrace freeze), then in one (the cgroup
+// freeze).
 func TestChurnDumpCheck(t *testing.T) {
 	testutil.Require(t, testutil.Root, testutil.BPF)
+	t.Run("ptrace", func(t *testing.T) { churn(t, "") })
+	t.Run("cgroup", func(t *testing.T) {
+		mnt := cgroup2Mount(t)
+		cg, err := os.MkdirTemp(mnt, "nsinit-churn-test-")
+		if err != nil {
+			t.Skip("cannot create a cgroup v2:", err)
+		}
+		t.Cleanup(func() {
+			os.WriteFile(filepath.Join(cg, "cgroup.kill"), []byte("1"), 0)
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if err := os.Remove(cg); err == nil || os.IsNotExist(err) {
+					return
+				}
+			}
+			t.Errorf("cgroup %s left behind", cg)
+		})
+		churn(t, cg)
+	})
+}
+
+// cgroup2Mount is where cgroup v2 is mounted (the test skips without it).
+func cgroup2Mount(t *testing.T) string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		if f := strings.Fields(pre); ok && strings.HasPrefix(post, "cgroup2 ") && len(f) >= 5 {
+			return f[4]
+		}
+	}
+	t.Skip("no cgroup v2 mount")
+	return ""
+}
+
+// churn runs the busy tree (in cgroup directory cg if not "") and dumps
+// and checks it 20 times.
+func churn(t *testing.T, cg string) {
 	bin := testutil.Binary(t)
 	if _, err := exec.LookPath("unshare"); err != nil {
 		t.Skip("needs unshare (util-linux)")
@@ -53,6 +91,14 @@ func TestChurnDumpCheck(t *testing.T) {
 	}
 	cmd.Env = append(os.Environ(), "SH="+sh, "TRUE="+tru)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if cg != "" {
+		fd, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +129,9 @@ func TestChurnDumpCheck(t *testing.T) {
 			refused = append(refused, msg[strings.LastIndex(msg, "\n")+1:])
 			continue
 		}
+		if cg != "" && strings.Contains(stderr.String(), "not using cgroup freeze") {
+			t.Errorf("dump %d: the tree has a cgroup of its own, but:\n%s", i, stderr.String())
+		}
 		if n := strings.Count(stderr.String(), "raced"); n == 0 {
 			first++
 		} else {
@@ -93,11 +142,28 @@ func TestChurnDumpCheck(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Left stopped: every task live in the image is in group-stop
-		// now (a frozen cgroup would show it sleeping; this tree is in
-		// no cgroup of its own, so the ptrace freeze is used).
+		// Left stopped: the cgroup frozen, or (ptrace) every task live
+		// in the image in group-stop.
+		if cg != "" {
+			// A signal to a frozen task (SIGCHLD from a child that
+			// finished exiting) takes it out of the freezer's trap
+			// for a moment: "frozen 0" until it is back.
+			b, _ := os.ReadFile(filepath.Join(cg, "cgroup.freeze"))
+			if strings.TrimSpace(string(b)) != "1" {
+				t.Errorf("dump %d: cgroup.freeze is %q after --leave-stopped", i, b)
+			}
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+				b, _ := os.ReadFile(filepath.Join(cg, "cgroup.events"))
+				if strings.Contains(string(b), "frozen 1") {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("dump %d: cgroup not frozen again: %s", i, b)
+				}
+			}
+		}
 		for _, task := range tr.Tasks {
-			if task.State != pstree.Live {
+			if task.State != pstree.Live || cg != "" {
 				continue
 			}
 			if st := procState(task.PIDs[0]); st != 'T' {
@@ -110,6 +176,11 @@ func TestChurnDumpCheck(t *testing.T) {
 		}
 		// Let it run again (it must really have been stopped: the
 		// check above read a tree that had not moved).
+		if cg != "" {
+			if err := os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
 		for _, task := range tr.Tasks {
 			unix.Kill(task.PIDs[0], unix.SIGCONT)
 		}

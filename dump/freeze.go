@@ -85,7 +85,14 @@ func cgroupFor(r *procfs.Reader, members []member) (*cgroupFreezer, string) {
 		p, ok := listed[m.pid]
 		if !ok {
 			var err error
-			if p, err = r.Cgroup2(m.pid); err != nil || p == "" {
+			p, err = r.Cgroup2(m.pid)
+			if errors.Is(err, procfs.ErrGone) && m.pid != members[0].pid {
+				// Reaped since it was found: not in the tree any more.
+				// What the freeze stops is found again after it, and
+				// a member outside the frozen cgroups is a miss.
+				continue
+			}
+			if err != nil || p == "" {
 				return nil, fmt.Sprintf("pid %d has no cgroup v2 path", m.pid)
 			}
 		}
@@ -112,7 +119,7 @@ func cgroupFor(r *procfs.Reader, members []member) (*cgroupFreezer, string) {
 		if p == "/" {
 			return nil, "tree is in the root cgroup"
 		}
-		ok, why := exclusive(mnt, p, in)
+		ok, why := exclusive(r, mnt, p, in)
 		if !ok {
 			return nil, why
 		}
@@ -122,15 +129,16 @@ func cgroupFor(r *procfs.Reader, members []member) (*cgroupFreezer, string) {
 }
 
 // exclusive reports whether every process in cgroup p (a path below the
-// cgroup2 mount mnt) and below it is in the tree.
-func exclusive(mnt, p string, in map[int]bool) (bool, string) {
+// cgroup2 mount mnt) and below it is in the tree: one of in, or (the tree
+// runs while this is checked) a descendant of one forked since, or gone.
+func exclusive(r *procfs.Reader, mnt, p string, in map[int]bool) (bool, string) {
 	procs, err := cgroupProcs(mnt, p)
 	if err != nil {
 		return false, err.Error()
 	}
 	bad := -1
 	for pid := range procs {
-		if !in[pid] && (bad < 0 || pid < bad) {
+		if !in[pid] && !joined(r, pid, in) && (bad < 0 || pid < bad) {
 			bad = pid
 		}
 	}
@@ -138,6 +146,25 @@ func exclusive(mnt, p string, in map[int]bool) (bool, string) {
 		return false, fmt.Sprintf("cgroup %s also holds pid %d, which is not in the tree", filepath.Join(mnt, procs[bad]), bad)
 	}
 	return true, ""
+}
+
+// joined reports whether pid is gone, or descends from a process of in
+// (its parent chain, read from /proc, reaches one).
+func joined(r *procfs.Reader, pid int, in map[int]bool) bool {
+	for range 64 {
+		st, err := r.Stat(pid)
+		if errors.Is(err, procfs.ErrGone) {
+			return true
+		}
+		if err != nil || st.PPid <= 1 {
+			return false
+		}
+		if in[st.PPid] {
+			return true
+		}
+		pid = st.PPid
+	}
+	return false
 }
 
 // cgroupProcs maps every process in cgroup p (a path below the cgroup2
