@@ -39,6 +39,9 @@ import (
 )
 
 // Guard detects a dump that raced with the tree. Implemented by package bpf.
+// It reports the events whose tracepoint fires between Arm and Disarm; a
+// task already exiting when Arm returns may have fired its exit before, so
+// the read refuses tasks with PF_EXITING itself (docs/ebpf.md).
 type Guard interface {
 	// Arm starts counting fork, exit and exec events of the given tasks (level-0 pids)
 	// and of every task in the given pid namespaces or below them (open fds of
