@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,7 +54,16 @@ wait`)
 		unix.Kill(-tt.root, unix.SIGKILL)
 		tt.cleanup(t)
 	})
-	return tt
+	// Built once a task is at level 1 (a live read of a busy tree fails
+	// now and then: a task goes while being read).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if tr, err := ReadLive(tt.root, ""); err == nil && slices.ContainsFunc(tr.Tasks, func(t pstree.Task) bool { return t.Level() == 1 }) {
+			return tt
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the busy tree never reached pid level 1")
+		}
+	}
 }
 
 // TestGuardArmedAfterFreeze: the guard is armed only once the freeze is
@@ -63,7 +75,7 @@ func TestGuardArmedAfterFreeze(t *testing.T) {
 	r := procfs.New("")
 	g := &fakeGuard{}
 	g.onArm = func(pids []int) {
-		if len(pids) < 3 {
+		if len(pids) < 4 { // root, its loop, unshare, the init of level 1
 			t.Errorf("armed with %d pids: %v", len(pids), pids)
 		}
 		for _, pid := range pids {
