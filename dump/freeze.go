@@ -268,14 +268,15 @@ func (c *cgroupFreezer) thaw(leaveStopped bool) error {
 // until one seizes nothing new. Then nothing in the tree can move.
 type ptraceFreezer struct {
 	calls    chan func()
-	seized   []int        // tids, level 0, in seize order
-	traced   map[int]bool // tids seized and not yet seen exiting
-	ever     map[int]bool // tids ever seized (a gone one is not seized again)
-	reported map[int]bool // tids whose stop was reported
-	tgid     map[int]int  // tid -> its process
-	procs    map[int]bool // processes (tgids) with a seized thread
-	stopped  map[int]bool // tids that were in group-stop before the seize
-	members  []member     // the tree at the fixed point, parents first
+	seized   []int         // tids, level 0, in seize order
+	traced   map[int]bool  // tids seized and not yet seen exiting
+	ever     map[int]bool  // tids ever seized (a gone one is not seized again)
+	reported map[int]bool  // tids whose stop was reported
+	tgid     map[int]int   // tid -> its process
+	procs    map[int]bool  // processes (tgids) with a seized thread
+	stopped  map[int]bool  // tids that were in group-stop before the seize
+	members  []member      // the tree at the fixed point, parents first
+	timeout  time.Duration // for the stops, and the group-stops of leaveStopped
 }
 
 func (p *ptraceFreezer) String() string { return "ptrace seize" }
@@ -314,7 +315,7 @@ const maxFreezePasses = 8
 // members are the tree as it stands stopped (with start times).
 func ptraceFreeze(r *procfs.Reader, root int, timeout time.Duration) (*ptraceFreezer, error) {
 	p := &ptraceFreezer{calls: make(chan func()), traced: map[int]bool{}, ever: map[int]bool{},
-		reported: map[int]bool{}, tgid: map[int]int{}, procs: map[int]bool{}, stopped: map[int]bool{}}
+		reported: map[int]bool{}, tgid: map[int]int{}, procs: map[int]bool{}, stopped: map[int]bool{}, timeout: timeout}
 	go func() {
 		runtime.LockOSThread() // never unlocked: see the type comment
 		for f := range p.calls {
@@ -633,7 +634,7 @@ func (p *ptraceFreezer) thaw(leaveStopped bool) error {
 	})
 	close(p.calls)
 	if leaveStopped && len(errs) == 0 {
-		errs = append(errs, p.settle(time.Second))
+		errs = append(errs, p.settle(p.timeout))
 	}
 	p.seized = nil
 	return errors.Join(errs...)
