@@ -8,7 +8,16 @@ import (
 
 // Guard detects a dump that raced with the tree: Arm before reading the
 // tree, Disarm after; an empty report means no watched task forked, exited
-// or exec'd in between. It satisfies dump.Guard. The programs are loaded
+// or exec'd in between. It satisfies dump.Guard.
+//
+// Its contract (docs/ebpf.md): a fork, exit or exec of a watched task is
+// reported when its tracepoint fires after Arm has returned and before
+// Disarm is called. So every exit that begins after Arm (a task /proc
+// showed without PF_EXITING after Arm) is reported, and every fork and exec
+// whose task /proc did not yet show after Arm. A task already in do_exit
+// when Arm returns may have passed its tracepoint and still show running:
+// telling such tasks is the reader's job (dump refuses them). The guard
+// says nothing about events before Arm, whatever /proc shows afterwards. The programs are loaded
 // once by NewGuard; Arm and Disarm are a few syscalls each and can be
 // repeated for dump retries. The programs are attached only while armed, so
 // an idle guard costs the machine nothing.

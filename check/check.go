@@ -34,7 +34,22 @@ func (d Difference) String() string {
 func ReadLive(root int) (*pstree.Tree, error) { return dump.ReadLive(root, "") }
 
 // Compare lists every difference between img and live; none means equal.
-func Compare(img, live *pstree.Tree) []Difference {
+func Compare(img, live *pstree.Tree) []Difference { return CompareWith(img, live, Options{}) }
+
+// Options relax Compare for trees in a known condition.
+type Options struct {
+	// LeftStopped: the live tree was left stopped by `dump
+	// --leave-stopped` (ptrace: SIGSTOP, state T), so a task or thread
+	// live in the image may be stopped. A stopped one of the image must
+	// still be stopped, a zombie a zombie.
+	LeftStopped bool
+}
+
+// CompareWith is Compare with options.
+func CompareWith(img, live *pstree.Tree, o Options) []Difference {
+	if o.LeftStopped {
+		live = unstop(img, live)
+	}
 	c := &comparer{img: img, live: live, nsMap: map[pstree.NSID]pstree.NSID{}, nsRev: map[pstree.NSID]pstree.NSID{}}
 	c.tasks()
 	c.namespaces()
@@ -45,6 +60,33 @@ type comparer struct {
 	img, live    *pstree.Tree
 	diffs        []Difference
 	nsMap, nsRev map[pstree.NSID]pstree.NSID // image <-> live namespace ids
+}
+
+// unstop returns a copy of live where the tasks and threads that are
+// stopped, and live in img, are live.
+func unstop(img, live *pstree.Tree) *pstree.Tree {
+	cp := *live
+	cp.Tasks = slices.Clone(live.Tasks)
+	for i := range cp.Tasks {
+		lt := &cp.Tasks[i]
+		it := img.Task(lt.PIDs[0])
+		if it == nil {
+			continue
+		}
+		if lt.State == pstree.Stopped && it.State == pstree.Live {
+			lt.State = pstree.Live
+		}
+		lt.Threads = slices.Clone(lt.Threads)
+		for j := range lt.Threads {
+			th := &lt.Threads[j]
+			for _, ith := range it.Threads {
+				if slices.Equal(ith.TIDs, th.TIDs) && th.State == pstree.Stopped && ith.State == pstree.Live {
+					th.State = pstree.Live
+				}
+			}
+		}
+	}
+	return &cp
 }
 
 func (c *comparer) add(pid int, what string, img, live any) {

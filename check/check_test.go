@@ -89,6 +89,30 @@ func TestCompareAgentThreads(t *testing.T) {
 	}
 }
 
+// TestCompareLeftStopped: a tree left stopped by dump --leave-stopped
+// matches its image with LeftStopped, and only that way; a task stopped in
+// the image must still be stopped, a zombie still a zombie.
+func TestCompareLeftStopped(t *testing.T) {
+	img, live := tree(), renumber(tree())
+	live.Tasks[0].State, live.Tasks[1].State = pstree.Stopped, pstree.Stopped
+	live.Tasks[1].Threads[0].State = pstree.Stopped
+	if d := Compare(img, live); len(d) != 3 {
+		t.Fatalf("strict: want 2 states and the threads reported, got %v", d)
+	}
+	if d := CompareWith(img, live, Options{LeftStopped: true}); len(d) != 0 {
+		t.Fatalf("left stopped: %v", d)
+	}
+	if live.Tasks[0].State != pstree.Stopped {
+		t.Error("CompareWith changed the live tree")
+	}
+	img.Tasks[0].State, live.Tasks[0].State = pstree.Stopped, pstree.Live
+	live.Tasks[2].State = pstree.Stopped
+	d := CompareWith(img, live, Options{LeftStopped: true})
+	if len(d) != 2 || d[0].What != "state" || d[1].What != "state" {
+		t.Fatalf("a stopped task running and a zombie stopped: want 2 states reported, got %v", d)
+	}
+}
+
 // TestCompareCommNotRecorded: an image without names (minor < 2) does not
 // care what the live tasks are called.
 func TestCompareCommNotRecorded(t *testing.T) {

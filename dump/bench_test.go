@@ -182,11 +182,7 @@ func TestWalkMatchesPlainPath(t *testing.T) {
 				t.Fatalf("cgroup=%v %s: %v", cg, path, err)
 			}
 			dumps[path] = tr
-			live, err := ReadLive(tt.root, "")
-			if err != nil {
-				t.Fatalf("cgroup=%v %s ReadLive: %v", cg, path, err)
-			}
-			dumps[path+" live"] = live
+			dumps[path+" live"] = settledLive(t, tt.root)
 		}
 		if err := pstree.Validate(dumps["walk"]); err != nil {
 			t.Fatal(err)
@@ -206,6 +202,28 @@ func TestWalkMatchesPlainPath(t *testing.T) {
 			}
 		}
 		tt.cleanup(t)
+	}
+}
+
+// settledLive reads the tree live until two reads in a row agree: right
+// after a thaw its tasks are on their way back into the system calls they
+// were frozen in, and /proc/PID/syscall (WaitsForChildren) may still show
+// them running for a while on a loaded machine.
+func settledLive(t *testing.T, root int) *pstree.Tree {
+	t.Helper()
+	var prev *pstree.Tree
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		live, err := ReadLive(root, "")
+		if err != nil {
+			t.Fatalf("ReadLive: %v", err)
+		}
+		if prev != nil && treeDiff(prev, live) == "" {
+			return live
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the tree did not settle after the dump: %s", treeDiff(prev, live))
+		}
+		prev = live
 	}
 }
 

@@ -3,12 +3,15 @@
 //
 // Flow of one attempt (Dump retries a bounded number of times):
 //
-//	discover -> Guard.Arm -> freeze -> discover again and read
-//	-> thaw (unless LeaveStopped) -> Guard.Disarm
+//	discover -> freeze (to a fixed point) -> Guard.Arm -> read
+//	-> Guard.Disarm -> thaw (unless LeaveStopped)
 //
-// The attempt is retried when the guard saw a fork/exit/exec, when the
-// second discovery differs from the first (a task appeared, vanished or
-// its pid was reused), or when a task vanished while being read.
+// The guard is armed only once the freeze is complete, so it covers what
+// begins after nothing in the tree could move. The attempt is retried
+// when the guard saw a fork/exit/exec, when the read differs from the tree
+// the freeze found (a task appeared, vanished or its pid was reused), when
+// a task vanished while being read, or when a task read is not still
+// (exiting, or under ptrace not in its tracing stop).
 //
 // Discovery walks the tree from the root through the children files
 // (/proc/PID/task/TID/children), and after the freeze one parallel walk
@@ -17,7 +20,9 @@
 //
 // Freezing: cgroup v2 cgroup.freeze when the tree's tasks are alone in
 // their cgroups (one write, parents see nothing); else PTRACE_SEIZE +
-// PTRACE_INTERRUPT of every thread, detached afterwards.
+// PTRACE_INTERRUPT of every thread, top-down (a parent is stopped before
+// its children are listed) until a pass over the tree seizes nothing new;
+// detached afterwards.
 package dump
 
 import (
@@ -34,6 +39,9 @@ import (
 )
 
 // Guard detects a dump that raced with the tree. Implemented by package bpf.
+// It reports the events whose tracepoint fires between Arm and Disarm; a
+// task already exiting when Arm returns may have fired its exit before, so
+// the read refuses tasks with PF_EXITING itself (docs/ebpf.md).
 type Guard interface {
 	// Arm starts counting fork, exit and exec events of the given tasks (level-0 pids)
 	// and of every task in the given pid namespaces or below them (open fds of
@@ -66,6 +74,10 @@ type Options struct {
 // ErrRaced is wrapped when every attempt raced with the tree.
 var ErrRaced = errors.New("tree kept changing during the dump")
 
+// errMoved is wrapped by an attempt that found the tree moving under the
+// freeze (a task exiting, not stopped): the attempt is retried.
+var errMoved = errors.New("the tree moved")
+
 // Dump freezes and reads the tree rooted at level-0 pid root.
 func Dump(root int, o Options) (*pstree.Tree, error) {
 	o = o.withDefaults()
@@ -76,7 +88,7 @@ func Dump(root int, o Options) (*pstree.Tree, error) {
 			tr.Checked = o.Guard != nil
 			return tr, nil
 		}
-		if err != nil && !errors.Is(err, procfs.ErrGone) {
+		if err != nil && !errors.Is(err, procfs.ErrGone) && !errors.Is(err, errMoved) {
 			return nil, err
 		}
 		if err != nil {
@@ -115,7 +127,7 @@ func (o Options) logf(format string, args ...any) {
 }
 
 // dumpOnce is one attempt. A non-empty moved (or an error wrapping
-// procfs.ErrGone) means the attempt raced and may be retried.
+// procfs.ErrGone or errMoved) means the attempt raced and may be retried.
 func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) {
 	r := procfs.New(o.Proc)
 	t0 := time.Now()
@@ -128,15 +140,31 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 			return nil, nil, fmt.Errorf("dump pid %d: the dumper (pid %d) is in the tree", root, m.pid)
 		}
 	}
+	t1 := time.Now()
+	fz, members, err := freeze(r, root, before, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	t2 := time.Now()
+	o.logf("found %d tasks in %v, froze %d with %v in %v", len(before), t1.Sub(t0).Round(time.Millisecond), len(members), fz, t2.Sub(t1).Round(time.Millisecond))
+	// The guard is armed once nothing in the tree can move any more: it
+	// covers what begins after that (a kill from outside, a task the
+	// freeze missed); what was under way before is the freeze's and the
+	// read's to notice (docs/ebpf.md, "The guard's contract").
 	disarm := func() {}
 	if o.Guard != nil {
-		fds, err := guardNamespaces(r, before)
+		fds, gerr := guardNamespaces(r, members)
 		defer closeAll(fds)
-		if err != nil {
-			return nil, nil, err
+		if gerr == nil {
+			if gerr = o.Guard.Arm(pids(members), fds); gerr != nil {
+				gerr = fmt.Errorf("arm consistency guard: %w", gerr)
+			}
 		}
-		if err := o.Guard.Arm(pids(before), fds); err != nil {
-			return nil, nil, fmt.Errorf("arm consistency guard: %w", err)
+		if gerr != nil {
+			if terr := fz.thaw(false); terr != nil {
+				gerr = errors.Join(gerr, terr)
+			}
+			return nil, nil, gerr
 		}
 		disarmed := false
 		disarm = func() {
@@ -150,15 +178,7 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 			}
 			moved = append(moved, m...)
 		}
-		defer disarm() // the early returns below
 	}
-	t1 := time.Now()
-	fz, err := freeze(r, before, o)
-	if err != nil {
-		return nil, nil, err
-	}
-	t2 := time.Now()
-	o.logf("found %d tasks in %v, froze them with %v in %v", len(before), t1.Sub(t0).Round(time.Millisecond), fz, t2.Sub(t1).Round(time.Millisecond))
 	defer func() {
 		// Stop counting before the tree runs again: what it does after
 		// the thaw is no race with this dump.
@@ -174,7 +194,7 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 		}
 	}()
 	var d []string
-	if tr, d, err = readFrozen(r, root, before, o.AgentExe, fz.groupStopped()); tr == nil {
+	if tr, d, err = readFrozen(r, root, members, o.AgentExe, fz.frozenAs()); tr == nil {
 		return nil, d, err
 	}
 	o.logf("read %d tasks in %v", len(tr.Tasks), time.Since(t2).Round(time.Millisecond))
@@ -189,11 +209,11 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 
 // readFrozen reads the frozen tree. A nil tree with a nil error means the
 // tree differs from the members found before the freeze: moved says how.
-func readFrozen(r *procfs.Reader, root int, before []member, agentExe string, stopped map[int]bool) (tr *pstree.Tree, moved []string, err error) {
+func readFrozen(r *procfs.Reader, root int, before []member, agentExe string, fz frozenAs) (tr *pstree.Tree, moved []string, err error) {
 	if fast(r) {
 		// One walk finds and reads the members.
 		// Start times only where the members have them (ptrace).
-		tr, after, err := readTreeWalk(r.Root, root, before[0].start != 0, agentExe, stopped)
+		tr, after, err := readTreeWalk(r.Root, root, before[0].start != 0, agentExe, fz)
 		if err != nil {
 			// A task that joined after the freeze (ptrace) may be
 			// what broke the read: if so, it is a race.
@@ -220,25 +240,32 @@ func readFrozen(r *procfs.Reader, root int, before []member, agentExe string, st
 	if d := diffMembers(before, after); len(d) > 0 {
 		return nil, d, nil
 	}
-	tr, err = readTree(r, after, agentExe, stopped)
+	tr, err = readTree(r, after, agentExe, fz)
 	return tr, nil, err
 }
 
-func freeze(r *procfs.Reader, members []member, o Options) (freezer, error) {
-	if c, why := cgroupFor(r, members); c != nil {
+// freeze stops the tree and returns the freezer and the tree's members as
+// they stand frozen (before: the members found while it ran, which choose
+// the cgroups).
+func freeze(r *procfs.Reader, root int, before []member, o Options) (freezer, []member, error) {
+	if c, why := cgroupFor(r, before); c != nil {
 		if err := c.freeze(o.FreezeTimeout); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return c, nil
+		members, err := findMembers(r, root)
+		if err != nil {
+			c.thaw(false)
+			return nil, nil, err
+		}
+		return c, members, nil
 	} else {
 		o.logf("not using cgroup freeze: %s", why)
 	}
-	// ptrace stops the pids it was given: a pid reused before the seize
-	// would be a stranger, which only start times tell.
-	if err := stamp(r, members); err != nil {
-		return nil, err
+	p, err := ptraceFreeze(r, root, o.FreezeTimeout)
+	if err != nil {
+		return nil, nil, err
 	}
-	return ptraceFreeze(r, members, o.FreezeTimeout)
+	return p, p.members, nil
 }
 
 // ReadLive reads the tree rooted at root without freezing it: for check,
@@ -252,13 +279,13 @@ func ReadLive(root int, proc string) (*pstree.Tree, error) {
 	var tr *pstree.Tree
 	var err error
 	if fast(r) {
-		tr, _, err = readTreeWalk(proc, root, false, exe, nil)
+		tr, _, err = readTreeWalk(proc, root, false, exe, frozenAs{})
 	} else {
 		var members []member
 		if members, err = discover(r, root); err != nil {
 			return nil, err
 		}
-		tr, err = readTree(r, members, exe, nil)
+		tr, err = readTree(r, members, exe, frozenAs{})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read tree of pid %d: %w", root, err)

@@ -232,16 +232,31 @@ type reader struct {
 	tree     *pstree.Tree
 	ids      map[nsKey]pstree.NSID
 	rep      map[pstree.NSID]int // a task in the namespace, to open it
-	// stopped: level-0 tids that were in group-stop when ptrace seized them
-	// (ptrace shows them as 't' afterwards). Nil under cgroup freeze.
+	fz       frozenAs
+}
+
+// frozenAs tells the reader how the tree was stopped, and so what each task
+// must look like for the read to be a snapshot. The zero value (ReadLive,
+// for check) expects nothing.
+type frozenAs struct {
+	// frozen: refuse a task or thread past the point of no return
+	// (PF_EXITING): a freeze cannot stop it and it may still show
+	// running, so it would be recorded alive while it is dying.
+	frozen bool
+	// ptrace: every live task and thread was seen stopping, so it must
+	// show 't' (tracing stop); one that does not is running (mid-exec,
+	// mid-fork, exiting) and the read is no snapshot.
+	ptrace bool
+	// stopped: level-0 tids that were in group-stop when ptrace seized
+	// them (ptrace shows them as 't' afterwards). Nil under cgroup freeze.
 	stopped map[int]bool
 }
 
 // readTree reads every member into a Tree. Members that vanished make it
 // fail with an error wrapping procfs.ErrGone (the caller retries).
-func readTree(r *procfs.Reader, members []member, agentExe string, stopped map[int]bool) (*pstree.Tree, error) {
+func readTree(r *procfs.Reader, members []member, agentExe string, fz frozenAs) (*pstree.Tree, error) {
 	rd := &reader{r: r, agentExe: agentExe, tree: &pstree.Tree{},
-		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, stopped: stopped}
+		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, fz: fz}
 	for i, m := range members {
 		ti, err := rd.task(r, m.pid, false, true)
 		if err == nil && ti.start != m.start {
@@ -266,9 +281,9 @@ func readTree(r *procfs.Reader, members []member, agentExe string, stopped map[i
 // finds the members and reads them (the members are returned to compare
 // with an earlier discovery; with start times if withStart), on
 // walkWorkers goroutines.
-func readTreeWalk(proc string, root int, withStart bool, agentExe string, stopped map[int]bool) (*pstree.Tree, []member, error) {
+func readTreeWalk(proc string, root int, withStart bool, agentExe string, fz frozenAs) (*pstree.Tree, []member, error) {
 	rd := &reader{r: procfs.New(proc), agentExe: agentExe, tree: &pstree.Tree{},
-		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, stopped: stopped}
+		ids: map[nsKey]pstree.NSID{}, rep: map[pstree.NSID]int{}, fz: fz}
 	pids, infos, err := walk(proc, root, false, func(r *procfs.Reader, pid int) (taskInfo, []int, error) {
 		ti, err := rd.task(r, pid, true, withStart)
 		if err != nil {
@@ -311,6 +326,22 @@ func state(c byte, groupStopped bool) (pstree.TaskState, error) {
 	return pstree.Live, nil
 }
 
+// still checks that a task (or thread) of a frozen tree cannot move: its
+// state from status, and its state and flags from stat when read (0 if
+// not). The error wraps errMoved: the dump is retried.
+func (fz frozenAs) still(state, statState byte, flags uint64) error {
+	if !fz.frozen || state == 'Z' || state == 'X' {
+		return nil
+	}
+	if flags&procfs.PFExiting != 0 && statState != 'Z' && statState != 'X' {
+		return fmt.Errorf("exiting (PF_EXITING, state %c): %w", state, errMoved)
+	}
+	if fz.ptrace && state != 't' {
+		return fmt.Errorf("not stopped (state %c under ptrace): %w", state, errMoved)
+	}
+	return nil
+}
+
 // taskInfo is one process as read from /proc, before its namespaces get
 // image ids (rd.add does that, in tree order, so the ids do not depend on
 // which worker read what first).
@@ -338,10 +369,13 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids, withStart bool) (tas
 		return taskInfo{}, err
 	}
 	var st procfs.Stat
-	if withStart || s.State == 'Z' {
+	if withStart || s.State == 'Z' || rd.fz.frozen {
 		if st, err = p.Stat(); err != nil {
 			return taskInfo{}, err
 		}
+	}
+	if err := rd.fz.still(s.State, st.State, st.Flags); err != nil {
+		return taskInfo{}, err
 	}
 	var ti taskInfo
 	if withStart {
@@ -361,7 +395,7 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids, withStart bool) (tas
 			CapInh: s.CapInh, CapPrm: s.CapPrm, CapEff: s.CapEff, CapBnd: s.CapBnd, CapAmb: s.CapAmb,
 		},
 	}
-	if t.State, err = state(s.State, rd.stopped[pid]); err != nil {
+	if t.State, err = state(s.State, rd.fz.stopped[pid]); err != nil {
 		return ti, err
 	}
 	if t.State == pstree.Zombie {
@@ -482,7 +516,21 @@ func (rd *reader) threads(p *procfs.Proc, tids []int, t *pstree.Task) error {
 		if len(ts.NSpid) != len(t.PIDs) {
 			return fmt.Errorf("thread %d has %d levels, its process %d", tid, len(ts.NSpid), len(t.PIDs))
 		}
-		s, err := state(ts.State, rd.stopped[tid])
+		var flags uint64
+		var stState byte
+		if rd.fz.frozen && !rd.fz.ptrace {
+			// Under ptrace 't' tells a stopped thread; otherwise only
+			// the flags tell an exiting one.
+			st, err := p.TaskStat(tid)
+			if err != nil {
+				return fmt.Errorf("thread %d: %w", tid, err)
+			}
+			flags, stState = st.Flags, st.State
+		}
+		if err := rd.fz.still(ts.State, stState, flags); err != nil {
+			return fmt.Errorf("thread %d: %w", tid, err)
+		}
+		s, err := state(ts.State, rd.fz.stopped[tid])
 		if err != nil {
 			return fmt.Errorf("thread %d: %w", tid, err)
 		}

@@ -14,11 +14,12 @@ func init() { register("check", "compare an image with a live tree", runCheck) }
 func runCheck(args []string) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: nsinit check -t PID -D DIR   (exit 0: identical, 1: differences listed)")
+		fmt.Fprintln(fs.Output(), "usage: nsinit check -t PID -D DIR [--left-stopped]   (exit 0: identical, 1: differences listed)")
 		fs.PrintDefaults()
 	}
 	pid := fs.Int("t", 0, "level-0 `pid` of the root of the live tree")
 	dir := fs.String("D", "", "image `directory`")
+	leftStopped := fs.Bool("left-stopped", false, "the tree was left stopped by dump --leave-stopped: a task live in the image may be stopped")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -36,7 +37,7 @@ func runCheck(args []string) int {
 		fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
 		return 2
 	}
-	diffs := check.Compare(img, live)
+	diffs := check.CompareWith(img, live, check.Options{LeftStopped: *leftStopped})
 	for _, d := range diffs {
 		fmt.Println(d)
 	}

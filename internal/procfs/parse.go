@@ -154,6 +154,9 @@ type Stat struct {
 	PPid    int
 	PGrp    int
 	Session int
+	// Flags is field 9, the kernel's task flags (PF_*): PFExiting tells a
+	// task that is past the point of no return in do_exit.
+	Flags uint64
 	// NumThreads is field 20: the threads in /proc/PID/task.
 	NumThreads int
 	StartTime  uint64 // field 22, clock ticks after boot: with the pid, an identity
@@ -161,6 +164,11 @@ type Stat struct {
 	// the signal | 0x80 for a core dump), 0 for a live task.
 	ExitCode int
 }
+
+// PFExiting is PF_EXITING in Stat.Flags: the task has begun do_exit (its
+// exit tracepoint may already have fired) though /proc may still show it
+// running or sleeping until it turns zombie.
+const PFExiting = 0x4
 
 // ParseStat parses /proc/PID/stat. The command name (field 2) may contain
 // spaces and parentheses, so fields are counted from its last ')'.
@@ -190,6 +198,9 @@ func ParseStat(b []byte) (Stat, error) {
 	}
 	if s.Session, err = atoi(f[3]); err != nil {
 		return Stat{}, fmt.Errorf("field 6: %w", err)
+	}
+	if s.Flags, err = strconv.ParseUint(string(f[6]), 10, 64); err != nil {
+		return Stat{}, fmt.Errorf("field 9: %w", err)
 	}
 	if s.NumThreads, err = atoi(f[17]); err != nil {
 		return Stat{}, fmt.Errorf("field 20: %w", err)

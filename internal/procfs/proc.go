@@ -48,6 +48,12 @@ func (p *Proc) TaskStatus(tid int) (Status, error) {
 	return p.r.statusAt(p.fd, name, p.dir+"/"+name)
 }
 
+// TaskStat reads task/TID/stat.
+func (p *Proc) TaskStat(tid int) (Stat, error) {
+	name := "task/" + strconv.Itoa(tid) + "/stat"
+	return p.r.statAt(p.fd, name, p.dir+"/"+name)
+}
+
 // Children reads task/TID/children (see Reader.Children).
 func (p *Proc) Children(tid int) ([]int, error) {
 	name := "task/" + strconv.Itoa(tid) + "/children"

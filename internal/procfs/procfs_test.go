@@ -65,22 +65,23 @@ func TestParseStatusRejects(t *testing.T) {
 
 func TestParseStat(t *testing.T) {
 	cases := []struct {
-		file  string
-		state byte
-		exit  int
-		comm  string
+		file    string
+		state   byte
+		exit    int
+		comm    string
+		exiting bool // PF_EXITING in field 9
 	}{
-		{"stat-live", 'S', 0, "busybox"},
-		{"stat-zombie-200", 'Z', 200 << 8, "busybox"},
-		{"stat-zombie-segv-oddcomm", 'Z', 139, "we ird) (x"},
+		{"stat-live", 'S', 0, "busybox", false},
+		{"stat-zombie-200", 'Z', 200 << 8, "busybox", true},
+		{"stat-zombie-segv-oddcomm", 'Z', 139, "we ird) (x", true},
 	}
 	for _, c := range cases {
 		s, err := ParseStat(fixture(t, c.file))
 		if err != nil {
 			t.Fatalf("%s: %v", c.file, err)
 		}
-		if s.State != c.state || s.ExitCode != c.exit || s.Comm != c.comm {
-			t.Errorf("%s: state %c exit %d comm %q", c.file, s.State, s.ExitCode, s.Comm)
+		if s.State != c.state || s.ExitCode != c.exit || s.Comm != c.comm || (s.Flags&PFExiting != 0) != c.exiting {
+			t.Errorf("%s: state %c exit %d comm %q flags %#x", c.file, s.State, s.ExitCode, s.Comm, s.Flags)
 		}
 	}
 	if _, err := ParseStat([]byte("1 (x) S 0 1 1")); err == nil {
