@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/internal/testutil"
+	"github.com/nsinit/nsinit/pstree"
 )
 
 // clonensBin builds testdata/clonens.c (clone(CLONE_NEWUSER|CLONE_NEWPID)
@@ -199,5 +201,88 @@ func setHostCursor(t *testing.T, v int) {
 	t.Helper()
 	if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(v)), 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// clonedUserPidTree is the image of the "clone" shape: A (host user ns)
+// cloned B with CLONE_NEWUSER|CLONE_NEWPID (B: PID 1 of P2, owned by U61);
+// B's child C did the same for D (PID 1 of P3, owned by U62, a child of
+// U61). fromInit drops A: the image's root is B, whose creator is outside.
+func clonedUserPidTree(fromInit bool) *pstree.Tree {
+	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
+	b.addNS(60, pstree.UserNS, true)
+	u1 := b.addNS(61, pstree.UserNS, false)
+	u1.Parent, u1.SetgroupsAllowed = 60, true
+	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
+	u1.GIDMap = u1.UIDMap
+	u2 := b.addNS(62, pstree.UserNS, false)
+	u2.Parent = 61
+	u2.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 101000, Count: 1000}}
+	u2.GIDMap = u2.UIDMap
+	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner, b.tr.Namespace(3).Owner = 60, 61, 62
+	in := func(ns, user pstree.NSID, uid uint32, pids []int, ppid int, sid int) {
+		sids, pgids := make([]int, len(pids)), make([]int, len(pids))
+		sids[0], pgids[0] = sid, sid
+		if sid == 22301 {
+			sids[1], pgids[1] = 1, 1
+		}
+		t := b.task(ns, pids, ppid, sids, pgids)
+		t.NS[pstree.UserNS] = user
+		t.Creds = pstree.Creds{UID: uid, EUID: uid, SUID: uid, FSUID: uid, GID: uid, EGID: uid, SGID: uid, FSGID: uid}
+	}
+	ppid := 0
+	if !fromInit {
+		in(1, 60, 0, []int{22300}, 0, 22300)
+		ppid = 22300
+	}
+	in(2, 61, 100000, []int{22301, 1}, ppid, 22301)
+	in(2, 61, 100000, []int{22302, 2}, 22301, 22301)
+	in(3, 62, 101000, []int{22303, 3, 1}, 22302, 22301)
+	return &b.tr
+}
+
+// TestPlanUserPidTogether plans the clone shape, from the outer task and
+// from the first init, in both placements and payloads (every plan is
+// replayed through the model as it is made): each init is cloned with
+// CLONE_NEWUSER by a creator in the parent user ns, whose maps that
+// parent's member writes next; set_tid sets every level the creator's
+// user ns owns or is above, and cursors give the others.
+func TestPlanUserPidTogether(t *testing.T) {
+	for _, fromInit := range []bool{false, true} {
+		for _, pl := range []Placement{PlaceSetTID, PlaceLastPID} {
+			for _, pay := range []Payload{PayloadExec, PayloadStopped} {
+				name := fmt.Sprintf("fromInit=%v/placement=%d/payload=%d", fromInit, pl, pay)
+				p := mustPlan(t, clonedUserPidTree(fromInit), Options{Placement: pl, Payload: pay, Features: Features{MultiLevelSetTID: true}})
+				var got []string
+				for _, s := range p.Steps {
+					if s.Op == OpClone && s.NewPIDNS {
+						got = append(got, fmt.Sprintf("%s: %s from=%d", p.name(s.Actor), p.describe(&s), s.SetFrom))
+					}
+				}
+				// C, in U61, has CAP_CHECKPOINT_RESTORE over level 1
+				// (owned by U61) and the new level, not over level 0: the
+				// host cursor gives that one.
+				inner := "task 22302/2: clone task 22303/3/1 CLONE_NEWUSER(user 62) CLONE_NEWPID set_tid from=1"
+				first := "task 22300: clone task 22301/1 CLONE_NEWUSER(user 61) CLONE_NEWPID set_tid from=0"
+				if fromInit {
+					first = "helper 0: clone task 22301/1 CLONE_NEWUSER(user 61) CLONE_NEWPID CLONE_PARENT set_tid from=0"
+				}
+				if pl == PlaceLastPID {
+					// cursors at every level, pid 1 needs nothing
+					first = strings.Replace(strings.Replace(first, " set_tid", "", 1), "from=0", "from=2", 1)
+					inner = strings.Replace(strings.Replace(inner, " set_tid", "", 1), "from=1", "from=3", 1)
+				}
+				want := []string{first, inner}
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: pid ns inits cloned as\n%s\nwant\n%s", name, strings.Join(got, "\n"), strings.Join(want, "\n"))
+				}
+			}
+		}
+	}
+	// An init above its pid ns's owner: the kernel has no such history.
+	bad := clonedUserPidTree(false)
+	bad.Namespace(2).Owner = 62
+	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("pid ns owned by a user ns below its init's: %v, want ErrUnsupported", err)
 	}
 }
