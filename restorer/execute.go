@@ -448,6 +448,9 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 			if s.NewPIDNS {
 				r.args.Flags |= sys.CLONE_NEWPID
 			}
+			if s.NS[pstree.UserNS] != 0 {
+				r.args.Flags |= unix.CLONE_NEWUSER // its maps are a later step's
+			}
 			if s.AsSibling {
 				r.args.Flags |= sys.CLONE_PARENT
 				r.args.ExitSignal = 0

@@ -395,15 +395,27 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		}
 	}
 	nsk := m.own
+	credsIn := pstree.NSID(0)
 	if s.Actor != Restorer {
-		nsk = m.procs[s.Actor].nsk
+		nsk, credsIn = m.procs[s.Actor].nsk, m.procs[s.Actor].credsIn
 	}
+	// set_tid is checked against the caller's credentials (alloc_pid runs
+	// in the parent), before any CLONE_NEWUSER of the same call matters.
 	if err := m.cloneCaps(s, c, pr.PIDs, nsk[pstree.UserNS]); err != nil {
 		return err
+	}
+	if u := s.NS[pstree.UserNS]; u != 0 {
+		if err := m.cloneUser(u, nsk[pstree.UserNS], credsIn, s); err != nil {
+			return err
+		}
+		nsk[pstree.UserNS] = u
 	}
 	m.saveProc(s.Target)
 	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, sid: sid, pgid: pgid, nsk: nsk}
 	if s.NewPIDNS {
+		// copy_process creates the user namespace of CLONE_NEWUSER (in
+		// copy_creds) before the pid namespace (copy_namespaces): the
+		// new pid namespace is owned by the child's user namespace.
 		m.saveNS(ns)
 		m.nss[ns].init = s.Target
 		m.nss[ns].owner = nsk[pstree.UserNS]
@@ -411,6 +423,36 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 			return fmt.Errorf("pid ns %d would be owned by user ns %d (its creator's), the image says %d", ns, nsk[pstree.UserNS], want)
 		}
 	}
+	return nil
+}
+
+// cloneUser is the model of CLONE_NEWUSER in a clone3: the child is the
+// first member of user namespace u, a child of the caller's user
+// namespace from, which must map the caller's ids (create_user_ns); the
+// kernel forbids it with CLONE_THREAD and CLONE_FS only, which builder
+// clones never use.
+func (m *model) cloneUser(u, from, credsIn pstree.NSID, s *Step) error {
+	ns := m.tr.Namespace(u)
+	if ns == nil || ns.Kind != pstree.UserNS {
+		return fmt.Errorf("CLONE_NEWUSER as %d: not a user namespace", u)
+	}
+	if m.made[u] {
+		return fmt.Errorf("user namespace %d created twice", u)
+	}
+	parent := ns.Parent
+	if parent == 0 || m.tr.Namespace(parent).Ambient {
+		parent = m.own[pstree.UserNS]
+	}
+	if parent != from {
+		return fmt.Errorf("CLONE_NEWUSER of user namespace %d from user namespace %d, its parent is %d", u, from, parent)
+	}
+	if from != m.own[pstree.UserNS] && (!m.mapped[from] || credsIn != from) {
+		return fmt.Errorf("CLONE_NEWUSER of user namespace %d inside user namespace %d with ids it does not map: EPERM", u, from)
+	}
+	if s.Into != 0 {
+		return fmt.Errorf("CLONE_NEWUSER with a setns-born clone: not planned")
+	}
+	m.setMade(u)
 	return nil
 }
 

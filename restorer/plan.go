@@ -232,6 +232,9 @@ func (p *Plan) describe(s *Step) string {
 	switch s.Op {
 	case OpClone:
 		var fl []string
+		if u := s.NS[pstree.UserNS]; u != 0 {
+			fl = append(fl, fmt.Sprintf("CLONE_NEWUSER(user %d)", u))
+		}
 		if s.NewPIDNS {
 			fl = append(fl, "CLONE_NEWPID")
 		}

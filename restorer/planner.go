@@ -583,6 +583,34 @@ func (pl *planner) placeClone(s Step) error {
 // innermost first, so the host's cursor - the one unrelated processes race
 // for - is written last, right before the clone.
 func (pl *planner) placed(s Step) error {
+	if s.Op == OpClone && s.NewPIDNS && s.Actor != Restorer {
+		u, err := pl.ownerFirst(&s)
+		if err != nil {
+			return err
+		}
+		if u != 0 {
+			return pl.placedNewUser(s, u)
+		}
+	}
+	return pl.placedAs(s)
+}
+
+// placedNewUser emits clone step s with CLONE_NEWUSER creating user
+// namespace u, its target's pid namespace's owner, then u's maps, written
+// by a member of its parent (the creator's) user namespace, before the
+// target does anything.
+func (pl *planner) placedNewUser(s Step, u pstree.NSID) error {
+	a := &pl.m.procs[s.Actor]
+	if cur := a.nsk[pstree.UserNS]; cur != pl.m.own[pstree.UserNS] && a.credsIn != cur {
+		if err := pl.nestedCreds(s.Actor, cur, u); err != nil {
+			return err
+		}
+	}
+	s.NS = nsOne(pstree.UserNS, u)
+	return pl.placedAs(s)
+}
+
+func (pl *planner) placedAs(s Step) error {
 	var pids []int
 	var ns pstree.NSID
 	if s.Op == OpClone {
@@ -643,9 +671,52 @@ func (pl *planner) placed(s Step) error {
 		}
 	}
 	if s.Op == OpClone {
+		if u := s.NS[pstree.UserNS]; u != 0 {
+			if err := pl.userMap(s.Target, u); err != nil {
+				return err
+			}
+		}
 		return pl.memberships(s.Target)
 	}
 	return nil
+}
+
+// ownerFirst decides how the init that clone step s creates gets a pid
+// namespace owned by the image's owner O: the kernel makes the creator's
+// user namespace (after any CLONE_NEWUSER of the same call) the owner. A
+// creator already in O clones it plainly. A creator in O's parent, with O
+// not created yet, clones it with CLONE_NEWUSER|CLONE_NEWPID (O's first
+// member is the init; bubblewrap's and runc's shape, and a tree dumped
+// from the init of `unshare -U -p -f`): it keeps its own user namespace,
+// and with it CAP_CHECKPOINT_RESTORE over the outer levels' owners, so
+// set_tid still sets them. It returns O in that case, else 0 (the model
+// refuses what is left, naming the owners).
+func (pl *planner) ownerFirst(s *Step) (pstree.NSID, error) {
+	tr := pl.tr()
+	pr := &pl.plan.Procs[s.Target]
+	o := tr.Namespace(pr.NS).Owner
+	if o == 0 || tr.Namespace(o) == nil || tr.Namespace(o).Ambient || pl.m.made[o] {
+		return 0, nil
+	}
+	cur := pl.m.procs[s.Actor].nsk[pstree.UserNS]
+	if cur == o {
+		return 0, nil
+	}
+	parent := tr.Namespace(o).Parent
+	if parent == 0 || tr.Namespace(parent).Ambient {
+		parent = pl.m.own[pstree.UserNS]
+	}
+	if parent != cur || s.Into != 0 {
+		return 0, nil
+	}
+	// The init's own user namespace must be O or below it: a task cannot
+	// leave a user namespace upwards.
+	if t := pr.Task; t >= 0 {
+		if want := tr.Tasks[t].NS[pstree.UserNS]; want != 0 && want != o && !pl.m.capable(o, want) {
+			return 0, nil
+		}
+	}
+	return o, nil
 }
 
 // ParkHostCursor as the Arg of an OpLastPID puts the host's ns_last_pid back
