@@ -27,6 +27,11 @@ type header struct {
 	lastPIDPath [32]byte
 	parkText    [24]byte // the host cursor at the start, as text
 	parkLen     int64
+	// The level-0 writer's check of a clone placed through the host
+	// cursor (hostcheck.go): the pidfd's fdinfo path, prefix filled by
+	// Execute, and the text read from it.
+	fdinfoPath [40]byte
+	fdinfoBuf  [512]byte
 }
 
 // procRec is one proc's slot.
@@ -79,6 +84,9 @@ type stepRec struct {
 	setTID    [sys.MaxSetTID]int32 // pid_t, not u64 (internal/sys.SetTID)
 	text      [24]byte             // OpLastPID: the number as text
 	textLen   int64
+	// OpLastPID: the proc whose level-0 pid the writer checks afterwards
+	// (hostcheck.go), -1 for none, and that pid.
+	check, checkPid int64
 	// OpUserMap: up to three files (setgroups, uid_map, gid_map) to write:
 	// NUL-terminated path and text addresses in the block, text lengths;
 	// a 0 path is skipped.
