@@ -126,3 +126,24 @@ func TestRestoreBesideForkLoop(t *testing.T) {
 		}
 	}
 }
+
+// keepCursorAbove moves the host cursor above tr's level-0 pids when it is
+// below them, between a dump --kill and the restore of its image: the
+// tree's pids are free then, and on a busy host (pid_max 32768, other
+// restores moving the shared cursor) the next processes - the nsinit
+// restore itself - would otherwise take them.
+func keepCursorAbove(t *testing.T, tr *pstree.Tree) {
+	t.Helper()
+	hi := 0
+	for _, tk := range tr.Tasks {
+		hi = max(hi, tk.PID())
+		for _, th := range tk.Threads {
+			hi = max(hi, th.TIDs[0])
+		}
+	}
+	if cur, err := readLastPID(); err == nil && cur < hi {
+		if err := writeLastPID(hi); err != nil {
+			t.Logf("keep the host cursor above the image: %v", err)
+		}
+	}
+}

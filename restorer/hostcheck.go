@@ -40,7 +40,11 @@ const errMisplaced = 1 << 40
 const fdinfoPrefix = "/proc/self/fdinfo/"
 
 // parkHostCursor writes the image's highest level-0 pid to the host cursor
-// and returns the function that puts the host's value back.
+// and returns the function that puts the host's value back - unless the
+// cursor is beyond it by then: moving it back would hand the next forks
+// pids that were just used, and on a busy host (pid_max 32768) those are
+// a window another restore is about to need (a tree just dumped and
+// killed, say).
 func parkHostCursor(p *Plan) func() {
 	park := 0
 	for i := range p.Procs {
@@ -55,7 +59,11 @@ func parkHostCursor(p *Plan) func() {
 	if err != nil || park == 0 || writeLastPID(park) != nil {
 		return func() {}
 	}
-	return func() { _ = writeLastPID(old) }
+	return func() {
+		if cur, err := readLastPID(); err == nil && cur < old {
+			_ = writeLastPID(old)
+		}
+	}
 }
 
 func readLastPID() (int, error) {

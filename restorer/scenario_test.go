@@ -47,6 +47,9 @@ func scenario(t *testing.T, mk func() *pstree.Tree) {
 			t.Run(fmt.Sprintf("%s/%s", []string{"exec", "stopped"}[pay], []string{"set_tid", "ns_last_pid"}[pm]), func(t *testing.T) {
 				var err error
 				for try := 0; try < 5; try++ {
+					if err := unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0); err != nil {
+						t.Fatal(err)
+					}
 					tr := place(t, sleepers(mk()))
 					p, perr := NewPlan(tr, Options{Payload: pay, Placement: pm, Features: features})
 					if perr != nil {
