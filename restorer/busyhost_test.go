@@ -147,3 +147,71 @@ func keepCursorAbove(t *testing.T, tr *pstree.Tree) {
 		}
 	}
 }
+
+// TestPlanChecksHostCursorClones: every clone whose level-0 pid comes from
+// the host cursor is followed at once by the step that parks the cursor
+// and checks that pid, so no later step can name a proc that is not there.
+func TestPlanChecksHostCursorClones(t *testing.T) {
+	for _, mk := range []func() *pstree.Tree{userTree, deadGroupLeaderTree, f43, zombieTree} {
+		for _, pm := range []Placement{PlaceSetTID, PlaceLastPID} {
+			p := mustPlan(t, mk(), Options{Placement: pm, Features: Features{MultiLevelSetTID: true}})
+			checked := 0
+			for i, s := range p.Steps {
+				if s.Op != OpClone || s.Actor == Restorer || p.Procs[s.Target].PIDs[0] == 0 || (s.SetTID && s.SetFrom == 0) {
+					continue
+				}
+				if n := p.Steps[i+1]; n.Op != OpLastPID || n.Target != s.Target {
+					t.Errorf("step %d (%s) places a level-0 pid through the host cursor; step %d is %s, not its check\n%s", i, p.describe(&s), i+1, p.describe(&n), p)
+				}
+				checked++
+			}
+			if pm == PlaceLastPID && checked == 0 {
+				t.Errorf("no clone through the host cursor in cursor placement\n%s", p)
+			}
+		}
+	}
+}
+
+// TestParkHostCursor: Execute's park puts the host cursor at the image's
+// highest level-0 pid, and putting the host's value back never moves it
+// below where it is then.
+func TestParkHostCursor(t *testing.T) {
+	needRoot(t)
+	tr := place(t, deadGroupLeaderTree())
+	p := mustPlan(t, tr, Options{Features: features})
+	hi := tr.Tasks[len(tr.Tasks)-1].PID()
+	cursor := func() int {
+		v, err := readLastPID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	old := cursor()
+	defer func() {
+		if cursor() < old {
+			_ = writeLastPID(old)
+		}
+	}()
+	// below the image: parked above it, and left there
+	if err := writeLastPID(hi - 100); err != nil {
+		t.Fatal(err)
+	}
+	back := parkHostCursor(p)
+	if c := cursor(); c < hi {
+		t.Errorf("parked cursor %d, want at least %d", c, hi)
+	}
+	back()
+	if c := cursor(); c < hi {
+		t.Errorf("cursor %d after putting back %d, want it left above the image (%d)", c, hi-100, hi)
+	}
+	// above the image: put back
+	if err := writeLastPID(hi + 500); err != nil {
+		t.Fatal(err)
+	}
+	back = parkHostCursor(p)
+	back()
+	if c := cursor(); c < hi+500 {
+		t.Errorf("cursor %d after putting back %d", c, hi+500)
+	}
+}
