@@ -21,17 +21,19 @@ type header struct {
 	failErrno int64
 	nsteps    int64
 	base      uint64 // the block's own address, for sanity checks
+
+	// The level-0 writer's check of a clone placed through the host
+	// cursor (hostcheck.go): the pidfd's fdinfo path, prefix filled by
+	// Execute, and the text read from it.
+	fdinfoPath [40]byte
+	fdinfoBuf  [512]byte
+
 	// zeros stays all zero: SIG_DFL sigaction, empty sigset, RLIMIT 0,
 	// a futex word that never changes.
 	zeros       [128]byte
 	lastPIDPath [32]byte
 	parkText    [24]byte // the host cursor at the start, as text
 	parkLen     int64
-	// The level-0 writer's check of a clone placed through the host
-	// cursor (hostcheck.go): the pidfd's fdinfo path, prefix filled by
-	// Execute, and the text read from it.
-	fdinfoPath [40]byte
-	fdinfoBuf  [512]byte
 }
 
 // procRec is one proc's slot.
