@@ -176,6 +176,9 @@ func precheck(p *Plan) error {
 		}
 		waitYoungHolder(pid, settle) // hostcheck.go
 		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status"); err == nil {
+			if statusField(string(b), "Tgid") == strconv.Itoa(os.Getpid()) {
+				return fmt.Errorf("%s: pid %d at level 0 is taken by this restorer itself (the host cursor was among the image's pids when it started): %w", what, pid, ErrPIDTaken)
+			}
 			return fmt.Errorf("%s: pid %d at level 0 is taken by %q (tgid %s): %w", what, pid,
 				statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrPIDTaken)
 		}
