@@ -642,21 +642,6 @@ func (pl *planner) placed(s Step) error {
 	return nil
 }
 
-// writesHostCursor says whether actor, about to clone, may write the host
-// (level-0) cursor itself: it is in level-0 pid namespace ns0 and capable
-// over its owner (a builder that entered a user namespace is not).
-func (pl *planner) writesHostCursor(actor int, ns0 pstree.NSID) bool {
-	if actor < 0 {
-		return false
-	}
-	a := &pl.m.procs[actor]
-	if a.ns != ns0 {
-		return false
-	}
-	o := pl.m.nss[ns0].owner
-	return o == 0 || pl.m.capable(a.nsk[pstree.UserNS], o)
-}
-
 // ParkHostCursor as the Arg of an OpLastPID puts the host's ns_last_pid back
 // to the value it had when the restore started.
 const ParkHostCursor = -1
