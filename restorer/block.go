@@ -21,6 +21,13 @@ type header struct {
 	failErrno int64
 	nsteps    int64
 	base      uint64 // the block's own address, for sanity checks
+
+	// The level-0 writer's check of a clone placed through the host
+	// cursor (hostcheck.go): the pidfd's fdinfo path, prefix filled by
+	// Execute, and the text read from it.
+	fdinfoPath [40]byte
+	fdinfoBuf  [512]byte
+
 	// zeros stays all zero: SIG_DFL sigaction, empty sigset, RLIMIT 0,
 	// a futex word that never changes.
 	zeros       [128]byte
@@ -91,6 +98,9 @@ type stepRec struct {
 	setTID    [sys.MaxSetTID]int32 // pid_t, not u64 (internal/sys.SetTID)
 	text      [24]byte             // OpLastPID: the number as text
 	textLen   int64
+	// OpLastPID: the proc whose level-0 pid the writer checks afterwards
+	// (hostcheck.go), -1 for none, and that pid.
+	check, checkPid int64
 	// OpUserMap: up to three files (setgroups, uid_map, gid_map) to write:
 	// NUL-terminated path and text addresses in the block, text lengths;
 	// a 0 path is skipped.

@@ -214,6 +214,9 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 		}
 		_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, txt, n)
 		syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
+		if e == 0 && st.check >= 0 {
+			return checkHostPID(base, st) // hostcheck.go
+		}
 		return uintptr(e)
 	case int64(OpWait):
 		_, _, e := syscall.RawSyscall6(unix.SYS_WAIT4, uintptr(st.waitPid), uintptr(unsafe.Pointer(&st.arg2)), wALL, 0, 0, 0)

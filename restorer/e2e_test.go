@@ -62,6 +62,7 @@ func TestE2EDumpKillRestoreCheck(t *testing.T) {
 				t.Fatalf("dump --kill: %v\n%s", err, out)
 			}
 			waitGone(t, tr)
+			keepCursorAbove(t, tr)
 			pidfile := filepath.Join(t.TempDir(), "pid")
 			if out, err := nsinit(t, "restore", "-D", img, "-d", "--pidfile", pidfile); err != nil {
 				t.Fatalf("restore of the dump: %v\n%s", err, out)
@@ -205,5 +206,6 @@ func dumpKilled(t *testing.T, cmd *exec.Cmd, flags ...string) (*pstree.Tree, str
 	if err != nil {
 		t.Fatal(err)
 	}
+	keepCursorAbove(t, tr)
 	return tr, img
 }

@@ -63,6 +63,7 @@ func ExecuteContext(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, e
 	// resetting it would leave this process non-dumpable (no pidfd setns
 	// into anything for the next Execute).
 	defer unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
+	defer parkHostCursor(p)() // hostcheck.go
 	if opt.Attempts == 0 {
 		opt.Attempts = 5
 	}
@@ -80,7 +81,8 @@ func ExecuteContext(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, e
 // ErrHostRace: a process outside the tree took a level-0 pid between the
 // restorer's write of the host's ns_last_pid and the clone (the host cursor
 // is shared with every process on the machine, F1.3). The attempt was
-// rolled back completely; Execute retries.
+// rolled back completely; Execute retries. Such an error is ErrPIDTaken
+// too, and names the process that took the pid while it is there.
 var ErrHostRace = errors.New("host pid cursor raced with an unrelated fork")
 
 func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
@@ -212,11 +214,16 @@ var skipPrecheck = false
 // needs is in use. (clone3 would fail with EEXIST anyway; this only makes
 // the error precise. Inner levels are fresh namespaces.)
 func precheck(p *Plan) error {
+	settle := time.Now().Add(2 * time.Second)
 	check := func(pid int, what string) error {
 		if pid <= 0 {
 			return nil
 		}
+		waitYoungHolder(pid, settle) // hostcheck.go
 		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status"); err == nil {
+			if statusField(string(b), "Tgid") == strconv.Itoa(os.Getpid()) {
+				return fmt.Errorf("%s: pid %d at level 0 is taken by this restorer itself (the host cursor was among the image's pids when it started): %w", what, pid, ErrPIDTaken)
+			}
 			return fmt.Errorf("%s: pid %d at level 0 is taken by %q (tgid %s): %w", what, pid,
 				statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrPIDTaken)
 		}
@@ -525,6 +532,7 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 			stepAt(b.base, b.stepsOff, int64(i-1)).prewake = int64(n.Actor)
 		}
 	}
+	setHostChecks(p, b)
 	bBase, bProcsOff, bStepsOff = b.base, b.procsOff, b.stepsOff
 	return b, nil
 }
@@ -734,12 +742,19 @@ func (t *tx) stepError(i int, e uintptr) error {
 	}
 	s := &t.p.Steps[i]
 	what := fmt.Sprintf("step %d (%s by %s)", i, t.p.describe(s), t.p.name(s.Actor))
+	if e&errMisplaced != 0 {
+		return t.misplaced(i, int(e&^errMisplaced))
+	}
 	if e&errHelperStatus != 0 {
 		return fmt.Errorf("%s: helper exited with status %#x", what, e&0xffff)
 	}
 	err := error(unix.Errno(e))
 	if s.Op == OpClone && err == unix.EEXIST {
-		return fmt.Errorf("%s: one of pids %v (outermost first) is in use: %w: %w", what, t.p.Procs[s.Target].PIDs, ErrPIDTaken, err)
+		pids := t.p.Procs[s.Target].PIDs
+		if h := holderOf(pids[0]); h != "" {
+			return fmt.Errorf("%s: pid %d at level 0 is taken by %s: %w: %w", what, pids[0], h, ErrPIDTaken, err)
+		}
+		return fmt.Errorf("%s: one of pids %v (outermost first) is in use: %w: %w", what, pids, ErrPIDTaken, err)
 	}
 	if s.Op == OpThread && err == unix.EEXIST {
 		return fmt.Errorf("%s: one of tids %v is in use: %w: %w", what, s.PIDs, ErrPIDTaken, err)
@@ -872,16 +887,17 @@ func (t *tx) verify() error {
 	return nil
 }
 
-// hostPIDError classifies a wrong level-0 placement: the wanted pid is held
-// by a process outside the restore (ErrPIDTaken, naming it), or it was free
-// and an unrelated fork took the cursor's pid first (ErrHostRace, retried).
+// hostPIDError classifies a wrong level-0 placement. The precheck found
+// the wanted pid free, so an unrelated fork took it during the restore
+// (ErrHostRace, retried; ErrPIDTaken too), naming the process that holds
+// it when there still is one.
 func (t *tx) hostPIDError(err error, pid int) error {
 	b, serr := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if serr != nil || t.ours(pid) {
-		return fmt.Errorf("%w: %w", err, ErrHostRace)
+		return fmt.Errorf("%w: pid %d at level 0 was taken, and no process outside the restore holds it now: %w: %w", err, pid, ErrHostRace, ErrPIDTaken)
 	}
-	return fmt.Errorf("%w: pid %d at level 0 is taken by %q (tgid %s): %w", err, pid,
-		statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrPIDTaken)
+	return fmt.Errorf("%w: pid %d at level 0 is taken by %q (tgid %s): %w: %w", err, pid,
+		statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrHostRace, ErrPIDTaken)
 }
 
 // ours says whether level-0 pid belongs to a proc this restore created.

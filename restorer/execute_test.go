@@ -289,6 +289,9 @@ func reapChildren(d time.Duration) bool {
 			return true
 		}
 		if pid == 0 {
+			if onlyLoopChildren() {
+				return true
+			}
 			time.Sleep(time.Millisecond)
 		}
 	}

@@ -50,7 +50,10 @@ const (
 	OpVerify
 	// OpLastPID: Actor writes Arg to its own namespace's ns_last_pid: right
 	// before a clone (so the next pid of that level is Arg+1), or at the end
-	// (the image's cursor, F1.4).
+	// (the image's cursor, F1.4). The level-0 writer's write that parks the
+	// host cursor after a clone placed through it has Target set: it then
+	// checks that Target got its level-0 pid (the host cursor is shared
+	// with every process of the machine, F1.3).
 	OpLastPID
 	// OpWait: Actor reaps its child Target (a helper) and checks it exited 0.
 	OpWait
@@ -264,6 +267,9 @@ func (p *Plan) describe(s *Step) string {
 	case OpLastPID:
 		if s.Arg == ParkHostCursor {
 			return "ns_last_pid = (back to the host's)"
+		}
+		if s.Target >= 0 {
+			return fmt.Sprintf("ns_last_pid = %d, check %s", s.Arg, p.name(s.Target))
 		}
 		return fmt.Sprintf("ns_last_pid = %d", s.Arg)
 	case OpWait, OpKill:

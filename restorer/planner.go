@@ -644,7 +644,7 @@ func (pl *planner) placedAs(s Step) error {
 	if s.NewPIDNS && from == len(pids) {
 		top-- // pid 1 of a fresh namespace needs nothing
 	}
-	hostCursor := false
+	hostCursor, hw := false, pl.w0
 	for l := top; l >= 0; l-- {
 		if pids[l] == 0 {
 			continue
@@ -652,6 +652,12 @@ func (pl *planner) placedAs(s Step) error {
 		w, err := pl.writer(c[l])
 		if err != nil {
 			return err
+		}
+		if l == 0 && pl.writesHostCursor(s.Actor, c[0]) {
+			// No hand-over between the write and the clone: on a loaded
+			// machine the cloner may wait milliseconds for a CPU after
+			// the writer's write, and every fork meanwhile takes the pid.
+			w, hw = s.Actor, s.Actor
 		}
 		if err := pl.emit(Step{Op: OpLastPID, Actor: w, Target: -1, Arg: pids[l] - 1}); err != nil {
 			return err
@@ -666,7 +672,16 @@ func (pl *planner) placedAs(s Step) error {
 		// once: while it points among them, every unrelated fork on the
 		// machine takes one of them. (Execute puts the host's own value
 		// back at the end.)
-		if err := pl.emit(Step{Op: OpLastPID, Actor: pl.w0, Target: -1, Arg: pl.park}); err != nil {
+		// The same step checks the clone's level-0 pid (Target): a fork
+		// that took it between the cursor write and the clone put the
+		// proc at another pid, and the steps after this one name it by
+		// its number (setpgid, the /proc files of its user namespace
+		// maps): they must not run on a pid that is not ours.
+		park := Step{Op: OpLastPID, Actor: hw, Target: -1, Arg: pl.park}
+		if s.Op == OpClone {
+			park.Target = s.Target
+		}
+		if err := pl.emit(park); err != nil {
 			return err
 		}
 	}

@@ -1,12 +1,9 @@
 package restorer
 
 import (
-	"fmt"
 	"testing"
-	"time"
 
 	"github.com/nsinit/nsinit/pstree"
-	"golang.org/x/sys/unix"
 )
 
 // Trees the random real trees (TestRealTrees) found broken, reduced to
@@ -45,34 +42,12 @@ func TestPlanUserLauncherSetsPFCForGood(t *testing.T) {
 }
 
 // TestRestoreUserLauncherChildren restores the tree in both payloads and
-// placements. Not through scenario(): Execute leaves the calling process
-// non-dumpable (a payload's setresuid in a builder that shares its mm), and
-// the launcher's pidfd setns (ptrace_may_access) into its child namespace
-// then fails with EPERM in the next restore of the same process; each run
-// makes it dumpable again first.
-func TestRestoreUserLauncherChildren(t *testing.T) {
-	needRoot(t)
-	for _, pay := range []Payload{PayloadExec, PayloadStopped} {
-		for _, pm := range []Placement{PlaceSetTID, PlaceLastPID} {
-			t.Run(fmt.Sprintf("%s/%s", []string{"exec", "stopped"}[pay], []string{"set_tid", "ns_last_pid"}[pm]), func(t *testing.T) {
-				if err := unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0); err != nil {
-					t.Fatal(err)
-				}
-				tr := place(t, sleepers(userLauncherTree()))
-				p, err := NewPlan(tr, Options{Payload: pay, Placement: pm, Features: features})
-				if err != nil {
-					t.Fatalf("plan: %v", err)
-				}
-				res, err := Execute(p, ExecOptions{Timeout: 30 * time.Second})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { killTree(t, tr, res) })
-				checkTree(t, tr, pay)
-			})
-		}
-	}
-}
+// placements, through scenario(), which makes the test process dumpable
+// again before each restore: a payload's setresuid in a builder that shares
+// the restorer's mm left it non-dumpable once, and the launcher's pidfd
+// setns (ptrace_may_access) into its child namespace then failed with EPERM
+// in the next restore of the same process.
+func TestRestoreUserLauncherChildren(t *testing.T) { scenario(t, userLauncherTree) }
 
 // orphanOfMemberTree: an orphan re-parented to its namespace's init, in a
 // session whose live leader is neither its init's child nor dead; the shell
