@@ -15,6 +15,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/nsinit/nsinit/internal/agentconn"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"golang.org/x/sys/unix"
 )
@@ -141,7 +143,7 @@ func (s *service) accept(fd int, path string) {
 }
 
 // Dial connects to an agent's restore socket.
-func Dial(path string) (*Conn, error) {
+func Dial(path string) (*agentconn.Conn, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
@@ -150,18 +152,18 @@ func Dial(path string) (*Conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("connect to agent %s: %w", path, err)
 	}
-	return NewConn(os.NewFile(uintptr(fd), "agent"), 0)
+	return agentconn.NewConn(os.NewFile(uintptr(fd), "agent"), 0)
 }
 
 func (s *service) serveClient(f *os.File) {
-	c, err := NewConn(f, 0)
+	c, err := agentconn.NewConn(f, 0)
 	if err != nil {
 		f.Close()
 		return
 	}
 	defer c.Close()
 	c.IdleTimeout = clientIdleTimeout
-	cred, err := peerCred(f)
+	cred, err := agentconn.PeerCred(f)
 	if err != nil {
 		fmt.Fprintf(s.log, "nsinit: restore client: %v\n", err)
 		return
@@ -301,7 +303,7 @@ type clientIDs struct {
 // kernel recorded them when it connected (SO_PEERCRED, SO_PEERGROUPS).
 func clientIDsOf(f *os.File, cred *unix.Ucred) (*clientIDs, error) {
 	var groups string
-	if err := sockopt(f, "SO_PEERGROUPS", func(fd int) (err error) {
+	if err := agentconn.Sockopt(f, "SO_PEERGROUPS", func(fd int) (err error) {
 		groups, err = unix.GetsockoptString(fd, unix.SOL_SOCKET, unix.SO_PEERGROUPS)
 		return err
 	}); err != nil {
@@ -381,8 +383,7 @@ func restorerMessage(f *os.File) string {
 // Only the PID 1 of a namespace does it: an agent in a namespace it does not
 // lead (subreaper mode) shares the cursor with processes it knows nothing of.
 func moveCursorHigh() func() {
-	const path = "/proc/sys/kernel/ns_last_pid"
-	cur, err := os.ReadFile(path)
+	cur, err := procfs.ReadLastPID()
 	if err != nil || os.Getpid() != 1 {
 		return func() {}
 	}
@@ -390,22 +391,8 @@ func moveCursorHigh() func() {
 	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
 		pidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	}
-	if writeLastPID(int64(RuntimeWindow(pidMax))) != nil {
+	if procfs.WriteLastPID(agentconn.RuntimeWindow(pidMax)) != nil {
 		return func() {}
 	}
-	return func() { os.WriteFile(path, cur, 0) }
-}
-
-// RuntimeWindow is where a namespace's cursor points while a Go process
-// (a restored agent, a restorer) starts its runtime threads there, so they
-// take no pid an image needs: 4,000,000 (a child namespace's pid_max is
-// 4,194,304 on 6.18, F1.5), or 256 below pidMax when that is lower - on 6.1
-// pid_max is one global value (32768 on a small machine) and a cursor above
-// it is EINVAL. pidMax 0: unknown.
-func RuntimeWindow(pidMax int) int {
-	const window = 4_000_000
-	if pidMax > 0 && pidMax-256 < window {
-		return pidMax - 256
-	}
-	return window
+	return func() { procfs.WriteLastPID(cur) }
 }

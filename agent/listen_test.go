@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/pstree"
@@ -95,7 +97,7 @@ func TestRestoreServiceNeedsADirectoryDescriptor(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	var re *ReplyError
+	var re *agentconn.ReplyError
 	if _, err := c.Call(restoreRequest()); !errors.As(err, &re) || re.Errno != unix.EINVAL {
 		t.Errorf("restore without a descriptor: %v, want EINVAL", err)
 	}
@@ -116,7 +118,7 @@ func TestRestoreServiceBoundsClients(t *testing.T) {
 	defer func(d time.Duration, n int) { clientIdleTimeout, maxClients = d, n }(clientIdleTimeout, maxClients)
 	clientIdleTimeout, maxClients = time.Hour, 2
 	sock := listenHere(t)
-	var held []*Conn
+	var held []*agentconn.Conn
 	defer func() {
 		for _, c := range held {
 			c.Close()
@@ -139,7 +141,7 @@ func TestRestoreServiceBoundsClients(t *testing.T) {
 	}
 	defer extra.Close()
 	extra.Timeout = time.Minute
-	if _, err := extra.Call(&agentpb.Request{Op: &agentpb.Request_Hello{Hello: &agentpb.Hello{}}}); err == nil || errors.Is(err, ErrTimeout) {
+	if _, err := extra.Call(&agentpb.Request{Op: &agentpb.Request_Hello{Hello: &agentpb.Hello{}}}); err == nil || errors.Is(err, agentconn.ErrTimeout) {
 		t.Errorf("a client past the cap of %d: %v, want the connection closed", maxClients, err)
 	}
 
@@ -148,12 +150,13 @@ func TestRestoreServiceBoundsClients(t *testing.T) {
 		c.Close()
 	}
 	held = nil
-	idle, err := Dial(sock)
+	idle, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer idle.Close()
-	if _, err := idle.recv(time.Minute); !errors.Is(err, io.EOF) {
+	idle.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, err := idle.Read(make([]byte, 64)); !errors.Is(err, io.EOF) {
 		t.Errorf("an idle client: %v, want the connection closed (EOF)", err)
 	}
 }

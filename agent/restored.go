@@ -6,41 +6,39 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/nsinit/nsinit/internal/agentconn"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"golang.org/x/sys/unix"
 )
 
 // This file is the child side of the agent protocol as a restored agent
 // serves it: `nsinit restore` execs the agent with its original command
-// line and one end of a socket pair at ControlFD. Once every task of the
+// line and one end of a socket pair at agentconn.ControlFD. Once every task of the
 // tree exists the restorer greets it (Hello), tells it which child to adopt
 // instead of starting its command and which zombie children to keep
 // (Adopt), and has it put its namespace's ns_last_pid back (Finish). The
 // restorer's builder processes create the tasks, so CreateTask is not
 // served.
 
-// ControlFD is the descriptor at which a restored agent finds its control
-// socket (internal/waiter's mark is at 63).
-const ControlFD = 62
-
 // RestoredControl returns the control connection when this process is a
-// restored agent - ControlFD is a unix SOCK_SEQPACKET socket - and nil
+// restored agent - agentconn.ControlFD is a unix SOCK_SEQPACKET socket - and nil
 // otherwise. An error means it looks like one but the peer is refused.
-func RestoredControl() (*Conn, error) {
-	typ, err := unix.GetsockoptInt(ControlFD, unix.SOL_SOCKET, unix.SO_TYPE)
+func RestoredControl() (*agentconn.Conn, error) {
+	typ, err := unix.GetsockoptInt(agentconn.ControlFD, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil || typ != unix.SOCK_SEQPACKET {
 		return nil, nil
 	}
-	if dom, err := unix.GetsockoptInt(ControlFD, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || dom != unix.AF_UNIX {
+	if dom, err := unix.GetsockoptInt(agentconn.ControlFD, unix.SOL_SOCKET, unix.SO_DOMAIN); err != nil || dom != unix.AF_UNIX {
 		return nil, nil
 	}
-	return OpenParentConn(ControlFD)
+	return OpenParentConn(agentconn.ControlFD)
 }
 
 // AwaitAdoption answers the restorer (Hello) until it says what to adopt
 // (Adopt) and fills cfg.Adopt and cfg.Keep. The restorer sends it once
 // every task exists, right after the exec.
-func AwaitAdoption(c *Conn, cfg *Config) error {
+func AwaitAdoption(c *agentconn.Conn, cfg *Config) error {
 	for cfg.Adopt == 0 {
 		req, err := c.ServeOne(func(req *agentpb.Request) (*agentpb.Reply, error) {
 			switch op := req.Op.(type) {
@@ -74,7 +72,7 @@ func AwaitAdoption(c *Conn, cfg *Config) error {
 // PID 1 of its namespace sees its parent and the restorer, both outside the
 // namespace, as pid 0; any other agent finds the restorer up its chain of
 // parents.
-func OpenParentConn(fd int) (*Conn, error) {
+func OpenParentConn(fd int) (*agentconn.Conn, error) {
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
 		return nil, fmt.Errorf("control fd %d: %w", fd, err)
 	}
@@ -85,19 +83,19 @@ func OpenParentConn(fd int) (*Conn, error) {
 		return nil, fmt.Errorf("control fd %d: %w", fd, err)
 	}
 	f := os.NewFile(uintptr(fd), "agent-control")
-	c, err := NewConn(f, 0)
+	c, err := agentconn.NewConn(f, 0)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	cred, err := peerCred(f)
+	cred, err := agentconn.PeerCred(f)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	if !isAncestor(int(cred.Pid)) {
 		f.Close()
-		return nil, fmt.Errorf("control socket peer pid %d is not an ancestor of the agent: %w", cred.Pid, ErrPeer)
+		return nil, fmt.Errorf("control socket peer pid %d is not an ancestor of the agent: %w", cred.Pid, agentconn.ErrPeer)
 	}
 	return c, nil
 }
@@ -107,16 +105,16 @@ func OpenParentConn(fd int) (*Conn, error) {
 // Finish by writing
 // ns_last_pid, Abort with Done (the restorer kills what it created; the
 // agent created nothing itself).
-func ServeRestore(c *Conn) error {
+func ServeRestore(c *agentconn.Conn) error {
 	return c.Serve(func(req *agentpb.Request) (*agentpb.Reply, error) {
 		switch op := req.Op.(type) {
 		case *agentpb.Request_Hello:
 			return helloReply(), nil
 		case *agentpb.Request_SetCursor:
-			return nil, writeLastPID(op.SetCursor.Value)
+			return nil, procfs.WriteLastPID(int(op.SetCursor.Value))
 		case *agentpb.Request_Finish:
 			if op.Finish.LastPid > 0 {
-				return nil, writeLastPID(op.Finish.LastPid)
+				return nil, procfs.WriteLastPID(int(op.Finish.LastPid))
 			}
 			return nil, nil
 		case *agentpb.Request_Abort:
@@ -167,13 +165,6 @@ func helloReply() *agentpb.Reply {
 	return &agentpb.Reply{Result: &agentpb.Reply_Hello{Hello: &agentpb.HelloReply{
 		Level: uint32(procfsDepth()), Pid: int64(os.Getpid()),
 	}}}
-}
-
-func writeLastPID(v int64) error {
-	if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.FormatInt(v, 10)), 0); err != nil {
-		return fmt.Errorf("write ns_last_pid %d: %w", v, err)
-	}
-	return nil
 }
 
 // procfsDepth is the number of pid namespaces above the agent's that its

@@ -5,6 +5,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"golang.org/x/sys/unix"
 )
@@ -12,7 +13,7 @@ import (
 // TestOpenParentConnRefusesNonAncestor: the socket pair's creator is this
 // process itself, not an ancestor of it, so a restored agent would refuse it.
 func TestOpenParentConnRefusesNonAncestor(t *testing.T) {
-	parent, child, err := SocketPair()
+	parent, child, err := agentconn.SocketPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,8 +28,8 @@ func TestOpenParentConnRefusesNonAncestor(t *testing.T) {
 		c.Close()
 		t.Fatal("a peer that is not an ancestor was accepted")
 	}
-	if !errors.Is(err, ErrPeer) {
-		t.Fatalf("error %v, want ErrPeer", err)
+	if !errors.Is(err, agentconn.ErrPeer) {
+		t.Fatalf("error %v, want agentconn.ErrPeer", err)
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil {
 		t.Error("the refused control fd was left open")
@@ -53,7 +54,7 @@ func TestServeRestore(t *testing.T) {
 		t.Errorf("hello: pid %d, want %d", rep.GetHello().GetPid(), os.Getpid())
 	}
 	_, err = pc.Call(&agentpb.Request{Op: &agentpb.Request_CreateTask{CreateTask: &agentpb.CreateTask{Pids: []int64{5, 2}}}})
-	var re *ReplyError
+	var re *agentconn.ReplyError
 	if !errors.As(err, &re) || re.Errno != unix.ENOSYS {
 		t.Errorf("create task: %v, want a Failed reply with ENOSYS", err)
 	}
@@ -65,4 +66,24 @@ func TestServeRestore(t *testing.T) {
 	if err := <-done; err == nil {
 		t.Error("Serve returned nil after the peer closed; want the end-of-file error")
 	}
+}
+
+// pair is a connected pair of protocol ends, both in this process (the
+// peer's pid is our own).
+func pair(t *testing.T) (*agentconn.Conn, *agentconn.Conn) {
+	t.Helper()
+	pf, cf, err := agentconn.SocketPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := agentconn.NewConn(pf, os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := agentconn.NewConn(cf, os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close(); c.Close() })
+	return p, c
 }

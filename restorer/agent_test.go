@@ -76,7 +76,7 @@ func TestRestoreAgentFaults(t *testing.T) {
 		{"answers garbage", "printf 'not a protocol message' >&62; exec /bin/busybox sleep 1000", "decode"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			// The control socket is at fd 62 (agent.ControlFD).
+			// The control socket is at fd 62 (agentconn.ControlFD).
 			exe := filepath.Join(t.TempDir(), "broken-agent")
 			if err := os.WriteFile(exe, []byte("#!/bin/busybox sh\n"+c.script+"\n"), 0o755); err != nil {
 				t.Fatal(err)

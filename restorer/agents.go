@@ -7,7 +7,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/nsinit/nsinit/agent"
+	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -15,7 +15,7 @@ import (
 
 // The restorer is the top of the agent chain. Every task that was an nsinit
 // agent in the image execs this nsinit with its original command line as
-// its payload, with one end of a socket pair at agent.ControlFD
+// its payload, with one end of a socket pair at agentconn.ControlFD
 // (proto/agent.proto); once every task exists the restorer greets each
 // agent, tells it which child to adopt and which zombies to keep, and has
 // it put its namespace's ns_last_pid back (its Go runtime's threads took
@@ -52,7 +52,7 @@ func openAgentLinks(p *Plan) (map[int]*agentLink, error) {
 			closeAgentLinks(links)
 			return nil, err
 		}
-		parent, child, err := agent.SocketPair()
+		parent, child, err := agentconn.SocketPair()
 		if err != nil {
 			closeAgentLinks(links)
 			return nil, fmt.Errorf("control socket for %s: %w", p.name(i), err)
@@ -119,7 +119,7 @@ func (t *tx) greetAgents(timeout time.Duration) error {
 }
 
 func (t *tx) greetAgent(l *agentLink, timeout time.Duration) error {
-	c, err := agent.NewConn(l.parent, 0)
+	c, err := agentconn.NewConn(l.parent, 0)
 	if err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func (t *tx) greetAgent(l *agentLink, timeout time.Duration) error {
 // agentCallError names what the agent failed to do.
 func agentCallError(what string, err error, timeout time.Duration) error {
 	switch {
-	case errors.Is(err, agent.ErrTimeout):
+	case errors.Is(err, agentconn.ErrTimeout):
 		return fmt.Errorf("%s: no answer within %v: %w", what, timeout, err)
 	case errors.Is(err, io.EOF), errors.Is(err, unix.ECONNRESET), errors.Is(err, unix.EPIPE):
 		return fmt.Errorf("%s: the agent closed its socket (it died or exited): %w", what, err)

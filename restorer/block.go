@@ -75,7 +75,7 @@ type procRec struct {
 	stopSelf              uint32 // park instead of exec (stopped payload)
 	// controlFD is a restored agent's end of its control socket (in the
 	// shared fd table, close-on-exec), -1 for other procs: the builder
-	// dups it to agent.ControlFD for its exec (agents.go).
+	// dups it to agentconn.ControlFD for its exec (agents.go).
 	controlFD int32
 	// markFD is the waiter mark (internal/waiter) for a proc that becomes a
 	// waiter, -1 for others: the builder dups it to waiter.FD for its exec.

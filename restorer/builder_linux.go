@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"unsafe"
 
-	"github.com/nsinit/nsinit/agent"
+	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/internal/waiter"
 	"golang.org/x/sys/unix"
@@ -386,7 +386,7 @@ func prepareExec(pr *procRec) syscall.Errno {
 		}
 	}
 	if pr.controlFD >= 0 {
-		if _, _, e = syscall.RawSyscall(unix.SYS_DUP3, uintptr(pr.controlFD), agent.ControlFD, 0); e != 0 {
+		if _, _, e = syscall.RawSyscall(unix.SYS_DUP3, uintptr(pr.controlFD), agentconn.ControlFD, 0); e != 0 {
 			return e
 		}
 	}

@@ -8,11 +8,11 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/internal/waiter"
 	"github.com/nsinit/nsinit/pstree"
@@ -130,10 +130,10 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	tx.watchRestorer()
 	// The host cursor is moved around the image's pids during the restore;
 	// it is put back afterwards so unrelated forks do not land among them.
-	if v, err := os.ReadFile("/proc/sys/kernel/ns_last_pid"); err == nil {
-		tx.hostCursor, _ = strconv.Atoi(strings.TrimSpace(string(v)))
+	if v, err := procfs.ReadLastPID(); err == nil {
+		tx.hostCursor = v
 		h := b.hdr()
-		h.parkLen = int64(copy(h.parkText[:], strings.TrimSpace(string(v))))
+		h.parkLen = int64(copy(h.parkText[:], strconv.Itoa(v)))
 	}
 	defer tx.restoreHostCursor()
 	defer tx.rollbackUnlessCommitted()
@@ -819,17 +819,7 @@ func pidfdReadable(fd int) bool {
 }
 
 // writeLastPID sets the restorer's own pid namespace cursor (level 0).
-func writeLastPID(v int) error {
-	f, err := os.OpenFile("/proc/sys/kernel/ns_last_pid", os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, err := f.WriteString(strconv.Itoa(v)); err != nil {
-		return fmt.Errorf("write ns_last_pid %d: %w", v, err)
-	}
-	return nil
-}
+var writeLastPID = procfs.WriteLastPID
 
 // cloneRoot creates the root task from a locked thread with every signal
 // blocked, so the child starts with all signals blocked.

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -82,13 +83,7 @@ func parkHostCursor(p *Plan) func() {
 	}
 }
 
-func readLastPID() (int, error) {
-	b, err := os.ReadFile("/proc/sys/kernel/ns_last_pid")
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(b)))
-}
+var readLastPID = procfs.ReadLastPID
 
 // setHostChecks lays out the checks of the plan's host-cursor clones.
 func setHostChecks(p *Plan, b *block) {

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/nsinit/nsinit/agent"
+	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/pstree"
 )
 
@@ -487,9 +487,9 @@ func (pl *planner) below(q, a int) bool {
 }
 
 // agentWindow is where a restored agent's namespace cursor points while the
-// agent's runtime starts its threads (agent.RuntimeWindow).
+// agent's runtime starts its threads (agentconn.RuntimeWindow).
 func (pl *planner) agentWindow() int {
-	return agent.RuntimeWindow(pl.plan.Options.Features.PidMax)
+	return agentconn.RuntimeWindow(pl.plan.Options.Features.PidMax)
 }
 
 // agentRestoresCursor says whether init p becomes a restored agent, which

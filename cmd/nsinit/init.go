@@ -163,7 +163,7 @@ func signalList(ss []syscall.Signal) string {
 
 // restoredAgent makes this init a restored agent when `nsinit restore`
 // started it (its original command line, a control socket at
-// agent.ControlFD): instead of starting its command it adopts the child
+// agentconn.ControlFD): instead of starting its command it adopts the child
 // the restorer names, never reaps the image's zombies, and - once its own
 // Go runtime threads exist - puts its namespace's ns_last_pid back when the
 // restorer asks (those threads took pids after the cursor the restorer had

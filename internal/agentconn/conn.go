@@ -1,4 +1,11 @@
-package agent
+// Package agentconn is the connection of the agent protocol
+// (proto/agent.proto documents the messages): a Conn over one end of a
+// SOCK_SEQPACKET unix socket, Call for the side that asks, Serve for the
+// side that answers, with versions, deadlines, SO_PEERCRED checks and
+// descriptors passed along. The restorer (which starts restored agents and
+// drives them) and the agent (which serves them and its restore socket)
+// both use it; neither imports the other.
+package agentconn
 
 import (
 	"errors"
@@ -11,10 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
-
-// This file is the agent side of the parent-to-child agent protocol
-// (proto/agent.proto documents the messages): a Conn over one end of a
-// SOCK_SEQPACKET socket pair, Call for the parent, Serve for the child.
 
 // ProtocolVersion is what every Envelope carries.
 const ProtocolVersion = 1
@@ -80,7 +83,7 @@ type Conn struct {
 // SO_PEERCRED pid must be it (the child agent passes its parent's pid).
 func NewConn(f *os.File, peerPID int) (*Conn, error) {
 	if peerPID != 0 {
-		cred, err := peerCred(f)
+		cred, err := PeerCred(f)
 		if err != nil {
 			return nil, err
 		}
@@ -91,18 +94,18 @@ func NewConn(f *os.File, peerPID int) (*Conn, error) {
 	return &Conn{f: f, Timeout: 10 * time.Second}, nil
 }
 
-// peerCred is the socket peer's SO_PEERCRED (pid as seen from the caller's
+// PeerCred is the socket peer's SO_PEERCRED (pid as seen from the caller's
 // pid namespace, 0 for a peer outside it).
-func peerCred(f *os.File) (cred *unix.Ucred, err error) {
-	err = sockopt(f, "SO_PEERCRED", func(fd int) (err error) {
+func PeerCred(f *os.File) (cred *unix.Ucred, err error) {
+	err = Sockopt(f, "SO_PEERCRED", func(fd int) (err error) {
 		cred, err = unix.GetsockoptUcred(fd, unix.SOL_SOCKET, unix.SO_PEERCRED)
 		return err
 	})
 	return cred, err
 }
 
-// sockopt runs get on f's descriptor; its error is named after opt.
-func sockopt(f *os.File, opt string, get func(fd int) error) error {
+// Sockopt runs get on f's descriptor; its error is named after opt.
+func Sockopt(f *os.File, opt string, get func(fd int) error) error {
 	raw, err := f.SyscallConn()
 	if err != nil {
 		return err
@@ -331,4 +334,22 @@ func failed(id uint64, errno unix.Errno, err error) *agentpb.Reply {
 		f.Pids = re.PIDs
 	}
 	return &agentpb.Reply{Id: id, Result: &agentpb.Reply_Failed{Failed: f}}
+}
+
+// ControlFD is the descriptor at which a restored agent finds its end of
+// the control socket the restorer made (internal/waiter's mark is at 63).
+const ControlFD = 62
+
+// RuntimeWindow is where a namespace's cursor points while a Go process
+// (a restored agent, a restorer) starts its runtime threads there, so they
+// take no pid an image needs: 4,000,000 (a child namespace's pid_max is
+// 4,194,304 on 6.18, docs/kernel.md F1.5), or 256 below pidMax when that
+// is lower - on 6.1 pid_max is one global value (32768 on a small machine)
+// and a cursor above it is EINVAL. pidMax 0: unknown.
+func RuntimeWindow(pidMax int) int {
+	const window = 4_000_000
+	if pidMax > 0 && pidMax-256 < window {
+		return pidMax - 256
+	}
+	return window
 }

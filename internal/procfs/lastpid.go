@@ -1,0 +1,36 @@
+package procfs
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// LastPIDPath is the pid cursor of the caller's active pid namespace,
+// whatever procfs it is reached through (docs/kernel.md F1.1): the next
+// fork there takes the first free pid above it.
+const LastPIDPath = "/proc/sys/kernel/ns_last_pid"
+
+// ReadLastPID reads the cursor of the caller's active pid namespace.
+func ReadLastPID() (int, error) {
+	b, err := os.ReadFile(LastPIDPath)
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("ns_last_pid %q: %w", b, err)
+	}
+	return v, nil
+}
+
+// WriteLastPID sets the cursor of the caller's active pid namespace; it
+// needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE in the user namespace owning
+// it (docs/kernel.md F1.2).
+func WriteLastPID(v int) error {
+	if err := os.WriteFile(LastPIDPath, []byte(strconv.Itoa(v)), 0); err != nil {
+		return fmt.Errorf("write ns_last_pid %d: %w", v, err)
+	}
+	return nil
+}
