@@ -86,8 +86,9 @@ func builderMain(arg uintptr) {
 				syscall.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 				continue
 			}
-			waitOrLeave(h, &pr.wake, v)
-			spins = 0
+			if waitOrLeave(h, &pr.wake, v) {
+				spins = 0 // woken: the turn is near, spin for it
+			}
 		}
 		if atomic.LoadUint32(&h.failed) != 0 {
 			park(base)
@@ -316,19 +317,26 @@ const leaveCheck = 2 // seconds
 // waitOrLeave is one futex wait on w while it holds v, bounded by
 // leaveCheck before the restore is committed; a builder that then finds
 // the restorer gone exits (its work can never be finished, and nobody
-// would roll it back).
+// would roll it back). It says whether the wait ended by a wake (or a
+// changed word) rather than by the bound: only a wake may start the
+// caller's spin, or a thousand waiting builders would spin every
+// leaveCheck seconds and starve the one whose turn it is.
 //
 //go:nosplit
-func waitOrLeave(h *header, w *uint32, v uint32) {
+func waitOrLeave(h *header, w *uint32, v uint32) (woken bool) {
 	if atomic.LoadUint32(&h.committed) != 0 {
 		syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), 0, 0, 0)
-		return
+		return true
 	}
 	ts := [2]int64{leaveCheck, 0}
 	_, _, e := syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
-	if e == syscall.ETIMEDOUT && restorerGone(h) {
+	if e != syscall.ETIMEDOUT {
+		return true
+	}
+	if restorerGone(h) {
 		syscall.RawSyscall(unix.SYS_EXIT_GROUP, 0x7f, 0, 0)
 	}
+	return false
 }
 
 // restorerGone says whether the restorer exited before committing: its
