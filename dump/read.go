@@ -87,33 +87,8 @@ func findMembers(r *procfs.Reader, root int) ([]member, error) {
 		return discover(r, root)
 	}
 	pids, starts, err := walk(r.Root, root, true, func(r *procfs.Reader, pid int) (uint64, []int, error) {
-		p, err := r.Open(pid)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer p.Close()
-		n, err := p.Threads()
-		if err != nil {
-			return 0, nil, err
-		}
-		tids := []int{pid}
-		if n != 1 {
-			if tids, err = p.Tasks(); err != nil {
-				return 0, nil, err
-			}
-		}
-		var kids []int
-		for _, tid := range tids {
-			k, err := p.Children(tid)
-			if errors.Is(err, procfs.ErrGone) && tid != pid {
-				continue // the thread exited; its children moved to another
-			}
-			if err != nil {
-				return 0, nil, err
-			}
-			kids = append(kids, k...)
-		}
-		return 0, kids, nil
+		kids, err := childrenOf(r, pid)
+		return 0, kids, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("discover tree of pid %d: %w", root, err)

@@ -219,16 +219,7 @@ func TestE2EVethPing(t *testing.T) {
 // 101000-101999 outside, setgroups denied) owning a pid namespace at level
 // 2.
 func userTree() *pstree.Tree {
-	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
-	b.addNS(60, pstree.UserNS, true)
-	u1 := b.addNS(61, pstree.UserNS, false)
-	u1.Parent, u1.SetgroupsAllowed = 60, true
-	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
-	u1.GIDMap = u1.UIDMap
-	u2 := b.addNS(62, pstree.UserNS, false)
-	u2.Parent = 61
-	u2.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 101000, Count: 1000}}
-	u2.GIDMap = u2.UIDMap
+	b := nestedUserNS()
 	b.addNS(11, pstree.NetNS, false).Owner = 61
 	b.addNS(21, pstree.UTSNS, false).Owner = 61
 	b.tr.Namespace(21).Hostname = "in-u1"
@@ -387,4 +378,22 @@ func TestRestoreNetConfigFailureLeavesNothing(t *testing.T) {
 	}
 	t.Logf("error: %v", err)
 	assertGone(t, tr)
+}
+
+// nestedUserNS is the namespaces of userTree: pid namespaces 1 (the
+// restorer's), 2 and 3 nested; user namespaces 60 (the restorer's), 61
+// (0-65535 inside = 100000-165535 outside) and 62 inside it (0-999 inside =
+// 101000-101999 outside, setgroups denied). Owners are the caller's.
+func nestedUserNS() *tb {
+	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
+	b.addNS(60, pstree.UserNS, true)
+	u1 := b.addNS(61, pstree.UserNS, false)
+	u1.Parent, u1.SetgroupsAllowed = 60, true
+	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
+	u1.GIDMap = u1.UIDMap
+	u2 := b.addNS(62, pstree.UserNS, false)
+	u2.Parent = 61
+	u2.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 101000, Count: 1000}}
+	u2.GIDMap = u2.UIDMap
+	return b
 }

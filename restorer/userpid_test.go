@@ -209,16 +209,7 @@ func setHostCursor(t *testing.T, v int) {
 // B's child C did the same for D (PID 1 of P3, owned by U62, a child of
 // U61). fromInit drops A: the image's root is B, whose creator is outside.
 func clonedUserPidTree(fromInit bool) *pstree.Tree {
-	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
-	b.addNS(60, pstree.UserNS, true)
-	u1 := b.addNS(61, pstree.UserNS, false)
-	u1.Parent, u1.SetgroupsAllowed = 60, true
-	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
-	u1.GIDMap = u1.UIDMap
-	u2 := b.addNS(62, pstree.UserNS, false)
-	u2.Parent = 61
-	u2.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 101000, Count: 1000}}
-	u2.GIDMap = u2.UIDMap
+	b := nestedUserNS()
 	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner, b.tr.Namespace(3).Owner = 60, 61, 62
 	in := func(ns, user pstree.NSID, uid uint32, pids []int, ppid int, sid int) {
 		sids, pgids := make([]int, len(pids)), make([]int, len(pids))
