@@ -281,12 +281,31 @@ func restoreHere(r *agentpb.Restore, dir int, as *clientIDs) (int, error) {
 		}
 		return 0, fmt.Errorf("the restorer (pid %d) did not finish within %v and was stopped: %w", p.Pid, RestoreTimeout, unix.ETIMEDOUT)
 	}
-	if b, err := os.ReadFile(pidfile); err == nil {
-		if root, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && root > 0 {
-			return root, nil
-		}
+	if root, err := readPidfile(pidfile); err == nil && root > 0 {
+		return root, nil
 	}
 	return 0, errors.New(restorerMessage(msgs))
+}
+
+// readPidfile reads the restorer's pidfile in a directory the restorer
+// may own (a restore for another uid): a symlink, a FIFO or an endless
+// file in its place must not make the agent read what it should not, or
+// wait.
+func readPidfile(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("pidfile %s: not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 32))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
 // restorerExe is the binary run as the restorer: this one (tests point it

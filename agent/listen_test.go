@@ -283,3 +283,30 @@ func freeHostPID(t *testing.T) int {
 	t.Skip("no free host pid")
 	return 0
 }
+
+// TestReadPidfileRefusesTraps: the pidfile lives in a directory a restore
+// for another uid owns; a FIFO, a symlink or an endless file there is
+// refused at once, not read or waited on.
+func TestReadPidfileRefusesTraps(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	if err := os.WriteFile(good, []byte("1234\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if pid, err := readPidfile(good); err != nil || pid != 1234 {
+		t.Errorf("a plain pidfile: %d %v", pid, err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(good, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fifo, link, "/dev/zero"} {
+		if pid, err := readPidfile(p); err == nil {
+			t.Errorf("%s read as pid %d", p, pid)
+		}
+	}
+}
