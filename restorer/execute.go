@@ -726,9 +726,15 @@ func (t *tx) checkAlive() error {
 		}
 	}
 	// A proc clears its word only after passing the token of its last
-	// step, so reading the current step after the words is race free.
+	// step, so reading the current step after the words is race free. A
+	// leaver (passOrLeave) clears it while still holding the token, but
+	// names itself in leaving before: read after the words, it is seen.
 	cur := int(atomic.LoadUint64(&t.hdr().cur))
+	leaver := int(atomic.LoadInt64(&t.hdr().leaving)) - 1
 	for _, i := range dead {
+		if i == leaver {
+			continue
+		}
 		if j := t.lastStep[i]; j >= cur {
 			return fmt.Errorf("%s died before step %d (%s)", t.p.name(i), j, t.p.describe(&t.p.Steps[j]))
 		}

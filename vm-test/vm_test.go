@@ -49,12 +49,14 @@ var guestPackages = []guestPackage{
 	// veth is a module in Debian's kernel: the test loads it.
 	{Pkg: "./restorer", Needs: []string{"CONFIG_PID_NS", "CONFIG_NET_NS", "CONFIG_UTS_NS", "CONFIG_IPC_NS", "CONFIG_CHECKPOINT_RESTORE"},
 		Run: "TestProbe|TestPlan(F43|Namespaces|UserNamespaces|PidForChildren|MultiLevel)|TestRestore(SingleNamespace|F43|Zombies|BornVia|PidForChildren|Namespaces|UserNamespaces|LowPIDs|PIDTaken$|Agent|32Levels|CommNames|UserLauncherChildren|OrphanOfMember)|" +
-			// Every TestE2E but two: TestE2EHostileImages is the same on any
-			// kernel and reads another package's testdata, which the guest
-			// lacks; TestE2EUserPidNamespaces builds a C helper (no compiler
-			// in the guest; not yet prepared here).
-			"TestE2E(Capabilities|CommNames|DumpKillRestoreCheck|InsideUserNamespaceContainer|RestoreThroughAgent|RestoreWithoutCapability|SignalMidRestore|UnshareWithoutFork|VethPing|WaitersAreNotRunAgain)",
-		MemoryMB: 1024, Prepare: kernelModule("kernel/drivers/net/veth.ko", "NSINIT_TEST_VETH_KO")},
+			// Every TestE2E but TestE2EHostileImages, which is the same on
+			// any kernel and reads another package's testdata, which the
+			// guest lacks.
+			"TestE2E(Capabilities|CommNames|DumpKillRestoreCheck|InsideUserNamespaceContainer|RestoreThroughAgent|RestoreWithoutCapability|SignalMidRestore|UnshareWithoutFork|UserPidNamespaces|VethPing|WaitersAreNotRunAgain)",
+		MemoryMB: 1024, Prepare: prepareAll(
+			kernelModule("kernel/drivers/net/veth.ko", "NSINIT_TEST_VETH_KO"),
+			// TestE2EUserPidNamespaces' clone(CLONE_NEWUSER|CLONE_NEWPID) helper.
+			cHelper("restorer/testdata/clonens.c", "NSINIT_TEST_CLONENS"))},
 	// Dump on another kernel: the tests that need neither iproute2 nor
 	// util-linux (TestDumpUserNamespaces runs `unshare`, the net tests
 	// `ip`).
@@ -89,6 +91,20 @@ type guestPackage struct {
 }
 
 // repoFiles puts files of the repository into the guest under /src/.
+// prepareAll runs each of preps and puts all their files and variables
+// into the guest.
+func prepareAll(preps ...func(*testing.T, string) ([]File, []string)) func(*testing.T, string) ([]File, []string) {
+	return func(t *testing.T, dir string) ([]File, []string) {
+		var files []File
+		var env []string
+		for _, prep := range preps {
+			f, e := prep(t, dir)
+			files, env = append(files, f...), append(env, e...)
+		}
+		return files, env
+	}
+}
+
 func repoFiles(paths ...string) func(*testing.T, string) ([]File, []string) {
 	return func(t *testing.T, dir string) ([]File, []string) {
 		var files []File
