@@ -187,12 +187,16 @@ func (s *service) serveClient(f *os.File) {
 			if dir < 0 {
 				return nil, fmt.Errorf("restore: the image directory must come as an open descriptor (SCM_RIGHTS): %w", unix.EINVAL)
 			}
-			defer unix.Close(dir)
+			// One owner of the descriptor: an os.File (closed here), not a
+			// raw fd closed here beside an os.File whose finalizer would
+			// close the number again, maybe someone else's by then.
+			dirFile := os.NewFile(uintptr(dir), "image-dir")
+			defer dirFile.Close()
 			if !s.restoring.TryLock() {
 				return nil, fmt.Errorf("restore: another restore is running in this namespace: %w", unix.EBUSY)
 			}
 			defer s.restoring.Unlock()
-			root, err := restoreHere(op.Restore, dir, as)
+			root, err := restoreHere(op.Restore, dirFile, as)
 			if err != nil {
 				return nil, err
 			}
@@ -213,9 +217,8 @@ func (s *service) serveClient(f *os.File) {
 // window, so they stay off the pids the image needs, and the cursor is put
 // back afterwards. The agent's reaper reaps the restorer when it exits, so
 // its end is watched through a pidfd and its result read from files.
-func restoreHere(r *agentpb.Restore, dir int, as *clientIDs) (int, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(dir, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+func restoreHere(r *agentpb.Restore, dir *os.File, as *clientIDs) (int, error) {
+	if fi, err := dir.Stat(); err != nil || !fi.IsDir() {
 		return 0, fmt.Errorf("restore: the descriptor sent is not a directory: %w", unix.ENOTDIR)
 	}
 	if !slices.Contains([]string{"", "exec", "stopped"}, r.Payload) || !slices.Contains([]string{"", "set_tid", "ns_last_pid"}, r.Placement) {
@@ -248,7 +251,6 @@ func restoreHere(r *agentpb.Restore, dir int, as *clientIDs) (int, error) {
 		return 0, err
 	}
 	defer null.Close()
-	dirFile := os.NewFile(uintptr(dir), "image-dir") // closed by the caller
 	pidfile := filepath.Join(tmp, "pid")
 	args := []string{exe, "restore", "-D", "/proc/self/fd/3", "-d", "--pidfile", pidfile}
 	if r.Payload != "" {
@@ -260,7 +262,7 @@ func restoreHere(r *agentpb.Restore, dir int, as *clientIDs) (int, error) {
 
 	restoreCursor := moveCursorHigh()
 	defer restoreCursor()
-	attr.Files = []*os.File{null, null, msgs, dirFile}
+	attr.Files = []*os.File{null, null, msgs, dir}
 	p, err := os.StartProcess(exe, args, attr)
 	if err != nil {
 		return 0, fmt.Errorf("start the restorer: %w", err)
