@@ -33,11 +33,7 @@ func restoreRequest() *agentpb.Request {
 // listenHere starts the service on a fresh socket and returns its path.
 func listenHere(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "nsinit-listen")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := testutil.SharedTempDir(t, "nsinit-listen", 0o755)
 	sock := filepath.Join(dir, "agent.sock")
 	if err := Listen(sock, nil, io.Discard); err != nil {
 		t.Fatal(err)
@@ -61,9 +57,6 @@ func TestRestoreServiceRefusesOtherUIDs(t *testing.T) {
 	testutil.Require(t, testutil.Root)
 	bin := testutil.Binary(t)
 	sock := listenHere(t)
-	if err := os.Chmod(filepath.Dir(sock), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	if err := os.Chmod(sock, 0o666); err != nil {
 		t.Fatal(err)
 	}
@@ -171,14 +164,7 @@ func TestRestoreServiceOtherUIDWithItsRights(t *testing.T) {
 	bin := testutil.Binary(t)
 	defer func(f func() (string, error)) { restorerExe = f }(restorerExe)
 	restorerExe = func() (string, error) { return bin, nil }
-	dir, err := os.MkdirTemp("", "nsinit-listen")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := testutil.SharedTempDir(t, "nsinit-listen", 0o755)
 	sock := filepath.Join(dir, "agent.sock")
 	if err := Listen(sock, []uint32{1000}, io.Discard); err != nil {
 		t.Fatal(err)

@@ -71,14 +71,7 @@ func TestDumpUserNamespaces(t *testing.T) {
 	// The tree runs as uids other than ours: it needs a directory it can
 	// reach, write and exec the test binary from (t.TempDir's parent is
 	// private).
-	dir, err := os.MkdirTemp("", "nsinit-userns-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o777); err != nil {
-		t.Fatal(err)
-	}
+	dir := testutil.SharedTempDir(t, "nsinit-userns-test-", 0o777)
 	self := filepath.Join(dir, "dump.test")
 	if err := copyFile(self); err != nil {
 		t.Fatal(err)
@@ -103,6 +96,7 @@ func TestDumpUserNamespaces(t *testing.T) {
 		waitFile(t, filepath.Join(dir, f))
 	}
 	var tr *pstree.Tree
+	var err error
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		tr, err = Dump(tt.root, Options{})

@@ -25,14 +25,7 @@ func clonensBin(t *testing.T) string {
 	if p := os.Getenv("NSINIT_TEST_CLONENS"); p != "" {
 		return p // built on the host (a test VM has no compiler)
 	}
-	dir, err := os.MkdirTemp("", "nsinit-clonens-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := testutil.SharedTempDir(t, "nsinit-clonens-", 0o755)
 	bin := filepath.Join(dir, "clonens")
 	if out, err := exec.Command("cc", "-O2", "-static", "-Wall", "-o", bin, "testdata/clonens.c").CombinedOutput(); err != nil {
 		t.Fatalf("building testdata/clonens.c (needs cc and a static libc): %v\n%s", err, out)

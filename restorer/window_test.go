@@ -117,14 +117,7 @@ func copyForUser(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "nsinit-attacker")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := testutil.SharedTempDir(t, "nsinit-attacker", 0o755)
 	bin := dir + "/restorer.test"
 	if err := os.WriteFile(bin, b, 0o755); err != nil {
 		t.Fatal(err)

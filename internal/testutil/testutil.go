@@ -118,3 +118,19 @@ func FullCapSet() uint64 {
 	}
 	return uint64(1)<<(n+1) - 1
 }
+
+// SharedTempDir is a new directory of mode perm under the system's
+// temporary directory, removed when t ends: for files that processes of
+// other uids must reach (t.TempDir's parent is private to the test).
+func SharedTempDir(t testing.TB, prefix string, perm os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, perm); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
