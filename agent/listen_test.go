@@ -16,6 +16,7 @@ import (
 
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/agentconn"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/pstree"
@@ -258,8 +259,7 @@ func writeImage(t *testing.T, dir string, tr *pstree.Tree) {
 // processes the test starts next take the pids right above it).
 func freeHostPID(t *testing.T) int {
 	t.Helper()
-	b, _ := os.ReadFile("/proc/sys/kernel/ns_last_pid")
-	cur, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	cur, _ := procfs.ReadLastPID()
 	for p := range 2000 {
 		pid := 20000 + (cur+3000+p*7)%12000
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {

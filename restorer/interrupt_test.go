@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -51,7 +52,7 @@ func TestE2ESignalMidRestore(t *testing.T) {
 				}
 			}
 			reapChildren(10 * time.Second)
-			if c := hostCursor(); c >= tr.Tasks[0].PID() && c < tr.Tasks[0].PID()+n {
+			if c, _ := procfs.ReadLastPID(); c >= tr.Tasks[0].PID() && c < tr.Tasks[0].PID()+n {
 				t.Errorf("host ns_last_pid %d is left inside the image's pids [%d, %d)", c, tr.Tasks[0].PID(), tr.Tasks[0].PID()+n)
 			}
 		})
@@ -135,10 +136,4 @@ func waitImageGone(tr *pstree.Tree, bin string) []int {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-func hostCursor() int {
-	b, _ := os.ReadFile("/proc/sys/kernel/ns_last_pid")
-	c, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return c
 }
