@@ -618,15 +618,24 @@ func (rd *reader) namespaces() error {
 		if ns.Kind != pstree.PidNS {
 			continue
 		}
-		for p := ns.Parent; p != 0; p = rd.tree.Namespace(p).Parent {
+		for p := ns.Parent; p != 0; {
 			if ns.Level++; ns.Level > pstree.MaxLevel {
 				return fmt.Errorf("pid namespace %d: deeper than %d levels", ns.ID, pstree.MaxLevel)
 			}
+			pns := rd.tree.Namespace(p)
+			if pns == nil {
+				return fmt.Errorf("pid namespace %d: ancestor %d was never read", ns.ID, p)
+			}
+			p = pns.Parent
 		}
 	}
 	for i := range rd.tree.Tasks {
 		t := &rd.tree.Tasks[i]
-		if l := rd.tree.Namespace(t.NS[pstree.PidNS]).Level; l != t.Level() {
+		pns := rd.tree.Namespace(t.NS[pstree.PidNS])
+		if pns == nil {
+			return fmt.Errorf("pid %d: its pid namespace could not be read", t.PIDs[0])
+		}
+		if l := pns.Level; l != t.Level() {
 			return fmt.Errorf("pid %d: %d pid levels in %s but its pid namespace is %d below the top visible one (is %s the procfs of our pid namespace?)",
 				t.PIDs[0], len(t.PIDs), rd.r.Root, l, rd.r.Root)
 		}

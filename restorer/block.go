@@ -46,6 +46,14 @@ type header struct {
 	// holding the token; the restorer passes the token on once it is gone
 	// (builder_linux.go, passOrLeave). 0 for none.
 	leaving int64
+	// private is 1 when the restorer keeps the memory it shares with the
+	// builders non-dumpable for the whole restore (it holds CAP_SYS_PTRACE:
+	// builder_linux.go, setnsVia). Builders then never make it dumpable,
+	// and a builder refused a pidfd setns asks the restorer to open the
+	// namespace files: assist is 1 + the index of that builder's step, 0
+	// for none.
+	private uint32
+	assist  int64
 }
 
 // procRec is one proc's slot.
@@ -111,6 +119,13 @@ type stepRec struct {
 	hostLen, domainLen int64
 	comm               [commLen + 1]byte // OpThread: the thread's name (comm.go)
 	named              uint32            // OpThread: futex word, 1 once it has it
+	// A step that joins another proc's namespaces (into) and was refused
+	// the pidfd setns: the namespace files the restorer opened for it, in
+	// nsOrder, -1 for a kind not asked; nsErr is the restorer's errno;
+	// nsOpened is the futex word the restorer sets to 1 when done.
+	nsFD     [len(nsOrder)]int32
+	nsErr    int64
+	nsOpened uint32
 }
 
 const (

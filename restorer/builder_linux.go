@@ -111,7 +111,7 @@ func builderMain(arg uintptr) {
 			passOrLeave(base, st, i, self)
 			execPayload(pr, z, e)
 		}
-		if e := doStep(base, pr, st); e != 0 {
+		if e := doStep(base, pr, st, i); e != 0 {
 			fail(base, i, e)
 			park(base)
 		}
@@ -122,13 +122,12 @@ func builderMain(arg uintptr) {
 }
 
 //go:nosplit
-func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
+func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 	switch st.op {
 	case int64(OpClone):
 		if st.into >= 0 {
-			fd := procAt(base, bProcsOff, st.into).pidfd
-			if _, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), sys.CLONE_NEWPID, 0); e != 0 {
-				return uintptr(e)
+			if e := setnsVia(base, st, i, sys.CLONE_NEWPID); e != 0 {
+				return e
 			}
 		}
 		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, uintptr(st.child))
@@ -149,18 +148,15 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 			_, _, e := syscall.RawSyscall(unix.SYS_UNSHARE, sys.CLONE_NEWPID, 0, 0)
 			return uintptr(e)
 		}
-		fd := procAt(base, bProcsOff, st.into).pidfd
-		_, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), sys.CLONE_NEWPID, 0)
-		return uintptr(e)
+		return setnsVia(base, st, i, sys.CLONE_NEWPID)
 	case int64(OpUnshare):
 		if _, _, e := syscall.RawSyscall(unix.SYS_UNSHARE, uintptr(st.arg), 0, 0); e != 0 {
 			return uintptr(e)
 		}
 		return redumpable(st.arg)
 	case int64(OpSetns):
-		fd := procAt(base, bProcsOff, st.into).pidfd
-		if _, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), uintptr(st.arg), 0); e != 0 {
-			return uintptr(e)
+		if e := setnsVia(base, st, i, uintptr(st.arg)); e != 0 {
+			return e
 		}
 		return redumpable(st.arg)
 	case int64(OpSetCreds):
@@ -171,10 +167,9 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 			return uintptr(e)
 		}
 		// The uid change made the mm - shared by every builder and the
-		// restorer - non-dumpable, which would refuse other builders'
-		// pidfd setns (ptrace_may_access) and /proc access: undo that.
-		_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 1, 0)
-		return uintptr(e)
+		// restorer - non-dumpable: right for a restorer that keeps it so
+		// (private), otherwise undone as for redumpable.
+		return redumpable(unix.CLONE_NEWUSER)
 	case int64(OpUserMap):
 		for j := 0; j < 3; j++ {
 			if st.fpath[j] == 0 {
@@ -238,7 +233,7 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec) uintptr {
 //
 //go:nosplit
 func redumpable(flags int64) uintptr {
-	if flags&unix.CLONE_NEWUSER == 0 {
+	if flags&unix.CLONE_NEWUSER == 0 || hdrAt(bBase).private != 0 {
 		return 0
 	}
 	_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_DUMPABLE, 1, 0)
@@ -258,11 +253,11 @@ func redumpable(flags int64) uintptr {
 //
 //go:nosplit
 func passOrLeave(base unsafe.Pointer, st *stepRec, i, self int64) {
-	if d, _, _ := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_GET_DUMPABLE, 0, 0); d == 1 {
+	h := hdrAt(base)
+	if d, _, _ := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_GET_DUMPABLE, 0, 0); d == 1 || h.private != 0 {
 		advance(base, st, i)
 		return
 	}
-	h := hdrAt(base)
 	atomic.StoreInt64(&h.leaving, self+1)
 	atomic.AddUint32(&h.goWake, 1)
 	syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWake, 1<<30, 0, 0, 0)
@@ -419,4 +414,56 @@ func execPayload(pr *procRec, z uintptr, e syscall.Errno) {
 failed:
 	pr.execErr = int32(e)
 	syscall.RawSyscall(unix.SYS_EXIT_GROUP, 127, 0, 0)
+}
+
+// nsOrder is the order in which setnsVia joins namespace files the
+// restorer opened: the order setns through a pidfd applies them in (the
+// kernel's commit_nsset), user namespaces first.
+var nsOrder = [...]uintptr{
+	unix.CLONE_NEWUSER, unix.CLONE_NEWNS, unix.CLONE_NEWUTS, unix.CLONE_NEWIPC,
+	sys.CLONE_NEWPID, unix.CLONE_NEWCGROUP, unix.CLONE_NEWNET, unix.CLONE_NEWTIME,
+}
+
+// setnsVia joins the namespaces flags of proc st.into (step i's) through
+// its pidfd. That setns needs the kernel's ptrace right over the task
+// (docs/kernel.md F8.4), and a restorer that holds CAP_SYS_PTRACE keeps the
+// memory every builder shares non-dumpable (private), so that no user who
+// matches a builder's credentials can read or write it: a builder that
+// entered a child user namespace lacks that right over its fellow
+// builders. It then hands its step to the restorer, which opens the
+// namespace files (its right is enough), and joins them through those:
+// setns through an nsfs file asks for capabilities in the namespace, not
+// for ptrace rights.
+//
+//go:nosplit
+func setnsVia(base unsafe.Pointer, st *stepRec, i int64, flags uintptr) uintptr {
+	h := hdrAt(base)
+	fd := procAt(base, bProcsOff, st.into).pidfd
+	_, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(fd), flags, 0)
+	if e != syscall.EPERM || h.private == 0 {
+		return uintptr(e)
+	}
+	atomic.StoreInt64(&h.assist, i+1)
+	atomic.AddUint32(&h.goWake, 1)
+	syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWake, 1<<30, 0, 0, 0)
+	for atomic.LoadUint32(&st.nsOpened) == 0 {
+		waitOrLeave(h, &st.nsOpened, 0)
+	}
+	var err uintptr
+	if st.nsErr != 0 {
+		err = uintptr(st.nsErr)
+	}
+	for j := 0; j < len(nsOrder); j++ {
+		nfd := st.nsFD[j]
+		if nfd < 0 {
+			continue
+		}
+		if err == 0 {
+			if _, _, e := syscall.RawSyscall(unix.SYS_SETNS, uintptr(nfd), nsOrder[j], 0); e != 0 {
+				err = uintptr(e)
+			}
+		}
+		syscall.RawSyscall(unix.SYS_CLOSE, uintptr(nfd), 0, 0)
+	}
+	return err
 }

@@ -59,10 +59,6 @@ var ErrInterrupted = errors.New("restore interrupted")
 // created is killed and reaped, the host cursor put back, and the error
 // wraps ErrInterrupted with ctx's cause.
 func ExecuteContext(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
-	// Builders share our mm: a credential change in one that died before
-	// resetting it would leave this process non-dumpable (no pidfd setns
-	// into anything for the next Execute).
-	defer unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
 	defer parkHostCursor(p)() // hostcheck.go
 	if opt.Attempts == 0 {
 		opt.Attempts = 5
@@ -128,6 +124,10 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el,
 		ctx: ctx, deadline: time.Now().Add(opt.Timeout)}
 	tx.watchRestorer()
+	// Builders share our mm: a credential change in one that died before
+	// resetting it would leave this process non-dumpable (no pidfd setns
+	// into anything for the next Execute).
+	defer tx.restoreDumpable()
 	// The host cursor is moved around the image's pids during the restore;
 	// it is put back afterwards so unrelated forks do not land among them.
 	if v, err := procfs.ReadLastPID(); err == nil {
@@ -137,6 +137,9 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	}
 	defer tx.restoreHostCursor()
 	defer tx.rollbackUnlessCommitted()
+	if err := tx.keepPrivate(); err != nil {
+		return nil, err
+	}
 	old, err := unix.PrctlRetInt(unix.PR_GET_CHILD_SUBREAPER, 0, 0, 0, 0)
 	if err == nil && old == 0 {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err == nil {
@@ -418,6 +421,9 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 		s := &p.Steps[i]
 		r := stepAt(b.base, b.stepsOff, int64(i))
 		r.op, r.actor, r.into, r.nextSame, r.prewake = int64(s.Op), int64(s.Actor), -1, -1, -1
+		for j := range r.nsFD {
+			r.nsFD[j] = -1
+		}
 		r.arg, r.arg2 = int64(s.Arg), int64(s.Arg2)
 		r.nextActor = -2
 		if i+1 < len(p.Steps) {
@@ -583,6 +589,7 @@ type tx struct {
 	b              *block
 	committed      bool
 	resetSubreaper bool
+	private        bool  // keepPrivate made the shared memory non-dumpable
 	lastStep       []int // last step of each proc
 	hostCursor     int   // host ns_last_pid before the restore, -1 unknown
 	links          map[int]*agentLink
@@ -667,6 +674,11 @@ func (t *tx) run() error {
 		if int(atomic.LoadUint64(&h.cur)) != cur {
 			continue
 		}
+		if a := atomic.LoadInt64(&h.assist); a != 0 {
+			atomic.StoreInt64(&h.assist, 0)
+			t.openNamespaces(int(a - 1))
+			continue
+		}
 		if l := atomic.LoadInt64(&h.leaving); l != 0 {
 			if err := t.passForLeaver(cur, int(l-1)); err != nil {
 				return err
@@ -684,6 +696,186 @@ func (t *tx) run() error {
 		ts := unix.NsecToTimespec(int64(50 * time.Millisecond))
 		unix.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&h.goWake)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
 	}
+}
+
+// keepPrivate makes the memory the restorer shares with every builder
+// non-dumpable for the whole restore when a builder would otherwise be a
+// way into it (privateReason). While the shared mm is dumpable, a process
+// of the same uid in the same user namespace whose capabilities cover the
+// builder's, or one with CAP_SYS_PTRACE in the builder's user namespace
+// (its owner), passes the kernel's ptrace check on the builder
+// (docs/kernel.md F8.4) and with it reads and writes the restorer's
+// memory: root's. Non-dumpable, only a caller with CAP_SYS_PTRACE in the
+// restorer's own user namespace passes. The builders that thereby lose
+// their own access to their fellows (those in child user namespaces) get
+// namespace files from the restorer instead (builder_linux.go, setnsVia).
+//
+// Otherwise the memory stays dumpable, as it was: a builder that takes the
+// image's ids at its last step leaves at once (passOrLeave), and zombies die
+// dumpable, which a reader of their /proc files without CAP_SYS_PTRACE in
+// the initial user namespace needs (docs/kernel.md F8.4).
+//
+// A restorer without CAP_SYS_PTRACE could not open the namespace files
+// either: it refuses such a plan.
+func (t *tx) keepPrivate() error {
+	why := privateReason(t.p, uint32(unix.Geteuid()))
+	if why == "" && forcePrivate {
+		why = "forced (tests)"
+	}
+	if why == "" {
+		// Stopped payloads of an earlier private restore may still share
+		// this process's memory: it stays private for them.
+		d, err := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+		if err != nil || d == 1 || !hasCap(unix.CAP_SYS_PTRACE) {
+			return nil
+		}
+		why = "this process is not dumpable"
+	}
+	if !hasCap(unix.CAP_SYS_PTRACE) {
+		return fmt.Errorf("%s: the restorer cannot keep its memory from that uid without CAP_SYS_PTRACE: %w", why, ErrCapability)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("make the builders' memory non-dumpable: %w", err)
+	}
+	t.hdr().private = 1
+	t.private = true
+	return nil
+}
+
+// forcePrivate makes every restore keep its memory private (tests).
+var forcePrivate bool
+
+// privateReason says which builder would hold, while it shares the
+// restorer's memory, credentials another uid could ptrace it with: one
+// that switches to another uid in the restorer's own user namespace (its
+// user namespaces are then that uid's), or a stopped payload that waits
+// there, forever, with its image's ids. "" for none. A builder inside a
+// user namespace the restore created is out of reach of every process
+// outside it: such a namespace is owned by the restorer's uid, and so is
+// the top of every chain of them (docs/kernel.md F8.4).
+func privateReason(p *Plan, euid uint32) string {
+	for i := range p.Steps {
+		s := &p.Steps[i]
+		if s.Op != OpSetCreds || !ownUserNS(p.Tree, s.NS[pstree.UserNS]) || uint32(s.Arg) == euid {
+			continue
+		}
+		return fmt.Sprintf("step %d (%s by %s) takes uid %d", i, p.describe(s), p.name(s.Actor), s.Arg)
+	}
+	if p.Options.Payload != PayloadStopped {
+		return ""
+	}
+	for i := range p.Procs {
+		ti := p.Procs[i].Task
+		if ti < 0 {
+			continue
+		}
+		tk := &p.Tree.Tasks[ti]
+		if tk.State == pstree.Zombie || !ownUserNS(p.Tree, tk.NS[pstree.UserNS]) {
+			continue
+		}
+		c := tk.Creds
+		for _, id := range []uint32{c.UID, c.EUID, c.SUID, c.FSUID} {
+			if id != euid {
+				return fmt.Sprintf("%s stops with uid %d", p.name(i), id)
+			}
+		}
+	}
+	return ""
+}
+
+// ownUserNS says whether u is the restorer's own user namespace: the
+// image's ambient one (or none).
+func ownUserNS(tr *pstree.Tree, u pstree.NSID) bool {
+	ns := tr.Namespace(u)
+	return ns == nil || ns.Ambient
+}
+
+// restoreDumpable makes this process dumpable again after the restore
+// (builders that changed credentials may have left it not), unless it kept
+// the memory private and stopped payloads stay in it: they share it as
+// long as they live.
+func (t *tx) restoreDumpable() {
+	if t.private && t.committed && t.p.Options.Payload == PayloadStopped {
+		return
+	}
+	_ = unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
+}
+
+// openNamespaces opens, for step i, the namespace files of the proc the
+// step joins, which its builder was refused through the pidfd
+// (builder_linux.go, setnsVia), and hands them over in the step's record.
+func (t *tx) openNamespaces(i int) {
+	r := stepAt(t.b.base, t.b.stepsOff, int64(i))
+	flags := uintptr(sys.CLONE_NEWPID)
+	if r.op == int64(OpSetns) {
+		flags = uintptr(r.arg)
+	}
+	if err := t.openNamespaceFiles(r, flags); err != nil {
+		for j, fd := range r.nsFD {
+			if fd >= 0 {
+				unix.Close(int(fd))
+				r.nsFD[j] = -1
+			}
+		}
+		var errno unix.Errno
+		if !errors.As(err, &errno) {
+			errno = unix.EPERM
+		}
+		r.nsErr = int64(errno)
+	}
+	atomic.StoreUint32(&r.nsOpened, 1)
+	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&r.nsOpened)), futexWake, 1, 0, 0, 0)
+}
+
+func (t *tx) openNamespaceFiles(r *stepRec, flags uintptr) error {
+	if r.into < 0 || r.into >= int64(len(t.p.Procs)) {
+		return unix.EINVAL
+	}
+	pidfd := int(atomic.LoadInt32(&t.proc(int(r.into)).pidfd))
+	nspid, err := sys.FdinfoNSpid(pidfd)
+	if err != nil {
+		return err
+	}
+	if len(nspid) == 0 || nspid[0] <= 0 {
+		return unix.ESRCH // not visible in the procfs at /proc
+	}
+	pid := nspid[0]
+	for j, kind := range nsOrder {
+		if flags&kind == 0 {
+			continue
+		}
+		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/%s", pid, nsFileName(kind)), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		r.nsFD[j] = int32(fd)
+	}
+	// The pid still named the proc when its files were opened: it cannot
+	// have been reused while the pidfd's task is alive.
+	return unix.PidfdSendSignal(pidfd, 0, nil, 0)
+}
+
+// nsFileName is the name under /proc/PID/ns of the namespace kind flag.
+func nsFileName(flag uintptr) string {
+	switch flag {
+	case unix.CLONE_NEWUSER:
+		return "user"
+	case unix.CLONE_NEWNS:
+		return "mnt"
+	case unix.CLONE_NEWUTS:
+		return "uts"
+	case unix.CLONE_NEWIPC:
+		return "ipc"
+	case sys.CLONE_NEWPID:
+		return "pid"
+	case unix.CLONE_NEWCGROUP:
+		return "cgroup"
+	case unix.CLONE_NEWNET:
+		return "net"
+	case unix.CLONE_NEWTIME:
+		return "time"
+	}
+	return "?"
 }
 
 // passForLeaver ends step cur for proc i, which took credentials that made

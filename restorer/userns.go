@@ -163,7 +163,20 @@ func (pl *planner) nestedCreds(c int, cur, u pstree.NSID) error {
 		}
 		gid = ns.GIDMap[0].Inside
 	}
-	return pl.emit(Step{Op: OpSetCreds, Actor: c, Target: -1, Arg: int(uid), Arg2: int(gid)})
+	st := Step{Op: OpSetCreds, Actor: c, Target: -1, Arg: int(uid), Arg2: int(gid)}
+	st.NS[pstree.UserNS] = cur // the ids are cur's
+	return pl.emit(st)
+}
+
+// hostUID is the uid of the restorer's user namespace that uid inside of
+// user namespace u is (the image's maps are its dumper's view); ok is false
+// when u does not map it.
+func hostUID(tr *pstree.Tree, u pstree.NSID, inside uint32) (uint32, bool) {
+	ns := tr.Namespace(u)
+	if ns == nil || ns.Ambient {
+		return inside, true
+	}
+	return inverse(ns.UIDMap, inside)
 }
 
 // inverse maps an inside id back to the outside.
