@@ -140,7 +140,10 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	if err := tx.keepPrivate(); err != nil {
 		return nil, err
 	}
-	old, err := unix.PrctlRetInt(unix.PR_GET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	// PR_GET_CHILD_SUBREAPER stores the flag through its pointer argument
+	// (its return value is 0).
+	var old int32
+	err = unix.Prctl(unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&old)), 0, 0, 0)
 	if err == nil && old == 0 {
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err == nil {
 			tx.resetSubreaper = true
@@ -1256,7 +1259,8 @@ func (t *tx) rollbackUnlessCommitted() {
 	for len(pending) > 0 && time.Now().Before(deadline) {
 		var next []int
 		for _, fd := range pending {
-			reaped, _, err := sys.WaitPidfd(fd, unix.WNOHANG)
+			// __WALL: a CLONE_PARENT clone has no exit signal.
+			reaped, _, err := sys.WaitPidfd(fd, unix.WNOHANG|unix.WALL)
 			if reaped {
 				continue
 			}
