@@ -1,12 +1,11 @@
 package main
 
 import (
-	"flag"
 	"fmt"
-	"os"
 
 	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/cliflag"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,32 +16,52 @@ var newDumpGuard func() (dump.Guard, error)
 func init() { register("dump", "record a process tree into an image", runDump) }
 
 func runDump(args []string) int {
-	fs := flag.NewFlagSet("dump", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: nsinit dump -t PID -D DIR [--leave-stopped | --kill] [--retries N] [--unchecked]")
-		fs.PrintDefaults()
+	var (
+		pid                             int
+		dir, logFile                    string
+		leaveRunning, leaveStopped, kil bool
+		retries                         = 3
+		unchecked                       bool
+		verbose                         int
+	)
+	fs := cliflag.New("nsinit dump",
+		"nsinit dump -t PID -D DIR [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked] [-o FILE] [-v]",
+		"Records the tree rooted at PID, with its nested pid namespaces, into DIR/pstree.img.\n"+
+			"The tree keeps running afterwards unless --leave-stopped or --kill (unlike criu dump,\n"+
+			"which kills it unless -R).")
+	fs.Int(&pid, "t,tree", "PID", "level-0 pid of the root of the tree")
+	fs.String(&dir, "D,images-dir", "DIR", "image directory (created if missing)")
+	fs.Bool(&leaveRunning, "R,leave-running", "let the tree run on after the dump (the default)")
+	fs.Bool(&leaveStopped, "s,leave-stopped", "leave the tree frozen (cgroup) or stopped (ptrace) after the dump")
+	fs.Bool(&kil, "kill", "kill the tree after a successful dump")
+	fs.Int(&retries, "retries", "N", "attempts after one that raced with the tree")
+	fs.Bool(&unchecked, "unchecked", "dump without the eBPF consistency guard (image marked unchecked)")
+	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
+	fs.Count(&verbose, "v,verbosity", "log progress (repeat it or add a level, as in -v2, for more)")
+	fs.SetVersion(version)
+	if code, stop := fs.Parse(args); stop {
+		return code
 	}
-	pid := fs.Int("t", 0, "level-0 `pid` of the root of the tree")
-	dir := fs.String("D", "", "image `directory` (created if missing)")
-	leaveStopped := fs.Bool("leave-stopped", false, "leave the tree frozen (cgroup) or stopped (ptrace) after the dump")
-	kill := fs.Bool("kill", false, "kill the tree after a successful dump")
-	retries := fs.Int("retries", 3, "attempts after one that raced with the tree")
-	unchecked := fs.Bool("unchecked", false, "dump without the eBPF consistency guard (image marked unchecked)")
-	verbose := fs.Bool("v", false, "print progress to stderr")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	switch {
+	case pid <= 0:
+		return fs.Fail("-t/--tree PID is required")
+	case dir == "":
+		return fs.Fail("-D/--images-dir DIR is required")
+	case len(fs.Args()) != 0:
+		return fs.Fail("unexpected argument %q", fs.Args()[0])
+	case btoi(leaveRunning)+btoi(leaveStopped)+btoi(kil) > 1:
+		return fs.Fail("--leave-running, --leave-stopped and --kill exclude each other")
 	}
-	if *pid <= 0 || *dir == "" || fs.NArg() != 0 || (*leaveStopped && *kill) {
-		fs.Usage()
-		return 2
+	d, err := openDiag("nsinit dump", verbose, logFile, dir)
+	if err != nil {
+		return fs.Fail("%v", err)
 	}
-	opts := dump.Options{Retries: *retries, LeaveStopped: *leaveStopped}
-	if *retries == 0 {
+	defer d.close()
+	opts := dump.Options{Retries: retries, LeaveStopped: leaveStopped}
+	if retries == 0 {
 		opts.Retries = -1 // no retry (Options treats 0 as the default)
 	}
-	if *verbose {
-		opts.Log = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "nsinit dump: "+f+"\n", a...) }
-	}
+	opts.Log = func(f string, a ...any) { d.logf(1, f, a...) }
 	var guardErr error
 	if newDumpGuard == nil {
 		guardErr = fmt.Errorf("this nsinit has no consistency guard")
@@ -51,29 +70,37 @@ func runDump(args []string) int {
 	}
 	if guardErr != nil {
 		opts.Guard = nil
-		if !*unchecked {
-			fmt.Fprintf(os.Stderr, "nsinit dump: cannot check the dump for races: %v\n(use --unchecked to dump anyway)\n", guardErr)
+		if !unchecked {
+			d.errorf("cannot check the dump for races: %v\n(use --unchecked to dump anyway)", guardErr)
 			return 1
 		}
-		fmt.Fprintf(os.Stderr, "nsinit dump: warning: unchecked dump (%v): a race with the tree would go unnoticed\n", guardErr)
+		d.errorf("warning: unchecked dump (%v): a race with the tree would go unnoticed", guardErr)
 	}
-	tr, err := dump.Dump(*pid, opts)
+	tr, err := dump.Dump(pid, opts)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit dump: %v\n", err)
+		d.errorf("%v", err)
 		return 1
 	}
-	if err := imagefile.Write(*dir, tr); err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit dump: %v\n", err)
+	if err := imagefile.Write(dir, tr); err != nil {
+		d.errorf("%v", err)
 		return 1
 	}
-	if *kill {
+	d.logf(1, "wrote %d tasks to %s", len(tr.Tasks), dir)
+	if kil {
 		// Children first; a pid namespace init takes its members with it.
 		for i := len(tr.Tasks) - 1; i >= 0; i-- {
 			if err := unix.Kill(tr.Tasks[i].PIDs[0], unix.SIGKILL); err != nil && err != unix.ESRCH {
-				fmt.Fprintf(os.Stderr, "nsinit dump: kill pid %d: %v\n", tr.Tasks[i].PIDs[0], err)
+				d.errorf("kill pid %d: %v", tr.Tasks[i].PIDs[0], err)
 				return 1
 			}
 		}
+	}
+	return 0
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
 	}
 	return 0
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/nsinit/nsinit/agent"
+	"github.com/nsinit/nsinit/internal/cliflag"
 )
 
 // noPreemptSignals is "1" when the Makefile linked the binary with the Go
@@ -19,18 +19,6 @@ import (
 // the runtime never sends itself SIGURG and a SIGURG nsinit receives can be
 // forwarded. A plain `go build` leaves it empty and SIGURG is dropped.
 var noPreemptSignals string
-
-const initOptionsHelp = `  -s          be a child subreaper (automatic when not PID 1)
-  -g          forward signals to the command's process group
-  -p SIGNAL   signal nsinit gets when its parent dies
-  -e CODE     report exit code CODE of the command as 0 (repeatable)
-  --listen P  serve restores into this pid namespace on unix socket P
-              (nsinit restore --agent P), to clients of nsinit's own uid
-  --listen-uid UID
-              also serve uid UID (repeatable): its restores run as UID
-              with CAP_CHECKPOINT_RESTORE only
-  -v          verbose diagnostics
-  --version   print the version`
 
 // uids is a repeatable --listen-uid flag.
 type uids []uint32
@@ -78,20 +66,20 @@ func runInit(args []string) int {
 	return status
 }
 
-// initFlags registers the init options (-s -g -p -e -v) on fs, for both
-// `nsinit -- CMD` and a restored agent; the returned apply fills cfg from
-// them once fs is parsed.
-func initFlags(fs *flag.FlagSet, cfg *agent.Config) (apply func() error) {
+// initFlags defines the init options on fs, for both `nsinit -- CMD` and
+// a restored agent (whose original command line is parsed again); the
+// returned apply fills cfg from them once fs is parsed.
+func initFlags(fs *cliflag.Set, cfg *agent.Config) (apply func() error) {
 	var (
 		zero   exitCodes
 		pdeath string
 	)
-	fs.BoolVar(&cfg.Subreaper, "s", false, "")
-	fs.BoolVar(&cfg.SignalGroup, "g", false, "")
-	fs.StringVar(&pdeath, "p", "", "")
-	fs.Var(&zero, "e", "")
-	fs.StringVar(&cfg.Listen, "listen", "", "")
-	fs.Var((*uids)(&cfg.ListenUIDs), "listen-uid", "")
+	fs.Bool(&cfg.Subreaper, "s", "be a child subreaper (automatic when not PID 1)")
+	fs.Bool(&cfg.SignalGroup, "g", "forward signals to the command's process group")
+	fs.String(&pdeath, "p", "SIGNAL", "signal nsinit gets when its parent dies")
+	fs.Var(&zero, "e", "CODE", "report exit code CODE of the command as 0 (repeatable)")
+	fs.String(&cfg.Listen, "listen", "PATH", "serve restores into this pid namespace on unix socket PATH (nsinit restore --agent PATH), to clients of nsinit's own uid")
+	fs.Var((*uids)(&cfg.ListenUIDs), "listen-uid", "UID", "also serve uid UID (repeatable): its restores run as UID with CAP_CHECKPOINT_RESTORE only")
 	return func() error {
 		cfg.ZeroExitCodes = zero
 		if pdeath != "" {
@@ -106,35 +94,33 @@ func initFlags(fs *flag.FlagSet, cfg *agent.Config) (apply func() error) {
 	}
 }
 
+// newInitSet is the init's command line, whose help is nsinit's top-level
+// help: it lists the subcommands too.
+func newInitSet(cfg *agent.Config, verbose *int) (*cliflag.Set, func() error) {
+	fs := cliflag.New("nsinit",
+		"nsinit [options] -- CMD [ARGS...]   run CMD under nsinit as init\n"+
+			"       nsinit COMMAND [options]          (nsinit COMMAND --help for its options)", "")
+	apply := initFlags(fs, cfg)
+	fs.Count(verbose, "v", "verbose diagnostics")
+	fs.SetVersion(version)
+	fs.Epilog = commandsHelp()
+	return fs, apply
+}
+
 func parseAndRun(args []string) int {
-	fs := flag.NewFlagSet("nsinit", flag.ContinueOnError)
-	fs.Usage = func() { usage(os.Stderr) }
 	var (
-		cfg       agent.Config
-		verbose   bool
-		printVers bool
+		cfg     agent.Config
+		verbose int
 	)
-	apply := initFlags(fs, &cfg)
-	fs.BoolVar(&verbose, "v", false, "")
-	fs.BoolVar(&printVers, "version", false, "")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
-		}
-		return 2
+	fs, apply := newInitSet(&cfg, &verbose)
+	if code, stop := fs.Parse(args); stop {
+		return code
 	}
-	if printVers {
-		fmt.Println("nsinit", version)
-		return 0
-	}
-	if fs.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "nsinit: no command given")
-		usage(os.Stderr)
-		return 2
+	if len(fs.Args()) == 0 {
+		return fs.Fail("no command given")
 	}
 	if err := apply(); err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit: %v\n", err)
-		return 2
+		return fs.Fail("%v", err)
 	}
 	cfg.Argv = fs.Args()
 	if err := restoredAgent(&cfg); err != nil {
@@ -143,7 +129,7 @@ func parseAndRun(args []string) int {
 	}
 	cfg.Ignored = originallyIgnored()
 	cfg.Blocked, cfg.BlockedKnown = origSigMask, origSigKnown != 0
-	if verbose {
+	if verbose > 0 {
 		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, ignored at start: %s\n",
 			os.Getpid(), strings.Join(cfg.Argv, " "), signalList(cfg.Ignored))
 	}

@@ -15,6 +15,9 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
+
+	"github.com/nsinit/nsinit/agent"
 )
 
 // version is stamped in by the Makefile (-X main.version=...).
@@ -49,25 +52,22 @@ func dispatch(args []string) int {
 			return c.run(args[1:])
 		}
 		switch args[0] {
-		case "--version", "-version", "version":
+		case "version":
 			fmt.Println("nsinit", version)
 			return 0
 		case "help":
-			usage(os.Stdout)
+			fs, _ := newInitSet(new(agent.Config), new(int))
+			fs.PrintHelp(os.Stdout)
 			return 0
 		}
 	}
 	return runInit(args)
 }
 
-func usage(w *os.File) {
-	fmt.Fprintf(w, `usage: nsinit [options] -- CMD [ARGS...]   run CMD under nsinit as init
-       nsinit COMMAND [options]
-
-init options:
-%s
-commands:
-`, initOptionsHelp)
+// commandsHelp lists the subcommands for the top-level help.
+func commandsHelp() string {
+	var b strings.Builder
+	b.WriteString("commands:\n")
 	names := make([]string, 0, len(commands))
 	for n, c := range commands {
 		if !c.hidden {
@@ -76,7 +76,9 @@ commands:
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+		fmt.Fprintf(&b, "  %-8s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(w, "  %-8s %s\n", "version", "print the version")
+	fmt.Fprintf(&b, "  %-8s %s\n", "help", "print this help")
+	fmt.Fprintf(&b, "  %-8s %s\n", "version", "print the version")
+	return b.String()
 }

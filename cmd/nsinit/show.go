@@ -5,17 +5,23 @@ import (
 	"os"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/cliflag"
 	"github.com/nsinit/nsinit/pstree"
 )
 
 func init() { register("show", "print an image as JSON", runShow) }
 
 func runShow(args []string) int {
-	if len(args) != 1 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(os.Stderr, "usage: nsinit show DIR")
-		return 2
+	fs := cliflag.New("nsinit show", "nsinit show DIR", "Prints the image in DIR as JSON, like crit show.")
+	fs.SetVersion(version)
+	fs.Interspersed = true
+	if code, stop := fs.Parse(args); stop {
+		return code
 	}
-	tr, err := imagefile.Read(args[0])
+	if len(fs.Args()) != 1 {
+		return fs.Fail("one image directory expected")
+	}
+	tr, err := imagefile.Read(fs.Args()[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit show: %v\n", err)
 		return 1
