@@ -45,3 +45,37 @@ func TestE2ECRIUSpellings(t *testing.T) {
 	}
 	checkTree(t, tr, PayloadExec)
 }
+
+// TestE2EUncheckedDump: dump --unchecked uses no guard even where the eBPF
+// guard loads, and the image says so; without it the image is checked.
+func TestE2EUncheckedDump(t *testing.T) {
+	needRoot(t)
+	testutil.Require(t, testutil.BPF)
+	tr := place(t, sleepers(f43()))
+	t.Cleanup(func() { killTree(t, tr, &Restored{}) })
+	src := t.TempDir()
+	if err := imagefile.Write(src, tr); err != nil {
+		t.Fatal(err)
+	}
+	root := strconv.Itoa(tr.Tasks[0].PID())
+	if out, err := nsinit(t, "restore", "-D", src, "-d"); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	for _, unchecked := range []bool{true, false} {
+		img := t.TempDir()
+		args := []string{"dump", "-t", root, "-D", img}
+		if unchecked {
+			args = append(args, "--unchecked")
+		}
+		if out, err := nsinit(t, args...); err != nil {
+			t.Fatalf("%q: %v\n%s", args, err, out)
+		}
+		got, err := imagefile.Read(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Checked == unchecked {
+			t.Errorf("%q: image says checked: %v", args, got.Checked)
+		}
+	}
+}
