@@ -157,6 +157,11 @@ func closeMark(fd int) {
 	}
 }
 
+// ErrTimeout: the restore made no progress before its deadline
+// (ExecOptions.Timeout) and was rolled back. A restored agent that does not
+// answer in time wraps agentconn.ErrTimeout instead.
+var ErrTimeout = errors.New("restore timed out")
+
 // ErrCapability: the restorer lacks a capability it needs.
 var ErrCapability = errors.New("missing capability")
 
@@ -621,7 +626,7 @@ func (t *tx) expired() error {
 		return fmt.Errorf("%w: %v", ErrInterrupted, context.Cause(t.ctx))
 	}
 	if time.Now().After(t.deadline) {
-		return errors.New("no progress before the deadline")
+		return fmt.Errorf("no progress before the deadline: %w", ErrTimeout)
 	}
 	return nil
 }

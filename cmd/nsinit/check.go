@@ -6,7 +6,6 @@ import (
 
 	"github.com/nsinit/nsinit/check"
 	"github.com/nsinit/nsinit/imagefile"
-	"github.com/nsinit/nsinit/internal/cliflag"
 )
 
 func init() { register("check", "compare an image with a live tree", runCheck) }
@@ -17,13 +16,12 @@ func runCheck(args []string) int {
 		dir         string
 		leftStopped bool
 	)
-	fs := cliflag.New("nsinit check", "nsinit check -t PID -D DIR [--left-stopped]",
+	fs := newFlags("nsinit check", "nsinit check -t PID -D DIR [--left-stopped]",
 		"Lists every difference between the image in DIR and the live tree rooted at PID.\n"+
-			"Exit status 0: identical; 1: differences, one a line on stdout; 2: could not compare.")
+			"Exit status 0: identical; 1: differences, one a line on stdout; 125 and up: could\nnot compare (README, \"Exit status\").")
 	fs.Int(&pid, "t,tree", "PID", "level-0 pid of the root of the live tree")
 	fs.String(&dir, "D,images-dir", "DIR", "image directory")
 	fs.Bool(&leftStopped, "left-stopped", "the tree was left stopped by dump --leave-stopped: a task live in the image may be stopped")
-	fs.SetVersion(version)
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
@@ -38,12 +36,12 @@ func runCheck(args []string) int {
 	img, err := imagefile.Read(dir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
-		return 2
+		return exitStatus(err)
 	}
 	live, err := check.ReadLive(pid)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
-		return 2
+		return exitStatus(err)
 	}
 	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped})
 	for _, d := range diffs {

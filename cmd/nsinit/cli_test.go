@@ -101,8 +101,8 @@ func TestUsageErrors(t *testing.T) {
 		{"trace"},
 	} {
 		out, errOut, code := run(t, args...)
-		if code != 2 || out != "" || !strings.Contains(errOut, "usage: nsinit") {
-			t.Errorf("nsinit %q: status %d (want 2), stdout %q, stderr %q", args, code, out, errOut)
+		if code != wantUsage(args) || out != "" || !strings.Contains(errOut, "usage: nsinit") {
+			t.Errorf("nsinit %q: status %d (want %d), stdout %q, stderr %q", args, code, wantUsage(args), out, errOut)
 		}
 	}
 }
@@ -120,4 +120,13 @@ func TestInitSpellings(t *testing.T) {
 			t.Errorf("nsinit %q: status %d, stderr %q", args, code, errOut)
 		}
 	}
+}
+
+// wantUsage is the status of a bad command line: tini's 2 for the init,
+// exitUsage for a subcommand.
+func wantUsage(args []string) int {
+	if len(args) > 0 && commands[args[0]].run != nil {
+		return exitUsage
+	}
+	return 2
 }

@@ -5,7 +5,6 @@ import (
 
 	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/imagefile"
-	"github.com/nsinit/nsinit/internal/cliflag"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,7 +23,7 @@ func runDump(args []string) int {
 		unchecked                       bool
 		verbose                         int
 	)
-	fs := cliflag.New("nsinit dump",
+	fs := newFlags("nsinit dump",
 		"nsinit dump -t PID -D DIR [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked] [-o FILE] [-v]",
 		"Records the tree rooted at PID, with its nested pid namespaces, into DIR/pstree.img.\n"+
 			"The tree keeps running afterwards unless --leave-stopped or --kill (unlike criu dump,\n"+
@@ -38,7 +37,6 @@ func runDump(args []string) int {
 	fs.Bool(&unchecked, "unchecked", "dump without the eBPF consistency guard (image marked unchecked)")
 	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
 	fs.Count(&verbose, "v,verbosity", "log progress (repeat it or add a level, as in -v2, for more)")
-	fs.SetVersion(version)
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
@@ -75,7 +73,7 @@ func runDump(args []string) int {
 		}
 		if guardErr != nil {
 			d.errorf("cannot check the dump for races: %v\n(use --unchecked to dump anyway)", guardErr)
-			return 1
+			return exitStatus(guardErr)
 		}
 	} else {
 		d.logf(1, "unchecked dump: a race with the tree would go unnoticed")
@@ -83,11 +81,11 @@ func runDump(args []string) int {
 	tr, err := dump.Dump(pid, opts)
 	if err != nil {
 		d.errorf("%v", err)
-		return 1
+		return exitStatus(err)
 	}
 	if err := imagefile.Write(dir, tr); err != nil {
 		d.errorf("%v", err)
-		return 1
+		return exitStatus(err)
 	}
 	d.logf(1, "wrote %d tasks to %s", len(tr.Tasks), dir)
 	if kil {
@@ -95,7 +93,7 @@ func runDump(args []string) int {
 		for i := len(tr.Tasks) - 1; i >= 0; i-- {
 			if err := unix.Kill(tr.Tasks[i].PIDs[0], unix.SIGKILL); err != nil && err != unix.ESRCH {
 				d.errorf("kill pid %d: %v", tr.Tasks[i].PIDs[0], err)
-				return 1
+				return exitStatus(err)
 			}
 		}
 	}

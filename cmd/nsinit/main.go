@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"github.com/nsinit/nsinit/agent"
+	"github.com/nsinit/nsinit/internal/cliflag"
 )
 
 // version is stamped in by the Makefile (-X main.version=...).
@@ -62,6 +63,15 @@ func dispatch(args []string) int {
 		}
 	}
 	return runInit(args)
+}
+
+// newFlags is the command line of a subcommand: with -V/--version, and
+// exitUsage for a bad one.
+func newFlags(name, usage, about string) *cliflag.Set {
+	fs := cliflag.New(name, usage, about)
+	fs.UsageStatus = exitUsage
+	fs.SetVersion(version)
+	return fs
 }
 
 // commandsHelp lists the subcommands for the top-level help.

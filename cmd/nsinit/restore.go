@@ -13,7 +13,6 @@ import (
 
 	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/imagefile"
-	"github.com/nsinit/nsinit/internal/cliflag"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/restorer"
@@ -33,7 +32,7 @@ func runRestore(args []string) int {
 		agentTimeout               = restorer.DefaultAgentTimeout
 		verbose                    int
 	)
-	fs := cliflag.New("nsinit restore",
+	fs := newFlags("nsinit restore",
 		"nsinit restore -D DIR [-d] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
 			"                      [--dry-run] [--agent-timeout D] [--agent SOCKET] [-o FILE] [-v]",
 		"Re-creates the tree of DIR with the same pids at every level. Without -d, nsinit stays\n"+
@@ -48,7 +47,6 @@ func runRestore(args []string) int {
 	fs.String(&via, "agent", "SOCKET", "restore through the nsinit agent listening on SOCKET (nsinit --listen), into its pid namespace")
 	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
 	fs.Count(&verbose, "v,verbosity", "log what the restore does")
-	fs.SetVersion(version)
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
@@ -94,12 +92,12 @@ func runRestore(args []string) int {
 	tr, err := imagefile.Read(dir)
 	if err != nil {
 		d.errorf("%v", err)
-		return 1
+		return exitStatus(err)
 	}
 	plan, err := restorer.NewPlan(tr, opt)
 	if err != nil {
 		d.errorf("plan: %v", err)
-		return 1
+		return exitStatus(err)
 	}
 	d.logf(1, "image %s: %d tasks, plan of %d steps", dir, len(tr.Tasks), len(plan.Steps))
 	if dry {
@@ -115,16 +113,15 @@ func runRestore(args []string) int {
 	if err != nil {
 		d.errorf("%v", err)
 		if errors.Is(err, restorer.ErrInterrupted) {
-			d.errorf("everything it created is gone")
-			return 128 + int(*sig)
+			d.errorf("%v: everything it created is gone", *sig)
 		}
-		return 1
+		return exitStatus(err)
 	}
 	defer res.RootFD.Close()
 	d.logf(1, "restored %d tasks in %v, root pid %d", len(tr.Tasks), time.Since(start).Round(time.Millisecond), res.Root)
 	if err := writePidfile(pidfile, res.Root); err != nil {
 		d.errorf("%v", err)
-		return 1
+		return exitStatus(err)
 	}
 	if detach {
 		fmt.Println(res.Root)
@@ -134,7 +131,7 @@ func runRestore(args []string) int {
 	_, st, err := sys.WaitPidfd(res.RootFD.Int(), 0)
 	if err != nil {
 		d.errorf("wait for root %d: %v", res.Root, err)
-		return 1
+		return exitFailure
 	}
 	if st.Signaled() {
 		return 128 + int(st.Signal())
@@ -175,18 +172,18 @@ func restoreViaAgent(d *diag, socket, dir, payload, placement, pidfile string) i
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		d.errorf("%v", err)
-		return 1
+		return exitStatus(err)
 	}
 	dirfd, err := unix.Open(abs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		d.errorf("open %s: %v", abs, err)
-		return 1
+		return exitStatus(err)
 	}
 	defer unix.Close(dirfd)
 	c, err := agent.Dial(socket)
 	if err != nil {
 		d.errorf("%v", err)
-		return 1
+		return exitStatus(err)
 	}
 	defer c.Close()
 	c.Timeout = agent.RestoreTimeout + time.Minute
@@ -195,12 +192,12 @@ func restoreViaAgent(d *diag, socket, dir, payload, placement, pidfile string) i
 	}}}, dirfd)
 	if err != nil {
 		d.errorf("through the agent at %s: %v", socket, err)
-		return 1
+		return exitStatus(err)
 	}
 	root := int(rep.GetRestored().GetRootPid())
 	if err := writePidfile(pidfile, root); err != nil {
 		d.errorf("%v", err)
-		return 1
+		return exitStatus(err)
 	}
 	fmt.Println(root)
 	return 0

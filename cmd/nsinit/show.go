@@ -5,15 +5,13 @@ import (
 	"os"
 
 	"github.com/nsinit/nsinit/imagefile"
-	"github.com/nsinit/nsinit/internal/cliflag"
 	"github.com/nsinit/nsinit/pstree"
 )
 
 func init() { register("show", "print an image as JSON", runShow) }
 
 func runShow(args []string) int {
-	fs := cliflag.New("nsinit show", "nsinit show DIR", "Prints the image in DIR as JSON, like crit show.")
-	fs.SetVersion(version)
+	fs := newFlags("nsinit show", "nsinit show DIR", "Prints the image in DIR as JSON, like crit show.")
 	fs.Interspersed = true
 	if code, stop := fs.Parse(args); stop {
 		return code
@@ -24,12 +22,12 @@ func runShow(args []string) int {
 	tr, err := imagefile.Read(fs.Args()[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit show: %v\n", err)
-		return 1
+		return exitStatus(err)
 	}
 	b, err := pstree.JSON(tr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit show: %v\n", err)
-		return 1
+		return exitStatus(err)
 	}
 	os.Stdout.Write(b)
 	return 0

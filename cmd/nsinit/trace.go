@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/bpf"
-	"github.com/nsinit/nsinit/internal/cliflag"
 	"github.com/nsinit/nsinit/internal/procfs"
 )
 
@@ -44,13 +43,12 @@ func runTrace(args []string) int {
 		nsPaths strList
 		jsonOut bool
 	)
-	fs := cliflag.New("nsinit trace", "nsinit trace (-t PID | --ns PATH)... [--json]",
+	fs := newFlags("nsinit trace", "nsinit trace (-t PID | --ns PATH)... [--json]",
 		"Prints one line per fork, exit and exec with the pid at every namespace level\n"+
 			"(outermost first), the parent and the exit status, until SIGINT or SIGTERM.")
 	fs.Var(&pids, "t,tree", "PID", "trace the tree of process PID (host pid; repeatable): it, its descendants, the pid namespaces they head, and what they fork from now on")
 	fs.Var(&nsPaths, "ns", "PATH", "trace every task in the pid namespace at PATH (e.g. /proc/PID/ns/pid) or nested below it (repeatable)")
 	fs.Bool(&jsonOut, "json", "print JSON lines instead of text")
-	fs.SetVersion(version)
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
@@ -62,7 +60,7 @@ func runTrace(args []string) int {
 	}
 	if err := trace(pids, nsPaths, jsonOut); err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit trace: %v\n", err)
-		return 1
+		return exitStatus(err)
 	}
 	return 0
 }

@@ -32,6 +32,9 @@ type Set struct {
 	// Interspersed lets flags follow positional arguments (show FILE --raw);
 	// without it the first positional argument ends the flags.
 	Interspersed bool
+	// UsageStatus is the status Parse and Fail return for a bad command
+	// line (0: 2, the usual one).
+	UsageStatus int
 	// Epilog is printed after the options in the help.
 	Epilog string
 	// Stdout and Stderr receive the help and the errors (nil: os.Stdout,
@@ -125,7 +128,8 @@ func (s *Set) add(names, arg, help string, v flag.Value, isBool, count bool) {
 }
 
 // Parse parses args. stop is true when the command must return code at
-// once: 0 after printing the help or the version, 2 after a bad flag.
+// once: 0 after printing the help or the version, UsageStatus (2) after a
+// bad flag.
 func (s *Set) Parse(args []string) (code int, stop bool) {
 	err := s.fs.Parse(s.normalize(args))
 	switch {
@@ -145,11 +149,14 @@ func (s *Set) Parse(args []string) (code int, stop bool) {
 func (s *Set) Args() []string { return s.fs.Args() }
 
 // Fail prints "NAME: message", the usage line and where the help is on
-// stderr, and returns 2, the status of a usage error.
+// stderr, and returns the status of a usage error (UsageStatus, or 2).
 func (s *Set) Fail(format string, a ...any) int {
 	w := s.stderr()
 	fmt.Fprintf(w, "%s: %s\n", s.name, fmt.Sprintf(format, a...))
 	fmt.Fprintf(w, "usage: %s\n(%s --help lists the options)\n", s.usage, s.name)
+	if s.UsageStatus != 0 {
+		return s.UsageStatus
+	}
 	return 2
 }
 
