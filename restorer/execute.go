@@ -30,6 +30,13 @@ type ExecOptions struct {
 	// DefaultAgentTimeout): an agent that does not answer aborts the
 	// restore.
 	AgentTimeout time.Duration
+	// Stdio, where set, is what the restored programs get as fd 0, 1 and
+	// 2 instead of the restorer's own (a detached restore gives /dev/null,
+	// so that nothing restored holds its caller's pipe or terminal). The
+	// files stay the caller's; the restorer's own fds are untouched.
+	// Zombies and stopped payloads have no program and keep nothing
+	// (stdio_linux.go).
+	Stdio [3]*os.File
 }
 
 // Restored is a committed restore.
@@ -125,6 +132,8 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 		closeMark(mark)
 		return nil, err
 	}
+	setStdio(b, opt.Stdio) // stdio_linux.go
+	defer runtime.KeepAlive(opt.Stdio)
 	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el,
 		ctx: ctx, deadline: time.Now().Add(opt.Timeout)}
 	tx.watchRestorer()

@@ -28,17 +28,18 @@ func runRestore(args []string) int {
 		dir, pidfile, via, logFile string
 		payload                    = "exec"
 		placement                  = "set_tid"
-		dry, detach                bool
+		dry, detach, inheritStdio  bool
 		agentTimeout               = restorer.DefaultAgentTimeout
 		verbose                    int
 	)
 	fs := newFlags("nsinit restore",
-		"nsinit restore -D DIR [-d] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
+		"nsinit restore -D DIR [-d [--inherit-stdio]] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
 			"                      [--dry-run] [--agent-timeout D] [--agent SOCKET] [-o FILE] [-v]",
 		"Re-creates the tree of DIR with the same pids at every level. Without -d, nsinit stays\n"+
 			"the root's parent and exits with its status, like criu restore.")
 	fs.String(&dir, "D,images-dir", "DIR", "image directory")
-	fs.Bool(&detach, "d,detach,restore-detached", "leave the tree running and print the root's pid")
+	fs.Bool(&detach, "d,detach,restore-detached", "leave the tree running and print the root's pid; its programs get /dev/null as stdin, stdout and stderr")
+	fs.Bool(&inheritStdio, "inherit-stdio", "with -d: the restored programs keep nsinit's stdin, stdout and stderr instead")
 	fs.String(&pidfile, "pidfile", "FILE", "write the root's pid to FILE")
 	fs.String(&payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec) or stopped tasks")
 	fs.String(&placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
@@ -104,11 +105,23 @@ func runRestore(args []string) int {
 		fmt.Print(plan)
 		return 0
 	}
+	// A detached tree must not hold its caller's pipe or terminal: nsinit
+	// returns once it is up, and `pid=$(nsinit restore -d)` sees end of file.
+	var execOpt = restorer.ExecOptions{AgentTimeout: agentTimeout}
+	if detach && !inheritStdio {
+		null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err != nil {
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		defer null.Close()
+		execOpt.Stdio = [3]*os.File{null, null, null}
+	}
 	// SIGINT (Ctrl-C), SIGTERM and SIGHUP roll the restore back like any
 	// failure, and nsinit then dies of the signal's status.
 	start := time.Now()
 	ctx, sig, stopSignals := interruptContext(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	res, err := restorer.ExecuteContext(ctx, plan, restorer.ExecOptions{AgentTimeout: agentTimeout})
+	res, err := restorer.ExecuteContext(ctx, plan, execOpt)
 	stopSignals()
 	if err != nil {
 		d.errorf("%v", err)

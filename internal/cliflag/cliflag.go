@@ -173,11 +173,19 @@ func (s *Set) PrintHelp(w io.Writer) {
 	}
 }
 
-// PrintOptions writes one entry per option, -h last: its names as the
+// PrintOptions writes one entry per option, -V and -h last: its names as the
 // usage line spells them, then its help, wrapped to 80 columns.
 func (s *Set) PrintOptions(w io.Writer) {
 	const col, width = 24, 80
-	opts := append(append([]*option{}, s.opts[1:]...), s.opts[0]) // s.opts[0] is -h
+	var opts, last []*option // -V and -h last
+	for _, o := range s.opts {
+		if o == s.byName["h"] || o == s.byName["V"] {
+			last = append([]*option{o}, last...)
+		} else {
+			opts = append(opts, o)
+		}
+	}
+	opts = append(opts, last...)
 	for _, o := range opts {
 		if o.hidden {
 			continue
