@@ -238,8 +238,9 @@ func precheck(p *Plan) error {
 			if statusField(string(b), "Tgid") == strconv.Itoa(os.Getpid()) {
 				return fmt.Errorf("%s: pid %d at level 0 is taken by this restorer itself (the host cursor was among the image's pids when it started): %w", what, pid, ErrPIDTaken)
 			}
-			return fmt.Errorf("%s: pid %d at level 0 is taken by %q (tgid %s): %w", what, pid,
-				statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrPIDTaken)
+			if h := holderOf(pid); h != "" {
+				return fmt.Errorf("%s: pid %d at level 0 is taken by %s: %w", what, pid, h, ErrPIDTaken)
+			}
 		}
 		return nil
 	}
@@ -902,12 +903,11 @@ func (t *tx) verify() error {
 // (ErrHostRace, retried; ErrPIDTaken too), naming the process that holds
 // it when there still is one.
 func (t *tx) hostPIDError(err error, pid int) error {
-	b, serr := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if serr != nil || t.ours(pid) {
+	h := holderOf(pid)
+	if h == "" || t.ours(pid) {
 		return fmt.Errorf("%w: pid %d at level 0 was taken, and no process outside the restore holds it now: %w: %w", err, pid, ErrHostRace, ErrPIDTaken)
 	}
-	return fmt.Errorf("%w: pid %d at level 0 is taken by %q (tgid %s): %w: %w", err, pid,
-		statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrHostRace, ErrPIDTaken)
+	return fmt.Errorf("%w: pid %d at level 0 is taken by %s: %w: %w", err, pid, h, ErrHostRace, ErrPIDTaken)
 }
 
 // ours says whether level-0 pid belongs to a proc this restore created.

@@ -143,3 +143,33 @@ func oneTaskTree(pid int) *pstree.Tree {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestPIDTakenByZombie: a pid held by a zombie is refused as taken, and
+// the message says it is a zombie and which parent has not reaped it.
+func TestPIDTakenByZombie(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.SetTID)
+	z := exec.Command("true")
+	if err := z.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := z.Process.Pid
+	t.Cleanup(func() { z.Wait() })
+	// Wait for its exit, leaving it a zombie.
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := imagefile.Write(dir, oneTaskTree(pid)); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := run(t, "restore", "-D", dir)
+	if code != exitPIDTaken {
+		t.Fatalf("restore over zombie %d: status %d, want %d\n%s", pid, code, exitPIDTaken, errOut)
+	}
+	comm, _ := os.ReadFile("/proc/self/comm")
+	want := fmt.Sprintf("is taken by a zombie \"true\" (tgid %d) that its parent %d %q has not reaped", pid, os.Getpid(), strings.TrimSpace(string(comm)))
+	if !strings.Contains(errOut, want) {
+		t.Errorf("message lacks %q:\n%s", want, errOut)
+	}
+}
