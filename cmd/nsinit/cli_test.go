@@ -28,7 +28,7 @@ func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	return o.String(), e.String(), code
 }
 
-var subcommands = []string{"dump", "restore", "show", "check", "trace"}
+var subcommands = []string{"dump", "restore", "show", "encode", "check", "trace"}
 
 // TestHelp: --help and -h print on stdout and exit 0, at the top level and
 // for every subcommand; the help spells options as the usage line does.

@@ -8,6 +8,7 @@ import (
 	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/agentconn"
+	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/restorer"
 )
 
@@ -45,7 +46,7 @@ func exitStatus(err error) int {
 		return exitPIDTaken
 	case errors.Is(err, restorer.ErrCapability), errors.Is(err, os.ErrPermission):
 		return exitCapability
-	case errors.Is(err, restorer.ErrBadImage), errors.Is(err, imagefile.ErrFormat),
+	case errors.Is(err, restorer.ErrBadImage), errors.Is(err, pstree.ErrInvalid), errors.Is(err, imagefile.ErrFormat),
 		errors.Is(err, imagefile.ErrVersion), errors.Is(err, imagefile.ErrNotRegular):
 		return exitBadImage
 	case errors.Is(err, restorer.ErrUnsupported), errors.Is(err, dump.ErrUnrepresentable), errors.Is(err, ebpf.ErrNotSupported):

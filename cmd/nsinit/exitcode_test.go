@@ -40,6 +40,7 @@ func TestExitStatusClasses(t *testing.T) {
 		{fmt.Errorf("open: %w", unix.EACCES), exitCapability},
 		{fmt.Errorf("plan: %w", restorer.ErrBadImage), exitBadImage},
 		{fmt.Errorf("read: %w", imagefile.ErrFormat), exitBadImage},
+		{fmt.Errorf("encode: %w", pstree.ErrInvalid), exitBadImage},
 		{fmt.Errorf("read: %w", imagefile.ErrVersion), exitBadImage},
 		{fmt.Errorf("read: %w", imagefile.ErrNotRegular), exitBadImage},
 		{fmt.Errorf("plan: %w", restorer.ErrUnsupported), exitUnsupported},

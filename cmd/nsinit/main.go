@@ -4,7 +4,8 @@
 //	nsinit [options] -- CMD [ARGS...]     run CMD as PID 1 (or subreaper)
 //	nsinit dump -t PID -D DIR             record a tree into an image
 //	nsinit restore -D DIR                 re-create it with the same pids
-//	nsinit show DIR                       print an image as JSON
+//	nsinit show DIR|FILE                  print an image as JSON (--raw: protojson)
+//	nsinit encode -i JSON -D DIR          turn show --raw's JSON back into an image
 //	nsinit check -t PID -D DIR            compare an image with a live tree
 //
 // This package only parses flags and wires packages together; each
