@@ -74,10 +74,16 @@ func initFlags(fs *cliflag.Set, cfg *agent.Config) (apply func() error) {
 		zero   exitCodes
 		pdeath string
 	)
+	// tini's environment variables, and nsinit's names for them: set to
+	// anything (even empty), as tini reads them.
+	cfg.Subreaper = envSet("NSINIT_SUBREAPER", "TINI_SUBREAPER")
+	cfg.SignalGroup = envSet("NSINIT_KILL_PROCESS_GROUP", "TINI_KILL_PROCESS_GROUP")
 	fs.Bool(&cfg.Subreaper, "s", "be a child subreaper (automatic when not PID 1)")
 	fs.Bool(&cfg.SignalGroup, "g", "forward signals to the command's process group")
 	fs.String(&pdeath, "p", "SIGNAL", "signal nsinit gets when its parent dies")
 	fs.Var(&zero, "e", "CODE", "report exit code CODE of the command as 0 (repeatable)")
+	fs.Bool(&cfg.WarnOnReap, "w", "print a warning for every process reaped besides the command")
+	fs.Duration(&cfg.Grace, "grace", "D", "after a SIGTERM, once the command has exited: SIGTERM to every remaining descendant, SIGKILL after D; exit when all are gone (0: exit with the command, as tini)")
 	fs.String(&cfg.Listen, "listen", "PATH", "serve restores into this pid namespace on unix socket PATH (nsinit restore --agent PATH), to clients of nsinit's own uid")
 	fs.Var((*uids)(&cfg.ListenUIDs), "listen-uid", "UID", "also serve uid UID (repeatable): its restores run as UID with CAP_CHECKPOINT_RESTORE only")
 	return func() error {
@@ -101,10 +107,37 @@ func newInitSet(cfg *agent.Config, verbose *int) (*cliflag.Set, func() error) {
 		"nsinit [options] -- CMD [ARGS...]   run CMD under nsinit as init\n"+
 			"       nsinit COMMAND [options]          (nsinit COMMAND --help for its options)", "")
 	apply := initFlags(fs, cfg)
-	fs.Count(verbose, "v", "verbose diagnostics")
+	*verbose = envVerbosity()
+	fs.Count(verbose, "v", "more diagnostics: -v prints what nsinit runs and how")
 	fs.SetVersion(version)
-	fs.Epilog = commandsHelp()
+	fs.Epilog = "environment (tini's variables, or the NSINIT_ names, read first):\n" +
+		"  NSINIT_SUBREAPER, TINI_SUBREAPER                    set: as -s\n" +
+		"  NSINIT_KILL_PROCESS_GROUP, TINI_KILL_PROCESS_GROUP  set: as -g\n" +
+		"  NSINIT_VERBOSITY, TINI_VERBOSITY                    level N (default 1; 0: no warnings)\n\n" +
+		commandsHelp()
 	return fs, apply
+}
+
+// envSet says whether any of the variables is set, to any value.
+func envSet(names ...string) bool {
+	for _, n := range names {
+		if _, ok := os.LookupEnv(n); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// envVerbosity is the level of NSINIT_VERBOSITY, else TINI_VERBOSITY, else
+// 1 (warnings), as tini's: 0 is quiet, each -v adds one.
+func envVerbosity() int {
+	for _, n := range []string{"NSINIT_VERBOSITY", "TINI_VERBOSITY"} {
+		if v, ok := os.LookupEnv(n); ok {
+			l, _ := strconv.Atoi(strings.TrimSpace(v)) // atoi, as tini: junk is 0
+			return max(l, 0)
+		}
+	}
+	return 1
 }
 
 func parseAndRun(args []string) int {
@@ -129,9 +162,11 @@ func parseAndRun(args []string) int {
 	}
 	cfg.Ignored = originallyIgnored()
 	cfg.Blocked, cfg.BlockedKnown = origSigMask, origSigKnown != 0
-	if verbose > 0 {
-		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, ignored at start: %s\n",
-			os.Getpid(), strings.Join(cfg.Argv, " "), signalList(cfg.Ignored))
+	// Warnings (-w's) need level 1, as tini's.
+	cfg.WarnOnReap = cfg.WarnOnReap && verbose >= 1
+	if verbose >= 2 {
+		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, subreaper %v, signals to the process group %v, grace %v, ignored at start: %s\n",
+			os.Getpid(), strings.Join(cfg.Argv, " "), cfg.Subreaper || os.Getpid() != 1, cfg.SignalGroup, cfg.Grace, signalList(cfg.Ignored))
 	}
 	return agent.Run(cfg)
 }

@@ -199,7 +199,7 @@ func (s *Set) PrintOptions(w io.Writer) {
 			left += " " + o.arg
 		}
 		help := o.help
-		if f := s.fs.Lookup(o.names[0]); !o.isBool && f.DefValue != "" && f.DefValue != "0" && f.DefValue != "[]" {
+		if f := s.fs.Lookup(o.names[0]); !o.isBool && f.DefValue != "" && f.DefValue != "0" && f.DefValue != "0s" && f.DefValue != "[]" {
 			help += " (default " + f.DefValue + ")"
 		}
 		if len(left) >= col-1 {
