@@ -137,12 +137,29 @@ func (s *Set) Parse(args []string) (code int, stop bool) {
 		s.PrintHelp(s.stdout())
 		return 0, true
 	case err != nil:
-		return s.Fail("%v", err), true
+		return s.Fail("%s", s.spellError(err)), true
 	case s.showVer:
 		fmt.Fprintln(s.stdout(), "nsinit", s.version)
 		return 0, true
 	}
 	return 0, false
+}
+
+// spellError rewrites the flag package's messages, which name every
+// option with one dash ("flag -tree"), with the spelling of the help.
+func (s *Set) spellError(err error) string {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		return "unknown option " + Spell(name)
+	}
+	if name, ok := strings.CutPrefix(msg, "flag needs an argument: -"); ok {
+		return Spell(name) + " needs a value"
+	}
+	for n := range s.byName {
+		msg = strings.Replace(msg, "flag -"+n+":", Spell(n)+":", 1)
+		msg = strings.Replace(msg, "for -"+n+":", "for "+Spell(n)+":", 1)
+	}
+	return msg
 }
 
 // Args are the positional arguments left after Parse.
@@ -260,6 +277,7 @@ func (s *Set) stderr() io.Writer {
 // is passed on unchanged for the flag package to report.
 func (s *Set) normalize(args []string) []string {
 	var flags, pos []string
+	dangling := false // the last flag needs a value and there is none
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if a == "--" {
@@ -278,7 +296,11 @@ func (s *Set) normalize(args []string) []string {
 		if o := s.byName[name]; o != nil {
 			// A whole name: -t, --tree, -tree, --tree=5.
 			flags = append(flags, a)
-			if !o.isBool && !hasValue && i+1 < len(args) {
+			if !o.isBool && !hasValue {
+				if i+1 == len(args) {
+					dangling = true
+					break
+				}
 				i++
 				flags = append(flags, args[i])
 			}
@@ -294,10 +316,17 @@ func (s *Set) normalize(args []string) []string {
 			continue
 		}
 		flags = append(flags, split...)
-		if takesNext && i+1 < len(args) {
+		if takesNext {
+			if i+1 == len(args) {
+				dangling = true
+				break
+			}
 			i++
 			flags = append(flags, args[i])
 		}
+	}
+	if dangling {
+		return flags // for the flag package to say the value is missing
 	}
 	return append(append(flags, "--"), pos...)
 }

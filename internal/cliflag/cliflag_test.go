@@ -142,3 +142,25 @@ func TestErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorSpelling: errors name options as the help does.
+func TestErrorSpelling(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tree", "x"}, `invalid value "x" for --tree: not an integer`},
+		{[]string{"-t", "x"}, `invalid value "x" for -t: not an integer`},
+		{[]string{"--nope"}, "unknown option --nope"},
+		{[]string{"-t"}, "-t needs a value"},
+		{[]string{"-s", "--images-dir"}, "--images-dir needs a value"},
+		{[]string{"-gt"}, "-t needs a value"},
+	} {
+		var o opts
+		s, _, errb := newSet(&o)
+		s.Parse(tc.args)
+		if first, _, _ := strings.Cut(errb.String(), "\n"); first != "nsinit test: "+tc.want {
+			t.Errorf("%q: %q, want %q", tc.args, first, tc.want)
+		}
+	}
+}
