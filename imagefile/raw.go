@@ -17,17 +17,18 @@ import (
 // as protojson writes bytes.
 
 // ReadPath reads the image bytes at path: DIR/pstree.img when path is a
-// directory, else the file itself, untrusted like Read's.
-func ReadPath(path string) ([]byte, error) {
-	p := path
+// directory, else the file itself, untrusted like Read's. file is the path
+// read, for messages ("read image FILE: ...", as Read names it).
+func ReadPath(path string) (b []byte, file string, err error) {
+	file = path
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
-		p = filepath.Join(path, FileName)
+		file = filepath.Join(path, FileName)
 	}
-	b, err := readFile(p)
+	b, err = readFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("read image %s: %w", p, err)
+		return nil, file, fmt.Errorf("read image %s: %w", file, err)
 	}
-	return b, nil
+	return b, file, nil
 }
 
 // RawJSON checks the header of image bytes b (magic, major version,

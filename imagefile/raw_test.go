@@ -66,17 +66,20 @@ func TestReadPath(t *testing.T) {
 	if err := Write(dir, sample()); err != nil {
 		t.Fatal(err)
 	}
-	fromDir, err := ReadPath(dir)
+	fromDir, file, err := ReadPath(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fromFile, err := ReadPath(filepath.Join(dir, FileName))
+	if file != filepath.Join(dir, FileName) {
+		t.Errorf("ReadPath of a directory read %s", file)
+	}
+	fromFile, _, err := ReadPath(filepath.Join(dir, FileName))
 	if err != nil || !bytes.Equal(fromDir, fromFile) {
 		t.Fatalf("file: %v, same bytes %v", err, bytes.Equal(fromDir, fromFile))
 	}
 	link := filepath.Join(dir, "link")
 	os.Symlink(filepath.Join(dir, FileName), link)
-	if _, err := ReadPath(link); !errors.Is(err, ErrNotRegular) {
+	if _, _, err := ReadPath(link); !errors.Is(err, ErrNotRegular) {
 		t.Errorf("symlink: %v, want ErrNotRegular", err)
 	}
 }

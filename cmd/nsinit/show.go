@@ -29,7 +29,7 @@ func runShow(args []string) int {
 	if len(fs.Args()) != 1 {
 		return fs.Fail("one image directory or file expected")
 	}
-	b, err := imagefile.ReadPath(fs.Args()[0])
+	b, file, err := imagefile.ReadPath(fs.Args()[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit show: %v\n", err)
 		return exitStatus(err)
@@ -42,14 +42,14 @@ func runShow(args []string) int {
 		}
 		os.Stdout.Write(js)
 		if invalid != nil {
-			fmt.Fprintf(os.Stderr, "nsinit show: the image is not valid: %v\n", invalid)
+			fmt.Fprintf(os.Stderr, "nsinit show: read image %s: not a valid image: %v\n", file, invalid)
 			return exitStatus(invalid)
 		}
 		return 0
 	}
 	tr, err := imagefile.Decode(b)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit show: %v\n", err)
+		fmt.Fprintf(os.Stderr, "nsinit show: read image %s: %v\n", file, err)
 		return exitStatus(err)
 	}
 	js, err := pstree.JSON(tr)
