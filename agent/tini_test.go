@@ -104,7 +104,7 @@ func TestTiniEnvironment(t *testing.T) {
 		{[]string{"TINI_VERBOSITY=2", "NSINIT_SUBREAPER=1", "NSINIT_KILL_PROCESS_GROUP=1"}, "subreaper true, signals to the process group true"},
 		{[]string{"TINI_VERBOSITY=1", "NSINIT_KILL_PROCESS_GROUP=1"}, ""},
 	} {
-		cmd := nsinitCmd(t, "--", "true") // PID 1: subreaper only when asked
+		cmd := nsinitCmd(t, "--", busybox(t), "true") // PID 1: subreaper only when asked
 		cmd.Env = append(os.Environ(), tc.env...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {

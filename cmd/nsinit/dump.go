@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/imagefile"
@@ -50,9 +51,10 @@ func runDump(args []string) int {
 	case btoi(leaveRunning)+btoi(leaveStopped)+btoi(kil) > 1:
 		return fs.Fail("--leave-running, --leave-stopped and --kill exclude each other")
 	}
-	d, err := openDiag("nsinit dump", verbose, logFile, dir)
+	d, err := openDiag("nsinit dump", verbose, logFile, dir, true)
 	if err != nil {
-		return fs.Fail("%v", err)
+		fmt.Fprintf(os.Stderr, "nsinit dump: %v\n", err)
+		return exitStatus(err)
 	}
 	defer d.close()
 	opts := dump.Options{Retries: retries, LeaveStopped: leaveStopped}

@@ -18,15 +18,17 @@ type diag struct {
 // openDiag opens the log file, if any (close-on-exec, as os.OpenFile
 // opens everything: restored tasks never inherit it). As with CRIU, whose work directory
 // defaults to the image directory, a relative log path is taken relative to
-// the image directory dir (created if missing, as the dump would).
-func openDiag(name string, level int, logFile, dir string) (*diag, error) {
+// the image directory dir, which mkdir creates if missing (a dump does).
+func openDiag(name string, level int, logFile, dir string, mkdir bool) (*diag, error) {
 	d := &diag{name: name, level: level}
 	if logFile == "" {
 		return d, nil
 	}
 	if !filepath.IsAbs(logFile) && dir != "" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("log file: %w", err)
+		if mkdir {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, fmt.Errorf("log file: %w", err)
+			}
 		}
 		logFile = filepath.Join(dir, logFile)
 	}

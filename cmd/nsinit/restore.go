@@ -76,9 +76,10 @@ func runRestore(args []string) int {
 	// directory as fd 3) is not for the restored tasks, which share its fd
 	// table until their exec.
 	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	d, err := openDiag("nsinit restore", verbose, logFile, dir)
+	d, err := openDiag("nsinit restore", verbose, logFile, dir, false)
 	if err != nil {
-		return fs.Fail("%v", err)
+		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
+		return exitStatus(err)
 	}
 	defer d.close()
 	if via != "" {
