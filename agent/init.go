@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -42,6 +43,15 @@ type Config struct {
 	ParentDeathSignal syscall.Signal
 	// ZeroExitCodes are exit codes of the command reported as 0 (tini -e).
 	ZeroExitCodes []int
+	// WarnOnReap prints "Reaped zombie process with pid=N" to Log for
+	// every child reaped that is not the command (tini -w).
+	WarnOnReap bool
+	// Grace, when non-zero, makes a stop graceful: once the command has
+	// exited after a SIGTERM (forwarded to it), every remaining descendant
+	// gets SIGTERM, has up to Grace to exit, then gets SIGKILL; the init
+	// exits as soon as none is left (drain.go). Zero: the init exits with
+	// the command, as tini does.
+	Grace time.Duration
 	// Ignored are the signals that were ignored when nsinit started, and
 	// Blocked its signal mask (bit N-1 for signal N). The command starts
 	// with exactly these, as it would have without nsinit in between (the Go
@@ -125,17 +135,27 @@ func Run(cfg Config) int {
 		}
 	}
 	r := reaper{child: child, keep: cfg.Keep}
+	if cfg.WarnOnReap {
+		r.warn = log
+	}
 	// The command may already be gone: reap before the first wait.
 	if st, done := r.reapAll(); done {
 		return exitCode(st, cfg.ZeroExitCodes)
 	}
+	stopping := false // a SIGTERM came: drain the descendants after the command
 	for s := range sigs {
 		sig := s.(syscall.Signal)
 		if sig == syscall.SIGCHLD {
 			if st, done := r.reapAll(); done {
+				if stopping {
+					r.drain(sigs, cfg.Grace, log)
+				}
 				return exitCode(st, cfg.ZeroExitCodes)
 			}
 			continue
+		}
+		if sig == syscall.SIGTERM && cfg.Grace > 0 {
+			stopping = true
 		}
 		target := child
 		if cfg.SignalGroup {

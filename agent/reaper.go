@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +16,15 @@ type reaper struct {
 	child int
 	// keep are children that must stay zombies (a restored image's).
 	keep map[int]bool
+	// warn, when set, gets tini -w's line for every other child reaped.
+	warn io.Writer
+}
+
+// reaped notes that pid was reaped.
+func (r *reaper) reaped(pid int) {
+	if r.warn != nil && pid != r.child {
+		fmt.Fprintf(r.warn, "nsinit: Reaped zombie process with pid=%d\n", pid)
+	}
 }
 
 // reapAll reaps every child that is dead now. It reports the command's wait
@@ -33,6 +44,7 @@ func (r *reaper) reapAll() (status syscall.WaitStatus, childDone bool) {
 		if pid <= 0 || err != nil {
 			return status, childDone
 		}
+		r.reaped(pid)
 		if pid == r.child {
 			status, childDone = ws, true
 		}
@@ -50,6 +62,9 @@ func (r *reaper) reapExcept() (status syscall.WaitStatus, childDone bool) {
 		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
 		for err == syscall.EINTR {
 			got, err = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		}
+		if got > 0 && err == nil {
+			r.reaped(got)
 		}
 		if got == r.child && err == nil {
 			status, childDone = ws, true

@@ -3,6 +3,9 @@ package bpf
 import (
 	"fmt"
 	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Kind is what a task did.
@@ -81,7 +84,9 @@ type Event struct {
 }
 
 // String is one line such as "fork 1234 -> 1240 [1240 3] comm=sh",
-// "exit 1238 [1238 2] status 0x100 comm=sh", "exec 1239 [1239 4] comm=ls".
+// "exit 1238 [1238 2] exited 1 comm=sh", "exec 1239 [1239 4] comm=ls";
+// the exit status is spelled as strace does (ExitText), the raw wait
+// status is in the JSON form.
 func (e Event) String() string {
 	var b strings.Builder
 	b.WriteString(e.Kind.String())
@@ -101,8 +106,43 @@ func (e Event) String() string {
 		fmt.Fprintf(&b, " tgid=%d", e.Tgid)
 	}
 	if e.ExitStatus != nil {
-		fmt.Fprintf(&b, " status %#x", *e.ExitStatus)
+		fmt.Fprintf(&b, " %s", ExitText(*e.ExitStatus))
 	}
 	fmt.Fprintf(&b, " comm=%s", e.Comm)
 	return b.String()
+}
+
+// ExitText spells a wait status the way strace ends a process: "exited 11",
+// "killed by SIGKILL", "killed by SIGSEGV (core dumped)". Real-time signals
+// are SIGRTMIN+N, counted from the C library's SIGRTMIN (34) as kill -l
+// does.
+func ExitText(status int) string {
+	ws := syscall.WaitStatus(status)
+	switch {
+	case ws.Exited():
+		return fmt.Sprintf("exited %d", ws.ExitStatus())
+	case ws.Signaled():
+		s := "killed by " + SignalName(ws.Signal())
+		if ws.CoreDump() {
+			s += " (core dumped)"
+		}
+		return s
+	}
+	return fmt.Sprintf("status %#x", status)
+}
+
+// SignalName is "SIGTERM", "SIGRTMIN+3", or "signal 33" for the two
+// numbers the C library keeps below its SIGRTMIN.
+func SignalName(sig syscall.Signal) string {
+	const rtmin = 34
+	switch {
+	case sig >= rtmin && sig <= 64:
+		if sig == rtmin {
+			return "SIGRTMIN"
+		}
+		return fmt.Sprintf("SIGRTMIN+%d", sig-rtmin)
+	case unix.SignalName(sig) != "":
+		return unix.SignalName(sig)
+	}
+	return fmt.Sprintf("signal %d", int(sig))
 }

@@ -188,13 +188,13 @@ func TestGuardWatchesPids(t *testing.T) {
 	for _, m := range moved {
 		f := strings.Fields(m)
 		k := f[0]
-		if k == "exit" {
-			k += " " + f[len(f)-2]
+		if k == "exit" { // "exit 1238 [1238] exited 4 comm=sh"
+			k += " " + strings.Join(f[len(f)-3:len(f)-1], " ")
 		}
 		kinds = append(kinds, k)
 	}
 	slices.Sort(kinds)
-	want := []string{"exec", "exec", "exit 0x0", "exit 0x0", "exit 0x400", "fork", "fork"}
+	want := []string{"exec", "exec", "exit exited 0", "exit exited 0", "exit exited 4", "fork", "fork"}
 	if !slices.Equal(kinds, want) {
 		t.Errorf("moved %q\nkinds %q, want %q", moved, kinds, want)
 	}

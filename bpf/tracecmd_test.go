@@ -85,3 +85,60 @@ func TestTraceCommand(t *testing.T) {
 		t.Errorf("events %v, want fork, exec, exit status 0x600", got)
 	}
 }
+
+// TestTraceCommandText: without --json, `nsinit trace` spells exits as
+// strace does: "exited 11", "killed by SIGKILL".
+func TestTraceCommandText(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.BPF)
+	bin := testutil.Binary(t)
+	s := startShell(t)
+	tr := exec.Command(bin, "trace", "--ns", fmt.Sprintf("/proc/%d/ns/pid", s.cmd.Process.Pid))
+	out, _ := tr.StdoutPipe()
+	var stderr strings.Builder
+	tr.Stderr = &stderr
+	if err := tr.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		tr.Process.Kill()
+		tr.Wait()
+	}()
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	// The tracer is attached once it reports an event: until both exits
+	// have been seen, make them again whenever the tracer goes quiet (at
+	// most 100 times: a tracer that never reports fails, not hangs).
+	want := map[string]bool{" exited 11 comm=": false, " killed by SIGKILL comm=": false}
+	seen := func() bool { return want[" exited 11 comm="] && want[" killed by SIGKILL comm="] }
+	for try := 0; !seen(); try++ {
+		if try == 100 {
+			t.Fatalf("no exit lines from nsinit trace: %v", want)
+		}
+		s.run("/bin/busybox sh -c 'exit 11' & /bin/busybox sh -c 'kill -KILL $$' & wait")
+	read:
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatalf("nsinit trace ended: %s", stderr.String())
+				}
+				if strings.Contains(l, "status 0x") {
+					t.Errorf("raw status in text output: %s", l)
+				}
+				for w := range want {
+					if strings.HasPrefix(l, "exit ") && strings.Contains(l, w) {
+						want[w] = true
+					}
+				}
+			case <-time.After(200 * time.Millisecond):
+				break read
+			}
+		}
+	}
+}

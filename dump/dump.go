@@ -74,6 +74,10 @@ type Options struct {
 // ErrRaced is wrapped when every attempt raced with the tree.
 var ErrRaced = errors.New("tree kept changing during the dump")
 
+// ErrTimeout is wrapped when the tree did not freeze (or stay stopped) in
+// time.
+var ErrTimeout = errors.New("timed out")
+
 // errMoved is wrapped by an attempt that found the tree moving under the
 // freeze (a task exiting, not stopped): the attempt is retried.
 var errMoved = errors.New("the tree moved")

@@ -234,7 +234,7 @@ func (c *cgroupFreezer) freeze(timeout time.Duration) error {
 			}
 			if time.Now().After(deadline) {
 				c.thaw(false)
-				return fmt.Errorf("freeze %s: not frozen after %v", d, timeout)
+				return fmt.Errorf("freeze %s: not frozen after %v: %w", d, timeout, ErrTimeout)
 			}
 			time.Sleep(200 * time.Microsecond)
 		}
@@ -572,7 +572,7 @@ func (p *ptraceFreezer) waitStops(r *procfs.Reader, deadline time.Time) error {
 				late = append(late, strconv.Itoa(tid))
 			}
 			slices.Sort(late)
-			return fmt.Errorf("freeze: threads %s did not stop in time", strings.Join(late, ", "))
+			return fmt.Errorf("freeze: threads %s did not stop in time: %w", strings.Join(late, ", "), ErrTimeout)
 		}
 		// A traced group leader that exits before its threads reports
 		// only once they are gone: as a zombie it needs no stop.
@@ -661,7 +661,7 @@ func (p *ptraceFreezer) settle(timeout time.Duration) error {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("leave stopped: thread %d is still %c after %v", tid, st.State, timeout)
+				return fmt.Errorf("leave stopped: thread %d is still %c after %v: %w", tid, st.State, timeout, ErrTimeout)
 			}
 			time.Sleep(100 * time.Microsecond)
 		}

@@ -722,7 +722,7 @@ func (rd *reader) isAgent(r *procfs.Reader, pid int, argv []string) bool {
 	}
 	if len(argv) > 1 {
 		switch argv[1] {
-		case "dump", "restore", "show", "check", "help", "version", "--version":
+		case "dump", "restore", "show", "encode", "check", "trace", "help", "version", "--version", "-V", "--help", "-h":
 			return false
 		}
 	}

@@ -77,6 +77,16 @@ func Encode(tr *pstree.Tree) ([]byte, error) {
 
 // Decode parses and validates image bytes.
 func Decode(b []byte) (*pstree.Tree, error) {
+	payload, err := checkHeader(b)
+	if err != nil {
+		return nil, err
+	}
+	return DecodePayload(payload)
+}
+
+// checkHeader checks the header of image bytes b (magic, major version,
+// payload length, checksum) and returns the payload.
+func checkHeader(b []byte) ([]byte, error) {
 	if len(b) < HeaderSize {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrFormat, len(b), HeaderSize)
 	}
@@ -96,7 +106,7 @@ func Decode(b []byte) (*pstree.Tree, error) {
 	if sum := crc32.Checksum(payload, castagnoli); sum != le.Uint32(b[16:]) {
 		return nil, fmt.Errorf("%w: payload checksum %#08x, header says %#08x", ErrFormat, sum, le.Uint32(b[16:]))
 	}
-	return DecodePayload(payload)
+	return payload, nil
 }
 
 // DecodePayload parses and validates the payload of an image (the bytes
@@ -130,26 +140,7 @@ func Write(dir string, tr *pstree.Tree) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("write image: %w", err)
 	}
-	f, err := os.CreateTemp(dir, ".pstree.img.*")
-	if err != nil {
-		return fmt.Errorf("write image: %w", err)
-	}
-	defer os.Remove(f.Name()) // no-op after the rename
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write image %s: %w", f.Name(), err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write image %s: %w", f.Name(), err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write image %s: %w", f.Name(), err)
-	}
-	if err := os.Rename(f.Name(), filepath.Join(dir, FileName)); err != nil {
-		return fmt.Errorf("write image: %w", err)
-	}
-	return nil
+	return WriteBytes(filepath.Join(dir, FileName), b)
 }
 
 // Read loads and validates DIR/pstree.img. The file is untrusted: see

@@ -89,6 +89,10 @@ type procRec struct {
 	// waiter, -1 for others: the builder dups it to waiter.FD for its exec.
 	markFD int32
 	comm   [commLen + 1]byte // name of a zombie or parked task (comm.go)
+	// setStdio set: stdio are the fds (in the shared table, -1: keep the
+	// restorer's) the builder dups to 0, 1, 2 for its exec (stdio_linux.go).
+	setStdio uint32
+	stdio    [3]int32
 }
 
 // stepRec is one step in the block.

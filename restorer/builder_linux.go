@@ -380,10 +380,10 @@ func prepareExec(pr *procRec) syscall.Errno {
 			return e
 		}
 	}
-	if pr.controlFD >= 0 || pr.markFD >= 0 {
+	if pr.controlFD >= 0 || pr.markFD >= 0 || pr.setStdio != 0 {
 		// A restored agent keeps its control socket, a waiter gets its
-		// mark: in a private copy of the fd table (the shared one stays
-		// close-on-exec for everyone else).
+		// mark, a detached tree its own stdio: in a private copy of the
+		// fd table (the shared one stays the restorer's).
 		if _, _, e = syscall.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_FILES, 0, 0); e != 0 {
 			return e
 		}
@@ -397,6 +397,9 @@ func prepareExec(pr *procRec) syscall.Errno {
 		if _, _, e = syscall.RawSyscall(unix.SYS_DUP3, uintptr(pr.markFD), waiter.FD, 0); e != 0 {
 			return e
 		}
+	}
+	if pr.setStdio != 0 {
+		return dupStdio(pr) // stdio_linux.go
 	}
 	return 0
 }

@@ -30,6 +30,13 @@ type ExecOptions struct {
 	// DefaultAgentTimeout): an agent that does not answer aborts the
 	// restore.
 	AgentTimeout time.Duration
+	// Stdio, where set, is what the restored programs get as fd 0, 1 and
+	// 2 instead of the restorer's own (a detached restore gives /dev/null,
+	// so that nothing restored holds its caller's pipe or terminal). The
+	// files stay the caller's; the restorer's own fds are untouched.
+	// Zombies and stopped payloads have no program and keep nothing
+	// (stdio_linux.go).
+	Stdio [3]*os.File
 }
 
 // Restored is a committed restore.
@@ -121,6 +128,8 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 		closeMark(mark)
 		return nil, err
 	}
+	setStdio(b, opt.Stdio) // stdio_linux.go
+	defer runtime.KeepAlive(opt.Stdio)
 	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el,
 		ctx: ctx, deadline: time.Now().Add(opt.Timeout)}
 	tx.watchRestorer()
@@ -162,6 +171,11 @@ func closeMark(fd int) {
 		unix.Close(fd)
 	}
 }
+
+// ErrTimeout: the restore made no progress before its deadline
+// (ExecOptions.Timeout) and was rolled back. A restored agent that does not
+// answer in time wraps agentconn.ErrTimeout instead.
+var ErrTimeout = errors.New("restore timed out")
 
 // ErrCapability: the restorer lacks a capability it needs.
 var ErrCapability = errors.New("missing capability")
@@ -230,8 +244,9 @@ func precheck(p *Plan) error {
 			if statusField(string(b), "Tgid") == strconv.Itoa(os.Getpid()) {
 				return fmt.Errorf("%s: pid %d at level 0 is taken by this restorer itself (the host cursor was among the image's pids when it started): %w", what, pid, ErrPIDTaken)
 			}
-			return fmt.Errorf("%s: pid %d at level 0 is taken by %q (tgid %s): %w", what, pid,
-				statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrPIDTaken)
+			if h := holderOf(pid); h != "" {
+				return fmt.Errorf("%s: pid %d at level 0 is taken by %s: %w", what, pid, h, ErrPIDTaken)
+			}
 		}
 		return nil
 	}
@@ -631,7 +646,7 @@ func (t *tx) expired() error {
 		return fmt.Errorf("%w: %v", ErrInterrupted, context.Cause(t.ctx))
 	}
 	if time.Now().After(t.deadline) {
-		return errors.New("no progress before the deadline")
+		return fmt.Errorf("no progress before the deadline: %w", ErrTimeout)
 	}
 	return nil
 }
@@ -1083,12 +1098,11 @@ func (t *tx) verify() error {
 // (ErrHostRace, retried; ErrPIDTaken too), naming the process that holds
 // it when there still is one.
 func (t *tx) hostPIDError(err error, pid int) error {
-	b, serr := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if serr != nil || t.ours(pid) {
+	h := holderOf(pid)
+	if h == "" || t.ours(pid) {
 		return fmt.Errorf("%w: pid %d at level 0 was taken, and no process outside the restore holds it now: %w: %w", err, pid, ErrHostRace, ErrPIDTaken)
 	}
-	return fmt.Errorf("%w: pid %d at level 0 is taken by %q (tgid %s): %w: %w", err, pid,
-		statusField(string(b), "Name"), statusField(string(b), "Tgid"), ErrHostRace, ErrPIDTaken)
+	return fmt.Errorf("%w: pid %d at level 0 is taken by %s: %w: %w", err, pid, h, ErrHostRace, ErrPIDTaken)
 }
 
 // ours says whether level-0 pid belongs to a proc this restore created.

@@ -159,13 +159,26 @@ func (t *tx) misplaced(i, got int) error {
 	return t.hostPIDError(err, want)
 }
 
-// holderOf names the process at level-0 pid, "" when there is none.
+// holderOf names the process at level-0 pid, "" when there is none. A
+// zombie is named as one, with the parent that has not reaped it (pid and
+// command name): that parent is who can free the pid, and a zombie looks
+// like any process to ps users who do not read its state.
 func holderOf(pid int) string {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return ""
 	}
-	return fmt.Sprintf("%q (tgid %s)", statusField(string(b), "Name"), statusField(string(b), "Tgid"))
+	st := string(b)
+	who := fmt.Sprintf("%q (tgid %s)", statusField(st, "Name"), statusField(st, "Tgid"))
+	if !strings.HasPrefix(statusField(st, "State"), "Z") {
+		return who
+	}
+	ppid := statusField(st, "PPid")
+	parent := "?"
+	if c, err := os.ReadFile("/proc/" + ppid + "/comm"); err == nil {
+		parent = strings.TrimSuffix(string(c), "\n")
+	}
+	return fmt.Sprintf("a zombie %s that its parent %s %q has not reaped", who, ppid, parent)
 }
 
 //go:nosplit

@@ -13,7 +13,8 @@ import (
 
 // TestE2EHostileImages goes through the built binary: `nsinit show`,
 // `nsinit restore --dry-run` and a real `nsinit restore` refuse each
-// hostile pstree.img with the reason, return (a FIFO or /dev/zero made
+// hostile pstree.img with the reason and the bad image's status, return
+// (a FIFO or /dev/zero made
 // them block), and fail while reading or planning, before Execute, so
 // nothing is created; the image directory is left as it was.
 func TestE2EHostileImages(t *testing.T) {
@@ -44,8 +45,9 @@ func TestE2EHostileImages(t *testing.T) {
 			before := entries(t, dir)
 			for _, args := range [][]string{{"show", dir}, {"restore", "-D", dir, "--dry-run"}, {"restore", "-D", dir}} {
 				out, err := nsinit(t, args...)
-				if code := exitCode(err); code != 1 || !strings.Contains(out, "read image "+p) || !strings.Contains(out, c.want) {
-					t.Errorf("nsinit %s: exit %d, output:\n%s\nwant exit 1, naming %s and %q", strings.Join(args, " "), code, out, p, c.want)
+				// 201: a bad image (README, "Exit status").
+				if code := exitCode(err); code != 201 || !strings.Contains(out, "read image "+p) || !strings.Contains(out, c.want) {
+					t.Errorf("nsinit %s: exit %d, output:\n%s\nwant exit 201, naming %s and %q", strings.Join(args, " "), code, out, p, c.want)
 				}
 			}
 			if after := entries(t, dir); !slices.Equal(before, after) {

@@ -131,6 +131,11 @@ func restoreThroughAgent(t *testing.T, bin, placement string, rootless bool) {
 	if got := strings.TrimSpace(string(out)); root == 0 || got != inner(root) {
 		t.Fatalf("restore printed %q; the restored root is host pid %d", got, root)
 	}
+	// The agent runs `nsinit restore -d`: the tree gets /dev/null, not the
+	// file where the agent collects the restorer's messages.
+	if link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/2", root)); err != nil || link != os.DevNull {
+		t.Errorf("restored root's stderr is %q (%v), want %s", link, err, os.DevNull)
+	}
 	after := procView(root)
 	for i := 0; i < 100 && slices.ContainsFunc(after, func(l string) bool { return strings.HasSuffix(l, "| R") }); i++ {
 		time.Sleep(10 * time.Millisecond) // a restored program still starting

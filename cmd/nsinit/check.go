@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 
@@ -12,32 +11,39 @@ import (
 func init() { register("check", "compare an image with a live tree", runCheck) }
 
 func runCheck(args []string) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: nsinit check -t PID -D DIR [--left-stopped]   (exit 0: identical, 1: differences listed)")
-		fs.PrintDefaults()
+	var (
+		pid         int
+		dir         string
+		leftStopped bool
+	)
+	fs := newFlags("nsinit check", "nsinit check -t PID -D DIR [--left-stopped]",
+		"Lists every difference between the image in DIR and the live tree rooted at PID.\n"+
+			"Exit status 0: identical; 1: differences, one a line on stdout; 125 and up: could\nnot compare (README, \"Exit status\").")
+	fs.Int(&pid, "t,tree", "PID", "level-0 pid of the root of the live tree")
+	fs.String(&dir, "D,images-dir", "DIR", "image directory")
+	fs.Bool(&leftStopped, "left-stopped", "the tree was left stopped by dump --leave-stopped: a task live in the image may be stopped")
+	if code, stop := fs.Parse(args); stop {
+		return code
 	}
-	pid := fs.Int("t", 0, "level-0 `pid` of the root of the live tree")
-	dir := fs.String("D", "", "image `directory`")
-	leftStopped := fs.Bool("left-stopped", false, "the tree was left stopped by dump --leave-stopped: a task live in the image may be stopped")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	switch {
+	case pid <= 0:
+		return fs.Fail("-t/--tree PID is required")
+	case dir == "":
+		return fs.Fail("-D/--images-dir DIR is required")
+	case len(fs.Args()) != 0:
+		return fs.Fail("unexpected argument %q", fs.Args()[0])
 	}
-	if *pid <= 0 || *dir == "" || fs.NArg() != 0 {
-		fs.Usage()
-		return 2
-	}
-	img, err := imagefile.Read(*dir)
+	img, err := imagefile.Read(dir)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
-		return 2
+		return exitStatus(err)
 	}
-	live, err := check.ReadLive(*pid)
+	live, err := check.ReadLive(pid)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
-		return 2
+		return exitStatus(err)
 	}
-	diffs := check.CompareWith(img, live, check.Options{LeftStopped: *leftStopped})
+	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped})
 	for _, d := range diffs {
 		fmt.Println(d)
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"os"
 
@@ -17,63 +16,95 @@ var newDumpGuard func() (dump.Guard, error)
 func init() { register("dump", "record a process tree into an image", runDump) }
 
 func runDump(args []string) int {
-	fs := flag.NewFlagSet("dump", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: nsinit dump -t PID -D DIR [--leave-stopped | --kill] [--retries N] [--unchecked]")
-		fs.PrintDefaults()
+	var (
+		pid                             int
+		dir, logFile                    string
+		leaveRunning, leaveStopped, kil bool
+		retries                         = 3
+		unchecked                       bool
+		verbose                         int
+	)
+	fs := newFlags("nsinit dump",
+		"nsinit dump -t PID -D DIR [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked] [-o FILE] [-v]",
+		"Records the tree rooted at PID, with its nested pid namespaces, into DIR/pstree.img.\n"+
+			"The tree keeps running afterwards unless --leave-stopped or --kill (unlike criu dump,\n"+
+			"which kills it unless -R).")
+	fs.Int(&pid, "t,tree", "PID", "level-0 pid of the root of the tree")
+	fs.String(&dir, "D,images-dir", "DIR", "image directory (created if missing)")
+	fs.Bool(&leaveRunning, "R,leave-running", "let the tree run on after the dump (the default)")
+	fs.Bool(&leaveStopped, "s,leave-stopped", "leave the tree frozen (cgroup) or stopped (ptrace) after the dump")
+	fs.Bool(&kil, "kill", "kill the tree after a successful dump")
+	fs.Int(&retries, "retries", "N", "attempts after one that raced with the tree")
+	fs.Bool(&unchecked, "unchecked", "dump without the eBPF consistency guard (image marked unchecked)")
+	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
+	fs.Count(&verbose, "v,verbosity", "log progress (repeat it or add a level, as in -v2, for more)")
+	if code, stop := fs.Parse(args); stop {
+		return code
 	}
-	pid := fs.Int("t", 0, "level-0 `pid` of the root of the tree")
-	dir := fs.String("D", "", "image `directory` (created if missing)")
-	leaveStopped := fs.Bool("leave-stopped", false, "leave the tree frozen (cgroup) or stopped (ptrace) after the dump")
-	kill := fs.Bool("kill", false, "kill the tree after a successful dump")
-	retries := fs.Int("retries", 3, "attempts after one that raced with the tree")
-	unchecked := fs.Bool("unchecked", false, "dump without the eBPF consistency guard (image marked unchecked)")
-	verbose := fs.Bool("v", false, "print progress to stderr")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	switch {
+	case pid <= 0:
+		return fs.Fail("-t/--tree PID is required")
+	case dir == "":
+		return fs.Fail("-D/--images-dir DIR is required")
+	case len(fs.Args()) != 0:
+		return fs.Fail("unexpected argument %q", fs.Args()[0])
+	case btoi(leaveRunning)+btoi(leaveStopped)+btoi(kil) > 1:
+		return fs.Fail("--leave-running, --leave-stopped and --kill exclude each other")
 	}
-	if *pid <= 0 || *dir == "" || fs.NArg() != 0 || (*leaveStopped && *kill) {
-		fs.Usage()
-		return 2
-	}
-	opts := dump.Options{Retries: *retries, LeaveStopped: *leaveStopped}
-	if *retries == 0 {
-		opts.Retries = -1 // no retry (Options treats 0 as the default)
-	}
-	if *verbose {
-		opts.Log = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "nsinit dump: "+f+"\n", a...) }
-	}
-	var guardErr error
-	if newDumpGuard == nil {
-		guardErr = fmt.Errorf("this nsinit has no consistency guard")
-	} else {
-		opts.Guard, guardErr = newDumpGuard()
-	}
-	if guardErr != nil {
-		opts.Guard = nil
-		if !*unchecked {
-			fmt.Fprintf(os.Stderr, "nsinit dump: cannot check the dump for races: %v\n(use --unchecked to dump anyway)\n", guardErr)
-			return 1
-		}
-		fmt.Fprintf(os.Stderr, "nsinit dump: warning: unchecked dump (%v): a race with the tree would go unnoticed\n", guardErr)
-	}
-	tr, err := dump.Dump(*pid, opts)
+	d, err := openDiag("nsinit dump", verbose, logFile, dir, true)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit dump: %v\n", err)
-		return 1
+		return exitStatus(err)
 	}
-	if err := imagefile.Write(*dir, tr); err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit dump: %v\n", err)
-		return 1
+	defer d.close()
+	opts := dump.Options{Retries: retries, LeaveStopped: leaveStopped}
+	if retries == 0 {
+		opts.Retries = -1 // no retry (Options treats 0 as the default)
 	}
-	if *kill {
+	opts.Log = func(f string, a ...any) { d.logf(1, f, a...) }
+	// --unchecked means no guard at all, even where it would load: the
+	// image then says so (checked: false), and a dump that cannot load the
+	// guard (inside a container's pid namespace, say) behaves the same
+	// everywhere.
+	if !unchecked {
+		var guardErr error
+		if newDumpGuard == nil {
+			guardErr = fmt.Errorf("this nsinit has no consistency guard")
+		} else {
+			opts.Guard, guardErr = newDumpGuard()
+		}
+		if guardErr != nil {
+			d.errorf("cannot check the dump for races: %v\n(use --unchecked to dump anyway)", guardErr)
+			return exitStatus(guardErr)
+		}
+	} else {
+		d.logf(1, "unchecked dump: a race with the tree would go unnoticed")
+	}
+	tr, err := dump.Dump(pid, opts)
+	if err != nil {
+		d.errorf("%v", err)
+		return exitStatus(err)
+	}
+	if err := imagefile.Write(dir, tr); err != nil {
+		d.errorf("%v", err)
+		return exitStatus(err)
+	}
+	d.logf(1, "wrote %d tasks to %s", len(tr.Tasks), dir)
+	if kil {
 		// Children first; a pid namespace init takes its members with it.
 		for i := len(tr.Tasks) - 1; i >= 0; i-- {
 			if err := unix.Kill(tr.Tasks[i].PIDs[0], unix.SIGKILL); err != nil && err != unix.ESRCH {
-				fmt.Fprintf(os.Stderr, "nsinit dump: kill pid %d: %v\n", tr.Tasks[i].PIDs[0], err)
-				return 1
+				d.errorf("kill pid %d: %v", tr.Tasks[i].PIDs[0], err)
+				return exitStatus(err)
 			}
 		}
+	}
+	return 0
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
 	}
 	return 0
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -12,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/nsinit/nsinit/agent"
+	"github.com/nsinit/nsinit/internal/cliflag"
 )
 
 // noPreemptSignals is "1" when the Makefile linked the binary with the Go
@@ -19,18 +19,6 @@ import (
 // the runtime never sends itself SIGURG and a SIGURG nsinit receives can be
 // forwarded. A plain `go build` leaves it empty and SIGURG is dropped.
 var noPreemptSignals string
-
-const initOptionsHelp = `  -s          be a child subreaper (automatic when not PID 1)
-  -g          forward signals to the command's process group
-  -p SIGNAL   signal nsinit gets when its parent dies
-  -e CODE     report exit code CODE of the command as 0 (repeatable)
-  --listen P  serve restores into this pid namespace on unix socket P
-              (nsinit restore --agent P), to clients of nsinit's own uid
-  --listen-uid UID
-              also serve uid UID (repeatable): its restores run as UID
-              with CAP_CHECKPOINT_RESTORE only
-  -v          verbose diagnostics
-  --version   print the version`
 
 // uids is a repeatable --listen-uid flag.
 type uids []uint32
@@ -78,20 +66,26 @@ func runInit(args []string) int {
 	return status
 }
 
-// initFlags registers the init options (-s -g -p -e -v) on fs, for both
-// `nsinit -- CMD` and a restored agent; the returned apply fills cfg from
-// them once fs is parsed.
-func initFlags(fs *flag.FlagSet, cfg *agent.Config) (apply func() error) {
+// initFlags defines the init options on fs, for both `nsinit -- CMD` and
+// a restored agent (whose original command line is parsed again); the
+// returned apply fills cfg from them once fs is parsed.
+func initFlags(fs *cliflag.Set, cfg *agent.Config) (apply func() error) {
 	var (
 		zero   exitCodes
 		pdeath string
 	)
-	fs.BoolVar(&cfg.Subreaper, "s", false, "")
-	fs.BoolVar(&cfg.SignalGroup, "g", false, "")
-	fs.StringVar(&pdeath, "p", "", "")
-	fs.Var(&zero, "e", "")
-	fs.StringVar(&cfg.Listen, "listen", "", "")
-	fs.Var((*uids)(&cfg.ListenUIDs), "listen-uid", "")
+	// tini's environment variables, and nsinit's names for them: set to
+	// anything (even empty), as tini reads them.
+	cfg.Subreaper = envSet("NSINIT_SUBREAPER", "TINI_SUBREAPER")
+	cfg.SignalGroup = envSet("NSINIT_KILL_PROCESS_GROUP", "TINI_KILL_PROCESS_GROUP")
+	fs.Bool(&cfg.Subreaper, "s", "be a child subreaper (automatic when not PID 1)")
+	fs.Bool(&cfg.SignalGroup, "g", "forward signals to the command's process group")
+	fs.String(&pdeath, "p", "SIGNAL", "signal nsinit gets when its parent dies")
+	fs.Var(&zero, "e", "CODE", "report exit code CODE of the command as 0 (repeatable)")
+	fs.Bool(&cfg.WarnOnReap, "w", "print a warning for every process reaped besides the command")
+	fs.Duration(&cfg.Grace, "grace", "D", "after a SIGTERM, once the command has exited: SIGTERM to every remaining descendant, SIGKILL after D; exit when all are gone (0: exit with the command, as tini)")
+	fs.String(&cfg.Listen, "listen", "PATH", "serve restores into this pid namespace on unix socket PATH (nsinit restore --agent PATH), to clients of nsinit's own uid")
+	fs.Var((*uids)(&cfg.ListenUIDs), "listen-uid", "UID", "also serve uid UID (repeatable): its restores run as UID with CAP_CHECKPOINT_RESTORE only")
 	return func() error {
 		cfg.ZeroExitCodes = zero
 		if pdeath != "" {
@@ -106,35 +100,60 @@ func initFlags(fs *flag.FlagSet, cfg *agent.Config) (apply func() error) {
 	}
 }
 
-func parseAndRun(args []string) int {
-	fs := flag.NewFlagSet("nsinit", flag.ContinueOnError)
-	fs.Usage = func() { usage(os.Stderr) }
-	var (
-		cfg       agent.Config
-		verbose   bool
-		printVers bool
-	)
-	apply := initFlags(fs, &cfg)
-	fs.BoolVar(&verbose, "v", false, "")
-	fs.BoolVar(&printVers, "version", false, "")
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return 0
+// newInitSet is the init's command line, whose help is nsinit's top-level
+// help: it lists the subcommands too.
+func newInitSet(cfg *agent.Config, verbose *int) (*cliflag.Set, func() error) {
+	fs := cliflag.New("nsinit",
+		"nsinit [options] -- CMD [ARGS...]   run CMD under nsinit as init\n"+
+			"       nsinit COMMAND [options]          (nsinit COMMAND --help for its options)", "")
+	apply := initFlags(fs, cfg)
+	*verbose = envVerbosity()
+	fs.Count(verbose, "v", "more diagnostics: -v prints what nsinit runs and how")
+	fs.SetVersion(version)
+	fs.Epilog = "environment (tini's variables, or the NSINIT_ names, read first):\n" +
+		"  NSINIT_SUBREAPER, TINI_SUBREAPER                    set: as -s\n" +
+		"  NSINIT_KILL_PROCESS_GROUP, TINI_KILL_PROCESS_GROUP  set: as -g\n" +
+		"  NSINIT_VERBOSITY, TINI_VERBOSITY                    level N (default 1; 0: no warnings)\n\n" +
+		commandsHelp()
+	return fs, apply
+}
+
+// envSet says whether any of the variables is set, to any value.
+func envSet(names ...string) bool {
+	for _, n := range names {
+		if _, ok := os.LookupEnv(n); ok {
+			return true
 		}
-		return 2
 	}
-	if printVers {
-		fmt.Println("nsinit", version)
-		return 0
+	return false
+}
+
+// envVerbosity is the level of NSINIT_VERBOSITY, else TINI_VERBOSITY, else
+// 1 (warnings), as tini's: 0 is quiet, each -v adds one.
+func envVerbosity() int {
+	for _, n := range []string{"NSINIT_VERBOSITY", "TINI_VERBOSITY"} {
+		if v, ok := os.LookupEnv(n); ok {
+			l, _ := strconv.Atoi(strings.TrimSpace(v)) // atoi, as tini: junk is 0
+			return max(l, 0)
+		}
 	}
-	if fs.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "nsinit: no command given")
-		usage(os.Stderr)
-		return 2
+	return 1
+}
+
+func parseAndRun(args []string) int {
+	var (
+		cfg     agent.Config
+		verbose int
+	)
+	fs, apply := newInitSet(&cfg, &verbose)
+	if code, stop := fs.Parse(args); stop {
+		return code
+	}
+	if len(fs.Args()) == 0 {
+		return fs.Fail("no command given")
 	}
 	if err := apply(); err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit: %v\n", err)
-		return 2
+		return fs.Fail("%v", err)
 	}
 	cfg.Argv = fs.Args()
 	if err := restoredAgent(&cfg); err != nil {
@@ -143,9 +162,11 @@ func parseAndRun(args []string) int {
 	}
 	cfg.Ignored = originallyIgnored()
 	cfg.Blocked, cfg.BlockedKnown = origSigMask, origSigKnown != 0
-	if verbose {
-		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, ignored at start: %s\n",
-			os.Getpid(), strings.Join(cfg.Argv, " "), signalList(cfg.Ignored))
+	// Warnings (-w's) need level 1, as tini's.
+	cfg.WarnOnReap = cfg.WarnOnReap && verbose >= 1
+	if verbose >= 2 {
+		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, subreaper %v, signals to the process group %v, grace %v, ignored at start: %s\n",
+			os.Getpid(), strings.Join(cfg.Argv, " "), cfg.Subreaper || os.Getpid() != 1, cfg.SignalGroup, cfg.Grace, signalList(cfg.Ignored))
 	}
 	return agent.Run(cfg)
 }

@@ -4,7 +4,8 @@
 //	nsinit [options] -- CMD [ARGS...]     run CMD as PID 1 (or subreaper)
 //	nsinit dump -t PID -D DIR             record a tree into an image
 //	nsinit restore -D DIR                 re-create it with the same pids
-//	nsinit show DIR                       print an image as JSON
+//	nsinit show DIR|FILE                  print an image as JSON (--raw: protojson)
+//	nsinit encode -i JSON -D DIR          turn show --raw's JSON back into an image
 //	nsinit check -t PID -D DIR            compare an image with a live tree
 //
 // This package only parses flags and wires packages together; each
@@ -15,6 +16,10 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
+
+	"github.com/nsinit/nsinit/agent"
+	"github.com/nsinit/nsinit/internal/cliflag"
 )
 
 // version is stamped in by the Makefile (-X main.version=...).
@@ -49,25 +54,31 @@ func dispatch(args []string) int {
 			return c.run(args[1:])
 		}
 		switch args[0] {
-		case "--version", "-version", "version":
+		case "version":
 			fmt.Println("nsinit", version)
 			return 0
 		case "help":
-			usage(os.Stdout)
+			fs, _ := newInitSet(new(agent.Config), new(int))
+			fs.PrintHelp(os.Stdout)
 			return 0
 		}
 	}
 	return runInit(args)
 }
 
-func usage(w *os.File) {
-	fmt.Fprintf(w, `usage: nsinit [options] -- CMD [ARGS...]   run CMD under nsinit as init
-       nsinit COMMAND [options]
+// newFlags is the command line of a subcommand: with -V/--version, and
+// exitUsage for a bad one.
+func newFlags(name, usage, about string) *cliflag.Set {
+	fs := cliflag.New(name, usage, about)
+	fs.UsageStatus = exitUsage
+	fs.SetVersion(version)
+	return fs
+}
 
-init options:
-%s
-commands:
-`, initOptionsHelp)
+// commandsHelp lists the subcommands for the top-level help.
+func commandsHelp() string {
+	var b strings.Builder
+	b.WriteString("commands:\n")
 	names := make([]string, 0, len(commands))
 	for n, c := range commands {
 		if !c.hidden {
@@ -76,7 +87,9 @@ commands:
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+		fmt.Fprintf(&b, "  %-8s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintf(w, "  %-8s %s\n", "version", "print the version")
+	fmt.Fprintf(&b, "  %-8s %s\n", "help", "print this help")
+	fmt.Fprintf(&b, "  %-8s %s\n", "version", "print the version")
+	return b.String()
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -25,51 +24,66 @@ func init() {
 }
 
 func runRestore(args []string) int {
-	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: nsinit restore -D DIR [--dry-run] [--payload exec|stopped] [--placement set_tid|ns_last_pid] [-d] [--pidfile F] [--agent-timeout D] [--agent SOCKET]")
-		fs.PrintDefaults()
+	var (
+		dir, pidfile, via, logFile string
+		payload                    = "exec"
+		placement                  = "set_tid"
+		dry, detach, inheritStdio  bool
+		agentTimeout               = restorer.DefaultAgentTimeout
+		verbose                    int
+	)
+	fs := newFlags("nsinit restore",
+		"nsinit restore -D DIR [-d [--inherit-stdio]] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
+			"                      [--dry-run] [--agent-timeout D] [--agent SOCKET] [-o FILE] [-v]",
+		"Re-creates the tree of DIR with the same pids at every level. Without -d, nsinit stays\n"+
+			"the root's parent and exits with its status, like criu restore.")
+	fs.String(&dir, "D,images-dir", "DIR", "image directory")
+	fs.Bool(&detach, "d,detach,restore-detached", "leave the tree running and print the root's pid; its programs get /dev/null as stdin, stdout and stderr")
+	fs.Bool(&inheritStdio, "inherit-stdio", "with -d: the restored programs keep nsinit's stdin, stdout and stderr instead")
+	fs.String(&pidfile, "pidfile", "FILE", "write the root's pid to FILE")
+	fs.String(&payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec) or stopped tasks")
+	fs.String(&placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
+	fs.Bool(&dry, "dry-run", "print the plan and create nothing")
+	fs.Duration(&agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
+	fs.String(&via, "agent", "SOCKET", "restore through the nsinit agent listening on SOCKET (nsinit --listen), into its pid namespace")
+	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
+	fs.Count(&verbose, "v,verbosity", "log what the restore does")
+	if code, stop := fs.Parse(args); stop {
+		return code
 	}
-	dir := fs.String("D", "", "image `directory`")
-	dry := fs.Bool("dry-run", false, "print the plan and create nothing")
-	payload := fs.String("payload", "exec", "what live tasks become: `exec` (their recorded program) or stopped")
-	placement := fs.String("placement", "set_tid", "how innermost pids are placed: `set_tid` or ns_last_pid")
-	var detach bool
-	fs.BoolVar(&detach, "d", false, "detach: leave the tree running and print the root's pid")
-	fs.BoolVar(&detach, "detach", false, "same as -d")
-	pidfile := fs.String("pidfile", "", "write the root's pid to `file`")
-	via := fs.String("agent", "", "restore through the nsinit agent listening on unix `socket` (nsinit --listen), into its pid namespace")
-	agentTimeout := fs.Duration("agent-timeout", restorer.DefaultAgentTimeout, "abort when a restored agent does not answer within `duration`")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if dir == "" {
+		return fs.Fail("-D/--images-dir DIR is required")
 	}
-	if *dir == "" || fs.NArg() != 0 {
-		fs.Usage()
-		return 2
+	if len(fs.Args()) != 0 {
+		return fs.Fail("unexpected argument %q", fs.Args()[0])
+	}
+	var opt restorer.Options
+	switch payload {
+	case "exec":
+	case "stopped":
+		opt.Payload = restorer.PayloadStopped
+	default:
+		return fs.Fail("unknown payload %q (exec or stopped)", payload)
+	}
+	switch placement {
+	case "set_tid":
+	case "ns_last_pid":
+		opt.Placement = restorer.PlaceLastPID
+	default:
+		return fs.Fail("unknown placement %q (set_tid or ns_last_pid)", placement)
 	}
 	// What this process inherited (an agent's client passes the image
 	// directory as fd 3) is not for the restored tasks, which share its fd
 	// table until their exec.
 	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	var opt restorer.Options
-	switch *payload {
-	case "exec":
-	case "stopped":
-		opt.Payload = restorer.PayloadStopped
-	default:
-		fmt.Fprintf(os.Stderr, "nsinit restore: unknown payload %q (exec or stopped)\n", *payload)
-		return 2
+	d, err := openDiag("nsinit restore", verbose, logFile, dir, false)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
+		return exitStatus(err)
 	}
-	switch *placement {
-	case "set_tid":
-	case "ns_last_pid":
-		opt.Placement = restorer.PlaceLastPID
-	default:
-		fmt.Fprintf(os.Stderr, "nsinit restore: unknown placement %q (set_tid or ns_last_pid)\n", *placement)
-		return 2
-	}
-	if *via != "" {
-		return restoreViaAgent(*via, *dir, *payload, *placement, *pidfile)
+	defer d.close()
+	if via != "" {
+		return restoreViaAgent(d, via, dir, payload, placement, pidfile)
 	}
 	// A task that was an nsinit agent becomes one again: this binary.
 	if exe, err := os.Executable(); err == nil {
@@ -77,37 +91,51 @@ func runRestore(args []string) int {
 	}
 	// Decided before planning, never during execution.
 	opt.Features = restorer.ProbeFeatures()
-	tr, err := imagefile.Read(*dir)
+	tr, err := imagefile.Read(dir)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
-		return 1
+		d.errorf("%v", err)
+		return exitStatus(err)
 	}
 	plan, err := restorer.NewPlan(tr, opt)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: plan: %v\n", err)
-		return 1
+		d.errorf("plan: %v", err)
+		return exitStatus(err)
 	}
-	if *dry {
+	d.logf(1, "image %s: %d tasks, plan of %d steps", dir, len(tr.Tasks), len(plan.Steps))
+	if dry {
 		fmt.Print(plan)
 		return 0
 	}
+	// A detached tree must not hold its caller's pipe or terminal: nsinit
+	// returns once it is up, and `pid=$(nsinit restore -d)` sees end of file.
+	var execOpt = restorer.ExecOptions{AgentTimeout: agentTimeout}
+	if detach && !inheritStdio {
+		null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err != nil {
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		defer null.Close()
+		execOpt.Stdio = [3]*os.File{null, null, null}
+	}
 	// SIGINT (Ctrl-C), SIGTERM and SIGHUP roll the restore back like any
 	// failure, and nsinit then dies of the signal's status.
+	start := time.Now()
 	ctx, sig, stopSignals := interruptContext(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	res, err := restorer.ExecuteContext(ctx, plan, restorer.ExecOptions{AgentTimeout: *agentTimeout})
+	res, err := restorer.ExecuteContext(ctx, plan, execOpt)
 	stopSignals()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
+		d.errorf("%v", err)
 		if errors.Is(err, restorer.ErrInterrupted) {
-			fmt.Fprintln(os.Stderr, "nsinit restore: everything it created is gone")
-			return 128 + int(*sig)
+			d.errorf("%v: everything it created is gone", *sig)
 		}
-		return 1
+		return exitStatus(err)
 	}
 	defer res.RootFD.Close()
-	if err := writePidfile(*pidfile, res.Root); err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
-		return 1
+	d.logf(1, "restored %d tasks in %v, root pid %d", len(tr.Tasks), time.Since(start).Round(time.Millisecond), res.Root)
+	if err := writePidfile(pidfile, res.Root); err != nil {
+		d.errorf("%v", err)
+		return exitStatus(err)
 	}
 	if detach {
 		fmt.Println(res.Root)
@@ -116,8 +144,8 @@ func runRestore(args []string) int {
 	// Like criu restore: stay the root's parent and exit with its status.
 	_, st, err := sys.WaitPidfd(res.RootFD.Int(), 0)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: wait for root %d: %v\n", res.Root, err)
-		return 1
+		d.errorf("wait for root %d: %v", res.Root, err)
+		return exitFailure
 	}
 	if st.Signaled() {
 		return 128 + int(st.Signal())
@@ -154,22 +182,22 @@ func interruptContext(sigs ...os.Signal) (ctx context.Context, sig *syscall.Sign
 // as a descriptor opened here, with this process's rights. The tree is
 // detached; the pid printed is the root's as the agent's namespace numbers
 // it.
-func restoreViaAgent(socket, dir, payload, placement, pidfile string) int {
+func restoreViaAgent(d *diag, socket, dir, payload, placement, pidfile string) int {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
-		return 1
+		d.errorf("%v", err)
+		return exitStatus(err)
 	}
 	dirfd, err := unix.Open(abs, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: open %s: %v\n", abs, err)
-		return 1
+		d.errorf("open %s: %v", abs, err)
+		return exitStatus(err)
 	}
 	defer unix.Close(dirfd)
 	c, err := agent.Dial(socket)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
-		return 1
+		d.errorf("%v", err)
+		return exitStatus(err)
 	}
 	defer c.Close()
 	c.Timeout = agent.RestoreTimeout + time.Minute
@@ -177,13 +205,13 @@ func restoreViaAgent(socket, dir, payload, placement, pidfile string) int {
 		ImageDir: abs, Payload: payload, Placement: placement,
 	}}}, dirfd)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: through the agent at %s: %v\n", socket, err)
-		return 1
+		d.errorf("through the agent at %s: %v", socket, err)
+		return exitStatus(err)
 	}
 	root := int(rep.GetRestored().GetRootPid())
 	if err := writePidfile(pidfile, root); err != nil {
-		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
-		return 1
+		d.errorf("%v", err)
+		return exitStatus(err)
 	}
 	fmt.Println(root)
 	return 0

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -39,28 +38,29 @@ func (l *strList) String() string     { return fmt.Sprint(*l) }
 func (l *strList) Set(s string) error { *l = append(*l, s); return nil }
 
 func runTrace(args []string) int {
-	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
-	var pids pidList
-	var nsPaths strList
-	fs.Var(&pids, "t", "trace the tree of process `PID` (host pid; repeatable): it, its descendants, the pid namespaces they head, and what they fork from now on")
-	fs.Var(&nsPaths, "ns", "trace every task in the pid namespace at `PATH` (e.g. /proc/PID/ns/pid) or nested below it (repeatable)")
-	jsonOut := fs.Bool("json", false, "print JSON lines instead of text")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: nsinit trace (-t PID | --ns PATH)... [--json]\n\n"+
-			"Prints one line per fork, exit and exec with the pid at every namespace level\n"+
-			"(outermost first), the parent and the exit status, until SIGINT or SIGTERM.\n\n")
-		fs.PrintDefaults()
+	var (
+		pids    pidList
+		nsPaths strList
+		jsonOut bool
+	)
+	fs := newFlags("nsinit trace", "nsinit trace (-t PID | --ns PATH)... [--json]",
+		"Prints one line per fork, exit and exec with the pid at every namespace level\n"+
+			"(outermost first), the parent and the exit status, until SIGINT or SIGTERM.")
+	fs.Var(&pids, "t,tree", "PID", "trace the tree of process PID (host pid; repeatable): it, its descendants, the pid namespaces they head, and what they fork from now on")
+	fs.Var(&nsPaths, "ns", "PATH", "trace every task in the pid namespace at PATH (e.g. /proc/PID/ns/pid) or nested below it (repeatable)")
+	fs.Bool(&jsonOut, "json", "print JSON lines instead of text")
+	if code, stop := fs.Parse(args); stop {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if len(pids) == 0 && len(nsPaths) == 0 {
+		return fs.Fail("-t PID or --ns PATH is required")
 	}
-	if len(pids) == 0 && len(nsPaths) == 0 || fs.NArg() > 0 {
-		fs.Usage()
-		return 2
+	if len(fs.Args()) > 0 {
+		return fs.Fail("unexpected argument %q", fs.Args()[0])
 	}
-	if err := trace(pids, nsPaths, *jsonOut); err != nil {
+	if err := trace(pids, nsPaths, jsonOut); err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit trace: %v\n", err)
-		return 1
+		return exitStatus(err)
 	}
 	return 0
 }
