@@ -3,6 +3,7 @@ package dump
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"reflect"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -70,6 +72,57 @@ func benchDump(b *testing.B, n int) {
 	b.ReportMetric(float64(len(tr.Tasks))*float64(b.N)/dumpDur.Seconds(), "tasks/s")
 	b.ReportMetric(float64(dumpDur)/float64(bareDur), "x-bare-read")
 	b.ReportMetric(dumpDur.Seconds()/float64(b.N), "s/dump")
+	b.ReportMetric(bareDur.Seconds()/float64(b.N), "s/bare-read")
+}
+
+func BenchmarkDumpCmd1000(b *testing.B) { benchDumpCmd(b, 1000) }
+func BenchmarkDumpCmd5000(b *testing.B) { benchDumpCmd(b, 5000) }
+
+// benchDumpCmd times the whole `nsinit dump` command on an n-task tree over
+// 3 pid levels (frozen with cgroup v2): start of the binary, loading the
+// eBPF guard, discovery, freeze, read, image encoding and writing. Its
+// floor is bareRead of the same tree, timed alternately in the same run, so
+// the ratio holds on a shared machine. With NSINIT_BENCH_BASELINE set to
+// another nsinit binary (an older build, say), that one is timed too, in
+// the same rounds, against the same floor: before/after side by side.
+func benchDumpCmd(b *testing.B, n int) {
+	testutil.Require(b, testutil.Root)
+	bins := map[string]string{"nsinit": testutil.Binary(b)}
+	if base := os.Getenv("NSINIT_BENCH_BASELINE"); base != "" {
+		bins["baseline"] = base
+	}
+	k := (n - 5 + 2) / 3
+	os.Setenv("K", strconv.Itoa(k))
+	defer os.Unsetenv("K")
+	tt := startTree(b, benchScript, 3*k+5, true)
+	dir := b.TempDir()
+	dur := map[string]time.Duration{}
+	var bareDur time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for name, bin := range bins {
+			t0 := time.Now()
+			cmd := exec.Command(bin, "dump", "-t", strconv.Itoa(tt.root), "-D", dir)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("%s dump: %v\n%s", name, err, out)
+			}
+			dur[name] += time.Since(t0)
+		}
+		t0 := time.Now()
+		read, err := bareRead(tt.root)
+		if err != nil {
+			b.Fatal(err)
+		}
+		bareDur += time.Since(t0)
+		if read != 3*k+5 {
+			b.Fatalf("bare read found %d tasks, want %d", read, 3*k+5)
+		}
+	}
+	b.StopTimer()
+	for name, d := range dur {
+		b.ReportMetric(float64(3*k+5)*float64(b.N)/d.Seconds(), name+"-tasks/s")
+		b.ReportMetric(float64(d)/float64(bareDur), name+"-x-bare-read")
+	}
 	b.ReportMetric(bareDur.Seconds()/float64(b.N), "s/bare-read")
 }
 
