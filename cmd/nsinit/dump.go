@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -43,21 +44,30 @@ func runDump(args []string) int {
 	if *verbose {
 		opts.Log = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "nsinit dump: "+f+"\n", a...) }
 	}
-	var guardErr error
-	if newDumpGuard == nil {
-		guardErr = fmt.Errorf("this nsinit has no consistency guard")
-	} else {
-		opts.Guard, guardErr = newDumpGuard()
-	}
-	if guardErr != nil {
-		opts.Guard = nil
-		if !*unchecked {
-			fmt.Fprintf(os.Stderr, "nsinit dump: cannot check the dump for races: %v\n(use --unchecked to dump anyway)\n", guardErr)
-			return 1
+	switch {
+	case newDumpGuard == nil && !*unchecked:
+		fmt.Fprintf(os.Stderr, "nsinit dump: cannot check the dump for races: this nsinit has no consistency guard\n(use --unchecked to dump anyway)\n")
+		return 1
+	case newDumpGuard == nil:
+		fmt.Fprintf(os.Stderr, "nsinit dump: warning: unchecked dump (this nsinit has no consistency guard): a race with the tree would go unnoticed\n")
+	case !*unchecked:
+		// Loaded while the tree is found and frozen; a failure ends the
+		// dump once the tree runs again.
+		opts.LoadGuard = newDumpGuard
+	default:
+		// A guard that loads is still used; one that does not is no
+		// reason to refuse.
+		var guardErr error
+		if opts.Guard, guardErr = newDumpGuard(); guardErr != nil {
+			opts.Guard = nil
+			fmt.Fprintf(os.Stderr, "nsinit dump: warning: unchecked dump (%v): a race with the tree would go unnoticed\n", guardErr)
 		}
-		fmt.Fprintf(os.Stderr, "nsinit dump: warning: unchecked dump (%v): a race with the tree would go unnoticed\n", guardErr)
 	}
 	tr, err := dump.Dump(*pid, opts)
+	if errors.Is(err, dump.ErrNoGuard) {
+		fmt.Fprintf(os.Stderr, "nsinit dump: cannot check the dump for races: %v\n(use --unchecked to dump anyway)\n", err)
+		return 1
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit dump: %v\n", err)
 		return 1
