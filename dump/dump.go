@@ -365,16 +365,38 @@ func ReadLive(root int, proc string) (*pstree.Tree, error) {
 // guardNamespaces opens the pid namespaces whose init is in the tree: the
 // guard watches them and everything below. The root's own namespace is not
 // one of them unless the root is its init (it holds tasks outside the tree).
+//
+// A task is its namespace's init when its innermost pid is 1, which only
+// status tells; but status is the dearest file to read, so each member's
+// namespace is told from its ns/pid link first, and status is read only
+// until each namespace's init is found. That is one status for most
+// namespaces: the init is created first in its namespace and comes before
+// its descendants in the members' order (parents first). The root's own
+// namespace needs only the root's: a namespace's init is created before
+// anything else in it, so when the root is not the init, the init is no
+// descendant of the root.
 func guardNamespaces(r *procfs.Reader, members []member) ([]int, error) {
 	var fds []int
-	for _, m := range members {
+	done := map[uint64]bool{} // namespaces whose init was found or cannot be in the tree
+	for i, m := range members {
+		ino, err := r.NSInode(m.pid, "pid")
+		if err != nil {
+			return fds, err
+		}
+		if done[ino] {
+			continue
+		}
 		s, err := r.Status(m.pid)
 		if err != nil {
 			return fds, err
 		}
 		if s.NSpid[len(s.NSpid)-1] != 1 {
+			if i == 0 {
+				done[ino] = true // the root's namespace, and the root is not its init
+			}
 			continue
 		}
+		done[ino] = true
 		fd, err := r.OpenNS(m.pid, "pid")
 		if err != nil {
 			return fds, err

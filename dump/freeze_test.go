@@ -3,6 +3,7 @@ package dump
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -164,5 +165,53 @@ func TestLoadGuard(t *testing.T) {
 	s, err := r.Status(tt.root)
 	if err != nil || s.TracerPid != 0 || s.State == 'T' || s.State == 't' {
 		t.Errorf("root after a dump without its guard: state %c tracer %d, err %v", s.State, s.TracerPid, err)
+	}
+}
+
+// TestGuardNamespaces: the guard gets exactly the pid namespaces whose init
+// is in the tree, as reading every member's status tells them, although
+// guardNamespaces reads status only until it finds each namespace's init.
+func TestGuardNamespaces(t *testing.T) {
+	tt := startTree(t, bigScript, bigTasks, false)
+	r := procfs.New("")
+	members, err := findMembers(r, tt.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint64]bool{}
+	for _, m := range members {
+		s, err := r.Status(m.pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.NSpid[len(s.NSpid)-1] == 1 {
+			ino, err := r.NSInode(m.pid, "pid")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[ino] = true
+		}
+	}
+	if len(want) < 3 {
+		t.Fatalf("the tree has %d pid namespace inits, want at least 3", len(want))
+	}
+	fds, err := guardNamespaces(r, members)
+	defer closeAll(fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]bool{}
+	for _, fd := range fds {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			t.Fatal(err)
+		}
+		if got[st.Ino] {
+			t.Errorf("namespace %d opened twice", st.Ino)
+		}
+		got[st.Ino] = true
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("guard namespaces %v, want %v", got, want)
 	}
 }
