@@ -419,7 +419,7 @@ func childrenOf(r *procfs.Reader, pid int) ([]int, error) {
 		return nil, err
 	}
 	defer p.Close()
-	tids, err := threadsOf(r, pid)
+	tids, err := procThreads(p)
 	if err != nil {
 		return nil, err
 	}
@@ -596,10 +596,15 @@ func threadsOf(r *procfs.Reader, pid int) ([]int, error) {
 		return nil, err
 	}
 	defer p.Close()
+	return procThreads(p)
+}
+
+// procThreads is threadsOf through an open /proc/PID.
+func procThreads(p *procfs.Proc) ([]int, error) {
 	if n, err := p.Threads(); err != nil || n != 1 {
 		return p.Tasks()
 	}
-	return []int{pid}, nil
+	return []int{p.Pid()}, nil
 }
 
 // thaw detaches every thread. leaveStopped first sends each process
