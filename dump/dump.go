@@ -193,8 +193,9 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 	if err != nil {
 		return nil, nil, err
 	}
+	self := os.Getpid()
 	for _, m := range before {
-		if m.pid == os.Getpid() {
+		if m.pid == self {
 			return nil, nil, fmt.Errorf("dump pid %d: the dumper (pid %d) is in the tree", root, m.pid)
 		}
 	}
