@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,17 +76,20 @@ func benchDump(b *testing.B, n int) {
 	b.ReportMetric(bareDur.Seconds()/float64(b.N), "s/bare-read")
 }
 
-func BenchmarkDumpCmd1000(b *testing.B) { benchDumpCmd(b, 1000) }
-func BenchmarkDumpCmd5000(b *testing.B) { benchDumpCmd(b, 5000) }
+func BenchmarkDumpCmd1000(b *testing.B)       { benchDumpCmd(b, 1000, false) }
+func BenchmarkDumpCmd5000(b *testing.B)       { benchDumpCmd(b, 5000, false) }
+func BenchmarkDumpCmdPtrace1000(b *testing.B) { benchDumpCmd(b, 1000, true) }
 
 // benchDumpCmd times the whole `nsinit dump` command on an n-task tree over
-// 3 pid levels (frozen with cgroup v2): start of the binary, loading the
+// 3 pid levels (frozen with cgroup v2, or ptrace): start of the binary, loading the
 // eBPF guard, discovery, freeze, read, image encoding and writing. Its
 // floor is bareRead of the same tree, timed alternately in the same run, so
 // the ratio holds on a shared machine. With NSINIT_BENCH_BASELINE set to
 // another nsinit binary (an older build, say), that one is timed too, in
 // the same rounds, against the same floor: before/after side by side.
-func benchDumpCmd(b *testing.B, n int) {
+// With ptrace, a process outside the tree shares its cgroup, so the dump
+// freezes the tree with ptrace (as for a tree in a shell's session).
+func benchDumpCmd(b *testing.B, n int, ptrace bool) {
 	testutil.Require(b, testutil.Root)
 	bins := map[string]string{"nsinit": testutil.Binary(b)}
 	if base := os.Getenv("NSINIT_BENCH_BASELINE"); base != "" {
@@ -95,6 +99,23 @@ func benchDumpCmd(b *testing.B, n int) {
 	os.Setenv("K", strconv.Itoa(k))
 	defer os.Unsetenv("K")
 	tt := startTree(b, benchScript, 3*k+5, true)
+	freezer := "cgroup v2 freeze"
+	if ptrace {
+		freezer = "ptrace seize"
+		outsider := exec.Command("/bin/busybox", "sleep", "100000")
+		fd, err := unix.Open(tt.cgroup, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		outsider.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd, Pdeathsig: syscall.SIGKILL}
+		err = outsider.Start()
+		unix.Close(fd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer outsider.Wait()
+		defer outsider.Process.Kill()
+	}
 	dir := b.TempDir()
 	dur := map[string]time.Duration{}
 	var bareDur time.Duration
@@ -102,11 +123,15 @@ func benchDumpCmd(b *testing.B, n int) {
 	for i := 0; i < b.N; i++ {
 		for name, bin := range bins {
 			t0 := time.Now()
-			cmd := exec.Command(bin, "dump", "-t", strconv.Itoa(tt.root), "-D", dir)
-			if out, err := cmd.CombinedOutput(); err != nil {
+			cmd := exec.Command(bin, "dump", "-v", "-t", strconv.Itoa(tt.root), "-D", dir)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
 				b.Fatalf("%s dump: %v\n%s", name, err, out)
 			}
 			dur[name] += time.Since(t0)
+			if !strings.Contains(string(out), "with "+freezer) {
+				b.Fatalf("%s dump did not freeze with %s:\n%s", name, freezer, out)
+			}
 		}
 		t0 := time.Now()
 		read, err := bareRead(tt.root)
