@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 )
 
 // reaper collects dead children: the command (whose status it remembers)
@@ -36,12 +37,11 @@ func (r *reaper) reapAll() (status syscall.WaitStatus, childDone bool) {
 		return r.reapExcept()
 	}
 	for {
-		var ws syscall.WaitStatus
-		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
-		if err == syscall.EINTR {
+		pid, ws, errno := wait4NoHang(-1)
+		if errno == syscall.EINTR {
 			continue
 		}
-		if pid <= 0 || err != nil {
+		if pid <= 0 || errno != 0 {
 			return status, childDone
 		}
 		r.reaped(pid)
@@ -51,6 +51,18 @@ func (r *reaper) reapAll() (status syscall.WaitStatus, childDone bool) {
 	}
 }
 
+// wait4NoHang is wait4(pid, &status, WNOHANG, NULL) as a raw system call.
+// With WNOHANG it never blocks, so the scheduler need not hear of it: a
+// burst of thousands of orphans is reaped without the runtime's
+// bookkeeping around every call (entersyscall/exitsyscall, which also lets
+// sysmon hand the P to another thread in the middle of the burst when a
+// goroutine is waiting, the signal forwarder for one).
+func wait4NoHang(pid int) (int, syscall.WaitStatus, syscall.Errno) {
+	var status int32
+	r, _, errno := syscall.RawSyscall6(syscall.SYS_WAIT4, uintptr(pid), uintptr(unsafe.Pointer(&status)), syscall.WNOHANG, 0, 0, 0)
+	return int(r), syscall.WaitStatus(status), errno
+}
+
 // reapExcept reaps dead children one pid at a time, skipping the kept
 // ones: wait4(-1) cannot be told to leave some zombies alone.
 func (r *reaper) reapExcept() (status syscall.WaitStatus, childDone bool) {
@@ -58,15 +70,14 @@ func (r *reaper) reapExcept() (status syscall.WaitStatus, childDone bool) {
 		if r.keep[pid] {
 			continue
 		}
-		var ws syscall.WaitStatus
-		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
-		for err == syscall.EINTR {
-			got, err = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+		got, ws, errno := wait4NoHang(pid)
+		for errno == syscall.EINTR {
+			got, ws, errno = wait4NoHang(pid)
 		}
-		if got > 0 && err == nil {
+		if got > 0 && errno == 0 {
 			r.reaped(got)
 		}
-		if got == r.child && err == nil {
+		if got == r.child && errno == 0 {
 			status, childDone = ws, true
 		}
 	}

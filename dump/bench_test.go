@@ -3,13 +3,16 @@ package dump
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -70,6 +73,81 @@ func benchDump(b *testing.B, n int) {
 	b.ReportMetric(float64(len(tr.Tasks))*float64(b.N)/dumpDur.Seconds(), "tasks/s")
 	b.ReportMetric(float64(dumpDur)/float64(bareDur), "x-bare-read")
 	b.ReportMetric(dumpDur.Seconds()/float64(b.N), "s/dump")
+	b.ReportMetric(bareDur.Seconds()/float64(b.N), "s/bare-read")
+}
+
+func BenchmarkDumpCmd1000(b *testing.B)       { benchDumpCmd(b, 1000, false) }
+func BenchmarkDumpCmd5000(b *testing.B)       { benchDumpCmd(b, 5000, false) }
+func BenchmarkDumpCmdPtrace1000(b *testing.B) { benchDumpCmd(b, 1000, true) }
+
+// benchDumpCmd times the whole `nsinit dump` command on an n-task tree over
+// 3 pid levels (frozen with cgroup v2, or ptrace): start of the binary, loading the
+// eBPF guard, discovery, freeze, read, image encoding and writing. Its
+// floor is bareRead of the same tree, timed alternately in the same run, so
+// the ratio holds on a shared machine. With NSINIT_BENCH_BASELINE set to
+// another nsinit binary (an older build, say), that one is timed too, in
+// the same rounds, against the same floor: before/after side by side.
+// With ptrace, a process outside the tree shares its cgroup, so the dump
+// freezes the tree with ptrace (as for a tree in a shell's session).
+func benchDumpCmd(b *testing.B, n int, ptrace bool) {
+	testutil.Require(b, testutil.Root)
+	bins := map[string]string{"nsinit": testutil.Binary(b)}
+	if base := os.Getenv("NSINIT_BENCH_BASELINE"); base != "" {
+		bins["baseline"] = base
+	}
+	k := (n - 5 + 2) / 3
+	os.Setenv("K", strconv.Itoa(k))
+	defer os.Unsetenv("K")
+	tt := startTree(b, benchScript, 3*k+5, true)
+	freezer := "cgroup v2 freeze"
+	if ptrace {
+		freezer = "ptrace seize"
+		outsider := exec.Command("/bin/busybox", "sleep", "100000")
+		fd, err := unix.Open(tt.cgroup, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		outsider.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd, Pdeathsig: syscall.SIGKILL}
+		err = outsider.Start()
+		unix.Close(fd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer outsider.Wait()
+		defer outsider.Process.Kill()
+	}
+	dir := b.TempDir()
+	dur := map[string]time.Duration{}
+	var bareDur time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for name, bin := range bins {
+			t0 := time.Now()
+			cmd := exec.Command(bin, "dump", "-v", "-t", strconv.Itoa(tt.root), "-D", dir)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				b.Fatalf("%s dump: %v\n%s", name, err, out)
+			}
+			dur[name] += time.Since(t0)
+			if !strings.Contains(string(out), "with "+freezer) {
+				b.Fatalf("%s dump did not freeze with %s:\n%s", name, freezer, out)
+			}
+		}
+		t0 := time.Now()
+		read, err := bareRead(tt.root)
+		if err != nil {
+			b.Fatal(err)
+		}
+		bareDur += time.Since(t0)
+		if read != 3*k+5 {
+			b.Fatalf("bare read found %d tasks, want %d", read, 3*k+5)
+		}
+	}
+	b.StopTimer()
+	for name, d := range dur {
+		b.ReportMetric(float64(3*k+5)*float64(b.N)/d.Seconds(), name+"-tasks/s")
+		b.ReportMetric(float64(d)/float64(bareDur), name+"-x-bare-read")
+	}
 	b.ReportMetric(bareDur.Seconds()/float64(b.N), "s/bare-read")
 }
 

@@ -7,7 +7,9 @@
 //	-> Guard.Disarm -> thaw (unless LeaveStopped)
 //
 // The guard is armed only once the freeze is complete, so it covers what
-// begins after nothing in the tree could move. The attempt is retried
+// begins after nothing in the tree could move. Options.LoadGuard loads it
+// (eBPF programs: BTF parsing, the verifier) meanwhile, beside the
+// discovery and the freeze. The attempt is retried
 // when the guard saw a fork/exit/exec, when the read differs from the tree
 // the freeze found (a task appeared, vanished or its pid was reused), when
 // a task vanished while being read, or when a task read is not still
@@ -28,6 +30,7 @@ package dump
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -58,6 +61,13 @@ type Options struct {
 	Proc string
 	// Guard, when set, makes the dump checked (Tree.Checked).
 	Guard Guard
+	// LoadGuard, when set and Guard is nil, makes the guard while the tree
+	// is discovered and frozen: loading eBPF programs takes about as long
+	// as freezing a big tree, and neither needs the other. The guard is
+	// still armed only once the freeze is complete. An error from it ends
+	// the dump (wrapping ErrNoGuard) once the tree is thawed. Dump waits
+	// for it before returning and closes the guard if it is an io.Closer.
+	LoadGuard func() (Guard, error)
 	// Retries is how many more attempts follow a raced one (default 3).
 	Retries int
 	// LeaveStopped leaves the tree frozen (cgroup) or SIGSTOPped (ptrace).
@@ -78,6 +88,9 @@ var ErrRaced = errors.New("tree kept changing during the dump")
 // time.
 var ErrTimeout = errors.New("timed out")
 
+// ErrNoGuard is wrapped when Options.LoadGuard failed.
+var ErrNoGuard = errors.New("no consistency guard")
+
 // errMoved is wrapped by an attempt that found the tree moving under the
 // freeze (a task exiting, not stopped): the attempt is retried.
 var errMoved = errors.New("the tree moved")
@@ -85,11 +98,16 @@ var errMoved = errors.New("the tree moved")
 // Dump freezes and reads the tree rooted at level-0 pid root.
 func Dump(root int, o Options) (*pstree.Tree, error) {
 	o = o.withDefaults()
+	var gl *guardLoader
+	if o.Guard == nil && o.LoadGuard != nil {
+		gl = loadGuard(o.LoadGuard)
+		defer gl.close()
+	}
 	var last error
 	for attempt := 0; attempt <= o.Retries; attempt++ {
-		tr, moved, err := dumpOnce(root, o)
+		tr, moved, err := dumpOnce(root, o, gl)
 		if err == nil && len(moved) == 0 {
-			tr.Checked = o.Guard != nil
+			tr.Checked = o.Guard != nil || gl != nil
 			return tr, nil
 		}
 		if err != nil && !errors.Is(err, procfs.ErrGone) && !errors.Is(err, errMoved) {
@@ -124,6 +142,46 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// guardLoader runs Options.LoadGuard in the background.
+type guardLoader struct {
+	done chan struct{}
+	g    Guard
+	err  error
+	took time.Duration
+}
+
+func loadGuard(load func() (Guard, error)) *guardLoader {
+	l := &guardLoader{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		t0 := time.Now()
+		l.g, l.err = load()
+		l.took = time.Since(t0)
+		if l.err == nil && l.g == nil {
+			l.err = errors.New("LoadGuard returned no guard")
+		}
+	}()
+	return l
+}
+
+// wait returns the guard once it is loaded.
+func (l *guardLoader) wait() (Guard, error) {
+	<-l.done
+	if l.err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoGuard, l.err)
+	}
+	return l.g, nil
+}
+
+// close waits for the load and releases what it made.
+func (l *guardLoader) close() {
+	if g, err := l.wait(); err == nil {
+		if c, ok := g.(io.Closer); ok {
+			c.Close()
+		}
+	}
+}
+
 func (o Options) logf(format string, args ...any) {
 	if o.Log != nil {
 		o.Log(format, args...)
@@ -132,15 +190,16 @@ func (o Options) logf(format string, args ...any) {
 
 // dumpOnce is one attempt. A non-empty moved (or an error wrapping
 // procfs.ErrGone or errMoved) means the attempt raced and may be retried.
-func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) {
+func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []string, err error) {
 	r := procfs.New(o.Proc)
 	t0 := time.Now()
 	before, err := findMembers(r, root)
 	if err != nil {
 		return nil, nil, err
 	}
+	self := os.Getpid()
 	for _, m := range before {
-		if m.pid == os.Getpid() {
+		if m.pid == self {
 			return nil, nil, fmt.Errorf("dump pid %d: the dumper (pid %d) is in the tree", root, m.pid)
 		}
 	}
@@ -156,11 +215,22 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 	// freeze missed); what was under way before is the freeze's and the
 	// read's to notice (docs/ebpf.md, "The guard's contract").
 	disarm := func() {}
-	if o.Guard != nil {
+	guard := o.Guard
+	if gl != nil {
+		var gerr error
+		if guard, gerr = gl.wait(); gerr != nil {
+			if terr := fz.thaw(false); terr != nil {
+				gerr = errors.Join(gerr, terr)
+			}
+			return nil, nil, gerr
+		}
+		o.logf("loaded the guard in %v, beside the freeze", gl.took.Round(time.Millisecond))
+	}
+	if guard != nil {
 		fds, gerr := guardNamespaces(r, members)
 		defer closeAll(fds)
 		if gerr == nil {
-			if gerr = o.Guard.Arm(pids(members), fds); gerr != nil {
+			if gerr = guard.Arm(pids(members), fds); gerr != nil {
 				gerr = fmt.Errorf("arm consistency guard: %w", gerr)
 			}
 		}
@@ -176,7 +246,7 @@ func dumpOnce(root int, o Options) (tr *pstree.Tree, moved []string, err error) 
 				return
 			}
 			disarmed = true
-			m, derr := o.Guard.Disarm()
+			m, derr := guard.Disarm()
 			if derr != nil && err == nil {
 				tr, err = nil, fmt.Errorf("disarm consistency guard: %w", derr)
 			}
@@ -300,16 +370,38 @@ func ReadLive(root int, proc string) (*pstree.Tree, error) {
 // guardNamespaces opens the pid namespaces whose init is in the tree: the
 // guard watches them and everything below. The root's own namespace is not
 // one of them unless the root is its init (it holds tasks outside the tree).
+//
+// A task is its namespace's init when its innermost pid is 1, which only
+// status tells; but status is the dearest file to read, so each member's
+// namespace is told from its ns/pid link first, and status is read only
+// until each namespace's init is found. That is one status for most
+// namespaces: the init is created first in its namespace and comes before
+// its descendants in the members' order (parents first). The root's own
+// namespace needs only the root's: a namespace's init is created before
+// anything else in it, so when the root is not the init, the init is no
+// descendant of the root.
 func guardNamespaces(r *procfs.Reader, members []member) ([]int, error) {
 	var fds []int
-	for _, m := range members {
+	done := map[uint64]bool{} // namespaces whose init was found or cannot be in the tree
+	for i, m := range members {
+		ino, err := r.NSInode(m.pid, "pid")
+		if err != nil {
+			return fds, err
+		}
+		if done[ino] {
+			continue
+		}
 		s, err := r.Status(m.pid)
 		if err != nil {
 			return fds, err
 		}
 		if s.NSpid[len(s.NSpid)-1] != 1 {
+			if i == 0 {
+				done[ino] = true // the root's namespace, and the root is not its init
+			}
 			continue
 		}
+		done[ino] = true
 		fd, err := r.OpenNS(m.pid, "pid")
 		if err != nil {
 			return fds, err

@@ -351,6 +351,7 @@ func (p *ptraceFreezer) pass(r *procfs.Reader, root int, deadline time.Time) (gr
 	gen := []proc{{root, 0}}
 	p.members = p.members[:0]
 	var scan map[int][]int // children by parent, for kernels without children files
+	withChildren := fast(r)
 	for len(gen) > 0 {
 		// Seize, then re-list each process's threads until no new one
 		// shows up: a thread not yet stopped may have made another.
@@ -389,7 +390,7 @@ func (p *ptraceFreezer) pass(r *procfs.Reader, root int, deadline time.Time) (gr
 			}
 			p.members = append(p.members, member{pr.pid, st.StartTime})
 			var kids []int
-			if walkChildren && r.HasChildren() {
+			if withChildren {
 				if kids, err = childrenOf(r, pr.pid); err != nil {
 					return grew, fmt.Errorf("freeze pid %d: %w", pr.pid, err)
 				}
@@ -419,7 +420,7 @@ func childrenOf(r *procfs.Reader, pid int) ([]int, error) {
 		return nil, err
 	}
 	defer p.Close()
-	tids, err := threadsOf(r, pid)
+	tids, err := procThreads(p)
 	if err != nil {
 		return nil, err
 	}
@@ -596,10 +597,15 @@ func threadsOf(r *procfs.Reader, pid int) ([]int, error) {
 		return nil, err
 	}
 	defer p.Close()
+	return procThreads(p)
+}
+
+// procThreads is threadsOf through an open /proc/PID.
+func procThreads(p *procfs.Proc) ([]int, error) {
 	if n, err := p.Threads(); err != nil || n != 1 {
 		return p.Tasks()
 	}
-	return []int{pid}, nil
+	return []int{p.Pid()}, nil
 }
 
 // thaw detaches every thread. leaveStopped first sends each process

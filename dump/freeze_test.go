@@ -3,6 +3,7 @@ package dump
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -120,5 +121,97 @@ func TestDumpRefusesNamingMoves(t *testing.T) {
 	s, err := procfs.New("").Status(tt.root)
 	if err != nil || s.TracerPid != 0 || s.State == 'T' || s.State == 't' {
 		t.Errorf("root after a refused dump: state %c tracer %d, err %v", s.State, s.TracerPid, err)
+	}
+}
+
+// closingGuard is a fakeGuard that counts its Close calls.
+type closingGuard struct {
+	fakeGuard
+	closed int
+}
+
+func (g *closingGuard) Close() error { g.closed++; return nil }
+
+// TestLoadGuard: a guard made by Options.LoadGuard (loaded beside the
+// discovery and the freeze) is armed once the freeze is complete, like one
+// given ready, makes the dump checked, and is closed by Dump; one that
+// cannot be made ends the dump with ErrNoGuard and the tree runs again.
+func TestLoadGuard(t *testing.T) {
+	tt := startBusy(t)
+	r := procfs.New("")
+	g := &closingGuard{}
+	g.onArm = func(pids []int) {
+		for _, pid := range pids {
+			st, err := r.Status(pid)
+			if err != nil || (st.State != 't' && st.State != 'Z') {
+				t.Errorf("pid %d at Arm: state %c, err %v", pid, st.State, err)
+			}
+		}
+	}
+	loads := 0
+	tr, err := Dump(tt.root, Options{LoadGuard: func() (Guard, error) { loads++; return g, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tr.Checked || g.arms != 1 || loads != 1 || g.closed != 1 {
+		t.Errorf("checked %v, %d arms, %d loads, closed %d times; want true, 1, 1, 1", tr.Checked, g.arms, loads, g.closed)
+	}
+
+	noBPF := errors.New("no BTF here")
+	_, err = Dump(tt.root, Options{LoadGuard: func() (Guard, error) { return nil, noBPF }})
+	if !errors.Is(err, ErrNoGuard) || !errors.Is(err, noBPF) {
+		t.Fatalf("got %v, want ErrNoGuard wrapping the load's error", err)
+	}
+	s, err := r.Status(tt.root)
+	if err != nil || s.TracerPid != 0 || s.State == 'T' || s.State == 't' {
+		t.Errorf("root after a dump without its guard: state %c tracer %d, err %v", s.State, s.TracerPid, err)
+	}
+}
+
+// TestGuardNamespaces: the guard gets exactly the pid namespaces whose init
+// is in the tree, as reading every member's status tells them, although
+// guardNamespaces reads status only until it finds each namespace's init.
+func TestGuardNamespaces(t *testing.T) {
+	tt := startTree(t, bigScript, bigTasks, false)
+	r := procfs.New("")
+	members, err := findMembers(r, tt.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint64]bool{}
+	for _, m := range members {
+		s, err := r.Status(m.pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.NSpid[len(s.NSpid)-1] == 1 {
+			ino, err := r.NSInode(m.pid, "pid")
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[ino] = true
+		}
+	}
+	if len(want) < 3 {
+		t.Fatalf("the tree has %d pid namespace inits, want at least 3", len(want))
+	}
+	fds, err := guardNamespaces(r, members)
+	defer closeAll(fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uint64]bool{}
+	for _, fd := range fds {
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			t.Fatal(err)
+		}
+		if got[st.Ino] {
+			t.Errorf("namespace %d opened twice", st.Ino)
+		}
+		got[st.Ino] = true
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("guard namespaces %v, want %v", got, want)
 	}
 }

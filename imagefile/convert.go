@@ -2,6 +2,7 @@ package imagefile
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/nsinit/nsinit/proto/imagepb"
 	"github.com/nsinit/nsinit/pstree"
@@ -25,8 +26,8 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 			GidMap:           mapToProto(ns.GIDMap),
 			SetgroupsAllowed: ns.SetgroupsAllowed,
 			OwnerUid:         ns.OwnerUID,
-			Hostname:         []byte(ns.Hostname),
-			Domainname:       []byte(ns.Domainname),
+			Hostname:         bytesOf(ns.Hostname),
+			Domainname:       bytesOf(ns.Domainname),
 			Ambient:          ns.Ambient,
 			Links:            linksToProto(ns.Links),
 			Routes:           routesToProto(ns.Routes),
@@ -59,18 +60,18 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 				CapInh: t.Creds.CapInh, CapPrm: t.Creds.CapPrm, CapEff: t.Creds.CapEff,
 				CapBnd: t.Creds.CapBnd, CapAmb: t.Creds.CapAmb,
 			},
-			Comm:             []byte(t.Comm),
-			Exe:              []byte(t.Exe),
-			Argv:             bytesList(t.Argv),
-			Env:              bytesList(t.Env),
-			Cwd:              []byte(t.Cwd),
-			Root:             []byte(t.Root),
+			Comm:             bytesOf(t.Comm),
+			Exe:              bytesOf(t.Exe),
+			Argv:             bytesListOf(t.Argv),
+			Env:              bytesListOf(t.Env),
+			Cwd:              bytesOf(t.Cwd),
+			Root:             bytesOf(t.Root),
 			ChildSubreaper:   t.ChildSubreaper,
 			Agent:            t.Agent,
 			WaitsForChildren: t.WaitsForChildren,
 		}
 		for _, th := range t.Threads {
-			pt.Threads = append(pt.Threads, &imagepb.Thread{Tids: ints32(th.TIDs), State: imagepb.TaskState(th.State), Comm: []byte(th.Comm)})
+			pt.Threads = append(pt.Threads, &imagepb.Thread{Tids: ints32(th.TIDs), State: imagepb.TaskState(th.State), Comm: bytesOf(th.Comm)})
 		}
 		img.Tasks = append(img.Tasks, pt)
 	}
@@ -187,16 +188,23 @@ func intsFrom(v []int32) []int {
 	return out
 }
 
-func bytesList(v []string) [][]byte {
+// bytesListOf is bytesOf of each string.
+func bytesListOf(v []string) [][]byte {
 	if v == nil {
 		return nil
 	}
 	out := make([][]byte, len(v))
 	for i, s := range v {
-		out[i] = []byte(s)
+		out[i] = bytesOf(s)
 	}
 	return out
 }
+
+// bytesOf is the bytes of s without a copy, for toProto only: its message
+// lives just long enough for Marshal, which never writes to it. Strings
+// are most of an image (environments above all), and copying them doubled
+// the memory and much of the time of encoding a big tree.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
 
 func stringsFrom(v [][]byte) []string {
 	if v == nil {

@@ -58,21 +58,30 @@ func Encode(tr *pstree.Tree) ([]byte, error) {
 	if err := pstree.Validate(tr); err != nil {
 		return nil, fmt.Errorf("encode image: %w", err)
 	}
-	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(toProto(tr))
+	// Sized first, then marshalled behind the header in one buffer: a big
+	// tree's payload is megabytes, not worth a second copy.
+	m := toProto(tr)
+	opts := proto.MarshalOptions{Deterministic: true}
+	n := opts.Size(m)
+	if n > MaxPayload {
+		return nil, fmt.Errorf("encode image: payload of %d bytes exceeds %d", n, MaxPayload)
+	}
+	opts.UseCachedSize = true
+	b, err := opts.MarshalAppend(make([]byte, HeaderSize, HeaderSize+n), m)
 	if err != nil {
 		return nil, fmt.Errorf("encode image: %w", err)
 	}
-	if len(payload) > MaxPayload {
-		return nil, fmt.Errorf("encode image: payload of %d bytes exceeds %d", len(payload), MaxPayload)
+	payload := b[HeaderSize:]
+	if len(payload) != n {
+		return nil, fmt.Errorf("encode image: payload of %d bytes, sized %d", len(payload), n)
 	}
-	b := make([]byte, HeaderSize, HeaderSize+len(payload))
 	copy(b, Magic)
 	le := binary.LittleEndian
 	le.PutUint16(b[8:], pstree.FormatMajor)
 	le.PutUint16(b[10:], pstree.FormatMinor)
 	le.PutUint32(b[12:], uint32(len(payload)))
 	le.PutUint32(b[16:], crc32.Checksum(payload, castagnoli))
-	return append(b, payload...), nil
+	return b, nil
 }
 
 // Decode parses and validates image bytes.

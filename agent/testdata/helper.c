@@ -16,8 +16,10 @@
  *   helper handover N reap|keep  a child forks N children that exit at once;
  *                                with "reap" it reaps them itself (the kernel
  *                                floor), with "keep" it exits and leaves them
- *                                to the reaper; prints the nanoseconds until
- *                                all N are gone
+ *                                to the reaper; prints the nanoseconds from
+ *                                the moment all N are zombies until all N
+ *                                are gone (making them is not timed: a fork
+ *                                costs far more than a reap)
  *   helper together CODE         fork a child; both exit at the same moment
  *                                (released by one pipe close), parent with CODE
  */
@@ -103,7 +105,6 @@ static long long now_ns(void) {
 static int handover(int n, int reap) {
 	int p[2];
 	if (pipe(p) < 0) return 1;
-	long long start = now_ns();
 	pid_t mid = fork();
 	if (mid == 0) {
 		close(p[0]);
@@ -113,6 +114,9 @@ static int handover(int n, int reap) {
 			if (c < 0) _exit(1);
 			write(p[1], &c, sizeof c);
 		}
+		/* Every child is a zombie now: the clock starts. */
+		long long t = now_ns();
+		write(p[1], &t, sizeof t);
 		if (reap)
 			while (wait(NULL) > 0)
 				;
@@ -123,6 +127,9 @@ static int handover(int n, int reap) {
 	int got = 0;
 	while (got < n && read(p[0], &pids[got], sizeof *pids) == sizeof *pids)
 		got++;
+	long long start;
+	if (read(p[0], &start, sizeof start) != sizeof start)
+		return 1;
 	waitpid(mid, NULL, 0);
 	/* A pid is gone once its zombie has been reaped. */
 	for (int i = 0; i < got; i++)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -66,21 +67,23 @@ func runDump(args []string) int {
 	// image then says so (checked: false), and a dump that cannot load the
 	// guard (inside a container's pid namespace, say) behaves the same
 	// everywhere.
-	if !unchecked {
-		var guardErr error
-		if newDumpGuard == nil {
-			guardErr = fmt.Errorf("this nsinit has no consistency guard")
-		} else {
-			opts.Guard, guardErr = newDumpGuard()
-		}
-		if guardErr != nil {
-			d.errorf("cannot check the dump for races: %v\n(use --unchecked to dump anyway)", guardErr)
-			return exitStatus(guardErr)
-		}
-	} else {
+	switch {
+	case unchecked:
 		d.logf(1, "unchecked dump: a race with the tree would go unnoticed")
+	case newDumpGuard == nil:
+		err := fmt.Errorf("this nsinit has no consistency guard")
+		d.errorf("cannot check the dump for races: %v\n(use --unchecked to dump anyway)", err)
+		return exitStatus(err)
+	default:
+		// Loaded while the tree is found and frozen; a failure ends the
+		// dump (dump.ErrNoGuard) once the tree runs again.
+		opts.LoadGuard = newDumpGuard
 	}
 	tr, err := dump.Dump(pid, opts)
+	if errors.Is(err, dump.ErrNoGuard) {
+		d.errorf("cannot check the dump for races: %v\n(use --unchecked to dump anyway)", err)
+		return exitStatus(err)
+	}
 	if err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
