@@ -149,6 +149,11 @@ func attackRestore(t *testing.T, tr *pstree.Tree, uid uint32, pids []string, pay
 	if err := during.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// However the test ends (a Fatal in restore, say), the attacker goes.
+	t.Cleanup(func() {
+		during.Process.Kill()
+		during.Wait()
+	})
 	lines := bufio.NewScanner(out)
 	if !lines.Scan() || lines.Text() != "ready" {
 		t.Fatalf("the attacker did not start: %q", lines.Text())
@@ -159,7 +164,6 @@ func attackRestore(t *testing.T, tr *pstree.Tree, uid uint32, pids []string, pay
 	for lines.Scan() {
 		reads = append(reads, lines.Text())
 	}
-	during.Wait()
 	if errors.Is(err, ErrPIDTaken) {
 		return err
 	}
