@@ -29,6 +29,7 @@ func runRestore(args []string) int {
 		payload                    = "exec"
 		placement                  = "set_tid"
 		dry, detach, inheritStdio  bool
+		newPidns, quietRoot        bool
 		agentTimeout               = restorer.DefaultAgentTimeout
 		verbose                    int
 	)
@@ -44,6 +45,8 @@ func runRestore(args []string) int {
 	fs.String(&payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec) or stopped tasks")
 	fs.String(&placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
 	fs.Bool(&dry, "dry-run", "print the plan and create nothing")
+	fs.Bool(&newPidns, "into-new-pidns", "restore into a new pid namespace whose PID 1 is nsinit: the image's level 0 becomes that namespace, so no host pid need be free and copies can run side by side")
+	fs.Bool(&quietRoot, "no-print-root", "with -d: do not print the root's pid (--into-new-pidns uses it inside)")
 	fs.Duration(&agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
 	fs.String(&via, "agent", "SOCKET", "restore through the nsinit agent listening on SOCKET (nsinit --listen), into its pid namespace")
 	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
@@ -84,6 +87,18 @@ func runRestore(args []string) int {
 	defer d.close()
 	if via != "" {
 		return restoreViaAgent(d, via, dir, payload, placement, pidfile)
+	}
+	if newPidns {
+		if dry {
+			return fs.Fail("--dry-run with --into-new-pidns: the plan is the same without it")
+		}
+		// Inside, the restorer always detaches (the namespace's init adopts
+		// the root); the tree keeps the caller's stdio unless -d says not.
+		pass := []string{"--no-print-root", "--payload", payload, "--placement", placement, "--agent-timeout", agentTimeout.String()}
+		if !detach || inheritStdio {
+			pass = append(pass, "--inherit-stdio")
+		}
+		return restoreIntoNewPidns(dir, pass, detach, pidfile)
 	}
 	// A task that was an nsinit agent becomes one again: this binary.
 	if exe, err := os.Executable(); err == nil {
@@ -138,7 +153,9 @@ func runRestore(args []string) int {
 		return exitStatus(err)
 	}
 	if detach {
-		fmt.Println(res.Root)
+		if !quietRoot {
+			fmt.Println(res.Root)
+		}
 		return 0
 	}
 	// Like criu restore: stay the root's parent and exit with its status.
