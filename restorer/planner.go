@@ -313,9 +313,9 @@ func (pl *planner) assign(c, p int, placed map[int]bool) error {
 		sib, ok := pl.orphanRule(c, s, p)
 		cr = s
 		if !ok {
-			z := pl.orphanMaker(c, s, p)
+			z := pl.leaver(c, s, p)
 			if z < 0 {
-				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling or a dying task of its init, and no dying member of it can leave it to its init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling or a dying task of its init, and no member of it in its namespace or above can leave it to its init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
 			}
 			cr = z
 		}
@@ -361,6 +361,9 @@ func (pl *planner) birthGroups() error {
 	for k := 1; k < len(pl.plan.Procs); k++ {
 		p := pl.creator[k]
 		if pl.mustInherit(k, p) && !pl.needGroup(p, pl.tpgid[k]) {
+			if pl.leaveToParent(k) {
+				continue
+			}
 			return fmt.Errorf("%s: group %s cannot be inherited from %s: %w", pl.plan.name(k), pl.plan.name(pl.tpgid[k]), pl.plan.name(p), ErrUnsupported)
 		}
 	}
@@ -377,6 +380,9 @@ func (pl *planner) needGroup(q, g int) bool {
 		return true
 	case pl.bg[q] != unset:
 		return pl.bg[q] == g
+	}
+	if g != pl.tpgid[q] && !pl.reachesFinalGroup(q) {
+		return false // q could not leave g for its own group afterwards
 	}
 	cr := pl.creator[q]
 	if pl.outerMove(q, cr, g) || pl.needGroup(cr, g) {
@@ -583,6 +589,14 @@ func (pl *planner) placeClone(s Step) error {
 // innermost first, so the host's cursor - the one unrelated processes race
 // for - is written last, right before the clone.
 func (pl *planner) placed(s Step) error {
+	if s.Op == OpClone && s.Actor != Restorer && pl.plan.Procs[s.Target].PIDs[0] == 0 {
+		// A helper whose level-0 pid the kernel chooses from the host
+		// cursor: point the cursor above every level-0 pid of the image
+		// first, so the helper cannot take one still to be created.
+		if err := pl.emit(Step{Op: OpLastPID, Actor: pl.w0, Target: -1, Arg: pl.park}); err != nil {
+			return err
+		}
+	}
 	if s.Op == OpClone && s.NewPIDNS && s.Actor != Restorer {
 		u, err := pl.ownerFirst(&s)
 		if err != nil {
