@@ -1,0 +1,192 @@
+package restorer
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// orphanSessionTree is the image testdata/sessions.c's orphan-session
+// builds: R leads a session at level 0 and is the parent of I, the init of
+// pid ns 2; S, R's child, leads its own session; T, in ns 2, is in S's
+// session and group and a child of I (its creator, a member of S's session
+// born through setns into ns 2, died).
+func orphanSessionTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1)
+	const base = 23500
+	b.task(1, []int{base}, 0, []int{base}, []int{base})                           // R
+	b.task(2, []int{base + 1, 1}, base, []int{base, 0}, []int{base, 0})           // I
+	b.task(1, []int{base + 2}, base, []int{base + 2}, []int{base + 2})            // S
+	b.task(2, []int{base + 4, 3}, base+1, []int{base + 2, 0}, []int{base + 2, 0}) // T
+	b.tr.Namespace(2).LastPID = 3
+	return sleepers(&b.tr)
+}
+
+// splitGroupTree is the image of sessions.c's split-group: R leads a
+// session; M, R's child, is in the group of G, which died; M's child I is
+// the init of pid ns 2 and stayed in G's group; O, in ns 2, is a child of
+// I in R's session and group (its creator, born through setns by R, died).
+func splitGroupTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1)
+	const base = 23550
+	b.task(1, []int{base}, 0, []int{base}, []int{base})                       // R
+	b.task(1, []int{base + 2}, base, []int{base}, []int{base + 1})            // M, in dead G's group
+	b.task(2, []int{base + 3, 1}, base+2, []int{base, 0}, []int{base + 1, 0}) // I
+	b.task(2, []int{base + 5, 3}, base+3, []int{base, 0}, []int{base, 0})     // O
+	b.tr.Namespace(2).LastPID = 3
+	return sleepers(&b.tr)
+}
+
+// TestPlanLeaverHelpers plans both shapes in every placement and payload:
+// the orphan is cloned by a leaver helper, which its session's (and
+// group's) leader creates through setns in the init's namespace at a pid
+// no image task has (level 0: the kernel's choice, after the host cursor
+// was parked above the image's pids), and which exits and is reaped by its
+// creator, leaving the orphan to the init.
+func TestPlanLeaverHelpers(t *testing.T) {
+	for _, c := range []struct {
+		name            string
+		tree            func() *pstree.Tree
+		creator, orphan int // task indexes
+	}{
+		{"orphan-session", orphanSessionTree, 2, 3},
+		{"split-group", splitGroupTree, 0, 3},
+	} {
+		for _, opt := range allOptions() {
+			t.Run(fmt.Sprintf("%s/%+v", c.name, opt), func(t *testing.T) {
+				p := mustPlan(t, c.tree(), opt)
+				h := -1
+				for i := range p.Procs {
+					if p.Procs[i].Why == whyLeaver {
+						h = i
+					}
+				}
+				if h < 0 {
+					t.Fatalf("no leaver helper:\n%s", p)
+				}
+				if got := p.Procs[h].PIDs; !slices.Equal(got, []int{0, 2}) {
+					t.Errorf("leaver at pids %v, want [0 2] (the kernel's at level 0, the first free one in ns 2)", got)
+				}
+				var did []string
+				for i, s := range p.Steps {
+					switch {
+					case s.Op == OpClone && s.Target == h:
+						// Only cursor writes of inner levels may come
+						// between the park and the clone.
+						parked := false
+						for j := i - 1; j >= 0 && p.Steps[j].Op == OpLastPID && !parked; j-- {
+							parked = p.Steps[j].Actor == p.HostWriter && p.Steps[j].Arg == hostPark(p)
+						}
+						if !parked {
+							t.Errorf("the leaver's clone (step %d) does not follow the host cursor's park", i)
+						}
+						did = append(did, fmt.Sprintf("cloned by %s into %d", p.name(s.Actor), s.Into))
+					case s.Op == OpClone && s.Target == c.orphan:
+						did = append(did, "clones the orphan "+p.name(s.Actor))
+					case s.Op == OpExit && s.Actor == h:
+						did = append(did, "exits")
+					case s.Op == OpWait && s.Target == h:
+						did = append(did, "reaped by "+p.name(s.Actor))
+					}
+				}
+				cr := p.name(c.creator)
+				want := []string{"cloned by " + cr + " into 2", "clones the orphan " + p.name(h), "exits", "reaped by " + cr}
+				if !slices.Equal(did, want) {
+					t.Errorf("leaver's part:\n%s\nwant\n%s\nplan:\n%s", strings.Join(did, "\n"), strings.Join(want, "\n"), p)
+				}
+			})
+		}
+	}
+}
+
+// hostPark is where the planner parks the host cursor: the largest
+// level-0 pid of the image.
+func hostPark(p *Plan) int {
+	m := 0
+	for i := range p.Procs {
+		m = max(m, p.Procs[i].PIDs[0])
+	}
+	return m
+}
+
+// allOptions are the option sets the planner's tests cover: both payloads,
+// both placements, with and without multi-level set_tid.
+func allOptions() []Options {
+	var opts []Options
+	for _, pay := range []Payload{PayloadExec, PayloadStopped} {
+		for _, pm := range []Placement{PlaceSetTID, PlaceLastPID} {
+			for _, ml := range []bool{false, true} {
+				opts = append(opts, Options{Payload: pay, Placement: pm, Features: Features{MultiLevelSetTID: ml}})
+			}
+		}
+	}
+	return opts
+}
+
+// replayErr replays a plan in a fresh model and returns the first error.
+func replayErr(p *Plan) error {
+	m := newModel(p.Tree, len(p.Procs))
+	for i := range p.Steps {
+		if err := m.apply(p, i); err != nil {
+			return fmt.Errorf("step %d: %w", i, err)
+		}
+	}
+	procOf := make([]int, len(p.Tree.Tasks))
+	for i := range procOf {
+		procOf[i] = i
+	}
+	return m.compare(p, procOf)
+}
+
+// TestModelChecksHelpers: the model refuses plans whose helpers break the
+// rules before anything runs: a helper on an image task's pid, a helper
+// whose level-0 pid the kernel would choose from a cursor nobody parked
+// above the image's pids, a helper still there at the end.
+func TestModelChecksHelpers(t *testing.T) {
+	opt := Options{Features: Features{MultiLevelSetTID: true}}
+	leaver := func(p *Plan) int {
+		for i := range p.Procs {
+			if p.Procs[i].Why == whyLeaver {
+				return i
+			}
+		}
+		t.Fatalf("no leaver:\n%s", p)
+		return -1
+	}
+	cases := []struct {
+		name, want string
+		spoil      func(p *Plan)
+	}{
+		{"on an image pid", "takes pid 3 at level 1", func(p *Plan) {
+			p.Procs[leaver(p)].PIDs = []int{0, 3}
+		}},
+		{"cursor not parked", "from a cursor nobody set", func(p *Plan) {
+			h := leaver(p)
+			for i, s := range p.Steps {
+				if s.Op == OpClone && s.Target == h {
+					p.Steps = slices.Delete(p.Steps, i-1, i)
+					return
+				}
+			}
+		}},
+		{"not reaped", "is still there at the end", func(p *Plan) {
+			p.Steps = slices.DeleteFunc(p.Steps, func(s Step) bool {
+				return (s.Op == OpExit && p.Procs[s.Actor].Why == "dead group leader") ||
+					(s.Op == OpWait && p.Procs[s.Target].Why == "dead group leader")
+			})
+		}},
+	}
+	for _, c := range cases {
+		p := mustPlan(t, splitGroupTree(), opt)
+		c.spoil(p)
+		if err := replayErr(p); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: replay says %v, want %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestRestoreOrphanSession(t *testing.T) { scenario(t, orphanSessionTree) }
+func TestRestoreSplitGroup(t *testing.T)    { scenario(t, splitGroupTree) }
