@@ -163,25 +163,23 @@ func (pl *planner) numbersIn(c []pstree.NSID) map[nsNum]bool {
 	return taken
 }
 
-// leaveToParent gives task k, which its parent p (an init above it) cannot
-// clone in the group k must inherit, a leaver helper as its creator
-// instead: the leaver is born in that group and leaves k to p. It says
-// whether it did.
+// leaveToParent gives task k, whose creator (its parent p, an init above
+// it, or a sibling cloning it with CLONE_PARENT) cannot be in the group k
+// must inherit, a leaver helper as its creator instead: the leaver is
+// born in that group and leaves k to p. It says whether it did.
 func (pl *planner) leaveToParent(k int) bool {
 	t := pl.plan.Procs[k].Task
-	if t <= 0 || pl.sibling[k] {
+	if t <= 0 {
 		return false
 	}
 	p := pl.byPID[pl.tr().Tasks[t].PPID]
-	if pl.creator[k] != p {
-		return false
-	}
 	h := pl.newLeaver(k, pl.tsid[k], p)
 	if h < 0 {
 		return false
 	}
-	pl.kids[p] = slices.DeleteFunc(pl.kids[p], func(q int) bool { return q == k })
-	pl.creator[k] = h
+	cr := pl.creator[k]
+	pl.kids[cr] = slices.DeleteFunc(pl.kids[cr], func(q int) bool { return q == k })
+	pl.creator[k], pl.sibling[k] = h, false
 	pl.kids[h] = append(pl.kids[h], k)
 	return true
 }

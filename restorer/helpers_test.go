@@ -190,3 +190,16 @@ func TestModelChecksHelpers(t *testing.T) {
 
 func TestRestoreOrphanSession(t *testing.T) { scenario(t, orphanSessionTree) }
 func TestRestoreSplitGroup(t *testing.T)    { scenario(t, splitGroupTree) }
+
+// TestPlanLeaverRegressions: random histories (gen_test.go) that were
+// refused before leaver helpers, each for another reason: an orphan of a
+// level-1 init in a session and dead group of that level, whose session
+// leader was taken to be able to visit that group (seed 236) or which a
+// dead session leader's helper was to clone (1139); a dead session leader
+// whose helper was to be created by the very task it had to clone (2672).
+func TestPlanLeaverRegressions(t *testing.T) {
+	for _, seed := range []uint64{236, 1139, 2672} {
+		opt := Options{Payload: Payload(seed % 2), Placement: Placement(seed / 2 % 2), Features: Features{MultiLevelSetTID: seed%8 >= 4}}
+		mustPlan(t, genTree(seed, 5+int(seed%60), true), opt)
+	}
+}

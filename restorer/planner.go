@@ -278,8 +278,8 @@ func (pl *planner) need(q, s int) bool {
 		if !pl.need(pl.creator[q], s) {
 			// q is an orphan too: born in s's session, then reparented.
 			p := pl.creator[q]
-			if s < 0 || p < 0 || pl.sibling[q] {
-				return false
+			if s < 0 || p < 0 || pl.sibling[q] || pl.below(s, q) {
+				return false // (s cannot clone q if q creates s)
 			}
 			sib, ok := pl.orphanRule(q, s, p)
 			if !ok {
@@ -377,7 +377,10 @@ func (pl *planner) needGroup(q, g int) bool {
 	case q == Restorer:
 		return g == ext
 	case pl.numAt(g, q) != 0:
-		return true
+		// q can visit g, unless g is in the session q leads: a session
+		// leader never changes its group (setpgid: EPERM), and before its
+		// setsid that session does not exist.
+		return pl.tsid[q] != q || g == q || pl.tsid[g] != q
 	case pl.bg[q] != unset:
 		return pl.bg[q] == g
 	}
