@@ -218,7 +218,7 @@ func initOf(v map[int]*rtTask) int {
 // its pid there: the number right above that namespace's cursor (F1.3).
 func nextInnerPID(t *testing.T, init int) int {
 	t.Helper()
-	out, err := exec.Command("nsenter", "-t", strconv.Itoa(init), "-p", "/bin/busybox", "sh", "-c", "echo $$").CombinedOutput()
+	out, err := exec.Command("/bin/busybox", "nsenter", "-t", strconv.Itoa(init), "-p", "/bin/busybox", "sh", "-c", "echo $$").CombinedOutput()
 	n, perr := strconv.Atoi(strings.TrimSpace(string(out)))
 	if err != nil || perr != nil {
 		t.Fatalf("nsenter into the pid namespace of %d: %v %v\n%s", init, err, perr, out)

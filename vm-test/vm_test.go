@@ -48,15 +48,17 @@ var guestPackages = []guestPackage{
 	// the binary. Not the 1000-task and random-tree tests (TCG is slow).
 	// veth is a module in Debian's kernel: the test loads it.
 	{Pkg: "./restorer", Needs: []string{"CONFIG_PID_NS", "CONFIG_NET_NS", "CONFIG_UTS_NS", "CONFIG_IPC_NS", "CONFIG_CHECKPOINT_RESTORE"},
-		Run: "TestProbe|TestPlan(F43|Namespaces|UserNamespaces|PidForChildren|MultiLevel)|TestRestore(SingleNamespace|F43|Zombies|BornVia|PidForChildren|Namespaces|UserNamespaces|LowPIDs|PIDTaken$|Agent|32Levels|CommNames|UserLauncherChildren|OrphanOfMember)|" +
+		Run: "TestProbe|TestPlan(F43|Namespaces|UserNamespaces|PidForChildren|MultiLevel|LeaverHelpers)|TestRestore(SingleNamespace|F43|Zombies|BornVia|PidForChildren|Namespaces|UserNamespaces|LowPIDs|PIDTaken$|Agent|32Levels|CommNames|UserLauncherChildren|OrphanOfMember|OrphanSession|SplitGroup)|" +
 			// Every TestE2E but TestE2EHostileImages, which is the same on
 			// any kernel and reads another package's testdata, which the
 			// guest lacks.
-			"TestE2E(Capabilities|CommNames|DumpKillRestoreCheck|InsideUserNamespaceContainer|RestoreThroughAgent|RestoreWithoutCapability|SignalMidRestore|UnshareWithoutFork|UserPidNamespaces|VethPing|WaitersAreNotRunAgain)",
+			"TestE2E(Capabilities|CommNames|DumpKillRestoreCheck|InsideUserNamespaceContainer|RestoreThroughAgent|RestoreWithoutCapability|SignalMidRestore|UnshareWithoutFork|UserPidNamespaces|VethPing|WaitersAreNotRunAgain|LeaverHelpers)",
 		MemoryMB: 1024, Prepare: prepareAll(
 			kernelModule("kernel/drivers/net/veth.ko", "NSINIT_TEST_VETH_KO"),
 			// TestE2EUserPidNamespaces' clone(CLONE_NEWUSER|CLONE_NEWPID) helper.
-			cHelper("restorer/testdata/clonens.c", "NSINIT_TEST_CLONENS"))},
+			cHelper("restorer/testdata/clonens.c", "NSINIT_TEST_CLONENS"),
+			// TestE2ELeaverHelpers' session/group shapes.
+			cHelper("restorer/testdata/sessions.c", "NSINIT_TEST_SESSIONS"))},
 	// Dump on another kernel: the tests that need neither iproute2 nor
 	// util-linux (TestDumpUserNamespaces runs `unshare`, the net tests
 	// `ip`).

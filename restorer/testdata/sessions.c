@@ -35,11 +35,12 @@ static void die(const char *what) {
 }
 
 // sleep_forever: what every task of the tree does once it is in place. It
-// execs sleep, so that a restored task (the exec payload runs the recorded
-// program again) sleeps too instead of building its part a second time.
+// execs busybox sleep, so that a restored task (the exec payload runs the
+// recorded program again) sleeps too instead of building its part a second
+// time.
 static void sleep_forever(void) {
-	execlp("sleep", "sleep", "1000000", (char *)NULL);
-	die("exec sleep");
+	execl("/bin/busybox", "sleep", "1000000", (char *)NULL);
+	die("exec /bin/busybox sleep");
 }
 
 // newpid clones a child that is PID 1 of a new pid namespace and runs
