@@ -97,11 +97,10 @@ func (pl *planner) reachesFinalGroup(q int) bool {
 }
 
 // groupCreator is a proc that can clone a leaver for c into pid namespace
-// ns in session s and group g: one that ends in s and g (so it is there
-// once it has played its own part, when its kids are cloned), in ns or
-// above it (a session's or group's leader always is above its members:
-// they are born below their parents), and no descendant of c. The group's
-// leader first.
+// ns, in session s and group g: one that ends in s and g (so it is there
+// once it has played its own part, which is when its kids are cloned),
+// lives in ns or above it, and is no descendant of c. g's leader first (a
+// session leader is always in its own session and group).
 func (pl *planner) groupCreator(c int, ns pstree.NSID, s, g int) int {
 	ok := func(x int) bool {
 		return x >= 0 && x != c && pl.tsid[x] == s && pl.tpgid[x] == g && !pl.below(x, c) &&

@@ -203,3 +203,34 @@ func TestPlanLeaverRegressions(t *testing.T) {
 		mustPlan(t, genTree(seed, 5+int(seed%60), true), opt)
 	}
 }
+
+// leftGroupTree: L formed group g, cloned M in it and went back to R's
+// group; an orphan O of I's namespace is in g, which nobody there can name.
+// g's leader does not end in g, so the leaver's creator is M, which does.
+func leftGroupTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1)
+	const base = 23600
+	b.task(1, []int{base}, 0, []int{base}, []int{base})                       // R
+	b.task(1, []int{base + 1}, base, []int{base}, []int{base})                // L, back in R's group
+	b.task(1, []int{base + 2}, base+1, []int{base}, []int{base + 1})          // M, in L's group
+	b.task(2, []int{base + 3, 1}, base, []int{base, 0}, []int{base, 0})       // I
+	b.task(2, []int{base + 5, 3}, base+3, []int{base, 0}, []int{base + 1, 0}) // O
+	return sleepers(&b.tr)
+}
+
+func TestPlanLeaverByAMemberOfTheGroup(t *testing.T) {
+	for _, opt := range allOptions() {
+		p := mustPlan(t, leftGroupTree(), opt)
+		var by []string
+		for _, s := range p.Steps {
+			if s.Op == OpClone && p.Procs[s.Target].Why == whyLeaver {
+				by = append(by, p.name(s.Actor))
+			}
+		}
+		if !slices.Equal(by, []string{"task 23602"}) {
+			t.Errorf("%+v: leavers cloned by %v, want one by task 23602 (M)\n%s", opt, by, p)
+		}
+	}
+}
+
+func TestRestoreLeaverByAMemberOfTheGroup(t *testing.T) { scenario(t, leftGroupTree) }
