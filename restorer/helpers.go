@@ -13,6 +13,9 @@ import (
 //   - the level-0 cursor writer (planner.build);
 //   - a dead session or group leader, at the leader's pids, that lends its
 //     ids to the members it creates (addLeaderHelpers, F4.2);
+//   - a stand-in, at pids no image task needs: born of p in p's current
+//     session and group, it clones p's child c with CLONE_PARENT once c's
+//     namespace exists, after p itself has left them (standIn);
 //   - a leaver, at pids no image task needs: it stands for a creator that
 //     died and left its child c to the init of its pid namespace. It is
 //     born in c's session and group, in the init's namespace (setns when
@@ -20,6 +23,10 @@ import (
 //     re-parents c to the init (F5.2). This is how such an orphan comes
 //     about in the first place; its real creator is gone from the image.
 const whyLeaver = "creator that leaves its child to the init"
+
+// whyStandIn: a helper that keeps its parent's session and group for a
+// child the parent cannot clone yet (standIn).
+const whyStandIn = "stand-in that keeps its parent's session and group"
 
 // addHelper adds a helper proc once planning has started: every per-proc
 // table of the planner and the model grows with it.
@@ -181,4 +188,41 @@ func (pl *planner) leaveToParent(k int) bool {
 	pl.creator[k], pl.sibling[k] = h, false
 	pl.kids[h] = append(pl.kids[h], k)
 	return true
+}
+
+// leavesItsState says whether proc p is not yet in the session and group
+// it ends in: it calls setsid or changes its group later in the plan.
+func (pl *planner) leavesItsState(p int) bool {
+	mp := &pl.m.procs[p]
+	return mp.sid != pl.tsid[p] || mp.pgid != pl.tpgid[p]
+}
+
+// standIn gives p's kid c, born through setns into a namespace whose init
+// does not exist yet, a stand-in helper as its creator: p clones the
+// stand-in now, in p's current session and group, and the stand-in clones
+// c with CLONE_PARENT (so c is p's child) once the init exists, whatever p
+// has done meanwhile. This is the kernel's own order: p entered the
+// namespace and cloned c before it called setsid or changed its group,
+// and the init was made by p's descendants before that. A retried part
+// of the plan finds the stand-in already made.
+func (pl *planner) standIn(p, c int) int {
+	if h, ok := pl.standIns[c]; ok {
+		return h
+	}
+	mp := &pl.m.procs[p]
+	h := pl.addHelper(Proc{Task: -1, PIDs: pl.freePIDs(mp.ns), NS: mp.ns, Why: whyStandIn})
+	pl.tsid[h], pl.tpgid[h] = mp.sid, mp.pgid
+	pl.creator[h] = p
+	if i := slices.Index(pl.kids[p], c); i >= 0 {
+		pl.kids[p][i] = h // in c's place in p's order
+	} else {
+		pl.kids[p] = append(pl.kids[p], h)
+	}
+	pl.creator[c], pl.sibling[c] = h, true
+	pl.kids[h] = []int{c}
+	if pl.standIns == nil {
+		pl.standIns = map[int]int{}
+	}
+	pl.standIns[c] = h
+	return h
 }

@@ -40,6 +40,22 @@ func splitGroupTree() *pstree.Tree {
 	return sleepers(&b.tr)
 }
 
+// splitGroupDeepTree is split-group one level deeper, where I's parent M
+// cannot name the dead leader's group either (it is at level 1, G at 0):
+// R puts A, the init of pid ns 2, in G's group at its birth; A's child M
+// clones I, the init of ns 3; O, in ns 3, is a child of I in R's group.
+func splitGroupDeepTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
+	const base = 23560
+	b.task(1, []int{base}, 0, []int{base}, []int{base})                                // R
+	b.task(2, []int{base + 2, 1}, base, []int{base, 0}, []int{base + 1, 0})            // A
+	b.task(2, []int{base + 3, 2}, base+2, []int{base, 0}, []int{base + 1, 0})          // M
+	b.task(3, []int{base + 4, 3, 1}, base+3, []int{base, 0, 0}, []int{base + 1, 0, 0}) // I
+	b.task(3, []int{base + 6, 5, 3}, base+4, []int{base, 0, 0}, []int{base, 0, 0})     // O
+	b.tr.Namespace(3).LastPID = 3
+	return sleepers(&b.tr)
+}
+
 // TestPlanLeaverHelpers plans both shapes in every placement and payload:
 // the orphan is cloned by a leaver helper, which its session's (and
 // group's) leader creates through setns in the init's namespace at a pid
@@ -51,9 +67,10 @@ func TestPlanLeaverHelpers(t *testing.T) {
 		name            string
 		tree            func() *pstree.Tree
 		creator, orphan int // task indexes
+		pids            []int
 	}{
-		{"orphan-session", orphanSessionTree, 2, 3},
-		{"split-group", splitGroupTree, 0, 3},
+		{"orphan-session", orphanSessionTree, 2, 3, []int{0, 2}},
+		{"split-group-deep", splitGroupDeepTree, 0, 4, []int{0, 4, 2}},
 	} {
 		for _, opt := range allOptions() {
 			t.Run(fmt.Sprintf("%s/%+v", c.name, opt), func(t *testing.T) {
@@ -67,8 +84,8 @@ func TestPlanLeaverHelpers(t *testing.T) {
 				if h < 0 {
 					t.Fatalf("no leaver helper:\n%s", p)
 				}
-				if got := p.Procs[h].PIDs; !slices.Equal(got, []int{0, 2}) {
-					t.Errorf("leaver at pids %v, want [0 2] (the kernel's at level 0, the first free one in ns 2)", got)
+				if got := p.Procs[h].PIDs; !slices.Equal(got, c.pids) {
+					t.Errorf("leaver at pids %v, want %v (the kernel's at level 0, the first free ones below)", got, c.pids)
 				}
 				var did []string
 				for i, s := range p.Steps {
@@ -93,7 +110,8 @@ func TestPlanLeaverHelpers(t *testing.T) {
 					}
 				}
 				cr := p.name(c.creator)
-				want := []string{"cloned by " + cr + " into 2", "clones the orphan " + p.name(h), "exits", "reaped by " + cr}
+				into := p.Procs[h].NS
+				want := []string{fmt.Sprintf("cloned by %s into %d", cr, into), "clones the orphan " + p.name(h), "exits", "reaped by " + cr}
 				if !slices.Equal(did, want) {
 					t.Errorf("leaver's part:\n%s\nwant\n%s\nplan:\n%s", strings.Join(did, "\n"), strings.Join(want, "\n"), p)
 				}
@@ -160,8 +178,8 @@ func TestModelChecksHelpers(t *testing.T) {
 		name, want string
 		spoil      func(p *Plan)
 	}{
-		{"on an image pid", "takes pid 3 at level 1", func(p *Plan) {
-			p.Procs[leaver(p)].PIDs = []int{0, 3}
+		{"on an image pid", "takes pid 3 at level 2", func(p *Plan) {
+			p.Procs[leaver(p)].PIDs = []int{0, 4, 3}
 		}},
 		{"cursor not parked", "from a cursor nobody set", func(p *Plan) {
 			h := leaver(p)
@@ -180,7 +198,7 @@ func TestModelChecksHelpers(t *testing.T) {
 		}},
 	}
 	for _, c := range cases {
-		p := mustPlan(t, splitGroupTree(), opt)
+		p := mustPlan(t, splitGroupDeepTree(), opt)
 		c.spoil(p)
 		if err := replayErr(p); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: replay says %v, want %q", c.name, err, c.want)
@@ -188,8 +206,9 @@ func TestModelChecksHelpers(t *testing.T) {
 	}
 }
 
-func TestRestoreOrphanSession(t *testing.T) { scenario(t, orphanSessionTree) }
-func TestRestoreSplitGroup(t *testing.T)    { scenario(t, splitGroupTree) }
+func TestRestoreOrphanSession(t *testing.T)  { scenario(t, orphanSessionTree) }
+func TestRestoreSplitGroup(t *testing.T)     { scenario(t, splitGroupTree) }
+func TestRestoreSplitGroupDeep(t *testing.T) { scenario(t, splitGroupDeepTree) }
 
 // TestPlanLeaverRegressions: random histories (gen_test.go) that were
 // refused before leaver helpers, each for another reason: an orphan of a
@@ -205,16 +224,19 @@ func TestPlanLeaverRegressions(t *testing.T) {
 }
 
 // leftGroupTree: L formed group g, cloned M in it and went back to R's
-// group; an orphan O of I's namespace is in g, which nobody there can name.
-// g's leader does not end in g, so the leaver's creator is M, which does.
+// group; an orphan O of I, the init of pid ns 3 (below A's ns 2), is in g,
+// which nobody below level 0 can name, and I's parent A cannot move I
+// there either. g's leader does not end in g, so the leaver's creator is
+// M, which does.
 func leftGroupTree() *pstree.Tree {
-	b := newTB().ns(2, 1, 1)
+	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
 	const base = 23600
-	b.task(1, []int{base}, 0, []int{base}, []int{base})                       // R
-	b.task(1, []int{base + 1}, base, []int{base}, []int{base})                // L, back in R's group
-	b.task(1, []int{base + 2}, base+1, []int{base}, []int{base + 1})          // M, in L's group
-	b.task(2, []int{base + 3, 1}, base, []int{base, 0}, []int{base, 0})       // I
-	b.task(2, []int{base + 5, 3}, base+3, []int{base, 0}, []int{base + 1, 0}) // O
+	b.task(1, []int{base}, 0, []int{base}, []int{base})                                // R
+	b.task(1, []int{base + 1}, base, []int{base}, []int{base})                         // L, back in R's group
+	b.task(1, []int{base + 2}, base+1, []int{base}, []int{base + 1})                   // M, in L's group
+	b.task(2, []int{base + 3, 1}, base, []int{base, 0}, []int{base, 0})                // A
+	b.task(3, []int{base + 4, 2, 1}, base+3, []int{base, 0, 0}, []int{base, 0, 0})     // I
+	b.task(3, []int{base + 6, 4, 3}, base+4, []int{base, 0, 0}, []int{base + 1, 0, 0}) // O
 	return sleepers(&b.tr)
 }
 
@@ -234,3 +256,51 @@ func TestPlanLeaverByAMemberOfTheGroup(t *testing.T) {
 }
 
 func TestRestoreLeaverByAMemberOfTheGroup(t *testing.T) { scenario(t, leftGroupTree) }
+
+// lateInitTree: P, born in R's session, forks Q there; Q clones I, the init
+// of pid ns 2; P then enters ns 2, forks T (in R's session) and calls
+// setsid. P cannot clone T before I exists, and once I exists P has left
+// R's session: a stand-in born of P in R's session clones T for it, with
+// CLONE_PARENT (random history seed 688 of TestPlanRandomTrees).
+func lateInitTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1)
+	const base = 23650
+	b.task(1, []int{base}, 0, []int{base}, []int{base})                   // R
+	b.task(1, []int{base + 1}, base, []int{base + 1}, []int{base + 1})    // P
+	b.task(1, []int{base + 2}, base+1, []int{base}, []int{base})          // Q
+	b.task(2, []int{base + 3, 1}, base+2, []int{base, 0}, []int{base, 0}) // I
+	b.task(2, []int{base + 4, 2}, base+1, []int{base, 0}, []int{base, 0}) // T
+	return sleepers(&b.tr)
+}
+
+func TestPlanStandIn(t *testing.T) {
+	for _, opt := range allOptions() {
+		p := mustPlan(t, lateInitTree(), opt)
+		var got []string
+		for _, s := range p.Steps {
+			if s.Op == OpClone && (p.Procs[s.Target].Why == whyStandIn || s.Target == 4) {
+				got = append(got, p.name(s.Actor)+": "+p.describe(&s))
+			}
+		}
+		h := len(p.Procs) - 1
+		for i := range p.Procs {
+			if p.Procs[i].Why == whyStandIn {
+				h = i
+			}
+		}
+		want := []string{
+			"task 23651: clone " + p.name(h) + "  # " + whyStandIn,
+			p.name(h) + ": clone task 23654/2 CLONE_PARENT setns(pidns 2) set_tid",
+		}
+		if opt.Placement == PlaceLastPID {
+			for i := range want {
+				want[i] = strings.Replace(want[i], " set_tid", "", 1)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%+v: clones\n%s\nwant\n%s\nplan:\n%s", opt, strings.Join(got, "\n"), strings.Join(want, "\n"), p)
+		}
+	}
+}
+
+func TestRestoreStandIn(t *testing.T) { scenario(t, lateInitTree) }

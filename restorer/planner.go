@@ -82,6 +82,7 @@ type planner struct {
 	joins    []join        // group moves still to plan (waiting for their group)
 	moving   map[int]bool  // procs waiting for their outer parent to move them
 	deferred []int         // setns-born procs waiting for their namespace's init
+	standIns map[int]int   // task -> the stand-in helper that clones it
 }
 
 func (pl *planner) tr() *pstree.Tree { return pl.plan.Tree }
@@ -805,9 +806,15 @@ func (pl *planner) expand(p int) error {
 		st := pl.cloneStep(c)
 		if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
 			// born via setns into a namespace whose init a later part of
-			// the plan creates: clone it then (p is in its final state).
-			pl.deferred = append(pl.deferred, c)
-			return nil
+			// the plan creates: clone it then, when p is in its final
+			// state - or, if p leaves the session or group c is to be
+			// born in before then, by a stand-in born in them now.
+			if pl.tsid[c] == c || !pl.leavesItsState(p) {
+				pl.deferred = append(pl.deferred, c)
+				return nil
+			}
+			c = pl.standIn(p, c)
+			st = pl.cloneStep(c)
 		}
 		if err := pl.placeClone(st); err != nil {
 			return err

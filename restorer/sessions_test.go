@@ -37,6 +37,7 @@ var leaverShapes = []struct {
 }{
 	{"orphan-session", orphanSessionShape},
 	{"split-group", splitGroupShape},
+	{"late-init", lateInitShape},
 }
 
 // TestE2ELeaverHelpers builds each shape for real with raw syscalls, dumps
@@ -74,7 +75,11 @@ func leaverTree(t *testing.T, bin, name string, shape func(map[int]*rtTask, int)
 	}
 	root := cmd.Process.Pid
 	t.Cleanup(func() { rtKill(t, root, nil) })
-	before, err := rtSettle(root, 4, 20*time.Second)
+	n := map[string]int{"late-init": 5}[name]
+	if n == 0 {
+		n = 4
+	}
+	before, err := rtSettle(root, n, 20*time.Second)
 	if err != nil {
 		t.Fatalf("the tree did not form: %v", err)
 	}
@@ -224,4 +229,24 @@ func nextInnerPID(t *testing.T, init int) int {
 		t.Fatalf("nsenter into the pid namespace of %d: %v %v\n%s", init, err, perr, out)
 	}
 	return n
+}
+
+// lateInitShape: a task T of a child pid namespace whose parent P lives at
+// level 0 and leads another session than T's, the root's.
+func lateInitShape(v map[int]*rtTask, root int) string {
+	for _, tk := range v {
+		p := ids(tk.NSpid)
+		par := v[tk.PPid]
+		if len(p) != 2 || p[1] == 1 || par == nil || len(ids(par.NSpid)) != 1 {
+			continue
+		}
+		switch {
+		case ids(tk.NSsid)[0] != root:
+			return "T is not in the root's session"
+		case ids(par.NSsid)[0] != tk.PPid:
+			return "T's parent does not lead its own session"
+		}
+		return ""
+	}
+	return "no task of a child namespace has a parent at level 0"
 }

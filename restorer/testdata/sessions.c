@@ -1,5 +1,5 @@
-// sessions: two session/group shapes across a pid namespace boundary that
-// only a dead task can leave behind, built with raw syscalls. The caller
+// sessions: session/group shapes across a pid namespace boundary that the
+// restore needs temporary helper tasks for, built with raw syscalls. The caller
 // starts it as a session leader (R); every task then sleeps until killed.
 //
 //   sessions orphan-session
@@ -18,6 +18,13 @@
 //     child of I, while I is in the group of dead G, which no task of I's
 //     namespace can name.
 //     Tasks: R, M, I, O.
+//
+//   late-init
+//     R forks P; P forks Q, which clones I with CLONE_NEWPID. P enters
+//     I's namespace, forks T there (in R's session and group) and only then
+//     calls setsid. T's parent leads another session than T's, and T's
+//     namespace was made by the parent's descendant.
+//     Tasks: R, P, Q, I, T.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <sched.h>
@@ -149,11 +156,49 @@ static void split_group(void) {
 	sleep_forever();
 }
 
+static void late_init(void) {
+	pid_t p = fork();
+	if (p < 0)
+		die("fork");
+	if (p == 0) {
+		int up[2];
+		if (pipe(up) < 0)
+			die("pipe");
+		pid_t q = fork();
+		if (q < 0)
+			die("fork");
+		if (q == 0) {
+			close(up[0]);
+			char buf[16];
+			int n = snprintf(buf, sizeof buf, "%d", newpid());
+			if (write(up[1], buf, n + 1) != n + 1)
+				die("write");
+			sleep_forever();
+		}
+		close(up[1]);
+		char buf[16] = {0};
+		if (read(up[0], buf, sizeof buf - 1) <= 0)
+			die("read");
+		enter(atoi(buf));
+		pid_t t = fork();
+		if (t < 0)
+			die("fork");
+		if (t == 0)
+			sleep_forever();
+		if (setsid() < 0)
+			die("setsid");
+		sleep_forever();
+	}
+	sleep_forever();
+}
+
 int main(int argc, char **argv) {
 	if (argc == 2 && strcmp(argv[1], "orphan-session") == 0)
 		orphan_session();
 	if (argc == 2 && strcmp(argv[1], "split-group") == 0)
 		split_group();
-	fprintf(stderr, "usage: sessions orphan-session|split-group\n");
+	if (argc == 2 && strcmp(argv[1], "late-init") == 0)
+		late_init();
+	fprintf(stderr, "usage: sessions orphan-session|split-group|late-init\n");
 	return 2;
 }
