@@ -94,13 +94,13 @@ func (pl *planner) leaverGroup(c int) int {
 	return pl.tpgid[c]
 }
 
-// reachesFinalGroup says whether q can get into its final group by itself
-// from any group of its session: it forms that group (or leads a
-// session), or the group's leader is in q's own namespace so q can name it
-// in setpgid (F4.1).
+// reachesFinalGroup says whether q can get into its final group from any
+// group of its session: it forms that group (or leads a session), the
+// group's leader is in q's own namespace so q can name it in setpgid, or
+// q's outer parent can move it there (F4.1).
 func (pl *planner) reachesFinalGroup(q int) bool {
 	g := pl.tpgid[q]
-	return g == q || pl.tsid[q] == q || (g >= 0 && pl.numAt(g, q) != 0)
+	return g == q || pl.tsid[q] == q || (g >= 0 && pl.numAt(g, q) != 0) || pl.parentMovesLater(q, g)
 }
 
 // groupCreator is a proc that can clone a leaver for c into pid namespace

@@ -304,3 +304,36 @@ func TestPlanStandIn(t *testing.T) {
 }
 
 func TestRestoreStandIn(t *testing.T) { scenario(t, lateInitTree) }
+
+// laterMoveTree: M, born through setns into pid ns 2, forks K there while
+// both are in R's group; then M's parent P forms its group and moves M
+// into it (setpgid(M, P) by P: M cannot name P's group from ns 2, F4.1).
+// M cannot be born in P's group, and nobody can put K in R's group but M.
+func laterMoveTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1)
+	const base = 23700
+	b.task(1, []int{base}, 0, []int{base}, []int{base})                       // R
+	b.task(1, []int{base + 1}, base, []int{base}, []int{base + 1})            // P
+	b.task(2, []int{base + 4, 1}, base, []int{base, 0}, []int{base, 0})       // J, the init
+	b.task(2, []int{base + 2, 2}, base+1, []int{base, 0}, []int{base + 1, 0}) // M
+	b.task(2, []int{base + 3, 3}, base+2, []int{base, 0}, []int{base, 0})     // K
+	return sleepers(&b.tr)
+}
+
+func TestPlanOuterParentMovesLater(t *testing.T) {
+	for _, opt := range allOptions() {
+		p := mustPlan(t, laterMoveTree(), opt)
+		var moves []string
+		for _, s := range p.Steps {
+			if s.Op == OpSetpgid && s.Arg != 0 {
+				moves = append(moves, p.name(s.Actor)+": "+p.describe(&s))
+			}
+		}
+		// (P may first move M into R's group, if it formed its own before.)
+		if want := "task 23701: setpgid(23702, 23701)"; len(moves) == 0 || moves[len(moves)-1] != want {
+			t.Errorf("%+v: moves %v, want the last to be %s\n%s", opt, moves, want, p)
+		}
+	}
+}
+
+func TestRestoreOuterParentMovesLater(t *testing.T) { scenario(t, laterMoveTree) }

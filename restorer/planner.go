@@ -833,7 +833,15 @@ func (pl *planner) expand(p int) error {
 			}
 		}
 		if pl.m.procs[c].pgid != g && pl.outerMove(c, p, g) {
-			return pl.setpgidTo(p, c, g)
+			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+			if pl.setpgidTo(p, c, g) != nil {
+				// g does not exist yet (a later part of the plan forms
+				// it): c does nothing until p has moved it there.
+				pl.m.rollback(mark)
+				pl.plan.Steps = pl.plan.Steps[:steps]
+				pl.joins = append(pl.joins, join{p, c, g})
+				pl.moving[c] = true
+			}
 		}
 		return nil
 	}
@@ -885,7 +893,7 @@ func (pl *planner) expand(p int) error {
 	if g := pl.tpgid[p]; !leadsSession && g != ext && mp().pgid != g {
 		// Joining may have to wait for the group to exist: a work item
 		// of its own.
-		pl.joins = append(pl.joins, join{p, 0, g})
+		pl.joins = append(pl.joins, pl.joinOf(p, g))
 	}
 	for _, c := range later {
 		if err := clone(c); err != nil {
@@ -918,6 +926,25 @@ func (pl *planner) expand(p int) error {
 	})
 	pl.ready = append(created, pl.ready...)
 	return nil
+}
+
+// joinOf is the setpgid that puts p into group g once g exists: p's own,
+// or, when p cannot name g from its namespace, its outer parent's, which
+// can move a child that has not exec'd yet (F4.1) - also after the child
+// cloned the kids that had to be born in its earlier group.
+func (pl *planner) joinOf(p, g int) join {
+	if pl.parentMovesLater(p, g) {
+		return join{pl.creator[p], p, g}
+	}
+	return join{p, 0, g}
+}
+
+// parentMovesLater says whether p, which cannot name group g, has a parent
+// (its creator, not through CLONE_PARENT) that can name both p and g and
+// so move p there (F4.1).
+func (pl *planner) parentMovesLater(p, g int) bool {
+	cr := pl.creator[p]
+	return g >= 0 && pl.numAt(g, p) == 0 && cr >= 0 && !pl.sibling[p] && pl.numAt(g, cr) != 0 && pl.numAt(p, cr) != 0
 }
 
 // expandAll expands procs depth first. A proc whose part cannot be played
