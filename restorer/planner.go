@@ -803,47 +803,11 @@ func (pl *planner) expand(p int) error {
 	}
 	var created []int
 	clone := func(c int) error {
-		st := pl.cloneStep(c)
-		if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
-			// born via setns into a namespace whose init a later part of
-			// the plan creates: clone it then, when p is in its final
-			// state - or, if p leaves the session or group c is to be
-			// born in before then, by a stand-in born in them now.
-			if pl.tsid[c] == c || !pl.leavesItsState(p) {
-				pl.deferred = append(pl.deferred, c)
-				return nil
-			}
-			c = pl.standIn(p, c)
-			st = pl.cloneStep(c)
+		k, err := pl.cloneKid(p, c)
+		if k >= 0 {
+			created = append(created, k)
 		}
-		if err := pl.placeClone(st); err != nil {
-			return err
-		}
-		created = append(created, c)
-		if pl.earlyGroup(c) {
-			return pl.setpgidTo(c, 0, c)
-		}
-		// An outer parent moves its inner child into a group the child
-		// cannot name (F4.1), before the child does anything.
-		g := pl.bg[c]
-		if g == unset {
-			g = pl.tpgid[c]
-			if g == c || g == ext || pl.tsid[c] == c || pl.numAt(g, c) != 0 {
-				return nil
-			}
-		}
-		if pl.m.procs[c].pgid != g && pl.outerMove(c, p, g) {
-			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
-			if pl.setpgidTo(p, c, g) != nil {
-				// g does not exist yet (a later part of the plan forms
-				// it): c does nothing until p has moved it there.
-				pl.m.rollback(mark)
-				pl.plan.Steps = pl.plan.Steps[:steps]
-				pl.joins = append(pl.joins, join{p, c, g})
-				pl.moving[c] = true
-			}
-		}
-		return nil
+		return err
 	}
 	var leaders, phaseA, phaseB []int
 	for _, c := range pl.kids[p] {
@@ -945,6 +909,52 @@ func (pl *planner) joinOf(p, g int) join {
 func (pl *planner) parentMovesLater(p, g int) bool {
 	cr := pl.creator[p]
 	return g >= 0 && pl.numAt(g, p) == 0 && cr >= 0 && !pl.sibling[p] && pl.numAt(g, cr) != 0 && pl.numAt(p, cr) != 0
+}
+
+// cloneKid plays p's clone of its kid c and returns the proc it created:
+// c, or a stand-in that clones c later, or -1 when c waits for its
+// namespace's init (deferred).
+func (pl *planner) cloneKid(p, c int) (int, error) {
+	st := pl.cloneStep(c)
+	if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
+		// born via setns into a namespace whose init a later part of
+		// the plan creates: clone it then, when p is in its final
+		// state - or, if p leaves the session or group c is to be
+		// born in before then, by a stand-in born in them now.
+		if pl.tsid[c] == c || !pl.leavesItsState(p) {
+			pl.deferred = append(pl.deferred, c)
+			return -1, nil
+		}
+		c = pl.standIn(p, c)
+		st = pl.cloneStep(c)
+	}
+	if err := pl.placeClone(st); err != nil {
+		return -1, err
+	}
+	if pl.earlyGroup(c) {
+		return c, pl.setpgidTo(c, 0, c)
+	}
+	// An outer parent moves its inner child into a group the child
+	// cannot name (F4.1), before the child does anything.
+	g := pl.bg[c]
+	if g == unset {
+		g = pl.tpgid[c]
+		if g == c || g == ext || pl.tsid[c] == c || pl.numAt(g, c) != 0 {
+			return c, nil
+		}
+	}
+	if pl.m.procs[c].pgid != g && pl.outerMove(c, p, g) {
+		mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+		if pl.setpgidTo(p, c, g) != nil {
+			// g does not exist yet (a later part of the plan forms
+			// it): c does nothing until p has moved it there.
+			pl.m.rollback(mark)
+			pl.plan.Steps = pl.plan.Steps[:steps]
+			pl.joins = append(pl.joins, join{p, c, g})
+			pl.moving[c] = true
+		}
+	}
+	return c, nil
 }
 
 // expandAll expands procs depth first. A proc whose part cannot be played
