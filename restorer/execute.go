@@ -985,7 +985,10 @@ func (t *tx) restorerStep(i int) error {
 	case OpClone:
 		return t.cloneRoot(i)
 	case OpVerify:
-		return t.verify()
+		if err := t.verify(); err != nil {
+			return err
+		}
+		return t.resolveWaits()
 	case OpNetConfig:
 		return t.netConfig(s)
 	case OpLastPID:
@@ -1089,6 +1092,31 @@ func (t *tx) verify() error {
 		if got := statusField(string(st), "NSpid"); got != joinInts(s.PIDs) {
 			return fmt.Errorf("verify thread %v of %s: placed at %s", s.PIDs, t.p.name(s.Actor), got)
 		}
+	}
+	return nil
+}
+
+// resolveWaits fills in, for each helper whose pid the kernel chose in its
+// reaper's namespace (a 0 in the plan, see Proc.PIDs), the number the
+// reaper's wait4 names, read from the helper's pidfd. Every wait comes
+// after the verification, and a builder reads its step only once it has
+// the token, which this restorer step passes on.
+func (t *tx) resolveWaits() error {
+	for i := t.p.Verify + 1; i < len(t.p.Steps); i++ {
+		s := &t.p.Steps[i]
+		r := stepAt(t.b.base, t.b.stepsOff, int64(i))
+		if s.Op != OpWait || s.Actor < 0 || r.waitPid != 0 {
+			continue
+		}
+		got, err := sys.FdinfoNSpid(int(t.proc(s.Target).pidfd))
+		l := len(t.p.Procs[s.Actor].PIDs) - 1
+		if err == nil && l >= len(got) {
+			err = fmt.Errorf("placed at %v, no pid at level %d", got, l)
+		}
+		if err != nil {
+			return fmt.Errorf("pid of %s for %s to reap: %w", t.p.name(s.Target), t.p.name(s.Actor), err)
+		}
+		r.waitPid = int64(got[l])
 	}
 	return nil
 }

@@ -32,6 +32,9 @@ type model struct {
 	// undo, when journaling, holds what reverts each change since mark.
 	undo    []func()
 	journal bool
+	// image maps every pid and thread id of an image task, per namespace,
+	// to its task index: numbers no helper may take.
+	image map[nsNum]int
 }
 
 // saveProc, saveNS and saveUsed record the old value before a change.
@@ -121,6 +124,22 @@ func newModel(tr *pstree.Tree, nprocs int) *model {
 		}
 	}
 	m.procs = make([]mproc, nprocs)
+	m.image = map[nsNum]int{}
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		c := m.chain(t.NS[pstree.PidNS])
+		ids := [][]int{t.PIDs}
+		for _, th := range t.Threads {
+			ids = append(ids, th.TIDs)
+		}
+		for _, nums := range ids {
+			for l, n := range nums {
+				if l < len(c) {
+					m.image[nsNum{c[l], n}] = i
+				}
+			}
+		}
+	}
 	return m
 }
 
@@ -371,6 +390,11 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	if len(pr.PIDs) != len(c) {
 		return fmt.Errorf("%d pids for %d levels: EINVAL", len(pr.PIDs), len(c))
 	}
+	if pr.IsHelper() {
+		if err := m.helperPIDs(pl, s, c); err != nil {
+			return err
+		}
+	}
 	if err := m.allocate(c, pr.PIDs, s.NewPIDNS, setFrom(s, len(c))); err != nil {
 		return err
 	}
@@ -422,6 +446,44 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		if want := m.tr.Namespace(ns).Owner; want != 0 && !m.tr.Namespace(want).Ambient && want != nsk[pstree.UserNS] {
 			return fmt.Errorf("pid ns %d would be owned by user ns %d (its creator's), the image says %d", ns, nsk[pstree.UserNS], want)
 		}
+	}
+	return nil
+}
+
+// helperPIDs checks the pids of helper s.Target in namespace chain c: a
+// helper takes no pid or thread id of an image task at any level, and a
+// pid the kernel chooses (0) comes from a cursor that is known and at or
+// above every pid still to be created at that level (F1.3: the kernel takes
+// the first free number above it), so it cannot take one either. The
+// level-0 writer, the restorer's own first clone, is the exception: it
+// exists before any image pid, and the precheck finds an image pid taken.
+// Afterwards such a level's cursor is unknown again (the host's is shared
+// with every process of the machine).
+func (m *model) helperPIDs(pl *Plan, s *Step, c []pstree.NSID) error {
+	pids := pl.Procs[s.Target].PIDs
+	for l, p := range pids {
+		if p != 0 {
+			if t, ok := m.image[nsNum{c[l], p}]; ok {
+				return fmt.Errorf("helper %s takes pid %d at level %d, task %d's", pl.name(s.Target), p, l, pl.Tree.Tasks[t].PID())
+			}
+			continue
+		}
+		if s.Actor == Restorer {
+			continue
+		}
+		n := m.nss[c[l]]
+		if n.last < 0 {
+			return fmt.Errorf("helper %s: the kernel chooses its pid at level %d from a cursor nobody set", pl.name(s.Target), l)
+		}
+		for k := range m.image {
+			if k.ns == c[l] && k.num > n.last {
+				if _, done := m.used[k]; !done {
+					return fmt.Errorf("helper %s: the kernel chooses its pid at level %d above %d, where pid %d is still to be created", pl.name(s.Target), l, n.last, k.num)
+				}
+			}
+		}
+		m.saveNS(c[l])
+		n.last = -1
 	}
 	return nil
 }
@@ -683,6 +745,13 @@ func (m *model) compare(pl *Plan, procOf []int) error {
 					return fmt.Errorf("%s: thread %v, want %v", name, p.threads[i], t.Threads[i].TIDs)
 				}
 			}
+		}
+	}
+	// Helpers exist only during the restore: each one has exited and its
+	// parent reaped it (its children went where the image has them).
+	for i := range pl.Procs {
+		if pl.Procs[i].IsHelper() && m.procs[i].state != mReaped {
+			return fmt.Errorf("%s (%s) is still there at the end", pl.name(i), pl.Procs[i].Why)
 		}
 	}
 	for id, n := range m.nss {

@@ -205,6 +205,10 @@ func (p *Plan) name(i int) string {
 	pr := &p.Procs[i]
 	s := fmt.Sprint(pr.PIDs)
 	s = strings.ReplaceAll(s[1:len(s)-1], " ", "/")
+	if pr.IsHelper() && pr.PIDs[0] == 0 && i != p.HostWriter {
+		// its level-0 pid is the kernel's: tell it from the writer
+		return fmt.Sprintf("helper[%d] %s", i, s)
+	}
 	if pr.IsHelper() {
 		return "helper " + s
 	}

@@ -82,6 +82,7 @@ type planner struct {
 	joins    []join        // group moves still to plan (waiting for their group)
 	moving   map[int]bool  // procs waiting for their outer parent to move them
 	deferred []int         // setns-born procs waiting for their namespace's init
+	standIns map[int]int   // task -> the stand-in helper that clones it
 }
 
 func (pl *planner) tr() *pstree.Tree { return pl.plan.Tree }
@@ -278,8 +279,8 @@ func (pl *planner) need(q, s int) bool {
 		if !pl.need(pl.creator[q], s) {
 			// q is an orphan too: born in s's session, then reparented.
 			p := pl.creator[q]
-			if s < 0 || p < 0 || pl.sibling[q] {
-				return false
+			if s < 0 || p < 0 || pl.sibling[q] || pl.below(s, q) {
+				return false // (s cannot clone q if q creates s)
 			}
 			sib, ok := pl.orphanRule(q, s, p)
 			if !ok {
@@ -313,9 +314,15 @@ func (pl *planner) assign(c, p int, placed map[int]bool) error {
 		sib, ok := pl.orphanRule(c, s, p)
 		cr = s
 		if !ok {
-			z := pl.orphanMaker(c, s, p)
+			z := pl.leaver(c, s, p)
+			if z < 0 && !pl.initAbove(p, c) {
+				// The kernel gives an orphan only to an init or to a
+				// child subreaper (F5.2), and images do not record the
+				// subreaper flag yet.
+				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling of it, and its parent %s is no init: adopted by a child subreaper, which is not restored yet: %w", pl.plan.name(c), pl.plan.name(s), pl.plan.name(p), ErrUnsupported)
+			}
 			if z < 0 {
-				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling or a dying task of its init, and no dying member of it can leave it to its init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling of it, and no member of it in its init's namespace or above can leave it to that init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
 			}
 			cr = z
 		}
@@ -361,6 +368,9 @@ func (pl *planner) birthGroups() error {
 	for k := 1; k < len(pl.plan.Procs); k++ {
 		p := pl.creator[k]
 		if pl.mustInherit(k, p) && !pl.needGroup(p, pl.tpgid[k]) {
+			if pl.leaveToParent(k) {
+				continue
+			}
 			return fmt.Errorf("%s: group %s cannot be inherited from %s: %w", pl.plan.name(k), pl.plan.name(pl.tpgid[k]), pl.plan.name(p), ErrUnsupported)
 		}
 	}
@@ -374,9 +384,15 @@ func (pl *planner) needGroup(q, g int) bool {
 	case q == Restorer:
 		return g == ext
 	case pl.numAt(g, q) != 0:
-		return true
+		// q can visit g, unless g is in the session q leads: a session
+		// leader never changes its group (setpgid: EPERM), and before its
+		// setsid that session does not exist.
+		return pl.tsid[q] != q || g == q || pl.tsid[g] != q
 	case pl.bg[q] != unset:
 		return pl.bg[q] == g
+	}
+	if g != pl.tpgid[q] && !pl.reachesFinalGroup(q) {
+		return false // q could not leave g for its own group afterwards
 	}
 	cr := pl.creator[q]
 	if pl.outerMove(q, cr, g) || pl.needGroup(cr, g) {
@@ -583,6 +599,14 @@ func (pl *planner) placeClone(s Step) error {
 // innermost first, so the host's cursor - the one unrelated processes race
 // for - is written last, right before the clone.
 func (pl *planner) placed(s Step) error {
+	if s.Op == OpClone && s.Actor != Restorer && pl.plan.Procs[s.Target].PIDs[0] == 0 {
+		// A helper whose level-0 pid the kernel chooses from the host
+		// cursor: point the cursor above every level-0 pid of the image
+		// first, so the helper cannot take one still to be created.
+		if err := pl.emit(Step{Op: OpLastPID, Actor: pl.w0, Target: -1, Arg: pl.park}); err != nil {
+			return err
+		}
+	}
 	if s.Op == OpClone && s.NewPIDNS && s.Actor != Restorer {
 		u, err := pl.ownerFirst(&s)
 		if err != nil {
@@ -785,33 +809,11 @@ func (pl *planner) expand(p int) error {
 	}
 	var created []int
 	clone := func(c int) error {
-		st := pl.cloneStep(c)
-		if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
-			// born via setns into a namespace whose init a later part of
-			// the plan creates: clone it then (p is in its final state).
-			pl.deferred = append(pl.deferred, c)
-			return nil
+		k, err := pl.cloneKid(p, c)
+		if k >= 0 {
+			created = append(created, k)
 		}
-		if err := pl.placeClone(st); err != nil {
-			return err
-		}
-		created = append(created, c)
-		if pl.earlyGroup(c) {
-			return pl.setpgidTo(c, 0, c)
-		}
-		// An outer parent moves its inner child into a group the child
-		// cannot name (F4.1), before the child does anything.
-		g := pl.bg[c]
-		if g == unset {
-			g = pl.tpgid[c]
-			if g == c || g == ext || pl.tsid[c] == c || pl.numAt(g, c) != 0 {
-				return nil
-			}
-		}
-		if pl.m.procs[c].pgid != g && pl.outerMove(c, p, g) {
-			return pl.setpgidTo(p, c, g)
-		}
-		return nil
+		return err
 	}
 	var leaders, phaseA, phaseB []int
 	for _, c := range pl.kids[p] {
@@ -861,7 +863,7 @@ func (pl *planner) expand(p int) error {
 	if g := pl.tpgid[p]; !leadsSession && g != ext && mp().pgid != g {
 		// Joining may have to wait for the group to exist: a work item
 		// of its own.
-		pl.joins = append(pl.joins, join{p, 0, g})
+		pl.joins = append(pl.joins, pl.joinOf(p, g))
 	}
 	for _, c := range later {
 		if err := clone(c); err != nil {
@@ -894,6 +896,71 @@ func (pl *planner) expand(p int) error {
 	})
 	pl.ready = append(created, pl.ready...)
 	return nil
+}
+
+// joinOf is the setpgid that puts p into group g once g exists: p's own,
+// or, when p cannot name g from its namespace, its outer parent's, which
+// can move a child that has not exec'd yet (F4.1) - also after the child
+// cloned the kids that had to be born in its earlier group.
+func (pl *planner) joinOf(p, g int) join {
+	if pl.parentMovesLater(p, g) {
+		return join{pl.creator[p], p, g}
+	}
+	return join{p, 0, g}
+}
+
+// parentMovesLater says whether p, which cannot name group g, has a parent
+// (its creator, not through CLONE_PARENT) that can name both p and g and
+// so move p there (F4.1).
+func (pl *planner) parentMovesLater(p, g int) bool {
+	cr := pl.creator[p]
+	return g >= 0 && pl.numAt(g, p) == 0 && cr >= 0 && !pl.sibling[p] && pl.numAt(g, cr) != 0 && pl.numAt(p, cr) != 0
+}
+
+// cloneKid plays p's clone of its kid c and returns the proc it created:
+// c, or a stand-in that clones c later, or -1 when c waits for its
+// namespace's init (deferred).
+func (pl *planner) cloneKid(p, c int) (int, error) {
+	st := pl.cloneStep(c)
+	if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
+		// born via setns into a namespace whose init a later part of
+		// the plan creates: clone it then, when p is in its final
+		// state - or, if p leaves the session or group c is to be
+		// born in before then, by a stand-in born in them now.
+		if pl.tsid[c] == c || !pl.leavesItsState(p) {
+			pl.deferred = append(pl.deferred, c)
+			return -1, nil
+		}
+		c = pl.standIn(p, c)
+		st = pl.cloneStep(c)
+	}
+	if err := pl.placeClone(st); err != nil {
+		return -1, err
+	}
+	if pl.earlyGroup(c) {
+		return c, pl.setpgidTo(c, 0, c)
+	}
+	// An outer parent moves its inner child into a group the child
+	// cannot name (F4.1), before the child does anything.
+	g := pl.bg[c]
+	if g == unset {
+		g = pl.tpgid[c]
+		if g == c || g == ext || pl.tsid[c] == c || pl.numAt(g, c) != 0 {
+			return c, nil
+		}
+	}
+	if pl.m.procs[c].pgid != g && pl.outerMove(c, p, g) {
+		mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+		if pl.setpgidTo(p, c, g) != nil {
+			// g does not exist yet (a later part of the plan forms
+			// it): c does nothing until p has moved it there.
+			pl.m.rollback(mark)
+			pl.plan.Steps = pl.plan.Steps[:steps]
+			pl.joins = append(pl.joins, join{p, c, g})
+			pl.moving[c] = true
+		}
+	}
+	return c, nil
 }
 
 // expandAll expands procs depth first. A proc whose part cannot be played
