@@ -130,6 +130,12 @@ type stepRec struct {
 	nsFD     [len(nsOrder)]int32
 	nsErr    int64
 	nsOpened uint32
+	// OpThread: the thread's mailbox (builder_linux.go, serveThread). Its
+	// task's builder puts a request in req (a step index, or reqCreds)
+	// and bumps reqSeq; the thread does it, leaves the errno in reqErr
+	// and bumps doneSeq. Both words are futexes.
+	reqSeq, doneSeq uint32
+	req, reqErr     int64
 }
 
 const (

@@ -335,11 +335,12 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 			}
 		}
 	}
-	// The exec payload's credentials; a zombie dies with its image's, in
-	// either payload.
+	// Every task's image credentials: taken before the exec payload, by a
+	// zombie before it dies, by a stopped payload (and its threads) before
+	// it parks (builder_linux.go, stopCreds).
 	for i := range p.Procs {
 		t := p.Procs[i].Task
-		if t < 0 || (p.Options.Payload != PayloadExec && p.Tree.Tasks[t].State != pstree.Zombie) {
+		if t < 0 {
 			continue
 		}
 		var err error

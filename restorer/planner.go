@@ -1132,10 +1132,10 @@ func (pl *planner) finish() error {
 	}
 	for i := range tr.Tasks {
 		if tr.Tasks[i].State != pstree.Zombie {
-			if pl.plan.Options.Payload == PayloadExec {
-				if _, _, _, _, err := taskCreds(pl.plan, i); err != nil {
-					return err
-				}
+			// Both payloads take the image's ids (a stopped one before
+			// it parks): unmapped ids are refused here.
+			if _, _, _, _, err := taskCreds(pl.plan, i); err != nil {
+				return err
 			}
 			if err := pl.emit(Step{Op: OpPayload, Actor: i, Target: -1}); err != nil {
 				return err
