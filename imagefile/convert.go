@@ -69,6 +69,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 			ChildSubreaper:   t.ChildSubreaper,
 			Agent:            t.Agent,
 			WaitsForChildren: t.WaitsForChildren,
+			ParentTid:        int32(t.ParentTID),
 		}
 		for _, th := range t.Threads {
 			pt.Threads = append(pt.Threads, &imagepb.Thread{Tids: ints32(th.TIDs), State: imagepb.TaskState(th.State), Comm: bytesOf(th.Comm)})
@@ -132,6 +133,7 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 			ChildSubreaper:   pt.GetChildSubreaper(),
 			Agent:            pt.GetAgent(),
 			WaitsForChildren: pt.GetWaitsForChildren(),
+			ParentTID:        int(pt.GetParentTid()),
 		}
 		t.NS[pstree.PidNS] = pstree.NSID(n.GetPid())
 		t.NS[pstree.PidForChildrenNS] = pstree.NSID(n.GetPidForChildren())

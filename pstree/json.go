@@ -96,6 +96,9 @@ type jsonTask struct {
 	ChildSubreaper bool            `json:"child_subreaper"`
 	Agent          bool            `json:"agent"`
 	Waits          bool            `json:"waits_for_children,omitempty"`
+	// ParentTID: the parent's thread whose child it is, when that is not
+	// the parent's leader (ParentTID == PPID is left out).
+	ParentTID int `json:"parent_tid,omitempty"`
 }
 
 func (m IDMapEntry) MarshalJSON() ([]byte, error) {
@@ -168,6 +171,9 @@ func JSON(tr *Tree) ([]byte, error) {
 			},
 			Comm: t.Comm, Exe: t.Exe, Argv: nonNil(t.Argv), Env: nonNil(t.Env), Cwd: t.Cwd, Root: t.Root,
 			ChildSubreaper: t.ChildSubreaper, Agent: t.Agent, Waits: t.WaitsForChildren,
+		}
+		if t.ParentTID != t.PPID {
+			j.ParentTID = t.ParentTID
 		}
 		if t.State == Zombie {
 			st := t.ExitStatus

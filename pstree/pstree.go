@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 3 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children
+	FormatMinor = 4 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads
 )
 
 // NSKind is one kind of Linux namespace.
@@ -183,6 +183,12 @@ type Task struct {
 	PIDs []int
 	// PPID is the parent's pid at level 0; 0 for the root of the tree.
 	PPID int
+	// ParentTID is the level-0 tid of the parent's thread whose child the
+	// task is (/proc/PPID/task/TID/children: the thread that forked it,
+	// or the one that adopted it): PPID for the leader, a tid of one of
+	// the parent's Threads otherwise; 0 when not recorded (the root, an
+	// image of minor < 4, a kernel without the children files).
+	ParentTID int
 	// PGIDs and SIDs are NSpgid and NSsid, outermost first, one entry per
 	// level of the task. An entry is 0 at levels where the leader has no pid
 	// (the leader lives in an ancestor namespace); index 0 names the leader.

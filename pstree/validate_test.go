@@ -26,7 +26,7 @@ func validTree() *Tree {
 			{PIDs: []int{10}, PGIDs: []int{10}, SIDs: []int{10}, NS: set(1)},
 			{PIDs: []int{11, 1}, PPID: 10, PGIDs: []int{10, 0}, SIDs: []int{10, 0}, NS: set(2),
 				Threads: []Thread{{TIDs: []int{13, 3}}}},
-			{PIDs: []int{12, 2}, PPID: 11, PGIDs: []int{12, 2}, SIDs: []int{12, 2}, NS: set(2),
+			{PIDs: []int{12, 2}, PPID: 11, ParentTID: 13, PGIDs: []int{12, 2}, SIDs: []int{12, 2}, NS: set(2),
 				State: Zombie, ExitStatus: 9},
 		},
 	}
@@ -70,6 +70,9 @@ func TestValidateRejects(t *testing.T) {
 			tr.Tasks[0].PIDs = make([]int, MaxLevel+2)
 		},
 		"thread levels":    func(tr *Tree) { tr.Tasks[1].Threads[0].TIDs = []int{13} },
+		"root parent tid":  func(tr *Tree) { tr.Tasks[0].ParentTID = 10 },
+		"parent tid":       func(tr *Tree) { tr.Tasks[2].ParentTID = 12 }, // its own pid, not its parent's
+		"other's thread":   func(tr *Tree) { tr.Tasks[1].ParentTID = 13 },
 		"long comm":        func(tr *Tree) { tr.Tasks[0].Comm = "sixteen-bytes-xx" },
 		"NUL in comm":      func(tr *Tree) { tr.Tasks[2].Comm = "a\x00b" },
 		"thread comm":      func(tr *Tree) { tr.Tasks[1].Threads[0].Comm = strings.Repeat("t", 16) },

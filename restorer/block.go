@@ -136,6 +136,9 @@ type stepRec struct {
 	// and bumps doneSeq. Both words are futexes.
 	reqSeq, doneSeq uint32
 	req, reqErr     int64
+	// OpClone: the OpThread step of the actor's thread that clones (the
+	// image's parent thread, stopped payload), -1 for the actor itself.
+	byThread int64
 }
 
 const (

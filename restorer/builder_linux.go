@@ -131,7 +131,16 @@ func procMain(arg uintptr) {
 			passOrLeave(base, st, i, self)
 			execPayload(pr, z, e)
 		}
-		if e := doStep(base, pr, st, i); e != 0 {
+		var e uintptr
+		if st.byThread >= 0 {
+			// The image's parent thread forks the child: that thread does
+			// the whole step (setns included: pid_for_children is per
+			// thread), its task waits for it.
+			e = delegate(base, stepAt(base, bStepsOff, st.byThread), i)
+		} else {
+			e = doStep(base, pr, st, i)
+		}
+		if e != 0 {
 			fail(base, i, e)
 			park(base)
 		}

@@ -436,10 +436,11 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 		stack++
 		return s
 	}
+	byThread := threadCloners(p) // threads.go
 	for i := range p.Steps {
 		s := &p.Steps[i]
 		r := stepAt(b.base, b.stepsOff, int64(i))
-		r.op, r.actor, r.into, r.nextSame, r.prewake = int64(s.Op), int64(s.Actor), -1, -1, -1
+		r.op, r.actor, r.into, r.nextSame, r.prewake, r.byThread = int64(s.Op), int64(s.Actor), -1, -1, -1, -1
 		for j := range r.nsFD {
 			r.nsFD[j] = -1
 		}
@@ -466,6 +467,9 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 			}
 			tr := procAt(b.base, b.procsOff, int64(s.Target))
 			r.child = int64(s.Target)
+			if j, ok := byThread[i]; ok {
+				r.byThread = int64(j)
+			}
 			r.args = sys.CloneArgs{
 				Flags:      sys.CLONE_VM | sys.CLONE_FILES | sys.CLONE_PIDFD | sys.CLONE_CHILD_CLEARTID,
 				PidFD:      uint64(uintptr(unsafe.Pointer(&tr.pidfd))),

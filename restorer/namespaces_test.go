@@ -249,8 +249,8 @@ func userTree() *pstree.Tree {
 	in(3, 62, 101000, []int{22306, 5, 1}, 22305)
 	in(3, 62, 101007, []int{22307, 6, 2}, 22306)
 	// threads (stopped payload): in each user namespace below the host's
-	b.tr.Tasks[3].Threads = []pstree.Thread{{TIDs: []int{22308, 7}}}
-	b.tr.Tasks[len(b.tr.Tasks)-1].Threads = []pstree.Thread{{TIDs: []int{22309, 8, 3}}}
+	b.tr.Tasks[3].Threads = []pstree.Thread{{TIDs: []int{22390, 90}}}
+	b.tr.Tasks[len(b.tr.Tasks)-1].Threads = []pstree.Thread{{TIDs: []int{22391, 91, 30}}}
 	return &b.tr
 }
 

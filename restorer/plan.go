@@ -122,6 +122,10 @@ type Step struct {
 	NewPIDNS  bool
 	Into      pstree.NSID
 	AsSibling bool
+	// Thread (OpClone): the level-0 tid of the actor's thread that
+	// clones, so that the child is that thread's (stopped payload); 0 for
+	// the actor itself.
+	Thread    int
 	PIDs      []int
 	Arg, Arg2 int
 	// NS: OpUnshare and OpSetns, the namespace of each kind concerned.
@@ -250,6 +254,9 @@ func (p *Plan) describe(s *Step) string {
 		}
 		if s.Into != 0 {
 			fl = append(fl, fmt.Sprintf("setns(pidns %d)", s.Into))
+		}
+		if s.Thread != 0 {
+			fl = append(fl, fmt.Sprintf("by thread %d", s.Thread))
 		}
 		why := ""
 		if pr := &p.Procs[s.Target]; pr.IsHelper() {

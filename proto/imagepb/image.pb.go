@@ -1118,8 +1118,12 @@ type Task struct {
 	// waits_for_children: a live task blocked waiting for its children
 	// (wait4/waitid/sigsuspend/pause) with no zombie child (minor 3).
 	WaitsForChildren bool `protobuf:"varint,18,opt,name=waits_for_children,json=waitsForChildren,proto3" json:"waits_for_children,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// parent_tid: the level-0 tid of the parent's thread whose child this
+	// task is (/proc/PPID/task/TID/children): ppid for the leader, 0 when
+	// not recorded (the root; minor 4).
+	ParentTid     int32 `protobuf:"varint,19,opt,name=parent_tid,json=parentTid,proto3" json:"parent_tid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -1278,6 +1282,13 @@ func (x *Task) GetWaitsForChildren() bool {
 	return false
 }
 
+func (x *Task) GetParentTid() int32 {
+	if x != nil {
+		return x.ParentTid
+	}
+	return 0
+}
+
 var File_image_proto protoreflect.FileDescriptor
 
 const file_image_proto_rawDesc = "" +
@@ -1365,7 +1376,7 @@ const file_image_proto_rawDesc = "" +
 	"\x06Thread\x12\x12\n" +
 	"\x04tids\x18\x01 \x03(\x05R\x04tids\x120\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1a.nsinit.image.v1.TaskStateR\x05state\x12\x12\n" +
-	"\x04comm\x18\x03 \x01(\fR\x04comm\"\x93\x04\n" +
+	"\x04comm\x18\x03 \x01(\fR\x04comm\"\xb2\x04\n" +
 	"\x04Task\x12\x12\n" +
 	"\x04pids\x18\x01 \x03(\x05R\x04pids\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\x05R\x04ppid\x12\x14\n" +
@@ -1386,7 +1397,9 @@ const file_image_proto_rawDesc = "" +
 	"\x0fchild_subreaper\x18\x0f \x01(\bR\x0echildSubreaper\x12\x14\n" +
 	"\x05agent\x18\x10 \x01(\bR\x05agent\x12\x12\n" +
 	"\x04comm\x18\x11 \x01(\fR\x04comm\x12,\n" +
-	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren*\x86\x01\n" +
+	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren\x12\x1d\n" +
+	"\n" +
+	"parent_tid\x18\x13 \x01(\x05R\tparentTid*\x86\x01\n" +
 	"\x06NSKind\x12\n" +
 	"\n" +
 	"\x06NS_PID\x10\x00\x12\x17\n" +
