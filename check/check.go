@@ -136,6 +136,9 @@ func (c *comparer) tasks() {
 		if it.Agent != lt.Agent {
 			c.add(pid, "agent", it.Agent, lt.Agent)
 		}
+		if c.img.SubreapersRecorded && c.live.SubreapersRecorded && it.ChildSubreaper != lt.ChildSubreaper {
+			c.add(pid, "child subreaper", it.ChildSubreaper, lt.ChildSubreaper)
+		}
 		// The command name, when the image has one (an agent's too:
 		// restore execs `nsinit agent` under the recorded name).
 		if it.Comm != "" && it.Comm != lt.Comm {

@@ -373,3 +373,25 @@ func TestCompareParentThread(t *testing.T) {
 		t.Fatalf("parent thread compared though the image has none: %v", d)
 	}
 }
+
+// TestCompareSubreapers: the child subreaper flag is compared only when
+// both trees record it (an image of minor < 4 or a dump without eBPF has
+// none).
+func TestCompareSubreapers(t *testing.T) {
+	img, live := tree(), renumber(tree())
+	img.MarkSubreapers(map[int]bool{11: true})
+	live.MarkSubreapers(map[int]bool{})
+	d := Compare(img, live)
+	if len(d) != 1 || d[0].String() != "pid 11: child subreaper: image true, live false" {
+		t.Fatalf("want the flag reported, got %v", d)
+	}
+	live.MarkSubreapers(map[int]bool{11: true, 12: true}) // 12 is a zombie: not recorded
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("same flags reported: %v", d)
+	}
+	live.SubreapersRecorded = false
+	live.Tasks[1].ChildSubreaper = false
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("compared though the live tree has no flags: %v", d)
+	}
+}

@@ -28,7 +28,7 @@ func sample() *pstree.Tree {
 	outer := pstree.NSSet{1, 1, 3, 5, 6, 7, 8, 9, 10}
 	inner := pstree.NSSet{2, 2, 4, 5, 6, 7, 8, 9, 10}
 	return &pstree.Tree{
-		Checked: true,
+		Checked: true, SubreapersRecorded: true,
 		Namespaces: []pstree.Namespace{
 			{ID: 1, Kind: pstree.PidNS, Owner: 3, LastPID: 400},
 			{ID: 2, Kind: pstree.PidNS, Parent: 1, Owner: 4, Level: 1},

@@ -13,6 +13,7 @@ import (
 type jsonTree struct {
 	FormatVersion string          `json:"format_version"`
 	Checked       bool            `json:"checked"`
+	Subreapers    bool            `json:"subreapers_recorded"`
 	Namespaces    []jsonNamespace `json:"namespaces"`
 	Tasks         []jsonTask      `json:"tasks"`
 }
@@ -123,6 +124,7 @@ func JSON(tr *Tree) ([]byte, error) {
 	out := jsonTree{
 		FormatVersion: fmt.Sprintf("%d.%d", FormatMajor, FormatMinor),
 		Checked:       tr.Checked,
+		Subreapers:    tr.SubreapersRecorded,
 		Namespaces:    []jsonNamespace{},
 		Tasks:         []jsonTask{},
 	}

@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 4 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads
+	FormatMinor = 4 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers
 )
 
 // NSKind is one kind of Linux namespace.
@@ -211,7 +211,8 @@ type Task struct {
 	Exe       string
 	Argv, Env []string
 	Cwd, Root string
-	// ChildSubreaper is PR_SET_CHILD_SUBREAPER.
+	// ChildSubreaper is PR_SET_CHILD_SUBREAPER; meaningful only when the
+	// tree's SubreapersRecorded is set.
 	ChildSubreaper bool
 	// Agent marks a task that was an nsinit agent (nsinit as PID 1 of its
 	// namespace).
@@ -234,6 +235,22 @@ type Tree struct {
 	// Checked says the dump was verified race-free (eBPF counters unchanged
 	// while the tree was read); false for an unchecked dump.
 	Checked bool
+	// SubreapersRecorded says every task's ChildSubreaper was read (an
+	// eBPF task iterator, bpf.Subreapers); false: unknown (images of minor
+	// < 4, dumps without eBPF), and every ChildSubreaper is false.
+	SubreapersRecorded bool
+}
+
+// MarkSubreapers records which tasks are child subreapers: the live ones
+// whose level-0 pid is in set (bpf.Subreapers). A zombie's flag means
+// nothing any more (its children went to their new parents when it
+// died), so it is not recorded.
+func (tr *Tree) MarkSubreapers(set map[int]bool) {
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		t.ChildSubreaper = t.State != Zombie && set[t.PIDs[0]]
+	}
+	tr.SubreapersRecorded = true
 }
 
 // Level is the level of the task's own pid namespace.

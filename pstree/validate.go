@@ -271,6 +271,9 @@ func (c *taskChecker) task(i int) error {
 	if err := validateExec(who, t); err != nil {
 		return err
 	}
+	if t.ChildSubreaper && !c.tr.SubreapersRecorded {
+		return fmt.Errorf("%s: child subreaper in an image that records none", who)
+	}
 	for j := range t.Threads {
 		if err := c.thread(fmt.Sprintf("%s thread %d", who, j), t, &t.Threads[j], chain); err != nil {
 			return err

@@ -81,6 +81,7 @@ type procRec struct {
 	setCreds              uint32
 	noGroups              uint32 // setgroups is denied in its user ns: skip it
 	stopSelf              uint32 // park instead of exec (stopped payload)
+	subreaper             uint32 // PR_SET_CHILD_SUBREAPER before the payload
 	// controlFD is a restored agent's end of its control socket (in the
 	// shared fd table, close-on-exec), -1 for other procs: the builder
 	// dups it to agentconn.ControlFD for its exec (agents.go).

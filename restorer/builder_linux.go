@@ -114,6 +114,10 @@ func procMain(arg uintptr) {
 			passOrLeave(base, st, i, self)
 			die(z, st.arg)
 		case int64(OpPayload):
+			if e := setSubreaper(pr); e != 0 {
+				fail(base, i, e)
+				park(base)
+			}
 			if pr.stopSelf != 0 {
 				setName(&pr.comm) // before the restorer's SIGSTOP
 				// The image's credentials, in every thread, as the last
@@ -253,6 +257,20 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 		}
 	}
 	return 0
+}
+
+// setSubreaper makes a payload a child subreaper again when the image
+// says it was one (the flag survives execve), as its first payload act:
+// every helper and zombie of the plan has died by then (the planner's
+// finish), so no orphan of the restore itself goes to it.
+//
+//go:nosplit
+func setSubreaper(pr *procRec) uintptr {
+	if pr.subreaper == 0 {
+		return 0
+	}
+	_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1, 0)
+	return uintptr(e)
 }
 
 // reqCreds is the request to a thread (serveThread) to take its task's

@@ -420,6 +420,9 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 		if p.Options.Payload == PayloadStopped {
 			r.stopSelf = 1
 		}
+		if p.isSubreaper(i) {
+			r.subreaper = 1
+		}
 		if ps[i].argv != 0 || ps[i].path != 0 {
 			r.path, r.argv, r.envp = addr(ps[i].path), addr(ps[i].argv), addr(ps[i].envp)
 			if ps[i].cwd >= 0 {
