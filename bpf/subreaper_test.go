@@ -50,12 +50,13 @@ func subreaperChild() {
 // PR_GET_CHILD_SUBREAPER, the kernel's own answer for oneself.
 func TestSubreapers(t *testing.T) {
 	testutil.Require(t, testutil.Root, testutil.BPF)
+	needBusybox(t)
 	start := func(role string) *exec.Cmd {
 		cmd := exec.Command(os.Args[0])
 		if role != "" {
 			cmd.Env = append(os.Environ(), roleEnv+"="+role)
 		} else {
-			cmd = exec.Command("/bin/sleep", "1000")
+			cmd = exec.Command("/bin/busybox", "sleep", "1000") // the test VM has busybox only
 		}
 		in, err := cmd.StdinPipe()
 		if err != nil {
