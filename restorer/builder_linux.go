@@ -55,8 +55,9 @@ const (
 //go:nosplit
 func zeroBuf(base unsafe.Pointer) uintptr { return uintptr(base) + unsafe.Offsetof(header{}.zeros) }
 
-//
-// It only dispatches, with a frame as small as can be: a thread's chain
+// builderMain is where every new builder starts (the trampoline calls
+// it): a thread serves its task, a proc lives its steps (procMain). It
+// only dispatches, with a frame as small as can be: a thread's chain
 // (serveThread, then a clone step through doStep) is one call deeper than
 // a proc's and must fit the same nosplit stack limit.
 //
