@@ -95,17 +95,22 @@ func TestF7_4CredentialsArePerThread(t *testing.T) {
 // exits, while the process lives on.
 func TestF7_5ChildOfAThread(t *testing.T) {
 	var tid int
-	var child proc
+	var h *helper
 	var err error
 	stop := onThread(func(id int) {
 		tid = id
-		// spawn sets PR_SET_PDEATHSIG = SIGKILL in the child.
-		child, err = spawn(spawnOpts{prog: "/bin/sleep", argv: []string{"sleep", "1000"}})
+		// spawn sets PR_SET_PDEATHSIG = SIGKILL in the child, before
+		// its exec.
+		h, err = start(t, spawnOpts{}, "pause")
 	})
 	if err != nil {
 		stop()
 		t.Fatal(err)
 	}
+	// Ready: it has exec'd, so its parent-death signal is armed (a thread
+	// that exits before the child's prctl sends nothing).
+	h.want("ready")
+	child := h.proc
 	kids := func(tid int) []int {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/children", tid))
 		var v []int
@@ -124,6 +129,9 @@ func TestF7_5ChildOfAThread(t *testing.T) {
 	stop() // the thread exits; the process does not
 	waitExited(t, child.pidfd)
 	st, err := reap(child)
+	h.done = true // reaped here, not by its cleanup
+	h.ctl.Close()
+	h.rep.Close()
 	if err != nil || !st.Signaled() || st.Signal() != unix.SIGKILL {
 		t.Errorf("child after its parent thread exited: %v %v, want killed by its PDEATHSIG (SIGKILL)", st, err)
 	}
