@@ -248,9 +248,10 @@ func userTree() *pstree.Tree {
 	b.tr.Tasks[len(b.tr.Tasks)-1].NS[pstree.PidForChildrenNS] = 3
 	in(3, 62, 101000, []int{22306, 5, 1}, 22305)
 	in(3, 62, 101007, []int{22307, 6, 2}, 22306)
-	// threads (stopped payload): in each user namespace below the host's
-	b.tr.Tasks[3].Threads = []pstree.Thread{{TIDs: []int{22390, 90}}}
-	b.tr.Tasks[len(b.tr.Tasks)-1].Threads = []pstree.Thread{{TIDs: []int{22391, 91, 30}}}
+	// threads (stopped payload): in each user namespace below the host's;
+	// tids clear of the 100 tasks TestNoPtraceWindowUserNS adds
+	b.tr.Tasks[3].Threads = []pstree.Thread{{TIDs: []int{22500, 200}}}
+	b.tr.Tasks[len(b.tr.Tasks)-1].Threads = []pstree.Thread{{TIDs: []int{22501, 201, 200}}}
 	return &b.tr
 }
 
