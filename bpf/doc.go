@@ -10,8 +10,13 @@
 // to a ring buffer, so "counter unchanged" is a loss-proof consistency check
 // and the records say which task moved. See docs/ebpf.md.
 //
-// trace_bpfel.go and trace_bpfel.o are generated and committed, so building
-// needs no clang; `make generate` rebuilds them.
+// Subreapers (subreaper.bpf.c, a task iterator) reads which processes are
+// child subreapers, which the kernel shows nowhere else.
+//
+// trace_bpfel.go, trace_bpfel.o, subreaper_bpfel.go and subreaper_bpfel.o
+// are generated and committed, so building needs no clang; `make generate`
+// rebuilds them.
 package bpf
 
 //go:generate go tool bpf2go -cc clang -target bpfel -type event trace trace.bpf.c -- -I./headers -Wall -Werror
+//go:generate go tool bpf2go -cc clang -target bpfel subreaper subreaper.bpf.c -- -I./headers -Wall -Werror

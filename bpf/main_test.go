@@ -28,6 +28,8 @@ func TestMain(m *testing.M) {
 		churnChild()
 	case "noperm":
 		noPermChild()
+	case "subreaper":
+		subreaperChild()
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", roleEnv, os.Getenv(roleEnv))
 		os.Exit(2)

@@ -89,6 +89,12 @@ func unstop(img, live *pstree.Tree) *pstree.Tree {
 	return &cp
 }
 
+// agent says whether the image task of level-0 pid is an nsinit agent.
+func (c *comparer) agent(pid int) bool {
+	t := c.img.Task(pid)
+	return t != nil && t.Agent
+}
+
 func (c *comparer) add(pid int, what string, img, live any) {
 	c.diffs = append(c.diffs, Difference{PID: pid, What: what, Image: fmt.Sprint(img), Live: fmt.Sprint(live)})
 }
@@ -107,6 +113,13 @@ func (c *comparer) tasks() {
 		}
 		if i > 0 && it.PPID != lt.PPID {
 			c.add(pid, "ppid", it.PPID, lt.PPID)
+		} else if i > 0 && it.ParentTID != 0 && lt.ParentTID != 0 && it.ParentTID != lt.ParentTID && !c.agent(it.PPID) {
+			// Which of its parent's threads it is a child of (both
+			// recorded: not in images of minor < 4; an agent's threads
+			// are its runtime's, not compared). Only the stopped payload
+			// restores threads, so only it can match a thread other than
+			// the leader.
+			c.add(pid, "parent thread", it.ParentTID, lt.ParentTID)
 		}
 		if !slices.Equal(it.PGIDs, lt.PGIDs) {
 			c.add(pid, "pgids", it.PGIDs, lt.PGIDs)
@@ -122,6 +135,9 @@ func (c *comparer) tasks() {
 		}
 		if it.Agent != lt.Agent {
 			c.add(pid, "agent", it.Agent, lt.Agent)
+		}
+		if c.img.SubreapersRecorded && c.live.SubreapersRecorded && it.ChildSubreaper != lt.ChildSubreaper {
+			c.add(pid, "child subreaper", it.ChildSubreaper, lt.ChildSubreaper)
 		}
 		// The command name, when the image has one (an agent's too:
 		// restore execs `nsinit agent` under the recorded name).

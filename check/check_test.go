@@ -353,3 +353,45 @@ func startTree(t *testing.T, cmd *exec.Cmd) int {
 	})
 	return root
 }
+
+// TestCompareParentThread: which of its parent's threads a task is a child
+// of is compared when both sides record it (images of minor >= 4 and
+// kernels with the children files), and reported by tid.
+func TestCompareParentThread(t *testing.T) {
+	img, live := tree(), renumber(tree())
+	img.Tasks[2].ParentTID, live.Tasks[2].ParentTID = 13, 13
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("same parent thread reported: %v", d)
+	}
+	live.Tasks[2].ParentTID = 11 // the leader
+	d := Compare(img, live)
+	if len(d) != 1 || d[0].String() != "pid 12: parent thread: image 13, live 11" {
+		t.Fatalf("want the parent thread reported, got %v", d)
+	}
+	img.Tasks[2].ParentTID = 0 // not recorded
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("parent thread compared though the image has none: %v", d)
+	}
+}
+
+// TestCompareSubreapers: the child subreaper flag is compared only when
+// both trees record it (an image of minor < 4 or a dump without eBPF has
+// none).
+func TestCompareSubreapers(t *testing.T) {
+	img, live := tree(), renumber(tree())
+	img.MarkSubreapers(map[int]bool{11: true})
+	live.MarkSubreapers(map[int]bool{})
+	d := Compare(img, live)
+	if len(d) != 1 || d[0].String() != "pid 11: child subreaper: image true, live false" {
+		t.Fatalf("want the flag reported, got %v", d)
+	}
+	live.MarkSubreapers(map[int]bool{11: true, 12: true}) // 12 is a zombie: not recorded
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("same flags reported: %v", d)
+	}
+	live.SubreapersRecorded = false
+	live.Tasks[1].ChildSubreaper = false
+	if d := Compare(img, live); len(d) != 0 {
+		t.Fatalf("compared though the live tree has no flags: %v", d)
+	}
+}

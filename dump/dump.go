@@ -75,6 +75,11 @@ type Options struct {
 	// AgentExe is the nsinit binary whose init-mode processes are marked
 	// Agent; default: the running executable.
 	AgentExe string
+	// Subreapers, when set, says which processes are child subreapers
+	// (level-0 pids; bpf.Subreapers), asked while the tree is frozen: a
+	// process changes its own flag only. An error leaves the image without
+	// them (Tree.SubreapersRecorded false), noted in Log.
+	Subreapers func() (map[int]bool, error)
 	// FreezeTimeout bounds the wait for the tree to stop (default 5s).
 	FreezeTimeout time.Duration
 	// Log receives progress notes (method used, retries); may be nil.
@@ -277,6 +282,13 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 	}
 	if err := representable(tr); err != nil {
 		return nil, nil, err
+	}
+	if o.Subreapers != nil {
+		if set, serr := o.Subreapers(); serr == nil {
+			tr.MarkSubreapers(set)
+		} else {
+			o.logf("child subreapers not recorded: %v", serr)
+		}
 	}
 	return tr, nil, nil
 }

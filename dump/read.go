@@ -246,6 +246,9 @@ func readTree(r *procfs.Reader, members []member, agentExe string, fz frozenAs) 
 		rd.add(ti)
 	}
 	rd.markWaiters()
+	if err := rd.parentThreads(); err != nil {
+		return nil, err
+	}
 	if err := rd.namespaces(); err != nil {
 		return nil, err
 	}
@@ -280,6 +283,9 @@ func readTreeWalk(proc string, root int, withStart bool, agentExe string, fz fro
 		rd.add(ti)
 	}
 	rd.markWaiters()
+	if err := rd.parentThreads(); err != nil {
+		return nil, nil, err
+	}
 	if err := rd.namespaces(); err != nil {
 		return nil, nil, err
 	}
@@ -462,6 +468,49 @@ func (rd *reader) markWaiters() {
 			t.WaitsForChildren = true
 		}
 	}
+}
+
+// parentThreads records which of its parent's threads each task is a
+// child of: the thread whose /proc/PPID/task/TID/children lists it (the
+// one that forked it, or that adopted it, F5.2). A single-threaded parent
+// needs no read: it is the leader. Without the children files (no
+// CONFIG_PROC_CHILDREN) nothing is recorded (0).
+func (rd *reader) parentThreads() error {
+	if !rd.r.HasChildren() {
+		return nil
+	}
+	tasks := rd.tree.Tasks
+	index := make(map[int]int, len(tasks))
+	for i := range tasks {
+		index[tasks[i].PIDs[0]] = i
+		if i > 0 {
+			tasks[i].ParentTID = tasks[i].PPID
+		}
+	}
+	for i := range tasks {
+		t := &tasks[i]
+		if len(t.Threads) == 0 {
+			continue
+		}
+		p, err := rd.r.Open(t.PIDs[0])
+		if err != nil {
+			return fmt.Errorf("read pid %d: %w", t.PIDs[0], err)
+		}
+		for _, th := range t.Threads {
+			kids, err := p.Children(th.TIDs[0])
+			if err != nil {
+				p.Close()
+				return fmt.Errorf("children of thread %d of %d: %w", th.TIDs[0], t.PIDs[0], err)
+			}
+			for _, k := range kids {
+				if c, ok := index[k]; ok && c > 0 && tasks[c].PPID == t.PIDs[0] {
+					tasks[c].ParentTID = th.TIDs[0]
+				}
+			}
+		}
+		p.Close()
+	}
+	return nil
 }
 
 // add appends a task read by task to the tree, naming its namespaces.

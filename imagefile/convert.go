@@ -13,7 +13,7 @@ import (
 // range check is pstree.Validate's, run on what it returns.
 
 func toProto(tr *pstree.Tree) *imagepb.Image {
-	img := &imagepb.Image{Checked: tr.Checked}
+	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded}
 	for _, ns := range tr.Namespaces {
 		img.Namespaces = append(img.Namespaces, &imagepb.Namespace{
 			Id:               uint32(ns.ID),
@@ -69,6 +69,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 			ChildSubreaper:   t.ChildSubreaper,
 			Agent:            t.Agent,
 			WaitsForChildren: t.WaitsForChildren,
+			ParentTid:        int32(t.ParentTID),
 		}
 		for _, th := range t.Threads {
 			pt.Threads = append(pt.Threads, &imagepb.Thread{Tids: ints32(th.TIDs), State: imagepb.TaskState(th.State), Comm: bytesOf(th.Comm)})
@@ -79,7 +80,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 }
 
 func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
-	tr := &pstree.Tree{Checked: img.GetChecked()}
+	tr := &pstree.Tree{Checked: img.GetChecked(), SubreapersRecorded: img.GetSubreapersRecorded()}
 	for i, ns := range img.GetNamespaces() {
 		links, err := linksFromProto(ns.GetLinks())
 		if err != nil {
@@ -132,6 +133,7 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 			ChildSubreaper:   pt.GetChildSubreaper(),
 			Agent:            pt.GetAgent(),
 			WaitsForChildren: pt.GetWaitsForChildren(),
+			ParentTID:        int(pt.GetParentTid()),
 		}
 		t.NS[pstree.PidNS] = pstree.NSID(n.GetPid())
 		t.NS[pstree.PidForChildrenNS] = pstree.NSID(n.GetPidForChildren())

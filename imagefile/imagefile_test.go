@@ -28,7 +28,7 @@ func sample() *pstree.Tree {
 	outer := pstree.NSSet{1, 1, 3, 5, 6, 7, 8, 9, 10}
 	inner := pstree.NSSet{2, 2, 4, 5, 6, 7, 8, 9, 10}
 	return &pstree.Tree{
-		Checked: true,
+		Checked: true, SubreapersRecorded: true,
 		Namespaces: []pstree.Namespace{
 			{ID: 1, Kind: pstree.PidNS, Owner: 3, LastPID: 400},
 			{ID: 2, Kind: pstree.PidNS, Parent: 1, Owner: 4, Level: 1},
@@ -56,7 +56,7 @@ func sample() *pstree.Tree {
 				Comm:  " sh\n(x)\xff", Exe: "/bin/busybox", Argv: []string{"sh", "-c", "x\xff"}, Env: []string{"A=1"}, Cwd: "/", Root: "/"},
 			{PIDs: []int{101, 1}, PPID: 100, PGIDs: []int{100, 0}, SIDs: []int{100, 0}, NS: inner, Agent: true, ChildSubreaper: true,
 				Threads: []pstree.Thread{{TIDs: []int{103, 3}, State: pstree.Stopped, Comm: "worker"}}},
-			{PIDs: []int{102, 2}, PPID: 101, PGIDs: []int{102, 2}, SIDs: []int{102, 2}, NS: inner,
+			{PIDs: []int{102, 2}, PPID: 101, ParentTID: 103, PGIDs: []int{102, 2}, SIDs: []int{102, 2}, NS: inner,
 				State: pstree.Zombie, ExitStatus: 200 << 8},
 		},
 	}

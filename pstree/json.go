@@ -13,6 +13,7 @@ import (
 type jsonTree struct {
 	FormatVersion string          `json:"format_version"`
 	Checked       bool            `json:"checked"`
+	Subreapers    bool            `json:"subreapers_recorded"`
 	Namespaces    []jsonNamespace `json:"namespaces"`
 	Tasks         []jsonTask      `json:"tasks"`
 }
@@ -96,6 +97,9 @@ type jsonTask struct {
 	ChildSubreaper bool            `json:"child_subreaper"`
 	Agent          bool            `json:"agent"`
 	Waits          bool            `json:"waits_for_children,omitempty"`
+	// ParentTID: the parent's thread whose child it is, when that is not
+	// the parent's leader (ParentTID == PPID is left out).
+	ParentTID int `json:"parent_tid,omitempty"`
 }
 
 func (m IDMapEntry) MarshalJSON() ([]byte, error) {
@@ -120,6 +124,7 @@ func JSON(tr *Tree) ([]byte, error) {
 	out := jsonTree{
 		FormatVersion: fmt.Sprintf("%d.%d", FormatMajor, FormatMinor),
 		Checked:       tr.Checked,
+		Subreapers:    tr.SubreapersRecorded,
 		Namespaces:    []jsonNamespace{},
 		Tasks:         []jsonTask{},
 	}
@@ -168,6 +173,9 @@ func JSON(tr *Tree) ([]byte, error) {
 			},
 			Comm: t.Comm, Exe: t.Exe, Argv: nonNil(t.Argv), Env: nonNil(t.Env), Cwd: t.Cwd, Root: t.Root,
 			ChildSubreaper: t.ChildSubreaper, Agent: t.Agent, Waits: t.WaitsForChildren,
+		}
+		if t.ParentTID != t.PPID {
+			j.ParentTID = t.ParentTID
 		}
 		if t.State == Zombie {
 			st := t.ExitStatus

@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 3 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children
+	FormatMinor = 4 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers
 )
 
 // NSKind is one kind of Linux namespace.
@@ -183,6 +183,12 @@ type Task struct {
 	PIDs []int
 	// PPID is the parent's pid at level 0; 0 for the root of the tree.
 	PPID int
+	// ParentTID is the level-0 tid of the parent's thread whose child the
+	// task is (/proc/PPID/task/TID/children: the thread that forked it,
+	// or the one that adopted it): PPID for the leader, a tid of one of
+	// the parent's Threads otherwise; 0 when not recorded (the root, an
+	// image of minor < 4, a kernel without the children files).
+	ParentTID int
 	// PGIDs and SIDs are NSpgid and NSsid, outermost first, one entry per
 	// level of the task. An entry is 0 at levels where the leader has no pid
 	// (the leader lives in an ancestor namespace); index 0 names the leader.
@@ -205,7 +211,8 @@ type Task struct {
 	Exe       string
 	Argv, Env []string
 	Cwd, Root string
-	// ChildSubreaper is PR_SET_CHILD_SUBREAPER.
+	// ChildSubreaper is PR_SET_CHILD_SUBREAPER; meaningful only when the
+	// tree's SubreapersRecorded is set.
 	ChildSubreaper bool
 	// Agent marks a task that was an nsinit agent (nsinit as PID 1 of its
 	// namespace).
@@ -228,6 +235,22 @@ type Tree struct {
 	// Checked says the dump was verified race-free (eBPF counters unchanged
 	// while the tree was read); false for an unchecked dump.
 	Checked bool
+	// SubreapersRecorded says every task's ChildSubreaper was read (an
+	// eBPF task iterator, bpf.Subreapers); false: unknown (images of minor
+	// < 4, dumps without eBPF), and every ChildSubreaper is false.
+	SubreapersRecorded bool
+}
+
+// MarkSubreapers records which tasks are child subreapers: the live ones
+// whose level-0 pid is in set (bpf.Subreapers). A zombie's flag means
+// nothing any more (its children went to their new parents when it
+// died), so it is not recorded.
+func (tr *Tree) MarkSubreapers(set map[int]bool) {
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		t.ChildSubreaper = t.State != Zombie && set[t.PIDs[0]]
+	}
+	tr.SubreapersRecorded = true
 }
 
 // Level is the level of the task's own pid namespace.

@@ -24,7 +24,7 @@ var ErrInvalid = errors.New("invalid process tree")
 //     equal to the level of the task's pid namespace, pids and tids unique
 //     in every pid namespace, pgid/sid vectors as long as the pid vector,
 //     parents listed before children and in an ancestor (or the same) pid
-//     namespace, exit status only on zombies and a possible wait status;
+//     namespace, a parent thread that is one of the parent's threads, exit status only on zombies and a possible wait status;
 //   - what restore hands to the kernel as C strings (exe, cwd, argv, env,
 //     command names, hostnames, interface names) has no NUL byte, which
 //     would silently cut it; ids are not (uid_t)-1; the root is "/" (restore
@@ -211,6 +211,9 @@ type taskChecker struct {
 	ix    *nsIndex
 	index map[int]int      // level-0 pid -> task index
 	used  map[levelPID]int // every pid or tid, keyed by the pid namespace of its level -> level-0 pid of its task
+	// threadOf: level-0 tid of every non-leader thread -> level-0 pid of
+	// its task
+	threadOf map[int]int
 }
 
 func validateTasks(tr *Tree, ix *nsIndex) error {
@@ -226,7 +229,8 @@ func validateTasks(tr *Tree, ix *nsIndex) error {
 			return fmt.Errorf("more than %d threads", MaxThreads)
 		}
 	}
-	c := &taskChecker{tr: tr, ix: ix, index: make(map[int]int, len(tr.Tasks)), used: make(map[levelPID]int, len(tr.Tasks)+threads)}
+	c := &taskChecker{tr: tr, ix: ix, index: make(map[int]int, len(tr.Tasks)), used: make(map[levelPID]int, len(tr.Tasks)+threads),
+		threadOf: make(map[int]int, threads)}
 	for i := range tr.Tasks {
 		if err := c.task(i); err != nil {
 			return err
@@ -267,6 +271,9 @@ func (c *taskChecker) task(i int) error {
 	if err := validateExec(who, t); err != nil {
 		return err
 	}
+	if t.ChildSubreaper && !c.tr.SubreapersRecorded {
+		return fmt.Errorf("%s: child subreaper in an image that records none", who)
+	}
 	for j := range t.Threads {
 		if err := c.thread(fmt.Sprintf("%s thread %d", who, j), t, &t.Threads[j], chain); err != nil {
 			return err
@@ -289,21 +296,28 @@ func (c *taskChecker) thread(who string, t *Task, th *Thread, chain []NSID) erro
 	if th.State < Live || th.State > Zombie {
 		return fmt.Errorf("%s: bad state %d", who, th.State)
 	}
-	return c.claim(who, th.TIDs, chain)
+	if err := c.claim(who, th.TIDs, chain); err != nil {
+		return err
+	}
+	c.threadOf[th.TIDs[0]] = t.PIDs[0]
+	return nil
 }
 
 // parent checks that task i's parent is listed before it, in its own pid
 // namespace or an ancestor of it.
 func (c *taskChecker) parent(who string, i int, t *Task, chain []NSID) error {
 	if i == 0 {
-		if t.PPID != 0 {
-			return fmt.Errorf("%s: the root's ppid must be 0, got %d", who, t.PPID)
+		if t.PPID != 0 || t.ParentTID != 0 {
+			return fmt.Errorf("%s: the root's ppid and parent thread must be 0, got %d and %d", who, t.PPID, t.ParentTID)
 		}
 		return nil
 	}
 	pi, ok := c.index[t.PPID]
 	if !ok {
 		return fmt.Errorf("%s: parent %d is not listed before it", who, t.PPID)
+	}
+	if t.ParentTID != 0 && t.ParentTID != t.PPID && c.threadOf[t.ParentTID] != t.PPID {
+		return fmt.Errorf("%s: parent thread %d is not a thread of its parent %d", who, t.ParentTID, t.PPID)
 	}
 	p := &c.tr.Tasks[pi]
 	if t.Level() < p.Level() {

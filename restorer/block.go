@@ -81,6 +81,7 @@ type procRec struct {
 	setCreds              uint32
 	noGroups              uint32 // setgroups is denied in its user ns: skip it
 	stopSelf              uint32 // park instead of exec (stopped payload)
+	subreaper             uint32 // PR_SET_CHILD_SUBREAPER before the payload
 	// controlFD is a restored agent's end of its control socket (in the
 	// shared fd table, close-on-exec), -1 for other procs: the builder
 	// dups it to agentconn.ControlFD for its exec (agents.go).
@@ -130,6 +131,15 @@ type stepRec struct {
 	nsFD     [len(nsOrder)]int32
 	nsErr    int64
 	nsOpened uint32
+	// OpThread: the thread's mailbox (builder_linux.go, serveThread). Its
+	// task's builder puts a request in req (a step index, or reqCreds)
+	// and bumps reqSeq; the thread does it, leaves the errno in reqErr
+	// and bumps doneSeq. Both words are futexes.
+	reqSeq, doneSeq uint32
+	req, reqErr     int64
+	// OpClone: the OpThread step of the actor's thread that clones (the
+	// image's parent thread, stopped payload), -1 for the actor itself.
+	byThread int64
 }
 
 const (

@@ -55,14 +55,29 @@ const (
 //go:nosplit
 func zeroBuf(base unsafe.Pointer) uintptr { return uintptr(base) + unsafe.Offsetof(header{}.zeros) }
 
+// builderMain is where every new builder starts (the trampoline calls
+// it): a thread serves its task, a proc lives its steps (procMain). It
+// only dispatches, with a frame as small as can be: a thread's chain
+// (serveThread, then a clone step through doStep) is one call deeper than
+// a proc's and must fit the same nosplit stack limit.
+//
 //go:nosplit
 func builderMain(arg uintptr) {
+	if arg&threadArg != 0 { // a thread: the rest of arg is its OpThread step
+		th := stepAt(bBase, bStepsOff, int64(arg&^threadArg))
+		nameThread(th)
+		serveThread(bBase, th)
+	}
+	procMain(arg)
+}
+
+// procMain is a proc's life: its steps in turn, then its payload.
+//
+//go:nosplit
+//go:noinline
+func procMain(arg uintptr) {
 	base := bBase
 	z := zeroBuf(base)
-	if arg&threadArg != 0 { // a thread: the rest of arg is its OpThread step
-		nameThread(stepAt(base, bStepsOff, int64(arg&^threadArg)))
-		park(base)
-	}
 	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
 	// while every signal is still blocked.
 	for sig := uintptr(1); sig <= 64; sig++ {
@@ -100,8 +115,18 @@ func builderMain(arg uintptr) {
 			passOrLeave(base, st, i, self)
 			die(z, st.arg)
 		case int64(OpPayload):
+			if e := setSubreaper(pr); e != 0 {
+				fail(base, i, e)
+				park(base)
+			}
 			if pr.stopSelf != 0 {
 				setName(&pr.comm) // before the restorer's SIGSTOP
+				// The image's credentials, in every thread, as the last
+				// thing before parking for good (stopCreds).
+				if e := stopCreds(base, pr); e != 0 {
+					fail(base, i, e)
+					park(base)
+				}
 				advance(base, st, i)
 				park(base)
 			}
@@ -111,7 +136,16 @@ func builderMain(arg uintptr) {
 			passOrLeave(base, st, i, self)
 			execPayload(pr, z, e)
 		}
-		if e := doStep(base, pr, st, i); e != 0 {
+		var e uintptr
+		if st.byThread >= 0 {
+			// The image's parent thread forks the child: that thread does
+			// the whole step (setns included: pid_for_children is per
+			// thread), its task waits for it.
+			e = delegate(base, stepAt(base, bStepsOff, st.byThread), i)
+		} else {
+			e = doStep(base, pr, st, i)
+		}
+		if e != 0 {
 			fail(base, i, e)
 			park(base)
 		}
@@ -226,6 +260,108 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 	return 0
 }
 
+// setSubreaper makes a payload a child subreaper again when the image
+// says it was one (the flag survives execve), as its first payload act:
+// every helper and zombie of the plan has died by then (the planner's
+// finish), so no orphan of the restore itself goes to it.
+//
+//go:nosplit
+func setSubreaper(pr *procRec) uintptr {
+	if pr.subreaper == 0 {
+		return 0
+	}
+	_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1, 0)
+	return uintptr(e)
+}
+
+// reqCreds is the request to a thread (serveThread) to take its task's
+// image credentials.
+const reqCreds = -1
+
+// serveThread is a restored thread's life after it has its name: it waits
+// for its task's requests (delegate) and performs each - a clone step, so
+// that a child's parent is the thread that forked it in the image, or its
+// credentials (stopCreds) - until a signal ends it. Before the commit it
+// checks now and then that the restorer is still there (waitOrLeave).
+//
+//go:nosplit
+func serveThread(base unsafe.Pointer, th *stepRec) {
+	h := hdrAt(base)
+	pr := procAt(base, bProcsOff, th.actor)
+	seen := uint32(0)
+	for {
+		v := atomic.LoadUint32(&th.reqSeq)
+		if v == seen {
+			waitOrLeave(h, &th.reqSeq, v)
+			continue
+		}
+		seen = v
+		var e uintptr
+		if r := atomic.LoadInt64(&th.req); r == reqCreds {
+			if pr.setCreds != 0 {
+				e = uintptr(setCreds(pr))
+			}
+		} else {
+			e = doStep(base, pr, stepAt(base, bStepsOff, r), r)
+		}
+		atomic.StoreInt64(&th.reqErr, int64(e))
+		atomic.AddUint32(&th.doneSeq, 1)
+		syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&th.doneSeq)), futexWake, 1, 0, 0, 0)
+	}
+}
+
+// delegate has thread th (its OpThread step) perform request req and
+// returns the thread's errno. One request at a time: the task's builder
+// is the only one that asks, and waits.
+//
+//go:nosplit
+func delegate(base unsafe.Pointer, th *stepRec, req int64) uintptr {
+	h := hdrAt(base)
+	d := atomic.LoadUint32(&th.doneSeq)
+	atomic.StoreInt64(&th.req, req)
+	atomic.AddUint32(&th.reqSeq, 1)
+	syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(&th.reqSeq)), futexWake, 1, 0, 0, 0)
+	for {
+		v := atomic.LoadUint32(&th.doneSeq)
+		if v != d {
+			return uintptr(atomic.LoadInt64(&th.reqErr))
+		}
+		waitOrLeave(h, &th.doneSeq, v)
+	}
+}
+
+// stopCreds gives a stopped payload (record pr) its image
+// credentials in every thread - credentials are per thread, and a raw
+// setresuid changes only the caller's - then in itself.
+//
+// It is the builder's last act before it parks for good in the memory it
+// shares with the restorer and every other builder, which it cannot leave
+// as an exec payload does (passOrLeave). A task that takes another uid of
+// the restorer's own user namespace makes the restorer keep that memory
+// non-dumpable for good (execute.go, keepPrivate, privateReason), so that
+// uid fails the kernel's ptrace check on it; one inside a user namespace
+// the restore created is out of reach of every process outside it anyway.
+// The planner puts every payload step after every step that needs the
+// memory dumpable (finish), so the kernel's own non-dumpable verdict on a
+// uid change here harms nobody.
+//
+//go:nosplit
+func stopCreds(base unsafe.Pointer, pr *procRec) uintptr {
+	if pr.setCreds == 0 {
+		return 0
+	}
+	for j := pr.firstStep; j >= 0; {
+		st := stepAt(base, bStepsOff, j)
+		if st.op == int64(OpThread) {
+			if e := delegate(base, st, reqCreds); e != 0 {
+				return e
+			}
+		}
+		j = st.nextSame
+	}
+	return uintptr(setCreds(pr))
+}
+
 // redumpable undoes what entering another user namespace did to the mm
 // every builder and the restorer share: the kernel made it non-dumpable
 // (new credentials that are not a subset of the old ones), which refuses
@@ -329,7 +465,7 @@ func waitOrLeave(h *header, w *uint32, v uint32) (woken bool) {
 		return true
 	}
 	if restorerGone(h) {
-		syscall.RawSyscall(unix.SYS_EXIT_GROUP, 0x7f, 0, 0)
+		syscall.RawSyscall6(unix.SYS_EXIT_GROUP, 0x7f, 0, 0, 0, 0, 0) // RawSyscall6: as in restorerGone
 	}
 	return false
 }
@@ -343,7 +479,9 @@ func restorerGone(h *header) bool {
 		return false
 	}
 	pfd := uint64(uint32(h.restorerFD)) | uint64(unix.POLLIN)<<32 // struct pollfd
-	n, _, _ := syscall.RawSyscall(unix.SYS_POLL, uintptr(unsafe.Pointer(&pfd)), 1, 0)
+	// RawSyscall6, not RawSyscall (which calls it): one frame less at the
+	// bottom of the deepest nosplit chain (builderMain's comment).
+	n, _, _ := syscall.RawSyscall6(unix.SYS_POLL, uintptr(unsafe.Pointer(&pfd)), 1, 0, 0, 0, 0)
 	return n == 1
 }
 

@@ -20,8 +20,9 @@ import (
 // such an exec (a task that dropped capabilities itself after its own exec)
 // is restored with what the exec gives, and `nsinit check` names the
 // difference. Capabilities are bits relative to the task's own user
-// namespace, so the image's sets need no translation. A zombie does not
-// exec: its builder also sets permitted and effective as they are.
+// namespace, so the image's sets need no translation. A zombie and a
+// stopped payload do not exec: their builders also set permitted and
+// effective as they are.
 
 // taskCaps is what a task's builder sets: ok is false when the image
 // records no capability state at all (all five sets zero: hand-written
@@ -32,8 +33,9 @@ type taskCaps struct {
 	keep          bool // PR_SET_KEEPCAPS across setresuid: ambient caps to raise
 	inh, bnd, amb uint64
 	last          uint
-	// exact: a zombie, which does not exec: permitted and effective are
-	// set as they are (within what the builder has).
+	// exact: a zombie or a stopped payload, which does not exec:
+	// permitted and effective are set as they are (within what the
+	// builder has).
 	exact    bool
 	prm, eff uint64
 }
@@ -55,7 +57,8 @@ func capsOf(p *Plan, ti int, last uint) (taskCaps, error) {
 		return taskCaps{}, fmt.Errorf("task %v: inheritable/ambient capabilities %#x beyond this kernel's cap_last_cap %d: %w", t.PIDs, extra, last, ErrUnsupported)
 	}
 	tc := taskCaps{ok: true, keep: c.CapAmb != 0, inh: c.CapInh, bnd: c.CapBnd & valid, amb: c.CapAmb}
-	if t.State == pstree.Zombie {
+	if t.State == pstree.Zombie || p.Options.Payload == PayloadStopped {
+		// no exec follows: permitted and effective as they are
 		tc.exact, tc.keep, tc.prm, tc.eff = true, true, c.CapPrm, c.CapEff
 	}
 	return tc, nil
@@ -113,7 +116,7 @@ func (c taskCaps) put(r *procRec) {
 }
 
 // procCreds are the credentials a builder takes: before the exec payload,
-// or before it dies as a zombie.
+// before it dies as a zombie, or before it parks as a stopped payload.
 type procCreds struct {
 	set       bool
 	uid, gid  [3]uint32

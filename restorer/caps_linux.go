@@ -20,8 +20,9 @@ import (
 //     root to non-root ids clears permitted (which ambient needs) unless
 //     kept;
 //  5. setresuid: needs CAP_SETUID; it clears the ambient set, so
-//  6. for a zombie (no exec follows) permitted and effective as the image
-//     has them, within what the builder kept;
+//  6. for a zombie or a stopped payload (no exec follows) permitted and
+//     effective as the image has them, within what the builder kept, and
+//     PR_SET_KEEPCAPS off again;
 //  7. ambient raises come last (each cap must be permitted and inheritable).
 //
 // A uid change leaves the mm - shared by every builder and the restorer
@@ -76,6 +77,11 @@ func setCreds(pr *procRec) syscall.Errno {
 		d[1], d[4] = uint32(pr.capPrm)&d[1], uint32(pr.capPrm>>32)&d[4]
 		if _, _, e = syscall.RawSyscall(unix.SYS_CAPSET, hdr, data, 0); e != 0 {
 			return e
+		}
+		if pr.keepCaps != 0 { // no exec clears it: a parked task keeps no trace
+			if _, _, e = syscall.RawSyscall6(unix.SYS_PRCTL, unix.PR_SET_KEEPCAPS, 0, 0, 0, 0, 0); e != 0 {
+				return e
+			}
 		}
 	}
 	if pr.setCaps != 0 {

@@ -335,11 +335,12 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 			}
 		}
 	}
-	// The exec payload's credentials; a zombie dies with its image's, in
-	// either payload.
+	// Every task's image credentials: taken before the exec payload, by a
+	// zombie before it dies, by a stopped payload (and its threads) before
+	// it parks (builder_linux.go, stopCreds).
 	for i := range p.Procs {
 		t := p.Procs[i].Task
-		if t < 0 || (p.Options.Payload != PayloadExec && p.Tree.Tasks[t].State != pstree.Zombie) {
+		if t < 0 {
 			continue
 		}
 		var err error
@@ -419,6 +420,9 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 		if p.Options.Payload == PayloadStopped {
 			r.stopSelf = 1
 		}
+		if p.isSubreaper(i) {
+			r.subreaper = 1
+		}
 		if ps[i].argv != 0 || ps[i].path != 0 {
 			r.path, r.argv, r.envp = addr(ps[i].path), addr(ps[i].argv), addr(ps[i].envp)
 			if ps[i].cwd >= 0 {
@@ -435,10 +439,11 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 		stack++
 		return s
 	}
+	byThread := threadCloners(p) // threads.go
 	for i := range p.Steps {
 		s := &p.Steps[i]
 		r := stepAt(b.base, b.stepsOff, int64(i))
-		r.op, r.actor, r.into, r.nextSame, r.prewake = int64(s.Op), int64(s.Actor), -1, -1, -1
+		r.op, r.actor, r.into, r.nextSame, r.prewake, r.byThread = int64(s.Op), int64(s.Actor), -1, -1, -1, -1
 		for j := range r.nsFD {
 			r.nsFD[j] = -1
 		}
@@ -465,6 +470,9 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 			}
 			tr := procAt(b.base, b.procsOff, int64(s.Target))
 			r.child = int64(s.Target)
+			if j, ok := byThread[i]; ok {
+				r.byThread = int64(j)
+			}
 			r.args = sys.CloneArgs{
 				Flags:      sys.CLONE_VM | sys.CLONE_FILES | sys.CLONE_PIDFD | sys.CLONE_CHILD_CLEARTID,
 				PidFD:      uint64(uintptr(unsafe.Pointer(&tr.pidfd))),

@@ -90,6 +90,9 @@ func shift(tr *pstree.Tree, d int) *pstree.Tree {
 		if t.PPID != 0 {
 			t.PPID += d
 		}
+		if t.ParentTID != 0 {
+			t.ParentTID += d
+		}
 		for j := range t.Threads {
 			t.Threads[j].TIDs[0] += d
 		}

@@ -1,6 +1,7 @@
 package restorer
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -97,13 +98,16 @@ const (
 )
 
 type mproc struct {
-	state     mstate
-	pids      []int
-	ns        pstree.NSID
-	pfc       pstree.NSID  // pid_for_children when not ns (0: ns)
-	nsk       pstree.NSSet // its namespaces of memberKinds
-	credsIn   pstree.NSID  // user ns whose ids it set (OpSetCreds)
-	parent    int
+	state   mstate
+	pids    []int
+	ns      pstree.NSID
+	pfc     pstree.NSID  // pid_for_children when not ns (0: ns)
+	nsk     pstree.NSSet // its namespaces of memberKinds
+	credsIn pstree.NSID  // user ns whose ids it set (OpSetCreds)
+	parent  int
+	// parentTID: the level-0 tid of the parent's thread it is a child
+	// of, 0 for the parent's leader
+	parentTID int
 	sid, pgid int // leader proc (pid struct), or ext
 	status    int
 	stopped   bool
@@ -345,7 +349,20 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	if s.Actor != Restorer {
 		user = m.procs[s.Actor].nsk[pstree.UserNS]
 	}
-	if s.Actor != Restorer && m.procs[s.Actor].pfc != 0 {
+	if s.Thread != 0 {
+		// A thread of the actor clones (OpClone by a parent thread): it
+		// exists, and the clone makes no user namespace (the thread
+		// keeps the ids it was born with, while the leader may take
+		// others to create one, OpSetCreds). Its pid_for_children is
+		// its active namespace: CLONE_THREAD needs that (F7.3), and
+		// only the leader ever changes its own (OpSetPFC).
+		if s.Actor == Restorer || s.AsSibling || s.NS[pstree.UserNS] != 0 {
+			return fmt.Errorf("clone by thread %d of %s: only a plain clone by a task's thread is planned", s.Thread, pl.name(s.Actor))
+		}
+		if !slices.ContainsFunc(m.procs[s.Actor].threads, func(t []int) bool { return t[0] == s.Thread }) {
+			return fmt.Errorf("clone by thread %d of %s, which has no such thread", s.Thread, pl.name(s.Actor))
+		}
+	} else if s.Actor != Restorer && m.procs[s.Actor].pfc != 0 {
 		// A creator that cannot setns back to its own pid namespace set
 		// its pid_for_children for good (the planner's placeClone).
 		if s.Into != 0 || s.NewPIDNS {
@@ -435,7 +452,11 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		nsk[pstree.UserNS] = u
 	}
 	m.saveProc(s.Target)
-	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, sid: sid, pgid: pgid, nsk: nsk}
+	parentTID := s.Thread
+	if s.AsSibling {
+		parentTID = 0 // the actor's parent's: the model knows only leaders there
+	}
+	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, parentTID: parentTID, sid: sid, pgid: pgid, nsk: nsk}
 	if s.NewPIDNS {
 		// copy_process creates the user namespace of CLONE_NEWUSER (in
 		// copy_creds) before the pid namespace (copy_namespaces): the
@@ -669,7 +690,7 @@ func (m *model) exit(p int, status int) error {
 	for i := range m.procs {
 		if m.procs[i].parent == p && m.procs[i].state != mNone {
 			m.saveProc(i)
-			m.procs[i].parent = reaper
+			m.procs[i].parent, m.procs[i].parentTID = reaper, 0 // the reaper's leader while it lives
 		}
 	}
 	return nil
@@ -698,6 +719,18 @@ func (m *model) compare(pl *Plan, procOf []int) error {
 		}
 		if ppid != t.PPID {
 			return fmt.Errorf("%s: parent %d, want %d", name, ppid, t.PPID)
+		}
+		// Which of the parent's threads: threads exist only with the
+		// stopped payload (the exec payload records but cannot honour
+		// it: exec ends every other thread).
+		if pl.Options.Payload == PayloadStopped && t.ParentTID != 0 && ti > 0 {
+			want := t.ParentTID
+			if want == t.PPID {
+				want = 0
+			}
+			if p.parentTID != want && !parentIsAgent(tr, t) {
+				return fmt.Errorf("%s: child of thread %d of its parent, want %d", name, cmp.Or(p.parentTID, ppid), t.ParentTID)
+			}
 		}
 		c := m.chain(p.ns)
 		for l := range t.PIDs {
@@ -761,4 +794,11 @@ func (m *model) compare(pl *Plan, procOf []int) error {
 		}
 	}
 	return nil
+}
+
+// parentIsAgent says whether t's parent is an nsinit agent, whose threads
+// are its Go runtime's: not restored, so not which of them forked t.
+func parentIsAgent(tr *pstree.Tree, t *pstree.Task) bool {
+	p := tr.Task(t.PPID)
+	return p != nil && p.Agent
 }

@@ -248,6 +248,10 @@ func userTree() *pstree.Tree {
 	b.tr.Tasks[len(b.tr.Tasks)-1].NS[pstree.PidForChildrenNS] = 3
 	in(3, 62, 101000, []int{22306, 5, 1}, 22305)
 	in(3, 62, 101007, []int{22307, 6, 2}, 22306)
+	// threads (stopped payload): in each user namespace below the host's;
+	// tids clear of the 100 tasks TestNoPtraceWindowUserNS adds
+	b.tr.Tasks[3].Threads = []pstree.Thread{{TIDs: []int{22500, 200}}}
+	b.tr.Tasks[len(b.tr.Tasks)-1].Threads = []pstree.Thread{{TIDs: []int{22501, 201, 200}}}
 	return &b.tr
 }
 
@@ -288,12 +292,12 @@ func TestPlanUserNamespaces(t *testing.T) {
 	}
 }
 
-func TestRestoreUserNamespaces(t *testing.T) { scenario(t, userTree) }
+func TestRestoreUserNamespaces(t *testing.T) { scenarioCheck(t, userTree, checkCreds) }
 
 // checkOwnersAndMaps checks through the host procfs: every non-ambient
 // user namespace's uid_map and gid_map as the image has them, the owner
 // of each task's pid, net and uts namespaces (NS_GET_USERNS) is the user
-// namespace the image names, and (exec payload) every task's uids and gids.
+// namespace the image names, and every task's uids and gids.
 func checkOwnersAndMaps(t *testing.T, tr *pstree.Tree, pay Payload) {
 	t.Helper()
 	userIno := map[pstree.NSID]uint64{}
@@ -348,9 +352,9 @@ func checkOwnersAndMaps(t *testing.T, tr *pstree.Tree, pay Payload) {
 				t.Errorf("task %v: its %v namespace is not owned by user namespace %d", tk.PIDs, k, ns.Owner)
 			}
 		}
-		if pay == PayloadExec {
+		{
 			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", tk.PID()))
-			c := tk.Creds
+			c := expectedCreds(tk, pay)
 			if got, want := statusField(string(b), "Uid"), fmt.Sprintf("%d\t%d\t%d\t%d", c.UID, c.EUID, c.SUID, c.FSUID); strings.Join(strings.Fields(got), "\t") != want {
 				t.Errorf("task %v: Uid %q, want %q", tk.PIDs, got, want)
 			}

@@ -122,6 +122,10 @@ type Step struct {
 	NewPIDNS  bool
 	Into      pstree.NSID
 	AsSibling bool
+	// Thread (OpClone): the level-0 tid of the actor's thread that
+	// clones, so that the child is that thread's (stopped payload); 0 for
+	// the actor itself.
+	Thread    int
 	PIDs      []int
 	Arg, Arg2 int
 	// NS: OpUnshare and OpSetns, the namespace of each kind concerned.
@@ -251,6 +255,9 @@ func (p *Plan) describe(s *Step) string {
 		if s.Into != 0 {
 			fl = append(fl, fmt.Sprintf("setns(pidns %d)", s.Into))
 		}
+		if s.Thread != 0 {
+			fl = append(fl, fmt.Sprintf("by thread %d", s.Thread))
+		}
 		why := ""
 		if pr := &p.Procs[s.Target]; pr.IsHelper() {
 			why = " # " + pr.Why
@@ -314,10 +321,14 @@ func (p *Plan) describe(s *Step) string {
 		}
 		return fmt.Sprintf("setns(pidns %d via %s) # pid_for_children", s.Into, p.name(s.Target))
 	case OpPayload:
-		if p.Options.Payload == PayloadStopped {
-			return "payload park"
+		sr := ""
+		if p.isSubreaper(s.Actor) {
+			sr = "PR_SET_CHILD_SUBREAPER, "
 		}
-		return "payload exec"
+		if p.Options.Payload == PayloadStopped {
+			return "payload " + sr + "park"
+		}
+		return "payload " + sr + "exec"
 	}
 	return s.Op.String()
 }
@@ -333,6 +344,13 @@ func (p *Plan) becomesWaiter(i int) bool {
 	}
 	tk := &p.Tree.Tasks[t]
 	return tk.WaitsForChildren && !tk.Agent && tk.State == pstree.Live
+}
+
+// isSubreaper says whether proc p is a live task the image records as a
+// child subreaper: its payload sets the flag again.
+func (p *Plan) isSubreaper(i int) bool {
+	t := p.Procs[i].Task
+	return t >= 0 && p.Tree.SubreapersRecorded && p.Tree.Tasks[t].ChildSubreaper && p.Tree.Tasks[t].State != pstree.Zombie
 }
 
 // becomesAgent says whether proc p execs `nsinit agent` (AgentExe) as its

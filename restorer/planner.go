@@ -556,7 +556,7 @@ func (pl *planner) numAt(leader, p int) int {
 func (pl *planner) cloneStep(c int) Step {
 	cr := pl.creator[c]
 	pr := &pl.plan.Procs[c]
-	s := Step{Op: OpClone, Actor: cr, Target: c, AsSibling: pl.sibling[c]}
+	s := Step{Op: OpClone, Actor: cr, Target: c, AsSibling: pl.sibling[c], Thread: pl.parentThread(c, cr)}
 	crNS := pl.m.procs[cr].ns
 	switch {
 	case pr.NS == crNS:
@@ -566,6 +566,25 @@ func (pl *planner) cloneStep(c int) Step {
 		s.Into = pr.NS // born via setns
 	}
 	return s
+}
+
+// parentThread is the thread of creator cr that clones c: the image's
+// parent thread when cr is c's parent and that is one of its restored
+// threads (stopped payload; an agent's threads are its runtime's, not
+// restored), else 0 (cr's leader).
+func (pl *planner) parentThread(c, cr int) int {
+	if pl.plan.Options.Payload != PayloadStopped || pl.sibling[c] || cr < 0 {
+		return 0
+	}
+	ti, pi := pl.plan.Procs[c].Task, pl.plan.Procs[cr].Task
+	if ti < 0 || pi < 0 {
+		return 0
+	}
+	t, p := &pl.tr().Tasks[ti], &pl.tr().Tasks[pi]
+	if t.ParentTID == 0 || t.ParentTID == t.PPID || t.PPID != p.PIDs[0] || p.Agent {
+		return 0
+	}
+	return t.ParentTID
 }
 
 // placeClone emits clone step s. A clone born via setns (s.Into) goes
@@ -1132,10 +1151,10 @@ func (pl *planner) finish() error {
 	}
 	for i := range tr.Tasks {
 		if tr.Tasks[i].State != pstree.Zombie {
-			if pl.plan.Options.Payload == PayloadExec {
-				if _, _, _, _, err := taskCreds(pl.plan, i); err != nil {
-					return err
-				}
+			// Both payloads take the image's ids (a stopped one before
+			// it parks): unmapped ids are refused here.
+			if _, _, _, _, err := taskCreds(pl.plan, i); err != nil {
+				return err
 			}
 			if err := pl.emit(Step{Op: OpPayload, Actor: i, Target: -1}); err != nil {
 				return err

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -50,6 +51,30 @@ func init() {
 				}
 			}()
 		}
+		for {
+			time.Sleep(time.Hour)
+		}
+	case role == "threadfork":
+		// A child forked by the leader and one forked by another thread
+		// (issue #12, parent threads), then nothing. In init() the main
+		// goroutine is locked to the main thread (the runtime does it
+		// for package initialisation), so a goroutine that locks its own
+		// thread runs on another one, and os/exec forks from the thread
+		// it runs on.
+		start := func() {
+			if err := exec.Command("/bin/busybox", "sleep", "1000").Start(); err != nil {
+				fail(err)
+			}
+		}
+		done := make(chan struct{})
+		go func() {
+			runtime.LockOSThread()
+			start()
+			close(done)
+			select {}
+		}()
+		<-done
+		start()
 		for {
 			time.Sleep(time.Hour)
 		}

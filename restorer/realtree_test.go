@@ -145,6 +145,7 @@ func rtCheckFindings(out string, stopped bool) []string {
 		switch {
 		case l == "":
 		case !stopped && strings.HasPrefix(what, "threads: "):
+		case !stopped && strings.HasPrefix(what, "parent thread: "): // threads come back only stopped
 		case stopped && what == "state: image live, live stopped":
 		case stopped && what == "agent: image true, live false":
 		case stopped && strings.HasPrefix(what, "threads: ") && rtSameThreads(what):

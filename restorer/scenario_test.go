@@ -40,7 +40,10 @@ func threadTIDs(tk pstree.Task) [][]int {
 // placements, and checks it. The host is shared: a window found free can be
 // taken before the restore reaches it, so a taken pid moves the tree to
 // another window (at most 3 times).
-func scenario(t *testing.T, mk func() *pstree.Tree) {
+func scenario(t *testing.T, mk func() *pstree.Tree) { scenarioCheck(t, mk, nil) }
+
+// scenarioCheck is scenario with more checks of the restored tree.
+func scenarioCheck(t *testing.T, mk func() *pstree.Tree, more func(*testing.T, *pstree.Tree, Payload)) {
 	needRoot(t)
 	for _, pay := range []Payload{PayloadExec, PayloadStopped} {
 		for _, pm := range []Placement{PlaceSetTID, PlaceLastPID} {
@@ -60,6 +63,9 @@ func scenario(t *testing.T, mk func() *pstree.Tree) {
 					if err == nil {
 						t.Cleanup(func() { killTree(t, tr, res) })
 						checkTree(t, tr, pay)
+						if more != nil {
+							more(t, tr, pay)
+						}
 						return
 					}
 					assertGone(t, tr)

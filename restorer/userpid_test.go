@@ -153,13 +153,7 @@ func userPidTree(t *testing.T, script string, n int, fromInit bool, placement, p
 	}
 	userPidShape(t, after)
 	if out, err := rtRun(t, nil, "check", "-t", rootS, "-D", img); err != nil {
-		left := slices.DeleteFunc(rtCheckFindings(out, stopped), func(l string) bool {
-			// Parked tasks keep their builder's ids (docs/restore.md,
-			// Capability sets): root of their user namespace.
-			_, what, _ := strings.Cut(l, ": ")
-			f, _, _ := strings.Cut(what, ":")
-			return stopped && slices.Contains([]string{"uid", "euid", "suid", "fsuid", "gid", "egid", "sgid", "fsgid"}, f)
-		})
+		left := rtCheckFindings(out, stopped)
 		if len(left) > 0 || !strings.Contains(err.Error(), "exit status 1") {
 			t.Errorf("nsinit check: %v\n%s", err, strings.Join(left, "\n"))
 		}

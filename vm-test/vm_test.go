@@ -48,7 +48,7 @@ var guestPackages = []guestPackage{
 	// the binary. Not the 1000-task and random-tree tests (TCG is slow).
 	// veth is a module in Debian's kernel: the test loads it.
 	{Pkg: "./restorer", Needs: []string{"CONFIG_PID_NS", "CONFIG_NET_NS", "CONFIG_UTS_NS", "CONFIG_IPC_NS", "CONFIG_CHECKPOINT_RESTORE"},
-		Run: "TestProbe|TestPlan(F43|Namespaces|UserNamespaces|PidForChildren|MultiLevel|Leaver|StandIn|OuterParentMovesLater)|TestRestore(SingleNamespace|F43|Zombies|BornVia|PidForChildren|Namespaces|UserNamespaces|LowPIDs|PIDTaken$|Agent|32Levels|CommNames|UserLauncherChildren|OrphanOfMember|OrphanSession|SplitGroup|LeaverByAMember|StandIn|OuterParentMovesLater)|" +
+		Run: "TestProbe|TestPlan(F43|Namespaces|UserNamespaces|PidForChildren|MultiLevel|Leaver|StandIn|OuterParentMovesLater)|TestRestore(SingleNamespace|F43|Zombies|BornVia|PidForChildren|Namespaces|UserNamespaces|LowPIDs|PIDTaken$|Agent|32Levels|CommNames|UserLauncherChildren|OrphanOfMember|OrphanSession|SplitGroup|LeaverByAMember|StandIn|OuterParentMovesLater|Creds|ParentThreads|Subreaper)|" +
 			// Every TestE2E but TestE2EHostileImages, which is the same on
 			// any kernel and reads another package's testdata, which the
 			// guest lacks, and TestE2ELeaverHelpers, whose 12 real dumps

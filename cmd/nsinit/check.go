@@ -43,6 +43,12 @@ func runCheck(args []string) int {
 		fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
 		return exitStatus(err)
 	}
+	if readSubreapers != nil {
+		// compared only when both the image and the live tree have them
+		if set, err := readSubreapers(); err == nil {
+			live.MarkSubreapers(set)
+		}
+	}
 	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped})
 	for _, d := range diffs {
 		fmt.Println(d)

@@ -14,6 +14,13 @@ import (
 // cmd/nsinit/guard.go sets it in an init().
 var newDumpGuard func() (dump.Guard, error)
 
+// readSubreapers says which processes are child subreapers (level-0
+// pids); nil until cmd/nsinit/guard.go sets it. dump records them (not
+// with --unchecked, which loads no eBPF at all), check compares them;
+// without it (or when it fails: no eBPF, not in the host pid namespace)
+// the image says they are unknown.
+var readSubreapers func() (map[int]bool, error)
+
 func init() { register("dump", "record a process tree into an image", runDump) }
 
 func runDump(args []string) int {
@@ -67,6 +74,9 @@ func runDump(args []string) int {
 	// image then says so (checked: false), and a dump that cannot load the
 	// guard (inside a container's pid namespace, say) behaves the same
 	// everywhere.
+	if !unchecked {
+		opts.Subreapers = readSubreapers
+	}
 	switch {
 	case unchecked:
 		d.logf(1, "unchecked dump: a race with the tree would go unnoticed")

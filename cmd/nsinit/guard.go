@@ -10,6 +10,7 @@ import (
 // wrapping ebpf.ErrNotSupported (no BTF) or EPERM (no CAP_BPF/CAP_PERFMON),
 // which dump reports (or accepts with --unchecked).
 func init() {
+	readSubreapers = bpf.Subreapers
 	newDumpGuard = func() (dump.Guard, error) {
 		g, err := bpf.NewGuard()
 		if err != nil {

@@ -209,11 +209,14 @@ func (TaskState) EnumDescriptor() ([]byte, []int) {
 type Image struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// checked: the dump was verified race-free by a consistency guard.
-	Checked       bool         `protobuf:"varint,1,opt,name=checked,proto3" json:"checked,omitempty"`
-	Namespaces    []*Namespace `protobuf:"bytes,2,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
-	Tasks         []*Task      `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Checked    bool         `protobuf:"varint,1,opt,name=checked,proto3" json:"checked,omitempty"`
+	Namespaces []*Namespace `protobuf:"bytes,2,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	Tasks      []*Task      `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// subreapers_recorded: every task's child_subreaper was read (minor 4);
+	// false: unknown, and no task has it set.
+	SubreapersRecorded bool `protobuf:"varint,4,opt,name=subreapers_recorded,json=subreapersRecorded,proto3" json:"subreapers_recorded,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Image) Reset() {
@@ -265,6 +268,13 @@ func (x *Image) GetTasks() []*Task {
 		return x.Tasks
 	}
 	return nil
+}
+
+func (x *Image) GetSubreapersRecorded() bool {
+	if x != nil {
+		return x.SubreapersRecorded
+	}
+	return false
 }
 
 type IDMapEntry struct {
@@ -1101,25 +1111,31 @@ type Task struct {
 	Sids  []int32   `protobuf:"varint,4,rep,packed,name=sids,proto3" json:"sids,omitempty"`
 	State TaskState `protobuf:"varint,5,opt,name=state,proto3,enum=nsinit.image.v1.TaskState" json:"state,omitempty"`
 	// exit_status: a zombie's raw wait status (/proc/PID/stat field 52).
-	ExitStatus     int32     `protobuf:"varint,6,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
-	Threads        []*Thread `protobuf:"bytes,7,rep,name=threads,proto3" json:"threads,omitempty"`
-	Ns             *NSSet    `protobuf:"bytes,8,opt,name=ns,proto3" json:"ns,omitempty"`
-	Creds          *Creds    `protobuf:"bytes,9,opt,name=creds,proto3" json:"creds,omitempty"`
-	Exe            []byte    `protobuf:"bytes,10,opt,name=exe,proto3" json:"exe,omitempty"`
-	Argv           [][]byte  `protobuf:"bytes,11,rep,name=argv,proto3" json:"argv,omitempty"`
-	Env            [][]byte  `protobuf:"bytes,12,rep,name=env,proto3" json:"env,omitempty"`
-	Cwd            []byte    `protobuf:"bytes,13,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	Root           []byte    `protobuf:"bytes,14,opt,name=root,proto3" json:"root,omitempty"`
-	ChildSubreaper bool      `protobuf:"varint,15,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"`
-	Agent          bool      `protobuf:"varint,16,opt,name=agent,proto3" json:"agent,omitempty"`
+	ExitStatus int32     `protobuf:"varint,6,opt,name=exit_status,json=exitStatus,proto3" json:"exit_status,omitempty"`
+	Threads    []*Thread `protobuf:"bytes,7,rep,name=threads,proto3" json:"threads,omitempty"`
+	Ns         *NSSet    `protobuf:"bytes,8,opt,name=ns,proto3" json:"ns,omitempty"`
+	Creds      *Creds    `protobuf:"bytes,9,opt,name=creds,proto3" json:"creds,omitempty"`
+	Exe        []byte    `protobuf:"bytes,10,opt,name=exe,proto3" json:"exe,omitempty"`
+	Argv       [][]byte  `protobuf:"bytes,11,rep,name=argv,proto3" json:"argv,omitempty"`
+	Env        [][]byte  `protobuf:"bytes,12,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd        []byte    `protobuf:"bytes,13,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	Root       []byte    `protobuf:"bytes,14,opt,name=root,proto3" json:"root,omitempty"`
+	// child_subreaper: PR_SET_CHILD_SUBREAPER, when the image's
+	// subreapers_recorded is set.
+	ChildSubreaper bool `protobuf:"varint,15,opt,name=child_subreaper,json=childSubreaper,proto3" json:"child_subreaper,omitempty"`
+	Agent          bool `protobuf:"varint,16,opt,name=agent,proto3" json:"agent,omitempty"`
 	// comm: the command name (/proc/PID/comm, at most 15 bytes), empty when
 	// not recorded (minor 2).
 	Comm []byte `protobuf:"bytes,17,opt,name=comm,proto3" json:"comm,omitempty"`
 	// waits_for_children: a live task blocked waiting for its children
 	// (wait4/waitid/sigsuspend/pause) with no zombie child (minor 3).
 	WaitsForChildren bool `protobuf:"varint,18,opt,name=waits_for_children,json=waitsForChildren,proto3" json:"waits_for_children,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// parent_tid: the level-0 tid of the parent's thread whose child this
+	// task is (/proc/PPID/task/TID/children): ppid for the leader, 0 when
+	// not recorded (the root; minor 4).
+	ParentTid     int32 `protobuf:"varint,19,opt,name=parent_tid,json=parentTid,proto3" json:"parent_tid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -1278,17 +1294,25 @@ func (x *Task) GetWaitsForChildren() bool {
 	return false
 }
 
+func (x *Task) GetParentTid() int32 {
+	if x != nil {
+		return x.ParentTid
+	}
+	return 0
+}
+
 var File_image_proto protoreflect.FileDescriptor
 
 const file_image_proto_rawDesc = "" +
 	"\n" +
-	"\vimage.proto\x12\x0fnsinit.image.v1\"\x8a\x01\n" +
+	"\vimage.proto\x12\x0fnsinit.image.v1\"\xbb\x01\n" +
 	"\x05Image\x12\x18\n" +
 	"\achecked\x18\x01 \x01(\bR\achecked\x12:\n" +
 	"\n" +
 	"namespaces\x18\x02 \x03(\v2\x1a.nsinit.image.v1.NamespaceR\n" +
 	"namespaces\x12+\n" +
-	"\x05tasks\x18\x03 \x03(\v2\x15.nsinit.image.v1.TaskR\x05tasks\"T\n" +
+	"\x05tasks\x18\x03 \x03(\v2\x15.nsinit.image.v1.TaskR\x05tasks\x12/\n" +
+	"\x13subreapers_recorded\x18\x04 \x01(\bR\x12subreapersRecorded\"T\n" +
 	"\n" +
 	"IDMapEntry\x12\x16\n" +
 	"\x06inside\x18\x01 \x01(\rR\x06inside\x12\x18\n" +
@@ -1365,7 +1389,7 @@ const file_image_proto_rawDesc = "" +
 	"\x06Thread\x12\x12\n" +
 	"\x04tids\x18\x01 \x03(\x05R\x04tids\x120\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1a.nsinit.image.v1.TaskStateR\x05state\x12\x12\n" +
-	"\x04comm\x18\x03 \x01(\fR\x04comm\"\x93\x04\n" +
+	"\x04comm\x18\x03 \x01(\fR\x04comm\"\xb2\x04\n" +
 	"\x04Task\x12\x12\n" +
 	"\x04pids\x18\x01 \x03(\x05R\x04pids\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\x05R\x04ppid\x12\x14\n" +
@@ -1386,7 +1410,9 @@ const file_image_proto_rawDesc = "" +
 	"\x0fchild_subreaper\x18\x0f \x01(\bR\x0echildSubreaper\x12\x14\n" +
 	"\x05agent\x18\x10 \x01(\bR\x05agent\x12\x12\n" +
 	"\x04comm\x18\x11 \x01(\fR\x04comm\x12,\n" +
-	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren*\x86\x01\n" +
+	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren\x12\x1d\n" +
+	"\n" +
+	"parent_tid\x18\x13 \x01(\x05R\tparentTid*\x86\x01\n" +
 	"\x06NSKind\x12\n" +
 	"\n" +
 	"\x06NS_PID\x10\x00\x12\x17\n" +
