@@ -805,8 +805,25 @@ func privateReason(p *Plan, euid uint32) string {
 				return fmt.Sprintf("%s stops with uid %d", p.name(i), id)
 			}
 		}
+		// Same uid, fewer capabilities: a process of that uid whose
+		// capabilities cover the task's passes the check too (F8.4).
+		if prm, eff, ok := ownCaps(); !ok || c.CapPrm&prm != prm || c.CapEff&eff != eff {
+			return fmt.Sprintf("%s stops with fewer capabilities than the restorer", p.name(i))
+		}
 	}
 	return ""
+}
+
+// ownCaps reads the calling thread's permitted and effective capabilities.
+func ownCaps() (prm, eff uint64, ok bool) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return 0, 0, false
+	}
+	prm = uint64(data[0].Permitted) | uint64(data[1].Permitted)<<32
+	eff = uint64(data[0].Effective) | uint64(data[1].Effective)<<32
+	return prm, eff, true
 }
 
 // ownUserNS says whether u is the restorer's own user namespace: the
