@@ -109,6 +109,12 @@ func TestE2EIntoNewPidnsAttached(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(testutil.Binary(t), "restore", "--into-new-pidns", "-D", img, "--pidfile", fifo)
+	out, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +133,8 @@ func TestE2EIntoNewPidnsAttached(t *testing.T) {
 	err = cmd.Wait()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 128+int(unix.SIGTERM) {
-		t.Errorf("exit: %v, want status %d (the root killed by SIGTERM)", err, 128+int(unix.SIGTERM))
+		text, _ := os.ReadFile(out.Name())
+		t.Errorf("exit: %v, want status %d (the root killed by SIGTERM)\n%s", err, 128+int(unix.SIGTERM), text)
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/nsinit/nsinit/agent"
@@ -216,6 +217,7 @@ func runPidnsRestore(args []string) int {
 	if os.Getpid() != 1 {
 		return fail("not PID 1 (started by hand?)")
 	}
+	fwd := newForwarder()
 	report := os.NewFile(newnsReportFD, "report")
 	defer report.Close()
 	// This namespace's own /proc, in a mount namespace of our own: the
@@ -262,25 +264,12 @@ func runPidnsRestore(args []string) int {
 	restore.Stdin, restore.Stderr = os.Stdin, os.Stderr
 	restore.Stdout = os.Stdout
 	restore.ExtraFiles = []*os.File{os.NewFile(newnsDirFD, "image")}
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	if err := restore.Start(); err != nil {
 		return fail("start the restorer: %v", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		for {
-			select {
-			case s := <-sigs:
-				_ = restore.Process.Signal(s)
-			case <-done:
-				return
-			}
-		}
-	}()
+	fwd.to(restore.Process.Pid)
 	code := waitExit(restore)
-	close(done)
-	signal.Stop(sigs)
+	fwd.to(0)
 	if code != 0 {
 		return code
 	}
@@ -310,7 +299,64 @@ func runPidnsRestore(args []string) int {
 	}
 	// The root is ours now (the restorer, its parent, exited): supervise it
 	// as the namespace's init. Zombies of the image keep their parents.
-	return agent.Run(agent.Config{Adopt: root, ForwardSIGURG: noPreemptSignals == "1"})
+	fwd.to(root)
+	return agent.Run(agent.Config{Adopt: root, ForwardSIGURG: noPreemptSignals == "1",
+		Started: func() error { fwd.stop(); return nil }})
+}
+
+// forwarder hands SIGINT, SIGTERM and SIGHUP on to one process (the
+// restorer, then the root) until the init takes over. PID 1 must catch
+// them from its first instant: with the Go runtime's default action it
+// would re-raise them at itself, which the kernel ignores for a namespace
+// init, and the runtime would then exit with status 2.
+type forwarder struct {
+	sigs    chan os.Signal
+	mu      sync.Mutex
+	target  int         // 0: none yet, hold the signals
+	pending []os.Signal // held while there is no target
+	done    chan struct{}
+}
+
+func newForwarder() *forwarder {
+	f := &forwarder{sigs: make(chan os.Signal, 8), done: make(chan struct{})}
+	signal.Notify(f.sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		for {
+			select {
+			case s := <-f.sigs:
+				f.mu.Lock()
+				if f.target > 0 {
+					_ = syscall.Kill(f.target, s.(syscall.Signal))
+				} else {
+					f.pending = append(f.pending, s)
+				}
+				f.mu.Unlock()
+			case <-f.done:
+				return
+			}
+		}
+	}()
+	return f
+}
+
+// to sets the process signals go to, and hands it those held meanwhile;
+// 0 holds them.
+func (f *forwarder) to(pid int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.target = pid
+	if pid > 0 {
+		for _, s := range f.pending {
+			_ = syscall.Kill(pid, s.(syscall.Signal))
+		}
+		f.pending = nil
+	}
+}
+
+// stop ends the forwarding once the init has subscribed to the signals.
+func (f *forwarder) stop() {
+	signal.Stop(f.sigs)
+	close(f.done)
 }
 
 // toDevNull points stdin, stdout and stderr at /dev/null.
