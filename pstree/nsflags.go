@@ -23,6 +23,17 @@ func (k NSKind) CloneFlag() uint64 {
 	return cloneFlags[k]
 }
 
+// KindOfCloneFlag is the kind whose CLONE_NEW* flag is flag (the pid
+// namespace's for CLONE_NEWPID, never pid_for_children).
+func KindOfCloneFlag(flag uint64) (NSKind, bool) {
+	for k, f := range cloneFlags {
+		if f == flag && flag != 0 {
+			return NSKind(k), true
+		}
+	}
+	return 0, false
+}
+
 // CloneFlags is the union of the flags of the kinds whose entry in s is set
 // (non-zero).
 func (s NSSet) CloneFlags() uint64 {

@@ -17,6 +17,17 @@ func TestCloneFlags(t *testing.T) {
 			t.Errorf("%v: flag %#x", k, f)
 		}
 	}
+	for _, k := range AllNSKinds() {
+		if k == PidForChildrenNS {
+			continue
+		}
+		if got, ok := KindOfCloneFlag(k.CloneFlag()); !ok || got != k {
+			t.Errorf("KindOfCloneFlag(%v's flag) = %v, %v", k, got, ok)
+		}
+	}
+	if _, ok := KindOfCloneFlag(0); ok {
+		t.Error("flag 0 has a kind")
+	}
 	if NSKind(99).CloneFlag() != 0 {
 		t.Error("out of range kind has a flag")
 	}

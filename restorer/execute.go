@@ -883,11 +883,15 @@ func (t *tx) openNamespaceFiles(r *stepRec, flags uintptr) error {
 		return unix.ESRCH // not visible in the procfs at /proc
 	}
 	pid := nspid[0]
-	for j, kind := range nsOrder {
-		if flags&kind == 0 {
+	for j, flag := range nsOrder {
+		if flags&flag == 0 {
 			continue
 		}
-		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/%s", pid, nsFileName(kind)), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		kind, ok := pstree.KindOfCloneFlag(uint64(flag))
+		if !ok {
+			return unix.EINVAL
+		}
+		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/%s", pid, kind.ProcName()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}
@@ -896,29 +900,6 @@ func (t *tx) openNamespaceFiles(r *stepRec, flags uintptr) error {
 	// The pid still named the proc when its files were opened: it cannot
 	// have been reused while the pidfd's task is alive.
 	return unix.PidfdSendSignal(pidfd, 0, nil, 0)
-}
-
-// nsFileName is the name under /proc/PID/ns of the namespace kind flag.
-func nsFileName(flag uintptr) string {
-	switch flag {
-	case unix.CLONE_NEWUSER:
-		return "user"
-	case unix.CLONE_NEWNS:
-		return "mnt"
-	case unix.CLONE_NEWUTS:
-		return "uts"
-	case unix.CLONE_NEWIPC:
-		return "ipc"
-	case sys.CLONE_NEWPID:
-		return "pid"
-	case unix.CLONE_NEWCGROUP:
-		return "cgroup"
-	case unix.CLONE_NEWNET:
-		return "net"
-	case unix.CLONE_NEWTIME:
-		return "time"
-	}
-	return "?"
 }
 
 // passForLeaver ends step cur for proc i, which took credentials that made
