@@ -237,14 +237,20 @@ func startFailureCode(err error) int {
 
 // exitCode turns the command's wait status into nsinit's exit status.
 func exitCode(ws syscall.WaitStatus, zero []int) int {
-	code := ws.ExitStatus()
-	if ws.Signaled() {
-		code = 128 + int(ws.Signal())
-	}
+	code := ShellStatus(ws)
 	for _, z := range zero {
 		if code == z {
 			return 0
 		}
 	}
 	return code
+}
+
+// ShellStatus is a wait status as a shell reports it: the exit code, or
+// 128+N for a death by signal N.
+func ShellStatus(ws syscall.WaitStatus) int {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
 }

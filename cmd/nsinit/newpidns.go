@@ -189,8 +189,8 @@ func waitExit(cmd *exec.Cmd) int {
 	err := cmd.Wait()
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
+			return agent.ShellStatus(ws)
 		}
 		return ee.ExitCode()
 	}

@@ -164,10 +164,7 @@ func runRestore(args []string) int {
 		d.errorf("wait for root %d: %v", res.Root, err)
 		return exitFailure
 	}
-	if st.Signaled() {
-		return 128 + int(st.Signal())
-	}
-	return st.ExitStatus()
+	return agent.ShellStatus(syscall.WaitStatus(st))
 }
 
 // interruptContext is a context cancelled by the first of sigs to arrive
