@@ -16,7 +16,7 @@ import (
 
 // nsinit runs the built binary with output to a file (restored payloads
 // inherit it; a pipe would stay open as long as they live).
-func nsinit(t *testing.T, args ...string) (string, error) {
+func nsinit(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "out")
 	if err != nil {

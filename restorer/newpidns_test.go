@@ -262,7 +262,7 @@ func BenchmarkIntoNewPidnsCopies(b *testing.B) {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		out, err := runBinary(b, "restore", "-D", img, "-d", "--payload", "stopped")
+		out, err := nsinit(b, "restore", "-D", img, "-d", "--payload", "stopped")
 		one += time.Since(start)
 		if err != nil {
 			b.Skipf("restore at the host pids: %v\n%s", err, out)
@@ -275,7 +275,7 @@ func BenchmarkIntoNewPidnsCopies(b *testing.B) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				out, err := runBinary(b, "restore", "--into-new-pidns", "-D", img, "-d", "--payload", "stopped")
+				out, err := nsinit(b, "restore", "--into-new-pidns", "-D", img, "-d", "--payload", "stopped")
 				if err == nil {
 					roots[c], _ = strconv.Atoi(strings.TrimSpace(string(out)))
 				}
@@ -292,20 +292,4 @@ func BenchmarkIntoNewPidnsCopies(b *testing.B) {
 	}
 	b.ReportMetric(float64(copies*b.N)/ten.Seconds(), "copies/s")
 	b.ReportMetric(ten.Seconds()/one.Seconds(), "x-one-restore")
-}
-
-// runBinary runs nsinit with its output in a file, not a pipe: stopped
-// tasks keep the restorer's stdio (they never exec), and a pipe would
-// never reach end of file.
-func runBinary(tb testing.TB, args ...string) (string, error) {
-	f, err := os.CreateTemp(tb.TempDir(), "out")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command(testutil.Binary(tb), args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	err = cmd.Run()
-	out, _ := os.ReadFile(f.Name())
-	return string(out), err
 }

@@ -36,19 +36,7 @@ const attackerRole = "NSINIT_TEST_ATTACKER"
 func TestNoPtraceWindow(t *testing.T) {
 	needRoot(t)
 	const n = 100
-	base := freeBase(t, 20000, n+1)
-	b := newTB()
-	full := testutil.FullCapSet()
-	root := b.task(1, []int{base}, 0, []int{base}, []int{base})
-	root.Creds = pstree.Creds{CapPrm: full, CapEff: full, CapBnd: full}
-	var pids []string
-	for i := 1; i <= n; i++ {
-		tk := b.task(1, []int{base + i}, base, []int{base}, []int{base})
-		tk.Creds = pstree.Creds{UID: 1000, EUID: 1000, SUID: 1000, FSUID: 1000,
-			GID: 1000, EGID: 1000, SGID: 1000, FSGID: 1000, CapBnd: full}
-		pids = append(pids, strconv.Itoa(base+i))
-	}
-	tr := sleepers(&b.tr)
+	tr, pids := uid1000Tree(t, n)
 	if err := attackRestore(t, tr, 1000, pids, PayloadExec); err != nil {
 		t.Fatalf("restore: %v", err)
 	}
@@ -62,6 +50,17 @@ func TestNoPtraceWindow(t *testing.T) {
 func TestNoPtraceWindowStopped(t *testing.T) {
 	needRoot(t)
 	const n = 20
+	tr, pids := uid1000Tree(t, n)
+	defer unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
+	if err := attackRestore(t, tr, 1000, pids, PayloadStopped); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+}
+
+// uid1000Tree is a root task with every capability and n children of uid
+// 1000 (sleepers) at a free window of host pids, and those children's pids.
+func uid1000Tree(t *testing.T, n int) (*pstree.Tree, []string) {
+	t.Helper()
 	base := freeBase(t, 20000, n+1)
 	b := newTB()
 	full := testutil.FullCapSet()
@@ -74,10 +73,7 @@ func TestNoPtraceWindowStopped(t *testing.T) {
 			GID: 1000, EGID: 1000, SGID: 1000, FSGID: 1000, CapBnd: full}
 		pids = append(pids, strconv.Itoa(base+i))
 	}
-	defer unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
-	if err := attackRestore(t, sleepers(&b.tr), 1000, pids, PayloadStopped); err != nil {
-		t.Fatalf("restore: %v", err)
-	}
+	return sleepers(&b.tr), pids
 }
 
 // TestNoPtraceWindowUserNS restores a rootless shape: userTree (a user
