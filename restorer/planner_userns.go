@@ -83,31 +83,6 @@ func userMapText(p *Plan, u pstree.NSID, w int) (uidMap, gidMap string, err erro
 	return uidMap, gidMap, nil
 }
 
-// userMap is the model of the map writes: by a member of the parent user
-// namespace, once, for a namespace the restore created.
-func (m *model) userMap(pl *Plan, s *Step) error {
-	u := s.NS[pstree.UserNS]
-	t := &m.procs[s.Target]
-	if s.Target < 0 || t.state != mAlive || t.nsk[pstree.UserNS] != u || !m.made[u] {
-		return fmt.Errorf("maps of user ns %d: target is not a member of it", u)
-	}
-	if m.mapped[u] {
-		return fmt.Errorf("maps of user ns %d written twice: EPERM", u)
-	}
-	parent := m.tr.Namespace(u).Parent
-	if parent == 0 || m.tr.Namespace(parent).Ambient {
-		parent = m.own[pstree.UserNS]
-	}
-	if w := m.procs[s.Actor].nsk[pstree.UserNS]; w != parent {
-		return fmt.Errorf("maps of user ns %d written from user ns %d, not its parent %d: EPERM", u, w, parent)
-	}
-	if m.journal {
-		m.undo = append(m.undo, func() { delete(m.mapped, u) })
-	}
-	m.mapped[u] = true
-	return nil
-}
-
 // taskCreds are the ids an exec payload sets, in the task's own user
 // namespace (the image has them as the dumper saw them), and whether it
 // may call setgroups there.

@@ -10,7 +10,6 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/internal/procfs"
-	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,21 +31,6 @@ import (
 //     map write through /proc/PID of someone else's process is EPERM or
 //     ENOENT - errors that say nothing about the cause. The check makes it
 //     ErrHostRace (retried) and ErrPIDTaken, naming the holder.
-
-// writesHostCursor says whether actor, about to clone, may write the host
-// (level-0) cursor itself: it is in level-0 pid namespace ns0 and capable
-// over its owner (a builder that entered a user namespace is not).
-func (pl *planner) writesHostCursor(actor int, ns0 pstree.NSID) bool {
-	if actor < 0 {
-		return false
-	}
-	a := &pl.m.procs[actor]
-	if a.ns != ns0 {
-		return false
-	}
-	o := pl.m.nss[ns0].owner
-	return o == 0 || pl.m.capable(a.nsk[pstree.UserNS], o)
-}
 
 // errMisplaced marks a failure "errno" that is really the level-0 pid a
 // checked clone got (in the low bits), not an errno.
