@@ -14,7 +14,7 @@ import (
 )
 
 // The host cursor (level 0's ns_last_pid) is shared with every process of
-// the machine (kernel-facts F1.3). Two things keep a restore honest on a
+// the machine (docs/kernel.md F1.3). Two things keep a restore honest on a
 // host where something forks all the time:
 //
 //   - parkHostCursor keeps the cursor above the image's level-0 pids for

@@ -29,7 +29,7 @@ type tx struct {
 	links          map[int]*agentLink
 	mark           int // the waiter mark (internal/waiter), -1 for none
 	agentTimeout   time.Duration
-	el             *execLinks // comm.go
+	el             *execLinks // exec_comm.go
 	ctx            context.Context
 	deadline       time.Time // of the whole restore (ExecOptions.Timeout)
 	selfFD         int       // the pidfd in hdr().restorerFD, -1 for none

@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -32,7 +33,7 @@ type ExecOptions struct {
 	// so that nothing restored holds its caller's pipe or terminal). The
 	// files stay the caller's; the restorer's own fds are untouched.
 	// Zombies and stopped payloads have no program and keep nothing
-	// (stdio_linux.go).
+	// (builder_stdio_linux.go).
 	Stdio [3]*os.File
 }
 
@@ -63,7 +64,7 @@ var ErrInterrupted = errors.New("restore interrupted")
 // created is killed and reaped, the host cursor put back, and the error
 // wraps ErrInterrupted with ctx's cause.
 func ExecuteContext(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
-	defer parkHostCursor(p)() // hostcheck.go
+	defer parkHostCursor(p)() // exec_hostcursor.go
 	if opt.Attempts == 0 {
 		opt.Attempts = 5
 	}
@@ -85,7 +86,14 @@ func ExecuteContext(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, e
 // too, and names the process that took the pid while it is there.
 var ErrHostRace = errors.New("host pid cursor raced with an unrelated fork")
 
+// executeMu serialises Executes in one process: builders find the block
+// through package variables (builder_linux.go), and the restorer's
+// subreaper flag, dumpable flag and the host cursor are per process.
+var executeMu sync.Mutex
+
 func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
+	executeMu.Lock()
+	defer executeMu.Unlock()
 	if runtime.GOARCH != "amd64" {
 		return nil, fmt.Errorf("execute: the builder trampoline exists only for amd64, not %s: %w", runtime.GOARCH, ErrUnsupported)
 	}
@@ -125,7 +133,7 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 		closeMark(mark)
 		return nil, err
 	}
-	setStdio(b, opt.Stdio) // stdio_linux.go
+	setStdio(b, opt.Stdio) // builder_stdio_linux.go
 	defer runtime.KeepAlive(opt.Stdio)
 	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el,
 		ctx: ctx, deadline: time.Now().Add(opt.Timeout)}
@@ -204,7 +212,7 @@ func hasCap(c uint) bool {
 // sets, which every task it creates would otherwise inherit: a restorer
 // started with ambient CAP_CHECKPOINT_RESTORE (agent/listen.go, a restore
 // for another uid) must not hand it on. The image's own sets are set by
-// each builder afterwards (caps_linux.go).
+// each builder afterwards (builder_creds_linux.go).
 func dropInheritableCaps() error {
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return fmt.Errorf("clear ambient capabilities: %w", err)
@@ -236,7 +244,7 @@ func precheck(p *Plan) error {
 		if pid <= 0 {
 			return nil
 		}
-		waitYoungHolder(pid, settle) // hostcheck.go
+		waitYoungHolder(pid, settle) // exec_hostcursor.go
 		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status"); err == nil {
 			if statusField(string(b), "Tgid") == strconv.Itoa(os.Getpid()) {
 				return fmt.Errorf("%s: pid %d at level 0 is taken by this restorer itself (the host cursor was among the image's pids when it started): %w", what, pid, ErrPIDTaken)

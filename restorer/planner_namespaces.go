@@ -7,7 +7,7 @@ import (
 )
 
 // Namespaces other than pid are a table: every kind below is restored the
-// same way, by membership (user namespaces also get their maps, userns.go). A task whose namespace of a kind is not the one
+// same way, by membership (user namespaces also get their maps, planner_userns.go). A task whose namespace of a kind is not the one
 // it inherited from its creator either creates it (unshare, the first
 // member the plan creates) or joins it (setns through the pidfd of a live
 // member), right after its birth and before it creates anyone, so its

@@ -7,7 +7,7 @@ import (
 	"github.com/nsinit/nsinit/pstree"
 )
 
-// User namespaces are created like the other kinds (namespaces.go), by
+// User namespaces are created like the other kinds (planner_namespaces.go), by
 // their first member; right after the unshare a member of the parent user
 // namespace writes the new one's setgroups, uid_map and gid_map
 // (OpUserMap; the kernel wants the writer in the parent or in the
