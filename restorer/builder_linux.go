@@ -88,9 +88,10 @@ func procMain(arg uintptr) {
 	base := bBase
 	z := zeroBuf(base)
 	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
-	// while every signal is still blocked.
+	// while every signal is still blocked (SIGKILL and SIGSTOP have no
+	// handler to reset: the kernel refuses them).
 	for sig := uintptr(1); sig <= 64; sig++ {
-		if sig != 9 && sig != 19 && sig != 32 && sig != 33 {
+		if sig != uintptr(unix.SIGKILL) && sig != uintptr(unix.SIGSTOP) {
 			syscall.RawSyscall6(unix.SYS_RT_SIGACTION, sig, z, 0, 8, 0, 0)
 		}
 	}

@@ -152,12 +152,11 @@ func holderOf(pid int) string {
 	if err != nil {
 		return ""
 	}
-	st := string(b)
-	who := fmt.Sprintf("%q (tgid %s)", statusField(st, "Name"), statusField(st, "Tgid"))
-	if !strings.HasPrefix(statusField(st, "State"), "Z") {
+	who := fmt.Sprintf("%q (tgid %s)", procfs.StatusField(b, "Name"), procfs.StatusField(b, "Tgid"))
+	if !strings.HasPrefix(procfs.StatusField(b, "State"), "Z") {
 		return who
 	}
-	ppid := statusField(st, "PPid")
+	ppid := procfs.StatusField(b, "PPid")
 	parent := "?"
 	if c, err := os.ReadFile("/proc/" + ppid + "/comm"); err == nil {
 		parent = strings.TrimSuffix(string(c), "\n")

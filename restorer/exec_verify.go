@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -44,7 +46,7 @@ func (t *tx) verify() error {
 		if err != nil {
 			return t.hostPIDError(fmt.Errorf("verify thread %v of %s: %w", s.PIDs, t.p.name(s.Actor), err), s.PIDs[0])
 		}
-		if got := statusField(string(st), "NSpid"); got != joinInts(s.PIDs) {
+		if got := procfs.StatusField(st, "NSpid"); got != joinInts(s.PIDs) {
 			return fmt.Errorf("verify thread %v of %s: placed at %s", s.PIDs, t.p.name(s.Actor), got)
 		}
 	}
@@ -152,7 +154,7 @@ func (t *tx) waitExecDone(pid int) error {
 		if b, err := os.ReadFile(dir + "/cmdline"); err != nil || len(b) > 0 {
 			return nil
 		}
-		if b, err := os.ReadFile(dir + "/stat"); err != nil || procState(b) == 'Z' {
+		if b, err := os.ReadFile(dir + "/stat"); err != nil || procfs.StatState(b) == 'Z' {
 			return nil
 		}
 		if err := t.expired(); err != nil {
@@ -189,12 +191,21 @@ func (t *tx) waitSignalled(p int, sig unix.Signal) error {
 		if err != nil {
 			return fmt.Errorf("%s after %v: %w", t.p.name(p), sig, err)
 		}
-		if st := procState(b); st == want {
+		if st := procfs.StatState(b); st == want {
 			return nil
 		}
 		if err := t.expired(); err != nil {
-			return fmt.Errorf("%s: state %q after %v, want %q: %w", t.p.name(p), procState(b), sig, want, err)
+			return fmt.Errorf("%s: state %q after %v, want %q: %w", t.p.name(p), procfs.StatState(b), sig, want, err)
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// joinInts formats pids as /proc's NS* columns do.
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, " ")
 }

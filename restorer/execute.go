@@ -246,7 +246,7 @@ func precheck(p *Plan) error {
 		}
 		waitYoungHolder(pid, settle) // exec_hostcursor.go
 		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status"); err == nil {
-			if statusField(string(b), "Tgid") == strconv.Itoa(os.Getpid()) {
+			if procfs.StatusField(b, "Tgid") == strconv.Itoa(os.Getpid()) {
 				return fmt.Errorf("%s: pid %d at level 0 is taken by this restorer itself (the host cursor was among the image's pids when it started): %w", what, pid, ErrPIDTaken)
 			}
 			if h := holderOf(pid); h != "" {

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
 )
 
 // model is a small model of the kernel rules a plan relies on (see
@@ -259,11 +260,11 @@ func (m *model) apply(pl *Plan, i int) error {
 			return fmt.Errorf("kill %s: not alive", pl.name(s.Target))
 		}
 		switch s.Arg {
-		case 19: // SIGSTOP
+		case int(unix.SIGSTOP):
 			m.saveProc(s.Target)
 			t.stopped = true
-		case 9:
-			return m.exit(s.Target, 9)
+		case int(unix.SIGKILL):
+			return m.exit(s.Target, int(unix.SIGKILL))
 		default:
 			return fmt.Errorf("restorer sends only SIGSTOP/SIGKILL, not %d", s.Arg)
 		}

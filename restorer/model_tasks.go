@@ -7,14 +7,16 @@ import (
 	"github.com/nsinit/nsinit/pstree"
 )
 
+// rootNS is the outermost pid namespace of the plan (the restorer's).
 func (m *model) rootNS(pl *Plan) pstree.NSID {
 	return m.chain(pl.Procs[0].NS)[0]
 }
 
-func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
-	if s.Target < 0 || s.Target >= len(m.procs) || m.procs[s.Target].state != mNone {
-		return fmt.Errorf("clone of proc %d: already created or out of range", s.Target)
-	}
+// landingNS is the pid namespace clone step s puts its child in: the
+// actor's pid_for_children (or its thread's active namespace), the one it
+// setns'ed into, or the new one of CLONE_NEWPID, with the kernel's
+// conditions on each (F2.3, F7.3).
+func (m *model) landingNS(pl *Plan, s *Step, rootNS pstree.NSID) (pstree.NSID, error) {
 	pr := &pl.Procs[s.Target]
 	active := m.actorNS(s.Actor, rootNS)
 	pfc := active
@@ -30,31 +32,31 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		// its active namespace: CLONE_THREAD needs that (F7.3), and
 		// only the leader ever changes its own (OpSetPFC).
 		if s.Actor == Restorer || s.AsSibling || s.NS[pstree.UserNS] != 0 {
-			return fmt.Errorf("clone by thread %d of %s: only a plain clone by a task's thread is planned", s.Thread, pl.name(s.Actor))
+			return 0, fmt.Errorf("clone by thread %d of %s: only a plain clone by a task's thread is planned", s.Thread, pl.name(s.Actor))
 		}
 		if !slices.ContainsFunc(m.procs[s.Actor].threads, func(t []int) bool { return t[0] == s.Thread }) {
-			return fmt.Errorf("clone by thread %d of %s, which has no such thread", s.Thread, pl.name(s.Actor))
+			return 0, fmt.Errorf("clone by thread %d of %s, which has no such thread", s.Thread, pl.name(s.Actor))
 		}
 	} else if s.Actor != Restorer && m.procs[s.Actor].pfc != 0 {
 		// A creator that cannot setns back to its own pid namespace set
 		// its pid_for_children for good (the planner's placeClone).
 		if s.Into != 0 || s.NewPIDNS {
-			return fmt.Errorf("clone by %s with setns or CLONE_NEWPID after it set its pid_for_children: EINVAL", pl.name(s.Actor))
+			return 0, fmt.Errorf("clone by %s with setns or CLONE_NEWPID after it set its pid_for_children: EINVAL", pl.name(s.Actor))
 		}
 		pfc = m.procs[s.Actor].pfc
 	}
 	if s.Into != 0 {
 		if !m.isDescendant(s.Into, active) {
-			return fmt.Errorf("setns to pid ns %d: not below the actor's: EINVAL", s.Into)
+			return 0, fmt.Errorf("setns to pid ns %d: not below the actor's: EINVAL", s.Into)
 		}
 		if s.NewPIDNS {
-			return fmt.Errorf("CLONE_NEWPID after setns: EINVAL")
+			return 0, fmt.Errorf("CLONE_NEWPID after setns: EINVAL")
 		}
 		// setns(CLONE_NEWPID) needs CAP_SYS_ADMIN over the owner of the
 		// namespace entered, there and back again (F2.3).
 		for _, ns := range []pstree.NSID{s.Into, active} {
 			if o := m.nss[ns].owner; o != 0 && !m.capable(user, o) {
-				return fmt.Errorf("setns to pid ns %d by %s: no CAP_SYS_ADMIN over its owner user ns %d from user ns %d: EPERM", ns, pl.name(s.Actor), o, user)
+				return 0, fmt.Errorf("setns to pid ns %d by %s: no CAP_SYS_ADMIN over its owner user ns %d from user ns %d: EPERM", ns, pl.name(s.Actor), o, user)
 			}
 		}
 		pfc = s.Into
@@ -63,18 +65,33 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	if s.NewPIDNS {
 		n := m.nss[pr.NS]
 		if n == nil || n.parent != pfc || n.init >= 0 {
-			return fmt.Errorf("new pid ns %d is not a fresh child of ns %d", pr.NS, pfc)
+			return 0, fmt.Errorf("new pid ns %d is not a fresh child of ns %d", pr.NS, pfc)
 		}
 		ns = pr.NS
 		if pr.PIDs[len(pr.PIDs)-1] != 1 {
-			return fmt.Errorf("CLONE_NEWPID with set_tid[0] != 1: EINVAL")
+			return 0, fmt.Errorf("CLONE_NEWPID with set_tid[0] != 1: EINVAL")
 		}
 	}
 	if ns != pr.NS {
-		return fmt.Errorf("proc %s would land in pid ns %d, wants %d", pl.name(s.Target), ns, pr.NS)
+		return 0, fmt.Errorf("proc %s would land in pid ns %d, wants %d", pl.name(s.Target), ns, pr.NS)
 	}
 	if m.nss[ns].dead {
-		return fmt.Errorf("clone into pid ns %d whose init died: ENOMEM", ns)
+		return 0, fmt.Errorf("clone into pid ns %d whose init died: ENOMEM", ns)
+	}
+	return ns, nil
+}
+
+// clone plays clone step s: the child lands in landingNS with the pids
+// the step gives it (allocate), the parent, session and group the kernel
+// gives it, and the actor's namespaces and credentials.
+func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
+	if s.Target < 0 || s.Target >= len(m.procs) || m.procs[s.Target].state != mNone {
+		return fmt.Errorf("clone of proc %d: already created or out of range", s.Target)
+	}
+	pr := &pl.Procs[s.Target]
+	ns, err := m.landingNS(pl, s, rootNS)
+	if err != nil {
+		return err
 	}
 	c := m.chain(ns)
 	if len(pr.PIDs) != len(c) {

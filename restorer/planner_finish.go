@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
 )
 
 // finish appends the verification and the final actions: ns_last_pid
@@ -80,10 +81,10 @@ func (pl *planner) finish() error {
 		if t.InnerPID() == 1 && t.Level() > 0 && t.ExitStatus&0x7f != 0 {
 			// An init ignores its own signals; only SIGKILL from an
 			// ancestor namespace reproduces "killed by a signal".
-			if t.ExitStatus&0x7f != 9 {
+			if t.ExitStatus&0x7f != int(unix.SIGKILL) {
 				return fmt.Errorf("task %d: a pid ns init killed by signal %d cannot be reproduced: %w", t.PID(), t.ExitStatus&0x7f, ErrUnsupported)
 			}
-			if err := pl.emit(Step{Op: OpKill, Actor: Restorer, Target: i, Arg: 9}); err != nil {
+			if err := pl.emit(Step{Op: OpKill, Actor: Restorer, Target: i, Arg: int(unix.SIGKILL)}); err != nil {
 				return err
 			}
 			continue
@@ -106,7 +107,7 @@ func (pl *planner) finish() error {
 	}
 	for i := range tr.Tasks {
 		if st := tr.Tasks[i].State; st == pstree.Stopped || (st == pstree.Live && pl.plan.Options.Payload == PayloadStopped) {
-			if err := pl.emit(Step{Op: OpKill, Actor: Restorer, Target: i, Arg: 19}); err != nil {
+			if err := pl.emit(Step{Op: OpKill, Actor: Restorer, Target: i, Arg: int(unix.SIGSTOP)}); err != nil {
 				return err
 			}
 		}
