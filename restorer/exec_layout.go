@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -226,7 +227,7 @@ func (l *layout) mapBlock() (*block, error) {
 	h := hdrAt(b.base)
 	h.nsteps = int64(b.nsteps)
 	h.base = uint64(uintptr(b.base))
-	copy(h.lastPIDPath[:], "/proc/sys/kernel/ns_last_pid\x00")
+	copy(h.lastPIDPath[:], procfs.LastPIDPath+"\x00")
 	return b, nil
 }
 
