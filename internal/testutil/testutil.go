@@ -133,17 +133,22 @@ func SharedTempDir(t testing.TB, prefix string, perm os.FileMode) string {
 	return dir
 }
 
-// Run runs the program at path with args, stdout and stderr to one file,
-// and returns what it wrote. Not a pipe: a detached restore's tree inherits
-// the restorer's stdout and would hold a pipe open as long as it lives.
+// Run runs the program at path with args (RunCmd).
 func Run(t testing.TB, path string, args ...string) (string, error) {
+	t.Helper()
+	return RunCmd(t, exec.Command(path, args...))
+}
+
+// RunCmd runs cmd with stdout and stderr to one file and returns what it
+// wrote. Not a pipe: a detached restore's tree inherits the restorer's
+// stdout and would hold a pipe open as long as it lives.
+func RunCmd(t testing.TB, cmd *exec.Cmd) (string, error) {
 	t.Helper()
 	f, err := os.CreateTemp(t.TempDir(), "out")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	err = cmd.Run()
 	out, _ := os.ReadFile(f.Name())
