@@ -252,7 +252,9 @@ func restoreHere(r *agentpb.Restore, dir *os.File, as *clientIDs) (int, error) {
 	}
 	defer null.Close()
 	pidfile := filepath.Join(tmp, "pid")
-	args := []string{exe, "restore", "-D", "/proc/self/fd/3", "-d", "--pidfile", pidfile}
+	// The restored root is born into the agent's session and group: in
+	// the agent's namespace there is no other outside leader it could join.
+	args := []string{exe, "restore", "-D", "/proc/self/fd/3", "-d", "--shell-job", "--pidfile", pidfile}
 	if r.Payload != "" {
 		args = append(args, "--payload", r.Payload)
 	}

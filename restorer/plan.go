@@ -49,6 +49,10 @@ import (
 var (
 	// ErrPIDTaken: a pid the image needs is already in use at some level.
 	ErrPIDTaken = errors.New("pid already taken")
+	// ErrOutsideLeader: the image's root was in a session or group led
+	// from outside the tree, which the restorer is not in (Options.ShellJob).
+	// It wraps ErrUnsupported.
+	ErrOutsideLeader = fmt.Errorf("session or group led from outside the tree: %w", ErrUnsupported)
 	// ErrUnsupported: the image describes a tree this planner cannot build.
 	ErrUnsupported = errors.New("unsupported tree shape")
 	// ErrBadImage: the image is malformed.
@@ -195,6 +199,13 @@ type Options struct {
 	AgentExe string
 	// Features of the kernel the plan runs on (ProbeFeatures).
 	Features Features
+	// ShellJob accepts that the root's session and process group, when
+	// the image says they were led from outside the tree (the shell that
+	// started it), become the restorer's own, as `criu restore
+	// --shell-job` does. Without it Execute refuses such an image unless
+	// the restorer is in that very session and group, so the numbers are
+	// exact (ErrOutsideLeader).
+	ShellJob bool
 }
 
 // Proc is one process Execute creates: an image task or a helper.
