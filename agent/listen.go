@@ -28,7 +28,7 @@ import (
 // inside. The restored tree is detached and ends up as the agent's child,
 // so the agent reaps it like any orphan.
 //
-// Threat model (docs/design.md, "The restore service"): whoever can
+// Threat model (docs/security.md, "The restore service"): whoever can
 // restore an image can run any program with any credentials the agent can
 // give, so the service is a root shell for its clients. It therefore
 // serves only clients whose uid, as the agent's user namespace sees it
