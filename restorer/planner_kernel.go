@@ -3,6 +3,8 @@ package restorer
 import (
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/nsinit/nsinit/pstree"
 )
@@ -20,6 +22,9 @@ func checkKernel(tr *pstree.Tree, f Features) error {
 		if !ns.Ambient && slices.Contains(f.MissingNS, ns.Kind) {
 			return fmt.Errorf("the image has a %s namespace (id %d), which this kernel does not have%s: %w", ns.Kind, ns.ID, dumpedOn(tr), ErrUnsupported)
 		}
+	}
+	if err := checkCapBnd(tr, f.CapBnd); err != nil {
+		return err
 	}
 	if f.PidMax <= 0 {
 		return nil
@@ -51,4 +56,40 @@ func dumpedOn(tr *pstree.Tree) string {
 		return fmt.Sprintf(" (the image was dumped on Linux %s)", tr.Kernel)
 	}
 	return ""
+}
+
+// checkCapBnd refuses a task of the restorer's own user namespace (the
+// ambient one) that had a capability outside the restorer's bounding set
+// capBnd: no exec, setcap or builder can give it one. The machine the image
+// came from allowed more (a container runtime drops some, e.g.
+// CAP_SYS_RESOURCE). Tasks of user namespaces the restore creates get a
+// full bounding set there and are not limited.
+func checkCapBnd(tr *pstree.Tree, capBnd uint64) error {
+	if capBnd == 0 {
+		return nil
+	}
+	for i := range tr.Tasks {
+		t := &tr.Tasks[i]
+		u := tr.Namespace(t.NS[pstree.UserNS])
+		if u == nil || !u.Ambient {
+			continue
+		}
+		c := &t.Creds
+		if missing := (c.CapBnd | c.CapPrm | c.CapEff | c.CapInh | c.CapAmb) &^ capBnd; missing != 0 {
+			return fmt.Errorf("task %d had capabilities %s, outside this restorer's bounding set %#x%s: %w",
+				t.PID(), capBits(missing), capBnd, dumpedOn(tr), ErrCapability)
+		}
+	}
+	return nil
+}
+
+// capBits lists the capability numbers set in v (capabilities(7)).
+func capBits(v uint64) string {
+	var s []string
+	for b := 0; b < 64; b++ {
+		if v&(1<<b) != 0 {
+			s = append(s, strconv.Itoa(b))
+		}
+	}
+	return strings.Join(s, ", ")
 }

@@ -69,3 +69,29 @@ func TestPlanRefusesWhatTheKernelLacks(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanRefusesCapabilitiesBeyondTheBoundingSet: a task of the
+// restorer's own user namespace cannot get a capability the restorer's
+// bounding set lacks (a machine whose root has fewer, like this one without
+// CAP_SYS_RESOURCE); one in a user namespace the restore creates can.
+func TestPlanRefusesCapabilitiesBeyondTheBoundingSet(t *testing.T) {
+	const all = uint64(1)<<41 - 1
+	const noResource = all &^ (1 << 24)
+	mk := func(ambient bool) *pstree.Tree {
+		tr := f43()
+		tr.Namespaces = append(tr.Namespaces, pstree.Namespace{ID: 99, Kind: pstree.UserNS, Ambient: ambient,
+			UIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 1 << 20}}, GIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 1 << 20}}})
+		for i := range tr.Tasks {
+			tr.Tasks[i].NS[pstree.UserNS] = 99
+			tr.Tasks[i].Creds.CapPrm, tr.Tasks[i].Creds.CapEff, tr.Tasks[i].Creds.CapBnd = all, all, all
+		}
+		return tr
+	}
+	_, err := NewPlan(mk(true), Options{Features: Features{CapBnd: noResource}})
+	if !errors.Is(err, ErrCapability) || !strings.Contains(err.Error(), "capabilities 24,") {
+		t.Errorf("ambient user ns, bounding set without 24: %v; want ErrCapability naming 24", err)
+	}
+	if _, err := NewPlan(mk(true), Options{Features: Features{CapBnd: all}}); err != nil {
+		t.Errorf("ambient user ns, full bounding set: %v", err)
+	}
+}
