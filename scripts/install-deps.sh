@@ -12,6 +12,7 @@ need xz-utils
 need busybox-static    # vm-test/demo: a shell inside namespaces and VMs
 need gcc               # agent tests: a C helper free of any runtime's signal handling
 need libc6-dev         # ... linked statically so it also runs inside test VMs
+need runc              # a real container runtime: nsinit as a container's init, dumped and restored
 if [ "${1:-}" = --generate ]; then
 	# make generate: the eBPF objects and the protobuf code.
 	need clang
