@@ -4,10 +4,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nsinit/nsinit/internal/procfs"
 )
 
 // drain ends a graceful stop (Config.Grace): the command has exited after
@@ -24,7 +24,7 @@ import (
 func (r *reaper) drain(sigs <-chan os.Signal, grace time.Duration, log io.Writer) {
 	signaled := map[int]bool{}
 	sweep := func(sig syscall.Signal) {
-		for _, pid := range descendants(os.Getpid()) {
+		for _, pid := range procfs.New("/proc").Descendants(os.Getpid()) {
 			if sig == syscall.SIGKILL || !signaled[pid] {
 				signaled[pid] = true
 				if err := syscall.Kill(pid, sig); err != nil && err != syscall.ESRCH {
@@ -67,30 +67,4 @@ func (r *reaper) onlyKeptLeft() bool {
 		}
 	}
 	return true
-}
-
-// descendants lists the pids below pid, parents before their children,
-// from /proc/PID/task/TID/children (a task that forks while this runs is
-// found by the next call).
-func descendants(pid int) []int {
-	var out []int
-	queue := []int{pid}
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		tasks, _ := os.ReadDir("/proc/" + strconv.Itoa(p) + "/task")
-		for _, tk := range tasks {
-			b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/task/" + tk.Name() + "/children")
-			if err != nil {
-				continue
-			}
-			for _, f := range strings.Fields(string(b)) {
-				if c, err := strconv.Atoi(f); err == nil {
-					out = append(out, c)
-					queue = append(queue, c)
-				}
-			}
-		}
-	}
-	return out
 }

@@ -18,7 +18,7 @@ func (t *tx) commit() (*Restored, error) {
 			continue
 		}
 		if i == 0 {
-			res.RootFD = sys.NewFD(fd)
+			res.rootFD = sys.NewFD(fd)
 		} else {
 			_ = unix.Close(fd)
 		}

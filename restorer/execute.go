@@ -39,11 +39,17 @@ type ExecOptions struct {
 
 // Restored is a committed restore.
 type Restored struct {
-	// Root is the root task's pid in the restorer's namespace, RootFD a
-	// pidfd for it (the caller owns it).
+	// Root is the root task's pid in the restorer's namespace.
 	Root   int
-	RootFD *sys.FD
+	rootFD *sys.FD
 }
+
+// RootPidfd is a pidfd for the root task (to wait for it, or signal it
+// without a pid race), -1 after Close. The caller owns it.
+func (r *Restored) RootPidfd() int { return r.rootFD.Int() }
+
+// Close closes the root's pidfd; the restored tree goes on running.
+func (r *Restored) Close() error { return r.rootFD.Close() }
 
 // Execute carries out a plan on the real kernel. It must run as root with
 // CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE in the initial user namespace,

@@ -126,9 +126,9 @@ func killTree(t testing.TB, tr *pstree.Tree, res *Restored) {
 			_ = unix.Kill(tr.Tasks[i].PID(), unix.SIGKILL)
 		}
 	}
-	if res.RootFD != nil {
-		_, _, _ = sys.WaitPidfd(res.RootFD.Int(), 0)
-		res.RootFD.Close()
+	if res.RootPidfd() >= 0 {
+		_, _, _ = sys.WaitPidfd(res.RootPidfd(), 0)
+		res.Close()
 	}
 	reapChildren(10 * time.Second)
 	for _, tk := range tr.Tasks {

@@ -180,7 +180,7 @@ func runRestore(args []string) int {
 		}
 		return exitStatus(err)
 	}
-	defer res.RootFD.Close()
+	defer res.Close()
 	d.logf(1, "restored %d tasks in %v, root pid %d", len(tr.Tasks), time.Since(start).Round(time.Millisecond), res.Root)
 	if err := writePidfile(pidfile, res.Root); err != nil {
 		d.errorf("%v", err)
@@ -193,7 +193,7 @@ func runRestore(args []string) int {
 		return 0
 	}
 	// Like criu restore: stay the root's parent and exit with its status.
-	_, st, err := sys.WaitPidfd(res.RootFD.Int(), 0)
+	_, st, err := sys.WaitPidfd(res.RootPidfd(), 0)
 	if err != nil {
 		d.errorf("wait for root %d: %v", res.Root, err)
 		return exitFailure

@@ -291,6 +291,26 @@ func (r *Reader) childrenAt(dirfd int, name, p string) ([]int, error) {
 	return out, nil
 }
 
+// Descendants lists the processes below pid (not pid itself), parents
+// before their children, through the children files of all their threads.
+// Unless the tree is frozen, a task that forks or is re-parented meanwhile
+// may be missed: the caller looks again.
+func (r *Reader) Descendants(pid int) []int {
+	var out []int
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		tids, _ := r.Tasks(p)
+		for _, tid := range tids {
+			kids, _ := r.Children(p, tid)
+			out = append(out, kids...)
+			queue = append(queue, kids...)
+		}
+	}
+	return out
+}
+
 // HasChildren reports whether this kernel has the children files
 // (CONFIG_PROC_CHILDREN), probing the caller's own thread.
 func (r *Reader) HasChildren() bool {

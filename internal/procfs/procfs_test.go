@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -298,5 +299,29 @@ func setName(t *testing.T, name string) {
 	b := append([]byte(name), 0)
 	if _, _, e := unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0); e != 0 {
 		t.Fatal(e)
+	}
+}
+
+// TestDescendants finds a shell's two children and a grandchild.
+func TestDescendants(t *testing.T) {
+	sh := exec.Command("sh", "-c", "sleep 100 & sh -c 'sleep 100 & wait' & wait")
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, p := range New("/proc").Descendants(sh.Process.Pid) {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+		sh.Process.Kill()
+		sh.Wait()
+	}()
+	for i := 0; ; i++ {
+		if d := New("/proc").Descendants(sh.Process.Pid); len(d) == 3 {
+			break
+		}
+		if i == 30000 {
+			t.Fatalf("descendants of the shell: %v, want 3", New("/proc").Descendants(sh.Process.Pid))
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

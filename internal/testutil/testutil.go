@@ -156,22 +156,10 @@ func RunCmd(t testing.TB, cmd *exec.Cmd) (string, error) {
 	return string(out), err
 }
 
-// Descendants lists root and every task below it (through the children
-// files of all its threads), parents before children.
+// Descendants lists root and every task below it, parents before
+// children (procfs.Reader.Descendants).
 func Descendants(root int) []int {
-	out := []int{root}
-	for i := 0; i < len(out); i++ {
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", out[i]))
-		for _, th := range tasks {
-			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", out[i], th.Name()))
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil {
-					out = append(out, pid)
-				}
-			}
-		}
-	}
-	return out
+	return append([]int{root}, procfs.New("/proc").Descendants(root)...)
 }
 
 // DemoTreeReady says whether make demo's workload (demo/tree.sh), started
