@@ -9,6 +9,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/nsinit/nsinit/internal/nsthread"
 	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -387,7 +388,7 @@ type rtnl struct {
 // openRtnl opens a NETLINK_ROUTE socket in net namespace nsfd.
 func openRtnl(nsfd int) (*rtnl, error) {
 	fd := -1
-	err := inNS(nsfd, unix.CLONE_NEWNET, func() (err error) {
+	err := nsthread.In(nsfd, unix.CLONE_NEWNET, func() (err error) {
 		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 		return err
 	})

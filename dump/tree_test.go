@@ -146,7 +146,7 @@ func startTree(t testing.TB, script string, n int, inCgroup bool) *testTree {
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if inCgroup {
-		mnt, err := cgroup2Mount()
+		mnt, err := procfs.Cgroup2Mount()
 		if err != nil {
 			t.Skip("no cgroup v2:", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nsinit/nsinit/internal/probe"
 	"golang.org/x/sys/unix"
 )
 
@@ -69,14 +70,7 @@ func Require(t testing.TB, reqs ...Requirement) {
 	}
 }
 
-func hasCap(c int) bool {
-	var hdr = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return false
-	}
-	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
-}
+var hasCap = probe.HasCap
 
 // RepoRoot is the root of the source tree (where go.mod is).
 func RepoRoot() string {
