@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 			go func() {
 				runtime.LockOSThread()
 				for {
-					syscall.Syscall(syscall.SYS_PAUSE, 0, 0, 0)
+					unix.Pause() // blocks in the kernel, keeping its thread
 				}
 			}()
 		}

@@ -90,6 +90,10 @@ func runRestore(args []string) int {
 	if via != "" {
 		return restoreViaAgent(d, via, dir, payload, placement, pidfile)
 	}
+	if err := restorer.ArchSupported(); err != nil && !dry {
+		d.errorf("%v", err)
+		return exitStatus(err)
+	}
 	if newPidns {
 		if dry {
 			return fs.Fail("--dry-run with --into-new-pidns: the plan is the same without it")
