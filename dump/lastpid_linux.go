@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -35,7 +36,7 @@ func ProbeLastPID(nsFD int) (int, error) {
 	}
 	rd := os.NewFile(uintptr(p[0]), "lastpid-probe")
 	defer rd.Close()
-	path, _ := syscall.BytePtrFromString("/proc/sys/kernel/ns_last_pid")
+	path, _ := syscall.BytePtrFromString(procfs.LastPIDPath)
 
 	// The fork happens from a thread whose pid_for_children is the target;
 	// that thread must be put back before the scheduler gets it again.

@@ -220,7 +220,7 @@ func TestVMInitStatus(t *testing.T) {
 	}
 }
 
-// TestVMMachineLayer boots miniinit, which has agent.MachineInit but no
+// TestVMMachineLayer boots miniinit, which has machine.Init but no
 // real supervisor: when TestVMInitStatus fails and this passes, the
 // supervisor (cmd/nsinit) is at fault, not the machine layer or harness.
 func TestVMMachineLayer(t *testing.T) {

@@ -5,6 +5,7 @@ package testutil
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/nsinit/nsinit/internal/probe"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,14 +94,10 @@ func Binary(t testing.TB) string {
 	return p
 }
 
-// Field returns the value of a "Key:\tvalue" line of a /proc status file.
+// Field returns the value of a "Key:\tvalue" line of a /proc status file
+// (procfs.StatusField: blanks collapsed to one space).
 func Field(status, key string) string {
-	for _, l := range strings.Split(status, "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
+	return procfs.StatusField([]byte(status), key)
 }
 
 // FullCapSet is the set of every capability the running kernel has
@@ -127,4 +125,26 @@ func SharedTempDir(t testing.TB, prefix string, perm os.FileMode) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// Run runs the program at path with args (RunCmd).
+func Run(t testing.TB, path string, args ...string) (string, error) {
+	t.Helper()
+	return RunCmd(t, exec.Command(path, args...))
+}
+
+// RunCmd runs cmd with stdout and stderr to one file and returns what it
+// wrote. Not a pipe: a detached restore's tree inherits the restorer's
+// stdout and would hold a pipe open as long as it lives.
+func RunCmd(t testing.TB, cmd *exec.Cmd) (string, error) {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stdout, cmd.Stderr = f, f
+	err = cmd.Run()
+	out, _ := os.ReadFile(f.Name())
+	return string(out), err
 }

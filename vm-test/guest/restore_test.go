@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nsinit/nsinit/internal/testutil"
 )
 
 // demoTree is make demo's workload, put in the guest by vm-test.
@@ -67,24 +69,15 @@ func TestDemoTreeRestored(t *testing.T) {
 	t.Log(nsinit(t, "check", "-t", strconv.Itoa(restored), "-D", img))
 }
 
-// nsinit runs /bin/nsinit with args and fails the test on a non-zero exit.
-// Output goes through a file, not a pipe: a detached restore's tree inherits
-// nsinit's stdout and would hold a pipe open forever.
+// nsinit runs /bin/nsinit with args (testutil.Run: output to a file) and
+// fails the test on a non-zero exit.
 func nsinit(t *testing.T, args ...string) string {
 	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command("/bin/nsinit", args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	err = cmd.Run()
-	out, _ := os.ReadFile(f.Name())
+	out, err := testutil.Run(t, "/bin/nsinit", args...)
 	if err != nil {
 		t.Fatalf("nsinit %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return out
 }
 
 // findCmd lists the pids whose command line contains s.
