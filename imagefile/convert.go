@@ -13,7 +13,7 @@ import (
 // range check is pstree.Validate's, run on what it returns.
 
 func toProto(tr *pstree.Tree) *imagepb.Image {
-	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded}
+	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded, Kernel: tr.Kernel, PidMax: int64(tr.PidMax)}
 	for _, ns := range tr.Namespaces {
 		img.Namespaces = append(img.Namespaces, &imagepb.Namespace{
 			Id:               uint32(ns.ID),
@@ -80,7 +80,8 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 }
 
 func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
-	tr := &pstree.Tree{Checked: img.GetChecked(), SubreapersRecorded: img.GetSubreapersRecorded()}
+	tr := &pstree.Tree{Checked: img.GetChecked(), SubreapersRecorded: img.GetSubreapersRecorded(),
+		Kernel: img.GetKernel(), PidMax: int(img.GetPidMax())}
 	for i, ns := range img.GetNamespaces() {
 		links, err := linksFromProto(ns.GetLinks())
 		if err != nil {

@@ -14,6 +14,8 @@ type jsonTree struct {
 	FormatVersion string          `json:"format_version"`
 	Checked       bool            `json:"checked"`
 	Subreapers    bool            `json:"subreapers_recorded"`
+	Kernel        string          `json:"kernel,omitempty"`
+	PidMax        int             `json:"pid_max,omitempty"`
 	Namespaces    []jsonNamespace `json:"namespaces"`
 	Tasks         []jsonTask      `json:"tasks"`
 }
@@ -125,6 +127,8 @@ func JSON(tr *Tree) ([]byte, error) {
 		FormatVersion: fmt.Sprintf("%d.%d", FormatMajor, FormatMinor),
 		Checked:       tr.Checked,
 		Subreapers:    tr.SubreapersRecorded,
+		Kernel:        tr.Kernel,
+		PidMax:        tr.PidMax,
 		Namespaces:    []jsonNamespace{},
 		Tasks:         []jsonTask{},
 	}

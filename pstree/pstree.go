@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 4 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers
+	FormatMinor = 5 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers; 5: the dumping kernel
 )
 
 // NSKind is one kind of Linux namespace.
@@ -239,6 +239,10 @@ type Tree struct {
 	// eBPF task iterator, bpf.Subreapers); false: unknown (images of minor
 	// < 4, dumps without eBPF), and every ChildSubreaper is false.
 	SubreapersRecorded bool
+	// Kernel is the release of the kernel the dump ran on and PidMax its
+	// kernel.pid_max ("" and 0: unknown, images of minor < 5).
+	Kernel string
+	PidMax int
 }
 
 // MarkSubreapers records which tasks are child subreapers: the live ones

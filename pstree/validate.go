@@ -37,6 +37,13 @@ func Validate(tr *Tree) error {
 	if tr == nil {
 		return fmt.Errorf("%w: nil tree", ErrInvalid)
 	}
+	// The dumping kernel's release is at most utsname's 64 bytes.
+	if len(tr.Kernel) > 64 || strings.ContainsFunc(tr.Kernel, func(r rune) bool { return r < ' ' || r > '~' }) {
+		return fmt.Errorf("%w: kernel release %q: more than 64 bytes or not printable", ErrInvalid, tr.Kernel)
+	}
+	if tr.PidMax < 0 || tr.PidMax > MaxPID {
+		return fmt.Errorf("%w: pid_max %d out of range 0..%d", ErrInvalid, tr.PidMax, MaxPID)
+	}
 	ix, err := validateNamespaces(tr)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)

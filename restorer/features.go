@@ -1,10 +1,13 @@
 package restorer
 
 import (
+	"errors"
 	"os"
 	"strings"
 
 	"github.com/nsinit/nsinit/internal/probe"
+	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,12 +30,31 @@ type Features struct {
 	// (an agent restoring for another uid, agent/listen.go): tasks of the
 	// ambient user namespace keep the groups they inherit.
 	SetgroupsDenied bool
+	// NoSetTID: the kernel has no clone3 with set_tid (Linux 5.5), which
+	// every restore needs (ENOSYS or E2BIG from the probe).
+	NoSetTID bool
+	// MissingNS lists the namespace kinds the kernel lacks (no
+	// /proc/self/ns/NAME, e.g. time namespaces before 5.6).
+	MissingNS []pstree.NSKind
+	// CapBnd is the restorer's capability bounding set (0: unknown). A
+	// task of the restorer's own user namespace can get no capability
+	// outside it; tasks of user namespaces the restore creates can.
+	CapBnd uint64
 }
 
 // ProbeFeatures asks the kernel, through the probes `nsinit check` prints
 // (internal/probe).
 func ProbeFeatures() Features {
-	f := Features{MultiLevelSetTID: probe.SetTID() == nil}
+	e := probe.SetTID()
+	f := Features{MultiLevelSetTID: e == nil, NoSetTID: errors.Is(e, unix.ENOSYS) || errors.Is(e, unix.E2BIG)}
+	if st, err := procfs.New("/proc").Status(os.Getpid()); err == nil {
+		f.CapBnd = st.CapBnd
+	}
+	for _, k := range pstree.AllNSKinds() {
+		if _, err := os.Stat("/proc/self/ns/" + k.ProcName()); os.IsNotExist(err) {
+			f.MissingNS = append(f.MissingNS, k)
+		}
+	}
 	f.PidMax, _ = probe.PidMax()
 	if b, err := os.ReadFile("/proc/self/setgroups"); err == nil {
 		f.SetgroupsDenied = strings.TrimSpace(string(b)) == "deny"

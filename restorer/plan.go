@@ -40,9 +40,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 
 	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
 )
 
 // Sentinels callers branch on.
@@ -320,12 +322,12 @@ func (p *Plan) describe(s *Step) string {
 		return fmt.Sprintf("ns_last_pid = %d", s.Arg)
 	case OpWait, OpKill:
 		if s.Op == OpKill {
-			return fmt.Sprintf("kill %s signal %d", p.name(s.Target), s.Arg)
+			return fmt.Sprintf("kill %s %s", p.name(s.Target), unix.SignalName(syscall.Signal(s.Arg)))
 		}
 		return fmt.Sprintf("wait %s", p.name(s.Target))
 	case OpExit:
 		if s.Arg&0x7f != 0 {
-			return fmt.Sprintf("die by signal %d", s.Arg&0x7f)
+			return fmt.Sprintf("die by %s", unix.SignalName(syscall.Signal(s.Arg&0x7f)))
 		}
 		return fmt.Sprintf("exit %d", s.Arg>>8)
 	case OpUnshare, OpSetns:

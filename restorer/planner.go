@@ -31,6 +31,9 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 	if err := checkPayload(tr, opt); err != nil {
 		return nil, err
 	}
+	if err := checkKernel(tr, opt.Features); err != nil {
+		return nil, err
+	}
 	pl := &planner{
 		plan:   &Plan{Tree: tr, Options: opt},
 		byPID:  map[int]int{},

@@ -280,16 +280,7 @@ func TestVMPackages(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			needKernel(t, gp.Needs...)
-			bin := filepath.Join(t.TempDir(), name+".test")
-			build := exec.Command("go", "test", "-c", "-o", bin, gp.Pkg)
-			build.Dir = root
-			build.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := build.CombinedOutput(); err != nil {
-				t.Fatalf("go test -c %s: %v\n%s", gp.Pkg, err, out)
-			}
-			if _, err := os.Stat(bin); err != nil {
-				t.Skipf("%s has no test files yet", gp.Pkg)
-			}
+			bin := buildGuestTest(t, gp.Pkg, name)
 			var extra []File
 			var env []string
 			if gp.Prepare != nil {
@@ -337,6 +328,23 @@ func TestVMPackages(t *testing.T) {
 			}
 		})
 	}
+}
+
+// buildGuestTest compiles package pkg's tests (`go test -c`, static) for
+// the guest and returns the binary; it skips when pkg has no tests.
+func buildGuestTest(t *testing.T, pkg, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name+".test")
+	build := exec.Command("go", "test", "-c", "-o", bin, pkg)
+	build.Dir = testutil.RepoRoot()
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go test -c %s: %v\n%s", pkg, err, out)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s has no test files yet", pkg)
+	}
+	return bin
 }
 
 // testResult is one top-level test of a `-test.v` run.

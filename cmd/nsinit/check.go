@@ -17,9 +17,10 @@ func runCheck(args []string) int {
 		pid         int
 		dir         string
 		leftStopped bool
+		shellJob    bool
 		asJSON      bool
 	)
-	fs := newFlags("nsinit check", "nsinit check [--json] | nsinit check -t PID -D DIR [--left-stopped]",
+	fs := newFlags("nsinit check", "nsinit check [--json] | nsinit check -t PID -D DIR [--left-stopped] [-j]",
 		"Without -t and -D: probes what dump and restore need from this kernel and this\n"+
 			"caller (as criu check does), one line each, and what a missing piece disables.\n"+
 			"Exit status 0: all that a dump and a restore need works; 203: only capabilities\n"+
@@ -29,13 +30,14 @@ func runCheck(args []string) int {
 			"and up: could not compare (README, \"Exit status\").")
 	fs.Int(&pid, "t,tree", "PID", "level-0 pid of the root of the live tree")
 	fs.String(&dir, "D,images-dir", "DIR", "image directory")
+	fs.Bool(&shellJob, "j,shell-job", "the tree was restored with --shell-job: the session and group its root had from outside the tree are compared as the live root's")
 	fs.Bool(&leftStopped, "left-stopped", "the tree was left stopped by dump --leave-stopped: a task live in the image may be stopped")
 	fs.Bool(&asJSON, "json", "probe: print the results as JSON")
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
 	switch {
-	case pid == 0 && dir == "" && !leftStopped && len(fs.Args()) == 0:
+	case pid == 0 && dir == "" && !leftStopped && !shellJob && len(fs.Args()) == 0:
 		return runProbe(asJSON)
 	case asJSON:
 		return fs.Fail("--json goes with the probe (no -t/-D)")
@@ -62,7 +64,7 @@ func runCheck(args []string) int {
 			live.MarkSubreapers(set)
 		}
 	}
-	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped})
+	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped, ShellJob: shellJob})
 	for _, d := range diffs {
 		fmt.Println(d)
 	}

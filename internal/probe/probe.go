@@ -71,8 +71,9 @@ func result(name string, required bool, disables string, err error) Result {
 // own level, which is always taken (the caller's namespace has an init), so
 // a kernel that takes two entries fails in pid allocation with EEXIST, one
 // that takes a single entry fails the argument check with EINVAL, one
-// without clone3 with ENOSYS, and a caller without CAP_CHECKPOINT_RESTORE
-// or CAP_SYS_ADMIN with EPERM.
+// without clone3 with ENOSYS, one whose clone3 has no set_tid (before 5.5)
+// with E2BIG, and a caller without CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN
+// with EPERM.
 func SetTID() error {
 	tids := [2]int32{1, 1} // pid_t, innermost first: pid 1 of the new ns, pid 1 here
 	args := sys.CloneArgs{
@@ -104,6 +105,8 @@ func setTIDResults() []Result {
 	switch {
 	case errors.Is(err, unix.ENOSYS):
 		clone3Err = fmt.Errorf("no clone3 (Linux 5.3+): %w", err)
+	case errors.Is(err, unix.E2BIG):
+		clone3Err = fmt.Errorf("clone3 without set_tid (Linux 5.5+): %w", err)
 	case errors.Is(err, unix.EPERM):
 		clone3Err = fmt.Errorf("set_tid needs CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN: %w", err)
 	}

@@ -4,6 +4,7 @@
 package testutil
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,4 +148,40 @@ func RunCmd(t testing.TB, cmd *exec.Cmd) (string, error) {
 	err = cmd.Run()
 	out, _ := os.ReadFile(f.Name())
 	return string(out), err
+}
+
+// Descendants lists root and every task below it (through the children
+// files of all its threads), parents before children.
+func Descendants(root int) []int {
+	out := []int{root}
+	for i := 0; i < len(out); i++ {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", out[i]))
+		for _, th := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", out[i], th.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					out = append(out, pid)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// DemoTreeReady says whether make demo's workload (demo/tree.sh), started
+// as the tree of root, is complete: its 12 sleepers and its 2 zombies exist.
+func DemoTreeReady(root int) bool {
+	sleepers, zombies := 0, 0
+	for _, pid := range Descendants(root) {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if procfs.StatState(st) == 'Z' {
+			zombies++
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmd), "sleep\x0010") {
+			sleepers++
+		}
+	}
+	return sleepers == 12 && zombies == 2
 }

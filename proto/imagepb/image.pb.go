@@ -215,8 +215,13 @@ type Image struct {
 	// subreapers_recorded: every task's child_subreaper was read (minor 4);
 	// false: unknown, and no task has it set.
 	SubreapersRecorded bool `protobuf:"varint,4,opt,name=subreapers_recorded,json=subreapersRecorded,proto3" json:"subreapers_recorded,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// kernel: the release (uname -r) of the kernel the dump ran on; pid_max:
+	// its kernel.pid_max as the dumping process saw it (minor 5). A restore
+	// on another machine names them when it refuses what its kernel lacks.
+	Kernel        string `protobuf:"bytes,5,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	PidMax        int64  `protobuf:"varint,6,opt,name=pid_max,json=pidMax,proto3" json:"pid_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Image) Reset() {
@@ -275,6 +280,20 @@ func (x *Image) GetSubreapersRecorded() bool {
 		return x.SubreapersRecorded
 	}
 	return false
+}
+
+func (x *Image) GetKernel() string {
+	if x != nil {
+		return x.Kernel
+	}
+	return ""
+}
+
+func (x *Image) GetPidMax() int64 {
+	if x != nil {
+		return x.PidMax
+	}
+	return 0
 }
 
 type IDMapEntry struct {
@@ -1305,14 +1324,16 @@ var File_image_proto protoreflect.FileDescriptor
 
 const file_image_proto_rawDesc = "" +
 	"\n" +
-	"\vimage.proto\x12\x0fnsinit.image.v1\"\xbb\x01\n" +
+	"\vimage.proto\x12\x0fnsinit.image.v1\"\xec\x01\n" +
 	"\x05Image\x12\x18\n" +
 	"\achecked\x18\x01 \x01(\bR\achecked\x12:\n" +
 	"\n" +
 	"namespaces\x18\x02 \x03(\v2\x1a.nsinit.image.v1.NamespaceR\n" +
 	"namespaces\x12+\n" +
 	"\x05tasks\x18\x03 \x03(\v2\x15.nsinit.image.v1.TaskR\x05tasks\x12/\n" +
-	"\x13subreapers_recorded\x18\x04 \x01(\bR\x12subreapersRecorded\"T\n" +
+	"\x13subreapers_recorded\x18\x04 \x01(\bR\x12subreapersRecorded\x12\x16\n" +
+	"\x06kernel\x18\x05 \x01(\tR\x06kernel\x12\x17\n" +
+	"\apid_max\x18\x06 \x01(\x03R\x06pidMax\"T\n" +
 	"\n" +
 	"IDMapEntry\x12\x16\n" +
 	"\x06inside\x18\x01 \x01(\rR\x06inside\x12\x18\n" +

@@ -34,10 +34,7 @@ func TestDemoTreeRestored(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { root.Process.Kill(); root.Wait() }()
-	waitUntil(t, "the innermost sleepers", func() bool {
-		return len(findCmd("sleep 1022")) > 0 && len(findCmd("sleep 1023")) > 0
-	})
-	time.Sleep(300 * time.Millisecond) // the zombies are made last
+	waitUntil(t, "the whole demo tree", func() bool { return testutil.DemoTreeReady(root.Process.Pid) })
 	original := findCmd("sleep 10")
 	nsinit(t, "dump", "-t", strconv.Itoa(root.Process.Pid), "-D", img, "--kill")
 	root.Wait()
