@@ -11,10 +11,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// names are the namespace types a thread of a multithreaded process may
-// join on its own: not user or pid (the whole process), not mnt (Go's
-// threads share their fs_struct, CLONE_FS).
-var names = map[int]string{unix.CLONE_NEWNET: "net", unix.CLONE_NEWUTS: "uts", unix.CLONE_NEWIPC: "ipc"}
+// name names the namespace types a thread of a multithreaded process may
+// join on its own ("" for the others): not user or pid (the whole
+// process), not mnt (Go's threads share their fs_struct, CLONE_FS). A
+// switch, not a map: no work at package load (the init path, issue #14).
+func name(nstype int) string {
+	switch nstype {
+	case unix.CLONE_NEWNET:
+		return "net"
+	case unix.CLONE_NEWUTS:
+		return "uts"
+	case unix.CLONE_NEWIPC:
+		return "ipc"
+	}
+	return ""
+}
 
 // In runs fn on an OS thread that has joined namespace fd of type nstype
 // (fd: a /proc/PID/ns file or a pidfd) and puts the thread back afterwards.
@@ -22,7 +33,7 @@ var names = map[int]string{unix.CLONE_NEWNET: "net", unix.CLONE_NEWUTS: "uts", u
 // whose namespace could not be restored stays locked when the goroutine
 // ends, so the runtime retires it instead of handing it to other code.
 func In(fd, nstype int, fn func() error) error {
-	name := names[nstype]
+	name := name(nstype)
 	if name == "" {
 		return fmt.Errorf("namespace type %#x cannot be joined by one thread", nstype)
 	}
