@@ -436,6 +436,11 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids, withStart bool) (tas
 				return ti, err
 			}
 		}
+		same, err := p.SameFile("root", "/")
+		if err != nil {
+			return ti, err
+		}
+		t.RootElsewhere = !same
 		t.Agent = rd.isAgent(r, pid, t.Argv)
 	}
 	return ti, nil

@@ -69,6 +69,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 			ChildSubreaper:   t.ChildSubreaper,
 			Agent:            t.Agent,
 			WaitsForChildren: t.WaitsForChildren,
+			RootElsewhere:    t.RootElsewhere,
 			ParentTid:        int32(t.ParentTID),
 		}
 		for _, th := range t.Threads {
@@ -134,6 +135,7 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 			ChildSubreaper:   pt.GetChildSubreaper(),
 			Agent:            pt.GetAgent(),
 			WaitsForChildren: pt.GetWaitsForChildren(),
+			RootElsewhere:    pt.GetRootElsewhere(),
 			ParentTID:        int(pt.GetParentTid()),
 		}
 		t.NS[pstree.PidNS] = pstree.NSID(n.GetPid())

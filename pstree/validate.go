@@ -461,15 +461,15 @@ func validateCreds(who string, c *Creds) error {
 
 // validateExec checks what the exec payload hands to execve(2) and
 // chdir(2): C strings, so a NUL byte would silently cut them, within the
-// kernel's sizes; and the root, which restore does not change.
+// kernel's sizes; and a root other than the dumper's, which must say so.
 func validateExec(who string, t *Task) error {
 	for _, p := range []struct{ name, s string }{{"exe", t.Exe}, {"cwd", t.Cwd}, {"root", t.Root}} {
 		if err := cString(p.s, MaxPath); err != nil {
 			return fmt.Errorf("%s: %s: %w", who, p.name, err)
 		}
 	}
-	if t.Root != "" && t.Root != "/" {
-		return fmt.Errorf("%s: root %q: restore re-creates no root but /", who, t.Root)
+	if t.Root != "" && t.Root != "/" && !t.RootElsewhere {
+		return fmt.Errorf("%s: root %q is not the dumper's root, but root_elsewhere is not set", who, t.Root)
 	}
 	total := 0
 	for _, v := range []struct {

@@ -201,6 +201,15 @@ type Options struct {
 	AgentExe string
 	// Features of the kernel the plan runs on (ProbeFeatures).
 	Features Features
+	// Root is the directory tasks whose root was elsewhere (a
+	// container's filesystem, Task.RootElsewhere) run in with the exec
+	// payload: the builder chroots there before the exec, so Exe and Cwd
+	// resolve in it (`criu restore --root`).
+	Root string
+	// HostMounts runs such tasks in the restorer's own root instead. With
+	// neither, an image that has one is refused: its programs would
+	// silently be this machine's.
+	HostMounts bool
 	// ShellJob accepts that the root's session and process group, when
 	// the image says they were led from outside the tree (the shell that
 	// started it), become the restorer's own, as `criu restore

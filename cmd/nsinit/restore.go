@@ -31,6 +31,7 @@ func runRestore(args []string) int {
 		dry, detach, inheritStdio bool
 		newPidns, quietRoot       bool
 		shellJob                  bool
+		newRoot, mounts           string
 		agentTimeout              = restorer.DefaultAgentTimeout
 		logOpt                    diagOptions
 	)
@@ -47,6 +48,8 @@ func runRestore(args []string) int {
 	fs.String(&placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
 	fs.Bool(&dry, "dry-run", "print the plan and create nothing")
 	fs.Bool(&newPidns, "into-new-pidns", "restore into a new pid namespace whose PID 1 is nsinit: the image's level 0 becomes that namespace, so no host pid need be free and copies can run side by side")
+	fs.String(&newRoot, "r,root", "DIR", "run the tasks whose root directory was a container's filesystem in DIR (chroot before their exec)")
+	fs.String(&mounts, "mounts", "host", "with host: run such tasks in this machine's filesystem instead")
 	fs.Bool(&shellJob, "j,shell-job", "the root's session and group, when led from outside the tree, become nsinit's own (without it such an image restores only from that session and group)")
 	fs.Bool(&quietRoot, "no-print-root", "with -d: do not print the root's pid (--into-new-pidns uses it inside)")
 	fs.Duration(&agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
@@ -65,6 +68,26 @@ func runRestore(args []string) int {
 		return fs.Fail("%s", why)
 	}
 	var opt restorer.Options
+	switch mounts {
+	case "":
+	case "host":
+		opt.HostMounts = true
+	default:
+		return fs.Fail("unknown --mounts %q (host)", mounts)
+	}
+	if newRoot != "" {
+		if opt.HostMounts {
+			return fs.Fail("--root and --mounts host exclude each other")
+		}
+		abs, err := filepath.Abs(newRoot)
+		if err != nil {
+			return fs.Fail("--root %s: %v", newRoot, err)
+		}
+		if st, err := os.Stat(abs); err != nil || !st.IsDir() {
+			return fs.Fail("--root %s: not a directory", newRoot)
+		}
+		opt.Root = abs
+	}
 	switch payload {
 	case "exec":
 	case "stopped":
@@ -110,6 +133,12 @@ func runRestore(args []string) int {
 		}
 		if logOpt.progress {
 			pass = append(pass, "--progress")
+		}
+		if opt.Root != "" {
+			pass = append(pass, "--root", opt.Root)
+		}
+		if opt.HostMounts {
+			pass = append(pass, "--mounts", "host")
 		}
 		return restoreIntoNewPidns(dir, pass, detach, pidfile)
 	}
