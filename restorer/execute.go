@@ -236,6 +236,11 @@ func precheck(p *Plan) error {
 	if err := checkOutsideLeaders(p); err != nil {
 		return err
 	}
+	if st, err := procfs.New("/proc").Status(os.Getpid()); err == nil {
+		if err := checkCapBnd(p.Tree, st.CapBnd); err != nil {
+			return err
+		}
+	}
 	settle := time.Now().Add(2 * time.Second)
 	check := func(pid int, what string) error {
 		if pid <= 0 {

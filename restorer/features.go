@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/nsinit/nsinit/internal/probe"
-	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -36,10 +35,6 @@ type Features struct {
 	// MissingNS lists the namespace kinds the kernel lacks (no
 	// /proc/self/ns/NAME, e.g. time namespaces before 5.6).
 	MissingNS []pstree.NSKind
-	// CapBnd is the restorer's capability bounding set (0: unknown). A
-	// task of the restorer's own user namespace can get no capability
-	// outside it; tasks of user namespaces the restore creates can.
-	CapBnd uint64
 }
 
 // ProbeFeatures asks the kernel, through the probes `nsinit check` prints
@@ -47,9 +42,6 @@ type Features struct {
 func ProbeFeatures() Features {
 	e := probe.SetTID()
 	f := Features{MultiLevelSetTID: e == nil, NoSetTID: errors.Is(e, unix.ENOSYS) || errors.Is(e, unix.E2BIG)}
-	if st, err := procfs.New("/proc").Status(os.Getpid()); err == nil {
-		f.CapBnd = st.CapBnd
-	}
 	for _, k := range pstree.AllNSKinds() {
 		if _, err := os.Stat("/proc/self/ns/" + k.ProcName()); os.IsNotExist(err) {
 			f.MissingNS = append(f.MissingNS, k)

@@ -23,9 +23,6 @@ func checkKernel(tr *pstree.Tree, f Features) error {
 			return fmt.Errorf("the image has a %s namespace (id %d), which this kernel does not have%s: %w", ns.Kind, ns.ID, dumpedOn(tr), ErrUnsupported)
 		}
 	}
-	if err := checkCapBnd(tr, f.CapBnd); err != nil {
-		return err
-	}
 	if f.PidMax <= 0 {
 		return nil
 	}
@@ -58,7 +55,9 @@ func dumpedOn(tr *pstree.Tree) string {
 	return ""
 }
 
-// checkCapBnd refuses a task of the restorer's own user namespace (the
+// checkCapBnd (from Execute's precheck: the restorer's own capabilities
+// are live state, and one without the capabilities a restore needs hears
+// that first) refuses a task of the restorer's own user namespace (the
 // ambient one) that had a capability outside the restorer's bounding set
 // capBnd: no exec, setcap or builder can give it one. The machine the image
 // came from allowed more (a container runtime drops some, e.g.

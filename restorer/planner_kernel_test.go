@@ -70,11 +70,11 @@ func TestPlanRefusesWhatTheKernelLacks(t *testing.T) {
 	}
 }
 
-// TestPlanRefusesCapabilitiesBeyondTheBoundingSet: a task of the
+// TestRefusesCapabilitiesBeyondTheBoundingSet: a task of the
 // restorer's own user namespace cannot get a capability the restorer's
 // bounding set lacks (a machine whose root has fewer, like this one without
 // CAP_SYS_RESOURCE); one in a user namespace the restore creates can.
-func TestPlanRefusesCapabilitiesBeyondTheBoundingSet(t *testing.T) {
+func TestRefusesCapabilitiesBeyondTheBoundingSet(t *testing.T) {
 	const all = uint64(1)<<41 - 1
 	const noResource = all &^ (1 << 24)
 	mk := func(ambient bool) *pstree.Tree {
@@ -87,11 +87,14 @@ func TestPlanRefusesCapabilitiesBeyondTheBoundingSet(t *testing.T) {
 		}
 		return tr
 	}
-	_, err := NewPlan(mk(true), Options{Features: Features{CapBnd: noResource}})
+	err := checkCapBnd(mk(true), noResource)
 	if !errors.Is(err, ErrCapability) || !strings.Contains(err.Error(), "capabilities 24,") {
 		t.Errorf("ambient user ns, bounding set without 24: %v; want ErrCapability naming 24", err)
 	}
-	if _, err := NewPlan(mk(true), Options{Features: Features{CapBnd: all}}); err != nil {
+	if err := checkCapBnd(mk(true), all); err != nil {
 		t.Errorf("ambient user ns, full bounding set: %v", err)
+	}
+	if err := checkCapBnd(mk(false), noResource); err != nil {
+		t.Errorf("a user namespace the restore creates: %v", err)
 	}
 }

@@ -82,8 +82,7 @@ func TestE2ERootElsewhere(t *testing.T) {
 	}
 	// Killed, the namespace's init was left to this process (a subreaper).
 	for _, tk := range img.Tasks {
-		unix.Wait4(tk.PID(), nil, unix.WALL, nil)
-		waitPidGone(t, tk.PID())
+		reapGone(t, tk.PID())
 	}
 
 	out, err := nsinit(t, "restore", "-D", dir, "-d")
@@ -102,8 +101,7 @@ func TestE2ERootElsewhere(t *testing.T) {
 					unix.Kill(p, unix.SIGKILL)
 				}
 				for _, p := range inside {
-					unix.Wait4(p, nil, unix.WALL, nil)
-					waitPidGone(t, p)
+					reapGone(t, p)
 				}
 			})
 			wantRoot := "/"
@@ -167,4 +165,21 @@ func sleeping(pids []int) bool {
 		}
 	}
 	return true
+}
+
+// reapGone waits until pid no longer exists, reaping it if it is (or
+// becomes, once its parent dies) this process's child: the test process is
+// a subreaper.
+func reapGone(t *testing.T, pid int) {
+	t.Helper()
+	for i := 0; ; i++ {
+		unix.Wait4(pid, nil, unix.WNOHANG|unix.WALL, nil)
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); os.IsNotExist(err) {
+			return
+		}
+		if i == 60000 {
+			t.Fatalf("pid %d still exists", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }

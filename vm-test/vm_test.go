@@ -64,7 +64,9 @@ var guestPackages = []guestPackage{
 	// util-linux (TestDumpUserNamespaces runs `unshare`, the net tests
 	// `ip`).
 	{Pkg: "./dump", Needs: []string{"CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_CHECKPOINT_RESTORE"},
-		Run: "TestWalkMatchesPlainPath|TestProbeLastPID|TestDumpRefusesForeignNamespace|TestDumpStoppedTask|TestDumpBigTree"},
+		Run: "TestWalkMatchesPlainPath|TestDumpRefusesForeignNamespace|TestDumpStoppedTask|TestDumpBigTree"},
+	// Reading and writing another pid namespace's cursor through a probe.
+	{Pkg: "./internal/nscursor", Needs: []string{"CONFIG_PID_NS", "CONFIG_CHECKPOINT_RESTORE"}},
 }
 
 // kernelModule puts the guest kernel's module rel (under lib/modules/VER/)
