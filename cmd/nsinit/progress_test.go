@@ -16,33 +16,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// runToFiles runs nsinit with stdout and stderr in files (restored tasks
-// may inherit them) and returns both and the exit status.
-func runToFiles(t *testing.T, args ...string) (stdout, stderr string, code int) {
+// runNsinit runs the binary with its output in a file (testutil.RunCmd:
+// restored tasks may inherit it) and returns it and the exit status.
+func runNsinit(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	dir := t.TempDir()
-	o, err := os.Create(filepath.Join(dir, "stdout"))
-	if err != nil {
-		t.Fatal(err)
+	out, err := testutil.Run(t, testutil.Binary(t), args...)
+	if testutil.ExitCode(err) < 0 {
+		t.Fatalf("nsinit %q: %v", args, err)
 	}
-	defer o.Close()
-	e, err := os.Create(filepath.Join(dir, "stderr"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	cmd := exec.Command(testutil.Binary(t), args...)
-	cmd.Stdout, cmd.Stderr = o, e
-	if err := cmd.Run(); err != nil {
-		ee, ok := err.(*exec.ExitError)
-		if !ok {
-			t.Fatalf("nsinit %q: %v", args, err)
-		}
-		code = ee.ExitCode()
-	}
-	ob, _ := os.ReadFile(o.Name())
-	eb, _ := os.ReadFile(e.Name())
-	return string(ob), string(eb), code
+	return out, testutil.ExitCode(err)
 }
 
 // TestProgressAndJSONLog: off a terminal, dump and restore are quiet
@@ -68,10 +50,10 @@ func TestProgressAndJSONLog(t *testing.T) {
 	img := t.TempDir()
 
 	// Quiet without --progress (stderr is a file here).
-	if _, e, code := runToFiles(t, "dump", "-t", root, "-D", img, "--unchecked"); code != 0 || e != "" {
-		t.Fatalf("dump: status %d, stderr %q, want 0 and nothing", code, e)
+	if e, code := runNsinit(t, "dump", "-t", root, "-D", img, "--unchecked"); code != 0 || e != "" {
+		t.Fatalf("dump: status %d, output %q, want 0 and nothing", code, e)
 	}
-	_, e, code := runToFiles(t, "dump", "-t", root, "-D", img, "--unchecked", "--progress", "-v", "--log-format", "json", "-o", "dump.log")
+	e, code := runNsinit(t, "dump", "-t", root, "-D", img, "--unchecked", "--progress", "-v", "--log-format", "json", "-o", "dump.log")
 	if code != 0 {
 		t.Fatalf("dump --progress: status %d\n%s", code, e)
 	}
@@ -100,11 +82,13 @@ func TestProgressAndJSONLog(t *testing.T) {
 	}
 
 	// A restore beside the original: into a new pid namespace.
-	o, e, code := runToFiles(t, "restore", "-D", img, "--into-new-pidns", "-d", "--progress")
+	e, code = runNsinit(t, "restore", "-D", img, "--into-new-pidns", "-d", "--progress")
 	if code != 0 {
 		t.Fatalf("restore: status %d\n%s", code, e)
 	}
-	copyRoot, _ := strconv.Atoi(strings.TrimSpace(o))
+	// The root's pid is printed last, after the progress.
+	lines := strings.Split(strings.TrimSpace(e), "\n")
+	copyRoot, _ := strconv.Atoi(lines[len(lines)-1])
 	if st, err := procfs.New("").Status(copyRoot); err == nil {
 		defer unix.Kill(st.PPid, unix.SIGKILL) // the copy's PID 1 takes its namespace with it
 	}
@@ -112,7 +96,7 @@ func TestProgressAndJSONLog(t *testing.T) {
 		t.Errorf("restore progress lacks the final count:\n%s", e)
 	}
 
-	if _, e, code := runToFiles(t, "dump", "-t", root, "-D", img, "--log-format", "yaml"); code != exitUsage || !strings.Contains(e, "yaml") {
+	if e, code := runNsinit(t, "dump", "-t", root, "-D", img, "--log-format", "yaml"); code != exitUsage || !strings.Contains(e, "yaml") {
 		t.Errorf("--log-format yaml: status %d, stderr %q, want %d", code, e, exitUsage)
 	}
 }

@@ -3,7 +3,6 @@ package probe_test
 import (
 	"encoding/json"
 	"errors"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -56,31 +55,19 @@ type checkResult struct {
 }
 
 // runCheck runs `nsinit check --json` through prefix (setpriv, say) with
-// its output in a file (never a pipe, as for every nsinit under test).
+// its output in a file (testutil.RunCmd); the probe writes nothing but
+// the JSON.
 func runCheck(t *testing.T, prefix ...string) (checkResult, int) {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "out")
-	f, err := os.Create(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	os.Chmod(filepath.Dir(out), 0o755)
 	args := append(prefix, testutil.Binary(t), "check", "--json")
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = f, os.Stderr
-	err = cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
+	out, err := testutil.RunCmd(t, exec.Command(args[0], args[1:]...))
+	code := testutil.ExitCode(err)
+	if code < 0 {
 		t.Fatalf("%q: %v", args, err)
 	}
-	b, _ := os.ReadFile(out)
 	var res checkResult
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatalf("%q: %v\n%s", args, err, b)
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%q: %v\n%s", args, err, out)
 	}
 	return res, code
 }

@@ -150,6 +150,18 @@ func RunCmd(t testing.TB, cmd *exec.Cmd) (string, error) {
 	return string(out), err
 }
 
+// ExitCode is the exit status of a command that returned err (RunCmd's):
+// 0 for nil, -1 when it did not exit (not started, killed by a signal).
+func ExitCode(err error) int {
+	if ee, ok := err.(interface{ ExitCode() int }); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
 // Descendants lists root and every task below it (through the children
 // files of all its threads), parents before children.
 func Descendants(root int) []int {
