@@ -1,22 +1,37 @@
 # nsinit: see README.md. Every target works from a fresh clone as root.
 GO        ?= go
-VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# The version is the nearest git tag (v1.2.0, or v1.2.0-3-gabcdef0 after it),
+# else the commit.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BIN       := bin/nsinit
-# -s -w: strip. godebugDefault=asyncpreemptoff=1: the runtime never sends
-# itself SIGURG, so a SIGURG nsinit receives came from outside and is
-# forwarded like any other signal (main.noPreemptSignals tells the code).
-LDFLAGS   := -s -w -X main.version=$(VERSION) \
+# ldflags for GOARCH $(1). -s -w: strip. godebugDefault=asyncpreemptoff=1:
+# the runtime never sends itself SIGURG, so a SIGURG nsinit receives came
+# from outside and is forwarded like any other signal (main.noPreemptSignals
+# tells the code). -E main.rt0: the assembly entry point that reads the
+# start signal mask and dispositions (amd64 only). A build without these
+# says so in --version and warns when it runs as the init (cmd/nsinit/linked.go).
+ldflags    = -s -w -X main.version=$(VERSION) \
              -X runtime.godebugDefault=asyncpreemptoff=1 -X main.noPreemptSignals=1 \
-             $(if $(filter amd64,$(shell $(GO) env GOARCH)),-E main.rt0)
+             $(if $(filter amd64,$(1)),-E main.rt0)
+LDFLAGS   := $(call ldflags,$(shell $(GO) env GOARCH))
+RELEASE_ARCHS := amd64 arm64
 export CGO_ENABLED = 0
 export NSINIT_BIN  = $(CURDIR)/$(BIN)
 
-.PHONY: all deps build test test-loaded unit-test vm-test vm-run demo bench fuzz generate clean
+.PHONY: all deps build release test test-loaded unit-test vm-test vm-run demo bench fuzz generate clean
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nsinit
+
+# Static binaries (CGO_ENABLED=0) for every RELEASE_ARCHS, linked as
+# `make build` links, and their SHA256SUMS, in dist/.
+release:
+	rm -rf dist
+	mkdir -p dist
+	$(foreach a,$(RELEASE_ARCHS),GOARCH=$(a) $(GO) build -trimpath -ldflags '$(call ldflags,$(a))' -o dist/nsinit-linux-$(a) ./cmd/nsinit &&) true
+	cd dist && sha256sum nsinit-linux-* > SHA256SUMS
 
 # Debian packages and Go modules the tests and the demo need (idempotent).
 deps:
@@ -71,4 +86,4 @@ generate:
 	$(GO) generate ./...
 
 clean:
-	rm -rf bin
+	rm -rf bin dist

@@ -85,6 +85,10 @@ type Options struct {
 	FreezeTimeout time.Duration
 	// Log receives progress notes (method used, retries); may be nil.
 	Log func(format string, args ...any)
+	// Progress, when set, is told each stage of an attempt as it ends:
+	// "found", "froze" and "read", with the number of tasks (a progress
+	// display; `nsinit dump` shows it on a terminal).
+	Progress func(stage string, tasks int)
 }
 
 // ErrRaced is wrapped when every attempt raced with the tree.
@@ -189,6 +193,12 @@ func (l *guardLoader) close() {
 	}
 }
 
+func (o Options) progress(stage string, tasks int) {
+	if o.Progress != nil {
+		o.Progress(stage, tasks)
+	}
+}
+
 func (o Options) logf(format string, args ...any) {
 	if o.Log != nil {
 		o.Log(format, args...)
@@ -210,12 +220,14 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 			return nil, nil, fmt.Errorf("dump pid %d: the dumper (pid %d) is in the tree", root, m.pid)
 		}
 	}
+	o.progress("found", len(before))
 	t1 := time.Now()
 	fz, members, err := freeze(r, root, before, o)
 	if err != nil {
 		return nil, nil, err
 	}
 	t2 := time.Now()
+	o.progress("froze", len(members))
 	o.logf("found %d tasks in %v, froze %d with %v in %v", len(before), t1.Sub(t0).Round(time.Millisecond), len(members), fz, t2.Sub(t1).Round(time.Millisecond))
 	// The guard is armed once nothing in the tree can move any more: it
 	// covers what begins after that (a kill from outside, a task the
@@ -278,6 +290,7 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 	if tr, d, err = readFrozen(r, root, members, o.AgentExe, fz.frozenAs()); tr == nil {
 		return nil, d, err
 	}
+	o.progress("read", len(tr.Tasks))
 	o.logf("read %d tasks in %v", len(tr.Tasks), time.Since(t2).Round(time.Millisecond))
 	if m := fz.missed(tr); len(m) > 0 {
 		return nil, m, nil

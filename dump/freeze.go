@@ -64,7 +64,7 @@ func (c *cgroupFreezer) missed(tr *pstree.Tree) []string {
 // cgroupFor returns a cgroup freezer when the tree's tasks exclusively
 // occupy their cgroup v2 cgroups, or nil (with the reason) when not.
 func cgroupFor(r *procfs.Reader, members []member) (*cgroupFreezer, string) {
-	mnt, err := cgroup2Mount()
+	mnt, err := procfs.Cgroup2Mount()
 	if err != nil {
 		return nil, err.Error()
 	}
@@ -197,24 +197,6 @@ func cgroupProcs(mnt, p string) (map[int]string, error) {
 		return nil, fmt.Errorf("cgroup %s: %w", top, err)
 	}
 	return procs, nil
-}
-
-func cgroup2Mount() (string, error) {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		// ... mountpoint ... - fstype source options
-		pre, post, ok := strings.Cut(line, " - ")
-		if !ok || !strings.HasPrefix(post, "cgroup2 ") {
-			continue
-		}
-		if f := strings.Fields(pre); len(f) >= 5 {
-			return f[4], nil
-		}
-	}
-	return "", errors.New("no cgroup2 mount")
 }
 
 func (c *cgroupFreezer) freeze(timeout time.Duration) error {

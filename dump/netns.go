@@ -1,23 +1,20 @@
 package dump
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
-	"syscall"
 
 	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/internal/rtnl"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
 
-// Net namespace contents are read with rtnetlink: a NETLINK_ROUTE socket
-// belongs to the net namespace it was created in, so the dumper joins the
-// namespace only for the socket() call (inNS) and talks to it from its own
-// namespace afterwards.
+// Net namespace contents are read with rtnetlink (internal/rtnl): a
+// NETLINK_ROUTE socket belongs to the net namespace it was created in, so
+// the dumper joins the namespace only to create it and talks to it from
+// its own namespace afterwards.
 
 // contents marks the ambient namespaces (the dumper's own) and reads what
 // the image keeps of uts and net namespaces. fds holds an open fd of every
@@ -50,16 +47,8 @@ func (rd *reader) contents(fds map[pstree.NSID]int) error {
 	return rd.readNets(nets, fds)
 }
 
-// nlaTypeMask strips NLA_F_NESTED and NLA_F_NET_BYTEORDER off an attribute type.
-const nlaTypeMask = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
-
 // rawLink is a link as read, with what is needed to find a veth's peer.
-type rawLink struct {
-	pstree.NetLink
-	index, peerIndex int32
-	peerNSID         int32 // IFLA_LINK_NETNSID, valid if hasPeerNSID
-	hasPeerNSID      bool
-}
+type rawLink = rtnl.Link
 
 // readNets records the links and routes of every net namespace that is not
 // ambient, and resolves veth peers across all net namespaces of the tree.
@@ -86,9 +75,9 @@ func (rd *reader) readNets(ids []pstree.NSID, fds map[pstree.NSID]int) error {
 		ns := rd.tree.Namespace(id)
 		for _, l := range ls {
 			if l.Kind == pstree.LinkVeth && l.PeerNS != 0 {
-				l.PeerName = peerName(links[l.PeerNS], l.peerIndex)
+				l.PeerName = peerName(links[l.PeerNS], l.PeerIndex)
 				if l.PeerName == "" && !rd.tree.Namespace(l.PeerNS).Ambient {
-					return fmt.Errorf("net namespace %d: veth %q: no interface %d in peer namespace %d", id, l.Name, l.peerIndex, l.PeerNS)
+					return fmt.Errorf("net namespace %d: veth %q: no interface %d in peer namespace %d", id, l.Name, l.PeerIndex, l.PeerNS)
 				}
 			}
 			ns.Links = append(ns.Links, l.NetLink)
@@ -97,9 +86,9 @@ func (rd *reader) readNets(ids []pstree.NSID, fds map[pstree.NSID]int) error {
 	return nil
 }
 
-func peerName(ls []rawLink, index int32) string {
+func peerName(ls []rawLink, index int) string {
 	for _, l := range ls {
-		if l.index == index {
+		if l.Index == index {
 			return l.Name
 		}
 	}
@@ -115,7 +104,7 @@ func peerNamespaces(fds map[pstree.NSID]int, ids []pstree.NSID, self pstree.NSID
 		if ls[i].Kind != pstree.LinkVeth {
 			continue
 		}
-		if !ls[i].hasPeerNSID {
+		if ls[i].PeerNSID < 0 {
 			ls[i].PeerNS = self
 		} else {
 			need = true
@@ -124,17 +113,17 @@ func peerNamespaces(fds map[pstree.NSID]int, ids []pstree.NSID, self pstree.NSID
 	if !need {
 		return nil
 	}
-	c, err := openRtnl(fds[self])
+	c, err := rtnl.Open(fds[self])
 	if err != nil {
 		return err
 	}
-	defer c.close()
-	nsids := map[int32]pstree.NSID{}
+	defer c.Close()
+	nsids := map[int]pstree.NSID{}
 	for _, id := range ids {
 		if id == self {
 			continue
 		}
-		n, err := c.nsid(fds[id])
+		n, err := c.NSID(fds[id])
 		if err != nil {
 			return fmt.Errorf("nsid of net namespace %d: %w", id, err)
 		}
@@ -143,8 +132,8 @@ func peerNamespaces(fds map[pstree.NSID]int, ids []pstree.NSID, self pstree.NSID
 		}
 	}
 	for i := range ls {
-		if ls[i].Kind == pstree.LinkVeth && ls[i].hasPeerNSID {
-			ls[i].PeerNS = nsids[ls[i].peerNSID]
+		if ls[i].Kind == pstree.LinkVeth && ls[i].PeerNSID >= 0 {
+			ls[i].PeerNS = nsids[ls[i].PeerNSID]
 		}
 	}
 	return nil
@@ -157,328 +146,64 @@ var fallbackDevs = map[string]string{
 	"erspan0": "erspan", "ip_vti0": "vti", "ip6_vti0": "vti6", "ip6gre0": "ip6gre",
 }
 
-// readNet reads the links (with addresses) and routes of net namespace fd.
+// readNet reads the links (with addresses) and the routes a restore has
+// to add itself of net namespace fd. A listing that changed while it was
+// read is a race (procfs.ErrGone: the attempt is retried).
 func readNet(fd int) ([]rawLink, []pstree.NetRoute, error) {
-	c, err := openRtnl(fd)
+	ls, routes, err := readNetOnce(fd)
+	if errors.Is(err, rtnl.ErrInterrupted) {
+		err = fmt.Errorf("%w: %w", procfs.ErrGone, err)
+	}
+	return ls, routes, err
+}
+
+func readNetOnce(fd int) ([]rawLink, []pstree.NetRoute, error) {
+	c, err := rtnl.Open(fd)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer c.close()
+	defer c.Close()
+	all, err := c.Links()
+	if err != nil {
+		return nil, nil, err
+	}
 	var ls []rawLink
-	err = c.dump(unix.RTM_GETLINK, make([]byte, unix.SizeofIfInfomsg), func(m syscall.NetlinkMessage) error {
-		l, err := parseLink(m)
-		if err != nil {
-			return err
-		}
+	byIndex := map[int]*rawLink{}
+	for _, l := range all {
 		if fallbackDevs[l.Name] != "" && fallbackDevs[l.Name] == l.KindName && !l.Up {
-			return nil
+			continue
 		}
 		ls = append(ls, l)
-		return nil
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("list links: %w", err)
 	}
-	byIndex := map[int32]*rawLink{}
 	for i := range ls {
-		byIndex[ls[i].index] = &ls[i]
+		byIndex[ls[i].Index] = &ls[i]
 	}
-	err = c.dump(unix.RTM_GETADDR, make([]byte, unix.SizeofIfAddrmsg), func(m syscall.NetlinkMessage) error {
-		index, p, err := parseAddr(m)
-		if err != nil {
-			return err
-		}
-		if l := byIndex[index]; l != nil && p.IsValid() {
-			l.Addrs = append(l.Addrs, p)
-		}
-		return nil
-	})
+	rs, err := c.Routes()
 	if err != nil {
-		return nil, nil, fmt.Errorf("list addresses: %w", err)
+		return nil, nil, err
 	}
 	var routes []pstree.NetRoute
-	err = c.dump(unix.RTM_GETROUTE, make([]byte, unix.SizeofRtMsg), func(m syscall.NetlinkMessage) error {
-		r, oif, keep, err := parseRoute(m)
-		if err != nil || !keep {
-			return err
+	for _, r := range rs {
+		if !restoredRoute(r.NetRoute) {
+			continue
 		}
-		if oif != 0 {
-			l := byIndex[oif]
+		if r.OIF != 0 {
+			l := byIndex[r.OIF]
 			if l == nil {
-				return fmt.Errorf("route to %v: output interface %d not listed", r.Dst, oif)
+				return nil, nil, fmt.Errorf("route to %v: output interface %d not listed", r.Dst, r.OIF)
 			}
 			r.Dev = l.Name
 		}
-		routes = append(routes, r)
-		return nil
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("list routes: %w", err)
+		routes = append(routes, r.NetRoute)
 	}
 	return ls, routes, nil
 }
 
-func parseLink(m syscall.NetlinkMessage) (rawLink, error) {
-	if len(m.Data) < unix.SizeofIfInfomsg {
-		return rawLink{}, errors.New("short RTM_NEWLINK")
-	}
-	ne := binary.NativeEndian
-	typ := ne.Uint16(m.Data[2:])
-	l := rawLink{index: int32(ne.Uint32(m.Data[4:]))}
-	l.Up = ne.Uint32(m.Data[8:])&unix.IFF_UP != 0
-	attrs, err := syscall.ParseNetlinkRouteAttr(&m)
-	if err != nil {
-		return l, fmt.Errorf("link %d: %w", l.index, err)
-	}
-	for _, a := range attrs {
-		switch a.Attr.Type & nlaTypeMask {
-		case unix.IFLA_IFNAME:
-			l.Name = unix.ByteSliceToString(a.Value)
-		case unix.IFLA_MTU:
-			if len(a.Value) >= 4 {
-				l.MTU = int(ne.Uint32(a.Value))
-			}
-		case unix.IFLA_ADDRESS:
-			l.MAC = net.HardwareAddr(append([]byte(nil), a.Value...))
-		case unix.IFLA_LINK:
-			if len(a.Value) >= 4 {
-				l.peerIndex = int32(ne.Uint32(a.Value))
-			}
-		case unix.IFLA_LINK_NETNSID:
-			if len(a.Value) >= 4 {
-				l.peerNSID, l.hasPeerNSID = int32(ne.Uint32(a.Value)), true
-			}
-		case unix.IFLA_LINKINFO:
-			if kind, ok := nested(a.Value)[unix.IFLA_INFO_KIND]; ok {
-				l.KindName = unix.ByteSliceToString(kind)
-			}
-		}
-	}
-	switch {
-	case typ == unix.ARPHRD_LOOPBACK && l.KindName == "":
-		l.Kind = pstree.LinkLoopback
-		l.MAC = nil // all zeroes, and not settable
-	case l.KindName == "veth":
-		l.Kind = pstree.LinkVeth
-	}
-	return l, nil
-}
-
-// nested splits the attributes nested in b by type.
-func nested(b []byte) map[uint16][]byte {
-	out := map[uint16][]byte{}
-	for len(b) >= unix.SizeofRtAttr {
-		n := int(binary.NativeEndian.Uint16(b))
-		if n < unix.SizeofRtAttr || n > len(b) {
-			break
-		}
-		out[binary.NativeEndian.Uint16(b[2:])&nlaTypeMask] = b[unix.SizeofRtAttr:n]
-		n = (n + unix.RTA_ALIGNTO - 1) &^ (unix.RTA_ALIGNTO - 1)
-		if n > len(b) {
-			break
-		}
-		b = b[n:]
-	}
-	return out
-}
-
-func parseAddr(m syscall.NetlinkMessage) (int32, netip.Prefix, error) {
-	if len(m.Data) < unix.SizeofIfAddrmsg {
-		return 0, netip.Prefix{}, errors.New("short RTM_NEWADDR")
-	}
-	bits := int(m.Data[1])
-	index := int32(binary.NativeEndian.Uint32(m.Data[4:]))
-	attrs, err := syscall.ParseNetlinkRouteAttr(&m)
-	if err != nil {
-		return 0, netip.Prefix{}, err
-	}
-	var local, addr []byte
-	for _, a := range attrs {
-		switch a.Attr.Type {
-		case unix.IFA_LOCAL:
-			local = a.Value
-		case unix.IFA_ADDRESS:
-			addr = a.Value
-		}
-	}
-	if local != nil { // IFA_ADDRESS is the peer of a point-to-point link
-		addr = local
-	}
-	ip, ok := netip.AddrFromSlice(addr)
-	if !ok {
-		return index, netip.Prefix{}, nil
-	}
-	return index, netip.PrefixFrom(ip, bits), nil
-}
-
-// parseRoute keeps the routes a restore has to add itself: not those of the
-// local table, and not those the kernel made for an address (protocol
-// "kernel"); multicast and cache entries neither.
-func parseRoute(m syscall.NetlinkMessage) (r pstree.NetRoute, oif int32, keep bool, err error) {
-	if len(m.Data) < unix.SizeofRtMsg {
-		return r, 0, false, errors.New("short RTM_NEWROUTE")
-	}
-	d := m.Data
-	family, dstLen := d[0], int(d[1])
-	r.Table, r.Protocol, r.Scope, r.Type = uint32(d[4]), d[5], d[6], d[7]
-	flags := binary.NativeEndian.Uint32(d[8:])
-	attrs, err := syscall.ParseNetlinkRouteAttr(&m)
-	if err != nil {
-		return r, 0, false, err
-	}
-	ne := binary.NativeEndian
-	var dst []byte
-	for _, a := range attrs {
-		switch a.Attr.Type {
-		case unix.RTA_TABLE:
-			if len(a.Value) >= 4 {
-				r.Table = ne.Uint32(a.Value)
-			}
-		case unix.RTA_DST:
-			dst = a.Value
-		case unix.RTA_GATEWAY:
-			r.Gateway, _ = netip.AddrFromSlice(a.Value)
-		case unix.RTA_PREFSRC:
-			r.Src, _ = netip.AddrFromSlice(a.Value)
-		case unix.RTA_OIF:
-			if len(a.Value) >= 4 {
-				oif = int32(ne.Uint32(a.Value))
-			}
-		case unix.RTA_PRIORITY:
-			if len(a.Value) >= 4 {
-				r.Metric = ne.Uint32(a.Value)
-			}
-		}
-	}
-	if r.Table == unix.RT_TABLE_LOCAL || r.Protocol == unix.RTPROT_KERNEL ||
-		r.Type == unix.RTN_MULTICAST || flags&unix.RTM_F_CLONED != 0 {
-		return r, 0, false, nil
-	}
-	var zero netip.Addr
-	switch family {
-	case unix.AF_INET:
-		zero = netip.IPv4Unspecified()
-	case unix.AF_INET6:
-		zero = netip.IPv6Unspecified()
-	default:
-		return r, 0, false, nil
-	}
-	a := zero
-	if dst != nil {
-		var ok bool
-		if a, ok = netip.AddrFromSlice(dst); !ok || a.Is4() != zero.Is4() {
-			return r, 0, false, fmt.Errorf("route with a %d-byte destination", len(dst))
-		}
-	}
-	if dstLen > a.BitLen() {
-		return r, 0, false, fmt.Errorf("route to %v/%d: prefix too long", a, dstLen)
-	}
-	r.Dst = netip.PrefixFrom(a, dstLen)
-	return r, oif, true, nil
-}
-
-// rtnl is a NETLINK_ROUTE socket of one net namespace.
-type rtnl struct {
-	fd  int
-	seq uint32
-	buf []byte
-}
-
-// openRtnl opens a NETLINK_ROUTE socket in net namespace nsfd.
-func openRtnl(nsfd int) (*rtnl, error) {
-	fd := -1
-	err := inNS(nsfd, unix.CLONE_NEWNET, func() (err error) {
-		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("netlink socket: %w", err)
-	}
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind netlink socket: %w", err)
-	}
-	return &rtnl{fd: fd, buf: make([]byte, 1<<16)}, nil
-}
-
-func (c *rtnl) close() { unix.Close(c.fd) }
-
-// dump sends a NLM_F_DUMP request and passes every answer to fn.
-func (c *rtnl) dump(typ uint16, body []byte, fn func(syscall.NetlinkMessage) error) error {
-	return c.do(typ, unix.NLM_F_DUMP, body, fn)
-}
-
-// nsid asks which id this namespace gives net namespace fd (-1: none).
-func (c *rtnl) nsid(fd int) (int32, error) {
-	body := make([]byte, 4+unix.SizeofRtAttr+4) // rtgenmsg (padded), NETNSA_FD u32
-	ne := binary.NativeEndian
-	ne.PutUint16(body[4:], unix.SizeofRtAttr+4)
-	ne.PutUint16(body[6:], unix.NETNSA_FD)
-	ne.PutUint32(body[8:], uint32(fd))
-	id := int32(unix.NETNSA_NSID_NOT_ASSIGNED)
-	err := c.do(unix.RTM_GETNSID, 0, body, func(m syscall.NetlinkMessage) error {
-		if len(m.Data) < 4 {
-			return errors.New("short RTM_NEWNSID")
-		}
-		if v, ok := nested(m.Data[4:])[unix.NETNSA_NSID]; ok && len(v) >= 4 {
-			id = int32(ne.Uint32(v))
-		}
-		return nil
-	})
-	return id, err
-}
-
-func (c *rtnl) do(typ, flags uint16, body []byte, fn func(syscall.NetlinkMessage) error) error {
-	c.seq++
-	req := make([]byte, unix.SizeofNlMsghdr+len(body))
-	ne := binary.NativeEndian
-	ne.PutUint32(req[0:], uint32(len(req)))
-	ne.PutUint16(req[4:], typ)
-	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|flags)
-	ne.PutUint32(req[8:], c.seq)
-	copy(req[unix.SizeofNlMsghdr:], body)
-	if err := unix.Sendto(c.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("netlink send: %w", err)
-	}
-	for {
-		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("netlink receive: %w", err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(c.buf[:n])
-		if err != nil {
-			return fmt.Errorf("netlink parse: %w", err)
-		}
-		for _, m := range msgs {
-			if m.Header.Seq != c.seq {
-				continue // a late answer to an earlier request
-			}
-			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
-				return fmt.Errorf("netlink dump interrupted by a change: %w", procfs.ErrGone)
-			}
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return nil
-			case unix.NLMSG_ERROR:
-				if len(m.Data) < 4 {
-					return errors.New("short netlink error")
-				}
-				if e := int32(ne.Uint32(m.Data)); e != 0 {
-					return fmt.Errorf("netlink request %d: %w", typ, unix.Errno(-e))
-				}
-				return nil
-			}
-			if err := fn(m); err != nil {
-				return err
-			}
-			if m.Header.Flags&unix.NLM_F_MULTI == 0 {
-				return nil
-			}
-		}
-	}
+// restoredRoute says whether a restore has to add r itself: not the
+// routes of the local table, nor those the kernel made for an address
+// (protocol "kernel"), nor multicast ones.
+func restoredRoute(r pstree.NetRoute) bool {
+	return r.Table != unix.RT_TABLE_LOCAL && r.Protocol != unix.RTPROT_KERNEL && r.Type != unix.RTN_MULTICAST
 }
 
 // netRestorable refuses net namespace contents that restore cannot

@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 			go func() {
 				runtime.LockOSThread()
 				for {
-					syscall.Syscall(syscall.SYS_PAUSE, 0, 0, 0)
+					unix.Pause() // blocks in the kernel, keeping its thread
 				}
 			}()
 		}
@@ -146,7 +146,7 @@ func startTree(t testing.TB, script string, n int, inCgroup bool) *testTree {
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if inCgroup {
-		mnt, err := cgroup2Mount()
+		mnt, err := procfs.Cgroup2Mount()
 		if err != nil {
 			t.Skip("no cgroup v2:", err)
 		}

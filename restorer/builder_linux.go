@@ -43,11 +43,6 @@ func setBuilderBlock(b *block) {
 	bBase, bProcsOff, bStepsOff = b.base, b.procsOff, b.stepsOff
 }
 
-// clone3 is in trampoline_amd64.s.
-//
-//go:noescape
-func clone3(args uintptr, size uintptr, arg uintptr) (r1 uintptr, errno uintptr)
-
 const (
 	futexWait  = 0
 	futexWake  = 1
@@ -489,9 +484,10 @@ func restorerGone(h *header) bool {
 		return false
 	}
 	pfd := uint64(uint32(h.restorerFD)) | uint64(unix.POLLIN)<<32 // struct pollfd
+	var zero [2]int64                                             // struct timespec: do not wait (poll(2) is not on arm64)
 	// RawSyscall6, not RawSyscall (which calls it): one frame less at the
 	// bottom of the deepest nosplit chain (builderMain's comment).
-	n, _, _ := syscall.RawSyscall6(unix.SYS_POLL, uintptr(unsafe.Pointer(&pfd)), 1, 0, 0, 0, 0)
+	n, _, _ := syscall.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&zero)), 0, 0, 0)
 	return n == 1
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/probe"
 	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/internal/waiter"
@@ -205,14 +206,7 @@ func requireCapabilities() error {
 
 // hasCap says whether the calling thread has capability c in its
 // effective set.
-func hasCap(c uint) bool {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return false
-	}
-	return data[c/32].Effective&(1<<(c%32)) != 0
-}
+func hasCap(c uint) bool { return probe.HasCap(int(c)) }
 
 // dropInheritableCaps empties the calling thread's ambient and inheritable
 // sets, which every task it creates would otherwise inherit: a restorer

@@ -1,13 +1,11 @@
 package restorer
 
 import (
+	"errors"
 	"os"
-	"strconv"
 	"strings"
-	"syscall"
-	"unsafe"
 
-	"github.com/nsinit/nsinit/internal/sys"
+	"github.com/nsinit/nsinit/internal/probe"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -39,22 +37,17 @@ type Features struct {
 	MissingNS []pstree.NSKind
 }
 
-// ProbeFeatures asks the kernel. The set_tid probe creates nothing: it asks
-// for pid 1 of a new namespace at level 1 and for pid 1 at the caller's own
-// level, which is always taken (the caller's namespace has an init), so a
-// kernel that takes two entries fails in pid allocation with EEXIST, and
-// one that does not fails the argument check with EINVAL.
+// ProbeFeatures asks the kernel, through the probes `nsinit check` prints
+// (internal/probe).
 func ProbeFeatures() Features {
-	e := probeSetTID()
-	f := Features{MultiLevelSetTID: e == unix.EEXIST, NoSetTID: e == unix.ENOSYS || e == unix.E2BIG}
+	e := probe.SetTID()
+	f := Features{MultiLevelSetTID: e == nil, NoSetTID: errors.Is(e, unix.ENOSYS) || errors.Is(e, unix.E2BIG)}
 	for _, k := range pstree.AllNSKinds() {
 		if _, err := os.Stat("/proc/self/ns/" + k.ProcName()); os.IsNotExist(err) {
 			f.MissingNS = append(f.MissingNS, k)
 		}
 	}
-	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
-		f.PidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-	}
+	f.PidMax, _ = probe.PidMax()
 	if b, err := os.ReadFile("/proc/self/setgroups"); err == nil {
 		f.SetgroupsDenied = strings.TrimSpace(string(b)) == "deny"
 	}
@@ -62,27 +55,4 @@ func ProbeFeatures() Features {
 		f.SetgroupsDenied = true
 	}
 	return f
-}
-
-func probeSetTID() syscall.Errno {
-	tids := [2]int32{1, 1} // pid_t, innermost first: pid 1 of the new ns, pid 1 here
-	args := sys.CloneArgs{
-		Flags:      sys.CLONE_NEWPID,
-		ExitSignal: uint64(unix.SIGCHLD),
-		SetTID:     uint64(uintptr(unsafe.Pointer(&tids[0]))),
-		SetTIDSize: 2,
-	}
-	r, _, e := syscall.RawSyscall(unix.SYS_CLONE3, uintptr(unsafe.Pointer(&args)), sys.CloneArgsSize, 0)
-	switch {
-	case e != 0:
-		return e
-	case r == 0:
-		// Cannot happen (pid 1 is taken); never run Go code in a child.
-		syscall.RawSyscall(unix.SYS_EXIT_GROUP, 0, 0, 0)
-	default:
-		var ws unix.WaitStatus
-		unix.Kill(int(r), unix.SIGKILL)
-		unix.Wait4(int(r), &ws, 0, nil)
-	}
-	return 0
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/testutil"
 )
 
 // TestE2EHostileImages goes through the built binary: `nsinit show`,
@@ -70,12 +71,4 @@ func entries(t *testing.T, dir string) []string {
 	return names
 }
 
-func exitCode(err error) int {
-	if ee, ok := err.(interface{ ExitCode() int }); ok {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
-}
+func exitCode(err error) int { return testutil.ExitCode(err) }

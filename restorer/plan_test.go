@@ -6,9 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
-	"golang.org/x/sys/unix"
 )
 
 // tb builds trees by hand: namespaces by id, tasks by pid vectors.
@@ -259,18 +257,6 @@ func TestPlanPidForChildren(t *testing.T) {
 
 // features is what this kernel can do, probed once for the live tests.
 var features = ProbeFeatures()
-
-// TestProbeFeatures: the set_tid probe answers EEXIST (every level can be
-// set) or EINVAL (one level only, like the dev machine's 6.18), nothing
-// else, and leaves no process behind.
-func TestProbeFeatures(t *testing.T) {
-	testutil.Require(t, testutil.Root)
-	e := probeSetTID()
-	if e != unix.EEXIST && e != unix.EINVAL {
-		t.Fatalf("set_tid probe: %v, want EEXIST or EINVAL", e)
-	}
-	t.Logf("kernel accepts multi-level set_tid: %v (probe: %v)", e == unix.EEXIST, e)
-}
 
 // TestPlanMultiLevelSetTID: with every level settable, no clone needs a
 // cursor: the only ns_last_pid steps left are the image's final cursors.

@@ -48,7 +48,7 @@ func init() {
 			go func() {
 				runtime.LockOSThread()
 				for {
-					syscall.Syscall(syscall.SYS_PAUSE, 0, 0, 0)
+					unix.Pause() // blocks in the kernel, keeping its thread
 				}
 			}()
 		}

@@ -8,7 +8,9 @@ import (
 	"github.com/nsinit/nsinit/imagefile"
 )
 
-func init() { register("check", "compare an image with a live tree", runCheck) }
+func init() {
+	register("check", "without -t/-D: what this kernel supports (as criu check); with them: compare an image with a live tree", runCheck)
+}
 
 func runCheck(args []string) int {
 	var (
@@ -16,18 +18,29 @@ func runCheck(args []string) int {
 		dir         string
 		leftStopped bool
 		shellJob    bool
+		asJSON      bool
 	)
-	fs := newFlags("nsinit check", "nsinit check -t PID -D DIR [--left-stopped] [-j]",
-		"Lists every difference between the image in DIR and the live tree rooted at PID.\n"+
-			"Exit status 0: identical; 1: differences, one a line on stdout; 125 and up: could\nnot compare (README, \"Exit status\").")
+	fs := newFlags("nsinit check", "nsinit check [--json] | nsinit check -t PID -D DIR [--left-stopped] [-j]",
+		"Without -t and -D: probes what dump and restore need from this kernel and this\n"+
+			"caller (as criu check does), one line each, and what a missing piece disables.\n"+
+			"Exit status 0: all that a dump and a restore need works; 203: only capabilities\n"+
+			"or permissions are missing; 204: the kernel lacks a required piece.\n"+
+			"With -t and -D: lists every difference between the image in DIR and the live tree\n"+
+			"rooted at PID. Exit status 0: identical; 1: differences, one a line on stdout; 125\n"+
+			"and up: could not compare (README, \"Exit status\").")
 	fs.Int(&pid, "t,tree", "PID", "level-0 pid of the root of the live tree")
 	fs.String(&dir, "D,images-dir", "DIR", "image directory")
 	fs.Bool(&shellJob, "j,shell-job", "the tree was restored with --shell-job: the session and group its root had from outside the tree are compared as the live root's")
 	fs.Bool(&leftStopped, "left-stopped", "the tree was left stopped by dump --leave-stopped: a task live in the image may be stopped")
+	fs.Bool(&asJSON, "json", "probe: print the results as JSON")
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
 	switch {
+	case pid == 0 && dir == "" && !leftStopped && !shellJob && len(fs.Args()) == 0:
+		return runProbe(asJSON)
+	case asJSON:
+		return fs.Fail("--json goes with the probe (no -t/-D)")
 	case pid <= 0:
 		return fs.Fail("-t/--tree PID is required")
 	case dir == "":

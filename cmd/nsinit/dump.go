@@ -26,14 +26,15 @@ func init() { register("dump", "record a process tree into an image", runDump) }
 func runDump(args []string) int {
 	var (
 		pid                             int
-		dir, logFile                    string
+		dir                             string
 		leaveRunning, leaveStopped, kil bool
 		retries                         = 3
 		unchecked                       bool
-		verbose                         int
+		logOpt                          diagOptions
 	)
 	fs := newFlags("nsinit dump",
-		"nsinit dump -t PID -D DIR [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked] [-o FILE] [-v]",
+		"nsinit dump -t PID -D DIR [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked]\n"+
+			"                   [-o FILE] [--log-format text|json] [-v] [--progress]",
 		"Records the tree rooted at PID, with its nested pid namespaces, into DIR/pstree.img.\n"+
 			"The tree keeps running afterwards unless --leave-stopped or --kill (unlike criu dump,\n"+
 			"which kills it unless -R).")
@@ -44,8 +45,7 @@ func runDump(args []string) int {
 	fs.Bool(&kil, "kill", "kill the tree after a successful dump")
 	fs.Int(&retries, "retries", "N", "attempts after one that raced with the tree")
 	fs.Bool(&unchecked, "unchecked", "dump without the eBPF consistency guard (image marked unchecked)")
-	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
-	fs.Count(&verbose, "v,verbosity", "log progress (repeat it or add a level, as in -v2, for more)")
+	logOpt.addFlags(fs, "log what the dump does")
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
@@ -58,8 +58,10 @@ func runDump(args []string) int {
 		return fs.Fail("unexpected argument %q", fs.Args()[0])
 	case btoi(leaveRunning)+btoi(leaveStopped)+btoi(kil) > 1:
 		return fs.Fail("--leave-running, --leave-stopped and --kill exclude each other")
+	case logOpt.bad() != "":
+		return fs.Fail("%s", logOpt.bad())
 	}
-	d, err := openDiag("nsinit dump", verbose, logFile, dir, true)
+	d, err := openDiag("nsinit dump", logOpt, dir, true)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit dump: %v\n", err)
 		return exitStatus(err)
@@ -70,6 +72,14 @@ func runDump(args []string) int {
 		opts.Retries = -1 // no retry (Options treats 0 as the default)
 	}
 	opts.Log = func(f string, a ...any) { d.logf(1, f, a...) }
+	prog := newProgress("nsinit dump", "", logOpt.progress)
+	total := 0
+	opts.Progress = func(stage string, n int) {
+		if stage == "found" {
+			total = n
+		}
+		prog.update(stage, n, total)
+	}
 	// --unchecked means no guard at all, even where it would load: the
 	// image then says so (checked: false), and a dump that cannot load the
 	// guard (inside a container's pid namespace, say) behaves the same
@@ -90,6 +100,7 @@ func runDump(args []string) int {
 		opts.LoadGuard = newDumpGuard
 	}
 	tr, err := dump.Dump(pid, opts)
+	prog.done()
 	if errors.Is(err, dump.ErrNoGuard) {
 		d.errorf("cannot check the dump for races: %v\n(use --unchecked to dump anyway)", err)
 		return exitStatus(err)

@@ -109,7 +109,7 @@ func newInitSet(cfg *agent.Config, verbose *int) (*cliflag.Set, func() error) {
 	apply := initFlags(fs, cfg)
 	*verbose = envVerbosity()
 	fs.Count(verbose, "v", "more diagnostics: -v prints what nsinit runs and how")
-	fs.SetVersion(version)
+	fs.SetVersion(versionText())
 	fs.Epilog = "environment (tini's variables, or the NSINIT_ names, read first):\n" +
 		"  NSINIT_SUBREAPER, TINI_SUBREAPER                    set: as -s\n" +
 		"  NSINIT_KILL_PROCESS_GROUP, TINI_KILL_PROCESS_GROUP  set: as -g\n" +
@@ -164,6 +164,9 @@ func parseAndRun(args []string) int {
 	cfg.Blocked, cfg.BlockedKnown = origSigMask, origSigKnown != 0
 	// Warnings (-w's) need level 1, as tini's.
 	cfg.WarnOnReap = cfg.WarnOnReap && verbose >= 1
+	if w := linkWarning(); w != "" && verbose >= 1 && cfg.Started == nil { // not for restored agents
+		os.Stderr.WriteString(w)
+	}
 	if verbose >= 2 {
 		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, subreaper %v, signals to the process group %v, grace %v, ignored at start: %s\n",
 			os.Getpid(), strings.Join(cfg.Argv, " "), cfg.Subreaper || os.Getpid() != 1, cfg.SignalGroup, cfg.Grace, signalList(cfg.Ignored))

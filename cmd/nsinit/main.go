@@ -56,7 +56,7 @@ func dispatch(args []string) int {
 		}
 		switch args[0] {
 		case "version":
-			fmt.Println("nsinit", version)
+			fmt.Println("nsinit", versionText())
 			return 0
 		case "help":
 			fs, _ := newInitSet(new(agent.Config), new(int))
@@ -72,7 +72,7 @@ func dispatch(args []string) int {
 func newFlags(name, usage, about string) *cliflag.Set {
 	fs := cliflag.New(name, usage, about)
 	fs.UsageStatus = exitUsage
-	fs.SetVersion(version)
+	fs.SetVersion(versionText())
 	return fs
 }
 

@@ -25,19 +25,19 @@ func init() {
 
 func runRestore(args []string) int {
 	var (
-		dir, pidfile, via, logFile string
-		payload                    = "exec"
-		placement                  = "set_tid"
-		dry, detach, inheritStdio  bool
-		newPidns, quietRoot        bool
-		shellJob                   bool
-		newRoot, mounts            string
-		agentTimeout               = restorer.DefaultAgentTimeout
-		verbose                    int
+		dir, pidfile, via         string
+		payload                   = "exec"
+		placement                 = "set_tid"
+		dry, detach, inheritStdio bool
+		newPidns, quietRoot       bool
+		shellJob                  bool
+		newRoot, mounts           string
+		agentTimeout              = restorer.DefaultAgentTimeout
+		logOpt                    diagOptions
 	)
 	fs := newFlags("nsinit restore",
 		"nsinit restore -D DIR [-d [--inherit-stdio]] [-j] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
-			"                      [--dry-run] [--agent-timeout D] [--agent SOCKET] [-o FILE] [-v]",
+			"                      [--dry-run] [--agent-timeout D] [--agent SOCKET] [-o FILE] [--log-format text|json] [-v] [--progress]",
 		"Re-creates the tree of DIR with the same pids at every level. Without -d, nsinit stays\n"+
 			"the root's parent and exits with its status, like criu restore.")
 	fs.String(&dir, "D,images-dir", "DIR", "image directory")
@@ -54,8 +54,7 @@ func runRestore(args []string) int {
 	fs.Bool(&quietRoot, "no-print-root", "with -d: do not print the root's pid (--into-new-pidns uses it inside)")
 	fs.Duration(&agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
 	fs.String(&via, "agent", "SOCKET", "restore through the nsinit agent listening on SOCKET (nsinit --listen), into its pid namespace")
-	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
-	fs.Count(&verbose, "v,verbosity", "log what the restore does")
+	logOpt.addFlags(fs, "log what the restore does")
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
@@ -64,6 +63,9 @@ func runRestore(args []string) int {
 	}
 	if len(fs.Args()) != 0 {
 		return fs.Fail("unexpected argument %q", fs.Args()[0])
+	}
+	if why := logOpt.bad(); why != "" {
+		return fs.Fail("%s", why)
 	}
 	var opt restorer.Options
 	switch mounts {
@@ -104,7 +106,7 @@ func runRestore(args []string) int {
 	// directory as fd 3) is not for the restored tasks, which share its fd
 	// table until their exec.
 	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	d, err := openDiag("nsinit restore", verbose, logFile, dir, false)
+	d, err := openDiag("nsinit restore", logOpt, dir, false)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
 		return exitStatus(err)
@@ -112,6 +114,10 @@ func runRestore(args []string) int {
 	defer d.close()
 	if via != "" {
 		return restoreViaAgent(d, via, dir, payload, placement, pidfile)
+	}
+	if err := restorer.ArchSupported(); err != nil && !dry {
+		d.errorf("%v", err)
+		return exitStatus(err)
 	}
 	if newPidns {
 		if dry {
@@ -124,6 +130,9 @@ func runRestore(args []string) int {
 		pass := []string{"--no-print-root", "--shell-job", "--payload", payload, "--placement", placement, "--agent-timeout", agentTimeout.String()}
 		if !detach || inheritStdio {
 			pass = append(pass, "--inherit-stdio")
+		}
+		if logOpt.progress {
+			pass = append(pass, "--progress")
 		}
 		if opt.Root != "" {
 			pass = append(pass, "--root", opt.Root)
@@ -171,7 +180,9 @@ func runRestore(args []string) int {
 	// failure, and nsinit then dies of the signal's status.
 	start := time.Now()
 	ctx, sig, stopSignals := interruptContext(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	stopProgress := watchRestore(newProgress("nsinit restore", "created", logOpt.progress), plan)
 	res, err := restorer.ExecuteContext(ctx, plan, execOpt)
+	stopProgress()
 	stopSignals()
 	if err != nil {
 		d.errorf("%v", err)
@@ -199,6 +210,68 @@ func runRestore(args []string) int {
 		return exitFailure
 	}
 	return agent.ShellStatus(syscall.WaitStatus(st))
+}
+
+// watchRestore shows the restore's progress until stop is called: how
+// many of the image's level-0 pids exist, counted in a listing of /proc
+// every 200ms (the pids were free when the restore began: it refuses a
+// taken one). The restorer is not asked, so its executor stays as it is;
+// the count is of tasks created, zombies included, helpers not.
+func watchRestore(p *progress, plan *restorer.Plan) (stop func()) {
+	if !p.on {
+		return func() {}
+	}
+	want := make(map[string]bool, len(plan.Procs))
+	for _, pr := range plan.Procs {
+		if !pr.IsHelper() && pr.PIDs[0] > 0 {
+			want[strconv.Itoa(pr.PIDs[0])] = true
+		}
+	}
+	count := func() {
+		names, err := readDirNames("/proc")
+		if err != nil {
+			return
+		}
+		done := 0
+		for _, n := range names {
+			if want[n] {
+				done++
+			}
+		}
+		p.update("created", done, len(want))
+	}
+	quit, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				count()
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-finished
+		if p.shown || !p.tty {
+			count() // the final figure, where progress is shown
+		}
+		p.done()
+	}
+}
+
+// readDirNames lists a directory's names, unsorted.
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
 }
 
 // interruptContext is a context cancelled by the first of sigs to arrive

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nsinit/nsinit/internal/probe"
 	"github.com/nsinit/nsinit/internal/procfs"
 	"golang.org/x/sys/unix"
 )
@@ -72,14 +73,7 @@ func Require(t testing.TB, reqs ...Requirement) {
 	}
 }
 
-func hasCap(c int) bool {
-	var hdr = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return false
-	}
-	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
-}
+var hasCap = probe.HasCap
 
 // RepoRoot is the root of the source tree (where go.mod is).
 func RepoRoot() string {
@@ -154,6 +148,18 @@ func RunCmd(t testing.TB, cmd *exec.Cmd) (string, error) {
 	err = cmd.Run()
 	out, _ := os.ReadFile(f.Name())
 	return string(out), err
+}
+
+// ExitCode is the exit status of a command that returned err (RunCmd's):
+// 0 for nil, -1 when it did not exit (not started, killed by a signal).
+func ExitCode(err error) int {
+	if ee, ok := err.(interface{ ExitCode() int }); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
 }
 
 // Descendants lists root and every task below it, parents before
