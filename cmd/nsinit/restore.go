@@ -13,6 +13,7 @@ import (
 
 	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/cliflag"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/restorer"
@@ -23,133 +24,162 @@ func init() {
 	register("restore", "re-create a dumped tree with the same pids", runRestore)
 }
 
-func runRestore(args []string) int {
-	var (
-		dir, pidfile, via         string
-		payload                   = "exec"
-		placement                 = "set_tid"
-		dry, detach, inheritStdio bool
-		newPidns, quietRoot       bool
-		shellJob                  bool
-		newRoot, mounts           string
-		agentTimeout              = restorer.DefaultAgentTimeout
-		logOpt                    diagOptions
-	)
+// restoreFlags is what `nsinit restore` was asked.
+type restoreFlags struct {
+	dir, pidfile, via         string
+	payload, placement        string
+	dry, detach, inheritStdio bool
+	newPidns, quietRoot       bool
+	shellJob                  bool
+	newRoot, mounts           string
+	agentTimeout              time.Duration
+	log                       diagOptions
+}
+
+func (f *restoreFlags) flagSet() *cliflag.Set {
+	f.payload, f.placement, f.agentTimeout = "exec", "set_tid", restorer.DefaultAgentTimeout
 	fs := newFlags("nsinit restore",
 		"nsinit restore -D DIR [-d [--inherit-stdio]] [-j] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
 			"                      [--dry-run] [--agent-timeout D] [--agent SOCKET] [-o FILE] [--log-format text|json] [-v] [--progress]",
 		"Re-creates the tree of DIR with the same pids at every level. Without -d, nsinit stays\n"+
 			"the root's parent and exits with its status, like criu restore.")
-	fs.String(&dir, "D,images-dir", "DIR", "image directory")
-	fs.Bool(&detach, "d,detach,restore-detached", "leave the tree running and print the root's pid; its programs get /dev/null as stdin, stdout and stderr")
-	fs.Bool(&inheritStdio, "inherit-stdio", "with -d: the restored programs keep nsinit's stdin, stdout and stderr instead")
-	fs.String(&pidfile, "pidfile", "FILE", "write the root's pid to FILE")
-	fs.String(&payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec) or stopped tasks")
-	fs.String(&placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
-	fs.Bool(&dry, "dry-run", "print the plan and create nothing")
-	fs.Bool(&newPidns, "into-new-pidns", "restore into a new pid namespace whose PID 1 is nsinit: the image's level 0 becomes that namespace, so no host pid need be free and copies can run side by side")
-	fs.String(&newRoot, "r,root", "DIR", "run the tasks whose root directory was a container's filesystem in DIR (chroot before their exec)")
-	fs.String(&mounts, "mounts", "host", "with host: run such tasks in this machine's filesystem instead")
-	fs.Bool(&shellJob, "j,shell-job", "the root's session and group, when led from outside the tree, become nsinit's own (without it such an image restores only from that session and group)")
-	fs.Bool(&quietRoot, "no-print-root", "with -d: do not print the root's pid (--into-new-pidns uses it inside)")
-	fs.Duration(&agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
-	fs.String(&via, "agent", "SOCKET", "restore through the nsinit agent listening on SOCKET (nsinit --listen), into its pid namespace")
-	logOpt.addFlags(fs, "log what the restore does")
-	if code, stop := fs.Parse(args); stop {
-		return code
+	fs.String(&f.dir, "D,images-dir", "DIR", "image directory")
+	fs.Bool(&f.detach, "d,detach,restore-detached", "leave the tree running and print the root's pid; its programs get /dev/null as stdin, stdout and stderr")
+	fs.Bool(&f.inheritStdio, "inherit-stdio", "with -d: the restored programs keep nsinit's stdin, stdout and stderr instead")
+	fs.String(&f.pidfile, "pidfile", "FILE", "write the root's pid to FILE")
+	fs.String(&f.payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec) or stopped tasks")
+	fs.String(&f.placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
+	fs.Bool(&f.dry, "dry-run", "print the plan and create nothing")
+	fs.Bool(&f.newPidns, "into-new-pidns", "restore into a new pid namespace whose PID 1 is nsinit: the image's level 0 becomes that namespace, so no host pid need be free and copies can run side by side")
+	fs.String(&f.newRoot, "r,root", "DIR", "run the tasks whose root directory was a container's filesystem in DIR (chroot before their exec)")
+	fs.String(&f.mounts, "mounts", "host", "with host: run such tasks in this machine's filesystem instead")
+	fs.Bool(&f.shellJob, "j,shell-job", "the root's session and group, when led from outside the tree, become nsinit's own (without it such an image restores only from that session and group)")
+	fs.Bool(&f.quietRoot, "no-print-root", "with -d: do not print the root's pid (--into-new-pidns uses it inside)")
+	fs.Duration(&f.agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
+	fs.String(&f.via, "agent", "SOCKET", "restore through the nsinit agent listening on SOCKET (nsinit --listen), into its pid namespace")
+	f.log.addFlags(fs, "log what the restore does")
+	return fs
+}
+
+// options checks the flags and turns them into the restorer's options
+// (Features and AgentExe are filled in later, for a restore here); why is
+// the usage error.
+func (f *restoreFlags) options(args []string) (opt restorer.Options, why string) {
+	switch {
+	case f.dir == "":
+		return opt, "-D/--images-dir DIR is required"
+	case len(args) != 0:
+		return opt, fmt.Sprintf("unexpected argument %q", args[0])
+	case f.newPidns && f.dry:
+		return opt, "--dry-run with --into-new-pidns: the plan is the same without it"
 	}
-	if dir == "" {
-		return fs.Fail("-D/--images-dir DIR is required")
+	if why := f.log.bad(); why != "" {
+		return opt, why
 	}
-	if len(fs.Args()) != 0 {
-		return fs.Fail("unexpected argument %q", fs.Args()[0])
-	}
-	if why := logOpt.bad(); why != "" {
-		return fs.Fail("%s", why)
-	}
-	var opt restorer.Options
-	switch mounts {
+	switch f.mounts {
 	case "":
 	case "host":
 		opt.HostMounts = true
 	default:
-		return fs.Fail("unknown --mounts %q (host)", mounts)
+		return opt, fmt.Sprintf("unknown --mounts %q (host)", f.mounts)
 	}
-	if newRoot != "" {
+	if f.newRoot != "" {
 		if opt.HostMounts {
-			return fs.Fail("--root and --mounts host exclude each other")
+			return opt, "--root and --mounts host exclude each other"
 		}
-		abs, err := filepath.Abs(newRoot)
+		abs, err := filepath.Abs(f.newRoot)
 		if err != nil {
-			return fs.Fail("--root %s: %v", newRoot, err)
+			return opt, fmt.Sprintf("--root %s: %v", f.newRoot, err)
 		}
 		if st, err := os.Stat(abs); err != nil || !st.IsDir() {
-			return fs.Fail("--root %s: not a directory", newRoot)
+			return opt, fmt.Sprintf("--root %s: not a directory", f.newRoot)
 		}
 		opt.Root = abs
 	}
-	switch payload {
+	switch f.payload {
 	case "exec":
 	case "stopped":
 		opt.Payload = restorer.PayloadStopped
 	default:
-		return fs.Fail("unknown payload %q (exec or stopped)", payload)
+		return opt, fmt.Sprintf("unknown payload %q (exec or stopped)", f.payload)
 	}
-	switch placement {
+	switch f.placement {
 	case "set_tid":
 	case "ns_last_pid":
 		opt.Placement = restorer.PlaceLastPID
 	default:
-		return fs.Fail("unknown placement %q (set_tid or ns_last_pid)", placement)
+		return opt, fmt.Sprintf("unknown placement %q (set_tid or ns_last_pid)", f.placement)
+	}
+	opt.ShellJob = f.shellJob
+	return opt, ""
+}
+
+func runRestore(args []string) int {
+	var f restoreFlags
+	fs := f.flagSet()
+	if code, stop := fs.Parse(args); stop {
+		return code
+	}
+	opt, why := f.options(fs.Args())
+	if why != "" {
+		return fs.Fail("%s", why)
 	}
 	// What this process inherited (an agent's client passes the image
 	// directory as fd 3) is not for the restored tasks, which share its fd
 	// table until their exec.
 	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	d, err := openDiag("nsinit restore", logOpt, dir, false)
+	d, err := openDiag("nsinit restore", f.log, f.dir, false)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit restore: %v\n", err)
 		return exitStatus(err)
 	}
 	defer d.close()
-	if via != "" {
-		return restoreViaAgent(d, via, dir, payload, placement, pidfile)
+	if f.via != "" {
+		return restoreViaAgent(d, f.via, f.dir, f.payload, f.placement, f.pidfile)
 	}
-	if err := restorer.ArchSupported(); err != nil && !dry {
+	if err := restorer.ArchSupported(); err != nil && !f.dry {
 		d.errorf("%v", err)
 		return exitStatus(err)
 	}
-	if newPidns {
-		if dry {
-			return fs.Fail("--dry-run with --into-new-pidns: the plan is the same without it")
-		}
-		// Inside, the restorer always detaches (the namespace's init adopts
-		// the root); the tree keeps the caller's stdio unless -d says not.
-		// The new namespace holds no session or group from outside the
-		// tree: the tree takes PID 1's, as with --shell-job.
-		pass := []string{"--no-print-root", "--shell-job", "--payload", payload, "--placement", placement, "--agent-timeout", agentTimeout.String()}
-		if !detach || inheritStdio {
-			pass = append(pass, "--inherit-stdio")
-		}
-		if logOpt.progress {
-			pass = append(pass, "--progress")
-		}
-		if opt.Root != "" {
-			pass = append(pass, "--root", opt.Root)
-		}
-		if opt.HostMounts {
-			pass = append(pass, "--mounts", "host")
-		}
-		return restoreIntoNewPidns(dir, pass, detach, pidfile)
+	if f.newPidns {
+		return restoreIntoNewPidns(f.dir, f.innerArgs(opt), f.detach, f.pidfile)
 	}
+	return f.restoreHere(d, opt)
+}
+
+// innerArgs are the options of the restore that runs inside the new pid
+// namespace of --into-new-pidns. It always detaches (the namespace's init
+// adopts the root); the tree keeps the caller's stdio unless -d says not.
+// The new namespace holds no session or group from outside the tree: the
+// tree takes PID 1's, as with --shell-job.
+func (f *restoreFlags) innerArgs(opt restorer.Options) []string {
+	pass := []string{"--no-print-root", "--shell-job", "--payload", f.payload, "--placement", f.placement, "--agent-timeout", f.agentTimeout.String()}
+	if !f.detach || f.inheritStdio {
+		pass = append(pass, "--inherit-stdio")
+	}
+	if f.log.progress {
+		pass = append(pass, "--progress")
+	}
+	if opt.Root != "" {
+		pass = append(pass, "--root", opt.Root)
+	}
+	if opt.HostMounts {
+		pass = append(pass, "--mounts", "host")
+	}
+	return pass
+}
+
+// restoreHere plans the image and runs the plan from this process: with
+// -d it prints the root's pid and returns once the tree is up, else it
+// stays the root's parent and exits with its status, like criu restore.
+func (f *restoreFlags) restoreHere(d *diag, opt restorer.Options) int {
 	// A task that was an nsinit agent becomes one again: this binary.
 	if exe, err := os.Executable(); err == nil {
 		opt.AgentExe = exe
 	}
 	// Decided before planning, never during execution.
 	opt.Features = restorer.ProbeFeatures()
-	opt.ShellJob = shellJob
-	tr, err := imagefile.Read(dir)
+	tr, err := imagefile.Read(f.dir)
 	if err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
@@ -159,15 +189,15 @@ func runRestore(args []string) int {
 		d.errorf("plan: %v", err)
 		return exitStatus(err)
 	}
-	d.logf(1, "image %s: %d tasks, plan of %d steps", dir, len(tr.Tasks), len(plan.Steps))
-	if dry {
+	d.logf(1, "image %s: %d tasks, plan of %d steps", f.dir, len(tr.Tasks), len(plan.Steps))
+	if f.dry {
 		fmt.Print(plan)
 		return 0
 	}
 	// A detached tree must not hold its caller's pipe or terminal: nsinit
 	// returns once it is up, and `pid=$(nsinit restore -d)` sees end of file.
-	var execOpt = restorer.ExecOptions{AgentTimeout: agentTimeout}
-	if detach && !inheritStdio {
+	var execOpt = restorer.ExecOptions{AgentTimeout: f.agentTimeout}
+	if f.detach && !f.inheritStdio {
 		null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 		if err != nil {
 			d.errorf("%v", err)
@@ -180,7 +210,7 @@ func runRestore(args []string) int {
 	// failure, and nsinit then dies of the signal's status.
 	start := time.Now()
 	ctx, sig, stopSignals := interruptContext(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	stopProgress := watchRestore(newProgress("nsinit restore", "created", logOpt.progress), plan)
+	stopProgress := watchRestore(newProgress("nsinit restore", "created", f.log.progress), plan)
 	res, err := restorer.ExecuteContext(ctx, plan, execOpt)
 	stopProgress()
 	stopSignals()
@@ -193,17 +223,16 @@ func runRestore(args []string) int {
 	}
 	defer res.Close()
 	d.logf(1, "restored %d tasks in %v, root pid %d", len(tr.Tasks), time.Since(start).Round(time.Millisecond), res.Root)
-	if err := writePidfile(pidfile, res.Root); err != nil {
+	if err := writePidfile(f.pidfile, res.Root); err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
 	}
-	if detach {
-		if !quietRoot {
+	if f.detach {
+		if !f.quietRoot {
 			fmt.Println(res.Root)
 		}
 		return 0
 	}
-	// Like criu restore: stay the root's parent and exit with its status.
 	_, st, err := sys.WaitPidfd(res.RootPidfd(), 0)
 	if err != nil {
 		d.errorf("wait for root %d: %v", res.Root, err)
