@@ -61,7 +61,7 @@ func (r *reaper) drain(sigs <-chan os.Signal, grace time.Duration, log io.Writer
 // onlyKeptLeft says whether every child of the init is a kept zombie (or
 // there is none).
 func (r *reaper) onlyKeptLeft() bool {
-	for _, pid := range children() {
+	for _, pid := range procfs.New("/proc").SelfChildren() {
 		if !r.keep[pid] {
 			return false
 		}

@@ -3,12 +3,10 @@ package agent
 import (
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"unsafe"
+
+	"github.com/nsinit/nsinit/internal/procfs"
 )
 
 // reaper collects dead children: the command (whose status it remembers)
@@ -66,7 +64,7 @@ func wait4NoHang(pid int) (int, syscall.WaitStatus, syscall.Errno) {
 // reapExcept reaps dead children one pid at a time, skipping the kept
 // ones: wait4(-1) cannot be told to leave some zombies alone.
 func (r *reaper) reapExcept() (status syscall.WaitStatus, childDone bool) {
-	for _, pid := range children() {
+	for _, pid := range procfs.New("/proc").SelfChildren() {
 		if r.keep[pid] {
 			continue
 		}
@@ -82,23 +80,4 @@ func (r *reaper) reapExcept() (status syscall.WaitStatus, childDone bool) {
 		}
 	}
 	return status, childDone
-}
-
-// children lists the pids of this process's children, live or dead. The
-// kernel keeps children per thread, so every thread's list is read.
-func children() []int {
-	files, _ := filepath.Glob("/proc/self/task/*/children")
-	var pids []int
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, field := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(field); err == nil {
-				pids = append(pids, pid)
-			}
-		}
-	}
-	return pids
 }

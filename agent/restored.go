@@ -1,10 +1,10 @@
 package agent
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/internal/procfs"
@@ -138,17 +138,11 @@ func isAncestor(pid int) bool {
 		if p == 0 || !ownProcfs() {
 			return false
 		}
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/stat")
+		st, err := procfs.New("/proc").Stat(p)
 		if err != nil {
 			return false
 		}
-		// the fields after the command's closing parenthesis: state ppid ...
-		i := bytes.LastIndexByte(b, ')')
-		f := bytes.Fields(b[i+1:])
-		if i < 0 || len(f) < 2 {
-			return false
-		}
-		p, _ = strconv.Atoi(string(f[1]))
+		p = st.PPid
 	}
 	return false
 }
@@ -174,10 +168,5 @@ func procfsDepth() int {
 	if err != nil {
 		return 0
 	}
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		if v, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
-			return len(bytes.Fields(v)) - 1
-		}
-	}
-	return 0
+	return max(len(strings.Fields(procfs.StatusField(b, "NSpid")))-1, 0)
 }

@@ -197,19 +197,11 @@ func waitYoungHolder(pid int, deadline time.Time) {
 // startedAgo is how long ago the process at pid started (stat field 22,
 // in clock ticks of 1/100 s since boot).
 func startedAgo(pid int) (time.Duration, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := procfs.New("/proc").Stat(pid)
 	if err != nil {
 		return 0, false
 	}
-	i := strings.LastIndexByte(string(b), ')')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 20 {
-		return 0, false
-	}
-	start, err := strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
-		return 0, false
-	}
+	start := st.StartTime
 	var ts unix.Timespec
 	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
 		return 0, false

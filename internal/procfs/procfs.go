@@ -311,6 +311,19 @@ func (r *Reader) Descendants(pid int) []int {
 	return out
 }
 
+// SelfChildren lists the caller's children, live or dead, from the
+// children files of all its threads under self/.
+func (r *Reader) SelfChildren() []int {
+	var out []int
+	tasks, _ := os.ReadDir(r.Root + "/self/task")
+	for _, tk := range tasks {
+		p := r.Root + "/self/task/" + tk.Name() + "/children"
+		kids, _ := r.childrenAt(unix.AT_FDCWD, p, p)
+		out = append(out, kids...)
+	}
+	return out
+}
+
 // HasChildren reports whether this kernel has the children files
 // (CONFIG_PROC_CHILDREN), probing the caller's own thread.
 func (r *Reader) HasChildren() bool {
