@@ -4,10 +4,8 @@ import (
 	"os/exec"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/nsinit/nsinit/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 // TestE2EAgentWithoutCursorCapability: an nsinit agent that ran as PID 1
@@ -25,47 +23,14 @@ func TestE2EAgentWithoutCursorCapability(t *testing.T) {
 	}
 	tree := exec.Command("unshare", "-p", "-f", "setpriv", "--bounding-set", "-sys_admin,-checkpoint_restore", "--",
 		bin, "--", "busybox", "sh", "-c", "busybox sleep 1000 & exec busybox sleep 1001")
-	tree.Dir = "/"
-	if err := tree.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, p := range testutil.Descendants(tree.Process.Pid) {
-			unix.Kill(p, unix.SIGKILL)
-		}
-		tree.Wait()
-	})
-	for i := 0; ; i++ {
-		if d := testutil.Descendants(tree.Process.Pid); len(d) == 4 && sleeping(d[2:]) {
-			break
-		}
-		if i == 60000 {
-			t.Fatalf("the tree never came up: %v", testutil.Descendants(tree.Process.Pid))
-		}
-		time.Sleep(time.Millisecond)
-	}
-	pids := testutil.Descendants(tree.Process.Pid)
-	dir := t.TempDir()
-	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(tree.Process.Pid), "-D", dir, "--kill"); err != nil {
-		t.Fatalf("dump: %v\n%s", err, out)
-	}
-	tree.Wait()
-	for _, p := range pids {
-		reapGone(t, p)
-	}
+	pids := startCmdTree(t, tree, 4, func(d []int) bool { return sleeping(d[2:]) })
+	dir := dumpAndReap(t, pids)
 	out, err := nsinit(t, "restore", "-D", dir, "-d")
 	if err != nil {
 		t.Fatalf("restore: %v\n%s", err, out)
 	}
 	root := restoredRoot(t, out)
-	t.Cleanup(func() {
-		for _, p := range testutil.Descendants(root) {
-			unix.Kill(p, unix.SIGKILL)
-		}
-		for _, p := range pids[1:] {
-			reapGone(t, p)
-		}
-	})
+	killAtEnd(t, root, pids[1:])
 	if out, err := nsinit(t, "check", "-t", strconv.Itoa(root), "-D", dir); err != nil {
 		t.Errorf("check: %v\n%s", err, out)
 	}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/testutil"
@@ -198,4 +199,64 @@ func dumpKilled(t *testing.T, cmd *exec.Cmd, flags ...string) (*pstree.Tree, str
 	}
 	keepCursorAbove(t, tr)
 	return tr, img
+}
+
+// startCmdTree starts cmd (in /) as the root of a tree and waits until
+// waitTree says it is up; the tree is killed at the end of the test.
+func startCmdTree(t *testing.T, cmd *exec.Cmd, n int, ready func([]int) bool) []int {
+	t.Helper()
+	cmd.Dir = "/"
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, p := range testutil.Descendants(cmd.Process.Pid) {
+			unix.Kill(p, unix.SIGKILL)
+		}
+		cmd.Wait()
+	})
+	return waitTree(t, cmd.Process.Pid, n, ready)
+}
+
+// waitTree waits until root and its descendants are n tasks for which
+// ready holds (say, every program has exec'd), and returns them.
+func waitTree(t *testing.T, root, n int, ready func([]int) bool) []int {
+	t.Helper()
+	for i := 0; ; i++ {
+		if d := testutil.Descendants(root); len(d) == n && ready(d) {
+			return d
+		}
+		if i == 60000 {
+			t.Fatalf("the tree of %d never came up: %v", root, testutil.Descendants(root))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// dumpAndReap dumps the tree of pids[0] with --kill into a new directory
+// and waits until every pid is gone, reaping those left to this process (a
+// subreaper).
+func dumpAndReap(t *testing.T, pids []int) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(pids[0]), "-D", dir, "--kill"); err != nil {
+		t.Fatalf("dump: %v\n%s", err, out)
+	}
+	for _, p := range pids {
+		reapGone(t, p)
+	}
+	return dir
+}
+
+// killAtEnd kills the restored tree of root at the end of the test and
+// waits for pids, reaping those left to this process.
+func killAtEnd(t *testing.T, root int, pids []int) {
+	t.Cleanup(func() {
+		for _, p := range testutil.Descendants(root) {
+			unix.Kill(p, unix.SIGKILL)
+		}
+		for _, p := range pids {
+			reapGone(t, p)
+		}
+	})
 }

@@ -43,30 +43,7 @@ func TestE2ERootElsewhere(t *testing.T) {
 	// namespace, a shell in rootfs that starts a sleep and becomes one.
 	tree := exec.Command("unshare", "-p", "-f", "chroot", rootfs, "/bin/busybox", "sh", "-c",
 		"/bin/busybox sleep 100000 & exec /bin/busybox sleep 100001")
-	tree.Dir = "/"
-	if err := tree.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, p := range testutil.Descendants(tree.Process.Pid) {
-			unix.Kill(p, unix.SIGKILL)
-		}
-		tree.Wait()
-	})
-	for i := 0; ; i++ {
-		if d := testutil.Descendants(tree.Process.Pid); len(d) == 3 && sleeping(d[1:]) {
-			break
-		}
-		if i == 60000 {
-			t.Fatalf("the chrooted tree never came up: %v", testutil.Descendants(tree.Process.Pid))
-		}
-		time.Sleep(time.Millisecond)
-	}
-	dir := t.TempDir()
-	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(tree.Process.Pid), "-D", dir, "--kill"); err != nil {
-		t.Fatalf("dump: %v\n%s", err, out)
-	}
-	tree.Wait()
+	dir := dumpAndReap(t, startCmdTree(t, tree, 3, func(d []int) bool { return sleeping(d[1:]) }))
 	img, err := imagefile.Read(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -80,10 +57,6 @@ func TestE2ERootElsewhere(t *testing.T) {
 			inside = append(inside, tk.PID())
 		}
 	}
-	// Killed, the namespace's init was left to this process (a subreaper).
-	for _, tk := range img.Tasks {
-		reapGone(t, tk.PID())
-	}
 
 	out, err := nsinit(t, "restore", "-D", dir, "-d")
 	if exitCode(err) != 204 || !strings.Contains(out, "another root directory") || !strings.Contains(out, "--root DIR") {
@@ -96,14 +69,7 @@ func TestE2ERootElsewhere(t *testing.T) {
 				t.Fatalf("restore %v: %v\n%s", mode, err, out)
 			}
 			root := restoredRoot(t, out)
-			t.Cleanup(func() {
-				for _, p := range testutil.Descendants(root) {
-					unix.Kill(p, unix.SIGKILL)
-				}
-				for _, p := range inside {
-					reapGone(t, p)
-				}
-			})
+			killAtEnd(t, root, inside)
 			wantRoot := "/"
 			if mode[0] == "--root" {
 				wantRoot = rootfs

@@ -13,7 +13,6 @@ import (
 
 	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
-	"golang.org/x/sys/unix"
 )
 
 // runcBundle is a runc container's bundle for argv (Debian's runc, its
@@ -156,23 +155,8 @@ func TestE2ERuncContainer(t *testing.T) {
 	needRoot(t)
 	rootfs, init := runcContainer(t, "/bin/nsinit", "--", "/bin/busybox", "sh", "-c",
 		"/bin/busybox sleep 1001 & exec /bin/busybox sleep 1000")
-	for i := 0; ; i++ {
-		if d := testutil.Descendants(init); len(d) == 3 && sleeping(d[1:]) {
-			break
-		}
-		if i == 60000 {
-			t.Fatalf("the container's tree never came up: %v", testutil.Descendants(init))
-		}
-		time.Sleep(time.Millisecond)
-	}
-	pids := testutil.Descendants(init)
-	dir := t.TempDir()
-	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(init), "-D", dir, "--kill"); err != nil {
-		t.Fatalf("dump: %v\n%s", err, out)
-	}
-	for _, p := range pids {
-		reapGone(t, p)
-	}
+	pids := waitTree(t, init, 3, func(d []int) bool { return sleeping(d[1:]) })
+	dir := dumpAndReap(t, pids)
 	out, err := nsinit(t, "restore", "-D", dir, "-d", "--shell-job")
 	if exitCode(err) != 204 || !strings.Contains(out, "another root directory") {
 		t.Fatalf("plain restore: %v, want exit 204 naming the container's root:\n%s", err, out)
@@ -182,14 +166,7 @@ func TestE2ERuncContainer(t *testing.T) {
 		t.Fatalf("restore --root: %v\n%s", err, out)
 	}
 	root := restoredRoot(t, out)
-	t.Cleanup(func() {
-		for _, p := range testutil.Descendants(root) {
-			unix.Kill(p, unix.SIGKILL)
-		}
-		for _, p := range pids[1:] {
-			reapGone(t, p)
-		}
-	})
+	killAtEnd(t, root, pids[1:])
 	if root != init {
 		t.Errorf("restored the container's init at %d, want %d", root, init)
 	}

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nsinit/nsinit/internal/testutil"
 	"golang.org/x/sys/unix"
@@ -46,7 +45,7 @@ func TestE2EShellJob(t *testing.T) {
 	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(root), "-D", dir, "--kill"); err != nil {
 		t.Fatalf("dump: %v\n%s", err, out)
 	}
-	waitPidGone(t, root) // the shell reaps it
+	reapGone(t, root) // the shell reaps it
 
 	out, err := nsinit(t, "restore", "-D", dir, "-d")
 	if exitCode(err) != 204 || !strings.Contains(out, fmt.Sprintf("session %d, led from outside the tree", sid)) || !strings.Contains(out, "--shell-job") {
@@ -121,19 +120,5 @@ func wantSession(t *testing.T, pid, sid, pgid int) {
 	}
 	if got := strings.Fields(testutil.Field(s, "NSpgid"))[0]; got != strconv.Itoa(pgid) {
 		t.Errorf("pid %d: group %s, want %d", pid, got, pgid)
-	}
-}
-
-// waitPidGone waits until pid no longer exists (its parent reaped it).
-func waitPidGone(t *testing.T, pid int) {
-	t.Helper()
-	for i := 0; ; i++ {
-		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); os.IsNotExist(err) {
-			return
-		}
-		if i == 60000 {
-			t.Fatalf("pid %d still exists", pid)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
