@@ -13,7 +13,7 @@ import (
 // range check is pstree.Validate's, run on what it returns.
 
 func toProto(tr *pstree.Tree) *imagepb.Image {
-	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded}
+	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded, StateRecorded: tr.StateRecorded}
 	for _, ns := range tr.Namespaces {
 		img.Namespaces = append(img.Namespaces, &imagepb.Namespace{
 			Id:               uint32(ns.ID),
@@ -80,7 +80,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 }
 
 func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
-	tr := &pstree.Tree{Checked: img.GetChecked(), SubreapersRecorded: img.GetSubreapersRecorded()}
+	tr := &pstree.Tree{Checked: img.GetChecked(), SubreapersRecorded: img.GetSubreapersRecorded(), StateRecorded: img.GetStateRecorded()}
 	for i, ns := range img.GetNamespaces() {
 		links, err := linksFromProto(ns.GetLinks())
 		if err != nil {

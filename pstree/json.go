@@ -14,6 +14,7 @@ type jsonTree struct {
 	FormatVersion string          `json:"format_version"`
 	Checked       bool            `json:"checked"`
 	Subreapers    bool            `json:"subreapers_recorded"`
+	State         bool            `json:"state_recorded,omitempty"`
 	Namespaces    []jsonNamespace `json:"namespaces"`
 	Tasks         []jsonTask      `json:"tasks"`
 }
@@ -125,6 +126,7 @@ func JSON(tr *Tree) ([]byte, error) {
 		FormatVersion: fmt.Sprintf("%d.%d", FormatMajor, FormatMinor),
 		Checked:       tr.Checked,
 		Subreapers:    tr.SubreapersRecorded,
+		State:         tr.StateRecorded,
 		Namespaces:    []jsonNamespace{},
 		Tasks:         []jsonTask{},
 	}

@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 4 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers
+	FormatMinor = 5 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers; 5: state_recorded
 )
 
 // NSKind is one kind of Linux namespace.
@@ -239,6 +239,10 @@ type Tree struct {
 	// eBPF task iterator, bpf.Subreapers); false: unknown (images of minor
 	// < 4, dumps without eBPF), and every ChildSubreaper is false.
 	SubreapersRecorded bool
+	// StateRecorded says `nsinit dump --state` also recorded each live
+	// task's memory, registers and files (DIR/state.img, package state;
+	// minor 5): a restore must bring them back or refuse.
+	StateRecorded bool
 }
 
 // MarkSubreapers records which tasks are child subreapers: the live ones

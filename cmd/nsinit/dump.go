@@ -7,6 +7,8 @@ import (
 
 	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/pstree"
+	"github.com/nsinit/nsinit/state"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,11 +31,11 @@ func runDump(args []string) int {
 		dir, logFile                    string
 		leaveRunning, leaveStopped, kil bool
 		retries                         = 3
-		unchecked                       bool
+		unchecked, withState            bool
 		verbose                         int
 	)
 	fs := newFlags("nsinit dump",
-		"nsinit dump -t PID -D DIR [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked] [-o FILE] [-v]",
+		"nsinit dump -t PID -D DIR [--state] [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked] [-o FILE] [-v]",
 		"Records the tree rooted at PID, with its nested pid namespaces, into DIR/pstree.img.\n"+
 			"The tree keeps running afterwards unless --leave-stopped or --kill (unlike criu dump,\n"+
 			"which kills it unless -R).")
@@ -43,6 +45,7 @@ func runDump(args []string) int {
 	fs.Bool(&leaveStopped, "s,leave-stopped", "leave the tree frozen (cgroup) or stopped (ptrace) after the dump")
 	fs.Bool(&kil, "kill", "kill the tree after a successful dump")
 	fs.Int(&retries, "retries", "N", "attempts after one that raced with the tree")
+	fs.Bool(&withState, "state", "also record what runs in each live task (memory, registers, files: docs/state.md), so that restore continues it")
 	fs.Bool(&unchecked, "unchecked", "dump without the eBPF consistency guard (image marked unchecked)")
 	fs.String(&logFile, "o,log-file", "FILE", "write the log to FILE (relative: in DIR) and copy errors there")
 	fs.Count(&verbose, "v,verbosity", "log progress (repeat it or add a level, as in -v2, for more)")
@@ -88,6 +91,18 @@ func runDump(args []string) int {
 		// Loaded while the tree is found and frozen; a failure ends the
 		// dump (dump.ErrNoGuard) once the tree runs again.
 		opts.LoadGuard = newDumpGuard
+	}
+	if withState {
+		// Recorded while the tree is frozen; with --kill it dies frozen,
+		// so it cannot run on past what was recorded.
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		opts.State = func(tr *pstree.Tree, onTracer func(func())) error {
+			return state.Record(dir, "/proc", tr, onTracer)
+		}
+		opts.KillFrozen = kil
 	}
 	tr, err := dump.Dump(pid, opts)
 	if errors.Is(err, dump.ErrNoGuard) {

@@ -15,7 +15,9 @@ import (
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/proto/agentpb"
+	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/restorer"
+	"github.com/nsinit/nsinit/state"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,7 +28,7 @@ func init() {
 func runRestore(args []string) int {
 	var (
 		dir, pidfile, via, logFile string
-		payload                    = "exec"
+		payload                    string // "": exec, or the recorded state
 		placement                  = "set_tid"
 		dry, detach, inheritStdio  bool
 		newPidns, quietRoot        bool
@@ -42,7 +44,7 @@ func runRestore(args []string) int {
 	fs.Bool(&detach, "d,detach,restore-detached", "leave the tree running and print the root's pid; its programs get /dev/null as stdin, stdout and stderr")
 	fs.Bool(&inheritStdio, "inherit-stdio", "with -d: the restored programs keep nsinit's stdin, stdout and stderr instead")
 	fs.String(&pidfile, "pidfile", "FILE", "write the root's pid to FILE")
-	fs.String(&payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec) or stopped tasks")
+	fs.String(&payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec, the default) or stopped tasks; an image dumped with --state continues its programs unless this is given")
 	fs.String(&placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
 	fs.Bool(&dry, "dry-run", "print the plan and create nothing")
 	fs.Bool(&newPidns, "into-new-pidns", "restore into a new pid namespace whose PID 1 is nsinit: the image's level 0 becomes that namespace, so no host pid need be free and copies can run side by side")
@@ -62,7 +64,7 @@ func runRestore(args []string) int {
 	}
 	var opt restorer.Options
 	switch payload {
-	case "exec":
+	case "", "exec":
 	case "stopped":
 		opt.Payload = restorer.PayloadStopped
 	default:
@@ -85,6 +87,16 @@ func runRestore(args []string) int {
 		return exitStatus(err)
 	}
 	defer d.close()
+	if via != "" || newPidns {
+		if tr, err := imagefile.Read(dir); err == nil && tr.StateRecorded && payload == "" {
+			err := fmt.Errorf("%w: an image dumped with --state is restored directly, not through an agent or --into-new-pidns (yet); --payload exec|stopped restores it without its state", state.ErrUnsupported)
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		if payload == "" {
+			payload = "exec"
+		}
+	}
 	if via != "" {
 		return restoreViaAgent(d, via, dir, payload, placement, pidfile)
 	}
@@ -110,6 +122,17 @@ func runRestore(args []string) int {
 	if err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
+	}
+	// An image with state continues its programs: the stopped payload
+	// creates the tasks, state.Restore fills them in (docs/state.md).
+	// Only an explicit --payload restores it without its state.
+	withState := tr.StateRecorded && payload == ""
+	if withState {
+		if err := state.Check(dir, tr); err != nil {
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		opt.Payload = restorer.PayloadStopped
 	}
 	plan, err := restorer.NewPlan(tr, opt)
 	if err != nil {
@@ -148,6 +171,14 @@ func runRestore(args []string) int {
 	}
 	defer res.RootFD.Close()
 	d.logf(1, "restored %d tasks in %v, root pid %d", len(tr.Tasks), time.Since(start).Round(time.Millisecond), res.Root)
+	if withState {
+		o := state.Options{NullStdio: detach && !inheritStdio, Log: func(f string, a ...any) { d.logf(1, f, a...) }}
+		if err := state.Restore(dir, tr, o); err != nil {
+			d.errorf("%v", err)
+			killRestored(tr, res)
+			return exitStatus(err)
+		}
+	}
 	if err := writePidfile(pidfile, res.Root); err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
@@ -229,6 +260,16 @@ func restoreViaAgent(d *diag, socket, dir, payload, placement, pidfile string) i
 	}
 	fmt.Println(root)
 	return 0
+}
+
+// killRestored kills a committed tree whose state could not be restored,
+// children first, and reaps its root (the rest are reaped by their
+// parents, which die too, and by the pid namespaces' inits).
+func killRestored(tr *pstree.Tree, res *restorer.Restored) {
+	for i := len(tr.Tasks) - 1; i >= 0; i-- {
+		_ = unix.Kill(tr.Tasks[i].PIDs[0], unix.SIGKILL)
+	}
+	_, _, _ = sys.WaitPidfd(res.RootFD.Int(), 0)
 }
 
 // writePidfile writes pid to path, unless path is empty.
