@@ -2,7 +2,8 @@
 // new pid namespaces below itself (each parent waits for its child), and
 // the innermost task fills HEAP_MB of heap with a pseudo-random pattern,
 // then forever: increments a counter in memory, checks the heap's
-// checksum and appends "COUNTER ok" (or "COUNTER BAD", and exits) to OUT.
+// checksum and appends "COUNTER ok" (or "COUNTER BAD", and exits) to OUT,
+// then sleeps PERIOD_MS (default 2).
 // A restored copy that continues writes the next number, not 1.
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -25,13 +26,14 @@ static uint64_t checksum(const uint64_t *p, size_t n) {
 }
 
 int main(int argc, char **argv) {
-	if (argc != 4) {
-		fprintf(stderr, "usage: counter LEVELS OUT HEAP_MB\n");
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: counter LEVELS OUT HEAP_MB [PERIOD_MS]\n");
 		return 2;
 	}
 	int levels = atoi(argv[1]);
 	const char *out = argv[2];
 	size_t words = ((size_t)atoi(argv[3]) << 20) / 8;
+	long period = argc == 5 ? atol(argv[4]) : 2;
 	while (levels-- > 0) {
 		if (unshare(CLONE_NEWPID) != 0) {
 			perror("unshare");
@@ -71,7 +73,7 @@ int main(int argc, char **argv) {
 		int n = snprintf(line, sizeof line, "%lu %s\n", (unsigned long)counter, ok ? "ok" : "BAD");
 		if (write(fd, line, n) != n || !ok)
 			return 3;
-		struct timespec ts = {0, 2 * 1000 * 1000};
+		struct timespec ts = {period / 1000, period % 1000 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
 }

@@ -1,0 +1,268 @@
+package state_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/testutil"
+	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
+)
+
+func TestMain(m *testing.M) {
+	// Restored roots are detached: as a child subreaper the test gets
+	// them back when nsinit exits, and reaps them.
+	_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+	// What the test inherited is not for the counters, whose every
+	// descriptor is dumped.
+	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	os.Exit(m.Run())
+}
+
+// nsinit runs the built binary with its output in a file (restored
+// programs inherit it; a pipe would stay open as long as they live).
+func nsinit(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(testutil.Binary(t), args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	err = cmd.Run()
+	out, _ := os.ReadFile(f.Name())
+	return string(out), err
+}
+
+// counter builds testdata/counter.c with gcc, statically linked or not.
+func counter(t testing.TB, static bool) string {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("needs gcc (scripts/install-deps.sh installs it)")
+	}
+	out := filepath.Join(t.TempDir(), "counter")
+	args := []string{"-O2", "-o", out, "testdata/counter.c"}
+	if static {
+		args = append([]string{"-static"}, args...)
+	}
+	if b, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	return out
+}
+
+// startCounter runs the counter with LEVELS nested pid namespaces below
+// its root, in a session of its own, with /dev/null as stdio.
+func startCounter(t testing.TB, bin string, levels int, out string, heapMB, periodMS int, extra ...*os.File) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(bin, strconv.Itoa(levels), out, strconv.Itoa(heapMB), strconv.Itoa(periodMS))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.ExtraFiles = extra
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// lines reads the counter's output: the numbers it wrote, and whether any
+// line says its heap checksum broke.
+func lines(t testing.TB, out string) (nums []int, bad bool) {
+	t.Helper()
+	b, err := os.ReadFile(out)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		n, word, ok := strings.Cut(l, " ")
+		if !ok {
+			continue // the last, empty one
+		}
+		v, err := strconv.Atoi(n)
+		if err != nil {
+			t.Fatalf("bad line %q in %s", l, out)
+		}
+		nums = append(nums, v)
+		bad = bad || word != "ok"
+	}
+	return nums, bad
+}
+
+// waitLines waits until the counter wrote at least n lines (its own
+// progress is the event; the deadline only bounds a hang).
+func waitLines(t testing.TB, out string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		nums, bad := lines(t, out)
+		if bad {
+			t.Fatalf("%s: the heap checksum broke", out)
+		}
+		if len(nums) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d lines after 60s, waiting for %d", out, len(nums), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// reapImage reaps the killed tasks of tr that came back to the test (a
+// child subreaper) when their parent died.
+func reapImage(tr *pstree.Tree) {
+	for _, tk := range tr.Tasks {
+		_, _ = unix.Wait4(tk.PID(), nil, unix.WALL, nil) // ECHILD: not ours
+	}
+}
+
+// killImageTree kills what a restore of tr left, by the image's pids,
+// children first, and reaps what comes back to the test.
+func killImageTree(tr *pstree.Tree) {
+	for i := len(tr.Tasks) - 1; i >= 0; i-- {
+		_ = unix.Kill(tr.Tasks[i].PID(), unix.SIGKILL)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if _, err := unix.Wait4(-1, nil, unix.WALL, nil); err == unix.ECHILD {
+			return
+		}
+	}
+}
+
+// TestStateContinues: a counter three pid levels deep (two nested pid
+// namespaces below its root, every task of them a C program waiting in
+// waitpid or counting) is dumped with --state and killed frozen, restored,
+// and goes on counting from its last value with its 16 MiB heap intact:
+// the output file's lines are 1, 2, 3, ... with no restart and no break,
+// and every checksum holds. Statically and dynamically linked.
+func TestStateContinues(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.SetTID)
+	for _, static := range []bool{true, false} {
+		name := map[bool]string{true: "static", false: "dynamic"}[static]
+		t.Run(name, func(t *testing.T) {
+			bin := counter(t, static)
+			dir := t.TempDir()
+			out, img := filepath.Join(dir, "count"), filepath.Join(dir, "img")
+			cmd := startCounter(t, bin, 2, out, 16, 2)
+			waitLines(t, out, 20)
+			if o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill"); err != nil {
+				t.Fatalf("dump --state: %v\n%s", err, o)
+			}
+			cmd.Wait()
+			before, _ := lines(t, out)
+			tr, err := imagefile.Read(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reapImage(tr)
+			if !tr.StateRecorded || len(tr.Tasks) != 3 || tr.Tasks[2].Level() != 2 {
+				t.Fatalf("image: state recorded %v, %d tasks, want 3 down to level 2", tr.StateRecorded, len(tr.Tasks))
+			}
+			t.Cleanup(func() { killImageTree(tr) })
+			o, err := nsinit(t, "restore", "-D", img, "-d")
+			if err != nil {
+				t.Fatalf("restore: %v\n%s", err, o)
+			}
+			waitLines(t, out, len(before)+20)
+			nums, bad := lines(t, out)
+			if bad {
+				t.Fatal("a checksum broke after the restore")
+			}
+			for i, n := range nums {
+				if n != i+1 {
+					t.Fatalf("line %d says %d (dumped after line %d): the counter did not continue", i+1, n, len(before))
+				}
+			}
+			// The counting task is the same task: its pids at every level.
+			w := tr.Tasks[2]
+			st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", w.PID()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := strings.Trim(fmt.Sprint(w.PIDs), "[]")
+			if got := strings.Join(strings.Fields(testutil.Field(string(st), "NSpid")), " "); got != want {
+				t.Fatalf("restored worker NSpid %q, image %q", got, want)
+			}
+			if o, err := nsinit(t, "check", "-t", strconv.Itoa(tr.Tasks[0].PID()), "-D", img); err != nil {
+				t.Fatalf("check: %v\n%s", err, o)
+			}
+		})
+	}
+}
+
+// TestStateRefusesWithName: what the first slice cannot restore is
+// refused at dump time with exit status 204, naming the task and the
+// reason, and the dump leaves no page file behind; a restore whose
+// state.img is missing is refused (201) before anything is created.
+func TestStateRefusesWithName(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.SetTID)
+	bin := counter(t, true)
+	dir := t.TempDir()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	out := filepath.Join(dir, "count")
+	cmd := startCounter(t, bin, 1, out, 1, 2, w) // fd 3: a pipe
+	w.Close()
+	waitLines(t, out, 3)
+	img := filepath.Join(dir, "img")
+	o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state")
+	if code := exitCode(err); code != 204 || !strings.Contains(o, fmt.Sprintf("pid %d fd 3 is pipe:", cmd.Process.Pid)) {
+		t.Fatalf("dump --state of a task with a pipe: status %d, want 204 naming pid and fd:\n%s", code, o)
+	}
+	if _, err := os.Stat(filepath.Join(img, "pages.img")); !os.IsNotExist(err) {
+		t.Fatalf("a refused dump left pages.img: %v", err)
+	}
+
+	// Without the pipe the dump works; without its state.img the image
+	// is refused before a task is created.
+	out2 := filepath.Join(dir, "count2")
+	cmd2 := startCounter(t, bin, 1, out2, 1, 2)
+	waitLines(t, out2, 3)
+	img2 := filepath.Join(dir, "img2")
+	if o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd2.Process.Pid), "-D", img2, "--state", "--kill"); err != nil {
+		t.Fatalf("dump --state: %v\n%s", err, o)
+	}
+	cmd2.Wait()
+	tr, err := imagefile.Read(img2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reapImage(tr)
+	if err := os.Remove(filepath.Join(img2, "state.img")); err != nil {
+		t.Fatal(err)
+	}
+	o, err = nsinit(t, "restore", "-D", img2, "-d")
+	if code := exitCode(err); code != 201 {
+		t.Fatalf("restore without state.img: status %d, want 201:\n%s", code, o)
+	}
+	for _, tk := range tr.Tasks {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", tk.PID())); err == nil {
+			t.Errorf("pid %d exists after a refused restore", tk.PID())
+		}
+	}
+}
+
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
