@@ -71,8 +71,11 @@ func startCounter(t testing.TB, bin string, levels int, out string, heapMB, peri
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
+		// The whole session: the tasks in the nested pid namespaces
+		// outlive their root's death, and come back to the test.
+		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 		cmd.Wait()
+		reapChildren()
 	})
 	return cmd
 }
@@ -134,9 +137,19 @@ func killImageTree(tr *pstree.Tree) {
 	for i := len(tr.Tasks) - 1; i >= 0; i-- {
 		_ = unix.Kill(tr.Tasks[i].PID(), unix.SIGKILL)
 	}
+	reapChildren()
+}
+
+// reapChildren reaps the test's children until it has none (bounded, in
+// case one does not die).
+func reapChildren() {
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-		if _, err := unix.Wait4(-1, nil, unix.WALL, nil); err == unix.ECHILD {
+		pid, err := unix.Wait4(-1, nil, unix.WALL|unix.WNOHANG, nil)
+		if err == unix.ECHILD {
 			return
+		}
+		if pid == 0 {
+			time.Sleep(time.Millisecond)
 		}
 	}
 }
