@@ -62,10 +62,14 @@ func counter(t testing.TB, static bool) string {
 
 // startCounter runs the counter with LEVELS nested pid namespaces below
 // its root, in a session of its own, with /dev/null as stdio.
-func startCounter(t testing.TB, bin string, levels int, out string, heapMB, periodMS int, extra ...*os.File) *exec.Cmd {
+func startCounter(t testing.TB, bin string, levels int, out string, heapMB, periodMS int, attr *syscall.SysProcAttr, extra ...*os.File) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(bin, strconv.Itoa(levels), out, strconv.Itoa(heapMB), strconv.Itoa(periodMS))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if attr == nil {
+		attr = &syscall.SysProcAttr{}
+	}
+	attr.Setsid = true
+	cmd.SysProcAttr = attr
 	cmd.ExtraFiles = extra
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -78,6 +82,42 @@ func startCounter(t testing.TB, bin string, levels int, out string, heapMB, peri
 		reapChildren()
 	})
 	return cmd
+}
+
+// ownCgroup makes a cgroup v2 for the test's tree alone (removed at the
+// end) and returns the attributes that start a process in it; the test
+// is skipped without a cgroup2 mount.
+func ownCgroup(t *testing.T) *syscall.SysProcAttr {
+	mnt := ""
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		if f := strings.Fields(pre); ok && strings.HasPrefix(post, "cgroup2 ") && len(f) >= 5 {
+			mnt = f[4]
+		}
+	}
+	if mnt == "" {
+		t.Skip("needs a cgroup2 mount")
+	}
+	d, err := os.MkdirTemp(mnt, "nsinit-state-")
+	if err != nil {
+		t.Skipf("cannot make a cgroup: %v", err)
+	}
+	fd, err := unix.Open(d, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Close(fd)
+		os.WriteFile(filepath.Join(d, "cgroup.kill"), []byte("1"), 0)
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if err := os.Remove(d); err == nil || os.IsNotExist(err) {
+				return
+			}
+		}
+		t.Errorf("cgroup %s left behind", d)
+	})
+	return &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 }
 
 // lines reads the counter's output: the numbers it wrote, and whether any
@@ -162,16 +202,26 @@ func reapChildren() {
 // and every checksum holds. Statically and dynamically linked.
 func TestStateContinues(t *testing.T) {
 	testutil.Require(t, testutil.Root, testutil.SetTID)
-	for _, static := range []bool{true, false} {
-		name := map[bool]string{true: "static", false: "dynamic"}[static]
-		t.Run(name, func(t *testing.T) {
-			bin := counter(t, static)
+	for _, c := range []struct {
+		name           string
+		static, cgroup bool
+	}{{"static", true, false}, {"dynamic", false, false}, {"static-cgroup-freeze", true, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			bin := counter(t, c.static)
+			var attr *syscall.SysProcAttr
+			if c.cgroup {
+				attr = ownCgroup(t) // alone in it: dump freezes it with cgroup.freeze
+			}
 			dir := t.TempDir()
 			out, img := filepath.Join(dir, "count"), filepath.Join(dir, "img")
-			cmd := startCounter(t, bin, 2, out, 16, 2)
+			cmd := startCounter(t, bin, 2, out, 16, 2, attr)
 			waitLines(t, out, 20)
-			if o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill"); err != nil {
+			o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill", "-v")
+			if err != nil {
 				t.Fatalf("dump --state: %v\n%s", err, o)
+			}
+			if want := map[bool]string{true: "with cgroup v2 freeze", false: "with ptrace seize"}[c.cgroup]; !strings.Contains(o, want) {
+				t.Fatalf("dump did not freeze %s:\n%s", want, o)
 			}
 			cmd.Wait()
 			before, _ := lines(t, out)
@@ -184,7 +234,7 @@ func TestStateContinues(t *testing.T) {
 				t.Fatalf("image: state recorded %v, %d tasks, want 3 down to level 2", tr.StateRecorded, len(tr.Tasks))
 			}
 			t.Cleanup(func() { killImageTree(tr) })
-			o, err := nsinit(t, "restore", "-D", img, "-d")
+			o, err = nsinit(t, "restore", "-D", img, "-d")
 			if err != nil {
 				t.Fatalf("restore: %v\n%s", err, o)
 			}
@@ -229,7 +279,7 @@ func TestStateRefusesWithName(t *testing.T) {
 	}
 	defer r.Close()
 	out := filepath.Join(dir, "count")
-	cmd := startCounter(t, bin, 1, out, 1, 2, w) // fd 3: a pipe
+	cmd := startCounter(t, bin, 1, out, 1, 2, nil, w) // fd 3: a pipe
 	w.Close()
 	waitLines(t, out, 3)
 	img := filepath.Join(dir, "img")
@@ -244,7 +294,7 @@ func TestStateRefusesWithName(t *testing.T) {
 	// Without the pipe the dump works; without its state.img the image
 	// is refused before a task is created.
 	out2 := filepath.Join(dir, "count2")
-	cmd2 := startCounter(t, bin, 1, out2, 1, 2)
+	cmd2 := startCounter(t, bin, 1, out2, 1, 2, nil)
 	waitLines(t, out2, 3)
 	img2 := filepath.Join(dir, "img2")
 	if o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd2.Process.Pid), "-D", img2, "--state", "--kill"); err != nil {
