@@ -234,10 +234,11 @@ func TestStateContinues(t *testing.T) {
 				t.Fatalf("image: state recorded %v, %d tasks, want 3 down to level 2", tr.StateRecorded, len(tr.Tasks))
 			}
 			t.Cleanup(func() { killImageTree(tr) })
-			o, err = nsinit(t, "restore", "-D", img, "-d")
+			o, err = nsinit(t, "restore", "-D", img, "-d", "-v")
 			if err != nil {
 				t.Fatalf("restore: %v\n%s", err, o)
 			}
+			t.Logf("%s", o)
 			waitLines(t, out, len(before)+20)
 			nums, bad := lines(t, out)
 			if bad {

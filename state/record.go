@@ -127,15 +127,19 @@ func recordTask(proc string, pid int, w *pageWriter, onTracer func(func()), seiz
 	return ts, nil
 }
 
-// recordStatus reads the signal state, umask and thread count of
-// /proc/PID/status, and refuses what cannot come back yet.
-func recordStatus(proc string, pid int, ts *imagepb.TaskSaved) error {
+// sigState is the signal part of /proc/PID/status (bit n-1 = signal n).
+type sigState struct {
+	pending, blocked, ignored, caught uint64
+	umask                             uint32
+	threads                           int
+}
+
+func readSignals(proc string, pid int) (sigState, error) {
+	s := sigState{threads: -1}
 	b, err := os.ReadFile(fmt.Sprintf("%s/%d/status", proc, pid))
 	if err != nil {
-		return err
+		return s, err
 	}
-	var pending, caught uint64
-	threads := -1
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		k, v, _ := strings.Cut(sc.Text(), ":")
@@ -143,28 +147,40 @@ func recordStatus(proc string, pid int, ts *imagepb.TaskSaved) error {
 		hex := func() uint64 { n, _ := strconv.ParseUint(v, 16, 64); return n }
 		switch k {
 		case "SigPnd", "ShdPnd":
-			pending |= hex()
+			s.pending |= hex()
 		case "SigBlk":
-			ts.SigBlocked = hex()
+			s.blocked = hex()
 		case "SigIgn":
-			ts.SigIgnored = hex()
+			s.ignored = hex()
 		case "SigCgt":
-			caught = hex()
+			s.caught = hex()
 		case "Umask":
 			n, _ := strconv.ParseUint(v, 8, 32)
-			ts.Umask = uint32(n)
+			s.umask = uint32(n)
 		case "Threads":
-			threads, _ = strconv.Atoi(v)
+			s.threads, _ = strconv.Atoi(v)
 		}
 	}
-	switch {
-	case threads != 1:
-		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are recorded with their state)", ErrUnsupported, pid, threads)
-	case caught != 0:
-		return fmt.Errorf("%w: pid %d has signal handlers (SigCgt %016x): handlers are not recorded yet", ErrUnsupported, pid, caught)
-	case pending != 0:
-		return fmt.Errorf("%w: pid %d has pending signals (%016x): not recorded yet", ErrUnsupported, pid, pending)
+	return s, sc.Err()
+}
+
+// recordStatus reads the signal state, umask and thread count of
+// /proc/PID/status and the personality, and refuses what cannot come
+// back yet.
+func recordStatus(proc string, pid int, ts *imagepb.TaskSaved) error {
+	s, err := readSignals(proc, pid)
+	if err != nil {
+		return err
 	}
+	switch {
+	case s.threads != 1:
+		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are recorded with their state)", ErrUnsupported, pid, s.threads)
+	case s.caught != 0:
+		return fmt.Errorf("%w: pid %d has signal handlers (SigCgt %016x): handlers are not recorded yet", ErrUnsupported, pid, s.caught)
+	case s.pending != 0:
+		return fmt.Errorf("%w: pid %d has pending signals (%016x): not recorded yet", ErrUnsupported, pid, s.pending)
+	}
+	ts.SigBlocked, ts.SigIgnored, ts.Umask = s.blocked, s.ignored, s.umask
 	if t, err := os.ReadFile(fmt.Sprintf("%s/%d/timers", proc, pid)); err == nil && len(t) > 0 {
 		return fmt.Errorf("%w: pid %d has POSIX timers: not recorded yet", ErrUnsupported, pid)
 	}

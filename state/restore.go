@@ -581,11 +581,20 @@ func (f *filler) mmLayout() error {
 	return nil
 }
 
-// signals sets every handler to SIG_IGN and then to what was recorded
-// (SIG_IGN or SIG_DFL): setting SIG_IGN discards the signal where it is
-// pending, which clears what the restore itself queued (SIGCHLD of the
-// children's stops, the SIGCONT). Then the blocked mask.
+// signals sets the recorded dispositions (SIG_IGN or SIG_DFL: handlers
+// are refused) and the blocked mask. What is pending now was queued by
+// the restore itself (the SIGCONT, the SIGCHLDs of the children's stops):
+// setting SIG_IGN discards a pending signal, blocked or not, so those get
+// SIG_IGN first. Only the signals whose disposition must change, or that
+// are pending, cost a call.
 func (f *filler) signals() error {
+	cur, err := readSignals(f.proc, f.in.pid)
+	if err != nil {
+		return err
+	}
+	if cur.caught != 0 {
+		return fmt.Errorf("handlers after the exec (SigCgt %016x)", cur.caught)
+	}
 	// struct sigaction: handler, flags, restorer, mask.
 	act := func(off, h uint64) (uint64, error) {
 		return f.put(off, binary.LittleEndian.AppendUint64(make([]byte, 0, 32), h)[:32])
@@ -594,24 +603,31 @@ func (f *filler) signals() error {
 	if err != nil {
 		return err
 	}
-	for sig := uint64(1); sig <= 64; sig++ {
-		if sig == uint64(unix.SIGKILL) || sig == uint64(unix.SIGSTOP) {
-			continue
-		}
-		if _, err := f.in.call(unix.SYS_RT_SIGACTION, sig, ign, 0, 8); err != nil {
-			return fmt.Errorf("rt_sigaction(%d, SIG_IGN): %w", sig, err)
-		}
-	}
 	dfl, err := act(32, 0) // SIG_DFL
 	if err != nil {
 		return err
 	}
+	want := f.ts.GetSigIgnored()
 	for sig := uint64(1); sig <= 64; sig++ {
-		if sig == uint64(unix.SIGKILL) || sig == uint64(unix.SIGSTOP) || f.ts.GetSigIgnored()&(1<<(sig-1)) != 0 {
+		bit := uint64(1) << (sig - 1)
+		if sig == uint64(unix.SIGKILL) || sig == uint64(unix.SIGSTOP) {
 			continue
 		}
-		if _, err := f.in.call(unix.SYS_RT_SIGACTION, sig, dfl, 0, 8); err != nil {
-			return fmt.Errorf("rt_sigaction(%d, SIG_DFL): %w", sig, err)
+		ignored := cur.ignored&bit != 0
+		if cur.pending&bit != 0 && !ignored {
+			if _, err := f.in.call(unix.SYS_RT_SIGACTION, sig, ign, 0, 8); err != nil {
+				return fmt.Errorf("rt_sigaction(%d, SIG_IGN): %w", sig, err)
+			}
+			ignored = true
+		}
+		if ignored && want&bit == 0 {
+			if _, err := f.in.call(unix.SYS_RT_SIGACTION, sig, dfl, 0, 8); err != nil {
+				return fmt.Errorf("rt_sigaction(%d, SIG_DFL): %w", sig, err)
+			}
+		} else if !ignored && want&bit != 0 {
+			if _, err := f.in.call(unix.SYS_RT_SIGACTION, sig, ign, 0, 8); err != nil {
+				return fmt.Errorf("rt_sigaction(%d, SIG_IGN): %w", sig, err)
+			}
 		}
 	}
 	m, err := f.put(64, binary.LittleEndian.AppendUint64(nil, f.ts.GetSigBlocked()))
@@ -620,6 +636,14 @@ func (f *filler) signals() error {
 	}
 	if _, err := f.in.call(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, m, 0, 8); err != nil {
 		return fmt.Errorf("rt_sigprocmask: %w", err)
+	}
+	after, err := readSignals(f.proc, f.in.pid)
+	if err != nil {
+		return err
+	}
+	if after.pending != 0 || after.ignored != want || after.blocked != f.ts.GetSigBlocked() {
+		return fmt.Errorf("signal state after the reset: pending %016x, ignored %016x, blocked %016x; want none pending, %016x, %016x",
+			after.pending, after.ignored, after.blocked, want, f.ts.GetSigBlocked())
 	}
 	return nil
 }
