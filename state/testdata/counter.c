@@ -2,7 +2,8 @@
 // new pid namespaces below itself (each parent waits for its child), and
 // the innermost task fills HEAP_MB of heap with a pseudo-random pattern,
 // then forever: increments a counter in memory, checks the heap's
-// checksum and appends "COUNTER ok" (or "COUNTER BAD", and exits) to OUT,
+// checksum and that CLOCK_MONOTONIC did not go back, and appends
+// "COUNTER ok" (or "COUNTER BAD", and exits) to OUT,
 // then sleeps PERIOD_MS (default 2).
 // A restored copy that continues writes the next number, not 1.
 #define _GNU_SOURCE
@@ -66,9 +67,15 @@ int main(int argc, char **argv) {
 	if (fd < 0)
 		return 1;
 	static volatile uint64_t counter; // in .bss: a private file mapping's neighbour
+	struct timespec last = {0, 0};
 	for (;;) {
 		counter++;
-		int ok = checksum(heap, words) == want;
+		// Through the vdso, which a restore moves back to its address.
+		struct timespec now;
+		int ok = clock_gettime(CLOCK_MONOTONIC, &now) == 0 &&
+			 (now.tv_sec > last.tv_sec || (now.tv_sec == last.tv_sec && now.tv_nsec >= last.tv_nsec));
+		last = now;
+		ok = ok && checksum(heap, words) == want;
 		char line[64];
 		int n = snprintf(line, sizeof line, "%lu %s\n", (unsigned long)counter, ok ? "ok" : "BAD");
 		if (write(fd, line, n) != n || !ok)
