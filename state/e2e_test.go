@@ -266,6 +266,67 @@ func TestStateContinues(t *testing.T) {
 	}
 }
 
+// TestStateContinuesPrograms: programs with signal handlers (read with the
+// eBPF task iterator) - busybox sh counting in a loop (forking a sleep
+// each round), Python - at the bottom of two nested pid namespaces made
+// by busybox unshare, dumped with --state, killed frozen, restored: they
+// go on counting from their last value.
+func TestStateContinuesPrograms(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.SetTID, testutil.BPF)
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("needs busybox (scripts/install-deps.sh installs busybox-static)")
+	}
+	for name, prog := range map[string][]string{
+		"busybox-sh": {bb, "sh", "-c", `i=0; while :; do i=$((i+1)); echo "$i ok" >> "$0"; sleep 0.002; done`},
+		"python":     {"python3", "-c", "import sys, time\ni = 0\nwhile True:\n    i += 1\n    with open(sys.argv[1], 'a') as f: f.write(f'{i} ok\\n')\n    time.sleep(0.002)\n"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := exec.LookPath(prog[0]); err != nil {
+				t.Skipf("needs %s", prog[0])
+			}
+			dir := t.TempDir()
+			out, img := filepath.Join(dir, "count"), filepath.Join(dir, "img")
+			args := append([]string{"unshare", "-p", "-f", bb, "unshare", "-p", "-f"}, prog...)
+			cmd := exec.Command(bb, append(args, out)...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+				cmd.Wait()
+				reapChildren()
+			})
+			waitLines(t, out, 20)
+			o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill")
+			if err != nil {
+				t.Fatalf("dump --state: %v\n%s", err, o)
+			}
+			cmd.Wait()
+			before, _ := lines(t, out)
+			tr, err := imagefile.Read(img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reapImage(tr)
+			t.Cleanup(func() { killImageTree(tr) })
+			o, err = nsinit(t, "restore", "-D", img, "-d", "-v")
+			if err != nil {
+				t.Fatalf("restore: %v\n%s", err, o)
+			}
+			t.Logf("%s", o)
+			waitLines(t, out, len(before)+20)
+			nums, _ := lines(t, out)
+			for i, n := range nums {
+				if n != i+1 {
+					t.Fatalf("line %d says %d (dumped after line %d): the program did not continue", i+1, n, len(before))
+				}
+			}
+		})
+	}
+}
+
 // TestStateRefusesWithName: what the first slice cannot restore is
 // refused at dump time with exit status 204, naming the task and the
 // reason, and the dump leaves no page file behind; a restore whose

@@ -20,6 +20,7 @@ type mapping struct {
 	dev, inode uint64 // dev as unix.Mkdev makes it
 	path       string
 	growsDown  bool // VmFlags "gd" (smaps only)
+	mayWrite   bool // VmFlags "mw": mprotect may add PROT_WRITE
 }
 
 func (m mapping) String() string {
@@ -50,8 +51,11 @@ func readMaps(proc string, pid int, smaps bool) ([]mapping, error) {
 		if strings.HasPrefix(line, "VmFlags:") {
 			if len(out) > 0 {
 				for _, f := range strings.Fields(line[len("VmFlags:"):]) {
-					if f == "gd" {
+					switch f {
+					case "gd":
 						out[len(out)-1].growsDown = true
+					case "mw":
+						out[len(out)-1].mayWrite = true
 					}
 				}
 			}

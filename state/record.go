@@ -12,6 +12,7 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/bpf"
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/proto/imagepb"
 	"github.com/nsinit/nsinit/pstree"
@@ -28,13 +29,18 @@ const (
 // readChunk is how much memory one process_vm_readv brings over.
 const readChunk = 4 << 20
 
+// Signals reads what /proc does not show of the signal state of the
+// given processes (level-0 pids): bpf.Signals.
+type Signals func(pids []int) (map[int]*bpf.TaskSignals, error)
+
 // Record reads the state of every live task of tr, which must be frozen
 // (cgroup) or stopped under ptrace, and writes DIR/pages.img and
 // DIR/state.img. onTracer runs a function on the thread that already
 // traces the tree (the ptrace freeze); nil means the tree is not traced:
 // each task is then seized for its registers and let go again, which
-// leaves a cgroup-frozen task frozen.
-func Record(dir, proc string, tr *pstree.Tree, onTracer func(func())) (err error) {
+// leaves a cgroup-frozen task frozen. signals nil (no eBPF): a task with
+// signal handlers is refused.
+func Record(dir, proc string, tr *pstree.Tree, onTracer func(func()), signals Signals) (err error) {
 	for i := range tr.Tasks {
 		if t := &tr.Tasks[i]; stateful(t) {
 			if err := supported(t); err != nil {
@@ -55,6 +61,17 @@ func Record(dir, proc string, tr *pstree.Tree, onTracer func(func())) (err error
 	}()
 	w := &pageWriter{f: pf, buf: make([]byte, readChunk)}
 	img := &imagepb.StateImage{}
+	var kernel map[int]*bpf.TaskSignals
+	var kerr error
+	if signals != nil {
+		var pids []int
+		for i := range tr.Tasks {
+			if t := &tr.Tasks[i]; stateful(t) {
+				pids = append(pids, t.PID())
+			}
+		}
+		kernel, kerr = signals(pids)
+	}
 	var own *tracer
 	if onTracer == nil {
 		own = newTracer()
@@ -67,6 +84,9 @@ func Record(dir, proc string, tr *pstree.Tree, onTracer func(func())) (err error
 			continue
 		}
 		ts, terr := recordTask(proc, t.PID(), w, onTracer, own != nil)
+		if terr == nil {
+			terr = recordSignals(ts, kernel[t.PID()], signals != nil, kerr)
+		}
 		if terr != nil {
 			return terr
 		}
@@ -164,6 +184,41 @@ func readSignals(proc string, pid int) (sigState, error) {
 	return s, sc.Err()
 }
 
+// recordSignals adds what the eBPF iterator read (k, nil when it could not
+// run: tried says whether it was asked, why the error) and refuses a task
+// with handlers without it. The iterator and /proc must agree on which
+// signals are caught and ignored.
+func recordSignals(ts *imagepb.TaskSaved, k *bpf.TaskSignals, tried bool, why error) error {
+	caught := ts.GetSigCaught()
+	if k == nil {
+		if caught == 0 {
+			return nil
+		}
+		reason := "the dump runs without eBPF (--unchecked)"
+		if tried {
+			reason = fmt.Sprintf("the eBPF task iterator did not report it (%v)", why)
+		}
+		return fmt.Errorf("%w: pid %d has signal handlers (SigCgt %016x), which only an eBPF task iterator can read, and %s", ErrUnsupported, ts.GetPid(), caught, reason)
+	}
+	ts.SignalsRecorded = true
+	for i, a := range k.Actions {
+		sig := uint32(i + 1)
+		bit := uint64(1) << i
+		switch {
+		case a.Handler > 1:
+			if caught&bit == 0 {
+				return fmt.Errorf("pid %d: signal %d has a handler the iterator saw and /proc did not", ts.GetPid(), sig)
+			}
+			ts.Handlers = append(ts.Handlers, &imagepb.SigHandler{Sig: sig, Handler: a.Handler, Flags: a.Flags, Restorer: a.Restorer, Mask: a.Mask})
+		case (a.Handler == 1) != (ts.GetSigIgnored()&bit != 0), caught&bit != 0:
+			return fmt.Errorf("pid %d: signal %d: the iterator and /proc disagree on its disposition", ts.GetPid(), sig)
+		}
+	}
+	ts.AltstackSp, ts.AltstackSize, ts.AltstackFlags = k.AltSP, k.AltSize, k.AltFlags
+	ts.ClearChildTid, ts.PdeathSignal = k.ClearChildTID, k.PdeathSignal
+	return nil
+}
+
 // recordStatus reads the signal state, umask and thread count of
 // /proc/PID/status and the personality, and refuses what cannot come
 // back yet.
@@ -175,12 +230,10 @@ func recordStatus(proc string, pid int, ts *imagepb.TaskSaved) error {
 	switch {
 	case s.threads != 1:
 		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are recorded with their state)", ErrUnsupported, pid, s.threads)
-	case s.caught != 0:
-		return fmt.Errorf("%w: pid %d has signal handlers (SigCgt %016x): handlers are not recorded yet", ErrUnsupported, pid, s.caught)
 	case s.pending != 0:
 		return fmt.Errorf("%w: pid %d has pending signals (%016x): not recorded yet", ErrUnsupported, pid, s.pending)
 	}
-	ts.SigBlocked, ts.SigIgnored, ts.Umask = s.blocked, s.ignored, s.umask
+	ts.SigBlocked, ts.SigIgnored, ts.SigCaught, ts.Umask = s.blocked, s.ignored, s.caught, s.umask
 	if t, err := os.ReadFile(fmt.Sprintf("%s/%d/timers", proc, pid)); err == nil && len(t) > 0 {
 		return fmt.Errorf("%w: pid %d has POSIX timers: not recorded yet", ErrUnsupported, pid)
 	}
@@ -343,8 +396,11 @@ func recordVMA(proc string, pid int, m mapping, w *pageWriter, mem, pm *os.File,
 		return nil, nil
 	}
 	v := &imagepb.VMA{Start: m.start, End: m.end, Prot: m.prot, Shared: m.shared, GrowsDown: m.growsDown}
-	if m.shared {
-		return nil, fmt.Errorf("%w: pid %d maps %v shared: shared mappings are not restored yet", ErrUnsupported, pid, m)
+	// A shared mapping of a file that can never be written through it
+	// (glibc's gconv cache, say) holds nothing but the file: it is mapped
+	// again. Any other shared mapping is memory between tasks.
+	if m.shared && (m.inode == 0 || m.prot&unix.PROT_WRITE != 0 || m.mayWrite) {
+		return nil, fmt.Errorf("%w: pid %d maps %v shared and writable: shared memory is not restored yet", ErrUnsupported, pid, m)
 	}
 	switch m.path {
 	case "[vdso]":
@@ -382,6 +438,9 @@ func recordVMA(proc string, pid int, m mapping, w *pageWriter, mem, pm *os.File,
 	ents := make([]byte, n*8)
 	if _, err := pm.ReadAt(ents, int64(m.start/pageSize*8)); err != nil {
 		return nil, fmt.Errorf("pagemap of pid %d at %v: %w", pid, m, err)
+	}
+	if m.shared {
+		return v, nil // its pages are the file's
 	}
 	wanted := func(i uint64) bool {
 		e := binary.LittleEndian.Uint64(ents[i*8:])

@@ -348,6 +348,9 @@ func (f *filler) scratch(cur []mapping) error {
 		return fmt.Errorf("write the injected code: %w", err)
 	}
 	f.in.code, f.data = at, at+pageSize
+	// The calls use no stack; rsp in the scratch keeps sigaltstack from
+	// finding the task "on" a recorded alternate stack.
+	f.in.base.Rsp = at + scratchSize
 	return nil
 }
 
@@ -486,6 +489,11 @@ func (f *filler) mappings() error {
 		}
 		size := v.GetEnd() - v.GetStart()
 		flags := uint64(unix.MAP_PRIVATE | unix.MAP_FIXED)
+		if v.GetShared() {
+			// read-only, from a file opened read-only (Validate): the
+			// task can no more write it than before
+			flags = unix.MAP_SHARED | unix.MAP_FIXED
+		}
 		var err error
 		if v.GetKind() == imagepb.VMAKind_VMA_FILE {
 			if p := string(v.GetPath()); p != open {
@@ -581,8 +589,8 @@ func (f *filler) mmLayout() error {
 	return nil
 }
 
-// signals sets the recorded dispositions (SIG_IGN or SIG_DFL: handlers
-// are refused) and the blocked mask. What is pending now was queued by
+// signals sets the recorded dispositions (handlers, SIG_IGN, SIG_DFL)
+// and the blocked mask. What is pending now was queued by
 // the restore itself (the SIGCONT, the SIGCHLDs of the children's stops):
 // setting SIG_IGN discards a pending signal, blocked or not, so those get
 // SIG_IGN first. Only the signals whose disposition must change, or that
@@ -607,6 +615,10 @@ func (f *filler) signals() error {
 	if err != nil {
 		return err
 	}
+	handlers := map[uint64]*imagepb.SigHandler{}
+	for _, h := range f.ts.GetHandlers() {
+		handlers[uint64(h.GetSig())] = h
+	}
 	want := f.ts.GetSigIgnored()
 	for sig := uint64(1); sig <= 64; sig++ {
 		bit := uint64(1) << (sig - 1)
@@ -620,7 +632,19 @@ func (f *filler) signals() error {
 			}
 			ignored = true
 		}
-		if ignored && want&bit == 0 {
+		if h := handlers[sig]; h != nil {
+			var b []byte
+			for _, x := range []uint64{h.GetHandler(), h.GetFlags(), h.GetRestorer(), h.GetMask()} {
+				b = binary.LittleEndian.AppendUint64(b, x)
+			}
+			a, err := f.put(96, b)
+			if err != nil {
+				return err
+			}
+			if _, err := f.in.call(unix.SYS_RT_SIGACTION, sig, a, 0, 8); err != nil {
+				return fmt.Errorf("rt_sigaction(%d, handler %#x): %w", sig, h.GetHandler(), err)
+			}
+		} else if ignored && want&bit == 0 {
 			if _, err := f.in.call(unix.SYS_RT_SIGACTION, sig, dfl, 0, 8); err != nil {
 				return fmt.Errorf("rt_sigaction(%d, SIG_DFL): %w", sig, err)
 			}
@@ -641,9 +665,9 @@ func (f *filler) signals() error {
 	if err != nil {
 		return err
 	}
-	if after.pending != 0 || after.ignored != want || after.blocked != f.ts.GetSigBlocked() {
-		return fmt.Errorf("signal state after the reset: pending %016x, ignored %016x, blocked %016x; want none pending, %016x, %016x",
-			after.pending, after.ignored, after.blocked, want, f.ts.GetSigBlocked())
+	if after.pending != 0 || after.ignored != want || after.blocked != f.ts.GetSigBlocked() || after.caught != f.ts.GetSigCaught() {
+		return fmt.Errorf("signal state after the reset: pending %016x, ignored %016x, blocked %016x, caught %016x; want none pending, %016x, %016x, %016x",
+			after.pending, after.ignored, after.blocked, after.caught, want, f.ts.GetSigBlocked(), f.ts.GetSigCaught())
 	}
 	return nil
 }
@@ -700,7 +724,8 @@ func (f *filler) files() error {
 
 // misc: working directory, umask, personality, command name (the exec
 // set it from the path), rseq and the robust futex list (the exec
-// dropped both).
+// dropped both); where recorded, the alternate signal stack,
+// clear_child_tid and the parent-death signal.
 func (f *filler) misc() error {
 	if cwd := f.t.Cwd; cwd != "" {
 		a, err := f.put(0, append([]byte(cwd), 0))
@@ -736,6 +761,28 @@ func (f *filler) misc() error {
 			return fmt.Errorf("set_robust_list: %w", err)
 		}
 	}
+	if !f.ts.GetSignalsRecorded() {
+		return nil
+	}
+	if n := f.ts.GetAltstackSize(); n != 0 {
+		// stack_t: ss_sp, ss_flags (int, padded), ss_size
+		b := binary.LittleEndian.AppendUint64(nil, f.ts.GetAltstackSp())
+		b = binary.LittleEndian.AppendUint64(b, uint64(f.ts.GetAltstackFlags()))
+		b = binary.LittleEndian.AppendUint64(b, n)
+		a, err := f.put(0, b)
+		if err != nil {
+			return err
+		}
+		if _, err := f.in.call(unix.SYS_SIGALTSTACK, a, 0); err != nil {
+			return fmt.Errorf("sigaltstack: %w", err)
+		}
+	}
+	if _, err := f.in.call(unix.SYS_SET_TID_ADDRESS, f.ts.GetClearChildTid()); err != nil {
+		return fmt.Errorf("set_tid_address: %w", err)
+	}
+	if _, err := f.in.call(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(f.ts.GetPdeathSignal())); err != nil {
+		return fmt.Errorf("prctl(PR_SET_PDEATHSIG): %w", err)
+	}
 	return nil
 }
 
@@ -756,7 +803,7 @@ func verifyMaps(proc string, pid int, ts *imagepb.TaskSaved) error {
 		}
 	}
 	for _, v := range ts.GetVmas() {
-		m := mapping{start: v.GetStart(), end: v.GetEnd(), prot: v.GetProt(), offset: v.GetOffset(), dev: v.GetDev(), inode: v.GetInode(), path: string(v.GetPath())}
+		m := mapping{start: v.GetStart(), end: v.GetEnd(), prot: v.GetProt(), shared: v.GetShared(), offset: v.GetOffset(), dev: v.GetDev(), inode: v.GetInode(), path: string(v.GetPath())}
 		if v.GetKind() != imagepb.VMAKind_VMA_FILE {
 			m.offset = 0
 		}
@@ -768,7 +815,7 @@ func verifyMaps(proc string, pid int, ts *imagepb.TaskSaved) error {
 	}
 	for i := range got {
 		g, w := got[i], want[i]
-		if g.start != w.start || g.end != w.end || g.prot != w.prot || g.inode != w.inode || (w.inode != 0 && (g.dev != w.dev || g.offset != w.offset)) {
+		if g.start != w.start || g.end != w.end || g.prot != w.prot || g.shared != w.shared || g.inode != w.inode || (w.inode != 0 && (g.dev != w.dev || g.offset != w.offset)) {
 			return fmt.Errorf("pid %d: mapping %v (prot %d, inode %d) after the restore, %v (prot %d, inode %d) in the dump", pid, g, g.prot, g.inode, w, w.prot, w.inode)
 		}
 	}
@@ -783,7 +830,7 @@ func merged(ms []mapping) []mapping {
 		}
 		if k := len(out); k > 0 {
 			l := &out[k-1]
-			if l.end == m.start && l.prot == m.prot && l.inode == m.inode && l.dev == m.dev && (m.inode == 0 || l.offset+(l.end-l.start) == m.offset) {
+			if l.end == m.start && l.prot == m.prot && l.shared == m.shared && l.inode == m.inode && l.dev == m.dev && (m.inode == 0 || l.offset+(l.end-l.start) == m.offset) {
 				l.end = m.end
 				continue
 			}

@@ -143,8 +143,8 @@ func validateTask(ts *imagepb.TaskSaved, pagesSize uint64) error {
 		if v.GetProt()&^uint32(unix.PROT_READ|unix.PROT_WRITE|unix.PROT_EXEC) != 0 {
 			return fmt.Errorf("mapping %#x: protection %#x", start, v.GetProt())
 		}
-		if v.GetShared() {
-			return fmt.Errorf("%w: mapping %#x-%#x is shared", ErrUnsupported, start, end)
+		if v.GetShared() && (v.GetKind() != imagepb.VMAKind_VMA_FILE || v.GetProt()&unix.PROT_WRITE != 0 || len(v.GetPages()) > 0) {
+			return fmt.Errorf("%w: mapping %#x-%#x is shared and not a read-only file", ErrUnsupported, start, end)
 		}
 		switch k := v.GetKind(); k {
 		case imagepb.VMAKind_VMA_ANON:
@@ -175,6 +175,17 @@ func validateTask(ts *imagepb.TaskSaved, pagesSize uint64) error {
 	}
 	if !specials[imagepb.VMAKind_VMA_VDSO] {
 		return errors.New("no vdso recorded")
+	}
+	var caught uint64
+	for _, h := range ts.GetHandlers() {
+		sig := h.GetSig()
+		if sig < 1 || sig > 64 || sig == uint32(unix.SIGKILL) || sig == uint32(unix.SIGSTOP) || caught&(1<<(sig-1)) != 0 || h.GetHandler() <= 1 {
+			return fmt.Errorf("handler of signal %d", sig)
+		}
+		caught |= 1 << (sig - 1)
+	}
+	if caught != ts.GetSigCaught() || caught&ts.GetSigIgnored() != 0 || (caught != 0 && !ts.GetSignalsRecorded()) {
+		return fmt.Errorf("handlers for %016x, caught %016x, ignored %016x", caught, ts.GetSigCaught(), ts.GetSigIgnored())
 	}
 	fds := map[int32]bool{}
 	for _, f := range ts.GetFiles() {

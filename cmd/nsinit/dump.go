@@ -23,6 +23,11 @@ var newDumpGuard func() (dump.Guard, error)
 // the image says they are unknown.
 var readSubreapers func() (map[int]bool, error)
 
+// readSignals reads the signal handlers of processes for dump --state
+// (an eBPF task iterator); nil until cmd/nsinit/guard.go sets it, and not
+// used with --unchecked: a task with handlers is refused then.
+var readSignals state.Signals
+
 func init() { register("dump", "record a process tree into an image", runDump) }
 
 func runDump(args []string) int {
@@ -99,8 +104,12 @@ func runDump(args []string) int {
 			d.errorf("%v", err)
 			return exitStatus(err)
 		}
+		signals := readSignals
+		if unchecked {
+			signals = nil // no eBPF at all, as for the guard
+		}
 		opts.State = func(tr *pstree.Tree, onTracer func(func())) error {
-			return state.Record(dir, "/proc", tr, onTracer)
+			return state.Record(dir, "/proc", tr, onTracer, signals)
 		}
 		opts.KillFrozen = kil
 	}

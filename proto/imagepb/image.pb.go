@@ -1490,8 +1490,10 @@ type VMA struct {
 	Start uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
 	End   uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
 	// prot: PROT_READ|PROT_WRITE|PROT_EXEC bits.
-	Prot   uint32 `protobuf:"varint,3,opt,name=prot,proto3" json:"prot,omitempty"`
-	Shared bool   `protobuf:"varint,4,opt,name=shared,proto3" json:"shared,omitempty"`
+	Prot uint32 `protobuf:"varint,3,opt,name=prot,proto3" json:"prot,omitempty"`
+	// shared: MAP_SHARED; only of a file, read-only for good (no PROT_WRITE,
+	// no VM_MAYWRITE), without pages: mapped again from the file.
+	Shared bool `protobuf:"varint,4,opt,name=shared,proto3" json:"shared,omitempty"`
 	// grows_down: VM_GROWSDOWN (VmFlags "gd" in smaps), a stack.
 	GrowsDown bool    `protobuf:"varint,5,opt,name=grows_down,json=growsDown,proto3" json:"grows_down,omitempty"`
 	Kind      VMAKind `protobuf:"varint,6,opt,name=kind,proto3,enum=nsinit.image.v1.VMAKind" json:"kind,omitempty"`
@@ -1830,8 +1832,10 @@ type TaskSaved struct {
 	Mm     *MMLayout `protobuf:"bytes,5,opt,name=mm,proto3" json:"mm,omitempty"`
 	// sig_blocked, sig_ignored: SigBlk and SigIgn of /proc/PID/status, bit
 	// n-1 = signal n.
-	SigBlocked  uint64      `protobuf:"varint,6,opt,name=sig_blocked,json=sigBlocked,proto3" json:"sig_blocked,omitempty"`
-	SigIgnored  uint64      `protobuf:"varint,7,opt,name=sig_ignored,json=sigIgnored,proto3" json:"sig_ignored,omitempty"`
+	SigBlocked uint64 `protobuf:"varint,6,opt,name=sig_blocked,json=sigBlocked,proto3" json:"sig_blocked,omitempty"`
+	SigIgnored uint64 `protobuf:"varint,7,opt,name=sig_ignored,json=sigIgnored,proto3" json:"sig_ignored,omitempty"`
+	// sig_caught: SigCgt, the signals with a handler (handlers).
+	SigCaught   uint64      `protobuf:"varint,24,opt,name=sig_caught,json=sigCaught,proto3" json:"sig_caught,omitempty"`
 	Files       []*OpenFile `protobuf:"bytes,8,rep,name=files,proto3" json:"files,omitempty"`
 	Umask       uint32      `protobuf:"varint,9,opt,name=umask,proto3" json:"umask,omitempty"`
 	Personality uint32      `protobuf:"varint,10,opt,name=personality,proto3" json:"personality,omitempty"`
@@ -1844,7 +1848,21 @@ type TaskSaved struct {
 	RobustListLen uint64 `protobuf:"varint,15,opt,name=robust_list_len,json=robustListLen,proto3" json:"robust_list_len,omitempty"`
 	// vdso_sha256: of the vdso's bytes; the restore refuses another vdso
 	// (a program may hold pointers into it).
-	VdsoSha256    []byte `protobuf:"bytes,16,opt,name=vdso_sha256,json=vdsoSha256,proto3" json:"vdso_sha256,omitempty"`
+	VdsoSha256 []byte `protobuf:"bytes,16,opt,name=vdso_sha256,json=vdsoSha256,proto3" json:"vdso_sha256,omitempty"`
+	// signals_recorded: the fields below were read (an eBPF task
+	// iterator: /proc shows none of them); false: the task had no handler
+	// and they are unknown, left as the exec sets them.
+	SignalsRecorded bool `protobuf:"varint,17,opt,name=signals_recorded,json=signalsRecorded,proto3" json:"signals_recorded,omitempty"`
+	// handlers: the signals with a handler (SigCgt), as sigaction(2) has
+	// them.
+	Handlers []*SigHandler `protobuf:"bytes,18,rep,name=handlers,proto3" json:"handlers,omitempty"`
+	// altstack_*: sigaltstack(2); altstack_size 0 = none.
+	AltstackSp    uint64 `protobuf:"varint,19,opt,name=altstack_sp,json=altstackSp,proto3" json:"altstack_sp,omitempty"`
+	AltstackSize  uint64 `protobuf:"varint,20,opt,name=altstack_size,json=altstackSize,proto3" json:"altstack_size,omitempty"`
+	AltstackFlags uint32 `protobuf:"varint,21,opt,name=altstack_flags,json=altstackFlags,proto3" json:"altstack_flags,omitempty"`
+	// clear_child_tid: set_tid_address(2); pdeath_signal: PR_SET_PDEATHSIG.
+	ClearChildTid uint64 `protobuf:"varint,22,opt,name=clear_child_tid,json=clearChildTid,proto3" json:"clear_child_tid,omitempty"`
+	PdeathSignal  uint32 `protobuf:"varint,23,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1928,6 +1946,13 @@ func (x *TaskSaved) GetSigIgnored() uint64 {
 	return 0
 }
 
+func (x *TaskSaved) GetSigCaught() uint64 {
+	if x != nil {
+		return x.SigCaught
+	}
+	return 0
+}
+
 func (x *TaskSaved) GetFiles() []*OpenFile {
 	if x != nil {
 		return x.Files
@@ -1989,6 +2014,131 @@ func (x *TaskSaved) GetVdsoSha256() []byte {
 		return x.VdsoSha256
 	}
 	return nil
+}
+
+func (x *TaskSaved) GetSignalsRecorded() bool {
+	if x != nil {
+		return x.SignalsRecorded
+	}
+	return false
+}
+
+func (x *TaskSaved) GetHandlers() []*SigHandler {
+	if x != nil {
+		return x.Handlers
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetAltstackSp() uint64 {
+	if x != nil {
+		return x.AltstackSp
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetAltstackSize() uint64 {
+	if x != nil {
+		return x.AltstackSize
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetAltstackFlags() uint32 {
+	if x != nil {
+		return x.AltstackFlags
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetClearChildTid() uint64 {
+	if x != nil {
+		return x.ClearChildTid
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetPdeathSignal() uint32 {
+	if x != nil {
+		return x.PdeathSignal
+	}
+	return 0
+}
+
+type SigHandler struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sig           uint32                 `protobuf:"varint,1,opt,name=sig,proto3" json:"sig,omitempty"`
+	Handler       uint64                 `protobuf:"varint,2,opt,name=handler,proto3" json:"handler,omitempty"`
+	Flags         uint64                 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	Restorer      uint64                 `protobuf:"varint,4,opt,name=restorer,proto3" json:"restorer,omitempty"`
+	Mask          uint64                 `protobuf:"varint,5,opt,name=mask,proto3" json:"mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SigHandler) Reset() {
+	*x = SigHandler{}
+	mi := &file_image_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SigHandler) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SigHandler) ProtoMessage() {}
+
+func (x *SigHandler) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SigHandler.ProtoReflect.Descriptor instead.
+func (*SigHandler) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SigHandler) GetSig() uint32 {
+	if x != nil {
+		return x.Sig
+	}
+	return 0
+}
+
+func (x *SigHandler) GetHandler() uint64 {
+	if x != nil {
+		return x.Handler
+	}
+	return 0
+}
+
+func (x *SigHandler) GetFlags() uint64 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *SigHandler) GetRestorer() uint64 {
+	if x != nil {
+		return x.Restorer
+	}
+	return 0
+}
+
+func (x *SigHandler) GetMask() uint64 {
+	if x != nil {
+		return x.Mask
+	}
+	return 0
 }
 
 var File_image_proto protoreflect.FileDescriptor
@@ -2148,7 +2298,7 @@ const file_image_proto_rawDesc = "" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\fR\x04path\x12\x14\n" +
 	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x10\n" +
-	"\x03pos\x18\x04 \x01(\x03R\x03pos\"\x86\x04\n" +
+	"\x03pos\x18\x04 \x01(\x03R\x03pos\"\xc3\x06\n" +
 	"\tTaskSaved\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x12\n" +
 	"\x04regs\x18\x02 \x01(\fR\x04regs\x12\x16\n" +
@@ -2158,7 +2308,9 @@ const file_image_proto_rawDesc = "" +
 	"\vsig_blocked\x18\x06 \x01(\x04R\n" +
 	"sigBlocked\x12\x1f\n" +
 	"\vsig_ignored\x18\a \x01(\x04R\n" +
-	"sigIgnored\x12/\n" +
+	"sigIgnored\x12\x1d\n" +
+	"\n" +
+	"sig_caught\x18\x18 \x01(\x04R\tsigCaught\x12/\n" +
 	"\x05files\x18\b \x03(\v2\x19.nsinit.image.v1.OpenFileR\x05files\x12\x14\n" +
 	"\x05umask\x18\t \x01(\rR\x05umask\x12 \n" +
 	"\vpersonality\x18\n" +
@@ -2170,7 +2322,22 @@ const file_image_proto_rawDesc = "" +
 	"robustList\x12&\n" +
 	"\x0frobust_list_len\x18\x0f \x01(\x04R\rrobustListLen\x12\x1f\n" +
 	"\vvdso_sha256\x18\x10 \x01(\fR\n" +
-	"vdsoSha256*\x86\x01\n" +
+	"vdsoSha256\x12)\n" +
+	"\x10signals_recorded\x18\x11 \x01(\bR\x0fsignalsRecorded\x127\n" +
+	"\bhandlers\x18\x12 \x03(\v2\x1b.nsinit.image.v1.SigHandlerR\bhandlers\x12\x1f\n" +
+	"\valtstack_sp\x18\x13 \x01(\x04R\n" +
+	"altstackSp\x12#\n" +
+	"\raltstack_size\x18\x14 \x01(\x04R\faltstackSize\x12%\n" +
+	"\x0ealtstack_flags\x18\x15 \x01(\rR\raltstackFlags\x12&\n" +
+	"\x0fclear_child_tid\x18\x16 \x01(\x04R\rclearChildTid\x12#\n" +
+	"\rpdeath_signal\x18\x17 \x01(\rR\fpdeathSignal\"~\n" +
+	"\n" +
+	"SigHandler\x12\x10\n" +
+	"\x03sig\x18\x01 \x01(\rR\x03sig\x12\x18\n" +
+	"\ahandler\x18\x02 \x01(\x04R\ahandler\x12\x14\n" +
+	"\x05flags\x18\x03 \x01(\x04R\x05flags\x12\x1a\n" +
+	"\brestorer\x18\x04 \x01(\x04R\brestorer\x12\x12\n" +
+	"\x04mask\x18\x05 \x01(\x04R\x04mask*\x86\x01\n" +
 	"\x06NSKind\x12\n" +
 	"\n" +
 	"\x06NS_PID\x10\x00\x12\x17\n" +
@@ -2216,7 +2383,7 @@ func file_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_image_proto_goTypes = []any{
 	(NSKind)(0),        // 0: nsinit.image.v1.NSKind
 	(LinkKind)(0),      // 1: nsinit.image.v1.LinkKind
@@ -2238,6 +2405,7 @@ var file_image_proto_goTypes = []any{
 	(*MMLayout)(nil),   // 17: nsinit.image.v1.MMLayout
 	(*OpenFile)(nil),   // 18: nsinit.image.v1.OpenFile
 	(*TaskSaved)(nil),  // 19: nsinit.image.v1.TaskSaved
+	(*SigHandler)(nil), // 20: nsinit.image.v1.SigHandler
 }
 var file_image_proto_depIdxs = []int32{
 	6,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
@@ -2261,11 +2429,12 @@ var file_image_proto_depIdxs = []int32{
 	16, // 18: nsinit.image.v1.TaskSaved.vmas:type_name -> nsinit.image.v1.VMA
 	17, // 19: nsinit.image.v1.TaskSaved.mm:type_name -> nsinit.image.v1.MMLayout
 	18, // 20: nsinit.image.v1.TaskSaved.files:type_name -> nsinit.image.v1.OpenFile
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	20, // 21: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_image_proto_init() }
@@ -2279,7 +2448,7 @@ func file_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_proto_rawDesc), len(file_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
