@@ -21,6 +21,7 @@ const (
 	ntX86XState = 0x202 // NT_X86_XSTATE
 
 	ptraceGetRseqConfiguration = 0x420f
+	ptraceSetSigmask           = 0x420b
 
 	// the three words an injected call runs: syscall; int3
 	trapCode = "\x0f\x05\xcc"
@@ -279,6 +280,33 @@ func pokeWord(pid int, addr uint64, b []byte) error {
 		return fmt.Errorf("ptrace poke pid %d at %#x: %w", pid, addr, err)
 	}
 	return nil
+}
+
+// peekSiginfo returns the siginfo_t (128 bytes each) of the signals queued
+// for a stopped tracee: its own queue, or its process's when shared.
+func peekSiginfo(pid int, shared bool) ([][]byte, error) {
+	var out [][]byte
+	buf := make([]byte, 32*siginfoSize)
+	for {
+		args := struct {
+			Off   uint64
+			Flags uint32
+			Nr    int32
+		}{Off: uint64(len(out)), Nr: 32}
+		if shared {
+			args.Flags = 1 // PTRACE_PEEKSIGINFO_SHARED
+		}
+		n, _, e := unix.Syscall6(unix.SYS_PTRACE, unix.PTRACE_PEEKSIGINFO, uintptr(pid), uintptr(unsafe.Pointer(&args)), uintptr(unsafe.Pointer(&buf[0])), 0, 0)
+		if e != 0 {
+			return nil, fmt.Errorf("ptrace peeksiginfo of pid %d: %w", pid, e)
+		}
+		if n == 0 {
+			return out, nil
+		}
+		for i := 0; i < int(n); i++ {
+			out = append(out, append([]byte(nil), buf[i*siginfoSize:(i+1)*siginfoSize]...))
+		}
+	}
 }
 
 // rseqConfig is struct ptrace_rseq_configuration.

@@ -184,6 +184,20 @@ func readSignals(proc string, pid int) (sigState, error) {
 	return s, sc.Err()
 }
 
+// pendingSet is the set of signals of the recorded queues (si_signo is
+// the first int of a siginfo_t).
+func pendingSet(ts *imagepb.TaskSaved) uint64 {
+	var set uint64
+	for _, q := range [][][]byte{ts.GetPendingPrivate(), ts.GetPendingShared()} {
+		for _, si := range q {
+			if n := binary.LittleEndian.Uint32(si); n >= 1 && n <= 64 {
+				set |= 1 << (n - 1)
+			}
+		}
+	}
+	return set
+}
+
 // recordSignals adds what the eBPF iterator read (k, nil when it could not
 // run: tried says whether it was asked, why the error) and refuses a task
 // with handlers without it. The iterator and /proc must agree on which
@@ -230,10 +244,8 @@ func recordStatus(proc string, pid int, ts *imagepb.TaskSaved) error {
 	switch {
 	case s.threads != 1:
 		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are recorded with their state)", ErrUnsupported, pid, s.threads)
-	case s.pending != 0:
-		return fmt.Errorf("%w: pid %d has pending signals (%016x): not recorded yet", ErrUnsupported, pid, s.pending)
 	}
-	ts.SigBlocked, ts.SigIgnored, ts.SigCaught, ts.Umask = s.blocked, s.ignored, s.caught, s.umask
+	ts.SigBlocked, ts.SigIgnored, ts.SigCaught, ts.SigPending, ts.Umask = s.blocked, s.ignored, s.caught, s.pending, s.umask
 	if t, err := os.ReadFile(fmt.Sprintf("%s/%d/timers", proc, pid)); err == nil && len(t) > 0 {
 		return fmt.Errorf("%w: pid %d has POSIX timers: not recorded yet", ErrUnsupported, pid)
 	}
@@ -276,6 +288,15 @@ func recordRegs(pid int, ts *imagepb.TaskSaved, seizeIt bool) error {
 		return fmt.Errorf("%w: pid %d has rseq flags %#x", ErrUnsupported, pid, rc.Flags)
 	}
 	ts.RseqAddr, ts.RseqLen, ts.RseqSig = rc.Addr, rc.Len, rc.Sig
+	if ts.PendingPrivate, err = peekSiginfo(pid, false); err != nil {
+		return err
+	}
+	if ts.PendingShared, err = peekSiginfo(pid, true); err != nil {
+		return err
+	}
+	if got, want := pendingSet(ts), ts.GetSigPending(); got != want {
+		return fmt.Errorf("pid %d: queued signals %016x, /proc says %016x pending", pid, got, want)
+	}
 	var head, n uint64
 	if _, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(pid), uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&n))); e != 0 {
 		return fmt.Errorf("get_robust_list of pid %d: %w", pid, e)

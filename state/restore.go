@@ -258,7 +258,19 @@ func (f *filler) fill() error {
 	if err := f.in.syscallExit(unix.SYS_MUNMAP, f.in.code, scratchSize); err != nil {
 		return fmt.Errorf("unmap the injected code: %w", err)
 	}
-	r := resumed(regsOf(f.ts.GetRegs()))
+	// The recorded mask goes in by ptrace, with no system call after it:
+	// a signal it unblocks is delivered on the way back to the task's own
+	// registers, as it would have been.
+	blocked := f.ts.GetSigBlocked()
+	if err := ptrace(ptraceSetSigmask, pid, 8, uintptr(unsafe.Pointer(&blocked))); err != nil {
+		return fmt.Errorf("ptrace setsigmask: %w", err)
+	}
+	r := regsOf(f.ts.GetRegs())
+	if f.ts.GetSigPending()&^blocked == 0 {
+		// Nothing to deliver: the kernel will not pass through its
+		// signal code, where it restarts an interrupted system call.
+		r = resumed(r)
+	}
 	return setRegs(pid, &r)
 }
 
@@ -654,7 +666,10 @@ func (f *filler) signals() error {
 			}
 		}
 	}
-	m, err := f.put(64, binary.LittleEndian.AppendUint64(nil, f.ts.GetSigBlocked()))
+	// Everything stays blocked (as the builder left it) until the end:
+	// a signal queued again below must wait for the task's own
+	// registers, not be delivered into an injected call.
+	m, err := f.put(64, binary.LittleEndian.AppendUint64(nil, ^uint64(0)))
 	if err != nil {
 		return err
 	}
@@ -665,9 +680,45 @@ func (f *filler) signals() error {
 	if err != nil {
 		return err
 	}
-	if after.pending != 0 || after.ignored != want || after.blocked != f.ts.GetSigBlocked() || after.caught != f.ts.GetSigCaught() {
-		return fmt.Errorf("signal state after the reset: pending %016x, ignored %016x, blocked %016x, caught %016x; want none pending, %016x, %016x, %016x",
-			after.pending, after.ignored, after.blocked, after.caught, want, f.ts.GetSigBlocked(), f.ts.GetSigCaught())
+	if after.pending != 0 || after.ignored != want || after.caught != f.ts.GetSigCaught() {
+		return fmt.Errorf("signal state after the reset: pending %016x, ignored %016x, caught %016x; want none pending, %016x, %016x",
+			after.pending, after.ignored, after.caught, want, f.ts.GetSigCaught())
+	}
+	return f.queueSignals()
+}
+
+// queueSignals queues the recorded pending signals again, with their
+// siginfo, the task sending them to itself: only to itself may a task
+// queue a siginfo the kernel would make (si_code >= 0: a SIGCHLD's
+// CLD_EXITED, a kill's SI_USER).
+func (f *filler) queueSignals() error {
+	self := uint64(f.t.InnerPID())
+	for _, q := range []struct {
+		infos  [][]byte
+		shared bool
+	}{{f.ts.GetPendingPrivate(), false}, {f.ts.GetPendingShared(), true}} {
+		for _, si := range q.infos {
+			a, err := f.put(0, si)
+			if err != nil {
+				return err
+			}
+			sig := uint64(binary.LittleEndian.Uint32(si))
+			if q.shared {
+				_, err = f.in.call(unix.SYS_RT_SIGQUEUEINFO, self, sig, a)
+			} else {
+				_, err = f.in.call(unix.SYS_RT_TGSIGQUEUEINFO, self, self, sig, a)
+			}
+			if err != nil {
+				return fmt.Errorf("queue signal %d again: %w", sig, err)
+			}
+		}
+	}
+	after, err := readSignals(f.proc, f.in.pid)
+	if err != nil {
+		return err
+	}
+	if after.pending != f.ts.GetSigPending() {
+		return fmt.Errorf("pending signals %016x after queueing, the dump had %016x", after.pending, f.ts.GetSigPending())
 	}
 	return nil
 }

@@ -15,6 +15,7 @@
 package state
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -50,6 +51,13 @@ const regsSize = 27 * 8
 
 // maxXState bounds NT_X86_XSTATE: the largest layout (AMX) is about 11 KiB.
 const maxXState = 64 << 10
+
+// siginfoSize is sizeof(siginfo_t); maxPending bounds the queued signals
+// of a task (RLIMIT_SIGPENDING is far lower in practice).
+const (
+	siginfoSize = 128
+	maxPending  = 1 << 16
+)
 
 // maxVMAs bounds a task's mappings: the default vm.max_map_count (65530).
 const maxVMAs = 1 << 16
@@ -186,6 +194,22 @@ func validateTask(ts *imagepb.TaskSaved, pagesSize uint64) error {
 	}
 	if caught != ts.GetSigCaught() || caught&ts.GetSigIgnored() != 0 || (caught != 0 && !ts.GetSignalsRecorded()) {
 		return fmt.Errorf("handlers for %016x, caught %016x, ignored %016x", caught, ts.GetSigCaught(), ts.GetSigIgnored())
+	}
+	if n := len(ts.GetPendingPrivate()) + len(ts.GetPendingShared()); n > maxPending {
+		return fmt.Errorf("%d queued signals, more than %d", n, maxPending)
+	}
+	for _, q := range [][][]byte{ts.GetPendingPrivate(), ts.GetPendingShared()} {
+		for _, si := range q {
+			if len(si) != siginfoSize {
+				return fmt.Errorf("a queued siginfo of %d bytes", len(si))
+			}
+			if n := binary.LittleEndian.Uint32(si); n < 1 || n > 64 {
+				return fmt.Errorf("a queued signal %d", n)
+			}
+		}
+	}
+	if pendingSet(ts) != ts.GetSigPending() {
+		return fmt.Errorf("queued signals %016x, pending %016x", pendingSet(ts), ts.GetSigPending())
 	}
 	fds := map[int32]bool{}
 	for _, f := range ts.GetFiles() {

@@ -1835,7 +1835,9 @@ type TaskSaved struct {
 	SigBlocked uint64 `protobuf:"varint,6,opt,name=sig_blocked,json=sigBlocked,proto3" json:"sig_blocked,omitempty"`
 	SigIgnored uint64 `protobuf:"varint,7,opt,name=sig_ignored,json=sigIgnored,proto3" json:"sig_ignored,omitempty"`
 	// sig_caught: SigCgt, the signals with a handler (handlers).
-	SigCaught   uint64      `protobuf:"varint,24,opt,name=sig_caught,json=sigCaught,proto3" json:"sig_caught,omitempty"`
+	SigCaught uint64 `protobuf:"varint,24,opt,name=sig_caught,json=sigCaught,proto3" json:"sig_caught,omitempty"`
+	// sig_pending: SigPnd | ShdPnd; the siginfo of each in pending_*.
+	SigPending  uint64      `protobuf:"varint,27,opt,name=sig_pending,json=sigPending,proto3" json:"sig_pending,omitempty"`
 	Files       []*OpenFile `protobuf:"bytes,8,rep,name=files,proto3" json:"files,omitempty"`
 	Umask       uint32      `protobuf:"varint,9,opt,name=umask,proto3" json:"umask,omitempty"`
 	Personality uint32      `protobuf:"varint,10,opt,name=personality,proto3" json:"personality,omitempty"`
@@ -1863,8 +1865,13 @@ type TaskSaved struct {
 	// clear_child_tid: set_tid_address(2); pdeath_signal: PR_SET_PDEATHSIG.
 	ClearChildTid uint64 `protobuf:"varint,22,opt,name=clear_child_tid,json=clearChildTid,proto3" json:"clear_child_tid,omitempty"`
 	PdeathSignal  uint32 `protobuf:"varint,23,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// pending_private, pending_shared: the queued signals, each a 128-byte
+	// siginfo_t (PTRACE_PEEKSIGINFO), in queue order: the task's own queue
+	// and its process's.
+	PendingPrivate [][]byte `protobuf:"bytes,25,rep,name=pending_private,json=pendingPrivate,proto3" json:"pending_private,omitempty"`
+	PendingShared  [][]byte `protobuf:"bytes,26,rep,name=pending_shared,json=pendingShared,proto3" json:"pending_shared,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TaskSaved) Reset() {
@@ -1949,6 +1956,13 @@ func (x *TaskSaved) GetSigIgnored() uint64 {
 func (x *TaskSaved) GetSigCaught() uint64 {
 	if x != nil {
 		return x.SigCaught
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetSigPending() uint64 {
+	if x != nil {
+		return x.SigPending
 	}
 	return 0
 }
@@ -2063,6 +2077,20 @@ func (x *TaskSaved) GetPdeathSignal() uint32 {
 		return x.PdeathSignal
 	}
 	return 0
+}
+
+func (x *TaskSaved) GetPendingPrivate() [][]byte {
+	if x != nil {
+		return x.PendingPrivate
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetPendingShared() [][]byte {
+	if x != nil {
+		return x.PendingShared
+	}
+	return nil
 }
 
 type SigHandler struct {
@@ -2298,7 +2326,7 @@ const file_image_proto_rawDesc = "" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\fR\x04path\x12\x14\n" +
 	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x10\n" +
-	"\x03pos\x18\x04 \x01(\x03R\x03pos\"\xc3\x06\n" +
+	"\x03pos\x18\x04 \x01(\x03R\x03pos\"\xb4\a\n" +
 	"\tTaskSaved\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x12\n" +
 	"\x04regs\x18\x02 \x01(\fR\x04regs\x12\x16\n" +
@@ -2310,7 +2338,9 @@ const file_image_proto_rawDesc = "" +
 	"\vsig_ignored\x18\a \x01(\x04R\n" +
 	"sigIgnored\x12\x1d\n" +
 	"\n" +
-	"sig_caught\x18\x18 \x01(\x04R\tsigCaught\x12/\n" +
+	"sig_caught\x18\x18 \x01(\x04R\tsigCaught\x12\x1f\n" +
+	"\vsig_pending\x18\x1b \x01(\x04R\n" +
+	"sigPending\x12/\n" +
 	"\x05files\x18\b \x03(\v2\x19.nsinit.image.v1.OpenFileR\x05files\x12\x14\n" +
 	"\x05umask\x18\t \x01(\rR\x05umask\x12 \n" +
 	"\vpersonality\x18\n" +
@@ -2330,7 +2360,9 @@ const file_image_proto_rawDesc = "" +
 	"\raltstack_size\x18\x14 \x01(\x04R\faltstackSize\x12%\n" +
 	"\x0ealtstack_flags\x18\x15 \x01(\rR\raltstackFlags\x12&\n" +
 	"\x0fclear_child_tid\x18\x16 \x01(\x04R\rclearChildTid\x12#\n" +
-	"\rpdeath_signal\x18\x17 \x01(\rR\fpdeathSignal\"~\n" +
+	"\rpdeath_signal\x18\x17 \x01(\rR\fpdeathSignal\x12'\n" +
+	"\x0fpending_private\x18\x19 \x03(\fR\x0ependingPrivate\x12%\n" +
+	"\x0epending_shared\x18\x1a \x03(\fR\rpendingShared\"~\n" +
 	"\n" +
 	"SigHandler\x12\x10\n" +
 	"\x03sig\x18\x01 \x01(\rR\x03sig\x12\x18\n" +
