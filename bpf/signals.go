@@ -2,14 +2,10 @@ package bpf
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 )
 
 // SigAction is the kernel's struct sigaction of one signal on x86-64.
@@ -40,38 +36,21 @@ const (
 // BTF, CAP_BPF and CAP_PERFMON. The processes must not run meanwhile (a
 // frozen tree): the iterator reads without locks.
 func Signals(pids []int) (map[int]*TaskSignals, error) {
-	if err := hostPidNS(); err != nil {
-		return nil, fmt.Errorf("read signal handlers: %w", err)
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		return nil, fmt.Errorf("read signal handlers: kernel BTF missing (/sys/kernel/btf/vmlinux): %w", ebpf.ErrNotSupported)
-	}
-	var objs signalsObjects
-	if err := loadSignalsObjects(&objs, nil); err != nil {
-		if errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("read signal handlers: load the task iterator (needs CAP_BPF and CAP_PERFMON): %w", err)
+	b, err := readTaskIter("read signal handlers", func() (*ebpf.Program, io.Closer, error) {
+		var objs signalsObjects
+		if err := loadSignalsObjects(&objs, nil); err != nil {
+			return nil, nil, err
 		}
-		return nil, fmt.Errorf("read signal handlers: load the task iterator: %w", err)
-	}
-	defer objs.Close()
-	for _, pid := range pids {
-		if err := objs.Wanted.Put(uint32(pid), uint8(1)); err != nil {
-			return nil, fmt.Errorf("read signal handlers: %w", err)
+		for _, pid := range pids {
+			if err := objs.Wanted.Put(uint32(pid), uint8(1)); err != nil {
+				objs.Close()
+				return nil, nil, err
+			}
 		}
-	}
-	it, err := link.AttachIter(link.IterOptions{Program: objs.Signals})
+		return objs.Signals, &objs, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("read signal handlers: attach the task iterator: %w", err)
-	}
-	defer it.Close()
-	rd, err := it.Open()
-	if err != nil {
-		return nil, fmt.Errorf("read signal handlers: open the task iterator: %w", err)
-	}
-	defer rd.Close()
-	b, err := io.ReadAll(rd)
-	if err != nil {
-		return nil, fmt.Errorf("read signal handlers: %w", err)
+		return nil, err
 	}
 	if len(b)%signalsRecSize != 0 {
 		return nil, fmt.Errorf("read signal handlers: %d bytes, not a list of %d-byte records", len(b), signalsRecSize)

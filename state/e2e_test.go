@@ -77,7 +77,14 @@ func counter(t testing.TB, static bool) string {
 // its root, in a session of its own, with /dev/null as stdio.
 func startCounter(t testing.TB, bin string, levels int, out string, heapMB, periodMS int, attr *syscall.SysProcAttr, extra ...*os.File) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(bin, strconv.Itoa(levels), out, strconv.Itoa(heapMB), strconv.Itoa(periodMS))
+	return startTree(t, []string{bin, strconv.Itoa(levels), out, strconv.Itoa(heapMB), strconv.Itoa(periodMS)}, attr, extra...)
+}
+
+// startTree runs argv in a session of its own, /dev/null as stdio, and
+// kills the whole session at the end of the test.
+func startTree(t testing.TB, argv []string, attr *syscall.SysProcAttr, extra ...*os.File) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
 	if attr == nil {
 		attr = &syscall.SysProcAttr{}
 	}
@@ -176,6 +183,47 @@ func waitLines(t testing.TB, out string, n int) {
 	}
 }
 
+// dumpKillRestore waits until the program of cmd wrote 20 lines to out,
+// dumps its tree with --state --kill into img, restores it and checks
+// that it continued: 20 more lines, numbered on from the last one before
+// the dump (1, 2, 3, ... with no restart, no gap and no repeat), none of
+// them "BAD". It returns the image and the dump's log.
+func dumpKillRestore(t *testing.T, cmd *exec.Cmd, out, img string) (*pstree.Tree, string) {
+	t.Helper()
+	waitLines(t, out, 20)
+	dumped, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill", "-v")
+	if err != nil {
+		t.Fatalf("dump --state: %v\n%s", err, dumped)
+	}
+	cmd.Wait()
+	before, _ := lines(t, out)
+	tr, err := imagefile.Read(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reapImage(tr)
+	if !tr.StateRecorded {
+		t.Fatal("image: state not recorded")
+	}
+	t.Cleanup(func() { killImageTree(tr) })
+	o, err := restore(t, img)
+	if err != nil {
+		t.Fatalf("restore: %v\n%s", err, o)
+	}
+	t.Logf("%s", o)
+	waitLines(t, out, len(before)+20)
+	nums, bad := lines(t, out)
+	if bad {
+		t.Fatal("a check of the program broke after the restore")
+	}
+	for i, n := range nums {
+		if n != i+1 {
+			t.Fatalf("line %d says %d (dumped after line %d): the program did not continue", i+1, n, len(before))
+		}
+	}
+	return tr, dumped
+}
+
 // reapImage reaps the killed tasks of tr that came back to the test (a
 // child subreaper) when their parent died.
 func reapImage(tr *pstree.Tree) {
@@ -228,39 +276,12 @@ func TestStateContinues(t *testing.T) {
 			dir := t.TempDir()
 			out, img := filepath.Join(dir, "count"), filepath.Join(dir, "img")
 			cmd := startCounter(t, bin, 2, out, 16, 2, attr)
-			waitLines(t, out, 20)
-			o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill", "-v")
-			if err != nil {
-				t.Fatalf("dump --state: %v\n%s", err, o)
+			tr, dumped := dumpKillRestore(t, cmd, out, img)
+			if want := map[bool]string{true: "with cgroup v2 freeze", false: "with ptrace seize"}[c.cgroup]; !strings.Contains(dumped, want) {
+				t.Fatalf("dump did not freeze %s:\n%s", want, dumped)
 			}
-			if want := map[bool]string{true: "with cgroup v2 freeze", false: "with ptrace seize"}[c.cgroup]; !strings.Contains(o, want) {
-				t.Fatalf("dump did not freeze %s:\n%s", want, o)
-			}
-			cmd.Wait()
-			before, _ := lines(t, out)
-			tr, err := imagefile.Read(img)
-			if err != nil {
-				t.Fatal(err)
-			}
-			reapImage(tr)
-			if !tr.StateRecorded || len(tr.Tasks) != 3 || tr.Tasks[2].Level() != 2 {
-				t.Fatalf("image: state recorded %v, %d tasks, want 3 down to level 2", tr.StateRecorded, len(tr.Tasks))
-			}
-			t.Cleanup(func() { killImageTree(tr) })
-			o, err = restore(t, img)
-			if err != nil {
-				t.Fatalf("restore: %v\n%s", err, o)
-			}
-			t.Logf("%s", o)
-			waitLines(t, out, len(before)+20)
-			nums, bad := lines(t, out)
-			if bad {
-				t.Fatal("a checksum broke after the restore")
-			}
-			for i, n := range nums {
-				if n != i+1 {
-					t.Fatalf("line %d says %d (dumped after line %d): the counter did not continue", i+1, n, len(before))
-				}
+			if len(tr.Tasks) != 3 || tr.Tasks[2].Level() != 2 {
+				t.Fatalf("image: %d tasks, want 3 down to level 2", len(tr.Tasks))
 			}
 			// The counting task is the same task: its pids at every level.
 			w := tr.Tasks[2]
@@ -300,42 +321,8 @@ func TestStateContinuesPrograms(t *testing.T) {
 			}
 			dir := t.TempDir()
 			out, img := filepath.Join(dir, "count"), filepath.Join(dir, "img")
-			args := append([]string{"unshare", "-p", "-f", bb, "unshare", "-p", "-f"}, prog...)
-			cmd := exec.Command(bb, append(args, out)...)
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
-				cmd.Wait()
-				reapChildren()
-			})
-			waitLines(t, out, 20)
-			o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill")
-			if err != nil {
-				t.Fatalf("dump --state: %v\n%s", err, o)
-			}
-			cmd.Wait()
-			before, _ := lines(t, out)
-			tr, err := imagefile.Read(img)
-			if err != nil {
-				t.Fatal(err)
-			}
-			reapImage(tr)
-			t.Cleanup(func() { killImageTree(tr) })
-			o, err = restore(t, img)
-			if err != nil {
-				t.Fatalf("restore: %v\n%s", err, o)
-			}
-			t.Logf("%s", o)
-			waitLines(t, out, len(before)+20)
-			nums, _ := lines(t, out)
-			for i, n := range nums {
-				if n != i+1 {
-					t.Fatalf("line %d says %d (dumped after line %d): the program did not continue", i+1, n, len(before))
-				}
-			}
+			argv := append([]string{bb, "unshare", "-p", "-f", bb, "unshare", "-p", "-f"}, prog...)
+			dumpKillRestore(t, startTree(t, append(argv, out), nil), out, img)
 		})
 	}
 }

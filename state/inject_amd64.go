@@ -187,7 +187,9 @@ func errnoOf(rax uint64) error {
 	return nil
 }
 
-func (in *injector) call(nr uintptr, args ...uint64) (uint64, error) {
+// enter sets the registers that make the task run system call nr with
+// args from the injected code.
+func (in *injector) enter(nr uintptr, args []uint64) error {
 	r := in.base
 	r.Rip = in.code
 	r.Rax = uint64(nr)
@@ -195,7 +197,11 @@ func (in *injector) call(nr uintptr, args ...uint64) (uint64, error) {
 	a := [6]uint64{}
 	copy(a[:], args)
 	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
-	if err := setRegs(in.pid, &r); err != nil {
+	return setRegs(in.pid, &r)
+}
+
+func (in *injector) call(nr uintptr, args ...uint64) (uint64, error) {
+	if err := in.enter(nr, args); err != nil {
 		return 0, err
 	}
 	if err := in.runToTrap(); err != nil {
@@ -237,14 +243,7 @@ func (in *injector) runToTrap() error {
 // its syscall-exit stop: for the call that unmaps the injected code
 // itself, after which there is no int3 to stop at.
 func (in *injector) syscallExit(nr uintptr, args ...uint64) error {
-	r := in.base
-	r.Rip = in.code
-	r.Rax = uint64(nr)
-	r.Orig_rax = ^uint64(0)
-	a := [6]uint64{}
-	copy(a[:], args)
-	r.Rdi, r.Rsi, r.Rdx, r.R10, r.R8, r.R9 = a[0], a[1], a[2], a[3], a[4], a[5]
-	if err := setRegs(in.pid, &r); err != nil {
+	if err := in.enter(nr, args); err != nil {
 		return err
 	}
 	stops := 0
