@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -107,15 +108,15 @@ func recordTask(proc string, pid int, w *pageWriter, onTracer func(func()), seiz
 	if err := recordStatus(proc, pid, ts); err != nil {
 		return nil, err
 	}
+	if err := recordFiles(proc, pid, ts); err != nil {
+		return nil, err
+	}
 	var err error
 	onTracer(func() { err = recordRegs(pid, ts, seizeIt) })
 	if err != nil {
 		return nil, err
 	}
 	if err := recordMM(proc, pid, ts); err != nil {
-		return nil, err
-	}
-	if err := recordFiles(proc, pid, ts); err != nil {
 		return nil, err
 	}
 	maps, err := readMaps(proc, pid, true)
@@ -182,6 +183,36 @@ func readSignals(proc string, pid int) (sigState, error) {
 		}
 	}
 	return s, sc.Err()
+}
+
+// readLimits parses /proc/PID/limits: one line per resource in the
+// kernel's order (RLIMIT_CPU first), "%-25s %-20s %-20s %-10s".
+func readLimits(proc string, pid int) ([]*imagepb.Rlimit, error) {
+	b, err := os.ReadFile(fmt.Sprintf("%s/%d/limits", proc, pid))
+	if err != nil {
+		return nil, err
+	}
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) < 2 {
+		return nil, fmt.Errorf("%s/%d/limits: %d lines", proc, pid, len(ls))
+	}
+	var out []*imagepb.Rlimit
+	for _, l := range ls[1:] {
+		if len(l) < 67 {
+			return nil, fmt.Errorf("%s/%d/limits: line %q", proc, pid, l)
+		}
+		var v [2]uint64
+		for i, f := range []string{l[26:46], l[47:67]} {
+			f = strings.TrimSpace(f)
+			if f == "unlimited" {
+				v[i] = ^uint64(0)
+			} else if v[i], err = strconv.ParseUint(f, 10, 64); err != nil {
+				return nil, fmt.Errorf("%s/%d/limits: line %q", proc, pid, l)
+			}
+		}
+		out = append(out, &imagepb.Rlimit{Soft: v[0], Hard: v[1]})
+	}
+	return out, nil
 }
 
 // pendingSet is the set of signals of the recorded queues (si_signo is
@@ -258,6 +289,9 @@ func recordStatus(proc string, pid int, ts *imagepb.TaskSaved) error {
 		return fmt.Errorf("personality of pid %d: %w", pid, err)
 	}
 	ts.Personality = uint32(n)
+	if ts.Rlimits, err = readLimits(proc, pid); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -275,11 +309,20 @@ func recordRegs(pid int, ts *imagepb.TaskSaved, seizeIt bool) error {
 	if err != nil {
 		return err
 	}
+	ts.Regs = regs
+	// A CPU without XSAVE (QEMU's TCG) has no NT_X86_XSTATE: the FXSAVE
+	// area holds all there is then.
 	xs, err := getRegSet(pid, ntX86XState, make([]byte, maxXState))
-	if err != nil {
+	switch {
+	case errors.Is(err, unix.ENODEV):
+		if ts.Fpregs, err = getRegSet(pid, ntPRFPReg, make([]byte, fpregsSize)); err != nil {
+			return err
+		}
+	case err != nil:
 		return err
+	default:
+		ts.Xstate = xs
 	}
-	ts.Regs, ts.Xstate = regs, xs
 	rc, err := getRseq(pid)
 	if err != nil {
 		return fmt.Errorf("rseq of pid %d: %w", pid, err)

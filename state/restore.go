@@ -252,6 +252,10 @@ func (f *filler) fill() error {
 		if err := setRegSet(pid, ntX86XState, slices.Clone(xs)); err != nil {
 			return err
 		}
+	} else if fp := f.ts.GetFpregs(); len(fp) > 0 {
+		if err := setRegSet(pid, ntPRFPReg, slices.Clone(fp)); err != nil {
+			return err
+		}
 	}
 	// The last call unmaps the code it runs; the task is then held at the
 	// syscall-exit stop, where its own registers go back.
@@ -812,6 +816,9 @@ func (f *filler) misc() error {
 			return fmt.Errorf("set_robust_list: %w", err)
 		}
 	}
+	if err := f.limits(); err != nil {
+		return err
+	}
 	if !f.ts.GetSignalsRecorded() {
 		return nil
 	}
@@ -833,6 +840,31 @@ func (f *filler) misc() error {
 	}
 	if _, err := f.in.call(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(f.ts.GetPdeathSignal())); err != nil {
 		return fmt.Errorf("prctl(PR_SET_PDEATHSIG): %w", err)
+	}
+	return nil
+}
+
+// limits sets the resource limits that differ from those the task got
+// from the restorer. Raising a hard limit needs CAP_SYS_RESOURCE in the
+// task: without it the restore fails, naming the limit.
+func (f *filler) limits() error {
+	cur, err := readLimits(f.proc, f.in.pid)
+	if err != nil {
+		return err
+	}
+	for r, l := range f.ts.GetRlimits() {
+		if r < len(cur) && cur[r].GetSoft() == l.GetSoft() && cur[r].GetHard() == l.GetHard() {
+			continue
+		}
+		b := binary.LittleEndian.AppendUint64(nil, l.GetSoft())
+		b = binary.LittleEndian.AppendUint64(b, l.GetHard())
+		a, err := f.put(0, b)
+		if err != nil {
+			return err
+		}
+		if _, err := f.in.call(unix.SYS_PRLIMIT64, 0, uint64(r), a, 0); err != nil {
+			return fmt.Errorf("resource limit %d to %d/%d: %w", r, l.GetSoft(), l.GetHard(), err)
+		}
 	}
 	return nil
 }

@@ -134,6 +134,9 @@ func validateTask(ts *imagepb.TaskSaved, pagesSize uint64) error {
 	if n := len(ts.GetXstate()); n > maxXState {
 		return fmt.Errorf("xstate of %d bytes, more than %d", n, maxXState)
 	}
+	if n := len(ts.GetFpregs()); n != 0 && (n != fpregsSize || len(ts.GetXstate()) > 0) {
+		return fmt.Errorf("fpregs of %d bytes beside %d of xstate", n, len(ts.GetXstate()))
+	}
 	if n := len(ts.GetMm().GetAuxv()); n > 1024 || n%16 != 0 {
 		return fmt.Errorf("auxv of %d bytes", n)
 	}
@@ -210,6 +213,9 @@ func validateTask(ts *imagepb.TaskSaved, pagesSize uint64) error {
 	}
 	if pendingSet(ts) != ts.GetSigPending() {
 		return fmt.Errorf("queued signals %016x, pending %016x", pendingSet(ts), ts.GetSigPending())
+	}
+	if n := len(ts.GetRlimits()); n > 64 {
+		return fmt.Errorf("%d resource limits", n)
 	}
 	fds := map[int32]bool{}
 	for _, f := range ts.GetFiles() {

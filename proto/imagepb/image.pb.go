@@ -1870,8 +1870,14 @@ type TaskSaved struct {
 	// and its process's.
 	PendingPrivate [][]byte `protobuf:"bytes,25,rep,name=pending_private,json=pendingPrivate,proto3" json:"pending_private,omitempty"`
 	PendingShared  [][]byte `protobuf:"bytes,26,rep,name=pending_shared,json=pendingShared,proto3" json:"pending_shared,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// rlimits: /proc/PID/limits, resource n at n (RLIMIT_CPU = 0 ...);
+	// RLIM_INFINITY is all ones. Empty: not recorded.
+	Rlimits []*Rlimit `protobuf:"bytes,28,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	// fpregs: NT_PRFPREG (the 512-byte FXSAVE area: x87 and SSE), recorded
+	// instead of xstate on a CPU without XSAVE.
+	Fpregs        []byte `protobuf:"bytes,29,opt,name=fpregs,proto3" json:"fpregs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskSaved) Reset() {
@@ -2093,6 +2099,72 @@ func (x *TaskSaved) GetPendingShared() [][]byte {
 	return nil
 }
 
+func (x *TaskSaved) GetRlimits() []*Rlimit {
+	if x != nil {
+		return x.Rlimits
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetFpregs() []byte {
+	if x != nil {
+		return x.Fpregs
+	}
+	return nil
+}
+
+type Rlimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Soft          uint64                 `protobuf:"varint,1,opt,name=soft,proto3" json:"soft,omitempty"`
+	Hard          uint64                 `protobuf:"varint,2,opt,name=hard,proto3" json:"hard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rlimit) Reset() {
+	*x = Rlimit{}
+	mi := &file_image_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rlimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rlimit) ProtoMessage() {}
+
+func (x *Rlimit) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
+func (*Rlimit) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Rlimit) GetSoft() uint64 {
+	if x != nil {
+		return x.Soft
+	}
+	return 0
+}
+
+func (x *Rlimit) GetHard() uint64 {
+	if x != nil {
+		return x.Hard
+	}
+	return 0
+}
+
 type SigHandler struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Sig           uint32                 `protobuf:"varint,1,opt,name=sig,proto3" json:"sig,omitempty"`
@@ -2106,7 +2178,7 @@ type SigHandler struct {
 
 func (x *SigHandler) Reset() {
 	*x = SigHandler{}
-	mi := &file_image_proto_msgTypes[16]
+	mi := &file_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2190,7 @@ func (x *SigHandler) String() string {
 func (*SigHandler) ProtoMessage() {}
 
 func (x *SigHandler) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[16]
+	mi := &file_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2203,7 @@ func (x *SigHandler) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigHandler.ProtoReflect.Descriptor instead.
 func (*SigHandler) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{16}
+	return file_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SigHandler) GetSig() uint32 {
@@ -2326,7 +2398,7 @@ const file_image_proto_rawDesc = "" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\fR\x04path\x12\x14\n" +
 	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x10\n" +
-	"\x03pos\x18\x04 \x01(\x03R\x03pos\"\xb4\a\n" +
+	"\x03pos\x18\x04 \x01(\x03R\x03pos\"\xff\a\n" +
 	"\tTaskSaved\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x12\n" +
 	"\x04regs\x18\x02 \x01(\fR\x04regs\x12\x16\n" +
@@ -2362,7 +2434,12 @@ const file_image_proto_rawDesc = "" +
 	"\x0fclear_child_tid\x18\x16 \x01(\x04R\rclearChildTid\x12#\n" +
 	"\rpdeath_signal\x18\x17 \x01(\rR\fpdeathSignal\x12'\n" +
 	"\x0fpending_private\x18\x19 \x03(\fR\x0ependingPrivate\x12%\n" +
-	"\x0epending_shared\x18\x1a \x03(\fR\rpendingShared\"~\n" +
+	"\x0epending_shared\x18\x1a \x03(\fR\rpendingShared\x121\n" +
+	"\arlimits\x18\x1c \x03(\v2\x17.nsinit.image.v1.RlimitR\arlimits\x12\x16\n" +
+	"\x06fpregs\x18\x1d \x01(\fR\x06fpregs\"0\n" +
+	"\x06Rlimit\x12\x12\n" +
+	"\x04soft\x18\x01 \x01(\x04R\x04soft\x12\x12\n" +
+	"\x04hard\x18\x02 \x01(\x04R\x04hard\"~\n" +
 	"\n" +
 	"SigHandler\x12\x10\n" +
 	"\x03sig\x18\x01 \x01(\rR\x03sig\x12\x18\n" +
@@ -2415,7 +2492,7 @@ func file_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_image_proto_goTypes = []any{
 	(NSKind)(0),        // 0: nsinit.image.v1.NSKind
 	(LinkKind)(0),      // 1: nsinit.image.v1.LinkKind
@@ -2437,7 +2514,8 @@ var file_image_proto_goTypes = []any{
 	(*MMLayout)(nil),   // 17: nsinit.image.v1.MMLayout
 	(*OpenFile)(nil),   // 18: nsinit.image.v1.OpenFile
 	(*TaskSaved)(nil),  // 19: nsinit.image.v1.TaskSaved
-	(*SigHandler)(nil), // 20: nsinit.image.v1.SigHandler
+	(*Rlimit)(nil),     // 20: nsinit.image.v1.Rlimit
+	(*SigHandler)(nil), // 21: nsinit.image.v1.SigHandler
 }
 var file_image_proto_depIdxs = []int32{
 	6,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
@@ -2461,12 +2539,13 @@ var file_image_proto_depIdxs = []int32{
 	16, // 18: nsinit.image.v1.TaskSaved.vmas:type_name -> nsinit.image.v1.VMA
 	17, // 19: nsinit.image.v1.TaskSaved.mm:type_name -> nsinit.image.v1.MMLayout
 	18, // 20: nsinit.image.v1.TaskSaved.files:type_name -> nsinit.image.v1.OpenFile
-	20, // 21: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	21, // 21: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
+	20, // 22: nsinit.image.v1.TaskSaved.rlimits:type_name -> nsinit.image.v1.Rlimit
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_image_proto_init() }
@@ -2480,7 +2559,7 @@ func file_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_proto_rawDesc), len(file_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
