@@ -46,10 +46,10 @@ func nsinit(t testing.TB, args ...string) (string, error) {
 // restore runs `nsinit restore -D img -d -v`, again when the restorer
 // itself got one of the image's pids from the host's cursor (202): on a
 // busy host with a small pid_max the cursor comes round to them.
-func restore(t testing.TB, img string) (string, error) {
+func restore(t testing.TB, img string, args ...string) (string, error) {
 	t.Helper()
 	for i := 0; ; i++ {
-		o, err := nsinit(t, "restore", "-D", img, "-d", "-v")
+		o, err := nsinit(t, append([]string{"restore", "-D", img, "-d", "-v"}, args...)...)
 		if i == 3 || exitCode(err) != 202 || !strings.Contains(o, "taken by this restorer itself") {
 			return o, err
 		}
@@ -192,11 +192,12 @@ func waitLines(t testing.TB, out string, n int) {
 }
 
 // dumpKillRestore waits until the program of cmd wrote 20 lines to out,
-// dumps its tree with --state --kill into img, restores it and checks
+// dumps its tree with --state --kill into img, restores it (with
+// restoreArgs) and checks
 // that it continued: 20 more lines, numbered on from the last one before
 // the dump (1, 2, 3, ... with no restart, no gap and no repeat), none of
 // them "BAD". It returns the image and the dump's log.
-func dumpKillRestore(t *testing.T, cmd *exec.Cmd, out, img string) (*pstree.Tree, string) {
+func dumpKillRestore(t *testing.T, cmd *exec.Cmd, out, img string, restoreArgs ...string) (*pstree.Tree, string) {
 	t.Helper()
 	waitLines(t, out, 20)
 	dumped, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill", "-v")
@@ -214,7 +215,7 @@ func dumpKillRestore(t *testing.T, cmd *exec.Cmd, out, img string) (*pstree.Tree
 		t.Fatal("image: state not recorded")
 	}
 	t.Cleanup(func() { killImageTree(tr) })
-	o, err := restore(t, img)
+	o, err := restore(t, img, restoreArgs...)
 	if err != nil {
 		t.Fatalf("restore: %v\n%s", err, o)
 	}
@@ -230,6 +231,22 @@ func dumpKillRestore(t *testing.T, cmd *exec.Cmd, out, img string) (*pstree.Tree
 		}
 	}
 	return tr, dumped
+}
+
+// treePids lists root and its descendants (children files).
+func treePids(t testing.TB, root int) []int {
+	out := []int{root}
+	for i := 0; i < len(out); i++ {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", out[i], out[i]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range strings.Fields(string(b)) {
+			pid, _ := strconv.Atoi(f)
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // reapImage reaps the killed tasks of tr that came back to the test (a
@@ -268,13 +285,17 @@ func reapChildren() {
 // waitpid or counting) is dumped with --state and killed frozen, restored,
 // and goes on counting from its last value with its 16 MiB heap intact:
 // the output file's lines are 1, 2, 3, ... with no restart and no break,
-// and every checksum holds. Statically and dynamically linked.
+// and every checksum holds; a resource limit set on every task comes
+// back. Statically and dynamically linked, frozen by ptrace or by its own
+// cgroup, innermost pids placed with set_tid or ns_last_pid.
 func TestStateContinues(t *testing.T) {
 	testutil.Require(t, testutil.Root, testutil.SetTID)
 	for _, c := range []struct {
 		name           string
 		static, cgroup bool
-	}{{"static", true, false}, {"dynamic", false, false}, {"static-cgroup-freeze", true, true}} {
+		placement      string
+	}{{"static", true, false, "set_tid"}, {"dynamic", false, false, "set_tid"}, {"static-cgroup-freeze", true, true, "set_tid"},
+		{"static-ns_last_pid", true, false, "ns_last_pid"}} {
 		t.Run(c.name, func(t *testing.T) {
 			bin := counter(t, c.static)
 			var attr *syscall.SysProcAttr
@@ -288,7 +309,20 @@ func TestStateContinues(t *testing.T) {
 				heapMB = 2 // its checksum each round, under TCG
 			}
 			cmd := startCounter(t, bin, 2, out, heapMB, 2, attr)
-			tr, dumped := dumpKillRestore(t, cmd, out, img)
+			// A limit none of them started with: it must come back.
+			waitLines(t, out, 1)
+			for _, pid := range treePids(t, cmd.Process.Pid) {
+				if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 777, Max: 1000}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tr, dumped := dumpKillRestore(t, cmd, out, img, "--placement", c.placement)
+			for _, tk := range tr.Tasks {
+				var l unix.Rlimit
+				if err := unix.Prlimit(tk.PID(), unix.RLIMIT_NOFILE, nil, &l); err != nil || l.Cur != 777 || l.Max != 1000 {
+					t.Errorf("pid %d: RLIMIT_NOFILE %d/%d after the restore (%v), want 777/1000", tk.PID(), l.Cur, l.Max, err)
+				}
+			}
 			if want := map[bool]string{true: "with cgroup v2 freeze", false: "with ptrace seize"}[c.cgroup]; !strings.Contains(dumped, want) {
 				t.Fatalf("dump did not freeze %s:\n%s", want, dumped)
 			}
