@@ -61,6 +61,7 @@ func Record(dir, proc string, tr *pstree.Tree, onTracer func(func()), signals Si
 		}
 	}()
 	w := &pageWriter{f: pf, buf: make([]byte, readChunk)}
+	pipes := pipeSet{}
 	img := &imagepb.StateImage{}
 	var kernel map[int]*bpf.TaskSignals
 	var kerr error
@@ -84,7 +85,7 @@ func Record(dir, proc string, tr *pstree.Tree, onTracer func(func()), signals Si
 		if !stateful(t) {
 			continue
 		}
-		ts, terr := recordTask(proc, t.PID(), w, onTracer, own != nil)
+		ts, terr := recordTask(proc, t.PID(), w, pipes, onTracer, own != nil)
 		if terr == nil {
 			terr = recordSignals(ts, kernel[t.PID()], signals != nil, kerr)
 		}
@@ -94,6 +95,9 @@ func Record(dir, proc string, tr *pstree.Tree, onTracer func(func()), signals Si
 		img.Tasks = append(img.Tasks, ts)
 	}
 	img.PagesSize = uint64(w.off)
+	if img.Pipes, err = pipes.resolve(); err != nil {
+		return err
+	}
 	// No fsync: at disk speed it would cost more than the whole copy;
 	// pages_size in state.img catches a file cut short.
 	if err := imagefile.WriteState(dir, img); err != nil {
@@ -103,12 +107,12 @@ func Record(dir, proc string, tr *pstree.Tree, onTracer func(func()), signals Si
 	return nil
 }
 
-func recordTask(proc string, pid int, w *pageWriter, onTracer func(func()), seizeIt bool) (*imagepb.TaskSaved, error) {
+func recordTask(proc string, pid int, w *pageWriter, pipes pipeSet, onTracer func(func()), seizeIt bool) (*imagepb.TaskSaved, error) {
 	ts := &imagepb.TaskSaved{Pid: int64(pid)}
 	if err := recordStatus(proc, pid, ts); err != nil {
 		return nil, err
 	}
-	if err := recordFiles(proc, pid, ts); err != nil {
+	if err := recordFiles(proc, pid, ts, pipes); err != nil {
 		return nil, err
 	}
 	var err error
@@ -386,10 +390,11 @@ func recordMM(proc string, pid int, ts *imagepb.TaskSaved) error {
 }
 
 // recordFiles records the open descriptors: regular files and the
-// Devices by path, flags and offset; descriptors 0, 1 and 2 of any other
-// kind (a terminal, a pipe) as "the restorer's own" (no path), as the
-// other payloads give theirs; anything else is refused by fd and kind.
-func recordFiles(proc string, pid int, ts *imagepb.TaskSaved) error {
+// Devices by path, flags and offset, pipes by inode (pipes.go);
+// descriptors 0, 1 and 2 of any other kind (a terminal, a socket) as "the
+// restorer's own" (no path), as the other payloads give theirs; anything
+// else is refused by fd and kind.
+func recordFiles(proc string, pid int, ts *imagepb.TaskSaved, pipes pipeSet) error {
 	dir := fmt.Sprintf("%s/%d/fd", proc, pid)
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -419,13 +424,16 @@ func recordFiles(proc string, pid int, ts *imagepb.TaskSaved) error {
 			of.Path = []byte(link)
 		case st.Mode&unix.S_IFMT == unix.S_IFCHR && Devices[st.Rdev] != "":
 			of.Path = []byte(Devices[st.Rdev])
+		case st.Mode&unix.S_IFMT == unix.S_IFIFO && strings.HasPrefix(link, "pipe:["):
+			of.Pipe = st.Ino // kept if the tree holds both ends (pipeSet.resolve)
+			pipes[st.Ino] = append(pipes[st.Ino], pipeEnd{pid, of})
 		case fd <= 2:
 			// the restorer's own stdio (no path)
 		case st.Mode&unix.S_IFMT == unix.S_IFREG:
 			kind = "a deleted or unreachable file " + link
 			fallthrough
 		default:
-			return fmt.Errorf("%w: pid %d fd %d is %s: only regular files and %s are restored yet", ErrUnsupported, pid, fd, kind, "/dev/null, /dev/zero, /dev/random, /dev/urandom")
+			return fmt.Errorf("%w: pid %d fd %d is %s: only regular files, pipes and %s are restored yet", ErrUnsupported, pid, fd, kind, "/dev/null, /dev/zero, /dev/random, /dev/urandom")
 		}
 		ts.Files = append(ts.Files, of)
 	}

@@ -95,6 +95,19 @@ func Restore(dir string, tr *pstree.Tree, o Options) error {
 		return err
 	}
 	defer unix.Munmap(code)
+	// The pipes go above every recorded fd; each task's exec copies them
+	// from the fd table it shares with this process until then.
+	base := 1024
+	for _, ts := range s.GetTasks() {
+		for _, of := range ts.GetFiles() {
+			base = max(base, int(of.GetFd())+1)
+		}
+	}
+	pipes, err := makePipes(s, base)
+	if err != nil {
+		return fmt.Errorf("re-create the pipes: %w", err)
+	}
+	defer pipes.close()
 	// SIGCONT ends the stopped payload's group-stop; the notification
 	// each parent gets (CLD_CONTINUED, a SIGCHLD pending in a parked
 	// parent) is sent by the child on its way back into its futex wait,
@@ -120,7 +133,7 @@ func Restore(dir string, tr *pstree.Tree, o Options) error {
 			}
 		}
 		for _, t := range tasks {
-			f := &filler{proc: o.Proc, t: t, ts: saved[t.PID()], pages: pages, code: code, nullStdio: o.NullStdio}
+			f := &filler{proc: o.Proc, t: t, ts: saved[t.PID()], pages: pages, code: code, nullStdio: o.NullStdio, pipes: pipes}
 			if err = f.fill(); err != nil {
 				err = fmt.Errorf("restore the state of pid %d: %w", t.PID(), err)
 				return
@@ -198,6 +211,7 @@ type filler struct {
 	pages     []byte
 	code      []byte // execTrampoline
 	nullStdio bool
+	pipes     *restoredPipes
 
 	in   injector
 	mem  *os.File
@@ -730,9 +744,12 @@ func (f *filler) queueSignals() error {
 // files closes what the exec kept of the restorer's descriptors and
 // opens the recorded ones again at their numbers, flags and offsets.
 func (f *filler) files() error {
-	if _, err := f.in.call(unix.SYS_CLOSE_RANGE, 3, uint64(^uint32(0)), 0); err != nil {
+	// Everything but the pipes (makePipes), which go last.
+	base := uint64(f.pipes.base)
+	if _, err := f.in.call(unix.SYS_CLOSE_RANGE, 3, base-1, 0); err != nil {
 		return fmt.Errorf("close_range: %w", err)
 	}
+	defer f.in.call(unix.SYS_CLOSE_RANGE, base, uint64(^uint32(0)), 0)
 	rec := map[int32]*imagepb.OpenFile{}
 	for _, of := range f.ts.GetFiles() {
 		rec[of.GetFd()] = of
@@ -748,6 +765,12 @@ func (f *filler) files() error {
 	slices.SortFunc(files, func(a, b *imagepb.OpenFile) int { return int(a.GetFd() - b.GetFd()) })
 	for _, of := range files {
 		path, flags := of.GetPath(), uint64(of.GetFlags())&^uint64(unix.O_CREAT|unix.O_EXCL|unix.O_TRUNC|unix.O_NOCTTY)
+		if of.GetPipe() != 0 {
+			if _, err := f.in.call(unix.SYS_DUP3, uint64(f.pipes.fds[keyOf(of)]), uint64(of.GetFd()), flags&unix.O_CLOEXEC); err != nil {
+				return fmt.Errorf("dup3 a pipe to fd %d: %w", of.GetFd(), err)
+			}
+			continue
+		}
 		if len(path) == 0 { // the restorer's own stdio
 			if !f.nullStdio {
 				continue

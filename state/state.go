@@ -108,6 +108,13 @@ func Validate(tr *pstree.Tree, s *imagepb.StateImage, pagesSize uint64) error {
 			want[int64(t.PID())] = true
 		}
 	}
+	pipes := map[uint64]bool{}
+	for _, p := range s.GetPipes() {
+		if p.GetId() == 0 || pipes[p.GetId()] || p.GetSize() > maxPipeSize || len(p.GetData()) > int(p.GetSize()) {
+			return fmt.Errorf("%w: pipe %d: twice, or %d bytes in a pipe of %d", ErrBadState, p.GetId(), len(p.GetData()), p.GetSize())
+		}
+		pipes[p.GetId()] = true
+	}
 	seen := map[int64]bool{}
 	for _, ts := range s.GetTasks() {
 		pid := ts.GetPid()
@@ -115,7 +122,7 @@ func Validate(tr *pstree.Tree, s *imagepb.StateImage, pagesSize uint64) error {
 			return fmt.Errorf("%w: state of pid %d, which is no live task of the image or comes twice", ErrBadState, pid)
 		}
 		seen[pid] = true
-		if err := validateTask(ts, pagesSize); err != nil {
+		if err := validateTask(ts, pagesSize, pipes); err != nil {
 			return fmt.Errorf("%w: pid %d: %w", ErrBadState, pid, err)
 		}
 	}
@@ -127,7 +134,7 @@ func Validate(tr *pstree.Tree, s *imagepb.StateImage, pagesSize uint64) error {
 	return nil
 }
 
-func validateTask(ts *imagepb.TaskSaved, pagesSize uint64) error {
+func validateTask(ts *imagepb.TaskSaved, pagesSize uint64, pipes map[uint64]bool) error {
 	if len(ts.GetRegs()) != regsSize {
 		return fmt.Errorf("registers of %d bytes, want %d", len(ts.GetRegs()), regsSize)
 	}
@@ -223,6 +230,12 @@ func validateTask(ts *imagepb.TaskSaved, pagesSize uint64) error {
 			return fmt.Errorf("fd %d out of range or twice", f.GetFd())
 		}
 		fds[f.GetFd()] = true
+		if f.GetPipe() != 0 {
+			if !pipes[f.GetPipe()] || len(f.GetPath()) > 0 || (f.GetFlags()&unix.O_ACCMODE != unix.O_RDONLY && f.GetFlags()&unix.O_ACCMODE != unix.O_WRONLY) {
+				return fmt.Errorf("fd %d: pipe %d unknown, or with a path or an access mode other than read or write", f.GetFd(), f.GetPipe())
+			}
+			continue
+		}
 		if len(f.GetPath()) == 0 && f.GetFd() > 2 {
 			return fmt.Errorf("fd %d without a path", f.GetFd())
 		}

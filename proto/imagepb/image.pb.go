@@ -1372,7 +1372,10 @@ type StateImage struct {
 	// tasks: one per live task of pstree.img, by level-0 pid.
 	Tasks []*TaskSaved `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
 	// pages_size: the length pages.img had when written.
-	PagesSize     uint64 `protobuf:"varint,2,opt,name=pages_size,json=pagesSize,proto3" json:"pages_size,omitempty"`
+	PagesSize uint64 `protobuf:"varint,2,opt,name=pages_size,json=pagesSize,proto3" json:"pages_size,omitempty"`
+	// pipes: the pipes whose both ends the tree's tasks hold, with what was
+	// buffered in them.
+	Pipes         []*Pipe `protobuf:"bytes,3,rep,name=pipes,proto3" json:"pipes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1421,6 +1424,75 @@ func (x *StateImage) GetPagesSize() uint64 {
 	return 0
 }
 
+func (x *StateImage) GetPipes() []*Pipe {
+	if x != nil {
+		return x.Pipes
+	}
+	return nil
+}
+
+// Pipe is one pipe: its inode number at dump time (OpenFile.pipe refers to
+// it), its capacity (F_GETPIPE_SZ) and the bytes in flight.
+type Pipe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Size          uint32                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pipe) Reset() {
+	*x = Pipe{}
+	mi := &file_image_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pipe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pipe) ProtoMessage() {}
+
+func (x *Pipe) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pipe.ProtoReflect.Descriptor instead.
+func (*Pipe) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Pipe) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Pipe) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Pipe) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 // PageRun: npages consecutive stored pages from addr, at offset in
 // pages.img. Pages of a VMA that no run covers were never touched or were
 // all zero: restored as fresh zero pages (anonymous) or the file's.
@@ -1435,7 +1507,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_proto_msgTypes[11]
+	mi := &file_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1519,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[11]
+	mi := &file_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1532,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{11}
+	return file_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -1510,7 +1582,7 @@ type VMA struct {
 
 func (x *VMA) Reset() {
 	*x = VMA{}
-	mi := &file_image_proto_msgTypes[12]
+	mi := &file_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1594,7 @@ func (x *VMA) String() string {
 func (*VMA) ProtoMessage() {}
 
 func (x *VMA) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[12]
+	mi := &file_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1607,7 @@ func (x *VMA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMA.ProtoReflect.Descriptor instead.
 func (*VMA) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{12}
+	return file_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VMA) GetStart() uint64 {
@@ -1637,7 +1709,7 @@ type MMLayout struct {
 
 func (x *MMLayout) Reset() {
 	*x = MMLayout{}
-	mi := &file_image_proto_msgTypes[13]
+	mi := &file_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1721,7 @@ func (x *MMLayout) String() string {
 func (*MMLayout) ProtoMessage() {}
 
 func (x *MMLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[13]
+	mi := &file_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1734,7 @@ func (x *MMLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MMLayout.ProtoReflect.Descriptor instead.
 func (*MMLayout) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{13}
+	return file_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MMLayout) GetStartCode() uint64 {
@@ -1756,15 +1828,17 @@ type OpenFile struct {
 	Fd    int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
 	Path  []byte                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
 	// flags: the open flags of fdinfo (O_CLOEXEC included), pos its offset.
-	Flags         uint32 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
-	Pos           int64  `protobuf:"varint,4,opt,name=pos,proto3" json:"pos,omitempty"`
+	Flags uint32 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	Pos   int64  `protobuf:"varint,4,opt,name=pos,proto3" json:"pos,omitempty"`
+	// pipe: an end of StateImage.pipes (path empty then).
+	Pipe          uint64 `protobuf:"varint,5,opt,name=pipe,proto3" json:"pipe,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OpenFile) Reset() {
 	*x = OpenFile{}
-	mi := &file_image_proto_msgTypes[14]
+	mi := &file_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +1850,7 @@ func (x *OpenFile) String() string {
 func (*OpenFile) ProtoMessage() {}
 
 func (x *OpenFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[14]
+	mi := &file_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +1863,7 @@ func (x *OpenFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenFile.ProtoReflect.Descriptor instead.
 func (*OpenFile) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{14}
+	return file_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OpenFile) GetFd() int32 {
@@ -1816,6 +1890,13 @@ func (x *OpenFile) GetFlags() uint32 {
 func (x *OpenFile) GetPos() int64 {
 	if x != nil {
 		return x.Pos
+	}
+	return 0
+}
+
+func (x *OpenFile) GetPipe() uint64 {
+	if x != nil {
+		return x.Pipe
 	}
 	return 0
 }
@@ -1882,7 +1963,7 @@ type TaskSaved struct {
 
 func (x *TaskSaved) Reset() {
 	*x = TaskSaved{}
-	mi := &file_image_proto_msgTypes[15]
+	mi := &file_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +1975,7 @@ func (x *TaskSaved) String() string {
 func (*TaskSaved) ProtoMessage() {}
 
 func (x *TaskSaved) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[15]
+	mi := &file_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +1988,7 @@ func (x *TaskSaved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSaved.ProtoReflect.Descriptor instead.
 func (*TaskSaved) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{15}
+	return file_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TaskSaved) GetPid() int64 {
@@ -2123,7 +2204,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_proto_msgTypes[16]
+	mi := &file_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2135,7 +2216,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[16]
+	mi := &file_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2148,7 +2229,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{16}
+	return file_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Rlimit) GetSoft() uint64 {
@@ -2178,7 +2259,7 @@ type SigHandler struct {
 
 func (x *SigHandler) Reset() {
 	*x = SigHandler{}
-	mi := &file_image_proto_msgTypes[17]
+	mi := &file_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2190,7 +2271,7 @@ func (x *SigHandler) String() string {
 func (*SigHandler) ProtoMessage() {}
 
 func (x *SigHandler) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[17]
+	mi := &file_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2203,7 +2284,7 @@ func (x *SigHandler) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigHandler.ProtoReflect.Descriptor instead.
 func (*SigHandler) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{17}
+	return file_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SigHandler) GetSig() uint32 {
@@ -2353,12 +2434,17 @@ const file_image_proto_rawDesc = "" +
 	"\x04comm\x18\x11 \x01(\fR\x04comm\x12,\n" +
 	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren\x12\x1d\n" +
 	"\n" +
-	"parent_tid\x18\x13 \x01(\x05R\tparentTid\"]\n" +
+	"parent_tid\x18\x13 \x01(\x05R\tparentTid\"\x8a\x01\n" +
 	"\n" +
 	"StateImage\x120\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x1a.nsinit.image.v1.TaskSavedR\x05tasks\x12\x1d\n" +
 	"\n" +
-	"pages_size\x18\x02 \x01(\x04R\tpagesSize\"M\n" +
+	"pages_size\x18\x02 \x01(\x04R\tpagesSize\x12+\n" +
+	"\x05pipes\x18\x03 \x03(\v2\x15.nsinit.image.v1.PipeR\x05pipes\">\n" +
+	"\x04Pipe\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\rR\x04size\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"M\n" +
 	"\aPageRun\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
 	"\x06npages\x18\x02 \x01(\x04R\x06npages\x12\x16\n" +
@@ -2393,12 +2479,13 @@ const file_image_proto_rawDesc = "" +
 	"\tenv_start\x18\n" +
 	" \x01(\x04R\benvStart\x12\x17\n" +
 	"\aenv_end\x18\v \x01(\x04R\x06envEnd\x12\x12\n" +
-	"\x04auxv\x18\f \x01(\fR\x04auxv\"V\n" +
+	"\x04auxv\x18\f \x01(\fR\x04auxv\"j\n" +
 	"\bOpenFile\x12\x0e\n" +
 	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\fR\x04path\x12\x14\n" +
 	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x10\n" +
-	"\x03pos\x18\x04 \x01(\x03R\x03pos\"\xff\a\n" +
+	"\x03pos\x18\x04 \x01(\x03R\x03pos\x12\x12\n" +
+	"\x04pipe\x18\x05 \x01(\x04R\x04pipe\"\xff\a\n" +
 	"\tTaskSaved\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x12\n" +
 	"\x04regs\x18\x02 \x01(\fR\x04regs\x12\x16\n" +
@@ -2492,7 +2579,7 @@ func file_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_image_proto_goTypes = []any{
 	(NSKind)(0),        // 0: nsinit.image.v1.NSKind
 	(LinkKind)(0),      // 1: nsinit.image.v1.LinkKind
@@ -2509,13 +2596,14 @@ var file_image_proto_goTypes = []any{
 	(*Thread)(nil),     // 12: nsinit.image.v1.Thread
 	(*Task)(nil),       // 13: nsinit.image.v1.Task
 	(*StateImage)(nil), // 14: nsinit.image.v1.StateImage
-	(*PageRun)(nil),    // 15: nsinit.image.v1.PageRun
-	(*VMA)(nil),        // 16: nsinit.image.v1.VMA
-	(*MMLayout)(nil),   // 17: nsinit.image.v1.MMLayout
-	(*OpenFile)(nil),   // 18: nsinit.image.v1.OpenFile
-	(*TaskSaved)(nil),  // 19: nsinit.image.v1.TaskSaved
-	(*Rlimit)(nil),     // 20: nsinit.image.v1.Rlimit
-	(*SigHandler)(nil), // 21: nsinit.image.v1.SigHandler
+	(*Pipe)(nil),       // 15: nsinit.image.v1.Pipe
+	(*PageRun)(nil),    // 16: nsinit.image.v1.PageRun
+	(*VMA)(nil),        // 17: nsinit.image.v1.VMA
+	(*MMLayout)(nil),   // 18: nsinit.image.v1.MMLayout
+	(*OpenFile)(nil),   // 19: nsinit.image.v1.OpenFile
+	(*TaskSaved)(nil),  // 20: nsinit.image.v1.TaskSaved
+	(*Rlimit)(nil),     // 21: nsinit.image.v1.Rlimit
+	(*SigHandler)(nil), // 22: nsinit.image.v1.SigHandler
 }
 var file_image_proto_depIdxs = []int32{
 	6,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
@@ -2533,19 +2621,20 @@ var file_image_proto_depIdxs = []int32{
 	12, // 12: nsinit.image.v1.Task.threads:type_name -> nsinit.image.v1.Thread
 	10, // 13: nsinit.image.v1.Task.ns:type_name -> nsinit.image.v1.NSSet
 	11, // 14: nsinit.image.v1.Task.creds:type_name -> nsinit.image.v1.Creds
-	19, // 15: nsinit.image.v1.StateImage.tasks:type_name -> nsinit.image.v1.TaskSaved
-	3,  // 16: nsinit.image.v1.VMA.kind:type_name -> nsinit.image.v1.VMAKind
-	15, // 17: nsinit.image.v1.VMA.pages:type_name -> nsinit.image.v1.PageRun
-	16, // 18: nsinit.image.v1.TaskSaved.vmas:type_name -> nsinit.image.v1.VMA
-	17, // 19: nsinit.image.v1.TaskSaved.mm:type_name -> nsinit.image.v1.MMLayout
-	18, // 20: nsinit.image.v1.TaskSaved.files:type_name -> nsinit.image.v1.OpenFile
-	21, // 21: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
-	20, // 22: nsinit.image.v1.TaskSaved.rlimits:type_name -> nsinit.image.v1.Rlimit
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	20, // 15: nsinit.image.v1.StateImage.tasks:type_name -> nsinit.image.v1.TaskSaved
+	15, // 16: nsinit.image.v1.StateImage.pipes:type_name -> nsinit.image.v1.Pipe
+	3,  // 17: nsinit.image.v1.VMA.kind:type_name -> nsinit.image.v1.VMAKind
+	16, // 18: nsinit.image.v1.VMA.pages:type_name -> nsinit.image.v1.PageRun
+	17, // 19: nsinit.image.v1.TaskSaved.vmas:type_name -> nsinit.image.v1.VMA
+	18, // 20: nsinit.image.v1.TaskSaved.mm:type_name -> nsinit.image.v1.MMLayout
+	19, // 21: nsinit.image.v1.TaskSaved.files:type_name -> nsinit.image.v1.OpenFile
+	22, // 22: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
+	21, // 23: nsinit.image.v1.TaskSaved.rlimits:type_name -> nsinit.image.v1.Rlimit
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_image_proto_init() }
@@ -2559,7 +2648,7 @@ func file_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_proto_rawDesc), len(file_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
