@@ -80,8 +80,9 @@ func stateful(t *pstree.Task) bool {
 // supported refuses what the restore cannot do for task t, whatever its
 // recorded state: more than one thread, a stopped task.
 func supported(t *pstree.Task) error {
-	if n := len(t.Threads); n > 1 {
-		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are restored with their state)", ErrUnsupported, t.PID(), n)
+	// Threads lists the threads other than the leader.
+	if n := len(t.Threads); n > 0 {
+		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are restored with their state)", ErrUnsupported, t.PID(), n+1)
 	}
 	if t.State == pstree.Stopped {
 		return fmt.Errorf("%w: pid %d is stopped (job control): not restored with its state yet", ErrUnsupported, t.PID())

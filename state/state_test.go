@@ -64,7 +64,7 @@ func TestFreeRange(t *testing.T) {
 // TestValidateRefuses: each corruption of a good state image is refused
 // (ErrBadState, or ErrUnsupported for what is well-formed but not done).
 func TestValidateRefuses(t *testing.T) {
-	tr := &pstree.Tree{Tasks: []pstree.Task{{PIDs: []int{100}, Threads: []pstree.Thread{{TIDs: []int{100}}}}}}
+	tr := &pstree.Tree{Tasks: []pstree.Task{{PIDs: []int{100}}}}
 	good := func() *imagepb.StateImage {
 		return &imagepb.StateImage{PagesSize: 2 * pageSize, Tasks: []*imagepb.TaskSaved{{
 			Pid:  100,
@@ -107,7 +107,7 @@ func TestValidateRefuses(t *testing.T) {
 		}
 	}
 	// A task the restore cannot do, whatever its state says.
-	mt := &pstree.Tree{Tasks: []pstree.Task{{PIDs: []int{100}, Threads: []pstree.Thread{{TIDs: []int{100}}, {TIDs: []int{101}}}}}}
+	mt := &pstree.Tree{Tasks: []pstree.Task{{PIDs: []int{100}, Threads: []pstree.Thread{{TIDs: []int{101}}}}}} // Threads: the others than the leader
 	if err := Validate(mt, good(), 2*pageSize); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "pid 100 has 2 threads") {
 		t.Errorf("multi-threaded task: %v", err)
 	}
