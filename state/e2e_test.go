@@ -425,6 +425,33 @@ func TestStateRefusesWithName(t *testing.T) {
 		t.Fatalf("a refused dump left pages.img: %v", err)
 	}
 
+	// Threads: not yet.
+	up := filepath.Join(dir, "up")
+	f, err := os.Create(up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	th := exec.Command(cProgram(t, "threads", true))
+	th.Stdout = f
+	th.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := th.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() { th.Process.Kill(); th.Wait() })
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Millisecond) { // until its thread is up
+		if st, err := os.Stat(up); err == nil && st.Size() > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the threads program did not start")
+		}
+	}
+	o, err = nsinit(t, "dump", "-t", strconv.Itoa(th.Process.Pid), "-D", filepath.Join(dir, "img-threads"), "--state")
+	if code := exitCode(err); code != 204 || !strings.Contains(o, fmt.Sprintf("pid %d has 2 threads", th.Process.Pid)) {
+		t.Fatalf("dump --state of a task with 2 threads: status %d, want 204 naming it:\n%s", code, o)
+	}
+
 	// Without the pipe the dump works; without its state.img the image
 	// is refused before a task is created.
 	out2 := filepath.Join(dir, "count2")

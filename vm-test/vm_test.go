@@ -66,7 +66,8 @@ var guestPackages = []guestPackage{
 	// the guest); the dynamic counter and Python are skipped there.
 	{Pkg: "./state", Needs: []string{"CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_CHECKPOINT_RESTORE", "CONFIG_DEBUG_INFO_BTF"},
 		Run: "TestStateContinues|TestStatePipeBetweenNamespaces|TestStateRefusesWithName|TestValidateRefuses|TestParseMapLine|TestResumed|TestFreeRange", MemoryMB: 1024,
-		Prepare: prepareAll(cHelper("state/testdata/counter.c", "NSINIT_TEST_COUNTER"), cHelper("state/testdata/pipe.c", "NSINIT_TEST_PIPE"))},
+		Prepare: prepareAll(cHelper("state/testdata/counter.c", "NSINIT_TEST_COUNTER"), cHelper("state/testdata/pipe.c", "NSINIT_TEST_PIPE"),
+			cHelper("state/testdata/threads.c", "NSINIT_TEST_THREADS"))},
 	// Dump on another kernel: the tests that need neither iproute2 nor
 	// util-linux (TestDumpUserNamespaces runs `unshare`, the net tests
 	// `ip`).
