@@ -399,6 +399,72 @@ func TestStatePipeBetweenNamespaces(t *testing.T) {
 	t.Logf("%d bytes were in flight", len(s.GetPipes()[0].GetData()))
 }
 
+// TestStateStoppedTask: a counter stopped by SIGSTOP (job control) when
+// dumped comes back stopped, without running an instruction (its output
+// does not grow), and counts on from its last value once continued.
+func TestStateStoppedTask(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.SetTID)
+	bin := counter(t, true)
+	dir := t.TempDir()
+	out, img := filepath.Join(dir, "count"), filepath.Join(dir, "img")
+	cmd := startCounter(t, bin, 2, out, 1, 2, nil)
+	waitLines(t, out, 5)
+	pids := treePids(t, cmd.Process.Pid)
+	w := pids[len(pids)-1]
+	if err := unix.Kill(w, unix.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, w, 'T')
+	if o, err := nsinit(t, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--state", "--kill"); err != nil {
+		t.Fatalf("dump --state: %v\n%s", err, o)
+	}
+	cmd.Wait()
+	tr, err := imagefile.Read(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reapImage(tr)
+	if tr.Tasks[2].State != pstree.Stopped {
+		t.Fatalf("image: the counter is %v, want stopped", tr.Tasks[2].State)
+	}
+	before, _ := lines(t, out)
+	t.Cleanup(func() { killImageTree(tr) })
+	if o, err := restore(t, img); err != nil {
+		t.Fatalf("restore: %v\n%s", err, o)
+	}
+	waitState(t, w, 'T')
+	if now, _ := lines(t, out); len(now) != len(before) {
+		t.Fatalf("the stopped counter wrote %d lines after the restore", len(now)-len(before))
+	}
+	if err := unix.Kill(w, unix.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitLines(t, out, len(before)+10)
+	nums, bad := lines(t, out)
+	for i, n := range nums {
+		if n != i+1 || bad {
+			t.Fatalf("line %d says %d (dumped after line %d): the counter did not continue", i+1, n, len(before))
+		}
+	}
+}
+
+// waitState waits until /proc/PID/stat shows state st.
+func waitState(t testing.TB, pid int, st byte) {
+	t.Helper()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && b[i+2] == st {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d not in state %c after 60s: %s", pid, st, b)
+		}
+	}
+}
+
 // TestStateRefusesWithName: what the first slice cannot restore is
 // refused at dump time with exit status 204, naming the task and the
 // reason, and the dump leaves no page file behind; a restore whose

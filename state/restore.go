@@ -146,6 +146,16 @@ func Restore(dir string, tr *pstree.Tree, o Options) error {
 			}
 		}
 		for _, t := range tasks {
+			// A task stopped by job control stops again before its
+			// first instruction: SIGSTOP queued while it is held,
+			// taken on its way out of the detach (its parent hears
+			// of the stop, as when it was first stopped).
+			if t.State == pstree.Stopped {
+				if e := unix.Kill(t.PID(), unix.SIGSTOP); e != nil {
+					err = fmt.Errorf("stop pid %d again: %w", t.PID(), e)
+					return
+				}
+			}
 			if e := ptrace(unix.PTRACE_DETACH, t.PID(), 0, 0); e != nil {
 				err = fmt.Errorf("ptrace detach pid %d: %w", t.PID(), e)
 				return

@@ -78,14 +78,11 @@ func stateful(t *pstree.Task) bool {
 }
 
 // supported refuses what the restore cannot do for task t, whatever its
-// recorded state: more than one thread, a stopped task.
+// recorded state: more than one thread.
 func supported(t *pstree.Task) error {
 	// Threads lists the threads other than the leader.
 	if n := len(t.Threads); n > 0 {
 		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are restored with their state)", ErrUnsupported, t.PID(), n+1)
-	}
-	if t.State == pstree.Stopped {
-		return fmt.Errorf("%w: pid %d is stopped (job control): not restored with its state yet", ErrUnsupported, t.PID())
 	}
 	return nil
 }
