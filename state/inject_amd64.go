@@ -323,7 +323,12 @@ func getRseq(pid int) (rseqConfig, error) {
 	var c rseqConfig
 	err := ptrace(ptraceGetRseqConfiguration, pid, unsafe.Sizeof(c), uintptr(unsafe.Pointer(&c)))
 	if errors.Is(err, unix.EIO) {
-		return c, nil // kernels before 5.13: none recorded
+		return rseqConfig{}, nil // kernels before 5.13: none recorded
+	}
+	if c.Addr == 0 {
+		// None registered (a program caught before its C library's
+		// start-up did it). Kernels before 6.3 give the size anyway.
+		c = rseqConfig{}
 	}
 	return c, err
 }
