@@ -533,6 +533,11 @@ func TestStateRefusesWithName(t *testing.T) {
 		t.Fatal(err)
 	}
 	reapImage(tr)
+	// Not through a new pid namespace or an agent yet: refused, nothing made.
+	o, err = nsinit(t, "restore", "-D", img2, "--into-new-pidns", "-d")
+	if code := exitCode(err); code != 204 || !strings.Contains(o, "dumped with --state") {
+		t.Fatalf("restore --into-new-pidns of a state image: status %d, want 204:\n%s", code, o)
+	}
 	if err := os.Remove(filepath.Join(img2, "state.img")); err != nil {
 		t.Fatal(err)
 	}
