@@ -6,9 +6,10 @@
 // every handler (task->sighand->action[], sa_handler, sa_flags,
 // sa_restorer, sa_mask), the alternate signal stack (sas_ss_*), the
 // clear_child_tid address and the parent-death signal. A task iterator
-// reports them for each thread group leader whose level-0 tgid is a key of
-// the `wanted` map, as one record: struct signals_hdr then 64 struct
-// signals_act (signal 1 first), native-endian. bpf/signals.go is the Go
+// reports them for each thread of the processes whose level-0 tgid is a
+// key of the `wanted` map (the handlers are the process's, the rest the
+// thread's), as one record: struct signals_hdr then 64 struct signals_act
+// (signal 1 first), native-endian. bpf/signals.go is the Go
 // side; `nsinit dump --state` records them (docs/state.md).
 
 #include "core.h"
@@ -63,7 +64,7 @@ struct signals_hdr {
 	u64 sas_ss_sp;
 	u64 sas_ss_size;
 	u32 sas_ss_flags;
-	u32 pad;
+	u32 tid;
 	u64 clear_child_tid;
 };
 
@@ -96,13 +97,14 @@ int signals(struct bpf_iter__task *ctx)
 	if (!task)
 		return 0;
 	tgid = BPF_CORE_READ(task, tgid);
-	if (BPF_CORE_READ(task, pid) != tgid || !bpf_map_lookup_elem(&wanted, &tgid))
+	if (!bpf_map_lookup_elem(&wanted, &tgid))
 		return 0;
 	actions = (char *)BPF_CORE_READ(task, sighand);
 	if (!actions)
 		return 0;
 	actions += bpf_core_field_offset(struct sighand_struct___sig, action);
 	h.tgid = tgid;
+	h.tid = BPF_CORE_READ(task, pid);
 	h.pdeath_signal = BPF_CORE_READ(task, pdeath_signal);
 	h.sas_ss_sp = BPF_CORE_READ(task, sas_ss_sp);
 	h.sas_ss_size = BPF_CORE_READ(task, sas_ss_size);

@@ -30,9 +30,11 @@ const (
 	signalsRecSize = signalsHdrSize + 64*32
 )
 
-// Signals reads the TaskSignals of the given processes (level-0 pids)
-// with a task iterator (signals.bpf.c); a process missing from the result
-// was not found. Like Subreapers it needs the host pid namespace, kernel
+// Signals reads the TaskSignals of every thread of the given processes
+// (level-0 pids), by level-0 tid, with a task iterator (signals.bpf.c); a
+// thread missing from the result was not found. The handlers are the
+// process's (all its threads share them); the alternate stack,
+// clear_child_tid and the parent-death signal each thread's. Like Subreapers it needs the host pid namespace, kernel
 // BTF, CAP_BPF and CAP_PERFMON. The processes must not run meanwhile (a
 // frozen tree): the iterator reads without locks.
 func Signals(pids []int) (map[int]*TaskSignals, error) {
@@ -66,7 +68,7 @@ func Signals(pids []int) (map[int]*TaskSignals, error) {
 			a := r[signalsHdrSize+i*32:]
 			s.Actions[i] = SigAction{ne.Uint64(a), ne.Uint64(a[8:]), ne.Uint64(a[16:]), ne.Uint64(a[24:])}
 		}
-		out[int(ne.Uint32(r))] = s
+		out[int(ne.Uint32(r[28:]))] = s // by tid
 	}
 	return out, nil
 }

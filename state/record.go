@@ -34,6 +34,10 @@ const readChunk = 4 << 20
 // given processes (level-0 pids): bpf.Signals.
 type Signals func(pids []int) (map[int]*bpf.TaskSignals, error)
 
+// errMovedState: the task changed between the tree's read and its state's
+// (it cannot while frozen: a bug or a thaw).
+var errMovedState = errors.New("the task changed while frozen")
+
 // Record reads the state of every live task of tr, which must be frozen
 // (cgroup) or stopped under ptrace, and writes DIR/pages.img and
 // DIR/state.img. onTracer runs a function on the thread that already
@@ -42,13 +46,6 @@ type Signals func(pids []int) (map[int]*bpf.TaskSignals, error)
 // leaves a cgroup-frozen task frozen. signals nil (no eBPF): a task with
 // signal handlers is refused.
 func Record(dir, proc string, tr *pstree.Tree, onTracer func(func()), signals Signals) (err error) {
-	for i := range tr.Tasks {
-		if t := &tr.Tasks[i]; stateful(t) {
-			if err := supported(t); err != nil {
-				return err
-			}
-		}
-	}
 	// 0600: memory holds secrets.
 	pf, err := os.OpenFile(filepath.Join(dir, PagesFileName), os.O_RDWR|os.O_CREATE|os.O_TRUNC|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -85,9 +82,14 @@ func Record(dir, proc string, tr *pstree.Tree, onTracer func(func()), signals Si
 		if !stateful(t) {
 			continue
 		}
-		ts, terr := recordTask(proc, t.PID(), w, pipes, onTracer, own != nil)
+		ts, terr := recordTask(proc, t, w, pipes, onTracer, own != nil)
 		if terr == nil {
 			terr = recordSignals(ts, kernel[t.PID()], signals != nil, kerr)
+		}
+		for _, th := range ts.GetThreads() {
+			if k := kernel[int(th.Tid)]; k != nil && ts.SignalsRecorded {
+				th.AltstackSp, th.AltstackSize, th.AltstackFlags, th.ClearChildTid = k.AltSP, k.AltSize, k.AltFlags, k.ClearChildTID
+			}
 		}
 		if terr != nil {
 			return terr
@@ -107,18 +109,33 @@ func Record(dir, proc string, tr *pstree.Tree, onTracer func(func()), signals Si
 	return nil
 }
 
-func recordTask(proc string, pid int, w *pageWriter, pipes pipeSet, onTracer func(func()), seizeIt bool) (*imagepb.TaskSaved, error) {
+func recordTask(proc string, t *pstree.Task, w *pageWriter, pipes pipeSet, onTracer func(func()), seizeIt bool) (*imagepb.TaskSaved, error) {
+	pid := t.PID()
 	ts := &imagepb.TaskSaved{Pid: int64(pid)}
-	if err := recordStatus(proc, pid, ts); err != nil {
+	if err := recordStatus(proc, pid, len(t.Threads)+1, ts); err != nil {
 		return nil, err
 	}
 	if err := recordFiles(proc, pid, ts, pipes); err != nil {
 		return nil, err
 	}
 	var err error
-	onTracer(func() { err = recordRegs(pid, ts, seizeIt) })
+	var threads []int
+	for _, th := range t.Threads {
+		threads = append(threads, th.TIDs[0])
+	}
+	onTracer(func() { err = recordRegs(pid, ts, threads, seizeIt) })
 	if err != nil {
 		return nil, err
+	}
+	for _, th := range ts.Threads {
+		s, err := readSignals(proc, int(th.Tid))
+		if err != nil {
+			return nil, err
+		}
+		th.SigBlocked, th.SigPending = s.blocked, s.private
+		if got := queued(th.Pending); got != s.private {
+			return nil, fmt.Errorf("thread %d: queued signals %016x, /proc says %016x pending", th.Tid, got, s.private)
+		}
 	}
 	if err := recordMM(proc, pid, ts); err != nil {
 		return nil, err
@@ -155,6 +172,7 @@ func recordTask(proc string, pid int, w *pageWriter, pipes pipeSet, onTracer fun
 // sigState is the signal part of /proc/PID/status (bit n-1 = signal n).
 type sigState struct {
 	pending, blocked, ignored, caught uint64
+	private                           uint64 // SigPnd: the thread's own queue
 	umask                             uint32
 	threads                           int
 }
@@ -171,7 +189,10 @@ func readSignals(proc string, pid int) (sigState, error) {
 		v = strings.TrimSpace(v)
 		hex := func() uint64 { n, _ := strconv.ParseUint(v, 16, 64); return n }
 		switch k {
-		case "SigPnd", "ShdPnd":
+		case "SigPnd":
+			s.private = hex()
+			s.pending |= s.private
+		case "ShdPnd":
 			s.pending |= hex()
 		case "SigBlk":
 			s.blocked = hex()
@@ -219,15 +240,18 @@ func readLimits(proc string, pid int) ([]*imagepb.Rlimit, error) {
 	return out, nil
 }
 
-// pendingSet is the set of signals of the recorded queues (si_signo is
-// the first int of a siginfo_t).
+// pendingSet is the set of signals of a task's recorded queues.
 func pendingSet(ts *imagepb.TaskSaved) uint64 {
+	return queued(ts.GetPendingPrivate()) | queued(ts.GetPendingShared())
+}
+
+// queued is the set of signals of siginfos (si_signo is the first int of
+// a siginfo_t).
+func queued(q [][]byte) uint64 {
 	var set uint64
-	for _, q := range [][][]byte{ts.GetPendingPrivate(), ts.GetPendingShared()} {
-		for _, si := range q {
-			if n := binary.LittleEndian.Uint32(si); n >= 1 && n <= 64 {
-				set |= 1 << (n - 1)
-			}
+	for _, si := range q {
+		if n := binary.LittleEndian.Uint32(si); n >= 1 && n <= 64 {
+			set |= 1 << (n - 1)
 		}
 	}
 	return set
@@ -271,14 +295,13 @@ func recordSignals(ts *imagepb.TaskSaved, k *bpf.TaskSignals, tried bool, why er
 // recordStatus reads the signal state, umask and thread count of
 // /proc/PID/status and the personality, and refuses what cannot come
 // back yet.
-func recordStatus(proc string, pid int, ts *imagepb.TaskSaved) error {
+func recordStatus(proc string, pid, threads int, ts *imagepb.TaskSaved) error {
 	s, err := readSignals(proc, pid)
 	if err != nil {
 		return err
 	}
-	switch {
-	case s.threads != 1:
-		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are recorded with their state)", ErrUnsupported, pid, s.threads)
+	if s.threads != threads {
+		return fmt.Errorf("pid %d has %d threads, the tree read %d: %w", pid, s.threads, threads, errMovedState)
 	}
 	ts.SigBlocked, ts.SigIgnored, ts.SigCaught, ts.SigPending, ts.Umask = s.blocked, s.ignored, s.caught, s.pending, s.umask
 	if t, err := os.ReadFile(fmt.Sprintf("%s/%d/timers", proc, pid)); err == nil && len(t) > 0 {
@@ -299,57 +322,84 @@ func recordStatus(proc string, pid int, ts *imagepb.TaskSaved) error {
 	return nil
 }
 
-// recordRegs reads the registers, the rseq registration and the robust
-// futex list of a stopped tracee (seizing it first when seizeIt, and
-// letting it go after).
-func recordRegs(pid int, ts *imagepb.TaskSaved, seizeIt bool) error {
+// recordRegs reads the registers, rseq registration, robust futex list
+// and queued signals of the leader and of every other thread of a
+// stopped tracee (seizing each first when seizeIt, and letting it go
+// after).
+func recordRegs(pid int, ts *imagepb.TaskSaved, threads []int, seizeIt bool) error {
 	if seizeIt {
 		if err := seize(pid, 0); err != nil {
 			return err
 		}
 		defer ptrace(unix.PTRACE_DETACH, pid, 0, 0)
 	}
-	regs, err := getRegSet(pid, ntPRStatus, make([]byte, regsSize))
+	lead, err := readThread(pid, false)
 	if err != nil {
 		return err
 	}
-	ts.Regs = regs
-	// A CPU without XSAVE (QEMU's TCG) has no NT_X86_XSTATE: the FXSAVE
-	// area holds all there is then.
-	xs, err := getRegSet(pid, ntX86XState, make([]byte, maxXState))
-	switch {
-	case errors.Is(err, unix.ENODEV):
-		if ts.Fpregs, err = getRegSet(pid, ntPRFPReg, make([]byte, fpregsSize)); err != nil {
-			return err
-		}
-	case err != nil:
-		return err
-	default:
-		ts.Xstate = xs
-	}
-	rc, err := getRseq(pid)
-	if err != nil {
-		return fmt.Errorf("rseq of pid %d: %w", pid, err)
-	}
-	if rc.Flags != 0 {
-		return fmt.Errorf("%w: pid %d has rseq flags %#x", ErrUnsupported, pid, rc.Flags)
-	}
-	ts.RseqAddr, ts.RseqLen, ts.RseqSig = rc.Addr, rc.Len, rc.Sig
-	if ts.PendingPrivate, err = peekSiginfo(pid, false); err != nil {
-		return err
-	}
+	ts.Regs, ts.Xstate, ts.Fpregs = lead.Regs, lead.Xstate, lead.Fpregs
+	ts.RseqAddr, ts.RseqLen, ts.RseqSig = lead.RseqAddr, lead.RseqLen, lead.RseqSig
+	ts.RobustList, ts.RobustListLen = lead.RobustList, lead.RobustListLen
+	ts.PendingPrivate = lead.Pending
 	if ts.PendingShared, err = peekSiginfo(pid, true); err != nil {
 		return err
 	}
 	if got, want := pendingSet(ts), ts.GetSigPending(); got != want {
 		return fmt.Errorf("pid %d: queued signals %016x, /proc says %016x pending", pid, got, want)
 	}
-	var head, n uint64
-	if _, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(pid), uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&n))); e != 0 {
-		return fmt.Errorf("get_robust_list of pid %d: %w", pid, e)
+	for _, tid := range threads {
+		th, err := readThread(tid, seizeIt)
+		if err != nil {
+			return err
+		}
+		ts.Threads = append(ts.Threads, th)
 	}
-	ts.RobustList, ts.RobustListLen = head, n
 	return nil
+}
+
+// readThread reads what belongs to one stopped thread.
+func readThread(tid int, seizeIt bool) (*imagepb.ThreadSaved, error) {
+	if seizeIt {
+		if err := seize(tid, 0); err != nil {
+			return nil, err
+		}
+		defer ptrace(unix.PTRACE_DETACH, tid, 0, 0)
+	}
+	th := &imagepb.ThreadSaved{Tid: int64(tid)}
+	var err error
+	if th.Regs, err = getRegSet(tid, ntPRStatus, make([]byte, regsSize)); err != nil {
+		return nil, err
+	}
+	// A CPU without XSAVE (QEMU's TCG) has no NT_X86_XSTATE: the FXSAVE
+	// area holds all there is then.
+	xs, err := getRegSet(tid, ntX86XState, make([]byte, maxXState))
+	switch {
+	case errors.Is(err, unix.ENODEV):
+		if th.Fpregs, err = getRegSet(tid, ntPRFPReg, make([]byte, fpregsSize)); err != nil {
+			return nil, err
+		}
+	case err != nil:
+		return nil, err
+	default:
+		th.Xstate = xs
+	}
+	rc, err := getRseq(tid)
+	if err != nil {
+		return nil, fmt.Errorf("rseq of thread %d: %w", tid, err)
+	}
+	if rc.Flags != 0 {
+		return nil, fmt.Errorf("%w: thread %d has rseq flags %#x", ErrUnsupported, tid, rc.Flags)
+	}
+	th.RseqAddr, th.RseqLen, th.RseqSig = rc.Addr, rc.Len, rc.Sig
+	if th.Pending, err = peekSiginfo(tid, false); err != nil {
+		return nil, err
+	}
+	var head, n uint64
+	if _, _, e := unix.Syscall(unix.SYS_GET_ROBUST_LIST, uintptr(tid), uintptr(unsafe.Pointer(&head)), uintptr(unsafe.Pointer(&n))); e != 0 {
+		return nil, fmt.Errorf("get_robust_list of thread %d: %w", tid, e)
+	}
+	th.RobustList, th.RobustListLen = head, n
+	return th, nil
 }
 
 // recordMM reads the layout prctl(PR_SET_MM_MAP) restores: /proc/PID/stat

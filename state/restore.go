@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/proto/imagepb"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -126,9 +127,10 @@ func Restore(dir string, tr *pstree.Tree, o Options) error {
 	defer tc.close() // a failure: the tracees die with this thread (EXITKILL)
 	t0 := time.Now()
 	calls := 0
+	var held []int // threads made again, held at a stop until the end
 	tc.do(func() {
 		for _, t := range tasks {
-			if err = seize(t.PID(), unix.PTRACE_O_EXITKILL|unix.PTRACE_O_TRACEEXEC|unix.PTRACE_O_TRACESYSGOOD); err != nil {
+			if err = seize(t.PID(), unix.PTRACE_O_EXITKILL|unix.PTRACE_O_TRACEEXEC|unix.PTRACE_O_TRACESYSGOOD|unix.PTRACE_O_TRACECLONE); err != nil {
 				return
 			}
 		}
@@ -139,6 +141,7 @@ func Restore(dir string, tr *pstree.Tree, o Options) error {
 				return
 			}
 			calls += f.in.n
+			held = append(held, f.held...)
 		}
 		for _, t := range tasks {
 			if err = verifyMaps(o.Proc, t.PID(), saved[t.PID()]); err != nil {
@@ -158,6 +161,12 @@ func Restore(dir string, tr *pstree.Tree, o Options) error {
 			}
 			if e := ptrace(unix.PTRACE_DETACH, t.PID(), 0, 0); e != nil {
 				err = fmt.Errorf("ptrace detach pid %d: %w", t.PID(), e)
+				return
+			}
+		}
+		for _, tid := range held {
+			if e := ptrace(unix.PTRACE_DETACH, tid, 0, 0); e != nil {
+				err = fmt.Errorf("ptrace detach thread %d: %w", tid, e)
 				return
 			}
 		}
@@ -226,6 +235,7 @@ type filler struct {
 	in   injector
 	mem  *os.File
 	data uint64 // the scratch's argument area
+	held []int  // its threads made again, each at a syscall-exit stop
 }
 
 func (f *filler) fill() error {
@@ -270,6 +280,9 @@ func (f *filler) fill() error {
 		return err
 	}
 	if err := f.misc(); err != nil {
+		return err
+	}
+	if err := f.threads(); err != nil {
 		return err
 	}
 	if xs := f.ts.GetXstate(); len(xs) > 0 {
@@ -900,6 +913,118 @@ func (f *filler) limits() error {
 		}
 	}
 	return nil
+}
+
+// threads makes the task's other threads again (the exec ended the
+// stopped payload's, which frees their tids): clone3 with CLONE_THREAD
+// and set_tid, injected in the leader; PTRACE_O_TRACECLONE has each start
+// traced. Each then gets what is its own with calls injected in it, in
+// the same scratch pages, and is held at a syscall-exit stop with its
+// own mask and registers until the end.
+func (f *filler) threads() error {
+	for i, th := range f.ts.GetThreads() {
+		pt := f.t.Threads[i]
+		tids := make([]int32, len(pt.TIDs))
+		n, err := sys.SetTID(tids, pt.TIDs)
+		if err != nil {
+			return err
+		}
+		sa, err := f.put(512, unsafe.Slice((*byte)(unsafe.Pointer(&tids[0])), 4*n))
+		if err != nil {
+			return err
+		}
+		args := sys.CloneArgs{Flags: unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD | unix.CLONE_SYSVSEM,
+			SetTID: sa, SetTIDSize: uint64(n)}
+		aa, err := f.put(0, unsafe.Slice((*byte)(unsafe.Pointer(&args)), sys.CloneArgsSize))
+		if err != nil {
+			return err
+		}
+		if _, err := f.in.call(unix.SYS_CLONE3, aa, uint64(sys.CloneArgsSize)); err != nil {
+			return fmt.Errorf("make thread %v again: %w", pt.TIDs, err)
+		}
+		tid := pt.TIDs[0]
+		if _, err := waitStop(tid); err != nil {
+			return err
+		}
+		f.held = append(f.held, tid)
+		tf := &filler{proc: f.proc, t: f.t, ts: f.ts, mem: f.mem, data: f.data, in: injector{pid: tid, code: f.in.code, base: f.in.base}}
+		err = tf.fillThread(th, pt.Comm, pt.TIDs[len(pt.TIDs)-1])
+		f.in.n += tf.in.n
+		if err != nil {
+			return fmt.Errorf("thread %d: %w", tid, err)
+		}
+	}
+	return nil
+}
+
+// fillThread gives a thread made again what is its own and leaves it at
+// a syscall-exit stop with its registers.
+func (f *filler) fillThread(th *imagepb.ThreadSaved, comm string, innerTID int) error {
+	if n := th.GetRseqLen(); n != 0 {
+		if _, err := f.in.call(unix.SYS_RSEQ, th.GetRseqAddr(), uint64(n), 0, uint64(th.GetRseqSig())); err != nil {
+			return fmt.Errorf("rseq: %w", err)
+		}
+	}
+	if h := th.GetRobustList(); h != 0 {
+		if _, err := f.in.call(unix.SYS_SET_ROBUST_LIST, h, th.GetRobustListLen()); err != nil {
+			return fmt.Errorf("set_robust_list: %w", err)
+		}
+	}
+	if n := th.GetAltstackSize(); n != 0 {
+		b := binary.LittleEndian.AppendUint64(nil, th.GetAltstackSp())
+		b = binary.LittleEndian.AppendUint64(b, uint64(th.GetAltstackFlags()))
+		b = binary.LittleEndian.AppendUint64(b, n)
+		a, err := f.put(0, b)
+		if err != nil {
+			return err
+		}
+		if _, err := f.in.call(unix.SYS_SIGALTSTACK, a, 0); err != nil {
+			return fmt.Errorf("sigaltstack: %w", err)
+		}
+	}
+	if _, err := f.in.call(unix.SYS_SET_TID_ADDRESS, th.GetClearChildTid()); err != nil {
+		return fmt.Errorf("set_tid_address: %w", err)
+	}
+	if comm != "" {
+		a, err := f.put(0, append([]byte(comm), 0))
+		if err != nil {
+			return err
+		}
+		if _, err := f.in.call(unix.SYS_PRCTL, unix.PR_SET_NAME, a); err != nil {
+			return fmt.Errorf("prctl(PR_SET_NAME): %w", err)
+		}
+	}
+	self := uint64(f.t.InnerPID())
+	for _, si := range th.GetPending() {
+		a, err := f.put(0, si)
+		if err != nil {
+			return err
+		}
+		if _, err := f.in.call(unix.SYS_RT_TGSIGQUEUEINFO, self, uint64(innerTID), uint64(binary.LittleEndian.Uint32(si)), a); err != nil {
+			return fmt.Errorf("queue a signal again: %w", err)
+		}
+	}
+	if xs := th.GetXstate(); len(xs) > 0 {
+		if err := setRegSet(f.in.pid, ntX86XState, slices.Clone(xs)); err != nil {
+			return err
+		}
+	} else if fp := th.GetFpregs(); len(fp) > 0 {
+		if err := setRegSet(f.in.pid, ntPRFPReg, slices.Clone(fp)); err != nil {
+			return err
+		}
+	}
+	if err := f.in.syscallExit(unix.SYS_GETPID); err != nil {
+		return err
+	}
+	blocked := th.GetSigBlocked()
+	if err := ptrace(ptraceSetSigmask, f.in.pid, 8, uintptr(unsafe.Pointer(&blocked))); err != nil {
+		return fmt.Errorf("ptrace setsigmask: %w", err)
+	}
+	r := regsOf(th.GetRegs())
+	if (th.GetSigPending()|f.ts.GetSigPending())&^blocked == 0 {
+		r = resumed(r)
+	}
+	return setRegs(f.in.pid, &r)
 }
 
 // verifyMaps compares the task's layout with the recorded one: the same

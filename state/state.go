@@ -77,16 +77,6 @@ func stateful(t *pstree.Task) bool {
 	return t.State != pstree.Zombie && !t.Agent
 }
 
-// supported refuses what the restore cannot do for task t, whatever its
-// recorded state: more than one thread.
-func supported(t *pstree.Task) error {
-	// Threads lists the threads other than the leader.
-	if n := len(t.Threads); n > 0 {
-		return fmt.Errorf("%w: pid %d has %d threads (only single-threaded tasks are restored with their state)", ErrUnsupported, t.PID(), n+1)
-	}
-	return nil
-}
-
 // Validate checks a state image against its tree and the size of
 // pages.img: one entry per stateful task and none else, sorted
 // page-aligned mappings inside the user address space, page runs inside
@@ -98,12 +88,11 @@ func Validate(tr *pstree.Tree, s *imagepb.StateImage, pagesSize uint64) error {
 		return fmt.Errorf("%w: %s has %d bytes, state.img says %d", ErrBadState, PagesFileName, pagesSize, s.GetPagesSize())
 	}
 	want := map[int64]bool{}
+	tasks := map[int64]*pstree.Task{}
 	for i := range tr.Tasks {
 		if t := &tr.Tasks[i]; stateful(t) {
-			if err := supported(t); err != nil {
-				return err
-			}
 			want[int64(t.PID())] = true
+			tasks[int64(t.PID())] = t
 		}
 	}
 	pipes := map[uint64]bool{}
@@ -121,6 +110,9 @@ func Validate(tr *pstree.Tree, s *imagepb.StateImage, pagesSize uint64) error {
 		}
 		seen[pid] = true
 		if err := validateTask(ts, pagesSize, pipes); err != nil {
+			return fmt.Errorf("%w: pid %d: %w", ErrBadState, pid, err)
+		}
+		if err := validateThreads(tasks[pid], ts); err != nil {
 			return fmt.Errorf("%w: pid %d: %w", ErrBadState, pid, err)
 		}
 	}
@@ -240,6 +232,31 @@ func validateTask(ts *imagepb.TaskSaved, pagesSize uint64, pipes map[uint64]bool
 		if len(f.GetPath()) > 0 {
 			if err := validPath(f.GetPath()); err != nil {
 				return fmt.Errorf("fd %d: %w", f.GetFd(), err)
+			}
+		}
+	}
+	return nil
+}
+
+// validateThreads checks that the threads recorded are the task's other
+// threads, one each, with registers of the right size.
+func validateThreads(t *pstree.Task, ts *imagepb.TaskSaved) error {
+	if len(ts.GetThreads()) != len(t.Threads) {
+		return fmt.Errorf("%d threads recorded, the tree has %d", len(ts.GetThreads()), len(t.Threads)+1)
+	}
+	for i, th := range ts.GetThreads() {
+		if th.GetTid() != int64(t.Threads[i].TIDs[0]) {
+			return fmt.Errorf("thread %d recorded where the tree has %d", th.GetTid(), t.Threads[i].TIDs[0])
+		}
+		if len(th.GetRegs()) != regsSize || len(th.GetXstate()) > maxXState || (len(th.GetFpregs()) != 0 && len(th.GetFpregs()) != fpregsSize) {
+			return fmt.Errorf("thread %d: registers of %d, %d and %d bytes", th.GetTid(), len(th.GetRegs()), len(th.GetXstate()), len(th.GetFpregs()))
+		}
+		if len(th.GetPending()) > maxPending || queued(th.GetPending()) != th.GetSigPending() {
+			return fmt.Errorf("thread %d: queued signals", th.GetTid())
+		}
+		for _, si := range th.GetPending() {
+			if len(si) != siginfoSize {
+				return fmt.Errorf("thread %d: a queued siginfo of %d bytes", th.GetTid(), len(si))
 			}
 		}
 	}

@@ -106,9 +106,18 @@ func TestValidateRefuses(t *testing.T) {
 			t.Errorf("%s: got %v, want %v", name, err, c.want)
 		}
 	}
-	// A task the restore cannot do, whatever its state says.
-	mt := &pstree.Tree{Tasks: []pstree.Task{{PIDs: []int{100}, Threads: []pstree.Thread{{TIDs: []int{101}}}}}} // Threads: the others than the leader
-	if err := Validate(mt, good(), 2*pageSize); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "pid 100 has 2 threads") {
-		t.Errorf("multi-threaded task: %v", err)
+	// Threads: exactly the tree's others than the leader.
+	mt := &pstree.Tree{Tasks: []pstree.Task{{PIDs: []int{100}, Threads: []pstree.Thread{{TIDs: []int{101}}}}}}
+	if err := Validate(mt, good(), 2*pageSize); !errors.Is(err, ErrBadState) || !strings.Contains(err.Error(), "0 threads recorded, the tree has 2") {
+		t.Errorf("a thread without state: %v", err)
+	}
+	s := good()
+	s.Tasks[0].Threads = []*imagepb.ThreadSaved{{Tid: 102, Regs: make([]byte, regsSize)}}
+	if err := Validate(mt, s, 2*pageSize); !errors.Is(err, ErrBadState) || !strings.Contains(err.Error(), "thread 102 recorded where the tree has 101") {
+		t.Errorf("another thread: %v", err)
+	}
+	s.Tasks[0].Threads[0].Tid = 101
+	if err := Validate(mt, s, 2*pageSize); err != nil {
+		t.Errorf("the right thread: %v", err)
 	}
 }

@@ -1956,7 +1956,9 @@ type TaskSaved struct {
 	Rlimits []*Rlimit `protobuf:"bytes,28,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
 	// fpregs: NT_PRFPREG (the 512-byte FXSAVE area: x87 and SSE), recorded
 	// instead of xstate on a CPU without XSAVE.
-	Fpregs        []byte `protobuf:"bytes,29,opt,name=fpregs,proto3" json:"fpregs,omitempty"`
+	Fpregs []byte `protobuf:"bytes,29,opt,name=fpregs,proto3" json:"fpregs,omitempty"`
+	// threads: the threads other than the leader, as pstree.img lists them.
+	Threads       []*ThreadSaved `protobuf:"bytes,30,rep,name=threads,proto3" json:"threads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2194,6 +2196,179 @@ func (x *TaskSaved) GetFpregs() []byte {
 	return nil
 }
 
+func (x *TaskSaved) GetThreads() []*ThreadSaved {
+	if x != nil {
+		return x.Threads
+	}
+	return nil
+}
+
+// ThreadSaved is what belongs to one thread that is not the leader (the
+// leader's is in TaskSaved); fields as there.
+type ThreadSaved struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tid           int64                  `protobuf:"varint,1,opt,name=tid,proto3" json:"tid,omitempty"`
+	Regs          []byte                 `protobuf:"bytes,2,opt,name=regs,proto3" json:"regs,omitempty"`
+	Xstate        []byte                 `protobuf:"bytes,3,opt,name=xstate,proto3" json:"xstate,omitempty"`
+	Fpregs        []byte                 `protobuf:"bytes,4,opt,name=fpregs,proto3" json:"fpregs,omitempty"`
+	SigBlocked    uint64                 `protobuf:"varint,5,opt,name=sig_blocked,json=sigBlocked,proto3" json:"sig_blocked,omitempty"`
+	SigPending    uint64                 `protobuf:"varint,6,opt,name=sig_pending,json=sigPending,proto3" json:"sig_pending,omitempty"`
+	Pending       [][]byte               `protobuf:"bytes,7,rep,name=pending,proto3" json:"pending,omitempty"`
+	RseqAddr      uint64                 `protobuf:"varint,8,opt,name=rseq_addr,json=rseqAddr,proto3" json:"rseq_addr,omitempty"`
+	RseqLen       uint32                 `protobuf:"varint,9,opt,name=rseq_len,json=rseqLen,proto3" json:"rseq_len,omitempty"`
+	RseqSig       uint32                 `protobuf:"varint,10,opt,name=rseq_sig,json=rseqSig,proto3" json:"rseq_sig,omitempty"`
+	RobustList    uint64                 `protobuf:"varint,11,opt,name=robust_list,json=robustList,proto3" json:"robust_list,omitempty"`
+	RobustListLen uint64                 `protobuf:"varint,12,opt,name=robust_list_len,json=robustListLen,proto3" json:"robust_list_len,omitempty"`
+	AltstackSp    uint64                 `protobuf:"varint,13,opt,name=altstack_sp,json=altstackSp,proto3" json:"altstack_sp,omitempty"`
+	AltstackSize  uint64                 `protobuf:"varint,14,opt,name=altstack_size,json=altstackSize,proto3" json:"altstack_size,omitempty"`
+	AltstackFlags uint32                 `protobuf:"varint,15,opt,name=altstack_flags,json=altstackFlags,proto3" json:"altstack_flags,omitempty"`
+	ClearChildTid uint64                 `protobuf:"varint,16,opt,name=clear_child_tid,json=clearChildTid,proto3" json:"clear_child_tid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ThreadSaved) Reset() {
+	*x = ThreadSaved{}
+	mi := &file_image_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ThreadSaved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ThreadSaved) ProtoMessage() {}
+
+func (x *ThreadSaved) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ThreadSaved.ProtoReflect.Descriptor instead.
+func (*ThreadSaved) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ThreadSaved) GetTid() int64 {
+	if x != nil {
+		return x.Tid
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRegs() []byte {
+	if x != nil {
+		return x.Regs
+	}
+	return nil
+}
+
+func (x *ThreadSaved) GetXstate() []byte {
+	if x != nil {
+		return x.Xstate
+	}
+	return nil
+}
+
+func (x *ThreadSaved) GetFpregs() []byte {
+	if x != nil {
+		return x.Fpregs
+	}
+	return nil
+}
+
+func (x *ThreadSaved) GetSigBlocked() uint64 {
+	if x != nil {
+		return x.SigBlocked
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetSigPending() uint64 {
+	if x != nil {
+		return x.SigPending
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetPending() [][]byte {
+	if x != nil {
+		return x.Pending
+	}
+	return nil
+}
+
+func (x *ThreadSaved) GetRseqAddr() uint64 {
+	if x != nil {
+		return x.RseqAddr
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRseqLen() uint32 {
+	if x != nil {
+		return x.RseqLen
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRseqSig() uint32 {
+	if x != nil {
+		return x.RseqSig
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRobustList() uint64 {
+	if x != nil {
+		return x.RobustList
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRobustListLen() uint64 {
+	if x != nil {
+		return x.RobustListLen
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetAltstackSp() uint64 {
+	if x != nil {
+		return x.AltstackSp
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetAltstackSize() uint64 {
+	if x != nil {
+		return x.AltstackSize
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetAltstackFlags() uint32 {
+	if x != nil {
+		return x.AltstackFlags
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetClearChildTid() uint64 {
+	if x != nil {
+		return x.ClearChildTid
+	}
+	return 0
+}
+
 type Rlimit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Soft          uint64                 `protobuf:"varint,1,opt,name=soft,proto3" json:"soft,omitempty"`
@@ -2204,7 +2379,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_proto_msgTypes[17]
+	mi := &file_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2216,7 +2391,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[17]
+	mi := &file_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2229,7 +2404,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{17}
+	return file_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Rlimit) GetSoft() uint64 {
@@ -2259,7 +2434,7 @@ type SigHandler struct {
 
 func (x *SigHandler) Reset() {
 	*x = SigHandler{}
-	mi := &file_image_proto_msgTypes[18]
+	mi := &file_image_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2271,7 +2446,7 @@ func (x *SigHandler) String() string {
 func (*SigHandler) ProtoMessage() {}
 
 func (x *SigHandler) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[18]
+	mi := &file_image_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2284,7 +2459,7 @@ func (x *SigHandler) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigHandler.ProtoReflect.Descriptor instead.
 func (*SigHandler) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{18}
+	return file_image_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SigHandler) GetSig() uint32 {
@@ -2485,7 +2660,7 @@ const file_image_proto_rawDesc = "" +
 	"\x04path\x18\x02 \x01(\fR\x04path\x12\x14\n" +
 	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x10\n" +
 	"\x03pos\x18\x04 \x01(\x03R\x03pos\x12\x12\n" +
-	"\x04pipe\x18\x05 \x01(\x04R\x04pipe\"\xff\a\n" +
+	"\x04pipe\x18\x05 \x01(\x04R\x04pipe\"\xb7\b\n" +
 	"\tTaskSaved\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x12\n" +
 	"\x04regs\x18\x02 \x01(\fR\x04regs\x12\x16\n" +
@@ -2523,7 +2698,30 @@ const file_image_proto_rawDesc = "" +
 	"\x0fpending_private\x18\x19 \x03(\fR\x0ependingPrivate\x12%\n" +
 	"\x0epending_shared\x18\x1a \x03(\fR\rpendingShared\x121\n" +
 	"\arlimits\x18\x1c \x03(\v2\x17.nsinit.image.v1.RlimitR\arlimits\x12\x16\n" +
-	"\x06fpregs\x18\x1d \x01(\fR\x06fpregs\"0\n" +
+	"\x06fpregs\x18\x1d \x01(\fR\x06fpregs\x126\n" +
+	"\athreads\x18\x1e \x03(\v2\x1c.nsinit.image.v1.ThreadSavedR\athreads\"\xf0\x03\n" +
+	"\vThreadSaved\x12\x10\n" +
+	"\x03tid\x18\x01 \x01(\x03R\x03tid\x12\x12\n" +
+	"\x04regs\x18\x02 \x01(\fR\x04regs\x12\x16\n" +
+	"\x06xstate\x18\x03 \x01(\fR\x06xstate\x12\x16\n" +
+	"\x06fpregs\x18\x04 \x01(\fR\x06fpregs\x12\x1f\n" +
+	"\vsig_blocked\x18\x05 \x01(\x04R\n" +
+	"sigBlocked\x12\x1f\n" +
+	"\vsig_pending\x18\x06 \x01(\x04R\n" +
+	"sigPending\x12\x18\n" +
+	"\apending\x18\a \x03(\fR\apending\x12\x1b\n" +
+	"\trseq_addr\x18\b \x01(\x04R\brseqAddr\x12\x19\n" +
+	"\brseq_len\x18\t \x01(\rR\arseqLen\x12\x19\n" +
+	"\brseq_sig\x18\n" +
+	" \x01(\rR\arseqSig\x12\x1f\n" +
+	"\vrobust_list\x18\v \x01(\x04R\n" +
+	"robustList\x12&\n" +
+	"\x0frobust_list_len\x18\f \x01(\x04R\rrobustListLen\x12\x1f\n" +
+	"\valtstack_sp\x18\r \x01(\x04R\n" +
+	"altstackSp\x12#\n" +
+	"\raltstack_size\x18\x0e \x01(\x04R\faltstackSize\x12%\n" +
+	"\x0ealtstack_flags\x18\x0f \x01(\rR\raltstackFlags\x12&\n" +
+	"\x0fclear_child_tid\x18\x10 \x01(\x04R\rclearChildTid\"0\n" +
 	"\x06Rlimit\x12\x12\n" +
 	"\x04soft\x18\x01 \x01(\x04R\x04soft\x12\x12\n" +
 	"\x04hard\x18\x02 \x01(\x04R\x04hard\"~\n" +
@@ -2579,31 +2777,32 @@ func file_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_image_proto_goTypes = []any{
-	(NSKind)(0),        // 0: nsinit.image.v1.NSKind
-	(LinkKind)(0),      // 1: nsinit.image.v1.LinkKind
-	(TaskState)(0),     // 2: nsinit.image.v1.TaskState
-	(VMAKind)(0),       // 3: nsinit.image.v1.VMAKind
-	(*Image)(nil),      // 4: nsinit.image.v1.Image
-	(*IDMapEntry)(nil), // 5: nsinit.image.v1.IDMapEntry
-	(*Namespace)(nil),  // 6: nsinit.image.v1.Namespace
-	(*NetPrefix)(nil),  // 7: nsinit.image.v1.NetPrefix
-	(*NetLink)(nil),    // 8: nsinit.image.v1.NetLink
-	(*NetRoute)(nil),   // 9: nsinit.image.v1.NetRoute
-	(*NSSet)(nil),      // 10: nsinit.image.v1.NSSet
-	(*Creds)(nil),      // 11: nsinit.image.v1.Creds
-	(*Thread)(nil),     // 12: nsinit.image.v1.Thread
-	(*Task)(nil),       // 13: nsinit.image.v1.Task
-	(*StateImage)(nil), // 14: nsinit.image.v1.StateImage
-	(*Pipe)(nil),       // 15: nsinit.image.v1.Pipe
-	(*PageRun)(nil),    // 16: nsinit.image.v1.PageRun
-	(*VMA)(nil),        // 17: nsinit.image.v1.VMA
-	(*MMLayout)(nil),   // 18: nsinit.image.v1.MMLayout
-	(*OpenFile)(nil),   // 19: nsinit.image.v1.OpenFile
-	(*TaskSaved)(nil),  // 20: nsinit.image.v1.TaskSaved
-	(*Rlimit)(nil),     // 21: nsinit.image.v1.Rlimit
-	(*SigHandler)(nil), // 22: nsinit.image.v1.SigHandler
+	(NSKind)(0),         // 0: nsinit.image.v1.NSKind
+	(LinkKind)(0),       // 1: nsinit.image.v1.LinkKind
+	(TaskState)(0),      // 2: nsinit.image.v1.TaskState
+	(VMAKind)(0),        // 3: nsinit.image.v1.VMAKind
+	(*Image)(nil),       // 4: nsinit.image.v1.Image
+	(*IDMapEntry)(nil),  // 5: nsinit.image.v1.IDMapEntry
+	(*Namespace)(nil),   // 6: nsinit.image.v1.Namespace
+	(*NetPrefix)(nil),   // 7: nsinit.image.v1.NetPrefix
+	(*NetLink)(nil),     // 8: nsinit.image.v1.NetLink
+	(*NetRoute)(nil),    // 9: nsinit.image.v1.NetRoute
+	(*NSSet)(nil),       // 10: nsinit.image.v1.NSSet
+	(*Creds)(nil),       // 11: nsinit.image.v1.Creds
+	(*Thread)(nil),      // 12: nsinit.image.v1.Thread
+	(*Task)(nil),        // 13: nsinit.image.v1.Task
+	(*StateImage)(nil),  // 14: nsinit.image.v1.StateImage
+	(*Pipe)(nil),        // 15: nsinit.image.v1.Pipe
+	(*PageRun)(nil),     // 16: nsinit.image.v1.PageRun
+	(*VMA)(nil),         // 17: nsinit.image.v1.VMA
+	(*MMLayout)(nil),    // 18: nsinit.image.v1.MMLayout
+	(*OpenFile)(nil),    // 19: nsinit.image.v1.OpenFile
+	(*TaskSaved)(nil),   // 20: nsinit.image.v1.TaskSaved
+	(*ThreadSaved)(nil), // 21: nsinit.image.v1.ThreadSaved
+	(*Rlimit)(nil),      // 22: nsinit.image.v1.Rlimit
+	(*SigHandler)(nil),  // 23: nsinit.image.v1.SigHandler
 }
 var file_image_proto_depIdxs = []int32{
 	6,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
@@ -2628,13 +2827,14 @@ var file_image_proto_depIdxs = []int32{
 	17, // 19: nsinit.image.v1.TaskSaved.vmas:type_name -> nsinit.image.v1.VMA
 	18, // 20: nsinit.image.v1.TaskSaved.mm:type_name -> nsinit.image.v1.MMLayout
 	19, // 21: nsinit.image.v1.TaskSaved.files:type_name -> nsinit.image.v1.OpenFile
-	22, // 22: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
-	21, // 23: nsinit.image.v1.TaskSaved.rlimits:type_name -> nsinit.image.v1.Rlimit
-	24, // [24:24] is the sub-list for method output_type
-	24, // [24:24] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	23, // 22: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
+	22, // 23: nsinit.image.v1.TaskSaved.rlimits:type_name -> nsinit.image.v1.Rlimit
+	21, // 24: nsinit.image.v1.TaskSaved.threads:type_name -> nsinit.image.v1.ThreadSaved
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_image_proto_init() }
@@ -2648,7 +2848,7 @@ func file_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_proto_rawDesc), len(file_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
