@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"errors"
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
@@ -939,7 +940,11 @@ func (f *filler) threads() error {
 		if err != nil {
 			return err
 		}
-		if _, err := f.in.call(unix.SYS_CLONE3, aa, uint64(sys.CloneArgsSize)); err != nil {
+		if _, err := f.in.call(unix.SYS_CLONE3, aa, uint64(sys.CloneArgsSize)); errors.Is(err, unix.EPERM) {
+			// set_tid needs CAP_CHECKPOINT_RESTORE in the task itself,
+			// which a non-root task has not after its exec.
+			return fmt.Errorf("%w: make thread %v again: set_tid refused to the task (a non-root task's threads are not restored yet)", ErrUnsupported, pt.TIDs)
+		} else if err != nil {
 			return fmt.Errorf("make thread %v again: %w", pt.TIDs, err)
 		}
 		tid := pt.TIDs[0]
