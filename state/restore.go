@@ -286,14 +286,8 @@ func (f *filler) fill() error {
 	if err := f.threads(); err != nil {
 		return err
 	}
-	if xs := f.ts.GetXstate(); len(xs) > 0 {
-		if err := setRegSet(pid, ntX86XState, slices.Clone(xs)); err != nil {
-			return err
-		}
-	} else if fp := f.ts.GetFpregs(); len(fp) > 0 {
-		if err := setRegSet(pid, ntPRFPReg, slices.Clone(fp)); err != nil {
-			return err
-		}
+	if err := setFP(pid, leaderOf(f.ts)); err != nil {
+		return err
 	}
 	// The last call unmaps the code it runs; the task is then held at the
 	// syscall-exit stop, where its own registers go back.
@@ -824,10 +818,9 @@ func (f *filler) files() error {
 	return nil
 }
 
-// misc: working directory, umask, personality, command name (the exec
-// set it from the path), rseq and the robust futex list (the exec
-// dropped both); where recorded, the alternate signal stack,
-// clear_child_tid and the parent-death signal.
+// misc: working directory, umask, personality, resource limits, the
+// leader's own state (ownState: the exec set the name from the path and
+// dropped the rest) and, where recorded, the parent-death signal.
 func (f *filler) misc() error {
 	if cwd := f.t.Cwd; cwd != "" {
 		a, err := f.put(0, append([]byte(cwd), 0))
@@ -844,8 +837,39 @@ func (f *filler) misc() error {
 	if _, err := f.in.call(unix.SYS_PERSONALITY, uint64(f.ts.GetPersonality())); err != nil {
 		return fmt.Errorf("personality: %w", err)
 	}
-	if c := f.t.Comm; c != "" {
-		a, err := f.put(0, append([]byte(c), 0))
+	if err := f.limits(); err != nil {
+		return err
+	}
+	if err := f.ownState(leaderOf(f.ts), f.t.Comm); err != nil {
+		return err
+	}
+	if f.ts.GetSignalsRecorded() {
+		if _, err := f.in.call(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(f.ts.GetPdeathSignal())); err != nil {
+			return fmt.Errorf("prctl(PR_SET_PDEATHSIG): %w", err)
+		}
+	}
+	return nil
+}
+
+// leaderOf is the part of a task's record that is its leader thread's.
+func leaderOf(ts *imagepb.TaskSaved) *imagepb.ThreadSaved {
+	return &imagepb.ThreadSaved{
+		Tid: ts.GetPid(), Regs: ts.GetRegs(), Xstate: ts.GetXstate(), Fpregs: ts.GetFpregs(),
+		SigBlocked: ts.GetSigBlocked(), Pending: ts.GetPendingPrivate(),
+		RseqAddr: ts.GetRseqAddr(), RseqLen: ts.GetRseqLen(), RseqSig: ts.GetRseqSig(),
+		RobustList: ts.GetRobustList(), RobustListLen: ts.GetRobustListLen(),
+		AltstackSp: ts.GetAltstackSp(), AltstackSize: ts.GetAltstackSize(), AltstackFlags: ts.GetAltstackFlags(),
+		ClearChildTid: ts.GetClearChildTid(),
+	}
+}
+
+// ownState sets, with calls injected in the thread f drives, what is the
+// thread's own: its name, rseq, robust futex list and, where the
+// iterator read them, alternate stack and clear_child_tid (the exec
+// dropped all of them).
+func (f *filler) ownState(th *imagepb.ThreadSaved, comm string) error {
+	if comm != "" {
+		a, err := f.put(0, append([]byte(comm), 0))
 		if err != nil {
 			return err
 		}
@@ -853,26 +877,23 @@ func (f *filler) misc() error {
 			return fmt.Errorf("prctl(PR_SET_NAME): %w", err)
 		}
 	}
-	if n := f.ts.GetRseqLen(); n != 0 {
-		if _, err := f.in.call(unix.SYS_RSEQ, f.ts.GetRseqAddr(), uint64(n), 0, uint64(f.ts.GetRseqSig())); err != nil {
-			return fmt.Errorf("rseq at %#x: %w", f.ts.GetRseqAddr(), err)
+	if n := th.GetRseqLen(); n != 0 {
+		if _, err := f.in.call(unix.SYS_RSEQ, th.GetRseqAddr(), uint64(n), 0, uint64(th.GetRseqSig())); err != nil {
+			return fmt.Errorf("rseq at %#x: %w", th.GetRseqAddr(), err)
 		}
 	}
-	if h := f.ts.GetRobustList(); h != 0 {
-		if _, err := f.in.call(unix.SYS_SET_ROBUST_LIST, h, f.ts.GetRobustListLen()); err != nil {
+	if h := th.GetRobustList(); h != 0 {
+		if _, err := f.in.call(unix.SYS_SET_ROBUST_LIST, h, th.GetRobustListLen()); err != nil {
 			return fmt.Errorf("set_robust_list: %w", err)
 		}
-	}
-	if err := f.limits(); err != nil {
-		return err
 	}
 	if !f.ts.GetSignalsRecorded() {
 		return nil
 	}
-	if n := f.ts.GetAltstackSize(); n != 0 {
+	if n := th.GetAltstackSize(); n != 0 {
 		// stack_t: ss_sp, ss_flags (int, padded), ss_size
-		b := binary.LittleEndian.AppendUint64(nil, f.ts.GetAltstackSp())
-		b = binary.LittleEndian.AppendUint64(b, uint64(f.ts.GetAltstackFlags()))
+		b := binary.LittleEndian.AppendUint64(nil, th.GetAltstackSp())
+		b = binary.LittleEndian.AppendUint64(b, uint64(th.GetAltstackFlags()))
 		b = binary.LittleEndian.AppendUint64(b, n)
 		a, err := f.put(0, b)
 		if err != nil {
@@ -882,11 +903,19 @@ func (f *filler) misc() error {
 			return fmt.Errorf("sigaltstack: %w", err)
 		}
 	}
-	if _, err := f.in.call(unix.SYS_SET_TID_ADDRESS, f.ts.GetClearChildTid()); err != nil {
+	if _, err := f.in.call(unix.SYS_SET_TID_ADDRESS, th.GetClearChildTid()); err != nil {
 		return fmt.Errorf("set_tid_address: %w", err)
 	}
-	if _, err := f.in.call(unix.SYS_PRCTL, unix.PR_SET_PDEATHSIG, uint64(f.ts.GetPdeathSignal())); err != nil {
-		return fmt.Errorf("prctl(PR_SET_PDEATHSIG): %w", err)
+	return nil
+}
+
+// setFP puts a thread's xstate (or, without XSAVE, its FXSAVE area) back.
+func setFP(tid int, th *imagepb.ThreadSaved) error {
+	if xs := th.GetXstate(); len(xs) > 0 {
+		return setRegSet(tid, ntX86XState, slices.Clone(xs))
+	}
+	if fp := th.GetFpregs(); len(fp) > 0 {
+		return setRegSet(tid, ntPRFPReg, slices.Clone(fp))
 	}
 	return nil
 }
@@ -965,39 +994,8 @@ func (f *filler) threads() error {
 // fillThread gives a thread made again what is its own and leaves it at
 // a syscall-exit stop with its registers.
 func (f *filler) fillThread(th *imagepb.ThreadSaved, comm string, innerTID int) error {
-	if n := th.GetRseqLen(); n != 0 {
-		if _, err := f.in.call(unix.SYS_RSEQ, th.GetRseqAddr(), uint64(n), 0, uint64(th.GetRseqSig())); err != nil {
-			return fmt.Errorf("rseq: %w", err)
-		}
-	}
-	if h := th.GetRobustList(); h != 0 {
-		if _, err := f.in.call(unix.SYS_SET_ROBUST_LIST, h, th.GetRobustListLen()); err != nil {
-			return fmt.Errorf("set_robust_list: %w", err)
-		}
-	}
-	if n := th.GetAltstackSize(); n != 0 {
-		b := binary.LittleEndian.AppendUint64(nil, th.GetAltstackSp())
-		b = binary.LittleEndian.AppendUint64(b, uint64(th.GetAltstackFlags()))
-		b = binary.LittleEndian.AppendUint64(b, n)
-		a, err := f.put(0, b)
-		if err != nil {
-			return err
-		}
-		if _, err := f.in.call(unix.SYS_SIGALTSTACK, a, 0); err != nil {
-			return fmt.Errorf("sigaltstack: %w", err)
-		}
-	}
-	if _, err := f.in.call(unix.SYS_SET_TID_ADDRESS, th.GetClearChildTid()); err != nil {
-		return fmt.Errorf("set_tid_address: %w", err)
-	}
-	if comm != "" {
-		a, err := f.put(0, append([]byte(comm), 0))
-		if err != nil {
-			return err
-		}
-		if _, err := f.in.call(unix.SYS_PRCTL, unix.PR_SET_NAME, a); err != nil {
-			return fmt.Errorf("prctl(PR_SET_NAME): %w", err)
-		}
+	if err := f.ownState(th, comm); err != nil {
+		return err
 	}
 	self := uint64(f.t.InnerPID())
 	for _, si := range th.GetPending() {
@@ -1009,14 +1007,8 @@ func (f *filler) fillThread(th *imagepb.ThreadSaved, comm string, innerTID int) 
 			return fmt.Errorf("queue a signal again: %w", err)
 		}
 	}
-	if xs := th.GetXstate(); len(xs) > 0 {
-		if err := setRegSet(f.in.pid, ntX86XState, slices.Clone(xs)); err != nil {
-			return err
-		}
-	} else if fp := th.GetFpregs(); len(fp) > 0 {
-		if err := setRegSet(f.in.pid, ntPRFPReg, slices.Clone(fp)); err != nil {
-			return err
-		}
+	if err := setFP(f.in.pid, th); err != nil {
+		return err
 	}
 	if err := f.in.syscallExit(unix.SYS_GETPID); err != nil {
 		return err
