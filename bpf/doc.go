@@ -20,3 +20,4 @@ package bpf
 
 //go:generate go tool bpf2go -cc clang -target bpfel -type event trace trace.bpf.c -- -I./headers -Wall -Werror
 //go:generate go tool bpf2go -cc clang -target bpfel subreaper subreaper.bpf.c -- -I./headers -Wall -Werror
+//go:generate go tool bpf2go -cc clang -target bpfel signals signals.bpf.c -- -I./headers -Wall -Werror

@@ -2,14 +2,10 @@ package bpf
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 )
 
 // Subreapers returns the level-0 pids of every process that is a child
@@ -23,33 +19,15 @@ import (
 // kernel's level-0 numbers), kernel BTF and CAP_BPF with CAP_PERFMON; errors
 // wrap ebpf.ErrNotSupported or unix.EPERM then.
 func Subreapers() (map[int]bool, error) {
-	if err := hostPidNS(); err != nil {
-		return nil, fmt.Errorf("read child subreapers: %w", err)
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		return nil, fmt.Errorf("read child subreapers: kernel BTF missing (/sys/kernel/btf/vmlinux): %w", ebpf.ErrNotSupported)
-	}
-	var objs subreaperObjects
-	if err := loadSubreaperObjects(&objs, nil); err != nil {
-		if errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("read child subreapers: load the task iterator (needs CAP_BPF and CAP_PERFMON): %w", err)
+	b, err := readTaskIter("read child subreapers", func() (*ebpf.Program, io.Closer, error) {
+		var objs subreaperObjects
+		if err := loadSubreaperObjects(&objs, nil); err != nil {
+			return nil, nil, err
 		}
-		return nil, fmt.Errorf("read child subreapers: load the task iterator: %w", err)
-	}
-	defer objs.Close()
-	it, err := link.AttachIter(link.IterOptions{Program: objs.Subreapers})
+		return objs.Subreapers, &objs, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("read child subreapers: attach the task iterator: %w", err)
-	}
-	defer it.Close()
-	rd, err := it.Open()
-	if err != nil {
-		return nil, fmt.Errorf("read child subreapers: open the task iterator: %w", err)
-	}
-	defer rd.Close()
-	b, err := io.ReadAll(rd)
-	if err != nil {
-		return nil, fmt.Errorf("read child subreapers: %w", err)
+		return nil, err
 	}
 	if len(b)%4 != 0 {
 		return nil, fmt.Errorf("read child subreapers: %d bytes, not a list of u32", len(b))

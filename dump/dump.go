@@ -81,6 +81,16 @@ type Options struct {
 	// process changes its own flag only. An error leaves the image without
 	// them (Tree.SubreapersRecorded false), noted in Log.
 	Subreapers func() (map[int]bool, error)
+	// State, when set, is called with the tree read, while it is still
+	// frozen: `dump --state` records what runs inside the tasks then
+	// (package state). onTracer runs a function on the thread that traces
+	// the tree (ptrace freeze), nil when nothing traces it (cgroup). Its
+	// error ends the attempt.
+	State func(tr *pstree.Tree, onTracer func(func())) error
+	// KillFrozen kills the tree before it would be thawed, after a
+	// successful read: a tree dumped with its state must not run on
+	// between the dump and the kill.
+	KillFrozen bool
 	// FreezeTimeout bounds the wait for the tree to stop (default 5s).
 	FreezeTimeout time.Duration
 	// Log receives progress notes (method used, retries); may be nil.
@@ -282,6 +292,9 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 			probeCursors(tr, o)
 		}
 		leave := o.LeaveStopped && err == nil && len(moved) == 0
+		if o.KillFrozen && err == nil && len(moved) == 0 && tr != nil {
+			killFrozen(tr)
+		}
 		if terr := fz.thaw(leave); terr != nil && err == nil {
 			tr, err = nil, terr
 		}
@@ -305,7 +318,25 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 			o.logf("child subreapers not recorded: %v", serr)
 		}
 	}
+	if o.State != nil {
+		var onTracer func(func())
+		if p, ok := fz.(*ptraceFreezer); ok {
+			onTracer = p.do
+		}
+		if err := o.State(tr, onTracer); err != nil {
+			return nil, nil, err
+		}
+	}
 	return tr, nil, nil
+}
+
+// killFrozen sends SIGKILL to every task of a frozen tree, children
+// first: a cgroup-frozen or ptrace-stopped task dies of it without
+// running again.
+func killFrozen(tr *pstree.Tree) {
+	for i := len(tr.Tasks) - 1; i >= 0; i-- {
+		_ = unix.Kill(tr.Tasks[i].PIDs[0], unix.SIGKILL)
+	}
 }
 
 // readFrozen reads the frozen tree. A nil tree with a nil error means the

@@ -13,7 +13,8 @@ import (
 // range check is pstree.Validate's, run on what it returns.
 
 func toProto(tr *pstree.Tree) *imagepb.Image {
-	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded, Kernel: tr.Kernel, PidMax: int64(tr.PidMax)}
+	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded, Kernel: tr.Kernel, PidMax: int64(tr.PidMax),
+		StateRecorded: tr.StateRecorded}
 	for _, ns := range tr.Namespaces {
 		img.Namespaces = append(img.Namespaces, &imagepb.Namespace{
 			Id:               uint32(ns.ID),
@@ -82,7 +83,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 
 func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 	tr := &pstree.Tree{Checked: img.GetChecked(), SubreapersRecorded: img.GetSubreapersRecorded(),
-		Kernel: img.GetKernel(), PidMax: int(img.GetPidMax())}
+		Kernel: img.GetKernel(), PidMax: int(img.GetPidMax()), StateRecorded: img.GetStateRecorded()}
 	for i, ns := range img.GetNamespaces() {
 		links, err := linksFromProto(ns.GetLinks())
 		if err != nil {

@@ -75,13 +75,19 @@ func Encode(tr *pstree.Tree) ([]byte, error) {
 	if len(payload) != n {
 		return nil, fmt.Errorf("encode image: payload of %d bytes, sized %d", len(payload), n)
 	}
-	copy(b, Magic)
+	putHeader(b, Magic)
+	return b, nil
+}
+
+// putHeader fills the first HeaderSize bytes of b, before its payload.
+func putHeader(b []byte, magic string) {
+	payload := b[HeaderSize:]
+	copy(b, magic)
 	le := binary.LittleEndian
 	le.PutUint16(b[8:], pstree.FormatMajor)
 	le.PutUint16(b[10:], pstree.FormatMinor)
 	le.PutUint32(b[12:], uint32(len(payload)))
 	le.PutUint32(b[16:], crc32.Checksum(payload, castagnoli))
-	return b, nil
 }
 
 // Decode parses and validates image bytes.
@@ -95,11 +101,14 @@ func Decode(b []byte) (*pstree.Tree, error) {
 
 // checkHeader checks the header of image bytes b (magic, major version,
 // payload length, checksum) and returns the payload.
-func checkHeader(b []byte) ([]byte, error) {
+func checkHeader(b []byte) ([]byte, error) { return checkFrame(b, Magic) }
+
+// checkFrame is checkHeader for a file of the given magic.
+func checkFrame(b []byte, magic string) ([]byte, error) {
 	if len(b) < HeaderSize {
 		return nil, fmt.Errorf("%w: %d bytes, shorter than the %d-byte header", ErrFormat, len(b), HeaderSize)
 	}
-	if !bytes.Equal(b[:8], []byte(Magic)) {
+	if !bytes.Equal(b[:8], []byte(magic)) {
 		return nil, fmt.Errorf("%w: bad magic %q (not an nsinit image)", ErrFormat, b[:8])
 	}
 	le := binary.LittleEndian

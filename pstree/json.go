@@ -16,6 +16,7 @@ type jsonTree struct {
 	Subreapers    bool            `json:"subreapers_recorded"`
 	Kernel        string          `json:"kernel,omitempty"`
 	PidMax        int             `json:"pid_max,omitempty"`
+	State         bool            `json:"state_recorded,omitempty"`
 	Namespaces    []jsonNamespace `json:"namespaces"`
 	Tasks         []jsonTask      `json:"tasks"`
 }
@@ -130,6 +131,7 @@ func JSON(tr *Tree) ([]byte, error) {
 		Subreapers:    tr.SubreapersRecorded,
 		Kernel:        tr.Kernel,
 		PidMax:        tr.PidMax,
+		State:         tr.StateRecorded,
 		Namespaces:    []jsonNamespace{},
 		Tasks:         []jsonTask{},
 	}

@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 5 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers; 5: the dumping kernel, root_elsewhere
+	FormatMinor = 5 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers; 5: the dumping kernel, root_elsewhere, state_recorded
 )
 
 // NSKind is one kind of Linux namespace.
@@ -247,6 +247,10 @@ type Tree struct {
 	// kernel.pid_max ("" and 0: unknown, images of minor < 5).
 	Kernel string
 	PidMax int
+	// StateRecorded says `nsinit dump --state` also recorded each live
+	// task's memory, registers and files (DIR/state.img, package state;
+	// minor 5): a restore must bring them back or refuse.
+	StateRecorded bool
 }
 
 // MarkSubreapers records which tasks are child subreapers: the live ones

@@ -60,6 +60,14 @@ var guestPackages = []guestPackage{
 			kernelModule("kernel/drivers/net/veth.ko", "NSINIT_TEST_VETH_KO"),
 			// TestE2EUserPidNamespaces' clone(CLONE_NEWUSER|CLONE_NEWPID) helper.
 			cHelper("restorer/testdata/clonens.c", "NSINIT_TEST_CLONENS"))},
+	// Stateful dump and restore on another kernel: the static counter 3
+	// pid levels deep (both freezers), busybox sh with its handlers
+	// (eBPF), the refusals. The counter is built here (no compiler in
+	// the guest); the dynamic counter and Python are skipped there.
+	{Pkg: "./state", Needs: []string{"CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_CHECKPOINT_RESTORE", "CONFIG_DEBUG_INFO_BTF"},
+		Run: "TestStateContinues|TestStatePipeBetweenNamespaces|TestStateStoppedTask|TestStateThreads|TestStateRefusesWithName|TestValidateRefuses|TestParseMapLine|TestResumed|TestFreeRange", MemoryMB: 1024,
+		Prepare: prepareAll(cHelper("state/testdata/counter.c", "NSINIT_TEST_COUNTER"), cHelper("state/testdata/pipe.c", "NSINIT_TEST_PIPE"),
+			cHelper("state/testdata/threads.c", "NSINIT_TEST_THREADS"))},
 	// Dump on another kernel: the tests that need neither iproute2 nor
 	// util-linux (TestDumpUserNamespaces runs `unshare`, the net tests
 	// `ip`).

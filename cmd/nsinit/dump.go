@@ -7,6 +7,8 @@ import (
 
 	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/pstree"
+	"github.com/nsinit/nsinit/state"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,6 +23,11 @@ var newDumpGuard func() (dump.Guard, error)
 // the image says they are unknown.
 var readSubreapers func() (map[int]bool, error)
 
+// readSignals reads the signal handlers of processes for dump --state
+// (an eBPF task iterator); nil until cmd/nsinit/guard.go sets it, and not
+// used with --unchecked: a task with handlers is refused then.
+var readSignals state.Signals
+
 func init() { register("dump", "record a process tree into an image", runDump) }
 
 func runDump(args []string) int {
@@ -29,11 +36,11 @@ func runDump(args []string) int {
 		dir                             string
 		leaveRunning, leaveStopped, kil bool
 		retries                         = 3
-		unchecked                       bool
+		unchecked, withState            bool
 		logOpt                          diagOptions
 	)
 	fs := newFlags("nsinit dump",
-		"nsinit dump -t PID -D DIR [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked]\n"+
+		"nsinit dump -t PID -D DIR [--state] [--leave-running | --leave-stopped | --kill] [--retries N] [--unchecked]\n"+
 			"                   [-o FILE] [--log-format text|json] [-v] [--progress]",
 		"Records the tree rooted at PID, with its nested pid namespaces, into DIR/pstree.img.\n"+
 			"The tree keeps running afterwards unless --leave-stopped or --kill (unlike criu dump,\n"+
@@ -44,6 +51,7 @@ func runDump(args []string) int {
 	fs.Bool(&leaveStopped, "s,leave-stopped", "leave the tree frozen (cgroup) or stopped (ptrace) after the dump")
 	fs.Bool(&kil, "kill", "kill the tree after a successful dump")
 	fs.Int(&retries, "retries", "N", "attempts after one that raced with the tree")
+	fs.Bool(&withState, "state", "also record what runs in each live task (memory, registers, files: docs/state.md), so that restore continues it")
 	fs.Bool(&unchecked, "unchecked", "dump without the eBPF consistency guard (image marked unchecked)")
 	logOpt.addFlags(fs, "log what the dump does")
 	if code, stop := fs.Parse(args); stop {
@@ -98,6 +106,22 @@ func runDump(args []string) int {
 		// Loaded while the tree is found and frozen; a failure ends the
 		// dump (dump.ErrNoGuard) once the tree runs again.
 		opts.LoadGuard = newDumpGuard
+	}
+	if withState {
+		// Recorded while the tree is frozen; with --kill it dies frozen,
+		// so it cannot run on past what was recorded.
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		signals := readSignals
+		if unchecked {
+			signals = nil // no eBPF at all, as for the guard
+		}
+		opts.State = func(tr *pstree.Tree, onTracer func(func())) error {
+			return state.Record(dir, "/proc", tr, onTracer, signals)
+		}
+		opts.KillFrozen = kil
 	}
 	tr, err := dump.Dump(pid, opts)
 	prog.done()

@@ -10,6 +10,7 @@ import (
 	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/restorer"
+	"github.com/nsinit/nsinit/state"
 )
 
 // Exit statuses of nsinit's commands (dump, restore, check, show, encode,
@@ -47,9 +48,10 @@ func exitStatus(err error) int {
 	case errors.Is(err, restorer.ErrCapability), errors.Is(err, os.ErrPermission):
 		return exitCapability
 	case errors.Is(err, restorer.ErrBadImage), errors.Is(err, pstree.ErrInvalid), errors.Is(err, imagefile.ErrFormat),
-		errors.Is(err, imagefile.ErrVersion), errors.Is(err, imagefile.ErrNotRegular):
+		errors.Is(err, imagefile.ErrVersion), errors.Is(err, imagefile.ErrNotRegular), errors.Is(err, state.ErrBadState):
 		return exitBadImage
-	case errors.Is(err, restorer.ErrUnsupported), errors.Is(err, dump.ErrUnrepresentable), errors.Is(err, ebpf.ErrNotSupported):
+	case errors.Is(err, restorer.ErrUnsupported), errors.Is(err, dump.ErrUnrepresentable), errors.Is(err, ebpf.ErrNotSupported),
+		errors.Is(err, state.ErrUnsupported):
 		return exitUnsupported
 	case errors.Is(err, dump.ErrRaced):
 		return exitRaced

@@ -11,6 +11,7 @@ import (
 // which dump reports (or accepts with --unchecked).
 func init() {
 	readSubreapers = bpf.Subreapers
+	readSignals = bpf.Signals
 	newDumpGuard = func() (dump.Guard, error) {
 		g, err := bpf.NewGuard()
 		if err != nil {

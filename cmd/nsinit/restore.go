@@ -16,7 +16,9 @@ import (
 	"github.com/nsinit/nsinit/internal/cliflag"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/proto/agentpb"
+	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/restorer"
+	"github.com/nsinit/nsinit/state"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,7 +39,8 @@ type restoreFlags struct {
 }
 
 func (f *restoreFlags) flagSet() *cliflag.Set {
-	f.payload, f.placement, f.agentTimeout = "exec", "set_tid", restorer.DefaultAgentTimeout
+	// payload "": exec, or the recorded state (an image dumped with --state).
+	f.payload, f.placement, f.agentTimeout = "", "set_tid", restorer.DefaultAgentTimeout
 	fs := newFlags("nsinit restore",
 		"nsinit restore -D DIR [-d [--inherit-stdio]] [-j] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
 			"                      [--dry-run] [--agent-timeout D] [--agent SOCKET] [-o FILE] [--log-format text|json] [-v] [--progress]",
@@ -47,7 +50,7 @@ func (f *restoreFlags) flagSet() *cliflag.Set {
 	fs.Bool(&f.detach, "d,detach,restore-detached", "leave the tree running and print the root's pid; its programs get /dev/null as stdin, stdout and stderr")
 	fs.Bool(&f.inheritStdio, "inherit-stdio", "with -d: the restored programs keep nsinit's stdin, stdout and stderr instead")
 	fs.String(&f.pidfile, "pidfile", "FILE", "write the root's pid to FILE")
-	fs.String(&f.payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec) or stopped tasks")
+	fs.String(&f.payload, "payload", "exec|stopped", "what live tasks become: their recorded program (exec, the default) or stopped tasks; an image dumped with --state continues its programs unless this is given")
 	fs.String(&f.placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
 	fs.Bool(&f.dry, "dry-run", "print the plan and create nothing")
 	fs.Bool(&f.newPidns, "into-new-pidns", "restore into a new pid namespace whose PID 1 is nsinit: the image's level 0 becomes that namespace, so no host pid need be free and copies can run side by side")
@@ -97,7 +100,7 @@ func (f *restoreFlags) options(args []string) (opt restorer.Options, why string)
 		opt.Root = abs
 	}
 	switch f.payload {
-	case "exec":
+	case "", "exec":
 	case "stopped":
 		opt.Payload = restorer.PayloadStopped
 	default:
@@ -134,6 +137,16 @@ func runRestore(args []string) int {
 		return exitStatus(err)
 	}
 	defer d.close()
+	if f.via != "" || f.newPidns {
+		if tr, err := imagefile.Read(f.dir); err == nil && tr.StateRecorded && f.payload == "" {
+			err := fmt.Errorf("%w: an image dumped with --state is restored directly, not through an agent or --into-new-pidns (yet); --payload exec|stopped restores it without its state", state.ErrUnsupported)
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		if f.payload == "" {
+			f.payload = "exec"
+		}
+	}
 	if f.via != "" {
 		return restoreViaAgent(d, f.via, f.dir, f.payload, f.placement, f.pidfile)
 	}
@@ -184,6 +197,17 @@ func (f *restoreFlags) restoreHere(d *diag, opt restorer.Options) int {
 		d.errorf("%v", err)
 		return exitStatus(err)
 	}
+	// An image with state continues its programs: the stopped payload
+	// creates the tasks, state.Restore fills them in (docs/state.md).
+	// Only an explicit --payload restores it without its state.
+	withState := tr.StateRecorded && f.payload == ""
+	if withState {
+		if err := state.Check(f.dir, tr); err != nil {
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		opt.Payload = restorer.PayloadStopped
+	}
 	plan, err := restorer.NewPlan(tr, opt)
 	if err != nil {
 		d.errorf("plan: %v", err)
@@ -223,6 +247,14 @@ func (f *restoreFlags) restoreHere(d *diag, opt restorer.Options) int {
 	}
 	defer res.Close()
 	d.logf(1, "restored %d tasks in %v, root pid %d", len(tr.Tasks), time.Since(start).Round(time.Millisecond), res.Root)
+	if withState {
+		o := state.Options{NullStdio: f.detach && !f.inheritStdio, Log: func(format string, a ...any) { d.logf(1, format, a...) }}
+		if err := state.Restore(f.dir, tr, o); err != nil {
+			d.errorf("%v", err)
+			killRestored(tr, res)
+			return exitStatus(err)
+		}
+	}
 	if err := writePidfile(f.pidfile, res.Root); err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
@@ -365,6 +397,16 @@ func restoreViaAgent(d *diag, socket, dir, payload, placement, pidfile string) i
 	}
 	fmt.Println(root)
 	return 0
+}
+
+// killRestored kills a committed tree whose state could not be restored,
+// children first, and reaps its root (the rest are reaped by their
+// parents, which die too, and by the pid namespaces' inits).
+func killRestored(tr *pstree.Tree, res *restorer.Restored) {
+	for i := len(tr.Tasks) - 1; i >= 0; i-- {
+		_ = unix.Kill(tr.Tasks[i].PIDs[0], unix.SIGKILL)
+	}
+	_, _, _ = sys.WaitPidfd(res.RootPidfd(), 0)
 }
 
 // writePidfile writes pid to path, unless path is empty.

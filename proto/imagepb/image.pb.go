@@ -206,6 +206,61 @@ func (TaskState) EnumDescriptor() ([]byte, []int) {
 	return file_image_proto_rawDescGZIP(), []int{2}
 }
 
+type VMAKind int32
+
+const (
+	VMAKind_VMA_ANON        VMAKind = 0
+	VMAKind_VMA_FILE        VMAKind = 1
+	VMAKind_VMA_VDSO        VMAKind = 2
+	VMAKind_VMA_VVAR        VMAKind = 3
+	VMAKind_VMA_VVAR_VCLOCK VMAKind = 4
+)
+
+// Enum value maps for VMAKind.
+var (
+	VMAKind_name = map[int32]string{
+		0: "VMA_ANON",
+		1: "VMA_FILE",
+		2: "VMA_VDSO",
+		3: "VMA_VVAR",
+		4: "VMA_VVAR_VCLOCK",
+	}
+	VMAKind_value = map[string]int32{
+		"VMA_ANON":        0,
+		"VMA_FILE":        1,
+		"VMA_VDSO":        2,
+		"VMA_VVAR":        3,
+		"VMA_VVAR_VCLOCK": 4,
+	}
+)
+
+func (x VMAKind) Enum() *VMAKind {
+	p := new(VMAKind)
+	*p = x
+	return p
+}
+
+func (x VMAKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (VMAKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_image_proto_enumTypes[3].Descriptor()
+}
+
+func (VMAKind) Type() protoreflect.EnumType {
+	return &file_image_proto_enumTypes[3]
+}
+
+func (x VMAKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use VMAKind.Descriptor instead.
+func (VMAKind) EnumDescriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{3}
+}
+
 type Image struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// checked: the dump was verified race-free by a consistency guard.
@@ -218,8 +273,12 @@ type Image struct {
 	// kernel: the release (uname -r) of the kernel the dump ran on; pid_max:
 	// its kernel.pid_max as the dumping process saw it (minor 5). A restore
 	// on another machine names them when it refuses what its kernel lacks.
-	Kernel        string `protobuf:"bytes,5,opt,name=kernel,proto3" json:"kernel,omitempty"`
-	PidMax        int64  `protobuf:"varint,6,opt,name=pid_max,json=pidMax,proto3" json:"pid_max,omitempty"`
+	Kernel string `protobuf:"bytes,5,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	PidMax int64  `protobuf:"varint,6,opt,name=pid_max,json=pidMax,proto3" json:"pid_max,omitempty"`
+	// state_recorded: `nsinit dump --state` also wrote DIR/state.img (the
+	// StateImage below) and DIR/pages.img (minor 5). A restore that cannot
+	// bring that state back refuses the image rather than dropping it.
+	StateRecorded bool `protobuf:"varint,7,opt,name=state_recorded,json=stateRecorded,proto3" json:"state_recorded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -294,6 +353,13 @@ func (x *Image) GetPidMax() int64 {
 		return x.PidMax
 	}
 	return 0
+}
+
+func (x *Image) GetStateRecorded() bool {
+	if x != nil {
+		return x.StateRecorded
+	}
+	return false
 }
 
 type IDMapEntry struct {
@@ -1331,11 +1397,1141 @@ func (x *Task) GetRootElsewhere() bool {
 	return false
 }
 
+type StateImage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tasks: one per live task of pstree.img, by level-0 pid.
+	Tasks []*TaskSaved `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// pages_size: the length pages.img had when written.
+	PagesSize uint64 `protobuf:"varint,2,opt,name=pages_size,json=pagesSize,proto3" json:"pages_size,omitempty"`
+	// pipes: the pipes whose both ends the tree's tasks hold, with what was
+	// buffered in them.
+	Pipes         []*Pipe `protobuf:"bytes,3,rep,name=pipes,proto3" json:"pipes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StateImage) Reset() {
+	*x = StateImage{}
+	mi := &file_image_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StateImage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StateImage) ProtoMessage() {}
+
+func (x *StateImage) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StateImage.ProtoReflect.Descriptor instead.
+func (*StateImage) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *StateImage) GetTasks() []*TaskSaved {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+func (x *StateImage) GetPagesSize() uint64 {
+	if x != nil {
+		return x.PagesSize
+	}
+	return 0
+}
+
+func (x *StateImage) GetPipes() []*Pipe {
+	if x != nil {
+		return x.Pipes
+	}
+	return nil
+}
+
+// Pipe is one pipe: its inode number at dump time (OpenFile.pipe refers to
+// it), its capacity (F_GETPIPE_SZ) and the bytes in flight.
+type Pipe struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Size          uint32                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pipe) Reset() {
+	*x = Pipe{}
+	mi := &file_image_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pipe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pipe) ProtoMessage() {}
+
+func (x *Pipe) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pipe.ProtoReflect.Descriptor instead.
+func (*Pipe) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Pipe) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Pipe) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Pipe) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// PageRun: npages consecutive stored pages from addr, at offset in
+// pages.img. Pages of a VMA that no run covers were never touched or were
+// all zero: restored as fresh zero pages (anonymous) or the file's.
+type PageRun struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Addr          uint64                 `protobuf:"varint,1,opt,name=addr,proto3" json:"addr,omitempty"`
+	Npages        uint64                 `protobuf:"varint,2,opt,name=npages,proto3" json:"npages,omitempty"`
+	Offset        uint64                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PageRun) Reset() {
+	*x = PageRun{}
+	mi := &file_image_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PageRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PageRun) ProtoMessage() {}
+
+func (x *PageRun) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
+func (*PageRun) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PageRun) GetAddr() uint64 {
+	if x != nil {
+		return x.Addr
+	}
+	return 0
+}
+
+func (x *PageRun) GetNpages() uint64 {
+	if x != nil {
+		return x.Npages
+	}
+	return 0
+}
+
+func (x *PageRun) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+// VMA is one line of /proc/PID/maps.
+type VMA struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Start uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End   uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	// prot: PROT_READ|PROT_WRITE|PROT_EXEC bits.
+	Prot uint32 `protobuf:"varint,3,opt,name=prot,proto3" json:"prot,omitempty"`
+	// shared: MAP_SHARED; only of a file, read-only for good (no PROT_WRITE,
+	// no VM_MAYWRITE), without pages: mapped again from the file.
+	Shared bool `protobuf:"varint,4,opt,name=shared,proto3" json:"shared,omitempty"`
+	// grows_down: VM_GROWSDOWN (VmFlags "gd" in smaps), a stack.
+	GrowsDown bool    `protobuf:"varint,5,opt,name=grows_down,json=growsDown,proto3" json:"grows_down,omitempty"`
+	Kind      VMAKind `protobuf:"varint,6,opt,name=kind,proto3,enum=nsinit.image.v1.VMAKind" json:"kind,omitempty"`
+	// offset, path, dev, inode: of a file mapping (dev as in maps,
+	// major << 20 | minor).
+	Offset        uint64     `protobuf:"varint,7,opt,name=offset,proto3" json:"offset,omitempty"`
+	Path          []byte     `protobuf:"bytes,8,opt,name=path,proto3" json:"path,omitempty"`
+	Dev           uint64     `protobuf:"varint,9,opt,name=dev,proto3" json:"dev,omitempty"`
+	Inode         uint64     `protobuf:"varint,10,opt,name=inode,proto3" json:"inode,omitempty"`
+	Pages         []*PageRun `protobuf:"bytes,11,rep,name=pages,proto3" json:"pages,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMA) Reset() {
+	*x = VMA{}
+	mi := &file_image_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMA) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMA) ProtoMessage() {}
+
+func (x *VMA) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMA.ProtoReflect.Descriptor instead.
+func (*VMA) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *VMA) GetStart() uint64 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *VMA) GetEnd() uint64 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+func (x *VMA) GetProt() uint32 {
+	if x != nil {
+		return x.Prot
+	}
+	return 0
+}
+
+func (x *VMA) GetShared() bool {
+	if x != nil {
+		return x.Shared
+	}
+	return false
+}
+
+func (x *VMA) GetGrowsDown() bool {
+	if x != nil {
+		return x.GrowsDown
+	}
+	return false
+}
+
+func (x *VMA) GetKind() VMAKind {
+	if x != nil {
+		return x.Kind
+	}
+	return VMAKind_VMA_ANON
+}
+
+func (x *VMA) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *VMA) GetPath() []byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *VMA) GetDev() uint64 {
+	if x != nil {
+		return x.Dev
+	}
+	return 0
+}
+
+func (x *VMA) GetInode() uint64 {
+	if x != nil {
+		return x.Inode
+	}
+	return 0
+}
+
+func (x *VMA) GetPages() []*PageRun {
+	if x != nil {
+		return x.Pages
+	}
+	return nil
+}
+
+// MMLayout: what prctl(PR_SET_MM_MAP) sets, from /proc/PID/stat and
+// /proc/PID/auxv.
+type MMLayout struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StartCode     uint64                 `protobuf:"varint,1,opt,name=start_code,json=startCode,proto3" json:"start_code,omitempty"`
+	EndCode       uint64                 `protobuf:"varint,2,opt,name=end_code,json=endCode,proto3" json:"end_code,omitempty"`
+	StartData     uint64                 `protobuf:"varint,3,opt,name=start_data,json=startData,proto3" json:"start_data,omitempty"`
+	EndData       uint64                 `protobuf:"varint,4,opt,name=end_data,json=endData,proto3" json:"end_data,omitempty"`
+	StartBrk      uint64                 `protobuf:"varint,5,opt,name=start_brk,json=startBrk,proto3" json:"start_brk,omitempty"`
+	Brk           uint64                 `protobuf:"varint,6,opt,name=brk,proto3" json:"brk,omitempty"`
+	StartStack    uint64                 `protobuf:"varint,7,opt,name=start_stack,json=startStack,proto3" json:"start_stack,omitempty"`
+	ArgStart      uint64                 `protobuf:"varint,8,opt,name=arg_start,json=argStart,proto3" json:"arg_start,omitempty"`
+	ArgEnd        uint64                 `protobuf:"varint,9,opt,name=arg_end,json=argEnd,proto3" json:"arg_end,omitempty"`
+	EnvStart      uint64                 `protobuf:"varint,10,opt,name=env_start,json=envStart,proto3" json:"env_start,omitempty"`
+	EnvEnd        uint64                 `protobuf:"varint,11,opt,name=env_end,json=envEnd,proto3" json:"env_end,omitempty"`
+	Auxv          []byte                 `protobuf:"bytes,12,opt,name=auxv,proto3" json:"auxv,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MMLayout) Reset() {
+	*x = MMLayout{}
+	mi := &file_image_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MMLayout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MMLayout) ProtoMessage() {}
+
+func (x *MMLayout) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MMLayout.ProtoReflect.Descriptor instead.
+func (*MMLayout) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *MMLayout) GetStartCode() uint64 {
+	if x != nil {
+		return x.StartCode
+	}
+	return 0
+}
+
+func (x *MMLayout) GetEndCode() uint64 {
+	if x != nil {
+		return x.EndCode
+	}
+	return 0
+}
+
+func (x *MMLayout) GetStartData() uint64 {
+	if x != nil {
+		return x.StartData
+	}
+	return 0
+}
+
+func (x *MMLayout) GetEndData() uint64 {
+	if x != nil {
+		return x.EndData
+	}
+	return 0
+}
+
+func (x *MMLayout) GetStartBrk() uint64 {
+	if x != nil {
+		return x.StartBrk
+	}
+	return 0
+}
+
+func (x *MMLayout) GetBrk() uint64 {
+	if x != nil {
+		return x.Brk
+	}
+	return 0
+}
+
+func (x *MMLayout) GetStartStack() uint64 {
+	if x != nil {
+		return x.StartStack
+	}
+	return 0
+}
+
+func (x *MMLayout) GetArgStart() uint64 {
+	if x != nil {
+		return x.ArgStart
+	}
+	return 0
+}
+
+func (x *MMLayout) GetArgEnd() uint64 {
+	if x != nil {
+		return x.ArgEnd
+	}
+	return 0
+}
+
+func (x *MMLayout) GetEnvStart() uint64 {
+	if x != nil {
+		return x.EnvStart
+	}
+	return 0
+}
+
+func (x *MMLayout) GetEnvEnd() uint64 {
+	if x != nil {
+		return x.EnvEnd
+	}
+	return 0
+}
+
+func (x *MMLayout) GetAuxv() []byte {
+	if x != nil {
+		return x.Auxv
+	}
+	return nil
+}
+
+// OpenFile is an open descriptor the restore opens again: a regular file
+// or one of the character devices state.Devices allows.
+type OpenFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Fd    int32                  `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
+	Path  []byte                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// flags: the open flags of fdinfo (O_CLOEXEC included), pos its offset.
+	Flags uint32 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	Pos   int64  `protobuf:"varint,4,opt,name=pos,proto3" json:"pos,omitempty"`
+	// pipe: an end of StateImage.pipes (path empty then).
+	Pipe          uint64 `protobuf:"varint,5,opt,name=pipe,proto3" json:"pipe,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenFile) Reset() {
+	*x = OpenFile{}
+	mi := &file_image_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenFile) ProtoMessage() {}
+
+func (x *OpenFile) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenFile.ProtoReflect.Descriptor instead.
+func (*OpenFile) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *OpenFile) GetFd() int32 {
+	if x != nil {
+		return x.Fd
+	}
+	return 0
+}
+
+func (x *OpenFile) GetPath() []byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *OpenFile) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *OpenFile) GetPos() int64 {
+	if x != nil {
+		return x.Pos
+	}
+	return 0
+}
+
+func (x *OpenFile) GetPipe() uint64 {
+	if x != nil {
+		return x.Pipe
+	}
+	return 0
+}
+
+type TaskSaved struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pid: the task's level-0 pid.
+	Pid int64 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// regs: NT_PRSTATUS (struct user_regs_struct, fs_base and gs_base
+	// included), raw as PTRACE_GETREGSET gave it; xstate: NT_X86_XSTATE.
+	Regs   []byte    `protobuf:"bytes,2,opt,name=regs,proto3" json:"regs,omitempty"`
+	Xstate []byte    `protobuf:"bytes,3,opt,name=xstate,proto3" json:"xstate,omitempty"`
+	Vmas   []*VMA    `protobuf:"bytes,4,rep,name=vmas,proto3" json:"vmas,omitempty"`
+	Mm     *MMLayout `protobuf:"bytes,5,opt,name=mm,proto3" json:"mm,omitempty"`
+	// sig_blocked, sig_ignored: SigBlk and SigIgn of /proc/PID/status, bit
+	// n-1 = signal n.
+	SigBlocked uint64 `protobuf:"varint,6,opt,name=sig_blocked,json=sigBlocked,proto3" json:"sig_blocked,omitempty"`
+	SigIgnored uint64 `protobuf:"varint,7,opt,name=sig_ignored,json=sigIgnored,proto3" json:"sig_ignored,omitempty"`
+	// sig_caught: SigCgt, the signals with a handler (handlers).
+	SigCaught uint64 `protobuf:"varint,24,opt,name=sig_caught,json=sigCaught,proto3" json:"sig_caught,omitempty"`
+	// sig_pending: SigPnd | ShdPnd; the siginfo of each in pending_*.
+	SigPending  uint64      `protobuf:"varint,27,opt,name=sig_pending,json=sigPending,proto3" json:"sig_pending,omitempty"`
+	Files       []*OpenFile `protobuf:"bytes,8,rep,name=files,proto3" json:"files,omitempty"`
+	Umask       uint32      `protobuf:"varint,9,opt,name=umask,proto3" json:"umask,omitempty"`
+	Personality uint32      `protobuf:"varint,10,opt,name=personality,proto3" json:"personality,omitempty"`
+	// rseq_*: PTRACE_GET_RSEQ_CONFIGURATION; rseq_len 0 = none registered.
+	RseqAddr uint64 `protobuf:"varint,11,opt,name=rseq_addr,json=rseqAddr,proto3" json:"rseq_addr,omitempty"`
+	RseqLen  uint32 `protobuf:"varint,12,opt,name=rseq_len,json=rseqLen,proto3" json:"rseq_len,omitempty"`
+	RseqSig  uint32 `protobuf:"varint,13,opt,name=rseq_sig,json=rseqSig,proto3" json:"rseq_sig,omitempty"`
+	// robust_list, robust_list_len: get_robust_list(2).
+	RobustList    uint64 `protobuf:"varint,14,opt,name=robust_list,json=robustList,proto3" json:"robust_list,omitempty"`
+	RobustListLen uint64 `protobuf:"varint,15,opt,name=robust_list_len,json=robustListLen,proto3" json:"robust_list_len,omitempty"`
+	// vdso_sha256: of the vdso's bytes; the restore refuses another vdso
+	// (a program may hold pointers into it).
+	VdsoSha256 []byte `protobuf:"bytes,16,opt,name=vdso_sha256,json=vdsoSha256,proto3" json:"vdso_sha256,omitempty"`
+	// signals_recorded: the fields below were read (an eBPF task
+	// iterator: /proc shows none of them); false: the task had no handler
+	// and they are unknown, left as the exec sets them.
+	SignalsRecorded bool `protobuf:"varint,17,opt,name=signals_recorded,json=signalsRecorded,proto3" json:"signals_recorded,omitempty"`
+	// handlers: the signals with a handler (SigCgt), as sigaction(2) has
+	// them.
+	Handlers []*SigHandler `protobuf:"bytes,18,rep,name=handlers,proto3" json:"handlers,omitempty"`
+	// altstack_*: sigaltstack(2); altstack_size 0 = none.
+	AltstackSp    uint64 `protobuf:"varint,19,opt,name=altstack_sp,json=altstackSp,proto3" json:"altstack_sp,omitempty"`
+	AltstackSize  uint64 `protobuf:"varint,20,opt,name=altstack_size,json=altstackSize,proto3" json:"altstack_size,omitempty"`
+	AltstackFlags uint32 `protobuf:"varint,21,opt,name=altstack_flags,json=altstackFlags,proto3" json:"altstack_flags,omitempty"`
+	// clear_child_tid: set_tid_address(2); pdeath_signal: PR_SET_PDEATHSIG.
+	ClearChildTid uint64 `protobuf:"varint,22,opt,name=clear_child_tid,json=clearChildTid,proto3" json:"clear_child_tid,omitempty"`
+	PdeathSignal  uint32 `protobuf:"varint,23,opt,name=pdeath_signal,json=pdeathSignal,proto3" json:"pdeath_signal,omitempty"`
+	// pending_private, pending_shared: the queued signals, each a 128-byte
+	// siginfo_t (PTRACE_PEEKSIGINFO), in queue order: the task's own queue
+	// and its process's.
+	PendingPrivate [][]byte `protobuf:"bytes,25,rep,name=pending_private,json=pendingPrivate,proto3" json:"pending_private,omitempty"`
+	PendingShared  [][]byte `protobuf:"bytes,26,rep,name=pending_shared,json=pendingShared,proto3" json:"pending_shared,omitempty"`
+	// rlimits: /proc/PID/limits, resource n at n (RLIMIT_CPU = 0 ...);
+	// RLIM_INFINITY is all ones. Empty: not recorded.
+	Rlimits []*Rlimit `protobuf:"bytes,28,rep,name=rlimits,proto3" json:"rlimits,omitempty"`
+	// fpregs: NT_PRFPREG (the 512-byte FXSAVE area: x87 and SSE), recorded
+	// instead of xstate on a CPU without XSAVE.
+	Fpregs []byte `protobuf:"bytes,29,opt,name=fpregs,proto3" json:"fpregs,omitempty"`
+	// threads: the threads other than the leader, as pstree.img lists them.
+	Threads       []*ThreadSaved `protobuf:"bytes,30,rep,name=threads,proto3" json:"threads,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskSaved) Reset() {
+	*x = TaskSaved{}
+	mi := &file_image_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskSaved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskSaved) ProtoMessage() {}
+
+func (x *TaskSaved) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskSaved.ProtoReflect.Descriptor instead.
+func (*TaskSaved) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TaskSaved) GetPid() int64 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetRegs() []byte {
+	if x != nil {
+		return x.Regs
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetXstate() []byte {
+	if x != nil {
+		return x.Xstate
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetVmas() []*VMA {
+	if x != nil {
+		return x.Vmas
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetMm() *MMLayout {
+	if x != nil {
+		return x.Mm
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetSigBlocked() uint64 {
+	if x != nil {
+		return x.SigBlocked
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetSigIgnored() uint64 {
+	if x != nil {
+		return x.SigIgnored
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetSigCaught() uint64 {
+	if x != nil {
+		return x.SigCaught
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetSigPending() uint64 {
+	if x != nil {
+		return x.SigPending
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetFiles() []*OpenFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetUmask() uint32 {
+	if x != nil {
+		return x.Umask
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetPersonality() uint32 {
+	if x != nil {
+		return x.Personality
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetRseqAddr() uint64 {
+	if x != nil {
+		return x.RseqAddr
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetRseqLen() uint32 {
+	if x != nil {
+		return x.RseqLen
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetRseqSig() uint32 {
+	if x != nil {
+		return x.RseqSig
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetRobustList() uint64 {
+	if x != nil {
+		return x.RobustList
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetRobustListLen() uint64 {
+	if x != nil {
+		return x.RobustListLen
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetVdsoSha256() []byte {
+	if x != nil {
+		return x.VdsoSha256
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetSignalsRecorded() bool {
+	if x != nil {
+		return x.SignalsRecorded
+	}
+	return false
+}
+
+func (x *TaskSaved) GetHandlers() []*SigHandler {
+	if x != nil {
+		return x.Handlers
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetAltstackSp() uint64 {
+	if x != nil {
+		return x.AltstackSp
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetAltstackSize() uint64 {
+	if x != nil {
+		return x.AltstackSize
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetAltstackFlags() uint32 {
+	if x != nil {
+		return x.AltstackFlags
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetClearChildTid() uint64 {
+	if x != nil {
+		return x.ClearChildTid
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetPdeathSignal() uint32 {
+	if x != nil {
+		return x.PdeathSignal
+	}
+	return 0
+}
+
+func (x *TaskSaved) GetPendingPrivate() [][]byte {
+	if x != nil {
+		return x.PendingPrivate
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetPendingShared() [][]byte {
+	if x != nil {
+		return x.PendingShared
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetRlimits() []*Rlimit {
+	if x != nil {
+		return x.Rlimits
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetFpregs() []byte {
+	if x != nil {
+		return x.Fpregs
+	}
+	return nil
+}
+
+func (x *TaskSaved) GetThreads() []*ThreadSaved {
+	if x != nil {
+		return x.Threads
+	}
+	return nil
+}
+
+// ThreadSaved is what belongs to one thread that is not the leader (the
+// leader's is in TaskSaved); fields as there.
+type ThreadSaved struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tid           int64                  `protobuf:"varint,1,opt,name=tid,proto3" json:"tid,omitempty"`
+	Regs          []byte                 `protobuf:"bytes,2,opt,name=regs,proto3" json:"regs,omitempty"`
+	Xstate        []byte                 `protobuf:"bytes,3,opt,name=xstate,proto3" json:"xstate,omitempty"`
+	Fpregs        []byte                 `protobuf:"bytes,4,opt,name=fpregs,proto3" json:"fpregs,omitempty"`
+	SigBlocked    uint64                 `protobuf:"varint,5,opt,name=sig_blocked,json=sigBlocked,proto3" json:"sig_blocked,omitempty"`
+	SigPending    uint64                 `protobuf:"varint,6,opt,name=sig_pending,json=sigPending,proto3" json:"sig_pending,omitempty"`
+	Pending       [][]byte               `protobuf:"bytes,7,rep,name=pending,proto3" json:"pending,omitempty"`
+	RseqAddr      uint64                 `protobuf:"varint,8,opt,name=rseq_addr,json=rseqAddr,proto3" json:"rseq_addr,omitempty"`
+	RseqLen       uint32                 `protobuf:"varint,9,opt,name=rseq_len,json=rseqLen,proto3" json:"rseq_len,omitempty"`
+	RseqSig       uint32                 `protobuf:"varint,10,opt,name=rseq_sig,json=rseqSig,proto3" json:"rseq_sig,omitempty"`
+	RobustList    uint64                 `protobuf:"varint,11,opt,name=robust_list,json=robustList,proto3" json:"robust_list,omitempty"`
+	RobustListLen uint64                 `protobuf:"varint,12,opt,name=robust_list_len,json=robustListLen,proto3" json:"robust_list_len,omitempty"`
+	AltstackSp    uint64                 `protobuf:"varint,13,opt,name=altstack_sp,json=altstackSp,proto3" json:"altstack_sp,omitempty"`
+	AltstackSize  uint64                 `protobuf:"varint,14,opt,name=altstack_size,json=altstackSize,proto3" json:"altstack_size,omitempty"`
+	AltstackFlags uint32                 `protobuf:"varint,15,opt,name=altstack_flags,json=altstackFlags,proto3" json:"altstack_flags,omitempty"`
+	ClearChildTid uint64                 `protobuf:"varint,16,opt,name=clear_child_tid,json=clearChildTid,proto3" json:"clear_child_tid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ThreadSaved) Reset() {
+	*x = ThreadSaved{}
+	mi := &file_image_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ThreadSaved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ThreadSaved) ProtoMessage() {}
+
+func (x *ThreadSaved) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ThreadSaved.ProtoReflect.Descriptor instead.
+func (*ThreadSaved) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ThreadSaved) GetTid() int64 {
+	if x != nil {
+		return x.Tid
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRegs() []byte {
+	if x != nil {
+		return x.Regs
+	}
+	return nil
+}
+
+func (x *ThreadSaved) GetXstate() []byte {
+	if x != nil {
+		return x.Xstate
+	}
+	return nil
+}
+
+func (x *ThreadSaved) GetFpregs() []byte {
+	if x != nil {
+		return x.Fpregs
+	}
+	return nil
+}
+
+func (x *ThreadSaved) GetSigBlocked() uint64 {
+	if x != nil {
+		return x.SigBlocked
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetSigPending() uint64 {
+	if x != nil {
+		return x.SigPending
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetPending() [][]byte {
+	if x != nil {
+		return x.Pending
+	}
+	return nil
+}
+
+func (x *ThreadSaved) GetRseqAddr() uint64 {
+	if x != nil {
+		return x.RseqAddr
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRseqLen() uint32 {
+	if x != nil {
+		return x.RseqLen
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRseqSig() uint32 {
+	if x != nil {
+		return x.RseqSig
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRobustList() uint64 {
+	if x != nil {
+		return x.RobustList
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetRobustListLen() uint64 {
+	if x != nil {
+		return x.RobustListLen
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetAltstackSp() uint64 {
+	if x != nil {
+		return x.AltstackSp
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetAltstackSize() uint64 {
+	if x != nil {
+		return x.AltstackSize
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetAltstackFlags() uint32 {
+	if x != nil {
+		return x.AltstackFlags
+	}
+	return 0
+}
+
+func (x *ThreadSaved) GetClearChildTid() uint64 {
+	if x != nil {
+		return x.ClearChildTid
+	}
+	return 0
+}
+
+type Rlimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Soft          uint64                 `protobuf:"varint,1,opt,name=soft,proto3" json:"soft,omitempty"`
+	Hard          uint64                 `protobuf:"varint,2,opt,name=hard,proto3" json:"hard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rlimit) Reset() {
+	*x = Rlimit{}
+	mi := &file_image_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rlimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rlimit) ProtoMessage() {}
+
+func (x *Rlimit) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
+func (*Rlimit) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Rlimit) GetSoft() uint64 {
+	if x != nil {
+		return x.Soft
+	}
+	return 0
+}
+
+func (x *Rlimit) GetHard() uint64 {
+	if x != nil {
+		return x.Hard
+	}
+	return 0
+}
+
+type SigHandler struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sig           uint32                 `protobuf:"varint,1,opt,name=sig,proto3" json:"sig,omitempty"`
+	Handler       uint64                 `protobuf:"varint,2,opt,name=handler,proto3" json:"handler,omitempty"`
+	Flags         uint64                 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	Restorer      uint64                 `protobuf:"varint,4,opt,name=restorer,proto3" json:"restorer,omitempty"`
+	Mask          uint64                 `protobuf:"varint,5,opt,name=mask,proto3" json:"mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SigHandler) Reset() {
+	*x = SigHandler{}
+	mi := &file_image_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SigHandler) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SigHandler) ProtoMessage() {}
+
+func (x *SigHandler) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SigHandler.ProtoReflect.Descriptor instead.
+func (*SigHandler) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SigHandler) GetSig() uint32 {
+	if x != nil {
+		return x.Sig
+	}
+	return 0
+}
+
+func (x *SigHandler) GetHandler() uint64 {
+	if x != nil {
+		return x.Handler
+	}
+	return 0
+}
+
+func (x *SigHandler) GetFlags() uint64 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *SigHandler) GetRestorer() uint64 {
+	if x != nil {
+		return x.Restorer
+	}
+	return 0
+}
+
+func (x *SigHandler) GetMask() uint64 {
+	if x != nil {
+		return x.Mask
+	}
+	return 0
+}
+
 var File_image_proto protoreflect.FileDescriptor
 
 const file_image_proto_rawDesc = "" +
 	"\n" +
-	"\vimage.proto\x12\x0fnsinit.image.v1\"\xec\x01\n" +
+	"\vimage.proto\x12\x0fnsinit.image.v1\"\x93\x02\n" +
 	"\x05Image\x12\x18\n" +
 	"\achecked\x18\x01 \x01(\bR\achecked\x12:\n" +
 	"\n" +
@@ -1344,7 +2540,8 @@ const file_image_proto_rawDesc = "" +
 	"\x05tasks\x18\x03 \x03(\v2\x15.nsinit.image.v1.TaskR\x05tasks\x12/\n" +
 	"\x13subreapers_recorded\x18\x04 \x01(\bR\x12subreapersRecorded\x12\x16\n" +
 	"\x06kernel\x18\x05 \x01(\tR\x06kernel\x12\x17\n" +
-	"\apid_max\x18\x06 \x01(\x03R\x06pidMax\"T\n" +
+	"\apid_max\x18\x06 \x01(\x03R\x06pidMax\x12%\n" +
+	"\x0estate_recorded\x18\a \x01(\bR\rstateRecorded\"T\n" +
 	"\n" +
 	"IDMapEntry\x12\x16\n" +
 	"\x06inside\x18\x01 \x01(\rR\x06inside\x12\x18\n" +
@@ -1445,7 +2642,129 @@ const file_image_proto_rawDesc = "" +
 	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren\x12\x1d\n" +
 	"\n" +
 	"parent_tid\x18\x13 \x01(\x05R\tparentTid\x12%\n" +
-	"\x0eroot_elsewhere\x18\x14 \x01(\bR\rrootElsewhere*\x86\x01\n" +
+	"\x0eroot_elsewhere\x18\x14 \x01(\bR\rrootElsewhere\"\x8a\x01\n" +
+	"\n" +
+	"StateImage\x120\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x1a.nsinit.image.v1.TaskSavedR\x05tasks\x12\x1d\n" +
+	"\n" +
+	"pages_size\x18\x02 \x01(\x04R\tpagesSize\x12+\n" +
+	"\x05pipes\x18\x03 \x03(\v2\x15.nsinit.image.v1.PipeR\x05pipes\">\n" +
+	"\x04Pipe\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\rR\x04size\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"M\n" +
+	"\aPageRun\x12\x12\n" +
+	"\x04addr\x18\x01 \x01(\x04R\x04addr\x12\x16\n" +
+	"\x06npages\x18\x02 \x01(\x04R\x06npages\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\"\xaa\x02\n" +
+	"\x03VMA\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
+	"\x04prot\x18\x03 \x01(\rR\x04prot\x12\x16\n" +
+	"\x06shared\x18\x04 \x01(\bR\x06shared\x12\x1d\n" +
+	"\n" +
+	"grows_down\x18\x05 \x01(\bR\tgrowsDown\x12,\n" +
+	"\x04kind\x18\x06 \x01(\x0e2\x18.nsinit.image.v1.VMAKindR\x04kind\x12\x16\n" +
+	"\x06offset\x18\a \x01(\x04R\x06offset\x12\x12\n" +
+	"\x04path\x18\b \x01(\fR\x04path\x12\x10\n" +
+	"\x03dev\x18\t \x01(\x04R\x03dev\x12\x14\n" +
+	"\x05inode\x18\n" +
+	" \x01(\x04R\x05inode\x12.\n" +
+	"\x05pages\x18\v \x03(\v2\x18.nsinit.image.v1.PageRunR\x05pages\"\xce\x02\n" +
+	"\bMMLayout\x12\x1d\n" +
+	"\n" +
+	"start_code\x18\x01 \x01(\x04R\tstartCode\x12\x19\n" +
+	"\bend_code\x18\x02 \x01(\x04R\aendCode\x12\x1d\n" +
+	"\n" +
+	"start_data\x18\x03 \x01(\x04R\tstartData\x12\x19\n" +
+	"\bend_data\x18\x04 \x01(\x04R\aendData\x12\x1b\n" +
+	"\tstart_brk\x18\x05 \x01(\x04R\bstartBrk\x12\x10\n" +
+	"\x03brk\x18\x06 \x01(\x04R\x03brk\x12\x1f\n" +
+	"\vstart_stack\x18\a \x01(\x04R\n" +
+	"startStack\x12\x1b\n" +
+	"\targ_start\x18\b \x01(\x04R\bargStart\x12\x17\n" +
+	"\aarg_end\x18\t \x01(\x04R\x06argEnd\x12\x1b\n" +
+	"\tenv_start\x18\n" +
+	" \x01(\x04R\benvStart\x12\x17\n" +
+	"\aenv_end\x18\v \x01(\x04R\x06envEnd\x12\x12\n" +
+	"\x04auxv\x18\f \x01(\fR\x04auxv\"j\n" +
+	"\bOpenFile\x12\x0e\n" +
+	"\x02fd\x18\x01 \x01(\x05R\x02fd\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\fR\x04path\x12\x14\n" +
+	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x10\n" +
+	"\x03pos\x18\x04 \x01(\x03R\x03pos\x12\x12\n" +
+	"\x04pipe\x18\x05 \x01(\x04R\x04pipe\"\xb7\b\n" +
+	"\tTaskSaved\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\x03R\x03pid\x12\x12\n" +
+	"\x04regs\x18\x02 \x01(\fR\x04regs\x12\x16\n" +
+	"\x06xstate\x18\x03 \x01(\fR\x06xstate\x12(\n" +
+	"\x04vmas\x18\x04 \x03(\v2\x14.nsinit.image.v1.VMAR\x04vmas\x12)\n" +
+	"\x02mm\x18\x05 \x01(\v2\x19.nsinit.image.v1.MMLayoutR\x02mm\x12\x1f\n" +
+	"\vsig_blocked\x18\x06 \x01(\x04R\n" +
+	"sigBlocked\x12\x1f\n" +
+	"\vsig_ignored\x18\a \x01(\x04R\n" +
+	"sigIgnored\x12\x1d\n" +
+	"\n" +
+	"sig_caught\x18\x18 \x01(\x04R\tsigCaught\x12\x1f\n" +
+	"\vsig_pending\x18\x1b \x01(\x04R\n" +
+	"sigPending\x12/\n" +
+	"\x05files\x18\b \x03(\v2\x19.nsinit.image.v1.OpenFileR\x05files\x12\x14\n" +
+	"\x05umask\x18\t \x01(\rR\x05umask\x12 \n" +
+	"\vpersonality\x18\n" +
+	" \x01(\rR\vpersonality\x12\x1b\n" +
+	"\trseq_addr\x18\v \x01(\x04R\brseqAddr\x12\x19\n" +
+	"\brseq_len\x18\f \x01(\rR\arseqLen\x12\x19\n" +
+	"\brseq_sig\x18\r \x01(\rR\arseqSig\x12\x1f\n" +
+	"\vrobust_list\x18\x0e \x01(\x04R\n" +
+	"robustList\x12&\n" +
+	"\x0frobust_list_len\x18\x0f \x01(\x04R\rrobustListLen\x12\x1f\n" +
+	"\vvdso_sha256\x18\x10 \x01(\fR\n" +
+	"vdsoSha256\x12)\n" +
+	"\x10signals_recorded\x18\x11 \x01(\bR\x0fsignalsRecorded\x127\n" +
+	"\bhandlers\x18\x12 \x03(\v2\x1b.nsinit.image.v1.SigHandlerR\bhandlers\x12\x1f\n" +
+	"\valtstack_sp\x18\x13 \x01(\x04R\n" +
+	"altstackSp\x12#\n" +
+	"\raltstack_size\x18\x14 \x01(\x04R\faltstackSize\x12%\n" +
+	"\x0ealtstack_flags\x18\x15 \x01(\rR\raltstackFlags\x12&\n" +
+	"\x0fclear_child_tid\x18\x16 \x01(\x04R\rclearChildTid\x12#\n" +
+	"\rpdeath_signal\x18\x17 \x01(\rR\fpdeathSignal\x12'\n" +
+	"\x0fpending_private\x18\x19 \x03(\fR\x0ependingPrivate\x12%\n" +
+	"\x0epending_shared\x18\x1a \x03(\fR\rpendingShared\x121\n" +
+	"\arlimits\x18\x1c \x03(\v2\x17.nsinit.image.v1.RlimitR\arlimits\x12\x16\n" +
+	"\x06fpregs\x18\x1d \x01(\fR\x06fpregs\x126\n" +
+	"\athreads\x18\x1e \x03(\v2\x1c.nsinit.image.v1.ThreadSavedR\athreads\"\xf0\x03\n" +
+	"\vThreadSaved\x12\x10\n" +
+	"\x03tid\x18\x01 \x01(\x03R\x03tid\x12\x12\n" +
+	"\x04regs\x18\x02 \x01(\fR\x04regs\x12\x16\n" +
+	"\x06xstate\x18\x03 \x01(\fR\x06xstate\x12\x16\n" +
+	"\x06fpregs\x18\x04 \x01(\fR\x06fpregs\x12\x1f\n" +
+	"\vsig_blocked\x18\x05 \x01(\x04R\n" +
+	"sigBlocked\x12\x1f\n" +
+	"\vsig_pending\x18\x06 \x01(\x04R\n" +
+	"sigPending\x12\x18\n" +
+	"\apending\x18\a \x03(\fR\apending\x12\x1b\n" +
+	"\trseq_addr\x18\b \x01(\x04R\brseqAddr\x12\x19\n" +
+	"\brseq_len\x18\t \x01(\rR\arseqLen\x12\x19\n" +
+	"\brseq_sig\x18\n" +
+	" \x01(\rR\arseqSig\x12\x1f\n" +
+	"\vrobust_list\x18\v \x01(\x04R\n" +
+	"robustList\x12&\n" +
+	"\x0frobust_list_len\x18\f \x01(\x04R\rrobustListLen\x12\x1f\n" +
+	"\valtstack_sp\x18\r \x01(\x04R\n" +
+	"altstackSp\x12#\n" +
+	"\raltstack_size\x18\x0e \x01(\x04R\faltstackSize\x12%\n" +
+	"\x0ealtstack_flags\x18\x0f \x01(\rR\raltstackFlags\x12&\n" +
+	"\x0fclear_child_tid\x18\x10 \x01(\x04R\rclearChildTid\"0\n" +
+	"\x06Rlimit\x12\x12\n" +
+	"\x04soft\x18\x01 \x01(\x04R\x04soft\x12\x12\n" +
+	"\x04hard\x18\x02 \x01(\x04R\x04hard\"~\n" +
+	"\n" +
+	"SigHandler\x12\x10\n" +
+	"\x03sig\x18\x01 \x01(\rR\x03sig\x12\x18\n" +
+	"\ahandler\x18\x02 \x01(\x04R\ahandler\x12\x14\n" +
+	"\x05flags\x18\x03 \x01(\x04R\x05flags\x12\x1a\n" +
+	"\brestorer\x18\x04 \x01(\x04R\brestorer\x12\x12\n" +
+	"\x04mask\x18\x05 \x01(\x04R\x04mask*\x86\x01\n" +
 	"\x06NSKind\x12\n" +
 	"\n" +
 	"\x06NS_PID\x10\x00\x12\x17\n" +
@@ -1470,7 +2789,13 @@ const file_image_proto_rawDesc = "" +
 	"\x04LIVE\x10\x00\x12\v\n" +
 	"\aSTOPPED\x10\x01\x12\n" +
 	"\n" +
-	"\x06ZOMBIE\x10\x02B(Z&github.com/nsinit/nsinit/proto/imagepbb\x06proto3"
+	"\x06ZOMBIE\x10\x02*V\n" +
+	"\aVMAKind\x12\f\n" +
+	"\bVMA_ANON\x10\x00\x12\f\n" +
+	"\bVMA_FILE\x10\x01\x12\f\n" +
+	"\bVMA_VDSO\x10\x02\x12\f\n" +
+	"\bVMA_VVAR\x10\x03\x12\x13\n" +
+	"\x0fVMA_VVAR_VCLOCK\x10\x04B(Z&github.com/nsinit/nsinit/proto/imagepbb\x06proto3"
 
 var (
 	file_image_proto_rawDescOnce sync.Once
@@ -1484,44 +2809,65 @@ func file_image_proto_rawDescGZIP() []byte {
 	return file_image_proto_rawDescData
 }
 
-var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_image_proto_goTypes = []any{
-	(NSKind)(0),        // 0: nsinit.image.v1.NSKind
-	(LinkKind)(0),      // 1: nsinit.image.v1.LinkKind
-	(TaskState)(0),     // 2: nsinit.image.v1.TaskState
-	(*Image)(nil),      // 3: nsinit.image.v1.Image
-	(*IDMapEntry)(nil), // 4: nsinit.image.v1.IDMapEntry
-	(*Namespace)(nil),  // 5: nsinit.image.v1.Namespace
-	(*NetPrefix)(nil),  // 6: nsinit.image.v1.NetPrefix
-	(*NetLink)(nil),    // 7: nsinit.image.v1.NetLink
-	(*NetRoute)(nil),   // 8: nsinit.image.v1.NetRoute
-	(*NSSet)(nil),      // 9: nsinit.image.v1.NSSet
-	(*Creds)(nil),      // 10: nsinit.image.v1.Creds
-	(*Thread)(nil),     // 11: nsinit.image.v1.Thread
-	(*Task)(nil),       // 12: nsinit.image.v1.Task
+	(NSKind)(0),         // 0: nsinit.image.v1.NSKind
+	(LinkKind)(0),       // 1: nsinit.image.v1.LinkKind
+	(TaskState)(0),      // 2: nsinit.image.v1.TaskState
+	(VMAKind)(0),        // 3: nsinit.image.v1.VMAKind
+	(*Image)(nil),       // 4: nsinit.image.v1.Image
+	(*IDMapEntry)(nil),  // 5: nsinit.image.v1.IDMapEntry
+	(*Namespace)(nil),   // 6: nsinit.image.v1.Namespace
+	(*NetPrefix)(nil),   // 7: nsinit.image.v1.NetPrefix
+	(*NetLink)(nil),     // 8: nsinit.image.v1.NetLink
+	(*NetRoute)(nil),    // 9: nsinit.image.v1.NetRoute
+	(*NSSet)(nil),       // 10: nsinit.image.v1.NSSet
+	(*Creds)(nil),       // 11: nsinit.image.v1.Creds
+	(*Thread)(nil),      // 12: nsinit.image.v1.Thread
+	(*Task)(nil),        // 13: nsinit.image.v1.Task
+	(*StateImage)(nil),  // 14: nsinit.image.v1.StateImage
+	(*Pipe)(nil),        // 15: nsinit.image.v1.Pipe
+	(*PageRun)(nil),     // 16: nsinit.image.v1.PageRun
+	(*VMA)(nil),         // 17: nsinit.image.v1.VMA
+	(*MMLayout)(nil),    // 18: nsinit.image.v1.MMLayout
+	(*OpenFile)(nil),    // 19: nsinit.image.v1.OpenFile
+	(*TaskSaved)(nil),   // 20: nsinit.image.v1.TaskSaved
+	(*ThreadSaved)(nil), // 21: nsinit.image.v1.ThreadSaved
+	(*Rlimit)(nil),      // 22: nsinit.image.v1.Rlimit
+	(*SigHandler)(nil),  // 23: nsinit.image.v1.SigHandler
 }
 var file_image_proto_depIdxs = []int32{
-	5,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
-	12, // 1: nsinit.image.v1.Image.tasks:type_name -> nsinit.image.v1.Task
+	6,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
+	13, // 1: nsinit.image.v1.Image.tasks:type_name -> nsinit.image.v1.Task
 	0,  // 2: nsinit.image.v1.Namespace.kind:type_name -> nsinit.image.v1.NSKind
-	4,  // 3: nsinit.image.v1.Namespace.uid_map:type_name -> nsinit.image.v1.IDMapEntry
-	4,  // 4: nsinit.image.v1.Namespace.gid_map:type_name -> nsinit.image.v1.IDMapEntry
-	7,  // 5: nsinit.image.v1.Namespace.links:type_name -> nsinit.image.v1.NetLink
-	8,  // 6: nsinit.image.v1.Namespace.routes:type_name -> nsinit.image.v1.NetRoute
+	5,  // 3: nsinit.image.v1.Namespace.uid_map:type_name -> nsinit.image.v1.IDMapEntry
+	5,  // 4: nsinit.image.v1.Namespace.gid_map:type_name -> nsinit.image.v1.IDMapEntry
+	8,  // 5: nsinit.image.v1.Namespace.links:type_name -> nsinit.image.v1.NetLink
+	9,  // 6: nsinit.image.v1.Namespace.routes:type_name -> nsinit.image.v1.NetRoute
 	1,  // 7: nsinit.image.v1.NetLink.kind:type_name -> nsinit.image.v1.LinkKind
-	6,  // 8: nsinit.image.v1.NetLink.addrs:type_name -> nsinit.image.v1.NetPrefix
-	6,  // 9: nsinit.image.v1.NetRoute.dst:type_name -> nsinit.image.v1.NetPrefix
+	7,  // 8: nsinit.image.v1.NetLink.addrs:type_name -> nsinit.image.v1.NetPrefix
+	7,  // 9: nsinit.image.v1.NetRoute.dst:type_name -> nsinit.image.v1.NetPrefix
 	2,  // 10: nsinit.image.v1.Thread.state:type_name -> nsinit.image.v1.TaskState
 	2,  // 11: nsinit.image.v1.Task.state:type_name -> nsinit.image.v1.TaskState
-	11, // 12: nsinit.image.v1.Task.threads:type_name -> nsinit.image.v1.Thread
-	9,  // 13: nsinit.image.v1.Task.ns:type_name -> nsinit.image.v1.NSSet
-	10, // 14: nsinit.image.v1.Task.creds:type_name -> nsinit.image.v1.Creds
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	12, // 12: nsinit.image.v1.Task.threads:type_name -> nsinit.image.v1.Thread
+	10, // 13: nsinit.image.v1.Task.ns:type_name -> nsinit.image.v1.NSSet
+	11, // 14: nsinit.image.v1.Task.creds:type_name -> nsinit.image.v1.Creds
+	20, // 15: nsinit.image.v1.StateImage.tasks:type_name -> nsinit.image.v1.TaskSaved
+	15, // 16: nsinit.image.v1.StateImage.pipes:type_name -> nsinit.image.v1.Pipe
+	3,  // 17: nsinit.image.v1.VMA.kind:type_name -> nsinit.image.v1.VMAKind
+	16, // 18: nsinit.image.v1.VMA.pages:type_name -> nsinit.image.v1.PageRun
+	17, // 19: nsinit.image.v1.TaskSaved.vmas:type_name -> nsinit.image.v1.VMA
+	18, // 20: nsinit.image.v1.TaskSaved.mm:type_name -> nsinit.image.v1.MMLayout
+	19, // 21: nsinit.image.v1.TaskSaved.files:type_name -> nsinit.image.v1.OpenFile
+	23, // 22: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
+	22, // 23: nsinit.image.v1.TaskSaved.rlimits:type_name -> nsinit.image.v1.Rlimit
+	21, // 24: nsinit.image.v1.TaskSaved.threads:type_name -> nsinit.image.v1.ThreadSaved
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_image_proto_init() }
@@ -1534,8 +2880,8 @@ func file_image_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_proto_rawDesc), len(file_image_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   10,
+			NumEnums:      4,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
