@@ -31,16 +31,7 @@ func TestMain(m *testing.M) {
 // programs inherit it; a pipe would stay open as long as they live).
 func nsinit(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command(testutil.Binary(t), args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	err = cmd.Run()
-	out, _ := os.ReadFile(f.Name())
-	return string(out), err
+	return testutil.Run(t, testutil.Binary(t), args...)
 }
 
 // restore runs `nsinit restore -D img -d -v`, again when one of the
@@ -568,12 +559,4 @@ func TestStateRefusesWithName(t *testing.T) {
 	}
 }
 
-func exitCode(err error) int {
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
-}
+func exitCode(err error) int { return testutil.ExitCode(err) }
