@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
+	"github.com/nsinit/nsinit/internal/nsid"
 	"golang.org/x/sys/unix"
 )
 
@@ -18,9 +19,6 @@ import (
 // namespace (PROC_PID_INIT_INO). It is never watched whole: every fork on the
 // machine would count.
 const HostPidNSInode = 0xEFFFFFFC
-
-// nsGetNSType is NS_GET_NSTYPE, _IO(0xb7, 0x3) (not in x/sys/unix).
-const nsGetNSType = 0xb703
 
 // Counter indexes, as in trace.bpf.c's enum counter.
 const (
@@ -109,7 +107,7 @@ func (w *Watcher) WatchNS(fd int) (uint32, error) {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return 0, fmt.Errorf("watch pid namespace fd %d: %w", fd, err)
 	}
-	typ, err := unix.IoctlRetInt(fd, nsGetNSType)
+	typ, err := nsid.Type(fd)
 	if err != nil {
 		return 0, fmt.Errorf("watch pid namespace fd %d: not a namespace: %w", fd, err)
 	}

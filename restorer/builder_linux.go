@@ -27,12 +27,21 @@ import (
 // trampoline calls in a new child.
 var builderEntry = reflect.ValueOf(builderMain).Pointer()
 
-// Set once by Execute before the first clone, read-only afterwards.
+// The block of the restore in progress, where builders find their records:
+// set by each Execute (newBlock) before its first clone, read-only until it
+// returns. Builders share the restorer's memory, so these are the same
+// variables in every builder; executeMu keeps one Execute at a time in a
+// process.
 var (
 	bBase     unsafe.Pointer
 	bProcsOff uintptr
 	bStepsOff uintptr
 )
+
+// setBuilderBlock points the builders at b.
+func setBuilderBlock(b *block) {
+	bBase, bProcsOff, bStepsOff = b.base, b.procsOff, b.stepsOff
+}
 
 // clone3 is in trampoline_amd64.s.
 //
@@ -79,9 +88,10 @@ func procMain(arg uintptr) {
 	base := bBase
 	z := zeroBuf(base)
 	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
-	// while every signal is still blocked.
+	// while every signal is still blocked (SIGKILL and SIGSTOP have no
+	// handler to reset: the kernel refuses them).
 	for sig := uintptr(1); sig <= 64; sig++ {
-		if sig != 9 && sig != 19 && sig != 32 && sig != 33 {
+		if sig != uintptr(unix.SIGKILL) && sig != uintptr(unix.SIGSTOP) {
 			syscall.RawSyscall6(unix.SYS_RT_SIGACTION, sig, z, 0, 8, 0, 0)
 		}
 	}
@@ -110,7 +120,7 @@ func procMain(arg uintptr) {
 		}
 		switch st.op {
 		case int64(OpExit):
-			exitCreds(base, pr, i) // a zombie's own: caps_linux.go
+			exitCreds(base, pr, i) // a zombie's own: builder_creds_linux.go
 			setName(&pr.comm)
 			passOrLeave(base, st, i, self)
 			die(z, st.arg)
@@ -245,7 +255,7 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 		_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, txt, n)
 		syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
 		if e == 0 && st.check >= 0 {
-			return checkHostPID(base, st) // hostcheck.go
+			return checkHostPID(base, st) // exec_hostcursor.go
 		}
 		return uintptr(e)
 	case int64(OpWait):
@@ -338,7 +348,7 @@ func delegate(base unsafe.Pointer, th *stepRec, req int64) uintptr {
 // shares with the restorer and every other builder, which it cannot leave
 // as an exec payload does (passOrLeave). A task that takes another uid of
 // the restorer's own user namespace makes the restorer keep that memory
-// non-dumpable for good (execute.go, keepPrivate, privateReason), so that
+// non-dumpable for good (exec_private.go, keepPrivate, privateReason), so that
 // uid fails the kernel's ptrace check on it; one inside a user namespace
 // the restore created is out of reach of every process outside it anyway.
 // The planner puts every payload step after every step that needs the
@@ -509,7 +519,7 @@ func die(z uintptr, status int64) {
 func prepareExec(pr *procRec) syscall.Errno {
 	var e syscall.Errno
 	if pr.setCreds != 0 {
-		if e = setCreds(pr); e != 0 { // ids and capability sets: caps_linux.go
+		if e = setCreds(pr); e != 0 { // ids and capability sets: builder_creds_linux.go
 			return e
 		}
 	}
@@ -537,7 +547,7 @@ func prepareExec(pr *procRec) syscall.Errno {
 		}
 	}
 	if pr.setStdio != 0 {
-		return dupStdio(pr) // stdio_linux.go
+		return dupStdio(pr) // builder_stdio_linux.go
 	}
 	return 0
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 )
 
@@ -33,7 +34,7 @@ func onlyLoopChildren() bool {
 		b, _ := os.ReadFile(f)
 		for _, c := range strings.Fields(string(b)) {
 			st, err := os.ReadFile("/proc/" + c + "/status")
-			if err == nil && statusField(string(st), "NSpgid") != strconv.FormatInt(g, 10) {
+			if err == nil && procfs.StatusField(st, "NSpgid") != strconv.FormatInt(g, 10) {
 				return false
 			}
 		}

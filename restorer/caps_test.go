@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/dump"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 )
@@ -164,7 +165,7 @@ func capRoundTrip(t *testing.T, payload, placement string, last bool) bool {
 			name string
 			want uint64
 		}{{"CapInh", c.CapInh}, {"CapPrm", c.CapPrm}, {"CapEff", c.CapEff}, {"CapBnd", c.CapBnd}, {"CapAmb", c.CapAmb}} {
-			if got := statusField(s, f.name); got != fmt.Sprintf("%016x", f.want) {
+			if got := procfs.StatusField([]byte(s), f.name); got != fmt.Sprintf("%016x", f.want) {
 				t.Errorf("task %v (%v): %s %s, image %016x", tk.PIDs, tk.Argv, f.name, got, f.want)
 			}
 		}
@@ -173,7 +174,7 @@ func capRoundTrip(t *testing.T, payload, placement string, last bool) bool {
 			"Gid":    fmt.Sprintf("%d %d %d %d", c.GID, c.EGID, c.SGID, c.FSGID),
 			"Groups": joinU32(c.Groups),
 		} {
-			if got := strings.Join(strings.Fields(statusField(s, f)), " "); got != want {
+			if got := strings.Join(strings.Fields(procfs.StatusField([]byte(s), f)), " "); got != want {
 				t.Errorf("task %v: %s %q, image %q", tk.PIDs, f, got, want)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 )
@@ -74,7 +75,7 @@ func checkCreds(t *testing.T, tr *pstree.Tree, pay Payload) {
 				continue
 			}
 			for k, v := range want {
-				if got := strings.Join(strings.Fields(statusField(string(b), k)), " "); got != v {
+				if got := strings.Join(strings.Fields(procfs.StatusField(b, k)), " "); got != v {
 					t.Errorf("%s (task %v, %v): %s %q, image %q", p, tk.PIDs, tk.State, k, got, v)
 				}
 			}
@@ -86,7 +87,7 @@ func checkCreds(t *testing.T, tr *pstree.Tree, pay Payload) {
 // can have.
 func ownBounding() uint64 {
 	b, _ := os.ReadFile("/proc/self/status")
-	v, err := strconv.ParseUint(statusField(string(b), "CapBnd"), 16, 64)
+	v, err := strconv.ParseUint(procfs.StatusField(b, "CapBnd"), 16, 64)
 	if err != nil {
 		return testutil.FullCapSet()
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/dump"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
@@ -150,21 +151,21 @@ func checkTree(t *testing.T, tr *pstree.Tree, pay Payload) {
 		}
 		s := string(st)
 		ints := func(v []int) string { return joinInts(v) }
-		if got := statusField(s, "NSpid"); got != ints(tk.PIDs) {
+		if got := procfs.StatusField([]byte(s), "NSpid"); got != ints(tk.PIDs) {
 			t.Errorf("task %v: NSpid %s", tk.PIDs, got)
 		}
-		if got := statusField(s, "PPid"); got != strconv.Itoa(tk.PPID) && tk.PPID != 0 {
+		if got := procfs.StatusField([]byte(s), "PPid"); got != strconv.Itoa(tk.PPID) && tk.PPID != 0 {
 			t.Errorf("task %v: PPid %s, want %d", tk.PIDs, got, tk.PPID)
 		}
 		if tk.SIDs[0] != tr.Tasks[0].SIDs[0] || tr.Tasks[0].SIDs[0] == tr.Tasks[0].PID() {
-			if got := statusField(s, "NSsid"); got != ints(tk.SIDs) {
+			if got := procfs.StatusField([]byte(s), "NSsid"); got != ints(tk.SIDs) {
 				t.Errorf("task %v: NSsid %s, want %v", tk.PIDs, got, tk.SIDs)
 			}
-			if got := statusField(s, "NSpgid"); got != ints(tk.PGIDs) {
+			if got := procfs.StatusField([]byte(s), "NSpgid"); got != ints(tk.PGIDs) {
 				t.Errorf("task %v: NSpgid %s, want %v", tk.PIDs, got, tk.PGIDs)
 			}
 		}
-		state := statusField(s, "State")
+		state := procfs.StatusField([]byte(s), "State")
 		switch {
 		case tk.State == pstree.Zombie:
 			stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", tk.PID()))
@@ -187,8 +188,8 @@ func checkTree(t *testing.T, tr *pstree.Tree, pay Payload) {
 		if pay == PayloadStopped && tk.State != pstree.Zombie {
 			for _, th := range tk.Threads {
 				b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", tk.PID(), th.TIDs[0]))
-				if err != nil || statusField(string(b), "NSpid") != ints(th.TIDs) {
-					t.Errorf("thread %v of %v: %v %q", th.TIDs, tk.PIDs, err, statusField(string(b), "NSpid"))
+				if err != nil || procfs.StatusField(b, "NSpid") != ints(th.TIDs) {
+					t.Errorf("thread %v of %v: %v %q", th.TIDs, tk.PIDs, err, procfs.StatusField(b, "NSpid"))
 				}
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -355,10 +356,10 @@ func checkOwnersAndMaps(t *testing.T, tr *pstree.Tree, pay Payload) {
 		{
 			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", tk.PID()))
 			c := expectedCreds(tk, pay)
-			if got, want := statusField(string(b), "Uid"), fmt.Sprintf("%d\t%d\t%d\t%d", c.UID, c.EUID, c.SUID, c.FSUID); strings.Join(strings.Fields(got), "\t") != want {
+			if got, want := procfs.StatusField(b, "Uid"), fmt.Sprintf("%d\t%d\t%d\t%d", c.UID, c.EUID, c.SUID, c.FSUID); strings.Join(strings.Fields(got), "\t") != want {
 				t.Errorf("task %v: Uid %q, want %q", tk.PIDs, got, want)
 			}
-			if got, want := statusField(string(b), "Gid"), fmt.Sprintf("%d\t%d\t%d\t%d", c.GID, c.EGID, c.SGID, c.FSGID); strings.Join(strings.Fields(got), "\t") != want {
+			if got, want := procfs.StatusField(b, "Gid"), fmt.Sprintf("%d\t%d\t%d\t%d", c.GID, c.EGID, c.SGID, c.FSGID); strings.Join(strings.Fields(got), "\t") != want {
 				t.Errorf("task %v: Gid %q, want %q", tk.PIDs, got, want)
 			}
 		}

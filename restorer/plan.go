@@ -11,6 +11,29 @@
 //     not reproduce the tree is refused before anything runs.
 //   - Execute carries a plan out on the real kernel, verifies every placement
 //     through pidfds and rolls everything back on any error.
+//
+// Files are named by phase, so a reader opens the phase they care about:
+//
+//   - plan.go: the Plan, its Steps and Options (what the two halves share).
+//   - planner*.go: the pure planner. planner.go drives it (NewPlan, build);
+//     planner_creators.go decides who clones whom, planner_groups.go which
+//     group each clone happens in, planner_expand.go orders a proc's part,
+//     planner_place.go emits each clone with its pids and cursor writes,
+//     planner_helpers.go adds the temporary helper tasks,
+//     planner_namespaces.go, planner_userns.go and planner_net.go plan the
+//     other namespaces, planner_finish.go the verification and final steps.
+//   - model*.go: the kernel's rules the planner checks every step against
+//     (model.go: state and apply; model_tasks.go: clone, setpgid, exit;
+//     model_namespaces.go; model_compare.go: the final comparison).
+//   - execute.go, exec_*.go: the transaction that runs a plan: the shared
+//     block the builders read (exec_block.go), running the steps
+//     (exec_tx.go), verifying placements (exec_verify.go), commit and
+//     rollback (exec_commit.go), keeping the shared memory private
+//     (exec_private.go), the host cursor's checks (exec_hostcursor.go),
+//     agents (exec_agents.go), credentials and names (exec_creds.go,
+//     exec_comm.go), network configuration (netcfg.go, rtnl.go).
+//   - builder*_linux.go and trampoline_amd64.s: the code the cloned builder
+//     tasks run, with no Go runtime (raw syscalls only).
 package restorer
 
 import (
@@ -18,6 +41,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/pstree"
 )
 
@@ -358,4 +382,33 @@ func (p *Plan) isSubreaper(i int) bool {
 func (p *Plan) becomesAgent(i int) bool {
 	t := p.Procs[i].Task
 	return t >= 0 && p.Tree.Tasks[t].Agent && p.Options.AgentExe != "" && p.Options.Payload == PayloadExec
+}
+
+// agentWindow is where a restored agent's namespace cursor points while the
+// agent's runtime starts its threads (agentconn.RuntimeWindow).
+func (p *Plan) agentWindow() int {
+	return agentconn.RuntimeWindow(p.Options.Features.PidMax)
+}
+
+// threadCloners maps each clone step that a thread of its actor performs
+// (Step.Thread: the child's parent thread in the image, stopped payload)
+// to the actor's OpThread step that created that thread: the builder hands
+// the clone to that thread (builder_linux.go, delegate), whose mailbox is
+// in that step's record. The model made sure the thread exists by then.
+func threadCloners(p *Plan) map[int]int {
+	type key struct{ actor, tid int }
+	made := map[key]int{}
+	out := map[int]int{}
+	for i := range p.Steps {
+		s := &p.Steps[i]
+		switch {
+		case s.Op == OpThread:
+			made[key{s.Actor, s.PIDs[0]}] = i
+		case s.Op == OpClone && s.Thread != 0:
+			if j, ok := made[key{s.Actor, s.Thread}]; ok {
+				out[i] = j
+			}
+		}
+	}
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -327,7 +328,7 @@ func leftOver(tk pstree.Task) bool {
 	if err != nil {
 		return false
 	}
-	if g := loopPgid.Load(); g != 0 && statusField(string(st), "NSpgid") == strconv.Itoa(int(g)) {
+	if g := loopPgid.Load(); g != 0 && procfs.StatusField(st, "NSpgid") == strconv.Itoa(int(g)) {
 		return false // a fork of the test's host fork loop (busyhost_test.go)
 	}
 	if descendant(tk.PID()) {
@@ -370,7 +371,7 @@ func descendant(pid int) bool {
 		if err != nil {
 			return false
 		}
-		pid, _ = strconv.Atoi(statusField(string(b), "PPid"))
+		pid, _ = strconv.Atoi(procfs.StatusField(b, "PPid"))
 		if pid == os.Getpid() {
 			return true
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -57,7 +58,7 @@ func TestRestoreSubreaper(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := statusField(string(b), "PPid")
+			got := procfs.StatusField(b, "PPid")
 			if want := strconv.Itoa(s.PID()); s.ChildSubreaper != (got == want) {
 				t.Errorf("%s payload: orphan %d of %d went to %s; %d (subreaper %v) is its grandparent", []string{"exec", "stopped"}[pay], o.PID(), m.PID(), got, s.PID(), s.ChildSubreaper)
 			}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -101,7 +102,7 @@ func restoreThroughAgent(t *testing.T, bin, placement string, rootless bool) {
 	}
 	inner := func(host int) string { // its pid in the agent's namespace
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", host))
-		f := strings.Fields(statusField(string(b), "NSpid"))
+		f := strings.Fields(procfs.StatusField(b, "NSpid"))
 		return f[len(f)-1]
 	}
 	inside := func(args ...string) (string, error) {
@@ -174,11 +175,11 @@ func procView(root int) []string {
 			continue
 		}
 		s := string(b)
-		pb, _ := os.ReadFile("/proc/" + statusField(s, "PPid") + "/status")
-		parent, _, _ := strings.Cut(inner(statusField(string(pb), "NSpid")), " ")
-		state, _, _ := strings.Cut(statusField(s, "State"), " ")
-		out = append(out, strings.Join([]string{inner(statusField(s, "NSpid")), parent,
-			inner(statusField(s, "NSpgid")), inner(statusField(s, "NSsid")), state}, " | "))
+		pb, _ := os.ReadFile("/proc/" + procfs.StatusField([]byte(s), "PPid") + "/status")
+		parent, _, _ := strings.Cut(inner(procfs.StatusField(pb, "NSpid")), " ")
+		state, _, _ := strings.Cut(procfs.StatusField([]byte(s), "State"), " ")
+		out = append(out, strings.Join([]string{inner(procfs.StatusField([]byte(s), "NSpid")), parent,
+			inner(procfs.StatusField([]byte(s), "NSpgid")), inner(procfs.StatusField([]byte(s), "NSsid")), state}, " | "))
 	}
 	slices.Sort(out)
 	return out

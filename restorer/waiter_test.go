@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -41,9 +42,9 @@ func TestE2EWaitersAreNotRunAgain(t *testing.T) {
 			}
 			argv, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
 			s := string(st)
-			state, _, _ := strings.Cut(statusField(s, "State"), " ")
-			out = append(out, strings.Join([]string{statusField(s, "NSpid"), statusField(s, "PPid"),
-				statusField(s, "NSpgid"), statusField(s, "NSsid"), state, statusField(s, "Threads"),
+			state, _, _ := strings.Cut(procfs.StatusField([]byte(s), "State"), " ")
+			out = append(out, strings.Join([]string{procfs.StatusField([]byte(s), "NSpid"), procfs.StatusField([]byte(s), "PPid"),
+				procfs.StatusField([]byte(s), "NSpgid"), procfs.StatusField([]byte(s), "NSsid"), state, procfs.StatusField([]byte(s), "Threads"),
 				strings.ReplaceAll(string(argv), "\x00", " ")}, " | "))
 		}
 		slices.Sort(out)
@@ -96,7 +97,7 @@ func TestE2EWaitersAreNotRunAgain(t *testing.T) {
 	for i := 0; i < 300 && st != "Z"; i++ {
 		time.Sleep(10 * time.Millisecond)
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", sh))
-		st = string(procState(b))
+		st = string(procfs.StatState(b))
 	}
 	if st != "Z" {
 		t.Errorf("the restored waiting shell (pid %d) is %q after its children died, want a zombie", sh, st)

@@ -84,7 +84,7 @@ func uid1000Tree(t *testing.T, n int) (*pstree.Tree, []string) {
 // in the user namespaces it owns: it passes the kernel's ptrace check on
 // any builder inside them (docs/kernel.md F8.4) while their memory - the
 // root restorer's - is dumpable. It must stay non-dumpable all that time
-// (execute.go, keepPrivate).
+// (exec_private.go, keepPrivate).
 func TestNoPtraceWindowUserNS(t *testing.T) {
 	needRoot(t)
 	for try := 0; ; try++ {
@@ -240,7 +240,7 @@ func copyForUser(t *testing.T) string {
 // TestRestoreUserNamespacesPrivate restores userTree (user namespaces two
 // deep, builders inside them joining their fellows' pid namespaces) with
 // the shared memory kept non-dumpable throughout, as a restore does when a
-// builder could otherwise be a way into it (execute.go, keepPrivate): the
+// builder could otherwise be a way into it (exec_private.go, keepPrivate): the
 // builders in child user namespaces then have no ptrace right over their
 // fellows and join their namespaces through files the restorer opens
 // (builder_linux.go, setnsVia).

@@ -51,3 +51,15 @@ func Inode(fd int) (uint64, error) {
 	}
 	return st.Ino, nil
 }
+
+// nsGetNSType is NS_GET_NSTYPE, _IO(0xb7, 0x3) (not in x/sys/unix).
+const nsGetNSType = 0xb703
+
+// Type returns the kind of namespace fd as its CLONE_NEW* flag.
+func Type(fd int) (int, error) {
+	typ, err := unix.IoctlRetInt(fd, nsGetNSType)
+	if err != nil {
+		return 0, fmt.Errorf("NS_GET_NSTYPE: %w", err)
+	}
+	return typ, nil
+}

@@ -39,3 +39,20 @@ func TestOwnNamespaces(t *testing.T) {
 		t.Errorf("OwnerUID = %d, %v", uid, err)
 	}
 }
+
+func TestType(t *testing.T) {
+	for name, want := range map[string]int{"pid": unix.CLONE_NEWPID, "user": unix.CLONE_NEWUSER, "net": unix.CLONE_NEWNET} {
+		fd, err := unix.Open("/proc/self/ns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Type(fd)
+		unix.Close(fd)
+		if err != nil || got != want {
+			t.Errorf("Type(%s) = %#x, %v; want %#x", name, got, err, want)
+		}
+	}
+	if _, err := Type(0); err == nil {
+		t.Error("Type of a non-namespace fd succeeded")
+	}
+}

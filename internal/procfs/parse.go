@@ -285,3 +285,32 @@ func uint4(v []byte, dst *[4]uint32) error {
 func hex64(v []byte) (uint64, error) {
 	return strconv.ParseUint(string(bytes.TrimSpace(v)), 16, 64)
 }
+
+// StatusField returns the value of "Key:\tvalue" in a /proc/PID/status
+// text, blanks collapsed to one space, "" when absent. Unlike ParseStatus
+// it insists on nothing: for a quick look at one field of a task that may
+// be exiting (a zombie's status lacks some lines).
+func StatusField(status []byte, key string) string {
+	for len(status) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(status, '\n'); i >= 0 {
+			line, status = status[:i], status[i+1:]
+		} else {
+			line, status = status, nil
+		}
+		if k, v, ok := bytes.Cut(line, []byte{':'}); ok && string(k) == key {
+			return string(bytes.Join(bytes.Fields(v), []byte{' '}))
+		}
+	}
+	return ""
+}
+
+// StatState is the state letter of a /proc/PID/stat text (read after the
+// command, which may contain spaces and parentheses), 0 if there is none.
+func StatState(stat []byte) byte {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return 0
+	}
+	return stat[i+2]
+}

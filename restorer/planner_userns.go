@@ -7,7 +7,7 @@ import (
 	"github.com/nsinit/nsinit/pstree"
 )
 
-// User namespaces are created like the other kinds (namespaces.go), by
+// User namespaces are created like the other kinds (planner_namespaces.go), by
 // their first member; right after the unshare a member of the parent user
 // namespace writes the new one's setgroups, uid_map and gid_map
 // (OpUserMap; the kernel wants the writer in the parent or in the
@@ -81,31 +81,6 @@ func userMapText(p *Plan, u pstree.NSID, w int) (uidMap, gidMap string, err erro
 		return "", "", err
 	}
 	return uidMap, gidMap, nil
-}
-
-// userMap is the model of the map writes: by a member of the parent user
-// namespace, once, for a namespace the restore created.
-func (m *model) userMap(pl *Plan, s *Step) error {
-	u := s.NS[pstree.UserNS]
-	t := &m.procs[s.Target]
-	if s.Target < 0 || t.state != mAlive || t.nsk[pstree.UserNS] != u || !m.made[u] {
-		return fmt.Errorf("maps of user ns %d: target is not a member of it", u)
-	}
-	if m.mapped[u] {
-		return fmt.Errorf("maps of user ns %d written twice: EPERM", u)
-	}
-	parent := m.tr.Namespace(u).Parent
-	if parent == 0 || m.tr.Namespace(parent).Ambient {
-		parent = m.own[pstree.UserNS]
-	}
-	if w := m.procs[s.Actor].nsk[pstree.UserNS]; w != parent {
-		return fmt.Errorf("maps of user ns %d written from user ns %d, not its parent %d: EPERM", u, w, parent)
-	}
-	if m.journal {
-		m.undo = append(m.undo, func() { delete(m.mapped, u) })
-	}
-	m.mapped[u] = true
-	return nil
 }
 
 // taskCreds are the ids an exec payload sets, in the task's own user

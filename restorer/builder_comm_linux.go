@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// setName gives the calling thread its recorded command name (comm.go); an
+// setName gives the calling thread its recorded command name (exec_comm.go); an
 // all-zero record (name not in the image) keeps the restorer's. Builder
 // code: nosplit, raw syscall only.
 //

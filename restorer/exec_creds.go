@@ -13,7 +13,7 @@ import (
 // Capability sets of the exec payload. The builder is root with every
 // capability in the task's final user namespace; before the execve it puts
 // the image's bounding, inheritable and ambient sets in place (setCreds in
-// caps_linux.go), and the kernel's exec rules (capabilities(7)) then compute
+// builder_creds_linux.go), and the kernel's exec rules (capabilities(7)) then compute
 // the permitted and effective sets: for a root target every cap of
 // bounding|inheritable, for a non-root target without file capabilities the
 // ambient set. An image whose permitted or effective set cannot come out of

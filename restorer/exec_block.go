@@ -4,6 +4,7 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/internal/sys"
+	"golang.org/x/sys/unix"
 )
 
 // The block is the one piece of memory the Go restorer and the builder
@@ -23,7 +24,7 @@ type header struct {
 	base      uint64 // the block's own address, for sanity checks
 
 	// The level-0 writer's check of a clone placed through the host
-	// cursor (hostcheck.go): the pidfd's fdinfo path, prefix filled by
+	// cursor (exec_hostcursor.go): the pidfd's fdinfo path, prefix filled by
 	// Execute, and the text read from it.
 	fdinfoPath [40]byte
 	fdinfoBuf  [512]byte
@@ -64,7 +65,7 @@ type procRec struct {
 	execErr   int32  // errno of a failed execve, 0 otherwise
 	firstStep int64  // first step this proc performs, -1 for none
 	selfPid   int64  // its pid in its own namespace (for kill(self))
-	// capability sets for the exec payload (caps.go); setCaps 0 leaves the
+	// capability sets for the exec payload (exec_creds.go); setCaps 0 leaves the
 	// builder's own. capHdr and capData are capget/capset scratch space.
 	setCaps, keepCaps      uint32
 	capExact               uint32 // a zombie: capset permitted and effective too
@@ -84,14 +85,14 @@ type procRec struct {
 	subreaper             uint32 // PR_SET_CHILD_SUBREAPER before the payload
 	// controlFD is a restored agent's end of its control socket (in the
 	// shared fd table, close-on-exec), -1 for other procs: the builder
-	// dups it to agentconn.ControlFD for its exec (agents.go).
+	// dups it to agentconn.ControlFD for its exec (exec_agents.go).
 	controlFD int32
 	// markFD is the waiter mark (internal/waiter) for a proc that becomes a
 	// waiter, -1 for others: the builder dups it to waiter.FD for its exec.
 	markFD int32
-	comm   [commLen + 1]byte // name of a zombie or parked task (comm.go)
+	comm   [commLen + 1]byte // name of a zombie or parked task (exec_comm.go)
 	// setStdio set: stdio are the fds (in the shared table, -1: keep the
-	// restorer's) the builder dups to 0, 1, 2 for its exec (stdio_linux.go).
+	// restorer's) the builder dups to 0, 1, 2 for its exec (builder_stdio_linux.go).
 	setStdio uint32
 	stdio    [3]int32
 }
@@ -112,7 +113,7 @@ type stepRec struct {
 	text      [24]byte             // OpLastPID: the number as text
 	textLen   int64
 	// OpLastPID: the proc whose level-0 pid the writer checks afterwards
-	// (hostcheck.go), -1 for none, and that pid.
+	// (exec_hostcursor.go), -1 for none, and that pid.
 	check, checkPid int64
 	// OpUserMap: up to three files (setgroups, uid_map, gid_map) to write:
 	// NUL-terminated path and text addresses in the block, text lengths;
@@ -122,7 +123,7 @@ type stepRec struct {
 	// OpHostname: the names (at most 64 bytes each, __NEW_UTS_LEN).
 	host, domain       [64]byte
 	hostLen, domainLen int64
-	comm               [commLen + 1]byte // OpThread: the thread's name (comm.go)
+	comm               [commLen + 1]byte // OpThread: the thread's name (exec_comm.go)
 	named              uint32            // OpThread: futex word, 1 once it has it
 	// A step that joins another proc's namespaces (into) and was refused
 	// the pidfd setns: the namespace files the restorer opened for it, in
@@ -178,4 +179,13 @@ func procAt(base unsafe.Pointer, off uintptr, i int64) *procRec {
 //go:nosplit
 func stepAt(base unsafe.Pointer, off uintptr, i int64) *stepRec {
 	return (*stepRec)(unsafe.Add(base, off+uintptr(i)*stepRecSize))
+}
+
+func (b *block) hdr() *header { return hdrAt(b.base) }
+
+func (b *block) unmap() {
+	if b.mem != nil {
+		_ = unix.Munmap(b.mem)
+		b.mem, b.base = nil, nil
+	}
 }

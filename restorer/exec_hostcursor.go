@@ -10,12 +10,11 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/internal/procfs"
-	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
 
 // The host cursor (level 0's ns_last_pid) is shared with every process of
-// the machine (kernel-facts F1.3). Two things keep a restore honest on a
+// the machine (docs/kernel.md F1.3). Two things keep a restore honest on a
 // host where something forks all the time:
 //
 //   - parkHostCursor keeps the cursor above the image's level-0 pids for
@@ -32,21 +31,6 @@ import (
 //     map write through /proc/PID of someone else's process is EPERM or
 //     ENOENT - errors that say nothing about the cause. The check makes it
 //     ErrHostRace (retried) and ErrPIDTaken, naming the holder.
-
-// writesHostCursor says whether actor, about to clone, may write the host
-// (level-0) cursor itself: it is in level-0 pid namespace ns0 and capable
-// over its owner (a builder that entered a user namespace is not).
-func (pl *planner) writesHostCursor(actor int, ns0 pstree.NSID) bool {
-	if actor < 0 {
-		return false
-	}
-	a := &pl.m.procs[actor]
-	if a.ns != ns0 {
-		return false
-	}
-	o := pl.m.nss[ns0].owner
-	return o == 0 || pl.m.capable(a.nsk[pstree.UserNS], o)
-}
 
 // errMisplaced marks a failure "errno" that is really the level-0 pid a
 // checked clone got (in the low bits), not an errno.
@@ -168,12 +152,11 @@ func holderOf(pid int) string {
 	if err != nil {
 		return ""
 	}
-	st := string(b)
-	who := fmt.Sprintf("%q (tgid %s)", statusField(st, "Name"), statusField(st, "Tgid"))
-	if !strings.HasPrefix(statusField(st, "State"), "Z") {
+	who := fmt.Sprintf("%q (tgid %s)", procfs.StatusField(b, "Name"), procfs.StatusField(b, "Tgid"))
+	if !strings.HasPrefix(procfs.StatusField(b, "State"), "Z") {
 		return who
 	}
-	ppid := statusField(st, "PPid")
+	ppid := procfs.StatusField(b, "PPid")
 	parent := "?"
 	if c, err := os.ReadFile("/proc/" + ppid + "/comm"); err == nil {
 		parent = strings.TrimSuffix(string(c), "\n")

@@ -32,11 +32,11 @@ const whyStandIn = "stand-in that keeps its parent's session and group"
 // table of the planner and the model grows with it.
 func (pl *planner) addHelper(p Proc) int {
 	h := pl.addProc(p)
-	if pl.rb != nil {
-		pl.rb = append(pl.rb, unset)
+	if pl.leaderBirthSession != nil {
+		pl.leaderBirthSession = append(pl.leaderBirthSession, unset)
 	}
-	if pl.bg != nil {
-		pl.bg = append(pl.bg, unset)
+	if pl.requiredBirthGroup != nil {
+		pl.requiredBirthGroup = append(pl.requiredBirthGroup, unset)
 	}
 	if pl.m != nil {
 		pl.m.procs = append(pl.m.procs, mproc{})
@@ -69,7 +69,7 @@ func (pl *planner) newLeaver(c, s, p int) int {
 		return -1
 	}
 	h := pl.addHelper(Proc{Task: -1, PIDs: pl.freePIDs(ns), NS: ns, Why: whyLeaver})
-	pl.tsid[h], pl.tpgid[h] = s, g
+	pl.sessionLeader[h], pl.groupLeader[h] = s, g
 	pl.creator[h] = x
 	pl.kids[x] = append(pl.kids[x], h)
 	return h
@@ -89,9 +89,9 @@ func (pl *planner) initAbove(p, c int) bool {
 // member of a session can be in.
 func (pl *planner) leaverGroup(c int) int {
 	if pl.reachesFinalGroup(c) {
-		return pl.tsid[c]
+		return pl.sessionLeader[c]
 	}
-	return pl.tpgid[c]
+	return pl.groupLeader[c]
 }
 
 // reachesFinalGroup says whether q can get into its final group from any
@@ -99,8 +99,8 @@ func (pl *planner) leaverGroup(c int) int {
 // group's leader is in q's own namespace so q can name it in setpgid, or
 // q's outer parent can move it there (F4.1).
 func (pl *planner) reachesFinalGroup(q int) bool {
-	g := pl.tpgid[q]
-	return g == q || pl.tsid[q] == q || (g >= 0 && pl.numAt(g, q) != 0) || pl.parentMovesLater(q, g)
+	g := pl.groupLeader[q]
+	return g == q || pl.sessionLeader[q] == q || (g >= 0 && pl.numAt(g, q) != 0) || pl.parentMovesLater(q, g)
 }
 
 // groupCreator is a proc that can clone a leaver for c into pid namespace
@@ -110,7 +110,7 @@ func (pl *planner) reachesFinalGroup(q int) bool {
 // session leader is always in its own session and group).
 func (pl *planner) groupCreator(c int, ns pstree.NSID, s, g int) int {
 	ok := func(x int) bool {
-		return x >= 0 && x != c && pl.tsid[x] == s && pl.tpgid[x] == g && !pl.below(x, c) &&
+		return x >= 0 && x != c && pl.sessionLeader[x] == s && pl.groupLeader[x] == g && !pl.below(x, c) &&
 			slices.Contains(pl.m.chain(ns), pl.plan.Procs[x].NS)
 	}
 	if ok(g) {
@@ -179,7 +179,7 @@ func (pl *planner) leaveToParent(k int) bool {
 		return false
 	}
 	p := pl.byPID[pl.tr().Tasks[t].PPID]
-	h := pl.newLeaver(k, pl.tsid[k], p)
+	h := pl.newLeaver(k, pl.sessionLeader[k], p)
 	if h < 0 {
 		return false
 	}
@@ -194,7 +194,7 @@ func (pl *planner) leaveToParent(k int) bool {
 // it ends in: it calls setsid or changes its group later in the plan.
 func (pl *planner) leavesItsState(p int) bool {
 	mp := &pl.m.procs[p]
-	return mp.sid != pl.tsid[p] || mp.pgid != pl.tpgid[p]
+	return mp.sid != pl.sessionLeader[p] || mp.pgid != pl.groupLeader[p]
 }
 
 // standIn gives p's kid c, born through setns into a namespace whose init
@@ -211,7 +211,7 @@ func (pl *planner) standIn(p, c int) int {
 	}
 	mp := &pl.m.procs[p]
 	h := pl.addHelper(Proc{Task: -1, PIDs: pl.freePIDs(mp.ns), NS: mp.ns, Why: whyStandIn})
-	pl.tsid[h], pl.tpgid[h] = mp.sid, mp.pgid
+	pl.sessionLeader[h], pl.groupLeader[h] = mp.sid, mp.pgid
 	pl.creator[h] = p
 	if i := slices.Index(pl.kids[p], c); i >= 0 {
 		pl.kids[p][i] = h // in c's place in p's order

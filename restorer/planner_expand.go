@@ -1,0 +1,243 @@
+package restorer
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/nsinit/nsinit/pstree"
+)
+
+// expand runs proc p's part of the plan: it creates p's kids around p's own
+// session and group changes, then expands each kid.
+func (pl *planner) expand(p int) error {
+	mp := func() *mproc { return &pl.m.procs[p] }
+	leadsSession := pl.sessionLeader[p] == p
+	if pl.plan.Options.Payload == PayloadStopped && !pl.plan.Procs[p].IsHelper() {
+		t := &pl.tr().Tasks[pl.plan.Procs[p].Task]
+		// An agent's threads belong to its Go runtime, not to the image.
+		if t.State != pstree.Zombie && !t.Agent {
+			for _, th := range t.Threads {
+				if err := pl.placed(Step{Op: OpThread, Actor: p, Target: -1, PIDs: th.TIDs}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	var created []int
+	clone := func(c int) error {
+		k, err := pl.cloneKid(p, c)
+		if k >= 0 {
+			created = append(created, k)
+		}
+		return err
+	}
+	var leaders, phaseA, phaseB []int
+	for _, c := range pl.kids[p] {
+		switch bs := pl.birthSession(c); {
+		case bs == unset:
+			leaders = append(leaders, c)
+		case leadsSession && bs == p:
+			phaseB = append(phaseB, c)
+		default:
+			phaseA = append(phaseA, c)
+		}
+	}
+	for _, c := range leaders {
+		if err := clone(c); err != nil {
+			return err
+		}
+	}
+	var later, hop []int
+	cloneGroup := func(c int) int { return pl.cloneGroup(c, p) }
+	for _, c := range phaseA {
+		switch g := cloneGroup(c); {
+		case g == mp().pgid || (g == unset && pl.groupLeader[c] == mp().pgid):
+			if err := clone(c); err != nil {
+				return err
+			}
+		case g == unset:
+			later = append(later, c)
+		default:
+			hop = append(hop, c)
+		}
+	}
+	if !leadsSession && pl.groupLeader[p] == p && mp().pgid != p {
+		if err := pl.setpgidTo(p, 0, p); err != nil {
+			return err
+		}
+	}
+	for _, c := range hop {
+		if g := cloneGroup(c); mp().pgid != g {
+			if err := pl.setpgidTo(p, 0, g); err != nil {
+				return err
+			}
+		}
+		if err := clone(c); err != nil {
+			return err
+		}
+	}
+	if g := pl.groupLeader[p]; !leadsSession && g != ext && mp().pgid != g {
+		// Joining may have to wait for the group to exist: a work item
+		// of its own.
+		pl.joins = append(pl.joins, pl.joinOf(p, g))
+	}
+	for _, c := range later {
+		if err := clone(c); err != nil {
+			return err
+		}
+	}
+	if leadsSession {
+		if err := pl.emit(Step{Op: OpSetsid, Actor: p, Target: -1}); err != nil {
+			return err
+		}
+		for _, c := range phaseB {
+			if err := clone(c); err != nil {
+				return err
+			}
+		}
+	}
+	// Kids that lead a session or a group go first, so the groups others
+	// join exist when they join them.
+	slices.SortStableFunc(created, func(a, b int) int {
+		rank := func(c int) int {
+			switch {
+			case pl.sessionLeader[c] == c:
+				return 0
+			case pl.groupLeader[c] == c:
+				return 1
+			}
+			return 2
+		}
+		return rank(a) - rank(b)
+	})
+	pl.ready = append(created, pl.ready...)
+	return nil
+}
+
+// cloneKid plays p's clone of its kid c and returns the proc it created:
+// c, or a stand-in that clones c later, or -1 when c waits for its
+// namespace's init (deferred).
+func (pl *planner) cloneKid(p, c int) (int, error) {
+	st := pl.cloneStep(c)
+	if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
+		// born via setns into a namespace whose init a later part of
+		// the plan creates: clone it then, when p is in its final
+		// state - or, if p leaves the session or group c is to be
+		// born in before then, by a stand-in born in them now.
+		if pl.sessionLeader[c] == c || !pl.leavesItsState(p) {
+			pl.deferred = append(pl.deferred, c)
+			return -1, nil
+		}
+		c = pl.standIn(p, c)
+		st = pl.cloneStep(c)
+	}
+	if err := pl.placeClone(st); err != nil {
+		return -1, err
+	}
+	if pl.earlyGroup(c) {
+		return c, pl.setpgidTo(c, 0, c)
+	}
+	// An outer parent moves its inner child into a group the child
+	// cannot name (F4.1), before the child does anything.
+	g := pl.requiredBirthGroup[c]
+	if g == unset {
+		g = pl.groupLeader[c]
+		if g == c || g == ext || pl.sessionLeader[c] == c || pl.numAt(g, c) != 0 {
+			return c, nil
+		}
+	}
+	if pl.m.procs[c].pgid != g && pl.outerMove(c, p, g) {
+		mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+		if pl.setpgidTo(p, c, g) != nil {
+			// g does not exist yet (a later part of the plan forms
+			// it): c does nothing until p has moved it there.
+			pl.m.rollback(mark)
+			pl.plan.Steps = pl.plan.Steps[:steps]
+			pl.joins = append(pl.joins, join{p, c, g})
+			pl.moving[c] = true
+		}
+	}
+	return c, nil
+}
+
+// expandAll expands procs depth first. A proc whose part cannot be played
+// yet (typically: it joins a group whose leader is expanded later) is
+// rolled back in the model and retried after the others; the plan fails
+// only when no proc can make progress.
+func (pl *planner) expandAll() error {
+	pl.ready = []int{0}
+	pl.moving = map[int]bool{}
+	pl.m.journal = true
+	defer func() { pl.m.journal = false }()
+	for len(pl.ready) > 0 || len(pl.joins) > 0 || len(pl.deferred) > 0 {
+		var firstErr error
+		progressed := false
+		for i, c := range pl.deferred {
+			if pl.m.nss[pl.plan.Procs[c].NS].init < 0 {
+				continue
+			}
+			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+			if err := pl.placeClone(pl.cloneStep(c)); err != nil {
+				pl.m.rollback(mark)
+				pl.plan.Steps = pl.plan.Steps[:steps]
+				continue
+			}
+			pl.deferred = slices.Delete(pl.deferred, i, i+1)
+			pl.ready = append([]int{c}, pl.ready...)
+			progressed = true
+			break
+		}
+		if progressed {
+			pl.m.undo = pl.m.undo[:0]
+			continue
+		}
+		for i, j := range pl.joins {
+			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+			if err := pl.setpgidTo(j.actor, j.target, j.g); err != nil {
+				pl.m.rollback(mark)
+				pl.plan.Steps = pl.plan.Steps[:steps]
+				continue
+			}
+			pl.joins = slices.Delete(pl.joins, i, i+1)
+			delete(pl.moving, j.target)
+			progressed = true
+			break
+		}
+		if progressed {
+			pl.m.undo = pl.m.undo[:0]
+			continue
+		}
+		for i, p := range pl.ready {
+			if pl.moving[p] {
+				continue
+			}
+			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
+			rest := append(slices.Clone(pl.ready[:i]), pl.ready[i+1:]...)
+			pl.ready = nil
+			err := pl.expand(p)
+			if err == nil {
+				pl.ready = append(pl.ready, rest...)
+				progressed = true
+				break
+			}
+			pl.m.rollback(mark)
+			pl.plan.Steps = pl.plan.Steps[:steps]
+			pl.ready = append(rest[:i:i], append([]int{p}, rest[i:]...)...)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		if !progressed {
+			if firstErr == nil && len(pl.joins) > 0 {
+				j := pl.joins[0]
+				firstErr = pl.setpgidTo(j.actor, j.target, j.g)
+			}
+			if firstErr == nil {
+				firstErr = fmt.Errorf("no progress: %w", ErrUnsupported)
+			}
+			return firstErr
+		}
+		pl.m.undo = pl.m.undo[:0]
+	}
+	return nil
+}
