@@ -592,6 +592,29 @@ static int step(int k) {
 		say("   actor %d is host %d\n", s->newslot, S[s->newslot].host);
 	}
 	sweep();
+	// Most user namespaces get their maps right away, as the tools that
+	// make them do: by the parent after the clone, by the task itself
+	// after its unshare. The others keep them for a later writemap from
+	// anyone, or never get any.
+	int user = (op == OP_FORK && (forks[s->var].flags & CLONE_NEWUSER)) ||
+		   (op == OP_UNSHARE && (unshares[s->var].flags & CLONE_NEWUSER));
+	if (res >= 0 && user && A[a].alive && rnd(8) != 0) {
+		int target = op == OP_FORK ? s->newslot : a;
+		// A random map, else (as such tools fall back) the writer's own
+		// ids, which any writer with the right to write may map.
+		for (int try = 0; try < 2; try++) {
+			s->op = OP_WRITEMAP;
+			s->var = try ? N(maps) - 1 : rnd(N(maps));
+			s->arg = target;
+			say("%3d: actor %d (host %d) writemap \"%s\" of actor %d", k, a, s->host, maps[s->var], target);
+			if ((res = run(a)) >= 0) {
+				ok[OP_WRITEMAP][s->var]++;
+				say(" -> 0\n");
+				break;
+			}
+			say(" -> %s (the kernel's rule)\n", strerror(-res));
+		}
+	}
 	return 1;
 }
 
