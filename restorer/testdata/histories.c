@@ -22,6 +22,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/nsfs.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -31,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -141,6 +143,7 @@ static int nvars(int op) {
 #define MAXPROCS 28  // processes
 #define MAXTHREADS 8 // threads beside the leaders
 #define READY_FD 3
+#define MAXLEVEL 40 // pid namespace nesting (the kernel allows 32)
 
 // slot: what an actor and the root share, in the shared mapping.
 struct slot {
@@ -377,6 +380,11 @@ static struct actor {
 	int thread;            // a thread beside its process's leader
 	int proc;              // the slot of its process's leader thread
 	int pidfd;             // the thread's pidfd for a thread, else the process's
+	// A process's pid namespaces, its own first, by inode, and its start
+	// time (a zombie's pid is its own until it is reaped).
+	unsigned long pidns[MAXLEVEL];
+	int levels;
+	unsigned long long start;
 } A[MAXA];
 
 static uint64_t rng;
@@ -467,6 +475,43 @@ static int run(int a) {
 }
 
 // adopt registers the actor born in slot n (its birth reply is the event).
+// starttime is field 22 of /proc/PID/stat (0 when there is no such task).
+static unsigned long long starttime(int host) {
+	char path[64], buf[1024];
+	snprintf(path, sizeof path, "/proc/%d/stat", host);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *p = strrchr(buf, ')');
+	for (int f = 2; p && f < 22; f++)
+		p = strchr(p + 1, ' ');
+	return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+// record reads process n's pid namespaces (NS_GET_PARENT up to the host's)
+// and start time while it is alive.
+static void record(int n) {
+	char path[64];
+	struct stat st;
+	snprintf(path, sizeof path, "/proc/%d/ns/pid", S[n].host);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	A[n].levels = 0;
+	while (fd >= 0 && A[n].levels < MAXLEVEL && fstat(fd, &st) == 0) {
+		A[n].pidns[A[n].levels++] = st.st_ino;
+		int up = ioctl(fd, NS_GET_PARENT);
+		close(fd);
+		fd = up;
+	}
+	if (fd >= 0)
+		close(fd);
+	A[n].start = starttime(S[n].host);
+}
+
 static void adopt(int n, int thread, int proc) {
 	char c;
 	if (read(repp[n][0], &c, 1) != 1)
@@ -475,6 +520,43 @@ static void adopt(int n, int thread, int proc) {
 	if (fd < 0)
 		die("pidfd_open");
 	A[n] = (struct actor){.used = 1, .alive = 1, .thread = thread, .proc = thread ? proc : n, .pidfd = fd};
+	if (!thread)
+		record(n);
+}
+
+// exists says whether process slot n is still a task (alive or a zombie).
+static int exists(int n) {
+	return A[n].used && !A[n].thread && starttime(S[n].host) == A[n].start;
+}
+
+static int under(int n, unsigned long ns) {
+	for (int l = 0; l < A[n].levels; l++)
+		if (A[n].pidns[l] == ns)
+			return 1;
+	return 0;
+}
+
+// heldInit says whether process p is the init of a pid namespace whose
+// exit the kernel would hold: zap_pid_ns_processes waits until every task
+// of the namespace is reaped, and one whose parent is outside the
+// namespace is reaped only by that parent, which in a history parks
+// instead. An init exits only when no such task exists.
+static int heldInit(int p) {
+	int n = field(S[p].host, "NSpid", -1);
+	if (n < 2 || field(S[p].host, "NSpid", n - 1) != 1)
+		return 0;
+	unsigned long ns = A[p].pidns[0];
+	for (int t = 0; t < MAXA; t++) {
+		if (t == p || !exists(t) || !under(t, ns))
+			continue;
+		int ppid = field(S[t].host, "PPid", 0), q = -1;
+		for (int i = 0; i < MAXA; i++)
+			if (exists(i) && S[i].host == ppid)
+				q = i;
+		if (q < 0 || !under(q, ns))
+			return 1;
+	}
+	return 0;
 }
 
 // pick returns a random live actor (processes only if procs), or -1.
@@ -507,8 +589,9 @@ static int pickop(void) {
 }
 
 // step runs one random operation; it returns 0 when the one it drew does
-// not apply (the driver draws again), for the test's own sake: the root's
-// process never leaves (nor makes a sibling of itself outside the tree).
+// not apply (the driver draws again): the root's process never leaves (nor
+// makes a sibling of itself outside the tree), and an init whose exit the
+// kernel would hold does not exit (heldInit).
 static int step(int k) {
 	int a = pick(0), op = pickop();
 	if (a < 0)
@@ -538,6 +621,9 @@ static int step(int k) {
 			s->arg = pick(1);
 		break;
 	case OP_EXIT:
+		if (root || heldInit(A[a].proc))
+			return 0;
+		break;
 	case OP_KILL:
 		if (root)
 			return 0;
@@ -698,6 +784,7 @@ int main(int argc, char **argv) {
 	if (fd < 0)
 		die("pidfd_open");
 	A[0] = (struct actor){.used = 1, .alive = 1, .pidfd = fd};
+	record(0);
 	int steps = 12 + rnd(40);
 	say("seed %s: %d steps\n", argv[1], steps);
 	for (int k = 0; k < steps;)
