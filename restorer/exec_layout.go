@@ -185,6 +185,9 @@ func (l *layout) addUserMaps() error {
 		}
 		f := &mapFiles{}
 		for j, kv := range [3][2]string{{"setgroups", sg}, {"uid_map", um}, {"gid_map", gm}} {
+			if kv[1] == "" {
+				continue // a map the image does not have
+			}
 			f.path[j] = l.strs.cstr(fmt.Sprintf("/proc/%d/%s", p.Procs[s.Target].PIDs[0], kv[0]))
 			f.text[j], f.n[j] = l.strs.cstr(kv[1]), len(kv[1])
 		}

@@ -10,9 +10,11 @@
 // processes with SIGSTOP, the root writes the file READY and then one byte
 // to fd 3 (the caller's event), and parks too.
 //
-// A task started again from its program (the exec payload of a restore)
-// finds READY written and parks at once instead of running the history
-// again.
+// A process without threads parks as a program of its own ("histories
+// park FD", FD its reply pipe), so its capabilities are what an exec gives
+// them. A task started again from its program (the exec payload of a
+// restore) parks at once: the root finds READY written, the others find no
+// FD to reply on.
 //
 // Actors receive commands through pipes made before the first fork (every
 // task inherits them) and a shared anonymous mapping (the arguments, the
@@ -62,7 +64,7 @@ enum {
 	OP_KILL,       // kill(getpid(), signals[var]): the process dies of a signal
 	OP_THREADEXIT, // a non-leader thread exits alone (its children go to a sibling thread)
 	OP_STOP,       // (final) the root sends SIGSTOP to a parked process
-	OP_PARK,       // (final) pause() forever
+	OP_PARK,       // (final) pause() forever, as "histories park" when it has no threads
 	NOPS
 };
 
@@ -353,6 +355,18 @@ static int act(int me) {
 		return 0;
 	case OP_PARK:
 		s->res = 0;
+		if (s->arg) {
+			// A process without threads parks as a program of its own
+			// (see main), which replies once it runs: its capabilities
+			// are then what an exec gives, as in a restore by the exec
+			// payload, which runs its recorded program again.
+			char fd[16];
+			snprintf(fd, sizeof fd, "%d", repp[me][1]);
+			if (fcntl(repp[me][1], F_SETFD, 0) < 0)
+				die("fcntl");
+			execl("/proc/self/exe", "histories", "park", fd, (char *)NULL);
+			die("exec /proc/self/exe");
+		}
 		reply(me);
 		park();
 	}
@@ -720,6 +734,14 @@ static char state(int host) {
 	return p && p[1] ? p[2] : '?';
 }
 
+// threads says whether process p has a live thread beside its leader.
+static int threads(int p) {
+	for (int i = 0; i < MAXA; i++)
+		if (A[i].used && A[i].alive && A[i].thread && A[i].proc == p)
+			return 1;
+	return 0;
+}
+
 // finish parks every thread and every process but the root, stops some
 // of the processes, and waits until each stop took effect. The root sends
 // the SIGSTOP: an init ignores one from its own namespace, not from an
@@ -730,6 +752,7 @@ static void finish(void) {
 			if (!A[i].used || !A[i].alive || A[i].thread != !pass)
 				continue;
 			S[i].op = OP_PARK;
+			S[i].arg = !A[i].thread && !threads(i);
 			if (run(i) < 0) {
 				sweep();
 				continue;
@@ -755,6 +778,13 @@ static void finish(void) {
 }
 
 int main(int argc, char **argv) {
+	if (argc == 3 && strcmp(argv[1], "park") == 0) {
+		// A parked process (OP_PARK): reply, then park. Run again by
+		// the exec payload, the fd is not there.
+		write(atoi(argv[2]), "r", 1);
+		close(atoi(argv[2]));
+		park();
+	}
 	if (argc != 3) {
 		fprintf(stderr, "usage: histories SEED READY (fd 3: the ready event)\n");
 		return 2;
