@@ -288,10 +288,65 @@ func TestPlanUserNamespaces(t *testing.T) {
 	// A uid the task's user namespace does not map.
 	bad = userTree()
 	bad.Tasks[3].Creds.UID = 5
-	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("unmapped uid: %v, want ErrUnsupported", err)
+	if p, err := NewPlan(bad, Options{}); err != nil {
+		t.Errorf("unmapped uid: %v, want it kept from the builder", err)
+	} else if err := keptIDs(p, 3, [3]uint32{}, [3]uint32{}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("unmapped uid 5 kept from a restorer of uid 0: %v, want ErrUnsupported", err)
 	}
 }
+
+// unmappedTree: tasks with ids their user namespace does not map. A
+// unshared user ns 61, whose map ("0 100000 65536") leaves out A's uid 0;
+// C unshared user ns 63 and nobody wrote its maps; C's child D is PID 1 of
+// pid ns 2, which C made inside 63.
+func unmappedTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1)
+	b.addNS(60, pstree.UserNS, true)
+	u1 := b.addNS(61, pstree.UserNS, false)
+	u1.Parent, u1.SetgroupsAllowed = 60, true
+	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
+	u1.GIDMap = u1.UIDMap
+	b.addNS(63, pstree.UserNS, false).Parent = 60
+	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner = 60, 63
+	for _, tk := range []struct {
+		ns, user pstree.NSID
+		pids     []int
+		ppid     int
+	}{{1, 60, []int{22600}, 0}, {1, 61, []int{22601}, 22600}, {1, 63, []int{22602}, 22600}, {2, 63, []int{22603, 1}, 22602}} {
+		t := b.task(tk.ns, tk.pids, tk.ppid, make([]int, len(tk.pids)), make([]int, len(tk.pids)))
+		t.SIDs[0], t.PGIDs[0] = 22600, 22600
+		t.NS[pstree.UserNS] = tk.user
+	}
+	return &b.tr
+}
+
+// TestPlanUnmappedIDs: unmapped ids are kept from the builder (-1 to
+// setresuid/setresgid), an unmapped user namespace gets no map write, and
+// keptIDs accepts the restorer's ids when they are the image's only.
+func TestPlanUnmappedIDs(t *testing.T) {
+	for _, opt := range allOptions() {
+		p := mustPlan(t, unmappedTree(), opt)
+		for _, s := range p.Steps {
+			if s.Op == OpUserMap && s.NS[pstree.UserNS] == 63 {
+				t.Errorf("maps written for user ns 63, which has none: %s", p.describe(&s))
+			}
+		}
+		for ti := 1; ti < 4; ti++ {
+			uid, gid, _, sg, err := taskCreds(p, ti)
+			if err != nil || uid != [3]uint32{keepID, keepID, keepID} || gid != uid || (ti > 1 && sg) {
+				t.Errorf("task %d: uid %v gid %v setgroups=%v %v, want every id kept, no setgroups without a gid map", ti, uid, gid, sg, err)
+			}
+			if err := keptIDs(p, ti, [3]uint32{}, [3]uint32{}); err != nil {
+				t.Errorf("task %d kept from a root restorer: %v", ti, err)
+			}
+			if err := keptIDs(p, ti, [3]uint32{1000, 1000, 1000}, [3]uint32{}); !errors.Is(err, ErrUnsupported) {
+				t.Errorf("task %d kept from a uid-1000 restorer: %v, want ErrUnsupported", ti, err)
+			}
+		}
+	}
+}
+
+func TestRestoreUnmappedIDs(t *testing.T) { scenarioCheck(t, unmappedTree, checkCreds) }
 
 func TestRestoreUserNamespaces(t *testing.T) { scenarioCheck(t, userTree, checkCreds) }
 
