@@ -317,6 +317,9 @@ func (l *layout) writeSteps(b *block) error {
 		case OpUserMap:
 			f := l.maps[i]
 			for j := range f.path {
+				if f.n[j] == 0 {
+					continue // not written: a null path (addUserMaps)
+				}
 				r.fpath[j], r.ftext[j] = b.strAddr(f.path[j]), b.strAddr(f.text[j])
 				r.flen[j] = int64(f.n[j])
 			}

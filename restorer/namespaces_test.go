@@ -298,7 +298,8 @@ func TestPlanUserNamespaces(t *testing.T) {
 // unmappedTree: tasks with ids their user namespace does not map. A
 // unshared user ns 61, whose map ("0 100000 65536") leaves out A's uid 0;
 // C unshared user ns 63 and nobody wrote its maps; C's child D is PID 1 of
-// pid ns 2, which C made inside 63.
+// pid ns 2, which C made inside 63; E unshared user ns 64, which got a
+// uid map ("0 0 1") and no gid map (the writer gave up on it).
 func unmappedTree() *pstree.Tree {
 	b := newTB().ns(2, 1, 1)
 	b.addNS(60, pstree.UserNS, true)
@@ -307,12 +308,14 @@ func unmappedTree() *pstree.Tree {
 	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
 	u1.GIDMap = u1.UIDMap
 	b.addNS(63, pstree.UserNS, false).Parent = 60
+	u4 := b.addNS(64, pstree.UserNS, false)
+	u4.Parent, u4.UIDMap = 60, []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 1}}
 	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner = 60, 63
 	for _, tk := range []struct {
 		ns, user pstree.NSID
 		pids     []int
 		ppid     int
-	}{{1, 60, []int{22600}, 0}, {1, 61, []int{22601}, 22600}, {1, 63, []int{22602}, 22600}, {2, 63, []int{22603, 1}, 22602}} {
+	}{{1, 60, []int{22600}, 0}, {1, 61, []int{22601}, 22600}, {1, 63, []int{22602}, 22600}, {2, 63, []int{22603, 1}, 22602}, {1, 64, []int{22604}, 22600}} {
 		t := b.task(tk.ns, tk.pids, tk.ppid, make([]int, len(tk.pids)), make([]int, len(tk.pids)))
 		t.SIDs[0], t.PGIDs[0] = 22600, 22600
 		t.NS[pstree.UserNS] = tk.user
@@ -331,16 +334,21 @@ func TestPlanUnmappedIDs(t *testing.T) {
 				t.Errorf("maps written for user ns 63, which has none: %s", p.describe(&s))
 			}
 		}
-		for ti := 1; ti < 4; ti++ {
+		for ti := 1; ti < 5; ti++ {
 			uid, gid, _, sg, err := taskCreds(p, ti)
-			if err != nil || uid != [3]uint32{keepID, keepID, keepID} || gid != uid || (ti > 1 && sg) {
+			keep := [3]uint32{keepID, keepID, keepID}
+			wantUID := keep
+			if ti == 4 {
+				wantUID = [3]uint32{}
+			}
+			if err != nil || uid != wantUID || gid != keep || (ti > 1 && sg) {
 				t.Errorf("task %d: uid %v gid %v setgroups=%v %v, want every id kept, no setgroups without a gid map", ti, uid, gid, sg, err)
 			}
 			if err := keptIDs(p, ti, [3]uint32{}, [3]uint32{}); err != nil {
 				t.Errorf("task %d kept from a root restorer: %v", ti, err)
 			}
-			if err := keptIDs(p, ti, [3]uint32{1000, 1000, 1000}, [3]uint32{}); !errors.Is(err, ErrUnsupported) {
-				t.Errorf("task %d kept from a uid-1000 restorer: %v, want ErrUnsupported", ti, err)
+			if err := keptIDs(p, ti, [3]uint32{}, [3]uint32{1000, 1000, 1000}); !errors.Is(err, ErrUnsupported) {
+				t.Errorf("task %d kept from a gid-1000 restorer: %v, want ErrUnsupported", ti, err)
 			}
 		}
 	}
