@@ -26,13 +26,14 @@ func (m *model) landingNS(pl *Plan, s *Step, rootNS pstree.NSID) (pstree.NSID, e
 	}
 	if s.Thread != 0 {
 		// A thread of the actor clones (OpClone by a parent thread): it
-		// exists, and the clone makes no user namespace (the thread
+		// exists, and the clone makes a user namespace only from the
+		// restorer's, whose ids every builder thread has (a thread
 		// keeps the ids it was born with, while the leader may take
 		// others to create one, OpSetCreds). Its pid_for_children is
 		// its active namespace: CLONE_THREAD needs that (F7.3), and
 		// only the leader ever changes its own (OpSetPFC).
-		if s.Actor == Restorer || s.AsSibling || s.NS[pstree.UserNS] != 0 {
-			return 0, fmt.Errorf("clone by thread %d of %s: only a plain clone by a task's thread is planned", s.Thread, pl.name(s.Actor))
+		if s.Actor == Restorer || s.AsSibling || (s.NS[pstree.UserNS] != 0 && user != m.own[pstree.UserNS]) {
+			return 0, fmt.Errorf("clone by thread %d of %s: only a plain clone, or one that makes a user namespace from the restorer's, by a task's thread is planned", s.Thread, pl.name(s.Actor))
 		}
 		if !slices.ContainsFunc(m.procs[s.Actor].threads, func(t []int) bool { return t[0] == s.Thread }) {
 			return 0, fmt.Errorf("clone by thread %d of %s, which has no such thread", s.Thread, pl.name(s.Actor))

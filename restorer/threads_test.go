@@ -212,3 +212,40 @@ func waitTreeGone(tr *pstree.Tree) error {
 	}
 	return fmt.Errorf("the dumped tree is still there after its kill")
 }
+
+// threadUserTree: a root whose second thread cloned I with
+// CLONE_NEWUSER|CLONE_NEWPID (histories seed 3): I is PID 1 of pid ns 2,
+// owned by user ns 61, which the root's thread made from the host's.
+func threadUserTree() *pstree.Tree {
+	b := newTB().ns(2, 1, 1)
+	b.addNS(60, pstree.UserNS, true)
+	u := b.addNS(61, pstree.UserNS, false)
+	u.Parent, u.SetgroupsAllowed = 60, true
+	u.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
+	u.GIDMap = u.UIDMap
+	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner = 60, 61
+	root := b.task(1, []int{24100}, 0, []int{24100}, []int{24100})
+	root.NS[pstree.UserNS] = 60
+	root.Threads = []pstree.Thread{{TIDs: []int{24101}}, {TIDs: []int{24102}}}
+	in := b.task(2, []int{24103, 1}, 24100, []int{24100, 0}, []int{24100, 0})
+	in.NS[pstree.UserNS], in.ParentTID = 61, 24102
+	in.Creds = pstree.Creds{UID: 100000, EUID: 100000, SUID: 100000, FSUID: 100000, GID: 100000, EGID: 100000, SGID: 100000, FSGID: 100000}
+	return &b.tr
+}
+
+// TestPlanParentThreadNewUser: with the stopped payload the thread clones
+// I with CLONE_NEWUSER, and the user namespace's maps follow.
+func TestPlanParentThreadNewUser(t *testing.T) {
+	for _, opt := range allOptions() {
+		opt.Payload = PayloadStopped
+		p := mustPlan(t, threadUserTree(), opt)
+		i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Op == OpClone && s.Target == 1 })
+		if i < 0 || p.Steps[i].Thread != 24102 || p.Steps[i].NS[pstree.UserNS] != 61 {
+			t.Errorf("%+v: I is not cloned by thread 24102 with CLONE_NEWUSER:\n%s", opt, p)
+		}
+	}
+}
+
+func TestRestoreParentThreadNewUser(t *testing.T) {
+	scenarioCheck(t, threadUserTree, checkParentThreads)
+}
