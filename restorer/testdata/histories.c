@@ -415,6 +415,7 @@ static int rnd(int n) {
 }
 
 static int ok[NOPS][8]; // operations the kernel accepted, by variant
+static int threadforks, initexits; // forks by a thread, exits of an init
 
 static void say(const char *fmt, ...) {
 	va_list ap;
@@ -675,7 +676,10 @@ static int step(int k) {
 		say("%s", strsignal(signals[s->var]));
 		break;
 	}
+	int init = (op == OP_EXIT || op == OP_KILL) && field(S[A[a].proc].host, "NSpid", field(S[A[a].proc].host, "NSpid", -1) - 1) == 1;
 	int res = run(a);
+	threadforks += op == OP_FORK && res >= 0 && A[a].thread;
+	initexits += op == OP_EXIT && init;
 	if (op == OP_KILL && res == 1) {
 		say(" -> survived (an init gets no signal it has no handler for: the kernel's rule)\n");
 	} else if (op == OP_EXIT || op == OP_KILL || op == OP_THREADEXIT) {
@@ -828,6 +832,10 @@ int main(int argc, char **argv) {
 		for (int v = 0; v < nvars(op); v++)
 			if (ok[op][v])
 				say(" %s/%d", optab[op].name, v);
+	if (threadforks)
+		say(" threadfork/0");
+	if (initexits)
+		say(" initexit/0");
 	say("\n");
 	if (write(READY_FD, "r", 1) != 1)
 		die("ready event");
