@@ -345,12 +345,7 @@ func TestRestoreOuterParentMovesLater(t *testing.T) { scenario(t, laterMoveTree)
 // in R's order, before A made 61. With owned61, 62 is folded into 61 and I
 // comes after A: the owner exists, A clones I with CLONE_PARENT|CLONE_NEWPID.
 func userStandInTree(owned61 bool) *pstree.Tree {
-	b := newTB().ns(2, 1, 1)
-	b.addNS(60, pstree.UserNS, true)
-	u1 := b.addNS(61, pstree.UserNS, false)
-	u1.Parent, u1.SetgroupsAllowed = 60, true
-	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
-	u1.GIDMap = u1.UIDMap
+	b := userNS61()
 	iUser, iUID := pstree.NSID(62), uint32(101000)
 	if owned61 {
 		iUser, iUID = 61, 100000

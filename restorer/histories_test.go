@@ -121,7 +121,6 @@ func history(t *testing.T, bin string, seed int64) {
 	}
 	evw.Close()
 	root := cmd.Process.Pid
-	rootS := strconv.Itoa(root)
 	t.Cleanup(func() { rtKill(t, root, orig) })
 	// One byte when every task is in place; EOF if the root died first.
 	got := make(chan error, 1)
@@ -144,14 +143,7 @@ func history(t *testing.T, bin string, seed int64) {
 	if err != nil {
 		t.Fatalf("reading the tree: %v", err)
 	}
-	img := filepath.Join(dir, "img")
-	if out, err := rtRun(t, nil, "dump", "-t", rootS, "-D", img, "--kill"); err != nil {
-		t.Fatalf("FINDING dump --kill refused: %v\n%s", err, out)
-	}
-	cmd.Wait()
-	if err := rtGone(before); err != nil {
-		t.Fatalf("after dump --kill: %v", err)
-	}
+	img := rtDumpKill(t, cmd, dir, before)
 	for i, placement := range []string{"set_tid", "ns_last_pid"} {
 		payload := []string{"exec", "stopped"}[(int(seed%2)+i)%2]
 		if !historyRestore(t, img, root, before, placement, payload) {

@@ -295,18 +295,25 @@ func TestPlanUserNamespaces(t *testing.T) {
 	}
 }
 
-// unmappedTree: tasks with ids their user namespace does not map. A
-// unshared user ns 61, whose map ("0 100000 65536") leaves out A's uid 0;
-// C unshared user ns 63 and nobody wrote its maps; C's child D is PID 1 of
-// pid ns 2, which C made inside 63; E unshared user ns 64, which got a
-// uid map ("0 0 1") and no gid map (the writer gave up on it).
-func unmappedTree() *pstree.Tree {
+// userNS61 is a tree with pid ns 2 below the host's, the host's user ns
+// 60 and its child 61, which maps 0-65535 to 100000 up.
+func userNS61() *tb {
 	b := newTB().ns(2, 1, 1)
 	b.addNS(60, pstree.UserNS, true)
 	u1 := b.addNS(61, pstree.UserNS, false)
 	u1.Parent, u1.SetgroupsAllowed = 60, true
 	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
 	u1.GIDMap = u1.UIDMap
+	return b
+}
+
+// unmappedTree: tasks with ids their user namespace does not map. A
+// unshared user ns 61, whose map ("0 100000 65536") leaves out A's uid 0;
+// C unshared user ns 63 and nobody wrote its maps; C's child D is PID 1 of
+// pid ns 2, which C made inside 63; E unshared user ns 64, which got a
+// uid map ("0 0 1") and no gid map (the writer gave up on it).
+func unmappedTree() *pstree.Tree {
+	b := userNS61()
 	b.addNS(63, pstree.UserNS, false).Parent = 60
 	u4 := b.addNS(64, pstree.UserNS, false)
 	u4.Parent, u4.UIDMap = 60, []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 1}}

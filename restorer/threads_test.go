@@ -217,12 +217,7 @@ func waitTreeGone(tr *pstree.Tree) error {
 // CLONE_NEWUSER|CLONE_NEWPID (histories seed 3): I is PID 1 of pid ns 2,
 // owned by user ns 61, which the root's thread made from the host's.
 func threadUserTree() *pstree.Tree {
-	b := newTB().ns(2, 1, 1)
-	b.addNS(60, pstree.UserNS, true)
-	u := b.addNS(61, pstree.UserNS, false)
-	u.Parent, u.SetgroupsAllowed = 60, true
-	u.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
-	u.GIDMap = u.UIDMap
+	b := userNS61()
 	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner = 60, 61
 	root := b.task(1, []int{24100}, 0, []int{24100}, []int{24100})
 	root.NS[pstree.UserNS] = 60
