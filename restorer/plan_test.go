@@ -238,8 +238,7 @@ func TestPlanPidForChildren(t *testing.T) {
 		t.Errorf("pid_for_children steps:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	// Without those steps the model sees the difference.
-	dead := func(i int) bool { return i >= 0 && p.Procs[i].Why == whyDeadInit }
-	p.Steps = slices.DeleteFunc(p.Steps, func(s Step) bool { return s.Op == OpSetPFC || dead(s.Actor) || dead(s.Target) })
+	p.Steps = slices.DeleteFunc(p.Steps, func(s Step) bool { return s.Op == OpSetPFC })
 	m := newModel(p.Tree, len(p.Procs))
 	for i := range p.Steps {
 		if err := m.apply(p, i); err != nil {
@@ -278,13 +277,7 @@ func TestProbeFeatures(t *testing.T) {
 func TestPlanMultiLevelSetTID(t *testing.T) {
 	for name, tr := range map[string]*pstree.Tree{"f43": f43(), "deep": deepChain(8, 23000), "pfc": pfcTree(), "ns": nsTree()} {
 		p := mustPlan(t, tr, Options{Features: Features{MultiLevelSetTID: true}})
-		deadInit := func(i int) bool { // its level-0 pid and pid 1 are the kernel's
-			return i < len(p.Steps) && p.Steps[i].Op == OpClone && p.Procs[p.Steps[i].Target].Why == whyDeadInit
-		}
 		for i, s := range p.Steps {
-			if deadInit(i) || deadInit(i+1) {
-				continue
-			}
 			if s.Op == OpLastPID && i < p.Verify {
 				t.Errorf("%s: cursor step %d before verification: %s", name, i, p.describe(&s))
 			}

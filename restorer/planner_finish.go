@@ -13,17 +13,14 @@ import (
 // dying, and payloads.
 func (pl *planner) finish() error {
 	tr := pl.tr()
-	// pid_for_children before the verification: it may clone the helper
-	// init of a namespace nobody is in, whose pid the verification reads
-	// for its parent's wait (resolveWaits).
-	if err := pl.pidForChildren(); err != nil {
-		return err
-	}
 	pl.plan.Verify = len(pl.plan.Steps)
 	if err := pl.emit(Step{Op: OpVerify, Actor: Restorer, Target: -1}); err != nil {
 		return err
 	}
 	if err := pl.netConfig(); err != nil {
+		return err
+	}
+	if err := pl.pidForChildren(); err != nil {
 		return err
 	}
 	for _, ns := range tr.Namespaces {
@@ -129,8 +126,8 @@ func (pl *planner) finish() error {
 // after a setns-born clone would undo it) and before any zombie dies (the
 // setns goes through a live process in the namespace): setns(CLONE_NEWPID)
 // through a proc in it, the namespace's init if it has one, or
-// unshare(CLONE_NEWPID) and a helper init that dies when nobody is in it
-// (deadInit).
+// unshare(CLONE_NEWPID) when nobody is in it (`unshare -p` with no child
+// yet).
 func (pl *planner) pidForChildren() error {
 	tr := pl.tr()
 	for i := range tr.Tasks {
@@ -152,32 +149,6 @@ func (pl *planner) pidForChildren() error {
 		if err := pl.emit(s); err != nil {
 			return err
 		}
-		if via < 0 {
-			if err := pl.deadInit(i, want); err != nil {
-				return err
-			}
-		}
 	}
 	return nil
-}
-
-// whyDeadInit: a helper that is the init of a pid namespace nobody is in.
-const whyDeadInit = "init of a pid namespace nobody is in, which dies"
-
-// deadInit has task i, whose pid_for_children is pid namespace ns and
-// nobody else's namespace, clone a helper as ns's init, which exits with
-// the other helpers (i reaps it). The kernel shows a task's
-// pid_for_children link only once the namespace got an init
-// (pidns_for_children_get: ENOENT before), and a dump records what the link
-// shows: nobody in such a namespace means its init died. Forks into it
-// fail afterwards (ENOMEM), as they did.
-func (pl *planner) deadInit(i int, ns pstree.NSID) error {
-	mp := &pl.m.procs[i]
-	pids := pl.freePIDs(ns)
-	pids[len(pids)-1] = 0 // the kernel's first pid of a fresh namespace: 1
-	h := pl.addHelper(Proc{Task: -1, PIDs: pids, NS: ns, Why: whyDeadInit})
-	pl.sessionLeader[h], pl.groupLeader[h] = mp.sid, mp.pgid
-	pl.creator[h] = i
-	pl.kids[i] = append(pl.kids[i], h)
-	return pl.placed(Step{Op: OpClone, Actor: i, Target: h})
 }
