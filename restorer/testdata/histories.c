@@ -61,7 +61,7 @@ enum {
 	OP_SETUID,     // setresgid(0,0,0) and setresuid(0,0,0) for the calling thread
 	OP_REAP,       // waitpid(-1, WNOHANG|__WALL): reap one dead child if any
 	OP_EXIT,       // _exit(codes[var]): the whole process exits
-	OP_KILL,       // kill(getpid(), signals[var]): the process dies of a signal
+	OP_KILL,       // tgkill(self, signals[var]): the process dies of a signal
 	OP_THREADEXIT, // a non-leader thread exits alone (its children go to a sibling thread)
 	OP_STOP,       // (final) the root sends SIGSTOP to a parked process
 	OP_PARK,       // (final) pause() forever, as "histories park" when it has no threads
@@ -346,9 +346,11 @@ static int act(int me) {
 	case OP_EXIT:
 		_exit(codes[s->var]);
 	case OP_KILL:
-		// A fatal signal to oneself is delivered before kill returns; an
-		// init survives (it gets no signal it has no handler for).
-		kill(getpid(), signals[s->var]);
+		// A fatal signal sent to the calling thread itself is acted on
+		// before tgkill returns (a process-directed one may go to another
+		// thread while this one replies); an init survives it (it gets
+		// no signal it has no handler for).
+		syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), signals[s->var]);
 		return 1;
 	case OP_THREADEXIT:
 		syscall(SYS_exit, 0);
