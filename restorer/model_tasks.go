@@ -145,7 +145,12 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	m.saveProc(s.Target)
 	parentTID := s.Thread
 	if s.AsSibling {
-		parentTID = 0 // the actor's parent's: the model knows only leaders there
+		// CLONE_PARENT copies the actor's real parent, a thread: the
+		// one that cloned the actor (F7.5).
+		parentTID = 0
+		if s.Actor != Restorer {
+			parentTID = m.procs[s.Actor].parentTID
+		}
 	}
 	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, parentTID: parentTID, sid: sid, pgid: pgid, nsk: nsk}
 	if s.NewPIDNS {

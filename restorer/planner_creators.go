@@ -205,6 +205,13 @@ func (pl *planner) parentThread(c, cr int) int {
 		return 0
 	}
 	ti, pi := pl.plan.Procs[c].Task, pl.plan.Procs[cr].Task
+	for k, h := range pl.standIns {
+		if h == c {
+			// A stand-in is its task's parent thread's child, so that
+			// the task it clones with CLONE_PARENT is too.
+			ti = pl.plan.Procs[k].Task
+		}
+	}
 	if ti < 0 || pi < 0 {
 		return 0
 	}

@@ -244,3 +244,29 @@ func TestPlanParentThreadNewUser(t *testing.T) {
 func TestRestoreParentThreadNewUser(t *testing.T) {
 	scenarioCheck(t, threadUserTree, checkParentThreads)
 }
+
+// threadStandInTree is userStandInTree(false) with the root's thread as the
+// parent thread of both its children (histories seed 76): the user
+// stand-in that clones I with CLONE_PARENT must be that thread's child, as
+// A was, for I to be.
+func threadStandInTree() *pstree.Tree {
+	tr := userStandInTree(false)
+	tr.Tasks[0].Threads = []pstree.Thread{{TIDs: []int{22410}}}
+	tr.Tasks[1].ParentTID, tr.Tasks[2].ParentTID = 22410, 22410
+	return tr
+}
+
+// TestPlanParentThreadStandIn: with the stopped payload the root's thread
+// clones the stand-in, whose CLONE_PARENT child is then that thread's.
+func TestPlanParentThreadStandIn(t *testing.T) {
+	p := mustPlan(t, threadStandInTree(), Options{Payload: PayloadStopped})
+	h := slices.IndexFunc(p.Procs, func(pr Proc) bool { return pr.Why == whyStandIn })
+	i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Op == OpClone && s.Target == h })
+	if h < 0 || i < 0 || p.Steps[i].Thread != 22410 {
+		t.Errorf("the stand-in is not cloned by thread 22410:\n%s", p)
+	}
+}
+
+func TestRestoreParentThreadStandIn(t *testing.T) {
+	scenarioCheck(t, threadStandInTree, checkParentThreads)
+}
