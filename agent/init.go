@@ -3,10 +3,18 @@
 // side of the restore protocol.
 //
 // The init follows tini's shape: set up, start the command, then one loop
-// that reaps on SIGCHLD and forwards every other signal. Go's os/signal is
-// the only signal plumbing; the runtime's own preemption signal (SIGURG) is
-// switched off at link time (see the Makefile) so that a SIGURG the init
-// receives is one somebody sent, and forwarding it is safe.
+// that reaps on SIGCHLD and forwards every other signal. Signals arrive
+// through os/signal, except the four the Go runtime keeps from it (32, 33,
+// 34 and SIGPROF), which a small assembly handler takes over (rawsig_*.go).
+// The runtime's own preemption signal (SIGURG) is switched off at link time
+// (see the Makefile) so that a SIGURG the init receives is one somebody
+// sent, and forwarding it is safe.
+//
+// The files: init.go (Run, the loop), signals.go and rawsig_*.go (catching
+// and forwarding), reaper.go and drain.go (reaping, the end of the run),
+// spawn_linux.go (starting the command), listen.go (the agent's protocol
+// socket) and restored.go (serving a restore over it). The VM's /init layer
+// is internal/machine; the protocol's framing is internal/agentconn.
 package agent
 
 import (

@@ -28,7 +28,7 @@ import (
 // inside. The restored tree is detached and ends up as the agent's child,
 // so the agent reaps it like any orphan.
 //
-// Threat model (docs/design.md, "The restore service"): whoever can
+// Threat model (docs/security.md, "The restore service"): whoever can
 // restore an image can run any program with any credentials the agent can
 // give, so the service is a root shell for its clients. It therefore
 // serves only clients whose uid, as the agent's user namespace sees it
@@ -252,7 +252,9 @@ func restoreHere(r *agentpb.Restore, dir *os.File, as *clientIDs) (int, error) {
 	}
 	defer null.Close()
 	pidfile := filepath.Join(tmp, "pid")
-	args := []string{exe, "restore", "-D", "/proc/self/fd/3", "-d", "--pidfile", pidfile}
+	// The restored root is born into the agent's session and group: in
+	// the agent's namespace there is no other outside leader it could join.
+	args := []string{exe, "restore", "-D", "/proc/self/fd/3", "-d", "--shell-job", "--pidfile", pidfile}
 	if r.Payload != "" {
 		args = append(args, "--payload", r.Payload)
 	}

@@ -212,7 +212,7 @@ func TestRestoreServiceOtherUIDWithItsRights(t *testing.T) {
 				t.Fatalf("uid 1000 restoring its own task: %v\n%s", err, out)
 			}
 			for key, want := range map[string]string{
-				"Uid": "1000\t1000\t1000\t1000", "Gid": "1000\t1000\t1000\t1000",
+				"Uid": "1000 1000 1000 1000", "Gid": "1000 1000 1000 1000",
 				"CapInh": "0000000000000000", "CapPrm": "0000000000000000",
 				"CapEff": "0000000000000000", "CapAmb": "0000000000000000",
 			} {

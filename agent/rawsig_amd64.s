@@ -1,7 +1,7 @@
 #include "textflag.h"
 
 // rawSigHandler is the handler for the signals the Go runtime keeps from
-// os/signal (see rawsig_linux_amd64.go). It runs on the thread's signal
+// os/signal (see rawsig_amd64.go). It runs on the thread's signal
 // stack (SA_ONSTACK), on any thread, at any moment: it only sets the
 // signal's bit in rawPending with an atomic OR and writes one byte to
 // rawPipe to wake the forwarding goroutine. DI holds the signal number.

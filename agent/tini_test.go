@@ -135,14 +135,27 @@ func TestGraceStop(t *testing.T) {
 			if stubborn {
 				trap, grace = `trap "" TERM`, "100ms"
 			}
-			inner := fmt.Sprintf(`%s; %s sleep 1000 & echo $$; wait`, trap, bb)
+			inner := fmt.Sprintf(`%s; %s sleep 1000 & echo $$ $!; wait`, trap, bb)
 			cmd := exec.Command(testutil.Binary(t), "--grace", grace, "--", bb, "sh", "-c",
 				fmt.Sprintf(`trap "exit 7" TERM; %s sh -c '%s' & wait`, bb, inner))
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 			_, stdout, stderr := startPiped(t, cmd)
-			pid, err := strconv.Atoi(readLine(t, stdout, "the descendant's pid"))
-			if err != nil {
+			var pid, sleeper int
+			if _, err := fmt.Sscan(readLine(t, stdout, "the descendant's pids"), &pid, &sleeper); err != nil {
 				t.Fatal(err)
+			}
+			// The sleep must have exec'd: a SIGTERM between its fork and
+			// its exec runs the shell's trap in the child, which the exec
+			// then forgets, and the sleep would wait out the grace.
+			for i := 0; ; i++ {
+				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sleeper))
+				if strings.Contains(string(b), "sleep\x001000") {
+					break
+				}
+				if i == 60000 {
+					t.Fatalf("pid %d never became the sleep: %q", sleeper, b)
+				}
+				time.Sleep(time.Millisecond)
 			}
 			// Its trap is set: stop nsinit.
 			cmd.Process.Signal(syscall.SIGTERM)

@@ -43,12 +43,20 @@ type Options struct {
 	// live in the image may be stopped. A stopped one of the image must
 	// still be stopped, a zombie a zombie.
 	LeftStopped bool
+	// ShellJob: the tree was restored with --shell-job, so the session and
+	// group its root had from outside the tree (a shell's) are the live
+	// root's instead. Every task of the image in them must be in the live
+	// root's; every other session and group is compared as it is.
+	ShellJob bool
 }
 
 // CompareWith is Compare with options.
 func CompareWith(img, live *pstree.Tree, o Options) []Difference {
 	if o.LeftStopped {
 		live = unstop(img, live)
+	}
+	if o.ShellJob {
+		img = renameOutsideLeaders(img, live)
 	}
 	c := &comparer{img: img, live: live, nsMap: map[pstree.NSID]pstree.NSID{}, nsRev: map[pstree.NSID]pstree.NSID{}}
 	c.tasks()
@@ -299,6 +307,12 @@ func (c *comparer) namespacePairs(ids []pstree.NSID) {
 		if na.Ambient != nb.Ambient {
 			c.add(0, what+": ambient (the checker's own)", na.Ambient, nb.Ambient)
 		}
+		if na.Ambient && nb.Ambient {
+			// The machine's own namespace: its hostname, interfaces and
+			// maps are the machine's, which a restore never sets (and
+			// which differ on another machine).
+			continue
+		}
 		if na.Hostname != nb.Hostname || na.Domainname != nb.Domainname {
 			c.add(0, what+": hostname/domainname", na.Hostname+"/"+na.Domainname, nb.Hostname+"/"+nb.Domainname)
 		}
@@ -340,4 +354,32 @@ func (c *comparer) firstTask(tr *pstree.Tree, id pstree.NSID) int {
 		}
 	}
 	return 0
+}
+
+// renameOutsideLeaders returns a copy of img in which the level-0 session
+// and group ids its root had from outside the tree (led by no task of the
+// image) are the live root's.
+func renameOutsideLeaders(img, live *pstree.Tree) *pstree.Tree {
+	if len(img.Tasks) == 0 || len(live.Tasks) == 0 {
+		return img
+	}
+	root, lroot := &img.Tasks[0], &live.Tasks[0]
+	outside := func(id int) bool { return id != root.PID() && img.Task(id) == nil }
+	sid, pgid := root.SIDs[0], root.PGIDs[0]
+	if !outside(sid) && !outside(pgid) {
+		return img
+	}
+	cp := *img
+	cp.Tasks = slices.Clone(img.Tasks)
+	for i := range cp.Tasks {
+		t := &cp.Tasks[i]
+		t.SIDs, t.PGIDs = slices.Clone(t.SIDs), slices.Clone(t.PGIDs)
+		if outside(sid) && t.SIDs[0] == sid {
+			t.SIDs[0] = lroot.SIDs[0]
+		}
+		if outside(pgid) && t.PGIDs[0] == pgid {
+			t.PGIDs[0] = lroot.PGIDs[0]
+		}
+	}
+	return &cp
 }

@@ -113,6 +113,33 @@ func TestCompareLeftStopped(t *testing.T) {
 	}
 }
 
+// TestCompareShellJob: restored with --shell-job, the root's session and
+// group from outside the tree (500, a shell's) are the live root's (700);
+// the tasks in them must be in the live root's, and nothing else changes.
+func TestCompareShellJob(t *testing.T) {
+	img, live := tree(), renumber(tree())
+	img.Tasks[0].SIDs, img.Tasks[0].PGIDs = []int{500}, []int{500}
+	img.Tasks[1].SIDs, img.Tasks[1].PGIDs = []int{500, 0}, []int{500, 0}
+	live.Tasks[0].SIDs, live.Tasks[0].PGIDs = []int{700}, []int{701}
+	live.Tasks[1].SIDs, live.Tasks[1].PGIDs = []int{700, 0}, []int{701, 0}
+	if d := Compare(img, live); len(d) != 4 {
+		t.Fatalf("strict: want 2 sessions and 2 groups reported, got %v", d)
+	}
+	if d := CompareWith(img, live, Options{ShellJob: true}); len(d) != 0 {
+		t.Fatalf("shell job: %v", d)
+	}
+	if img.Tasks[0].SIDs[0] != 500 {
+		t.Error("CompareWith changed the image")
+	}
+	// A task of the outside session that the live tree moved elsewhere is
+	// still a difference, and so is the tree's own session.
+	live.Tasks[1].SIDs = []int{12, 2}
+	live.Tasks[2].SIDs = []int{700, 0}
+	if d := CompareWith(img, live, Options{ShellJob: true}); len(d) != 2 {
+		t.Fatalf("want both moved sessions reported, got %v", d)
+	}
+}
+
 // TestCompareCommNotRecorded: an image without names (minor < 2) does not
 // care what the live tasks are called.
 func TestCompareCommNotRecorded(t *testing.T) {

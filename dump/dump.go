@@ -33,6 +33,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -113,6 +114,7 @@ func Dump(root int, o Options) (*pstree.Tree, error) {
 		tr, moved, err := dumpOnce(root, o, gl)
 		if err == nil && len(moved) == 0 {
 			tr.Checked = o.Guard != nil || gl != nil
+			tr.Kernel, tr.PidMax = thisKernel()
 			return tr, nil
 		}
 		if err != nil && !errors.Is(err, procfs.ErrGone) && !errors.Is(err, errMoved) {
@@ -460,4 +462,17 @@ func diffMembers(a, b []member) []string {
 	}
 	slices.Sort(d)
 	return d
+}
+
+// thisKernel is the running kernel's release and kernel.pid_max (as this
+// process sees it), recorded so that a restore elsewhere can name them.
+func thisKernel() (release string, pidMax int) {
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		release = unix.ByteSliceToString(u.Release[:])
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
+		pidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	return release, pidMax
 }

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -437,6 +436,11 @@ func (rd *reader) task(r *procfs.Reader, pid int, withKids, withStart bool) (tas
 				return ti, err
 			}
 		}
+		same, err := p.SameFile("root", "/")
+		if err != nil {
+			return ti, err
+		}
+		t.RootElsewhere = !same
 		t.Agent = rd.isAgent(r, pid, t.Argv)
 	}
 	return ti, nil
@@ -752,11 +756,9 @@ func (rd *reader) lastPID() {
 	if !ok {
 		return
 	}
-	b, err := rd.r.ReadSmallFile("/proc/sys/kernel/ns_last_pid")
-	if err != nil {
-		return
-	}
-	if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+	// The file acts on the reader's own namespace whatever procfs holds it
+	// (docs/kernel.md F1.1).
+	if n, err := procfs.ReadLastPID(); err == nil {
 		rd.tree.Namespace(id).LastPID = n
 	}
 }

@@ -13,7 +13,7 @@ import (
 // range check is pstree.Validate's, run on what it returns.
 
 func toProto(tr *pstree.Tree) *imagepb.Image {
-	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded}
+	img := &imagepb.Image{Checked: tr.Checked, SubreapersRecorded: tr.SubreapersRecorded, Kernel: tr.Kernel, PidMax: int64(tr.PidMax)}
 	for _, ns := range tr.Namespaces {
 		img.Namespaces = append(img.Namespaces, &imagepb.Namespace{
 			Id:               uint32(ns.ID),
@@ -69,6 +69,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 			ChildSubreaper:   t.ChildSubreaper,
 			Agent:            t.Agent,
 			WaitsForChildren: t.WaitsForChildren,
+			RootElsewhere:    t.RootElsewhere,
 			ParentTid:        int32(t.ParentTID),
 		}
 		for _, th := range t.Threads {
@@ -80,7 +81,8 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 }
 
 func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
-	tr := &pstree.Tree{Checked: img.GetChecked(), SubreapersRecorded: img.GetSubreapersRecorded()}
+	tr := &pstree.Tree{Checked: img.GetChecked(), SubreapersRecorded: img.GetSubreapersRecorded(),
+		Kernel: img.GetKernel(), PidMax: int(img.GetPidMax())}
 	for i, ns := range img.GetNamespaces() {
 		links, err := linksFromProto(ns.GetLinks())
 		if err != nil {
@@ -133,6 +135,7 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 			ChildSubreaper:   pt.GetChildSubreaper(),
 			Agent:            pt.GetAgent(),
 			WaitsForChildren: pt.GetWaitsForChildren(),
+			RootElsewhere:    pt.GetRootElsewhere(),
 			ParentTID:        int(pt.GetParentTid()),
 		}
 		t.NS[pstree.PidNS] = pstree.NSID(n.GetPid())

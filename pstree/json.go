@@ -14,6 +14,8 @@ type jsonTree struct {
 	FormatVersion string          `json:"format_version"`
 	Checked       bool            `json:"checked"`
 	Subreapers    bool            `json:"subreapers_recorded"`
+	Kernel        string          `json:"kernel,omitempty"`
+	PidMax        int             `json:"pid_max,omitempty"`
 	Namespaces    []jsonNamespace `json:"namespaces"`
 	Tasks         []jsonTask      `json:"tasks"`
 }
@@ -97,6 +99,7 @@ type jsonTask struct {
 	ChildSubreaper bool            `json:"child_subreaper"`
 	Agent          bool            `json:"agent"`
 	Waits          bool            `json:"waits_for_children,omitempty"`
+	RootElsewhere  bool            `json:"root_elsewhere,omitempty"`
 	// ParentTID: the parent's thread whose child it is, when that is not
 	// the parent's leader (ParentTID == PPID is left out).
 	ParentTID int `json:"parent_tid,omitempty"`
@@ -125,6 +128,8 @@ func JSON(tr *Tree) ([]byte, error) {
 		FormatVersion: fmt.Sprintf("%d.%d", FormatMajor, FormatMinor),
 		Checked:       tr.Checked,
 		Subreapers:    tr.SubreapersRecorded,
+		Kernel:        tr.Kernel,
+		PidMax:        tr.PidMax,
 		Namespaces:    []jsonNamespace{},
 		Tasks:         []jsonTask{},
 	}
@@ -172,7 +177,7 @@ func JSON(tr *Tree) ([]byte, error) {
 				CapBnd: hex(c.CapBnd), CapAmb: hex(c.CapAmb),
 			},
 			Comm: t.Comm, Exe: t.Exe, Argv: nonNil(t.Argv), Env: nonNil(t.Env), Cwd: t.Cwd, Root: t.Root,
-			ChildSubreaper: t.ChildSubreaper, Agent: t.Agent, Waits: t.WaitsForChildren,
+			ChildSubreaper: t.ChildSubreaper, Agent: t.Agent, Waits: t.WaitsForChildren, RootElsewhere: t.RootElsewhere,
 		}
 		if t.ParentTID != t.PPID {
 			j.ParentTID = t.ParentTID

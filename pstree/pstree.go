@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 4 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers
+	FormatMinor = 5 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers; 5: the dumping kernel, root_elsewhere
 )
 
 // NSKind is one kind of Linux namespace.
@@ -211,6 +211,10 @@ type Task struct {
 	Exe       string
 	Argv, Env []string
 	Cwd, Root string
+	// RootElsewhere: the task's root directory is not the dumper's
+	// (chroot, pivot_root in a container). Exe and Cwd are then paths in
+	// that root; Root names it as the dumper saw it, often just "/".
+	RootElsewhere bool
 	// ChildSubreaper is PR_SET_CHILD_SUBREAPER; meaningful only when the
 	// tree's SubreapersRecorded is set.
 	ChildSubreaper bool
@@ -239,6 +243,10 @@ type Tree struct {
 	// eBPF task iterator, bpf.Subreapers); false: unknown (images of minor
 	// < 4, dumps without eBPF), and every ChildSubreaper is false.
 	SubreapersRecorded bool
+	// Kernel is the release of the kernel the dump ran on and PidMax its
+	// kernel.pid_max ("" and 0: unknown, images of minor < 5).
+	Kernel string
+	PidMax int
 }
 
 // MarkSubreapers records which tasks are child subreapers: the live ones

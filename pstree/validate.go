@@ -37,6 +37,13 @@ func Validate(tr *Tree) error {
 	if tr == nil {
 		return fmt.Errorf("%w: nil tree", ErrInvalid)
 	}
+	// The dumping kernel's release is at most utsname's 64 bytes.
+	if len(tr.Kernel) > 64 || strings.ContainsFunc(tr.Kernel, func(r rune) bool { return r < ' ' || r > '~' }) {
+		return fmt.Errorf("%w: kernel release %q: more than 64 bytes or not printable", ErrInvalid, tr.Kernel)
+	}
+	if tr.PidMax < 0 || tr.PidMax > MaxPID {
+		return fmt.Errorf("%w: pid_max %d out of range 0..%d", ErrInvalid, tr.PidMax, MaxPID)
+	}
 	ix, err := validateNamespaces(tr)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -454,15 +461,15 @@ func validateCreds(who string, c *Creds) error {
 
 // validateExec checks what the exec payload hands to execve(2) and
 // chdir(2): C strings, so a NUL byte would silently cut them, within the
-// kernel's sizes; and the root, which restore does not change.
+// kernel's sizes; and a root other than the dumper's, which must say so.
 func validateExec(who string, t *Task) error {
 	for _, p := range []struct{ name, s string }{{"exe", t.Exe}, {"cwd", t.Cwd}, {"root", t.Root}} {
 		if err := cString(p.s, MaxPath); err != nil {
 			return fmt.Errorf("%s: %s: %w", who, p.name, err)
 		}
 	}
-	if t.Root != "" && t.Root != "/" {
-		return fmt.Errorf("%s: root %q: restore re-creates no root but /", who, t.Root)
+	if t.Root != "" && t.Root != "/" && !t.RootElsewhere {
+		return fmt.Errorf("%s: root %q is not the dumper's root, but root_elsewhere is not set", who, t.Root)
 	}
 	total := 0
 	for _, v := range []struct {

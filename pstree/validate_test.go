@@ -140,7 +140,7 @@ func TestValidateRefusesHostile(t *testing.T) {
 		{"NUL in hostname", func(tr *Tree) { tr.Namespaces[5].Hostname = "b\x00x" }, "uts namespace 6: hostname: contains a NUL byte"},
 		{"NUL in link", func(tr *Tree) { tr.Namespaces[3].Links[0].Name = "l\x00" }, "net namespace 4: link 0: bad name"},
 		{"long exe", func(tr *Tree) { tr.Tasks[0].Exe = "/" + strings.Repeat("x", MaxPath) }, "task 0 (pid 10): exe: 4097 bytes, more than 4096"},
-		{"root not /", func(tr *Tree) { tr.Tasks[1].Root = "/srv/jail" }, `task 1 (pid 11): root "/srv/jail": restore re-creates no root but /`},
+		{"root not / nor elsewhere", func(tr *Tree) { tr.Tasks[1].Root = "/srv/jail" }, `task 1 (pid 11): root "/srv/jail" is not the dumper's root, but root_elsewhere is not set`},
 		{"huge argv", func(tr *Tree) { tr.Tasks[0].Argv = []string{strings.Repeat("a", MaxArgBytes)} }, "task 0 (pid 10): argv and env longer than"},
 		{"uid -1", func(tr *Tree) { tr.Tasks[0].Creds.EUID = InvalidID }, "task 0 (pid 10): euid 4294967295 is not a valid id"},
 		{"group -1", func(tr *Tree) { tr.Tasks[0].Creds.Groups = []uint32{0, InvalidID} }, "task 0 (pid 10): groups[1]"},

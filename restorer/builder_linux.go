@@ -518,6 +518,12 @@ func die(z uintptr, status int64) {
 //go:nosplit
 func prepareExec(pr *procRec) syscall.Errno {
 	var e syscall.Errno
+	if pr.root != 0 {
+		// Before the ids change: chroot needs CAP_SYS_CHROOT.
+		if _, _, e = syscall.RawSyscall(unix.SYS_CHROOT, uintptr(pr.root), 0, 0); e != 0 {
+			return e
+		}
+	}
 	if pr.setCreds != 0 {
 		if e = setCreds(pr); e != 0 { // ids and capability sets: builder_creds_linux.go
 			return e

@@ -14,20 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// nsinit runs the built binary with output to a file (restored payloads
-// inherit it; a pipe would stay open as long as they live).
+// nsinit runs the built binary (testutil.Run: output to a file).
 func nsinit(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command(testutil.Binary(t), args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	err = cmd.Run()
-	out, _ := os.ReadFile(f.Name())
-	return string(out), err
+	return testutil.Run(t, testutil.Binary(t), args...)
 }
 
 // TestE2EDumpKillRestoreCheck goes through the built binary, as a user

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/internal/agentconn"
+	"github.com/nsinit/nsinit/internal/nscursor"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -141,10 +142,28 @@ func (t *tx) greetAgent(l *agentLink, timeout time.Duration) error {
 	if ns := t.p.Tree.Namespace(tk.NS[pstree.PidNS]); ns != nil && ns.Level > 0 && tk.InnerPID() == 1 {
 		last = ns.LastPID
 	}
-	if _, err := c.Call(&agentpb.Request{Op: &agentpb.Request_Finish{Finish: &agentpb.Finish{LastPid: int64(last)}}}); err != nil {
+	_, err = c.Call(&agentpb.Request{Op: &agentpb.Request_Finish{Finish: &agentpb.Finish{LastPid: int64(last)}}})
+	if errors.Is(err, unix.EPERM) && last > 0 {
+		// The agent runs with the image's capabilities, which may not
+		// cover its own cursor (a container's init without
+		// CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE): the restorer writes
+		// it through a probe forked into the namespace.
+		err = writeCursorOf(pr.PIDs[0], last)
+	}
+	if err != nil {
 		return agentCallError(fmt.Sprintf("finish (ns_last_pid %d)", last), err, timeout)
 	}
 	return nil
+}
+
+// writeCursorOf sets the cursor of the pid namespace of level-0 pid.
+func writeCursorOf(pid, v int) error {
+	fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/pid", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return nscursor.Write(fd, v)
 }
 
 // agentCallError names what the agent failed to do.

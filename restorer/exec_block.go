@@ -76,6 +76,7 @@ type procRec struct {
 	capData                [6]uint32 // two halves of {effective, permitted, inheritable}
 	// payload (addresses inside the block; 0 = none)
 	path, argv, envp, cwd uint64
+	root                  uint64 // chroot here before the exec (Options.Root)
 	groups                uint64
 	ngroups               int64
 	uid, gid              [3]uint32 // real, effective, saved

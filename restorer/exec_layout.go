@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"unsafe"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -67,7 +69,7 @@ func (a *strArea) u32s(v []uint32) int {
 }
 
 // procStrs are one proc's offsets in the string area (0: none; cwd -1: none).
-type procStrs struct{ path, argv, envp, cwd, groups int }
+type procStrs struct{ path, argv, envp, cwd, root, groups int }
 
 // mapFiles are an OpUserMap step's three writes: setgroups, uid_map,
 // gid_map (path, text and length of each).
@@ -126,26 +128,62 @@ func (l *layout) addExecStrings(el *execLinks) error {
 		// An agent or a waiter execs this nsinit with its own argv
 		// (exec_agents.go, internal/waiter).
 		exe, argv := tk.Exe, tk.Argv
-		if p.becomesAgent(i) || p.becomesWaiter(i) {
+		nsinit := p.becomesAgent(i) || p.becomesWaiter(i)
+		if nsinit {
 			exe = p.Options.AgentExe
 		}
-		path, err := el.path(i, exe, tk.Comm)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p.name(i), err)
-		}
 		ps := &l.procs[i]
+		// An agent or a waiter runs this nsinit, from this root.
+		chroot := !nsinit && tk.RootElsewhere && p.Options.Root != ""
+		cwd := tk.Cwd
+		if chroot {
+			exe, cwd = pathInRoot(tk.Root, exe), pathInRoot(tk.Root, cwd)
+		}
+		path := exe
+		if !chroot {
+			// Under its recorded name (exec_comm.go). Not in a new
+			// root, where Exe is a path and the link would be outside:
+			// there it runs under its base name.
+			var err error
+			if path, err = el.path(i, exe, tk.Comm); err != nil {
+				return fmt.Errorf("%s: %w", p.name(i), err)
+			}
+		}
 		ps.path = l.strs.cstr(path)
+		if chroot {
+			ps.root = l.strs.cstr(p.Options.Root) // never offset 0: path is first
+			if cwd == "" {
+				cwd = "/"
+			}
+		}
 		if len(argv) == 0 {
 			argv = []string{exe}
 		}
 		ps.argv = l.strs.vec(argv)
 		ps.envp = l.strs.vec(tk.Env)
 		ps.cwd = -1
-		if tk.Cwd != "" {
-			ps.cwd = l.strs.cstr(tk.Cwd)
+		if cwd != "" {
+			ps.cwd = l.strs.cstr(cwd)
 		}
 	}
 	return nil
+}
+
+// pathInRoot is path p, as the dumper saw it, inside root, the task's root
+// directory as the dumper saw it: a chroot in the dumper's mount namespace
+// shows as its full path, and so do the task's exe and cwd; a root in
+// another mount namespace (pivot_root) shows as "/", and the paths are
+// already inside it.
+func pathInRoot(root, p string) string {
+	switch {
+	case root == "" || root == "/" || p == "":
+		return p
+	case p == root:
+		return "/"
+	case strings.HasPrefix(p, root+"/"):
+		return p[len(root):]
+	}
+	return p
 }
 
 // addCreds adds every task's image credentials: taken before the exec
@@ -229,7 +267,7 @@ func (l *layout) mapBlock() (*block, error) {
 	h := hdrAt(b.base)
 	h.nsteps = int64(b.nsteps)
 	h.base = uint64(uintptr(b.base))
-	copy(h.lastPIDPath[:], "/proc/sys/kernel/ns_last_pid\x00")
+	copy(h.lastPIDPath[:], procfs.LastPIDPath+"\x00")
 	return b, nil
 }
 
@@ -261,6 +299,9 @@ func (l *layout) writeProcs(b *block, links map[int]*agentLink, mark int) {
 			r.path, r.argv, r.envp = b.strAddr(ps.path), b.strAddr(ps.argv), b.strAddr(ps.envp)
 			if ps.cwd >= 0 {
 				r.cwd = b.strAddr(ps.cwd)
+			}
+			if ps.root != 0 {
+				r.root = b.strAddr(ps.root)
 			}
 		}
 		l.creds[i].put(r, b.strAddr(l.procs[i].groups))

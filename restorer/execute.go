@@ -239,6 +239,14 @@ var skipPrecheck = false
 // needs is in use. (clone3 would fail with EEXIST anyway; this only makes
 // the error precise. Inner levels are fresh namespaces.)
 func precheck(p *Plan) error {
+	if err := checkOutsideLeaders(p); err != nil {
+		return err
+	}
+	if st, err := procfs.New("/proc").Status(os.Getpid()); err == nil {
+		if err := checkCapBnd(p.Tree, st.CapBnd); err != nil {
+			return err
+		}
+	}
 	settle := time.Now().Add(2 * time.Second)
 	check := func(pid int, what string) error {
 		if pid <= 0 {
@@ -268,4 +276,39 @@ func precheck(p *Plan) error {
 		}
 	}
 	return nil
+}
+
+// checkOutsideLeaders refuses a root whose session or group was led from
+// outside the tree, unless the restorer is in that very session and group
+// or Options.ShellJob accepts its own instead: the root is born into the
+// restorer's (its cursor writer clones it with CLONE_PARENT), and a task
+// cannot join a session it is not born in (setsid makes a new one).
+func checkOutsideLeaders(p *Plan) error {
+	if p.Options.ShellJob {
+		return nil
+	}
+	root := &p.Tree.Tasks[0]
+	own, err := unix.Getsid(0)
+	if err != nil {
+		return fmt.Errorf("getsid: %w", err)
+	}
+	for _, c := range []struct {
+		what     string
+		want, is int
+	}{{"session", root.SIDs[0], own}, {"process group", root.PGIDs[0], unix.Getpgrp()}} {
+		if c.want == root.PID() || c.want == c.is {
+			continue
+		}
+		return fmt.Errorf("the root (pid %d) was in %s %d, led from outside the tree by %s; this restorer is in %s %d. Restore from a process of that %s, or pass --shell-job to put the tree in the restorer's: %w",
+			root.PID(), c.what, c.want, outsideLeader(c.want), c.what, c.is, c.what, ErrOutsideLeader)
+	}
+	return nil
+}
+
+// outsideLeader names the level-0 process that leads session or group id.
+func outsideLeader(id int) string {
+	if h := holderOf(id); h != "" {
+		return "pid " + strconv.Itoa(id) + ", " + h
+	}
+	return "pid " + strconv.Itoa(id) + ", which no longer exists"
 }

@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/internal/sys"
+	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,6 +31,12 @@ type Features struct {
 	// (an agent restoring for another uid, agent/listen.go): tasks of the
 	// ambient user namespace keep the groups they inherit.
 	SetgroupsDenied bool
+	// NoSetTID: the kernel has no clone3 with set_tid (Linux 5.5), which
+	// every restore needs (ENOSYS or E2BIG from the probe).
+	NoSetTID bool
+	// MissingNS lists the namespace kinds the kernel lacks (no
+	// /proc/self/ns/NAME, e.g. time namespaces before 5.6).
+	MissingNS []pstree.NSKind
 }
 
 // ProbeFeatures asks the kernel. The set_tid probe creates nothing: it asks
@@ -38,7 +45,13 @@ type Features struct {
 // kernel that takes two entries fails in pid allocation with EEXIST, and
 // one that does not fails the argument check with EINVAL.
 func ProbeFeatures() Features {
-	f := Features{MultiLevelSetTID: probeSetTID() == unix.EEXIST}
+	e := probeSetTID()
+	f := Features{MultiLevelSetTID: e == unix.EEXIST, NoSetTID: e == unix.ENOSYS || e == unix.E2BIG}
+	for _, k := range pstree.AllNSKinds() {
+		if _, err := os.Stat("/proc/self/ns/" + k.ProcName()); os.IsNotExist(err) {
+			f.MissingNS = append(f.MissingNS, k)
+		}
+	}
 	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
 		f.PidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 	}

@@ -131,7 +131,7 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	if s.Actor != Restorer {
 		nsk, credsIn = m.procs[s.Actor].nsk, m.procs[s.Actor].credsIn
 	}
-	// set_tid is checked against the caller's credentials (alloc_pid runs
+	// set_tid is checked against the caller's credentials (F2.10: alloc_pid runs
 	// in the parent), before any CLONE_NEWUSER of the same call matters.
 	if err := m.cloneCaps(s, c, pr.PIDs, nsk[pstree.UserNS]); err != nil {
 		return err
@@ -155,7 +155,7 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, parentTID: parentTID, sid: sid, pgid: pgid, nsk: nsk}
 	if s.NewPIDNS {
 		// copy_process creates the user namespace of CLONE_NEWUSER (in
-		// copy_creds) before the pid namespace (copy_namespaces): the
+		// copy_creds) before the pid namespace (copy_namespaces, F2.9): the
 		// new pid namespace is owned by the child's user namespace.
 		m.saveNS(ns)
 		m.nss[ns].init = s.Target

@@ -40,15 +40,21 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 
 	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
 )
 
 // Sentinels callers branch on.
 var (
 	// ErrPIDTaken: a pid the image needs is already in use at some level.
 	ErrPIDTaken = errors.New("pid already taken")
+	// ErrOutsideLeader: the image's root was in a session or group led
+	// from outside the tree, which the restorer is not in (Options.ShellJob).
+	// It wraps ErrUnsupported.
+	ErrOutsideLeader = fmt.Errorf("session or group led from outside the tree: %w", ErrUnsupported)
 	// ErrUnsupported: the image describes a tree this planner cannot build.
 	ErrUnsupported = errors.New("unsupported tree shape")
 	// ErrBadImage: the image is malformed.
@@ -195,6 +201,22 @@ type Options struct {
 	AgentExe string
 	// Features of the kernel the plan runs on (ProbeFeatures).
 	Features Features
+	// Root is the directory tasks whose root was elsewhere (a
+	// container's filesystem, Task.RootElsewhere) run in with the exec
+	// payload: the builder chroots there before the exec, so Exe and Cwd
+	// resolve in it (`criu restore --root`).
+	Root string
+	// HostMounts runs such tasks in the restorer's own root instead. With
+	// neither, an image that has one is refused: its programs would
+	// silently be this machine's.
+	HostMounts bool
+	// ShellJob accepts that the root's session and process group, when
+	// the image says they were led from outside the tree (the shell that
+	// started it), become the restorer's own, as `criu restore
+	// --shell-job` does. Without it Execute refuses such an image unless
+	// the restorer is in that very session and group, so the numbers are
+	// exact (ErrOutsideLeader).
+	ShellJob bool
 }
 
 // Proc is one process Execute creates: an image task or a helper.
@@ -309,12 +331,12 @@ func (p *Plan) describe(s *Step) string {
 		return fmt.Sprintf("ns_last_pid = %d", s.Arg)
 	case OpWait, OpKill:
 		if s.Op == OpKill {
-			return fmt.Sprintf("kill %s signal %d", p.name(s.Target), s.Arg)
+			return fmt.Sprintf("kill %s %s", p.name(s.Target), unix.SignalName(syscall.Signal(s.Arg)))
 		}
 		return fmt.Sprintf("wait %s", p.name(s.Target))
 	case OpExit:
 		if s.Arg&0x7f != 0 {
-			return fmt.Sprintf("die by signal %d", s.Arg&0x7f)
+			return fmt.Sprintf("die by %s", unix.SignalName(syscall.Signal(s.Arg&0x7f)))
 		}
 		return fmt.Sprintf("exit %d", s.Arg>>8)
 	case OpUnshare, OpSetns:

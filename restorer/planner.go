@@ -31,6 +31,12 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 	if err := checkPayload(tr, opt); err != nil {
 		return nil, err
 	}
+	if err := checkKernel(tr, opt.Features); err != nil {
+		return nil, err
+	}
+	if err := checkRoots(tr, opt); err != nil {
+		return nil, err
+	}
 	pl := &planner{
 		plan:   &Plan{Tree: tr, Options: opt},
 		byPID:  map[int]int{},
@@ -53,6 +59,22 @@ func checkPayload(tr *pstree.Tree, opt Options) error {
 	for i := range tr.Tasks {
 		if t := &tr.Tasks[i]; t.State != pstree.Zombie && t.Exe == "" {
 			return fmt.Errorf("task %d (pid %d): no executable recorded for the exec payload: %w", i, t.PID(), ErrBadImage)
+		}
+	}
+	return nil
+}
+
+// checkRoots refuses, with the exec payload, a task whose root directory
+// was not the dumper's (a container's filesystem) unless Options say where
+// it runs now: its Exe and Cwd are paths in that root.
+func checkRoots(tr *pstree.Tree, opt Options) error {
+	if opt.Payload != PayloadExec || opt.Root != "" || opt.HostMounts {
+		return nil
+	}
+	for i := range tr.Tasks {
+		if t := &tr.Tasks[i]; t.State != pstree.Zombie && t.RootElsewhere && !t.Agent {
+			return fmt.Errorf("task %d (pid %d) ran in another root directory (a container's filesystem; %s is a path in it): restore with --root DIR to run it in that filesystem, or --mounts host to run this machine's: %w",
+				i, t.PID(), t.Exe, ErrUnsupported)
 		}
 	}
 	return nil

@@ -8,7 +8,7 @@ import (
 
 // Temporary helper tasks (docs/restore.md, "Helpers"). A helper is a proc
 // of the plan that is no task of the image: it exists only during the
-// restore and is reaped before Execute returns. Three kinds:
+// restore and is reaped before Execute returns. Four kinds:
 //
 //   - the level-0 cursor writer (planner.build);
 //   - a dead session or group leader, at the leader's pids, that lends its

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -94,6 +95,23 @@ func init() {
 				fail(fmt.Errorf("setpgid(0, %d): %w", g, err))
 			}
 			time.Sleep(5 * time.Millisecond)
+		}
+	case role == "session":
+		// A login shell's stand-in: it leads a new session and group,
+		// runs the rest of its arguments as a child in them (printing
+		// the child's pid), reaps it and stays.
+		if _, err := unix.Setsid(); err != nil {
+			fail(err)
+		}
+		cmd := exec.Command(os.Args[1], os.Args[2:]...)
+		cmd.Env = slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, realtreeRoleEnv+"=") })
+		if err := cmd.Start(); err != nil {
+			fail(err)
+		}
+		fmt.Println(cmd.Process.Pid)
+		cmd.Wait()
+		for {
+			time.Sleep(time.Hour)
 		}
 	case role == "subreaper":
 		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {

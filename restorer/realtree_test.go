@@ -176,18 +176,10 @@ func rtSameThreads(what string) bool {
 // inherit it), in cgroup cg when not nil.
 func rtRun(t *testing.T, cg *rtCgroup, args ...string) (string, error) {
 	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	cmd := exec.Command(testutil.Binary(t), args...)
-	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	cg.attach(t, cmd.SysProcAttr)
-	err = cmd.Run()
-	out, _ := os.ReadFile(f.Name())
-	return string(out), err
+	return testutil.RunCmd(t, cmd)
 }
 
 // rtCgroup is a cgroup v2 that holds one tree: its cleanup kills whatever

@@ -4,7 +4,7 @@
 // Run builds an initramfs (a newc cpio written in Go) holding nsinit as
 // /init, busybox, the caller's files and /etc/nsinit/cmd, boots Debian's
 // kernel (EnsureKernel) under qemu-system-x86_64 with TCG, and waits for
-// the guest to power off. The guest's nsinit (agent.MachineInit) writes
+// the guest to power off. The guest's nsinit (machine.Init) writes
 // "NSINIT-DONE status=N" on the second serial port before powering off;
 // that marker is the only proof the command finished: a plain QEMU exit
 // can also be a kernel panic (panic=-1 with -no-reboot), and a hang is cut

@@ -64,7 +64,9 @@ var guestPackages = []guestPackage{
 	// util-linux (TestDumpUserNamespaces runs `unshare`, the net tests
 	// `ip`).
 	{Pkg: "./dump", Needs: []string{"CONFIG_PID_NS", "CONFIG_CGROUPS", "CONFIG_CHECKPOINT_RESTORE"},
-		Run: "TestWalkMatchesPlainPath|TestProbeLastPID|TestDumpRefusesForeignNamespace|TestDumpStoppedTask|TestDumpBigTree"},
+		Run: "TestWalkMatchesPlainPath|TestDumpRefusesForeignNamespace|TestDumpStoppedTask|TestDumpBigTree"},
+	// Reading and writing another pid namespace's cursor through a probe.
+	{Pkg: "./internal/nscursor", Needs: []string{"CONFIG_PID_NS", "CONFIG_CHECKPOINT_RESTORE"}},
 }
 
 // kernelModule puts the guest kernel's module rel (under lib/modules/VER/)
@@ -220,7 +222,7 @@ func TestVMInitStatus(t *testing.T) {
 	}
 }
 
-// TestVMMachineLayer boots miniinit, which has agent.MachineInit but no
+// TestVMMachineLayer boots miniinit, which has machine.Init but no
 // real supervisor: when TestVMInitStatus fails and this passes, the
 // supervisor (cmd/nsinit) is at fault, not the machine layer or harness.
 func TestVMMachineLayer(t *testing.T) {
@@ -280,16 +282,7 @@ func TestVMPackages(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			needKernel(t, gp.Needs...)
-			bin := filepath.Join(t.TempDir(), name+".test")
-			build := exec.Command("go", "test", "-c", "-o", bin, gp.Pkg)
-			build.Dir = root
-			build.Env = append(os.Environ(), "CGO_ENABLED=0")
-			if out, err := build.CombinedOutput(); err != nil {
-				t.Fatalf("go test -c %s: %v\n%s", gp.Pkg, err, out)
-			}
-			if _, err := os.Stat(bin); err != nil {
-				t.Skipf("%s has no test files yet", gp.Pkg)
-			}
+			bin := buildGuestTest(t, gp.Pkg, name)
 			var extra []File
 			var env []string
 			if gp.Prepare != nil {
@@ -337,6 +330,23 @@ func TestVMPackages(t *testing.T) {
 			}
 		})
 	}
+}
+
+// buildGuestTest compiles package pkg's tests (`go test -c`, static) for
+// the guest and returns the binary; it skips when pkg has no tests.
+func buildGuestTest(t *testing.T, pkg, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name+".test")
+	build := exec.Command("go", "test", "-c", "-o", bin, pkg)
+	build.Dir = testutil.RepoRoot()
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go test -c %s: %v\n%s", pkg, err, out)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("%s has no test files yet", pkg)
+	}
+	return bin
 }
 
 // testResult is one top-level test of a `-test.v` run.

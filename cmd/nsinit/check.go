@@ -15,12 +15,14 @@ func runCheck(args []string) int {
 		pid         int
 		dir         string
 		leftStopped bool
+		shellJob    bool
 	)
-	fs := newFlags("nsinit check", "nsinit check -t PID -D DIR [--left-stopped]",
+	fs := newFlags("nsinit check", "nsinit check -t PID -D DIR [--left-stopped] [-j]",
 		"Lists every difference between the image in DIR and the live tree rooted at PID.\n"+
 			"Exit status 0: identical; 1: differences, one a line on stdout; 125 and up: could\nnot compare (README, \"Exit status\").")
 	fs.Int(&pid, "t,tree", "PID", "level-0 pid of the root of the live tree")
 	fs.String(&dir, "D,images-dir", "DIR", "image directory")
+	fs.Bool(&shellJob, "j,shell-job", "the tree was restored with --shell-job: the session and group its root had from outside the tree are compared as the live root's")
 	fs.Bool(&leftStopped, "left-stopped", "the tree was left stopped by dump --leave-stopped: a task live in the image may be stopped")
 	if code, stop := fs.Parse(args); stop {
 		return code
@@ -49,7 +51,7 @@ func runCheck(args []string) int {
 			live.MarkSubreapers(set)
 		}
 	}
-	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped})
+	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped, ShellJob: shellJob})
 	for _, d := range diffs {
 		fmt.Println(d)
 	}

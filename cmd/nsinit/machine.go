@@ -1,6 +1,6 @@
 package main
 
-import "github.com/nsinit/nsinit/agent"
+import "github.com/nsinit/nsinit/internal/machine"
 
 // machineHook is called by runInit first thing when nsinit is PID 1.
 //
@@ -10,9 +10,9 @@ import "github.com/nsinit/nsinit/agent"
 // when the kernel started nsinit without one, and returns a finish function
 // that powers the machine off with the exit status instead of exiting (an
 // init that exits panics the kernel). For the PID 1 of a container it
-// returns args unchanged and a nil finish. See agent.MachineInit for the
+// returns args unchanged and a nil finish. See machine.Init for the
 // rules; finish is non-nil whenever nsinit is the machine's init, even
 // with an error.
 func machineHook(args []string) (newArgs []string, finish func(status int), err error) {
-	return agent.MachineInit(args)
+	return machine.Init(args)
 }

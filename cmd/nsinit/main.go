@@ -7,6 +7,7 @@
 //	nsinit show DIR|FILE                  print an image as JSON (--raw: protojson)
 //	nsinit encode -i JSON -D DIR          turn show --raw's JSON back into an image
 //	nsinit check -t PID -D DIR            compare an image with a live tree
+//	nsinit trace -t PID                   print fork/exit/exec of a tree as they happen (eBPF)
 //
 // This package only parses flags and wires packages together; each
 // subcommand lives in a file of its own and registers itself in commands.

@@ -30,11 +30,13 @@ func runRestore(args []string) int {
 		placement                  = "set_tid"
 		dry, detach, inheritStdio  bool
 		newPidns, quietRoot        bool
+		shellJob                   bool
+		newRoot, mounts            string
 		agentTimeout               = restorer.DefaultAgentTimeout
 		verbose                    int
 	)
 	fs := newFlags("nsinit restore",
-		"nsinit restore -D DIR [-d [--inherit-stdio]] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
+		"nsinit restore -D DIR [-d [--inherit-stdio]] [-j] [--pidfile FILE] [--payload exec|stopped] [--placement set_tid|ns_last_pid]\n"+
 			"                      [--dry-run] [--agent-timeout D] [--agent SOCKET] [-o FILE] [-v]",
 		"Re-creates the tree of DIR with the same pids at every level. Without -d, nsinit stays\n"+
 			"the root's parent and exits with its status, like criu restore.")
@@ -46,6 +48,9 @@ func runRestore(args []string) int {
 	fs.String(&placement, "placement", "set_tid|ns_last_pid", "how innermost pids are placed")
 	fs.Bool(&dry, "dry-run", "print the plan and create nothing")
 	fs.Bool(&newPidns, "into-new-pidns", "restore into a new pid namespace whose PID 1 is nsinit: the image's level 0 becomes that namespace, so no host pid need be free and copies can run side by side")
+	fs.String(&newRoot, "r,root", "DIR", "run the tasks whose root directory was a container's filesystem in DIR (chroot before their exec)")
+	fs.String(&mounts, "mounts", "host", "with host: run such tasks in this machine's filesystem instead")
+	fs.Bool(&shellJob, "j,shell-job", "the root's session and group, when led from outside the tree, become nsinit's own (without it such an image restores only from that session and group)")
 	fs.Bool(&quietRoot, "no-print-root", "with -d: do not print the root's pid (--into-new-pidns uses it inside)")
 	fs.Duration(&agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
 	fs.String(&via, "agent", "SOCKET", "restore through the nsinit agent listening on SOCKET (nsinit --listen), into its pid namespace")
@@ -61,6 +66,26 @@ func runRestore(args []string) int {
 		return fs.Fail("unexpected argument %q", fs.Args()[0])
 	}
 	var opt restorer.Options
+	switch mounts {
+	case "":
+	case "host":
+		opt.HostMounts = true
+	default:
+		return fs.Fail("unknown --mounts %q (host)", mounts)
+	}
+	if newRoot != "" {
+		if opt.HostMounts {
+			return fs.Fail("--root and --mounts host exclude each other")
+		}
+		abs, err := filepath.Abs(newRoot)
+		if err != nil {
+			return fs.Fail("--root %s: %v", newRoot, err)
+		}
+		if st, err := os.Stat(abs); err != nil || !st.IsDir() {
+			return fs.Fail("--root %s: not a directory", newRoot)
+		}
+		opt.Root = abs
+	}
 	switch payload {
 	case "exec":
 	case "stopped":
@@ -94,9 +119,17 @@ func runRestore(args []string) int {
 		}
 		// Inside, the restorer always detaches (the namespace's init adopts
 		// the root); the tree keeps the caller's stdio unless -d says not.
-		pass := []string{"--no-print-root", "--payload", payload, "--placement", placement, "--agent-timeout", agentTimeout.String()}
+		// The new namespace holds no session or group from outside the
+		// tree: the tree takes PID 1's, as with --shell-job.
+		pass := []string{"--no-print-root", "--shell-job", "--payload", payload, "--placement", placement, "--agent-timeout", agentTimeout.String()}
 		if !detach || inheritStdio {
 			pass = append(pass, "--inherit-stdio")
+		}
+		if opt.Root != "" {
+			pass = append(pass, "--root", opt.Root)
+		}
+		if opt.HostMounts {
+			pass = append(pass, "--mounts", "host")
 		}
 		return restoreIntoNewPidns(dir, pass, detach, pidfile)
 	}
@@ -106,6 +139,7 @@ func runRestore(args []string) int {
 	}
 	// Decided before planning, never during execution.
 	opt.Features = restorer.ProbeFeatures()
+	opt.ShellJob = shellJob
 	tr, err := imagefile.Read(dir)
 	if err != nil {
 		d.errorf("%v", err)

@@ -83,6 +83,20 @@ func (p *Proc) Link(name string) (string, error) {
 	return p.r.linkAt(p.fd, name, p.dir+"/"+name)
 }
 
+// SameFile reports whether the magic link NAME (root, cwd, exe) leads to
+// the same file as path does for the caller: the link's text cannot say
+// (a root in another mount namespace reads as "/").
+func (p *Proc) SameFile(name, path string) (bool, error) {
+	var a, b unix.Stat_t
+	if err := unix.Fstatat(p.fd, name, &a, 0); err != nil {
+		return false, pathErr("stat", p.dir+"/"+name, err)
+	}
+	if err := unix.Stat(path, &b); err != nil {
+		return false, pathErr("stat", path, err)
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino, nil
+}
+
 // Alive reports whether the process still has its pid namespace link,
 // which every process has until it is reaped (zombies included).
 func (p *Proc) Alive() bool {

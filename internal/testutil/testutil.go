@@ -4,13 +4,16 @@
 package testutil
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -98,14 +101,10 @@ func Binary(t testing.TB) string {
 	return p
 }
 
-// Field returns the value of a "Key:\tvalue" line of a /proc status file.
+// Field returns the value of a "Key:\tvalue" line of a /proc status file
+// (procfs.StatusField: blanks collapsed to one space).
 func Field(status, key string) string {
-	for _, l := range strings.Split(status, "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
+	return procfs.StatusField([]byte(status), key)
 }
 
 // FullCapSet is the set of every capability the running kernel has
@@ -133,4 +132,62 @@ func SharedTempDir(t testing.TB, prefix string, perm os.FileMode) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// Run runs the program at path with args (RunCmd).
+func Run(t testing.TB, path string, args ...string) (string, error) {
+	t.Helper()
+	return RunCmd(t, exec.Command(path, args...))
+}
+
+// RunCmd runs cmd with stdout and stderr to one file and returns what it
+// wrote. Not a pipe: a detached restore's tree inherits the restorer's
+// stdout and would hold a pipe open as long as it lives.
+func RunCmd(t testing.TB, cmd *exec.Cmd) (string, error) {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd.Stdout, cmd.Stderr = f, f
+	err = cmd.Run()
+	out, _ := os.ReadFile(f.Name())
+	return string(out), err
+}
+
+// Descendants lists root and every task below it (through the children
+// files of all its threads), parents before children.
+func Descendants(root int) []int {
+	out := []int{root}
+	for i := 0; i < len(out); i++ {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", out[i]))
+		for _, th := range tasks {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", out[i], th.Name()))
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					out = append(out, pid)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// DemoTreeReady says whether make demo's workload (demo/tree.sh), started
+// as the tree of root, is complete: its 12 sleepers and its 2 zombies exist.
+func DemoTreeReady(root int) bool {
+	sleepers, zombies := 0, 0
+	for _, pid := range Descendants(root) {
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if procfs.StatState(st) == 'Z' {
+			zombies++
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if strings.Contains(string(cmd), "sleep\x0010") {
+			sleepers++
+		}
+	}
+	return sleepers == 12 && zombies == 2
 }

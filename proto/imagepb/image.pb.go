@@ -215,8 +215,13 @@ type Image struct {
 	// subreapers_recorded: every task's child_subreaper was read (minor 4);
 	// false: unknown, and no task has it set.
 	SubreapersRecorded bool `protobuf:"varint,4,opt,name=subreapers_recorded,json=subreapersRecorded,proto3" json:"subreapers_recorded,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// kernel: the release (uname -r) of the kernel the dump ran on; pid_max:
+	// its kernel.pid_max as the dumping process saw it (minor 5). A restore
+	// on another machine names them when it refuses what its kernel lacks.
+	Kernel        string `protobuf:"bytes,5,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	PidMax        int64  `protobuf:"varint,6,opt,name=pid_max,json=pidMax,proto3" json:"pid_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Image) Reset() {
@@ -275,6 +280,20 @@ func (x *Image) GetSubreapersRecorded() bool {
 		return x.SubreapersRecorded
 	}
 	return false
+}
+
+func (x *Image) GetKernel() string {
+	if x != nil {
+		return x.Kernel
+	}
+	return ""
+}
+
+func (x *Image) GetPidMax() int64 {
+	if x != nil {
+		return x.PidMax
+	}
+	return 0
 }
 
 type IDMapEntry struct {
@@ -1133,7 +1152,11 @@ type Task struct {
 	// parent_tid: the level-0 tid of the parent's thread whose child this
 	// task is (/proc/PPID/task/TID/children): ppid for the leader, 0 when
 	// not recorded (the root; minor 4).
-	ParentTid     int32 `protobuf:"varint,19,opt,name=parent_tid,json=parentTid,proto3" json:"parent_tid,omitempty"`
+	ParentTid int32 `protobuf:"varint,19,opt,name=parent_tid,json=parentTid,proto3" json:"parent_tid,omitempty"`
+	// root_elsewhere: the task's root directory is not the dumper's (chroot,
+	// pivot_root: a container's filesystem); root then names it as the
+	// dumper saw it, often just "/" (minor 5).
+	RootElsewhere bool `protobuf:"varint,20,opt,name=root_elsewhere,json=rootElsewhere,proto3" json:"root_elsewhere,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1301,18 +1324,27 @@ func (x *Task) GetParentTid() int32 {
 	return 0
 }
 
+func (x *Task) GetRootElsewhere() bool {
+	if x != nil {
+		return x.RootElsewhere
+	}
+	return false
+}
+
 var File_image_proto protoreflect.FileDescriptor
 
 const file_image_proto_rawDesc = "" +
 	"\n" +
-	"\vimage.proto\x12\x0fnsinit.image.v1\"\xbb\x01\n" +
+	"\vimage.proto\x12\x0fnsinit.image.v1\"\xec\x01\n" +
 	"\x05Image\x12\x18\n" +
 	"\achecked\x18\x01 \x01(\bR\achecked\x12:\n" +
 	"\n" +
 	"namespaces\x18\x02 \x03(\v2\x1a.nsinit.image.v1.NamespaceR\n" +
 	"namespaces\x12+\n" +
 	"\x05tasks\x18\x03 \x03(\v2\x15.nsinit.image.v1.TaskR\x05tasks\x12/\n" +
-	"\x13subreapers_recorded\x18\x04 \x01(\bR\x12subreapersRecorded\"T\n" +
+	"\x13subreapers_recorded\x18\x04 \x01(\bR\x12subreapersRecorded\x12\x16\n" +
+	"\x06kernel\x18\x05 \x01(\tR\x06kernel\x12\x17\n" +
+	"\apid_max\x18\x06 \x01(\x03R\x06pidMax\"T\n" +
 	"\n" +
 	"IDMapEntry\x12\x16\n" +
 	"\x06inside\x18\x01 \x01(\rR\x06inside\x12\x18\n" +
@@ -1389,7 +1421,7 @@ const file_image_proto_rawDesc = "" +
 	"\x06Thread\x12\x12\n" +
 	"\x04tids\x18\x01 \x03(\x05R\x04tids\x120\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1a.nsinit.image.v1.TaskStateR\x05state\x12\x12\n" +
-	"\x04comm\x18\x03 \x01(\fR\x04comm\"\xb2\x04\n" +
+	"\x04comm\x18\x03 \x01(\fR\x04comm\"\xd9\x04\n" +
 	"\x04Task\x12\x12\n" +
 	"\x04pids\x18\x01 \x03(\x05R\x04pids\x12\x12\n" +
 	"\x04ppid\x18\x02 \x01(\x05R\x04ppid\x12\x14\n" +
@@ -1412,7 +1444,8 @@ const file_image_proto_rawDesc = "" +
 	"\x04comm\x18\x11 \x01(\fR\x04comm\x12,\n" +
 	"\x12waits_for_children\x18\x12 \x01(\bR\x10waitsForChildren\x12\x1d\n" +
 	"\n" +
-	"parent_tid\x18\x13 \x01(\x05R\tparentTid*\x86\x01\n" +
+	"parent_tid\x18\x13 \x01(\x05R\tparentTid\x12%\n" +
+	"\x0eroot_elsewhere\x18\x14 \x01(\bR\rrootElsewhere*\x86\x01\n" +
 	"\x06NSKind\x12\n" +
 	"\n" +
 	"\x06NS_PID\x10\x00\x12\x17\n" +

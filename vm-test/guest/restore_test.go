@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nsinit/nsinit/internal/testutil"
 )
 
 // demoTree is make demo's workload, put in the guest by vm-test.
@@ -32,10 +34,7 @@ func TestDemoTreeRestored(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { root.Process.Kill(); root.Wait() }()
-	waitUntil(t, "the innermost sleepers", func() bool {
-		return len(findCmd("sleep 1022")) > 0 && len(findCmd("sleep 1023")) > 0
-	})
-	time.Sleep(300 * time.Millisecond) // the zombies are made last
+	waitUntil(t, "the whole demo tree", func() bool { return testutil.DemoTreeReady(root.Process.Pid) })
 	original := findCmd("sleep 10")
 	nsinit(t, "dump", "-t", strconv.Itoa(root.Process.Pid), "-D", img, "--kill")
 	root.Wait()
@@ -67,24 +66,15 @@ func TestDemoTreeRestored(t *testing.T) {
 	t.Log(nsinit(t, "check", "-t", strconv.Itoa(restored), "-D", img))
 }
 
-// nsinit runs /bin/nsinit with args and fails the test on a non-zero exit.
-// Output goes through a file, not a pipe: a detached restore's tree inherits
-// nsinit's stdout and would hold a pipe open forever.
+// nsinit runs /bin/nsinit with args (testutil.Run: output to a file) and
+// fails the test on a non-zero exit.
 func nsinit(t *testing.T, args ...string) string {
 	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command("/bin/nsinit", args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	err = cmd.Run()
-	out, _ := os.ReadFile(f.Name())
+	out, err := testutil.Run(t, "/bin/nsinit", args...)
 	if err != nil {
 		t.Fatalf("nsinit %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
-	return string(out)
+	return out
 }
 
 // findCmd lists the pids whose command line contains s.

@@ -1,5 +1,5 @@
 // Command miniinit is a minimal machine init for the vm-test harness's own
-// tests: agent.MachineInit, run the command, reap everything, power off
+// tests: machine.Init, run the command, reap everything, power off
 // with the command's status. It tests the machine layer and the harness
 // apart from nsinit's real supervisor (cmd/nsinit), so a failure points at
 // one of the two. Not a product: no signal forwarding, no options.
@@ -11,11 +11,11 @@ import (
 	"os/exec"
 	"syscall"
 
-	"github.com/nsinit/nsinit/agent"
+	"github.com/nsinit/nsinit/internal/machine"
 )
 
 func main() {
-	args, finish, err := agent.MachineInit(os.Args[1:])
+	args, finish, err := machine.Init(os.Args[1:])
 	if finish == nil {
 		fmt.Fprintln(os.Stderr, "miniinit: not the machine's init", err)
 		os.Exit(2)

@@ -1,34 +1,9 @@
-package agent
+package machine
 
 import (
 	"os"
 	"testing"
 )
-
-func TestStatFlags(t *testing.T) {
-	for _, tc := range []struct {
-		stat  string
-		flags uint64
-		bad   bool
-	}{
-		{stat: "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0", flags: 2129984},
-		{stat: "77 (a) b (c)) R 1 77 77 0 -1 4194560 12", flags: 4194560},
-		{stat: "77 no paren", bad: true},
-		{stat: "77 (x) R 1 2", bad: true},
-		{stat: "77 (x) R 1 2 3 4 5 nope", bad: true},
-	} {
-		got, err := statFlags([]byte(tc.stat))
-		if tc.bad {
-			if err == nil {
-				t.Errorf("statFlags(%q) = %d, want an error", tc.stat, got)
-			}
-			continue
-		}
-		if err != nil || got != tc.flags {
-			t.Errorf("statFlags(%q) = %d, %v, want %d", tc.stat, got, err, tc.flags)
-		}
-	}
-}
 
 // TestIsKernelThread reads the real /proc: pid 2 is kthreadd on a machine
 // (and in a VM); this test process is not a kernel thread.
@@ -100,8 +75,8 @@ func TestLoadCmdAndEnv(t *testing.T) {
 
 // TestMachineInitNotPID1: outside PID 1 nothing is touched.
 func TestMachineInitNotPID1(t *testing.T) {
-	args, finish, err := MachineInit([]string{"--", "x"})
+	args, finish, err := Init([]string{"--", "x"})
 	if err != nil || finish != nil || len(args) != 2 {
-		t.Fatalf("MachineInit as pid %d = %q, finish=%v, %v", os.Getpid(), args, finish != nil, err)
+		t.Fatalf("Init as pid %d = %q, finish=%v, %v", os.Getpid(), args, finish != nil, err)
 	}
 }

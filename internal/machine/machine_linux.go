@@ -1,11 +1,12 @@
-package agent
+// Package machine makes nsinit the /init of a whole (virtual) machine.
+package machine
 
 // Machine init: nsinit as the /init of a whole (virtual) machine.
 //
 // The kernel starts /init with almost nothing: no /proc, /sys or /dev
 // mounted, argv = ["/init"] plus the command-line words it did not
 // recognise, and an environment of HOME=/ TERM=linux plus the unknown
-// KEY=VALUE words. An init that exits panics the kernel. MachineInit
+// KEY=VALUE words. An init that exits panics the kernel. Init
 // bridges that world and the ordinary PID-1 supervisor:
 //
 //   - Detection. The machine's init is PID 1 of the initial pid namespace.
@@ -41,6 +42,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,7 +94,7 @@ var machineMounts = []mountPoint{
 	{"bpf", "/sys/fs/bpf", "bpf", nsde, "mode=0700", true},
 }
 
-// MachineInit prepares the machine when nsinit is the init of the whole
+// Init prepares the machine when nsinit is the init of the whole
 // machine, and returns the arguments to run and a finish function that
 // powers the machine off with the final status. Must be called by PID 1
 // before anything else touches /proc (cilium/ebpf caches a missing /proc).
@@ -101,7 +103,7 @@ var machineMounts = []mountPoint{
 // unchanged and a nil finish. When it is the machine's init, finish is
 // non-nil even if err is not, so the caller can still power off with a
 // failure status instead of panicking the kernel.
-func MachineInit(args []string) (newArgs []string, finish func(status int), err error) {
+func Init(args []string) (newArgs []string, finish func(status int), err error) {
 	machine, err := isMachineInit()
 	if err != nil {
 		return args, nil, fmt.Errorf("machine init: detect: %w", err)
@@ -172,31 +174,11 @@ func IsKernelThread(procRoot string, pid int) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read stat of pid %d: %w", pid, err)
 	}
-	flags, err := statFlags(b)
+	st, err := procfs.ParseStat(b)
 	if err != nil {
 		return false, fmt.Errorf("pid %d: %w", pid, err)
 	}
-	return flags&pfKthread != 0, nil
-}
-
-// statFlags returns field 9 (flags) of a /proc/PID/stat line. The command
-// name (field 2) may hold spaces and parentheses, so fields are counted
-// after its last ')'.
-func statFlags(stat []byte) (uint64, error) {
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat: no ')'")
-	}
-	// After ')': state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8) flags(9).
-	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 7 {
-		return 0, fmt.Errorf("malformed stat: %d fields after comm", len(f))
-	}
-	v, err := strconv.ParseUint(f[6], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("malformed stat flags %q: %w", f[6], err)
-	}
-	return v, nil
+	return st.Flags&pfKthread != 0, nil
 }
 
 // mountOnce mounts m unless something is mounted at its target already
