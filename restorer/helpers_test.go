@@ -1,11 +1,13 @@
 package restorer
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/pstree"
 )
 
@@ -410,4 +412,20 @@ func TestRestoreUserStandIn(t *testing.T) {
 }
 func TestRestoreUserStandInOwnerMade(t *testing.T) {
 	scenario(t, func() *pstree.Tree { return userStandInTree(true) })
+}
+
+// TestPlanCreatorCycle plans testdata/creator-cycle, the dump of random
+// history seed 615 (`histories 615 READY`, then `nsinit dump`), whose
+// orphan rules made a proc its own creator's creator: the planner refuses
+// it instead of recursing until the stack overflows (claimGroup).
+func TestPlanCreatorCycle(t *testing.T) {
+	tr, err := imagefile.Read("testdata/creator-cycle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opt := range allOptions() {
+		if _, err := NewPlan(tr, opt); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "own creator's creator") {
+			t.Errorf("%+v: %v, want the creator cycle refused", opt, err)
+		}
+	}
 }

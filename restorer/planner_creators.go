@@ -221,3 +221,20 @@ func (pl *planner) parentThread(c, cr int) int {
 	}
 	return t.ParentTID
 }
+
+// creatorCycle refuses an assignment in which a proc would (through its
+// creators) create itself: the orphan rules can move a creator below its
+// own kid (histories seed 615), and every later phase walks creators up
+// (claimGroup recursed until the stack overflowed).
+func (pl *planner) creatorCycle() error {
+	for q := range pl.plan.Procs {
+		c := pl.creator[q]
+		for n := 0; c >= 0 && c != q && n <= len(pl.plan.Procs); n++ {
+			c = pl.creator[c]
+		}
+		if c == q {
+			return fmt.Errorf("%s: the orphan rules make it its own creator's creator: %w", pl.plan.name(q), ErrUnsupported)
+		}
+	}
+	return nil
+}
