@@ -160,7 +160,10 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		m.saveNS(ns)
 		m.nss[ns].init = s.Target
 		m.nss[ns].owner = nsk[pstree.UserNS]
-		if want := m.tr.Namespace(ns).Owner; want != 0 && !m.tr.Namespace(want).Ambient && want != nsk[pstree.UserNS] {
+		// An ambient owner is the restorer's own user namespace (m.own):
+		// a creator in another one makes another owner (histories seed
+		// 549: the creator entered its user namespace after the clone).
+		if want := m.tr.Namespace(ns).Owner; want != 0 && want != nsk[pstree.UserNS] {
 			return fmt.Errorf("pid ns %d would be owned by user ns %d (its creator's), the image says %d", ns, nsk[pstree.UserNS], want)
 		}
 	}

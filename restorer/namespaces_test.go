@@ -472,3 +472,22 @@ func nestedUserNS() *tb {
 	u2.GIDMap = u2.UIDMap
 	return b
 }
+
+// TestPlanAmbientPidOwner plans testdata/ambient-owner, the dump of random
+// history seed 549 (`histories 549 READY`, then `nsinit dump`): the init of
+// a pid namespace that the host's user namespace owns, cloned by a task
+// that entered another user namespace afterwards. The plan puts that task
+// in its user namespace first, so its clone would make that one the owner:
+// refused, where the model used to skip the check for an ambient owner and
+// the restore came back with another owner.
+func TestPlanAmbientPidOwner(t *testing.T) {
+	tr, err := imagefile.Read("testdata/ambient-owner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opt := range allOptions() {
+		if _, err := NewPlan(tr, opt); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "would be owned by user ns") {
+			t.Errorf("%+v: %v, want the other owner refused", opt, err)
+		}
+	}
+}
