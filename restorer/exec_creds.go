@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
 )
 
 // Capability sets of the exec payload. The builder is root with every
@@ -129,6 +130,11 @@ func credsOf(p *Plan, ti int) (procCreds, error) {
 	c := procCreds{set: true}
 	var err error
 	if c.uid, c.gid, c.groups, c.setgroups, err = taskCreds(p, ti); err != nil {
+		return c, err
+	}
+	ru, eu, su := unix.Getresuid()
+	rg, eg, sg := unix.Getresgid()
+	if err := keptIDs(p, ti, [3]uint32{uint32(ru), uint32(eu), uint32(su)}, [3]uint32{uint32(rg), uint32(eg), uint32(sg)}); err != nil {
 		return c, err
 	}
 	c.caps, err = taskCapsOf(p, ti)

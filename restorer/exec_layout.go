@@ -223,6 +223,9 @@ func (l *layout) addUserMaps() error {
 		}
 		f := &mapFiles{}
 		for j, kv := range [3][2]string{{"setgroups", sg}, {"uid_map", um}, {"gid_map", gm}} {
+			if kv[1] == "" {
+				continue // a map the image does not have
+			}
 			f.path[j] = l.strs.cstr(fmt.Sprintf("/proc/%d/%s", p.Procs[s.Target].PIDs[0], kv[0]))
 			f.text[j], f.n[j] = l.strs.cstr(kv[1]), len(kv[1])
 		}
@@ -355,6 +358,9 @@ func (l *layout) writeSteps(b *block) error {
 		case OpUserMap:
 			f := l.maps[i]
 			for j := range f.path {
+				if f.n[j] == 0 {
+					continue // not written: a null path (addUserMaps)
+				}
 				r.fpath[j], r.ftext[j] = b.strAddr(f.path[j]), b.strAddr(f.text[j])
 				r.flen[j] = int64(f.n[j])
 			}

@@ -1,11 +1,13 @@
 package restorer
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/pstree"
 )
 
@@ -337,3 +339,93 @@ func TestPlanOuterParentMovesLater(t *testing.T) {
 }
 
 func TestRestoreOuterParentMovesLater(t *testing.T) { scenario(t, laterMoveTree) }
+
+// userStandInTree: R (host user ns 60) forks A, which unshares user ns 61;
+// A clones I with CLONE_PARENT|CLONE_NEWUSER|CLONE_NEWPID: I is R's child,
+// PID 1 of pid ns 2, owned by user ns 62, a child of 61 (histories seed 1).
+// R cannot make 62 (its parent is 61, R is not in it), and I comes first
+// in R's order, before A made 61. With owned61, 62 is folded into 61 and I
+// comes after A: the owner exists, A clones I with CLONE_PARENT|CLONE_NEWPID.
+func userStandInTree(owned61 bool) *pstree.Tree {
+	b := userNS61()
+	iUser, iUID := pstree.NSID(62), uint32(101000)
+	if owned61 {
+		iUser, iUID = 61, 100000
+	} else {
+		u2 := b.addNS(62, pstree.UserNS, false)
+		u2.Parent = 61
+		u2.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 101000, Count: 1000}}
+		u2.GIDMap = u2.UIDMap
+	}
+	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner = 60, iUser
+	in := func(ns, user pstree.NSID, uid uint32, pids []int, ppid int) {
+		t := b.task(ns, pids, ppid, make([]int, len(pids)), make([]int, len(pids)))
+		t.SIDs[0], t.PGIDs[0] = 22400, 22400
+		t.NS[pstree.UserNS] = user
+		t.Creds = pstree.Creds{UID: uid, EUID: uid, SUID: uid, FSUID: uid, GID: uid, EGID: uid, SGID: uid, FSGID: uid}
+	}
+	in(1, 60, 0, []int{22400}, 0) // R
+	if owned61 {
+		in(1, 61, 100000, []int{22401}, 22400)     // A
+		in(2, iUser, iUID, []int{22402, 1}, 22400) // I
+	} else {
+		in(2, iUser, iUID, []int{22401, 1}, 22400) // I
+		in(1, 61, 100000, []int{22402}, 22400)     // A
+	}
+	return &b.tr
+}
+
+// TestPlanUserStandIn: R clones a stand-in, which joins the user namespace
+// I's owner is made in (or is) once A made it, and clones I from there with
+// CLONE_PARENT.
+func TestPlanUserStandIn(t *testing.T) {
+	for _, owned61 := range []bool{false, true} {
+		for _, opt := range allOptions() {
+			p := mustPlan(t, userStandInTree(owned61), opt)
+			var got []string
+			for i := range p.Steps {
+				s := &p.Steps[i]
+				if (s.Op == OpClone && p.Procs[s.Target].NS == 2) || (s.Op == OpSetns && p.Procs[s.Actor].Why == whyStandIn) {
+					got = append(got, p.name(s.Actor)+": "+p.describe(s))
+				}
+			}
+			h := slices.IndexFunc(p.Procs, func(pr Proc) bool { return pr.Why == whyStandIn })
+			clone := p.name(h) + ": clone task 22401/1 CLONE_NEWUSER(user 62) CLONE_NEWPID CLONE_PARENT set_tid"
+			via := "task 22402"
+			if owned61 {
+				clone = strings.NewReplacer(" CLONE_NEWUSER(user 62)", "", "22401/1", "22402/1").Replace(clone)
+				via = "task 22401"
+			}
+			if opt.Placement == PlaceLastPID {
+				clone = strings.Replace(clone, " set_tid", "", 1)
+			}
+			want := []string{p.name(h) + ": setns(user 61 via " + via + ")", clone}
+			if h < 0 || !slices.Equal(got, want) {
+				t.Errorf("owned61=%v %+v: got\n%s\nwant\n%s\nplan:\n%s", owned61, opt, strings.Join(got, "\n"), strings.Join(want, "\n"), p)
+			}
+		}
+	}
+}
+
+func TestRestoreUserStandIn(t *testing.T) {
+	scenario(t, func() *pstree.Tree { return userStandInTree(false) })
+}
+func TestRestoreUserStandInOwnerMade(t *testing.T) {
+	scenario(t, func() *pstree.Tree { return userStandInTree(true) })
+}
+
+// TestPlanCreatorCycle plans testdata/creator-cycle, the dump of random
+// history seed 615 (`histories 615 READY`, then `nsinit dump`), whose
+// orphan rules made a proc its own creator's creator: the planner refuses
+// it instead of recursing until the stack overflows (claimGroup).
+func TestPlanCreatorCycle(t *testing.T) {
+	tr, err := imagefile.Read("testdata/creator-cycle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opt := range allOptions() {
+		if _, err := NewPlan(tr, opt); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "own creator's creator") {
+			t.Errorf("%+v: %v, want the creator cycle refused", opt, err)
+		}
+	}
+}

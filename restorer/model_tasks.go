@@ -26,13 +26,14 @@ func (m *model) landingNS(pl *Plan, s *Step, rootNS pstree.NSID) (pstree.NSID, e
 	}
 	if s.Thread != 0 {
 		// A thread of the actor clones (OpClone by a parent thread): it
-		// exists, and the clone makes no user namespace (the thread
+		// exists, and the clone makes a user namespace only from the
+		// restorer's, whose ids every builder thread has (a thread
 		// keeps the ids it was born with, while the leader may take
 		// others to create one, OpSetCreds). Its pid_for_children is
 		// its active namespace: CLONE_THREAD needs that (F7.3), and
 		// only the leader ever changes its own (OpSetPFC).
-		if s.Actor == Restorer || s.AsSibling || s.NS[pstree.UserNS] != 0 {
-			return 0, fmt.Errorf("clone by thread %d of %s: only a plain clone by a task's thread is planned", s.Thread, pl.name(s.Actor))
+		if s.Actor == Restorer || s.AsSibling || (s.NS[pstree.UserNS] != 0 && user != m.own[pstree.UserNS]) {
+			return 0, fmt.Errorf("clone by thread %d of %s: only a plain clone, or one that makes a user namespace from the restorer's, by a task's thread is planned", s.Thread, pl.name(s.Actor))
 		}
 		if !slices.ContainsFunc(m.procs[s.Actor].threads, func(t []int) bool { return t[0] == s.Thread }) {
 			return 0, fmt.Errorf("clone by thread %d of %s, which has no such thread", s.Thread, pl.name(s.Actor))
@@ -144,7 +145,12 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 	m.saveProc(s.Target)
 	parentTID := s.Thread
 	if s.AsSibling {
-		parentTID = 0 // the actor's parent's: the model knows only leaders there
+		// CLONE_PARENT copies the actor's real parent, a thread: the
+		// one that cloned the actor (F7.5).
+		parentTID = 0
+		if s.Actor != Restorer {
+			parentTID = m.procs[s.Actor].parentTID
+		}
 	}
 	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, parentTID: parentTID, sid: sid, pgid: pgid, nsk: nsk}
 	if s.NewPIDNS {
@@ -154,7 +160,10 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		m.saveNS(ns)
 		m.nss[ns].init = s.Target
 		m.nss[ns].owner = nsk[pstree.UserNS]
-		if want := m.tr.Namespace(ns).Owner; want != 0 && !m.tr.Namespace(want).Ambient && want != nsk[pstree.UserNS] {
+		// An ambient owner is the restorer's own user namespace (m.own):
+		// a creator in another one makes another owner (histories seed
+		// 549: the creator entered its user namespace after the clone).
+		if want := m.tr.Namespace(ns).Owner; want != 0 && want != nsk[pstree.UserNS] {
 			return fmt.Errorf("pid ns %d would be owned by user ns %d (its creator's), the image says %d", ns, nsk[pstree.UserNS], want)
 		}
 	}

@@ -288,10 +288,80 @@ func TestPlanUserNamespaces(t *testing.T) {
 	// A uid the task's user namespace does not map.
 	bad = userTree()
 	bad.Tasks[3].Creds.UID = 5
-	if _, err := NewPlan(bad, Options{}); !errors.Is(err, ErrUnsupported) {
-		t.Errorf("unmapped uid: %v, want ErrUnsupported", err)
+	if p, err := NewPlan(bad, Options{}); err != nil {
+		t.Errorf("unmapped uid: %v, want it kept from the builder", err)
+	} else if err := keptIDs(p, 3, [3]uint32{}, [3]uint32{}); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("unmapped uid 5 kept from a restorer of uid 0: %v, want ErrUnsupported", err)
 	}
 }
+
+// userNS61 is a tree with pid ns 2 below the host's, the host's user ns
+// 60 and its child 61, which maps 0-65535 to 100000 up.
+func userNS61() *tb {
+	b := newTB().ns(2, 1, 1)
+	b.addNS(60, pstree.UserNS, true)
+	u1 := b.addNS(61, pstree.UserNS, false)
+	u1.Parent, u1.SetgroupsAllowed = 60, true
+	u1.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}
+	u1.GIDMap = u1.UIDMap
+	return b
+}
+
+// unmappedTree: tasks with ids their user namespace does not map. A
+// unshared user ns 61, whose map ("0 100000 65536") leaves out A's uid 0;
+// C unshared user ns 63 and nobody wrote its maps; C's child D is PID 1 of
+// pid ns 2, which C made inside 63; E unshared user ns 64, which got a
+// uid map ("0 0 1") and no gid map (the writer gave up on it).
+func unmappedTree() *pstree.Tree {
+	b := userNS61()
+	b.addNS(63, pstree.UserNS, false).Parent = 60
+	u4 := b.addNS(64, pstree.UserNS, false)
+	u4.Parent, u4.UIDMap = 60, []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 1}}
+	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner = 60, 63
+	for _, tk := range []struct {
+		ns, user pstree.NSID
+		pids     []int
+		ppid     int
+	}{{1, 60, []int{22600}, 0}, {1, 61, []int{22601}, 22600}, {1, 63, []int{22602}, 22600}, {2, 63, []int{22603, 1}, 22602}, {1, 64, []int{22604}, 22600}} {
+		t := b.task(tk.ns, tk.pids, tk.ppid, make([]int, len(tk.pids)), make([]int, len(tk.pids)))
+		t.SIDs[0], t.PGIDs[0] = 22600, 22600
+		t.NS[pstree.UserNS] = tk.user
+	}
+	return &b.tr
+}
+
+// TestPlanUnmappedIDs: unmapped ids are kept from the builder (-1 to
+// setresuid/setresgid), an unmapped user namespace gets no map write, and
+// keptIDs accepts the restorer's ids when they are the image's only.
+func TestPlanUnmappedIDs(t *testing.T) {
+	for _, opt := range allOptions() {
+		p := mustPlan(t, unmappedTree(), opt)
+		for _, s := range p.Steps {
+			if s.Op == OpUserMap && s.NS[pstree.UserNS] == 63 {
+				t.Errorf("maps written for user ns 63, which has none: %s", p.describe(&s))
+			}
+		}
+		for ti := 1; ti < 5; ti++ {
+			uid, gid, _, sg, err := taskCreds(p, ti)
+			keep := [3]uint32{keepID, keepID, keepID}
+			wantUID := keep
+			if ti == 4 {
+				wantUID = [3]uint32{}
+			}
+			if err != nil || uid != wantUID || gid != keep || (ti > 1 && sg) {
+				t.Errorf("task %d: uid %v gid %v setgroups=%v %v, want every id kept, no setgroups without a gid map", ti, uid, gid, sg, err)
+			}
+			if err := keptIDs(p, ti, [3]uint32{}, [3]uint32{}); err != nil {
+				t.Errorf("task %d kept from a root restorer: %v", ti, err)
+			}
+			if err := keptIDs(p, ti, [3]uint32{}, [3]uint32{1000, 1000, 1000}); !errors.Is(err, ErrUnsupported) {
+				t.Errorf("task %d kept from a gid-1000 restorer: %v, want ErrUnsupported", ti, err)
+			}
+		}
+	}
+}
+
+func TestRestoreUnmappedIDs(t *testing.T) { scenarioCheck(t, unmappedTree, checkCreds) }
 
 func TestRestoreUserNamespaces(t *testing.T) { scenarioCheck(t, userTree, checkCreds) }
 
@@ -401,4 +471,23 @@ func nestedUserNS() *tb {
 	u2.UIDMap = []pstree.IDMapEntry{{Inside: 0, Outside: 101000, Count: 1000}}
 	u2.GIDMap = u2.UIDMap
 	return b
+}
+
+// TestPlanAmbientPidOwner plans testdata/ambient-owner, the dump of random
+// history seed 549 (`histories 549 READY`, then `nsinit dump`): the init of
+// a pid namespace that the host's user namespace owns, cloned by a task
+// that entered another user namespace afterwards. The plan puts that task
+// in its user namespace first, so its clone would make that one the owner:
+// refused, where the model used to skip the check for an ambient owner and
+// the restore came back with another owner.
+func TestPlanAmbientPidOwner(t *testing.T) {
+	tr, err := imagefile.Read("testdata/ambient-owner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, opt := range allOptions() {
+		if _, err := NewPlan(tr, opt); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "would be owned by user ns") {
+			t.Errorf("%+v: %v, want the other owner refused", opt, err)
+		}
+	}
 }

@@ -176,6 +176,9 @@ func (pl *planner) build() error {
 	if err := pl.assignCreators(); err != nil {
 		return err
 	}
+	if err := pl.creatorCycle(); err != nil {
+		return err
+	}
 	if err := pl.birthGroups(); err != nil {
 		return err
 	}

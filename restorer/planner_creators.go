@@ -205,6 +205,13 @@ func (pl *planner) parentThread(c, cr int) int {
 		return 0
 	}
 	ti, pi := pl.plan.Procs[c].Task, pl.plan.Procs[cr].Task
+	for k, h := range pl.standIns {
+		if h == c {
+			// A stand-in is its task's parent thread's child, so that
+			// the task it clones with CLONE_PARENT is too.
+			ti = pl.plan.Procs[k].Task
+		}
+	}
 	if ti < 0 || pi < 0 {
 		return 0
 	}
@@ -213,4 +220,21 @@ func (pl *planner) parentThread(c, cr int) int {
 		return 0
 	}
 	return t.ParentTID
+}
+
+// creatorCycle refuses an assignment in which a proc would (through its
+// creators) create itself: the orphan rules can move a creator below its
+// own kid (histories seed 615), and every later phase walks creators up
+// (claimGroup recursed until the stack overflowed).
+func (pl *planner) creatorCycle() error {
+	for q := range pl.plan.Procs {
+		c := pl.creator[q]
+		for n := 0; c >= 0 && c != q && n <= len(pl.plan.Procs); n++ {
+			c = pl.creator[c]
+		}
+		if c == q {
+			return fmt.Errorf("%s: the orphan rules make it its own creator's creator: %w", pl.plan.name(q), ErrUnsupported)
+		}
+	}
+	return nil
 }

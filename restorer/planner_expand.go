@@ -131,6 +131,25 @@ func (pl *planner) cloneKid(p, c int) (int, error) {
 		c = pl.standIn(p, c)
 		st = pl.cloneStep(c)
 	}
+	if userNS := pl.userStandInNS(st); userNS != 0 {
+		if h, ok := pl.standIns[c]; !ok || h != p {
+			// A stand-in born now, in p's session and group, clones c
+			// later from that user namespace.
+			c = pl.standIn(p, c)
+			st = pl.cloneStep(c)
+		} else {
+			// p is c's stand-in: it enters that user namespace
+			// first, once a member makes it (until then its part
+			// waits).
+			via := pl.memberOf(pstree.UserNS, userNS)
+			if via < 0 {
+				return -1, fmt.Errorf("%s: user ns %d, where it must clone %s, has no live member yet: %w", pl.plan.name(p), userNS, pl.plan.name(c), ErrUnsupported)
+			}
+			if err := pl.emit(Step{Op: OpSetns, Actor: p, Target: via, NS: nsOne(pstree.UserNS, userNS)}); err != nil {
+				return -1, err
+			}
+		}
+	}
 	if err := pl.placeClone(st); err != nil {
 		return -1, err
 	}

@@ -96,9 +96,15 @@ func (pl *planner) finish() error {
 	for i := range tr.Tasks {
 		if tr.Tasks[i].State != pstree.Zombie {
 			// Both payloads take the image's ids (a stopped one before
-			// it parks): unmapped ids are refused here.
-			if _, _, _, _, err := taskCreds(pl.plan, i); err != nil {
+			// it parks): unmapped groups are refused here, unmapped ids
+			// are kept from a builder that never switched its ids (the
+			// restorer's, checked when the restore starts).
+			uid, gid, _, _, err := taskCreds(pl.plan, i)
+			if err != nil {
 				return err
+			}
+			if (slices.Contains(uid[:], keepID) || slices.Contains(gid[:], keepID)) && pl.m.procs[i].credsIn != 0 {
+				return fmt.Errorf("%s: ids not mapped in its user ns %d, and its builder switched ids to make a user namespace: %w", pl.plan.name(i), tr.Tasks[i].NS[pstree.UserNS], ErrUnsupported)
 			}
 			if err := pl.emit(Step{Op: OpPayload, Actor: i, Target: -1}); err != nil {
 				return err

@@ -15,7 +15,10 @@ import (
 //     ids to the members it creates (addLeaderHelpers, F4.2);
 //   - a stand-in, at pids no image task needs: born of p in p's current
 //     session and group, it clones p's child c with CLONE_PARENT once c's
-//     namespace exists, after p itself has left them (standIn);
+//     namespace exists, after p itself has left them (standIn), or, when
+//     c's new pid namespace is owned by a user namespace (or the parent of
+//     a new one) that p is not in, from there, which it joins once it
+//     exists (userStandInNS);
 //   - a leaver, at pids no image task needs: it stands for a creator that
 //     died and left its child c to the init of its pid namespace. It is
 //     born in c's session and group, in the init's namespace (setns when
@@ -225,4 +228,35 @@ func (pl *planner) standIn(p, c int) int {
 	}
 	pl.standIns[c] = h
 	return h
+}
+
+// userStandInNS is the user namespace a stand-in must be in to clone step
+// st's target, the init of a new pid namespace owned by user namespace O,
+// when st's actor is elsewhere: O itself when O exists, else O's parent,
+// where the kernel creates O in the same clone (create_user_ns: the
+// creator's user namespace becomes the parent; copy_namespaces: the new pid
+// namespace is owned by the child's user namespace). The kernel's history
+// had a member of it clone the target with CLONE_PARENT (and
+// CLONE_NEWUSER); a stand-in that joins it does the same. 0 when st needs
+// none or the actor's user namespace has no capability over it.
+func (pl *planner) userStandInNS(st Step) pstree.NSID {
+	if !st.NewPIDNS || st.Actor == Restorer || st.Into != 0 || pl.plan.Procs[st.Target].IsHelper() {
+		return 0
+	}
+	tr := pl.tr()
+	o := tr.Namespace(pl.plan.Procs[st.Target].NS).Owner
+	if o == 0 || tr.Namespace(o) == nil || tr.Namespace(o).Ambient {
+		return 0
+	}
+	in := o
+	if !pl.m.made[o] {
+		if in = tr.Namespace(o).Parent; in == 0 || tr.Namespace(in).Ambient {
+			in = pl.m.own[pstree.UserNS]
+		}
+	}
+	cur := pl.m.procs[st.Actor].nsk[pstree.UserNS]
+	if cur == in || cur == o || !pl.m.capable(cur, in) {
+		return 0
+	}
+	return in
 }

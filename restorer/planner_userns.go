@@ -21,6 +21,13 @@ import (
 // just created it.
 func (pl *planner) userMap(c int, u pstree.NSID) error {
 	ns := pl.tr().Namespace(u)
+	if len(ns.UIDMap) == 0 && len(ns.GIDMap) == 0 {
+		// Nobody wrote them: its members keep the ids they came in
+		// with (taskCreds, which keeps any id a map lacks), and the kernel lets none of them create a
+		// user namespace inside (create_user_ns wants the creator's
+		// ids mapped), so nothing below needs them.
+		return nil
+	}
 	parent := ns.Parent
 	if parent == 0 || pl.tr().Namespace(parent).Ambient {
 		parent = pl.m.own[pstree.UserNS]
@@ -67,9 +74,8 @@ func userMapText(p *Plan, u pstree.NSID, w int) (uidMap, gidMap string, err erro
 		}
 		return b.String(), nil
 	}
-	if len(ns.UIDMap) == 0 || len(ns.GIDMap) == 0 {
-		return "", "", fmt.Errorf("user ns %d: no uid or gid map in the image: %w", u, ErrUnsupported)
-	}
+	// One map of the two may be missing (its write failed, or nobody
+	// tried): "" writes nothing.
 	var xu, xg func(uint32) (uint32, bool)
 	if via != nil {
 		xu, xg = via.MapUID, via.MapGID
@@ -98,16 +104,19 @@ func taskCreds(p *Plan, ti int) (uid, gid [3]uint32, groups []uint32, setgroups 
 	bad := func(what string, v uint32) error {
 		return fmt.Errorf("task %v: %s %d is not mapped in its user ns %d: %w", t.PIDs, what, v, ns.ID, ErrUnsupported)
 	}
+	// An id the namespace does not map is one the task kept from its
+	// creator (maps written without it): nothing inside can set it, the
+	// builder keeps its own (keptIDs says when that is the image's).
 	for i := range uid {
 		var ok bool
 		if uid[i], ok = ns.MapUID(uid[i]); !ok {
-			return uid, gid, nil, false, bad("uid", c.UID)
+			uid[i] = keepID
 		}
 		if gid[i], ok = ns.MapGID(gid[i]); !ok {
-			return uid, gid, nil, false, bad("gid", c.GID)
+			gid[i] = keepID
 		}
 	}
-	setgroups = ns.SetgroupsAllowed
+	setgroups = ns.SetgroupsAllowed && len(ns.GIDMap) > 0 // setgroups(2) needs a gid map
 	groups = nil
 	for _, g := range c.Groups {
 		if in, ok := ns.MapGID(g); ok {
@@ -117,6 +126,33 @@ func taskCreds(p *Plan, ti int) (uid, gid [3]uint32, groups []uint32, setgroups 
 		}
 	}
 	return
+}
+
+// keepID in the ids taskCreds returns leaves that id as the builder has
+// it (-1 to setresuid and setresgid).
+const keepID = ^uint32(0)
+
+// keptIDs checks the ids task ti keeps from its builder (taskCreds)
+// against the builder's own, given as [3]uint32 real, effective, saved
+// for uid and gid: a builder that never switched ids (OpSetCreds) has the
+// restorer's.
+func keptIDs(p *Plan, ti int, uids, gids [3]uint32) error {
+	uid, gid, _, _, err := taskCreds(p, ti)
+	if err != nil {
+		return err
+	}
+	t := &p.Tree.Tasks[ti]
+	want := [2][3]uint32{{t.Creds.UID, t.Creds.EUID, t.Creds.SUID}, {t.Creds.GID, t.Creds.EGID, t.Creds.SGID}}
+	for k, ids := range [2][3]uint32{uid, gid} {
+		have := [2][3]uint32{uids, gids}[k]
+		for i, v := range ids {
+			if v == keepID && have[i] != want[k][i] {
+				return fmt.Errorf("task %v: %s %d is not mapped in its user ns %d, and only its creator's %d can be kept there: %w",
+					t.PIDs, [2]string{"uid", "gid"}[k], want[k][i], t.NS[pstree.UserNS], have[i], ErrUnsupported)
+			}
+		}
+	}
+	return nil
 }
 
 // nestedCreds emits c's switch to ids its user namespace cur maps, before

@@ -93,14 +93,7 @@ func realTree(t *testing.T, seed int64) {
 	if err != nil {
 		t.Fatalf("the generated tree did not form: %v", err)
 	}
-	img := filepath.Join(dir, "img")
-	if out, err := rtRun(t, nil, "dump", "-t", rootS, "-D", img, "--kill"); err != nil {
-		t.Fatalf("FINDING dump --kill refused: %v\n%s", err, out)
-	}
-	cmd.Wait()
-	if err := rtGone(before); err != nil {
-		t.Fatalf("after dump --kill: %v", err)
-	}
+	img := rtDumpKill(t, cmd, dir, before)
 	rest := newRTCgroup(t)
 	t.Cleanup(func() { rtKill(t, root, rest) })
 	args := []string{"restore", "-D", img, "-d"}
@@ -130,6 +123,22 @@ func realTree(t *testing.T, seed int64) {
 			t.Errorf("FINDING nsinit check: %v\n%s", err, strings.Join(left, "\n"))
 		}
 	}
+}
+
+// rtDumpKill dumps the tree cmd started (before is its record) into
+// dir/img with `nsinit dump --kill` and waits until every task of it is
+// gone; it returns the image's path.
+func rtDumpKill(t *testing.T, cmd *exec.Cmd, dir string, before map[int]*rtTask) string {
+	t.Helper()
+	img := filepath.Join(dir, "img")
+	if out, err := rtRun(t, nil, "dump", "-t", strconv.Itoa(cmd.Process.Pid), "-D", img, "--kill"); err != nil {
+		t.Fatalf("FINDING dump --kill refused: %v\n%s", err, out)
+	}
+	cmd.Wait()
+	if err := rtGone(before); err != nil {
+		t.Fatalf("after dump --kill: %v", err)
+	}
+	return img
 }
 
 // rtCheckFindings drops what `nsinit check` reports by design from its

@@ -212,3 +212,61 @@ func waitTreeGone(tr *pstree.Tree) error {
 	}
 	return fmt.Errorf("the dumped tree is still there after its kill")
 }
+
+// threadUserTree: a root whose second thread cloned I with
+// CLONE_NEWUSER|CLONE_NEWPID (histories seed 3): I is PID 1 of pid ns 2,
+// owned by user ns 61, which the root's thread made from the host's.
+func threadUserTree() *pstree.Tree {
+	b := userNS61()
+	b.tr.Namespace(1).Owner, b.tr.Namespace(2).Owner = 60, 61
+	root := b.task(1, []int{24100}, 0, []int{24100}, []int{24100})
+	root.NS[pstree.UserNS] = 60
+	root.Threads = []pstree.Thread{{TIDs: []int{24101}}, {TIDs: []int{24102}}}
+	in := b.task(2, []int{24103, 1}, 24100, []int{24100, 0}, []int{24100, 0})
+	in.NS[pstree.UserNS], in.ParentTID = 61, 24102
+	in.Creds = pstree.Creds{UID: 100000, EUID: 100000, SUID: 100000, FSUID: 100000, GID: 100000, EGID: 100000, SGID: 100000, FSGID: 100000}
+	return &b.tr
+}
+
+// TestPlanParentThreadNewUser: with the stopped payload the thread clones
+// I with CLONE_NEWUSER, and the user namespace's maps follow.
+func TestPlanParentThreadNewUser(t *testing.T) {
+	for _, opt := range allOptions() {
+		opt.Payload = PayloadStopped
+		p := mustPlan(t, threadUserTree(), opt)
+		i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Op == OpClone && s.Target == 1 })
+		if i < 0 || p.Steps[i].Thread != 24102 || p.Steps[i].NS[pstree.UserNS] != 61 {
+			t.Errorf("%+v: I is not cloned by thread 24102 with CLONE_NEWUSER:\n%s", opt, p)
+		}
+	}
+}
+
+func TestRestoreParentThreadNewUser(t *testing.T) {
+	scenarioCheck(t, threadUserTree, checkParentThreads)
+}
+
+// threadStandInTree is userStandInTree(false) with the root's thread as the
+// parent thread of both its children (histories seed 76): the user
+// stand-in that clones I with CLONE_PARENT must be that thread's child, as
+// A was, for I to be.
+func threadStandInTree() *pstree.Tree {
+	tr := userStandInTree(false)
+	tr.Tasks[0].Threads = []pstree.Thread{{TIDs: []int{22410}}}
+	tr.Tasks[1].ParentTID, tr.Tasks[2].ParentTID = 22410, 22410
+	return tr
+}
+
+// TestPlanParentThreadStandIn: with the stopped payload the root's thread
+// clones the stand-in, whose CLONE_PARENT child is then that thread's.
+func TestPlanParentThreadStandIn(t *testing.T) {
+	p := mustPlan(t, threadStandInTree(), Options{Payload: PayloadStopped})
+	h := slices.IndexFunc(p.Procs, func(pr Proc) bool { return pr.Why == whyStandIn })
+	i := slices.IndexFunc(p.Steps, func(s Step) bool { return s.Op == OpClone && s.Target == h })
+	if h < 0 || i < 0 || p.Steps[i].Thread != 22410 {
+		t.Errorf("the stand-in is not cloned by thread 22410:\n%s", p)
+	}
+}
+
+func TestRestoreParentThreadStandIn(t *testing.T) {
+	scenarioCheck(t, threadStandInTree, checkParentThreads)
+}
