@@ -152,8 +152,10 @@ func (l *layout) addExecStrings(el *execLinks) error {
 		ps.path = l.strs.cstr(path)
 		if chroot {
 			ps.root = l.strs.cstr(p.Options.Root) // never offset 0: path is first
-			if cwd == "" {
-				cwd = "/"
+			// Always an absolute chdir after the chroot: the builder's
+			// cwd is outside the new root until then.
+			if !strings.HasPrefix(cwd, "/") {
+				cwd = "/" + cwd
 			}
 		}
 		if len(argv) == 0 {
