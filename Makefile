@@ -61,7 +61,7 @@ unit-test: build
 	$(GO) test -p 1 -count=1 -timeout 30m ./...
 
 vm-test: build
-	$(GO) test -count=1 -timeout 30m -v ./vm-test/ -run . -vm
+	$(GO) test -count=1 -timeout 45m -v ./vm-test/ -run . -vm
 
 demo: deps build
 	./demo/demo.sh

@@ -131,8 +131,8 @@ func bootGuestTest(t *testing.T, files []File, env, run string) Result {
 		Init:     testutil.Binary(t),
 		Files:    files,
 		Env:      append([]string{"NSINIT_IN_VM=1", "NSINIT_BIN=/bin/nsinit"}, strings.Fields(env)...),
-		Cmd:      []string{"/tests/guest.test", "-test.v", "-test.count=1", "-test.timeout=4m", "-test.run", run},
-		Timeout:  5 * time.Minute,
+		Cmd:      []string{"/tests/guest.test", "-test.v", "-test.count=1", "-test.timeout=" + guestTestTimeout.String(), "-test.run", run},
+		Timeout:  guestTestTimeout + time.Minute,
 		MemoryMB: 1024,
 	})
 	if err != nil {
