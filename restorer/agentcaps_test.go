@@ -24,7 +24,7 @@ func TestE2EAgentWithoutCursorCapability(t *testing.T) {
 	tree := exec.Command("unshare", "-p", "-f", "setpriv", "--bounding-set", "-sys_admin,-checkpoint_restore", "--",
 		bin, "--", "busybox", "sh", "-c", "busybox sleep 1000 & exec busybox sleep 1001")
 	pids := startCmdTree(t, tree, 4, func(d []int) bool { return sleeping(d[2:]) })
-	dir := dumpAndReap(t, pids)
+	dir := dumpAndReap(t, tree, pids)
 	out, err := nsinit(t, "restore", "-D", dir, "-d")
 	if err != nil {
 		t.Fatalf("restore: %v\n%s", err, out)

@@ -201,20 +201,13 @@ func dumpKilled(t *testing.T, cmd *exec.Cmd, flags ...string) (*pstree.Tree, str
 	return tr, img
 }
 
-// startCmdTree starts cmd (in /) as the root of a tree and waits until
-// waitTree says it is up; the tree is killed at the end of the test.
+// startCmdTree starts cmd (in /) as the root of a tree (startScriptTree:
+// in a session of its own, killed at the end of the test) and waits until
+// waitTree says it is up.
 func startCmdTree(t *testing.T, cmd *exec.Cmd, n int, ready func([]int) bool) []int {
 	t.Helper()
 	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, p := range testutil.Descendants(cmd.Process.Pid) {
-			unix.Kill(p, unix.SIGKILL)
-		}
-		cmd.Wait()
-	})
+	startScriptTree(t, cmd)
 	return waitTree(t, cmd.Process.Pid, n, ready)
 }
 
@@ -235,12 +228,17 @@ func waitTree(t *testing.T, root, n int, ready func([]int) bool) []int {
 
 // dumpAndReap dumps the tree of pids[0] with --kill into a new directory
 // and waits until every pid is gone, reaping those left to this process (a
-// subreaper).
-func dumpAndReap(t *testing.T, pids []int) string {
+// subreaper). The root is reaped through cmd when the test started it (so
+// that its cleanup knows the pid is no longer its own), else like the rest.
+func dumpAndReap(t *testing.T, cmd *exec.Cmd, pids []int) string {
 	t.Helper()
 	dir := t.TempDir()
 	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(pids[0]), "-D", dir, "--kill"); err != nil {
 		t.Fatalf("dump: %v\n%s", err, out)
+	}
+	if cmd != nil {
+		cmd.Wait()
+		pids = pids[1:]
 	}
 	for _, p := range pids {
 		reapGone(t, p)

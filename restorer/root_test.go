@@ -43,7 +43,7 @@ func TestE2ERootElsewhere(t *testing.T) {
 	// namespace, a shell in rootfs that starts a sleep and becomes one.
 	tree := exec.Command("unshare", "-p", "-f", "chroot", rootfs, "/bin/busybox", "sh", "-c",
 		"/bin/busybox sleep 100000 & exec /bin/busybox sleep 100001")
-	dir := dumpAndReap(t, startCmdTree(t, tree, 3, func(d []int) bool { return sleeping(d[1:]) }))
+	dir := dumpAndReap(t, tree, startCmdTree(t, tree, 3, func(d []int) bool { return sleeping(d[1:]) }))
 	img, err := imagefile.Read(dir)
 	if err != nil {
 		t.Fatal(err)

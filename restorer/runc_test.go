@@ -156,7 +156,7 @@ func TestE2ERuncContainer(t *testing.T) {
 	rootfs, init := runcContainer(t, "/bin/nsinit", "--", "/bin/busybox", "sh", "-c",
 		"/bin/busybox sleep 1001 & exec /bin/busybox sleep 1000")
 	pids := waitTree(t, init, 3, func(d []int) bool { return sleeping(d[1:]) })
-	dir := dumpAndReap(t, pids)
+	dir := dumpAndReap(t, nil, pids) // runc's init: this process's child, not a Cmd of the test's
 	out, err := nsinit(t, "restore", "-D", dir, "-d", "--shell-job")
 	if exitCode(err) != 204 || !strings.Contains(out, "another root directory") {
 		t.Fatalf("plain restore: %v, want exit 204 naming the container's root:\n%s", err, out)
