@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -61,15 +62,11 @@ func TestChurnDumpCheck(t *testing.T) {
 
 // cgroup2Mount is where cgroup v2 is mounted (the test skips without it).
 func cgroup2Mount(t *testing.T) string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		pre, post, ok := strings.Cut(l, " - ")
-		if f := strings.Fields(pre); ok && strings.HasPrefix(post, "cgroup2 ") && len(f) >= 5 {
-			return f[4]
-		}
+	mnt, err := procfs.Cgroup2Mount()
+	if err != nil {
+		t.Skipf("no cgroup v2 mount: %v", err)
 	}
-	t.Skip("no cgroup v2 mount")
-	return ""
+	return mnt
 }
 
 // churn runs the busy tree (in cgroup directory cg if not "") and dumps

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -190,15 +191,8 @@ type rtCgroup struct {
 }
 
 func newRTCgroup(t *testing.T) *rtCgroup {
-	mnt := ""
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		pre, post, ok := strings.Cut(l, " - ")
-		if f := strings.Fields(pre); ok && strings.HasPrefix(post, "cgroup2 ") && len(f) >= 5 {
-			mnt = f[4]
-		}
-	}
-	if mnt == "" {
+	mnt, err := procfs.Cgroup2Mount()
+	if err != nil {
 		return nil
 	}
 	d, err := os.MkdirTemp(mnt, "nsinit-realtree-")

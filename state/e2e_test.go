@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -115,16 +116,9 @@ func startTree(t testing.TB, argv []string, attr *syscall.SysProcAttr, extra ...
 // end) and returns the attributes that start a process in it; the test
 // is skipped without a cgroup2 mount.
 func ownCgroup(t *testing.T) *syscall.SysProcAttr {
-	mnt := ""
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		pre, post, ok := strings.Cut(l, " - ")
-		if f := strings.Fields(pre); ok && strings.HasPrefix(post, "cgroup2 ") && len(f) >= 5 {
-			mnt = f[4]
-		}
-	}
-	if mnt == "" {
-		t.Skip("needs a cgroup2 mount")
+	mnt, err := procfs.Cgroup2Mount()
+	if err != nil {
+		t.Skipf("needs a cgroup2 mount: %v", err)
 	}
 	d, err := os.MkdirTemp(mnt, "nsinit-state-")
 	if err != nil {
