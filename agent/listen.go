@@ -410,10 +410,7 @@ func moveCursorHigh() func() {
 	if err != nil || os.Getpid() != 1 {
 		return func() {}
 	}
-	pidMax := 0
-	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
-		pidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-	}
+	pidMax, _ := procfs.PidMax() // 0 if unknown: RuntimeWindow's default
 	if procfs.WriteLastPID(agentconn.RuntimeWindow(pidMax)) != nil {
 		return func() {}
 	}

@@ -33,7 +33,6 @@ import (
 	"io"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -515,8 +514,6 @@ func thisKernel() (release string, pidMax int) {
 	if unix.Uname(&u) == nil {
 		release = unix.ByteSliceToString(u.Release[:])
 	}
-	if b, err := os.ReadFile("/proc/sys/kernel/pid_max"); err == nil {
-		pidMax, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-	}
+	pidMax, _ = procfs.PidMax()
 	return release, pidMax
 }

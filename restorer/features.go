@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/nsinit/nsinit/internal/probe"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -47,7 +48,7 @@ func ProbeFeatures() Features {
 			f.MissingNS = append(f.MissingNS, k)
 		}
 	}
-	f.PidMax, _ = probe.PidMax()
+	f.PidMax, _ = procfs.PidMax()
 	if b, err := os.ReadFile("/proc/self/setgroups"); err == nil {
 		f.SetgroupsDenied = strings.TrimSpace(string(b)) == "deny"
 	}

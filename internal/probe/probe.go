@@ -341,11 +341,8 @@ func userNSResults() []Result {
 	return []Result{limit, result("unprivileged user namespaces", false, "dump/restore inside an unprivileged container (unshare -U -r -p), rootless trees", unprivErr)}
 }
 
-// PidMax is kernel.pid_max as the caller's pid namespace sees it.
-func PidMax() (int, error) { return readInt("/proc/sys/kernel/pid_max") }
-
 func pidMaxResult() Result {
-	v, err := PidMax()
+	v, err := procfs.PidMax()
 	r := result("pid_max", true, "restore: pids at or above it cannot be placed", err)
 	if err == nil {
 		r.Detail = strconv.Itoa(v)

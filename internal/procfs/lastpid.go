@@ -12,6 +12,16 @@ import (
 // fork there takes the first free pid above it.
 const LastPIDPath = "/proc/sys/kernel/ns_last_pid"
 
+// PidMax is kernel.pid_max as the caller's pid namespace sees it (per
+// namespace since 6.14, docs/kernel.md F1.5).
+func PidMax() (int, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/pid_max")
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
 // ReadLastPID reads the cursor of the caller's active pid namespace.
 func ReadLastPID() (int, error) {
 	b, err := os.ReadFile(LastPIDPath)
