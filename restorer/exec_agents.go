@@ -9,6 +9,7 @@ import (
 
 	"github.com/nsinit/nsinit/internal/agentconn"
 	"github.com/nsinit/nsinit/internal/nscursor"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -158,7 +159,7 @@ func (t *tx) greetAgent(l *agentLink, timeout time.Duration) error {
 
 // writeCursorOf sets the cursor of the pid namespace of level-0 pid.
 func writeCursorOf(pid, v int) error {
-	fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/pid", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	fd, err := procfs.New("/proc").OpenNS(pid, "pid")
 	if err != nil {
 		return err
 	}
