@@ -235,9 +235,12 @@ func dropInheritableCaps() error {
 // skipPrecheck lets tests reach the kernel's own EEXIST mid-restore.
 var skipPrecheck = false
 
-// precheck refuses early, with the pid named, when a level-0 pid the image
-// needs is in use. (clone3 would fail with EEXIST anyway; this only makes
-// the error precise. Inner levels are fresh namespaces.)
+// precheck refuses, before the first clone, what depends on the live
+// machine rather than on the image: a root led from outside the tree by a
+// session or group this restorer is not in, a capability outside its
+// bounding set, and a level-0 pid the image needs that is in use, named
+// (clone3 would fail with EEXIST anyway; this only makes the error
+// precise. Inner levels are fresh namespaces.)
 func precheck(p *Plan) error {
 	if err := checkOutsideLeaders(p); err != nil {
 		return err
