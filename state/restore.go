@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/proto/imagepb"
 	"github.com/nsinit/nsinit/pstree"
@@ -187,11 +188,11 @@ func waitLeftStop(proc string, pid int) error {
 		if err != nil {
 			return err
 		}
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 || i+2 >= len(b) {
+		switch procfs.StatState(b) {
+		case 0:
 			return fmt.Errorf("%s/%d/stat: no state", proc, pid)
-		}
-		if b[i+2] != 'T' {
+		case 'T':
+		default:
 			return nil
 		}
 		if time.Now().After(deadline) {
