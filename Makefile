@@ -74,10 +74,12 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
 
 # -fuzz takes one target per package: the decoder alone, then the whole
-# path of show and restore --dry-run (decode, validate, JSON, plan).
+# path of show and restore --dry-run (decode, validate, JSON, plan), then the
+# state image's validator.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 60s ./imagefile/
 	$(GO) test -run '^$$' -fuzz '^FuzzPlan$$' -fuzztime 60s ./restorer/
+	$(GO) test -run '^$$' -fuzz '^FuzzValidate$$' -fuzztime 60s ./state/
 
 # Rebuilds the committed generated code (eBPF objects and bindings, protobuf);
 # the output is byte-stable, so `git diff` after it shows nothing.

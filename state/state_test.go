@@ -121,3 +121,26 @@ func TestValidateRefuses(t *testing.T) {
 		t.Errorf("the right thread: %v", err)
 	}
 }
+
+// FuzzValidate feeds arbitrary bytes, decoded as a state image, to
+// Validate for a one-task tree: hostile state.img contents must give an
+// error, never a panic.
+func FuzzValidate(f *testing.F) {
+	tr := &pstree.Tree{Tasks: []pstree.Task{{PIDs: []int{100}}}}
+	good, err := proto.Marshal(&imagepb.StateImage{PagesSize: 2 * pageSize, Tasks: []*imagepb.TaskSaved{{
+		Pid: 100, Regs: make([]byte, regsSize),
+		Vmas: []*imagepb.VMA{{Start: 0x400000, End: 0x402000, Prot: unix.PROT_READ, Kind: imagepb.VMAKind_VMA_FILE, Path: []byte("/bin/x"),
+			Pages: []*imagepb.PageRun{{Addr: 0x401000, Npages: 1, Offset: pageSize}}}},
+	}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var s imagepb.StateImage
+		if proto.Unmarshal(b, &s) != nil {
+			return
+		}
+		_ = Validate(tr, &s, 2*pageSize)
+	})
+}
