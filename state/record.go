@@ -1,8 +1,6 @@
 package state
 
 import (
-	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/nsinit/nsinit/bpf"
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/proto/imagepb"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -128,13 +127,13 @@ func recordTask(proc string, t *pstree.Task, w *pageWriter, pipes pipeSet, onTra
 		return nil, err
 	}
 	for _, th := range ts.Threads {
-		s, err := readSignals(proc, int(th.Tid))
+		s, err := readStatus(proc, int(th.Tid))
 		if err != nil {
 			return nil, err
 		}
-		th.SigBlocked, th.SigPending = s.blocked, s.private
-		if got := queued(th.Pending); got != s.private {
-			return nil, fmt.Errorf("thread %d: queued signals %016x, /proc says %016x pending", th.Tid, got, s.private)
+		th.SigBlocked, th.SigPending = s.SigBlk, s.SigPnd
+		if got := queued(th.Pending); got != s.SigPnd {
+			return nil, fmt.Errorf("thread %d: queued signals %016x, /proc says %016x pending", th.Tid, got, s.SigPnd)
 		}
 	}
 	if err := recordMM(proc, pid, ts); err != nil {
@@ -169,46 +168,15 @@ func recordTask(proc string, t *pstree.Task, w *pageWriter, pipes pipeSet, onTra
 	return ts, nil
 }
 
-// sigState is the signal part of /proc/PID/status (bit n-1 = signal n).
-type sigState struct {
-	pending, blocked, ignored, caught uint64
-	private                           uint64 // SigPnd: the thread's own queue
-	umask                             uint32
-	threads                           int
+// readStatus reads /proc/PID/status (or a thread's, by its tid) for the
+// signal sets, the umask and the thread count.
+func readStatus(proc string, pid int) (procfs.Status, error) {
+	return procfs.New(proc).Status(pid)
 }
 
-func readSignals(proc string, pid int) (sigState, error) {
-	s := sigState{threads: -1}
-	b, err := os.ReadFile(fmt.Sprintf("%s/%d/status", proc, pid))
-	if err != nil {
-		return s, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, _ := strings.Cut(sc.Text(), ":")
-		v = strings.TrimSpace(v)
-		hex := func() uint64 { n, _ := strconv.ParseUint(v, 16, 64); return n }
-		switch k {
-		case "SigPnd":
-			s.private = hex()
-			s.pending |= s.private
-		case "ShdPnd":
-			s.pending |= hex()
-		case "SigBlk":
-			s.blocked = hex()
-		case "SigIgn":
-			s.ignored = hex()
-		case "SigCgt":
-			s.caught = hex()
-		case "Umask":
-			n, _ := strconv.ParseUint(v, 8, 32)
-			s.umask = uint32(n)
-		case "Threads":
-			s.threads, _ = strconv.Atoi(v)
-		}
-	}
-	return s, sc.Err()
-}
+// pending is every signal pending for the thread: its own queue and its
+// process's shared one.
+func pending(s procfs.Status) uint64 { return s.SigPnd | s.ShdPnd }
 
 // readLimits parses /proc/PID/limits: one line per resource in the
 // kernel's order (RLIMIT_CPU first), "%-25s %-20s %-20s %-10s".
@@ -296,14 +264,14 @@ func recordSignals(ts *imagepb.TaskSaved, k *bpf.TaskSignals, tried bool, why er
 // /proc/PID/status and the personality, and refuses what cannot come
 // back yet.
 func recordStatus(proc string, pid, threads int, ts *imagepb.TaskSaved) error {
-	s, err := readSignals(proc, pid)
+	s, err := readStatus(proc, pid)
 	if err != nil {
 		return err
 	}
-	if s.threads != threads {
-		return fmt.Errorf("pid %d has %d threads, the tree read %d: %w", pid, s.threads, threads, errMovedState)
+	if s.Threads != threads {
+		return fmt.Errorf("pid %d has %d threads, the tree read %d: %w", pid, s.Threads, threads, errMovedState)
 	}
-	ts.SigBlocked, ts.SigIgnored, ts.SigCaught, ts.SigPending, ts.Umask = s.blocked, s.ignored, s.caught, s.pending, s.umask
+	ts.SigBlocked, ts.SigIgnored, ts.SigCaught, ts.SigPending, ts.Umask = s.SigBlk, s.SigIgn, s.SigCgt, pending(s), s.Umask
 	if t, err := os.ReadFile(fmt.Sprintf("%s/%d/timers", proc, pid)); err == nil && len(t) > 0 {
 		return fmt.Errorf("%w: pid %d has POSIX timers: not recorded yet", ErrUnsupported, pid)
 	}
@@ -407,33 +375,19 @@ func readThread(tid int, seizeIt bool) (*imagepb.ThreadSaved, error) {
 // shown anywhere; the end of the [heap] mapping stands for it (set in
 // recordVMA), start_brk without one.
 func recordMM(proc string, pid int, ts *imagepb.TaskSaved) error {
-	b, err := os.ReadFile(fmt.Sprintf("%s/%d/stat", proc, pid))
+	st, err := procfs.New(proc).Stat(pid)
 	if err != nil {
 		return err
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return fmt.Errorf("%s/%d/stat: no comm", proc, pid)
-	}
-	f := strings.Fields(string(b[i+1:])) // f[0] is field 3
-	num := func(field int) uint64 {
-		if field-3 >= len(f) {
-			return 0
-		}
-		n, _ := strconv.ParseUint(f[field-3], 10, 64)
-		return n
-	}
-	if len(f) < 51-2 {
-		return fmt.Errorf("%s/%d/stat: %d fields", proc, pid, len(f)+2)
 	}
 	auxv, err := os.ReadFile(fmt.Sprintf("%s/%d/auxv", proc, pid))
 	if err != nil {
 		return err
 	}
+	m := st.MM
 	ts.Mm = &imagepb.MMLayout{
-		StartCode: num(26), EndCode: num(27), StartStack: num(28),
-		StartData: num(45), EndData: num(46), StartBrk: num(47), Brk: num(47),
-		ArgStart: num(48), ArgEnd: num(49), EnvStart: num(50), EnvEnd: num(51),
+		StartCode: m.StartCode, EndCode: m.EndCode, StartStack: m.StartStack,
+		StartData: m.StartData, EndData: m.EndData, StartBrk: m.StartBrk, Brk: m.StartBrk,
+		ArgStart: m.ArgStart, ArgEnd: m.ArgEnd, EnvStart: m.EnvStart, EnvEnd: m.EnvEnd,
 		Auxv: auxv,
 	}
 	return nil

@@ -645,12 +645,12 @@ func (f *filler) mmLayout() error {
 // SIG_IGN first. Only the signals whose disposition must change, or that
 // are pending, cost a call.
 func (f *filler) signals() error {
-	cur, err := readSignals(f.proc, f.in.pid)
+	cur, err := readStatus(f.proc, f.in.pid)
 	if err != nil {
 		return err
 	}
-	if cur.caught != 0 {
-		return fmt.Errorf("handlers after the exec (SigCgt %016x)", cur.caught)
+	if cur.SigCgt != 0 {
+		return fmt.Errorf("handlers after the exec (SigCgt %016x)", cur.SigCgt)
 	}
 	// struct sigaction: handler, flags, restorer, mask.
 	act := func(off, h uint64) (uint64, error) {
@@ -674,8 +674,8 @@ func (f *filler) signals() error {
 		if sig == uint64(unix.SIGKILL) || sig == uint64(unix.SIGSTOP) {
 			continue
 		}
-		ignored := cur.ignored&bit != 0
-		if cur.pending&bit != 0 && !ignored {
+		ignored := cur.SigIgn&bit != 0
+		if pending(cur)&bit != 0 && !ignored {
 			if _, err := f.in.call(unix.SYS_RT_SIGACTION, sig, ign, 0, 8); err != nil {
 				return fmt.Errorf("rt_sigaction(%d, SIG_IGN): %w", sig, err)
 			}
@@ -713,13 +713,13 @@ func (f *filler) signals() error {
 	if _, err := f.in.call(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, m, 0, 8); err != nil {
 		return fmt.Errorf("rt_sigprocmask: %w", err)
 	}
-	after, err := readSignals(f.proc, f.in.pid)
+	after, err := readStatus(f.proc, f.in.pid)
 	if err != nil {
 		return err
 	}
-	if after.pending != 0 || after.ignored != want || after.caught != f.ts.GetSigCaught() {
+	if pending(after) != 0 || after.SigIgn != want || after.SigCgt != f.ts.GetSigCaught() {
 		return fmt.Errorf("signal state after the reset: pending %016x, ignored %016x, caught %016x; want none pending, %016x, %016x",
-			after.pending, after.ignored, after.caught, want, f.ts.GetSigCaught())
+			pending(after), after.SigIgn, after.SigCgt, want, f.ts.GetSigCaught())
 	}
 	return f.queueSignals()
 }
@@ -750,12 +750,12 @@ func (f *filler) queueSignals() error {
 			}
 		}
 	}
-	after, err := readSignals(f.proc, f.in.pid)
+	after, err := readStatus(f.proc, f.in.pid)
 	if err != nil {
 		return err
 	}
-	if after.pending != f.ts.GetSigPending() {
-		return fmt.Errorf("pending signals %016x after queueing, the dump had %016x", after.pending, f.ts.GetSigPending())
+	if pending(after) != f.ts.GetSigPending() {
+		return fmt.Errorf("pending signals %016x after queueing, the dump had %016x", pending(after), f.ts.GetSigPending())
 	}
 	return nil
 }

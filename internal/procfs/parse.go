@@ -25,6 +25,10 @@ type Status struct {
 	Groups                       []uint32
 	CapInh, CapPrm, CapEff       uint64
 	CapBnd, CapAmb               uint64
+	// Signal sets, bit n-1 for signal n: SigPnd is the thread's own queue,
+	// ShdPnd the process's shared one.
+	SigPnd, ShdPnd, SigBlk, SigIgn, SigCgt uint64
+	Umask                                  uint32
 }
 
 // ParseStatus parses the text of /proc/PID/status. It insists on the fields
@@ -110,6 +114,20 @@ func ParseStatus(b []byte) (Status, error) {
 			s.CapBnd, err = hex64(v)
 		case "CapAmb":
 			s.CapAmb, err = hex64(v)
+		case "SigPnd":
+			s.SigPnd, err = hex64(v)
+		case "ShdPnd":
+			s.ShdPnd, err = hex64(v)
+		case "SigBlk":
+			s.SigBlk, err = hex64(v)
+		case "SigIgn":
+			s.SigIgn, err = hex64(v)
+		case "SigCgt":
+			s.SigCgt, err = hex64(v)
+		case "Umask":
+			var n uint64
+			n, err = strconv.ParseUint(string(v), 8, 32)
+			s.Umask = uint32(n)
 		}
 		if err != nil {
 			return Status{}, fmt.Errorf("field %s %q: %w", k, v, err)
@@ -163,6 +181,20 @@ type Stat struct {
 	// ExitCode is field 52: a zombie's raw wait status (exit code << 8, or
 	// the signal | 0x80 for a core dump), 0 for a live task.
 	ExitCode int
+	// MM is the address space's layout (fields 26-28 and 45-51); zero for
+	// a kernel thread, a zombie, or a reader without ptrace access to the
+	// task (the kernel prints 0 then).
+	MM MMLayout
+}
+
+// MMLayout is the layout of a task's address space as stat shows it: the
+// code, the main stack's start, the data and brk areas, and arguments and
+// environment.
+type MMLayout struct {
+	StartCode, EndCode, StartStack uint64 // fields 26, 27, 28
+	StartData, EndData, StartBrk   uint64 // fields 45, 46, 47
+	ArgStart, ArgEnd               uint64 // fields 48, 49
+	EnvStart, EnvEnd               uint64 // fields 50, 51
 }
 
 // PFExiting is PF_EXITING in Stat.Flags: the task has begun do_exit (its
@@ -210,6 +242,18 @@ func ParseStat(b []byte) (Stat, error) {
 	}
 	if s.ExitCode, err = atoi(f[49]); err != nil {
 		return Stat{}, fmt.Errorf("field 52: %w", err)
+	}
+	for _, d := range []struct {
+		field int
+		dst   *uint64
+	}{
+		{26, &s.MM.StartCode}, {27, &s.MM.EndCode}, {28, &s.MM.StartStack},
+		{45, &s.MM.StartData}, {46, &s.MM.EndData}, {47, &s.MM.StartBrk},
+		{48, &s.MM.ArgStart}, {49, &s.MM.ArgEnd}, {50, &s.MM.EnvStart}, {51, &s.MM.EnvEnd},
+	} {
+		if *d.dst, err = strconv.ParseUint(string(f[d.field-3]), 10, 64); err != nil {
+			return Stat{}, fmt.Errorf("field %d: %w", d.field, err)
+		}
 	}
 	return s, nil
 }

@@ -48,6 +48,9 @@ func TestParseStatusNested(t *testing.T) {
 	if s.UID != [4]uint32{} || s.CapBnd == 0 {
 		t.Errorf("uid %v capbnd %x", s.UID, s.CapBnd)
 	}
+	if s.SigIgn != 6 || s.SigPnd|s.ShdPnd|s.SigBlk|s.SigCgt != 0 || s.Umask != 0o22 {
+		t.Errorf("signals ign %x pnd %x shd %x blk %x cgt %x, umask %o", s.SigIgn, s.SigPnd, s.ShdPnd, s.SigBlk, s.SigCgt, s.Umask)
+	}
 }
 
 func TestParseStatusRejects(t *testing.T) {
@@ -84,6 +87,15 @@ func TestParseStat(t *testing.T) {
 		if s.State != c.state || s.ExitCode != c.exit || s.Comm != c.comm || (s.Flags&PFExiting != 0) != c.exiting {
 			t.Errorf("%s: state %c exit %d comm %q flags %#x", c.file, s.State, s.ExitCode, s.Comm, s.Flags)
 		}
+	}
+	live, _ := ParseStat(fixture(t, "stat-live"))
+	if want := (MMLayout{
+		StartCode: 4198400, EndCode: 5785993, StartStack: 140727851398064,
+		StartData: 6141704, EndData: 6178576, StartBrk: 145002496,
+		ArgStart: 140727851399641, ArgEnd: 140727851399658,
+		EnvStart: 140727851399658, EnvEnd: 140727851401193,
+	}); live.MM != want {
+		t.Errorf("stat-live layout %+v, want %+v", live.MM, want)
 	}
 	if _, err := ParseStat([]byte("1 (x) S 0 1 1")); err == nil {
 		t.Error("short stat accepted")
