@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/imagefile"
-	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -42,31 +41,12 @@ func TestChurnDumpCheck(t *testing.T) {
 	testutil.Require(t, testutil.Root, testutil.BPF)
 	t.Run("ptrace", func(t *testing.T) { churn(t, "", 20) })
 	t.Run("cgroup", func(t *testing.T) {
-		mnt := cgroup2Mount(t)
-		cg, err := os.MkdirTemp(mnt, "nsinit-churn-test-")
+		cg, err := testutil.NewCgroup(t, "nsinit-churn-test-")
 		if err != nil {
-			t.Skip("cannot create a cgroup v2:", err)
+			t.Skip(err)
 		}
-		t.Cleanup(func() {
-			os.WriteFile(filepath.Join(cg, "cgroup.kill"), []byte("1"), 0)
-			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-				if err := os.Remove(cg); err == nil || os.IsNotExist(err) {
-					return
-				}
-			}
-			t.Errorf("cgroup %s left behind", cg)
-		})
-		churn(t, cg, 10)
+		churn(t, cg.Dir, 10)
 	})
-}
-
-// cgroup2Mount is where cgroup v2 is mounted (the test skips without it).
-func cgroup2Mount(t *testing.T) string {
-	mnt, err := procfs.Cgroup2Mount()
-	if err != nil {
-		t.Skipf("no cgroup v2 mount: %v", err)
-	}
-	return mnt
 }
 
 // churn runs the busy tree (in cgroup directory cg if not "") and dumps

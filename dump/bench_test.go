@@ -103,14 +103,9 @@ func benchDumpCmd(b *testing.B, n int, ptrace bool) {
 	if ptrace {
 		freezer = "ptrace seize"
 		outsider := exec.Command("/bin/busybox", "sleep", "100000")
-		fd, err := unix.Open(tt.cgroup, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		outsider.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd, Pdeathsig: syscall.SIGKILL}
-		err = outsider.Start()
-		unix.Close(fd)
-		if err != nil {
+		outsider.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		tt.cg.Attach(outsider.SysProcAttr)
+		if err := outsider.Start(); err != nil {
 			b.Fatal(err)
 		}
 		defer outsider.Wait()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -119,10 +120,10 @@ exec busybox sleep 1000
 const bigTasks = 20
 
 type testTree struct {
-	cmd    *exec.Cmd
-	root   int
-	dir    string
-	cgroup string // cgroup v2 directory, "" if none
+	cmd  *exec.Cmd
+	root int
+	dir  string
+	cg   *testutil.Cgroup // nil if none
 }
 
 // startTree runs script under busybox sh as the root of a new tree, in a
@@ -146,21 +147,12 @@ func startTree(t testing.TB, script string, n int, inCgroup bool) *testTree {
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if inCgroup {
-		mnt, err := procfs.Cgroup2Mount()
+		cg, err := testutil.NewCgroup(t, "nsinit-dump-test-")
 		if err != nil {
-			t.Skip("no cgroup v2:", err)
+			t.Skip(err)
 		}
-		cg, err := os.MkdirTemp(mnt, "nsinit-dump-test-")
-		if err != nil {
-			t.Skip("cannot create a cgroup v2:", err)
-		}
-		tt.cgroup = cg
-		fd, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(fd)
-		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+		tt.cg = cg
+		cg.Attach(cmd.SysProcAttr)
 	}
 	if err := cmd.Start(); err != nil {
 		tt.cleanup(t)
@@ -205,10 +197,7 @@ func summary(tr *pstree.Tree) []string {
 
 // cleanup kills every task of the tree and reaps what comes back to us.
 func (tt *testTree) cleanup(t testing.TB) {
-	if tt.cgroup != "" {
-		os.WriteFile(filepath.Join(tt.cgroup, "cgroup.freeze"), []byte("0"), 0)
-		os.WriteFile(filepath.Join(tt.cgroup, "cgroup.kill"), []byte("1"), 0)
-	}
+	tt.cg.Kill()
 	if tt.cmd != nil {
 		// discover is the plainest reader: it works even when the tree
 		// is half-built.
@@ -221,9 +210,9 @@ func (tt *testTree) cleanup(t testing.TB) {
 		tt.cmd.Wait()
 		tt.cmd = nil
 	}
-	// Reap the orphans (we are a child subreaper).
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	// Reap the orphans (we are a child subreaper); the cgroup's own
+	// cleanup, which runs after this one, removes it once they are gone.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		pid, err := unix.Wait4(-1, nil, unix.WNOHANG|unix.WALL, nil)
 		if err == unix.ECHILD {
 			break
@@ -231,15 +220,6 @@ func (tt *testTree) cleanup(t testing.TB) {
 		if pid == 0 {
 			time.Sleep(10 * time.Millisecond)
 		}
-	}
-	if tt.cgroup != "" {
-		for time.Now().Before(deadline) {
-			if err := os.Remove(tt.cgroup); err == nil || os.IsNotExist(err) {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		tt.cgroup = ""
 	}
 }
 
@@ -454,7 +434,7 @@ func TestDumpBigTreeCgroup(t *testing.T) {
 		t.Errorf("cgroup freeze not used: %q", notes)
 	}
 	checkBigTree(t, tt, tr)
-	b, _ := os.ReadFile(filepath.Join(tt.cgroup, "cgroup.events"))
+	b, _ := os.ReadFile(filepath.Join(tt.cg.Dir, "cgroup.events"))
 	if !strings.Contains(string(b), "frozen 0") {
 		t.Errorf("left frozen: %s", b)
 	}

@@ -106,7 +106,7 @@ func history(t *testing.T, bin string, seed int64) {
 	defer ev.Close()
 	// Two seeds in three put the tree in a cgroup of its own (the dump
 	// freezes it there); the others make the dump fall back to ptrace.
-	var orig *rtCgroup
+	var orig *testutil.Cgroup
 	if seed%3 != 0 {
 		orig = newRTCgroup(t)
 	}
@@ -115,7 +115,7 @@ func history(t *testing.T, bin string, seed int64) {
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.ExtraFiles = []*os.File{evw} // fd 3: the ready event
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	orig.attach(t, cmd.SysProcAttr)
+	orig.Attach(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

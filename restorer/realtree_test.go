@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -75,7 +74,7 @@ func realTree(t *testing.T, seed int64) {
 	stopped := seed%2 == 1
 	// Two seeds in three put the tree in a cgroup of its own (the dump
 	// freezes it there); the others make the dump fall back to ptrace.
-	var orig *rtCgroup
+	var orig *testutil.Cgroup
 	if seed%3 != 0 {
 		orig = newRTCgroup(t)
 	}
@@ -83,7 +82,7 @@ func realTree(t *testing.T, seed int64) {
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	orig.attach(t, cmd.SysProcAttr)
+	orig.Attach(cmd.SysProcAttr)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -175,63 +174,28 @@ func rtSameThreads(what string) bool {
 
 // rtRun runs bin/nsinit with its output in a file (restored payloads
 // inherit it), in cgroup cg when not nil.
-func rtRun(t *testing.T, cg *rtCgroup, args ...string) (string, error) {
+func rtRun(t *testing.T, cg *testutil.Cgroup, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(testutil.Binary(t), args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
-	cg.attach(t, cmd.SysProcAttr)
+	cg.Attach(cmd.SysProcAttr)
 	return testutil.RunCmd(t, cmd)
 }
 
-// rtCgroup is a cgroup v2 that holds one tree: its cleanup kills whatever
-// is in it, orphans that left the tree included.
-type rtCgroup struct {
-	dir string
-	fd  int
-}
-
-func newRTCgroup(t *testing.T) *rtCgroup {
-	mnt, err := procfs.Cgroup2Mount()
+// newRTCgroup makes a cgroup for one tree, or returns nil when there is
+// none to make: the tree then runs without (its dump freezes it with ptrace).
+func newRTCgroup(t *testing.T) *testutil.Cgroup {
+	cg, err := testutil.NewCgroup(t, "nsinit-realtree-")
 	if err != nil {
 		return nil
 	}
-	d, err := os.MkdirTemp(mnt, "nsinit-realtree-")
-	if err != nil {
-		return nil
-	}
-	fd, err := unix.Open(d, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		os.Remove(d)
-		return nil
-	}
-	cg := &rtCgroup{dir: d, fd: fd}
-	t.Cleanup(func() {
-		unix.Close(cg.fd)
-		for i := 0; i < 500; i++ {
-			if err := os.Remove(cg.dir); err == nil || os.IsNotExist(err) {
-				return
-			}
-			os.WriteFile(filepath.Join(cg.dir, "cgroup.kill"), []byte("1"), 0)
-			time.Sleep(10 * time.Millisecond)
-		}
-		t.Errorf("cgroup %s left behind", cg.dir)
-	})
 	return cg
-}
-
-func (cg *rtCgroup) attach(t *testing.T, a *syscall.SysProcAttr) {
-	if cg != nil {
-		a.UseCgroupFD, a.CgroupFD = true, cg.fd
-	}
 }
 
 // rtKill kills the tree under root (and everything in cg), and reaps what
 // the test process inherited.
-func rtKill(t *testing.T, root int, cg *rtCgroup) {
-	if cg != nil {
-		os.WriteFile(filepath.Join(cg.dir, "cgroup.freeze"), []byte("0"), 0)
-		os.WriteFile(filepath.Join(cg.dir, "cgroup.kill"), []byte("1"), 0)
-	}
+func rtKill(t *testing.T, root int, cg *testutil.Cgroup) {
+	cg.Kill()
 	if v, err := rtView(root); err == nil && rtOurs(root) {
 		for pid := range v {
 			unix.Kill(pid, unix.SIGKILL)

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/imagefile"
-	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -116,29 +115,13 @@ func startTree(t testing.TB, argv []string, attr *syscall.SysProcAttr, extra ...
 // end) and returns the attributes that start a process in it; the test
 // is skipped without a cgroup2 mount.
 func ownCgroup(t *testing.T) *syscall.SysProcAttr {
-	mnt, err := procfs.Cgroup2Mount()
+	cg, err := testutil.NewCgroup(t, "nsinit-state-")
 	if err != nil {
-		t.Skipf("needs a cgroup2 mount: %v", err)
+		t.Skip(err)
 	}
-	d, err := os.MkdirTemp(mnt, "nsinit-state-")
-	if err != nil {
-		t.Skipf("cannot make a cgroup: %v", err)
-	}
-	fd, err := unix.Open(d, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		unix.Close(fd)
-		os.WriteFile(filepath.Join(d, "cgroup.kill"), []byte("1"), 0)
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-			if err := os.Remove(d); err == nil || os.IsNotExist(err) {
-				return
-			}
-		}
-		t.Errorf("cgroup %s left behind", d)
-	})
-	return &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	a := &syscall.SysProcAttr{}
+	cg.Attach(a)
+	return a
 }
 
 // lines reads the counter's output: the numbers it wrote, and whether any
