@@ -112,3 +112,41 @@ func joinU32(v []uint32) string {
 	}
 	return strings.Join(s, " ")
 }
+
+// TestCredsHeldBy: a builder that already has a task's credentials (a
+// clone of a restorer with the same ids, groups and capability sets) sets
+// nothing; any difference, of one id, group or capability set, and it
+// sets them all. Permitted and effective count only where no exec follows.
+func TestCredsHeldBy(t *testing.T) {
+	const last = 40
+	all := uint64(1)<<(last+1) - 1
+	self := procfs.Status{UID: [4]uint32{5, 5, 5, 5}, GID: [4]uint32{6, 6, 6, 6}, Groups: []uint32{7, 8},
+		CapPrm: 0x20, CapEff: 0x20, CapBnd: all, CapInh: 0, CapAmb: 0}
+	held := func() procCreds {
+		return procCreds{set: true, uid: [3]uint32{5, 5, 5}, gid: [3]uint32{6, 6, 6}, groups: []uint32{8, 7}, setgroups: true,
+			caps: taskCaps{ok: true, bnd: all, last: last}}
+	}
+	for name, c := range map[string]struct {
+		edit func(*procCreds)
+		want bool
+	}{
+		"same":                      {func(*procCreds) {}, true},
+		"no capability state":       {func(c *procCreds) { c.caps = taskCaps{} }, true},
+		"setgroups denied":          {func(c *procCreds) { c.groups, c.setgroups = nil, false }, true},
+		"exec computes permitted":   {func(c *procCreds) { c.caps.prm = 1 }, true},
+		"saved uid":                 {func(c *procCreds) { c.uid[2] = 0 }, false},
+		"egid":                      {func(c *procCreds) { c.gid[1] = 0 }, false},
+		"a group fewer":             {func(c *procCreds) { c.groups = c.groups[:1] }, false},
+		"bounding":                  {func(c *procCreds) { c.caps.bnd &^= 1 << 21 }, false},
+		"inheritable":               {func(c *procCreds) { c.caps.inh = 1 }, false},
+		"ambient":                   {func(c *procCreds) { c.caps.amb = 1 }, false},
+		"zombie, same sets":         {func(c *procCreds) { c.caps.exact, c.caps.prm, c.caps.eff = true, 0x20, 0x20 }, true},
+		"zombie, another effective": {func(c *procCreds) { c.caps.exact, c.caps.prm = true, 0x20 }, false},
+	} {
+		pc := held()
+		c.edit(&pc)
+		if got := pc.heldBy(&self); got != c.want {
+			t.Errorf("%s: heldBy = %v, want %v", name, got, c.want)
+		}
+	}
+}

@@ -3,10 +3,12 @@ package restorer
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -126,7 +128,9 @@ type procCreds struct {
 	caps      taskCaps
 }
 
-func credsOf(p *Plan, ti int) (procCreds, error) {
+// credsOf is what task ti's builder sets; self is the restorer's own
+// status, whose credentials its builders start with.
+func credsOf(p *Plan, ti int, self *procfs.Status) (procCreds, error) {
 	c := procCreds{set: true}
 	var err error
 	if c.uid, c.gid, c.groups, c.setgroups, err = taskCreds(p, ti); err != nil {
@@ -137,8 +141,50 @@ func credsOf(p *Plan, ti int) (procCreds, error) {
 	if err := keptIDs(p, ti, [3]uint32{uint32(ru), uint32(eu), uint32(su)}, [3]uint32{uint32(rg), uint32(eg), uint32(sg)}); err != nil {
 		return c, err
 	}
-	c.caps, err = taskCapsOf(p, ti)
-	return c, err
+	if c.caps, err = taskCapsOf(p, ti); err != nil {
+		return c, err
+	}
+	if ns := p.Tree.Namespace(p.Tree.Tasks[ti].NS[pstree.UserNS]); (ns == nil || ns.Ambient) && c.heldBy(self) {
+		c.set = false
+	}
+	return c, nil
+}
+
+// heldBy reports whether a process with status self already has every
+// credential c gives. A builder in the restorer's own user namespace is
+// a clone of the restorer, so it then has nothing to set: the usual case of
+// a tree that kept its creator's credentials, and the only way to restore
+// one where the restorer lacks CAP_SETGID and CAP_SETPCAP (a container's
+// default capabilities), since setgroups(2) and PR_CAPBSET_DROP need them
+// even when they change nothing.
+func (c *procCreds) heldBy(self *procfs.Status) bool {
+	if self == nil || [3]uint32(self.UID[:3]) != c.uid || [3]uint32(self.GID[:3]) != c.gid {
+		return false
+	}
+	if c.setgroups && !slices.Equal(sorted(self.Groups), sorted(c.groups)) {
+		return false
+	}
+	k := c.caps
+	if !k.ok {
+		return true
+	}
+	valid := uint64(1)<<(k.last+1) - 1
+	if k.last >= 63 {
+		valid = ^uint64(0)
+	}
+	same := self.CapInh == k.inh && self.CapBnd&valid == k.bnd && self.CapAmb == k.amb
+	if k.exact { // no exec follows to compute permitted and effective
+		same = same && self.CapPrm == k.prm && self.CapEff == k.eff
+	}
+	return same
+}
+
+// sorted is a sorted copy of ids (the kernel keeps supplementary groups
+// sorted, an image need not).
+func sorted(ids []uint32) []uint32 {
+	s := slices.Clone(ids)
+	slices.Sort(s)
+	return s
 }
 
 // put fills the builder's record; groups is the address of the groups in

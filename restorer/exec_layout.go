@@ -2,6 +2,7 @@ package restorer
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -192,13 +193,17 @@ func pathInRoot(root, p string) string {
 // payload, by a zombie before it dies, by a stopped payload (and its
 // threads) before it parks (builder_linux.go, stopCreds).
 func (l *layout) addCreds() error {
+	self, err := procfs.New("").Status(os.Getpid())
+	if err != nil {
+		return fmt.Errorf("read the restorer's own credentials: %w", err)
+	}
 	for i := range l.p.Procs {
 		t := l.p.Procs[i].Task
 		if t < 0 {
 			continue
 		}
 		var err error
-		if l.creds[i], err = credsOf(l.p, t); err != nil {
+		if l.creds[i], err = credsOf(l.p, t, &self); err != nil {
 			return err
 		}
 		l.procs[i].groups = l.strs.u32s(l.creds[i].groups)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,13 +57,16 @@ func runcBundle(t *testing.T, argv ...string) (bundle, id string, runc func(args
 		t.Fatal(err)
 	}
 	state := t.TempDir()
-	id = fmt.Sprintf("nsinit-test-%d", os.Getpid())
+	id = fmt.Sprintf("nsinit-test-%d-%d", os.Getpid(), runcSeq.Add(1)) // runc names the cgroup after it
 	runc = func(args ...string) *exec.Cmd {
 		return exec.Command("runc", append([]string{"--root", state}, args...)...)
 	}
 	t.Cleanup(func() { testutil.RunCmd(t, runc("delete", "-f", id)) })
 	return bundle, id, runc
 }
+
+// runcSeq tells apart the containers of one test process.
+var runcSeq atomic.Int64
 
 // runcContainer runs argv as the init of a detached runc container and
 // returns its rootfs and the init's host pid (this process's child: runc
