@@ -974,6 +974,8 @@ func (f *filler) threads() error {
 			// set_tid needs CAP_CHECKPOINT_RESTORE in the task itself,
 			// which a non-root task has not after its exec.
 			return fmt.Errorf("%w: make thread %v again: set_tid refused to the task (a non-root task's threads are not restored yet)", ErrUnsupported, pt.TIDs)
+		} else if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("make thread %v again: one of its pids is in use: %w", pt.TIDs, ErrPIDTaken)
 		} else if err != nil {
 			return fmt.Errorf("make thread %v again: %w", pt.TIDs, err)
 		}

@@ -37,6 +37,12 @@ const pageSize = 4096
 // record or restore (exit status 204); the message names the task and what.
 var ErrUnsupported = errors.New("unsupported task state")
 
+// ErrPIDTaken is wrapped when a thread cannot be made again because its
+// pid was taken after the tree was restored (exit status 202, as for the
+// tree's own pids): the restorer's parked host cursor protects the tree's
+// pids, not those of the threads this package re-creates afterwards.
+var ErrPIDTaken = errors.New("pid already taken")
+
 // ErrBadState is wrapped when state.img or pages.img is malformed or does
 // not fit the tree of pstree.img (exit status 201).
 var ErrBadState = errors.New("malformed task state")

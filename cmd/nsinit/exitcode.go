@@ -43,7 +43,7 @@ func exitStatus(err error) int {
 		return exitInterrupted
 	case errors.Is(err, restorer.ErrTimeout), errors.Is(err, dump.ErrTimeout), errors.Is(err, agentconn.ErrTimeout):
 		return exitTimeout
-	case errors.Is(err, restorer.ErrPIDTaken): // ErrHostRace too
+	case errors.Is(err, restorer.ErrPIDTaken), errors.Is(err, state.ErrPIDTaken): // ErrHostRace too
 		return exitPIDTaken
 	case errors.Is(err, restorer.ErrCapability), errors.Is(err, os.ErrPermission):
 		return exitCapability

@@ -17,6 +17,7 @@ import (
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/restorer"
+	"github.com/nsinit/nsinit/state"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,6 +36,7 @@ func TestExitStatusClasses(t *testing.T) {
 		{fmt.Errorf("freeze: %w", dump.ErrTimeout), exitTimeout},
 		{fmt.Errorf("5 attempts: %w: %w", restorer.ErrHostRace, restorer.ErrPIDTaken), exitPIDTaken},
 		{fmt.Errorf("clone: %w: %w", restorer.ErrPIDTaken, unix.EEXIST), exitPIDTaken},
+		{fmt.Errorf("make thread [7 2 1] again: %w", state.ErrPIDTaken), exitPIDTaken},
 		{fmt.Errorf("restore: %w", restorer.ErrCapability), exitCapability},
 		{fmt.Errorf("load: %w", unix.EPERM), exitCapability},
 		{fmt.Errorf("open: %w", unix.EACCES), exitCapability},
