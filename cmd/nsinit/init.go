@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strconv"
 
 	"github.com/nsinit/nsinit/agent"
@@ -43,6 +44,9 @@ func (e *exitCodes) Set(s string) error {
 // left it to main: a command line it does not read (options with values,
 // -h...), a restored agent, or the machine's init.
 func runInit(args []string) int {
+	// One P, as internal/earlyinit's init: for a restored agent also fewer
+	// runtime threads taking pids in its namespace before it sets the cursor.
+	runtime.GOMAXPROCS(1)
 	var finish func(int)
 	if os.Getpid() == 1 {
 		var err error

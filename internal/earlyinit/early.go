@@ -28,6 +28,7 @@ package earlyinit
 
 import (
 	"os"
+	"runtime"
 	"syscall"
 
 	"github.com/nsinit/nsinit/internal/supervise"
@@ -38,6 +39,9 @@ func init() {
 	if !ok {
 		return // main runs
 	}
+	// One P is plenty for a supervisor and keeps the runtime's thread count
+	// and memory at their smallest (main's runInit does the same).
+	runtime.GOMAXPROCS(1)
 	Prepare(&cfg, verbose, false)
 	os.Exit(supervise.Run(cfg))
 }

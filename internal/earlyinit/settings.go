@@ -3,7 +3,6 @@ package earlyinit
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"syscall"
 
@@ -59,11 +58,8 @@ func trimSpace(s string) string {
 // started with (the command gets the same), SIGURG forwarding, the -w
 // warnings (level 1, as tini's), the warning about missing linker settings
 // (level 1; not for a restored agent, whose restorer reports), and at
-// level 2 what the init runs and how. It also sets GOMAXPROCS to 1: one P
-// is plenty for a supervisor and keeps the runtime's thread count and
-// memory at their smallest.
+// level 2 what the init runs and how.
 func Prepare(cfg *supervise.Config, verbose int, restored bool) {
-	runtime.GOMAXPROCS(1)
 	cfg.Ignored, cfg.Blocked, cfg.BlockedKnown = StartSignals()
 	cfg.ForwardSIGURG = ForwardSIGURG()
 	cfg.WarnOnReap = cfg.WarnOnReap && verbose >= 1
