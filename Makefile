@@ -6,13 +6,15 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 BIN       := bin/nsinit
 # ldflags for GOARCH $(1). -s -w: strip. godebugDefault=asyncpreemptoff=1:
 # the runtime never sends itself SIGURG, so a SIGURG nsinit receives came
-# from outside and is forwarded like any other signal (main.noPreemptSignals
-# tells the code). -E main.rt0: the assembly entry point that reads the
+# from outside and is forwarded like any other signal (noPreemptSignals
+# tells the code). -E ...rt0: the assembly entry point that reads the
 # start signal mask and dispositions (amd64 only). A build without these
-# says so in --version and warns when it runs as the init (cmd/nsinit/linked.go).
+# says so in --version and warns when it runs as the init
+# (internal/earlyinit/start.go).
+EARLY     := github.com/nsinit/nsinit/internal/earlyinit
 ldflags    = -s -w -X main.version=$(VERSION) \
-             -X runtime.godebugDefault=asyncpreemptoff=1 -X main.noPreemptSignals=1 \
-             $(if $(filter amd64,$(1)),-E main.rt0)
+             -X runtime.godebugDefault=asyncpreemptoff=1 -X $(EARLY).noPreemptSignals=1 \
+             $(if $(filter amd64,$(1)),-E $(EARLY).rt0)
 LDFLAGS   := $(call ldflags,$(shell $(GO) env GOARCH))
 RELEASE_ARCHS := amd64 arm64
 export CGO_ENABLED = 0

@@ -1,264 +1,50 @@
-// Package agent is nsinit's process supervisor: the init that runs as PID 1
-// of a pid namespace (or as a child subreaper outside PID 1), and the agent
-// side of the restore protocol.
+// Package agent is nsinit's init with its restore protocol: the supervisor
+// of internal/supervise (start, forward, reap) as PID 1 of a pid namespace
+// or as a child subreaper, plus the agent side of the restore protocol: a
+// restore socket it serves (listen.go), and a restored agent that adopts
+// its restored command and serves the restorer (restored.go).
 //
-// The init follows tini's shape: set up, start the command, then one loop
-// that reaps on SIGCHLD and forwards every other signal. Signals arrive
-// through os/signal, except the four the Go runtime keeps from it (32, 33,
-// 34 and SIGPROF), which a small assembly handler takes over (rawsig_*.go).
-// The runtime's own preemption signal (SIGURG) is switched off at link time
-// (see the Makefile) so that a SIGURG the init receives is one somebody
-// sent, and forwarding it is safe.
-//
-// The files: init.go (Run, the loop), signals.go and rawsig_*.go (catching
-// and forwarding), reaper.go and drain.go (reaping, the end of the run),
-// spawn_linux.go (starting the command), listen.go (the agent's protocol
-// socket) and restored.go (serving a restore over it). The VM's /init layer
-// is internal/machine; the protocol's framing is internal/agentconn.
+// A plain `nsinit -- CMD` with none of that runs internal/supervise
+// without this package (internal/earlyinit), before the protocol's
+// packages are even initialised. The VM's /init layer is internal/machine;
+// the protocol's framing is internal/agentconn.
 package agent
 
 import (
-	"errors"
-	"fmt"
-	"io"
 	"os"
-	"os/exec"
-	"os/signal"
-	"syscall"
-	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/internal/supervise"
 )
 
-// Config says what the init supervises and how. The zero value plus Argv
-// is a tini-like init.
+// Config says what the init supervises and how: the supervisor's settings,
+// and the agent's restore socket. The zero value plus Argv is a tini-like
+// init.
 type Config struct {
-	// Argv is the command to start; Argv[0] is looked up in PATH.
-	Argv []string
-	// Adopt, when non-zero, is an existing child to supervise instead of
-	// starting Argv (a restored agent adopts its restored command).
-	Adopt int
-	// Keep lists children that must never be reaped: the zombies of a
-	// restored image belong to the image, not to the init.
-	Keep map[int]bool
-	// Subreaper makes the init a child subreaper, so that orphans of the
-	// command come back to it. Run turns it on by itself when not PID 1.
-	Subreaper bool
-	// SignalGroup forwards signals to the command's process group (tini -g).
-	SignalGroup bool
-	// ParentDeathSignal, when non-zero, is delivered to the init when its
-	// parent dies (tini -p).
-	ParentDeathSignal syscall.Signal
-	// ZeroExitCodes are exit codes of the command reported as 0 (tini -e).
-	ZeroExitCodes []int
-	// WarnOnReap prints "Reaped zombie process with pid=N" to Log for
-	// every child reaped that is not the command (tini -w).
-	WarnOnReap bool
-	// Grace, when non-zero, makes a stop graceful: once the command has
-	// exited after a SIGTERM (forwarded to it), every remaining descendant
-	// gets SIGTERM, has up to Grace to exit, then gets SIGKILL; the init
-	// exits as soon as none is left (drain.go). Zero: the init exits with
-	// the command, as tini does.
-	Grace time.Duration
-	// Ignored are the signals that were ignored when nsinit started, and
-	// Blocked its signal mask (bit N-1 for signal N). The command starts
-	// with exactly these, as it would have without nsinit in between (the Go
-	// runtime changed both in nsinit itself). BlockedKnown false: the
-	// original mask could not be read.
-	Ignored      []syscall.Signal
-	Blocked      uint64
-	BlockedKnown bool
-	// ForwardSIGURG says SIGURG may be forwarded: true only when the binary
-	// was built with async preemption off, so the runtime never raises it.
-	ForwardSIGURG bool
+	supervise.Config
 	// Listen, when set, is the path of a restore socket the init serves
 	// (listen.go): clients restore images into its pid namespace.
 	Listen string
 	// ListenUIDs are the uids served besides the agent's own (their
 	// restores run with their ids and CAP_CHECKPOINT_RESTORE only).
 	ListenUIDs []uint32
-	// Log receives diagnostics (nil: stderr).
-	Log io.Writer
-	// Started, when set, runs once the init is set up - signals taken,
-	// command started or adopted - just before it starts waiting. A
-	// restored agent puts its namespace's ns_last_pid back from here, after
-	// the runtime threads of its start-up have taken their pids.
-	Started func() error
 }
-
-// Exit statuses for a command that could not be started, as shells use them.
-const (
-	ExitNotFound      = 127
-	ExitNotExecutable = 126
-	ExitInitFailure   = 1
-)
 
 // Run supervises the command until it exits and returns the status nsinit
-// must exit with: the command's exit code, 128+N when it was killed by
-// signal N, 0 for a code listed in ZeroExitCodes. Orphans re-parented to the
-// init are reaped as they die, whatever the command does.
+// must exit with (supervise.Run), serving the restore socket of
+// cfg.Listen meanwhile.
 func Run(cfg Config) int {
-	log := cfg.Log
-	if log == nil {
-		log = os.Stderr
-	}
-	if err := setupProcess(&cfg); err != nil {
-		fmt.Fprintf(log, "nsinit: %v\n", err)
-		return ExitInitFailure
-	}
-
-	// Subscribe before the command exists, so that neither its SIGCHLD nor
-	// a signal meant for it can be missed.
-	sigs := make(chan os.Signal, 128)
-	signal.Notify(sigs, append(signalsOf(notifySignals(cfg)), syscall.SIGCHLD)...)
-	if err := catchRawSignals(sigs); err != nil {
-		fmt.Fprintf(log, "nsinit: %v\n", err)
-		return ExitInitFailure
-	}
-	if !cfg.ForwardSIGURG {
-		// Never let the runtime's preemption signal reach the command.
-		signal.Ignore(syscall.SIGURG)
-	}
-
+	sc := cfg.Config
+	sc.Procs = procfs.New("/proc")
 	if cfg.Listen != "" {
-		if err := Listen(cfg.Listen, cfg.ListenUIDs, log); err != nil {
-			fmt.Fprintf(log, "nsinit: %v\n", err)
-			return ExitInitFailure
-		}
-	}
-	child := cfg.Adopt
-	if child == 0 {
-		pid, code, err := start(cfg)
-		if err != nil {
-			fmt.Fprintf(log, "nsinit: %v\n", err)
-			return code
-		}
-		child = pid
-	}
-
-	if cfg.Started != nil {
-		if err := cfg.Started(); err != nil {
-			fmt.Fprintf(log, "nsinit: %v\n", err)
-			return ExitInitFailure
-		}
-	}
-	r := reaper{child: child, keep: cfg.Keep}
-	if cfg.WarnOnReap {
-		r.warn = log
-	}
-	// The command may already be gone: reap before the first wait.
-	if st, done := r.reapAll(); done {
-		return exitCode(st, cfg.ZeroExitCodes)
-	}
-	stopping := false // a SIGTERM came: drain the descendants after the command
-	for s := range sigs {
-		sig := s.(syscall.Signal)
-		if sig == syscall.SIGCHLD {
-			if st, done := r.reapAll(); done {
-				if stopping {
-					r.drain(sigs, cfg.Grace, log)
-				}
-				return exitCode(st, cfg.ZeroExitCodes)
+		// Once the signals are taken, before the command starts.
+		sc.Setup = func() error {
+			log := sc.Log
+			if log == nil {
+				log = os.Stderr
 			}
-			continue
-		}
-		if sig == syscall.SIGTERM && cfg.Grace > 0 {
-			stopping = true
-		}
-		target := child
-		if cfg.SignalGroup {
-			target = -child
-		}
-		if err := syscall.Kill(target, sig); err != nil && err != syscall.ESRCH {
-			fmt.Fprintf(log, "nsinit: forward %v to %d: %v\n", sig, target, err)
+			return Listen(cfg.Listen, cfg.ListenUIDs, log)
 		}
 	}
-	panic("unreachable")
-}
-
-// setupProcess applies the process-wide settings of cfg before the command
-// starts.
-func setupProcess(cfg *Config) error {
-	if cfg.ParentDeathSignal != 0 {
-		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(cfg.ParentDeathSignal), 0, 0, 0); err != nil {
-			return fmt.Errorf("set parent-death signal: %w", err)
-		}
-	}
-	// Outside PID 1, orphans would go to some other reaper and never be
-	// seen; a subreaper gets them back, which is what an init is for.
-	if os.Getpid() != 1 {
-		cfg.Subreaper = true
-	}
-	if cfg.Subreaper {
-		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-			return fmt.Errorf("become child subreaper: %w", err)
-		}
-	}
-	return nil
-}
-
-// start starts the command in its own process group, in the foreground of
-// the controlling terminal when stdin is one, with nsinit's standard fds,
-// environment and working directory. On failure it returns the exit status
-// a shell would use (127 not found, 126 not executable).
-func start(cfg Config) (pid, code int, err error) {
-	if len(cfg.Argv) == 0 {
-		return 0, ExitInitFailure, errors.New("no command to run")
-	}
-	path, err := exec.LookPath(cfg.Argv[0])
-	if err != nil {
-		return 0, startFailureCode(err), fmt.Errorf("exec %s: %w", cfg.Argv[0], err)
-	}
-	attr := spawnAttr{
-		path:           path,
-		argv:           cfg.Argv,
-		env:            os.Environ(),
-		blocked:        cfg.Blocked,
-		blockedUnknown: !cfg.BlockedKnown,
-	}
-	for _, s := range cfg.Ignored {
-		attr.ignored |= 1 << (s - 1)
-	}
-	if fg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil && fg == unix.Getpgrp() {
-		// stdin is our controlling terminal and we have its foreground:
-		// hand it to the command, as a shell hands it to a foreground job.
-		// Run in the background (`nsinit -- CMD &`), nsinit leaves the
-		// terminal to whoever has it.
-		attr.foreground = true
-	}
-	pid, err = spawn(attr)
-	if err != nil {
-		return 0, startFailureCode(err), fmt.Errorf("exec %s: %w", cfg.Argv[0], err)
-	}
-	return pid, 0, nil
-}
-
-func startFailureCode(err error) int {
-	switch {
-	case errors.Is(err, exec.ErrNotFound), errors.Is(err, syscall.ENOENT):
-		return ExitNotFound
-	default:
-		// EACCES, ENOEXEC, EISDIR...: found but cannot be executed.
-		return ExitNotExecutable
-	}
-}
-
-// exitCode turns the command's wait status into nsinit's exit status.
-func exitCode(ws syscall.WaitStatus, zero []int) int {
-	code := ShellStatus(ws)
-	for _, z := range zero {
-		if code == z {
-			return 0
-		}
-	}
-	return code
-}
-
-// ShellStatus is a wait status as a shell reports it: the exit code, or
-// 128+N for a death by signal N.
-func ShellStatus(ws syscall.WaitStatus) int {
-	if ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	return ws.ExitStatus()
+	return supervise.Run(sc)
 }

@@ -7,18 +7,12 @@ import (
 	"os"
 	"runtime"
 	"strconv"
-	"strings"
-	"syscall"
 
 	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/internal/cliflag"
+	"github.com/nsinit/nsinit/internal/earlyinit"
+	"github.com/nsinit/nsinit/internal/supervise"
 )
-
-// noPreemptSignals is "1" when the Makefile linked the binary with the Go
-// runtime's async preemption off (godebugDefault=asyncpreemptoff=1): then
-// the runtime never sends itself SIGURG and a SIGURG nsinit receives can be
-// forwarded. A plain `go build` leaves it empty and SIGURG is dropped.
-var noPreemptSignals string
 
 // uids is a repeatable --listen-uid flag.
 type uids []uint32
@@ -46,12 +40,13 @@ func (e *exitCodes) Set(s string) error {
 	return nil
 }
 
-// runInit is `nsinit [options] -- CMD [ARGS...]`.
+// runInit is `nsinit [options] -- CMD [ARGS...]` when internal/earlyinit
+// left it to main: a command line it does not read (options with values,
+// -h...), a restored agent, or the machine's init.
 func runInit(args []string) int {
-	// One P is plenty for a supervisor and keeps the runtime's thread count
-	// and memory at their smallest.
+	// One P, as internal/earlyinit's init: for a restored agent also fewer
+	// runtime threads taking pids in its namespace before it sets the cursor.
 	runtime.GOMAXPROCS(1)
-
 	var finish func(int)
 	if os.Getpid() == 1 {
 		var err error
@@ -74,10 +69,9 @@ func initFlags(fs *cliflag.Set, cfg *agent.Config) (apply func() error) {
 		zero   exitCodes
 		pdeath string
 	)
-	// tini's environment variables, and nsinit's names for them: set to
-	// anything (even empty), as tini reads them.
-	cfg.Subreaper = envSet("NSINIT_SUBREAPER", "TINI_SUBREAPER")
-	cfg.SignalGroup = envSet("NSINIT_KILL_PROCESS_GROUP", "TINI_KILL_PROCESS_GROUP")
+	// tini's environment variables, and nsinit's names for them.
+	cfg.Subreaper = earlyinit.EnvSubreaper()
+	cfg.SignalGroup = earlyinit.EnvSignalGroup()
 	fs.Bool(&cfg.Subreaper, "s", "be a child subreaper (automatic when not PID 1)")
 	fs.Bool(&cfg.SignalGroup, "g", "forward signals to the command's process group")
 	fs.String(&pdeath, "p", "SIGNAL", "signal nsinit gets when its parent dies")
@@ -95,7 +89,6 @@ func initFlags(fs *cliflag.Set, cfg *agent.Config) (apply func() error) {
 			}
 			cfg.ParentDeathSignal = sig
 		}
-		cfg.ForwardSIGURG = noPreemptSignals == "1"
 		return nil
 	}
 }
@@ -107,7 +100,7 @@ func newInitSet(cfg *agent.Config, verbose *int) (*cliflag.Set, func() error) {
 		"nsinit [options] -- CMD [ARGS...]   run CMD under nsinit as init\n"+
 			"       nsinit COMMAND [options]          (nsinit COMMAND --help for its options)", "")
 	apply := initFlags(fs, cfg)
-	*verbose = envVerbosity()
+	*verbose = earlyinit.EnvVerbosity()
 	fs.Count(verbose, "v", "more diagnostics: -v prints what nsinit runs and how")
 	fs.SetVersion(versionText())
 	fs.Epilog = "environment (tini's variables, or the NSINIT_ names, read first):\n" +
@@ -116,28 +109,6 @@ func newInitSet(cfg *agent.Config, verbose *int) (*cliflag.Set, func() error) {
 		"  NSINIT_VERBOSITY, TINI_VERBOSITY                    level N (default 1; 0: no warnings)\n\n" +
 		commandsHelp()
 	return fs, apply
-}
-
-// envSet says whether any of the variables is set, to any value.
-func envSet(names ...string) bool {
-	for _, n := range names {
-		if _, ok := os.LookupEnv(n); ok {
-			return true
-		}
-	}
-	return false
-}
-
-// envVerbosity is the level of NSINIT_VERBOSITY, else TINI_VERBOSITY, else
-// 1 (warnings), as tini's: 0 is quiet, each -v adds one.
-func envVerbosity() int {
-	for _, n := range []string{"NSINIT_VERBOSITY", "TINI_VERBOSITY"} {
-		if v, ok := os.LookupEnv(n); ok {
-			l, _ := strconv.Atoi(strings.TrimSpace(v)) // atoi, as tini: junk is 0
-			return max(l, 0)
-		}
-	}
-	return 1
 }
 
 func parseAndRun(args []string) int {
@@ -158,31 +129,10 @@ func parseAndRun(args []string) int {
 	cfg.Argv = fs.Args()
 	if err := restoredAgent(&cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit: %v\n", err)
-		return agent.ExitInitFailure
+		return supervise.ExitInitFailure
 	}
-	cfg.Ignored = originallyIgnored()
-	cfg.Blocked, cfg.BlockedKnown = origSigMask, origSigKnown != 0
-	// Warnings (-w's) need level 1, as tini's.
-	cfg.WarnOnReap = cfg.WarnOnReap && verbose >= 1
-	if w := linkWarning(); w != "" && verbose >= 1 && cfg.Started == nil { // not for restored agents
-		os.Stderr.WriteString(w)
-	}
-	if verbose >= 2 {
-		fmt.Fprintf(os.Stderr, "nsinit: pid %d, running %s, subreaper %v, signals to the process group %v, grace %v, ignored at start: %s\n",
-			os.Getpid(), strings.Join(cfg.Argv, " "), cfg.Subreaper || os.Getpid() != 1, cfg.SignalGroup, cfg.Grace, signalList(cfg.Ignored))
-	}
+	earlyinit.Prepare(&cfg.Config, verbose, cfg.Started != nil)
 	return agent.Run(cfg)
-}
-
-func signalList(ss []syscall.Signal) string {
-	if len(ss) == 0 {
-		return "none"
-	}
-	names := make([]string, len(ss))
-	for i, s := range ss {
-		names[i] = strconv.Itoa(int(s))
-	}
-	return strings.Join(names, ",")
 }
 
 // restoredAgent makes this init a restored agent when `nsinit restore`

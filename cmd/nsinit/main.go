@@ -21,7 +21,19 @@ import (
 
 	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/internal/cliflag"
+	"github.com/nsinit/nsinit/internal/earlyinit"
+	"github.com/nsinit/nsinit/internal/waiter"
 )
+
+// versionText is the version line's text: the version, and what the
+// binary lacks when it was not built by the Makefile.
+func versionText() string {
+	miss := earlyinit.MissingLinkSettings()
+	if len(miss) == 0 {
+		return version
+	}
+	return version + " (built without the Makefile's linker settings: " + strings.Join(miss, "; ") + ")"
+}
 
 // version is stamped in by the Makefile (-X main.version=...).
 var version = "dev"
@@ -45,7 +57,12 @@ func registerHidden(name string, run func(args []string) int) {
 }
 
 func main() {
-	runWaiterIfMarked()
+	// A restored task that was waiting for its children, in a binary
+	// without the rt0 entry point (which runs this loop before the Go
+	// runtime starts): the same loop, in Go.
+	if waiter.Marked() {
+		waiter.Run()
+	}
 	os.Exit(dispatch(os.Args[1:]))
 }
 

@@ -30,7 +30,9 @@ import (
 
 	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/earlyinit"
 	"github.com/nsinit/nsinit/internal/procfs"
+	"github.com/nsinit/nsinit/internal/supervise"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/restorer"
@@ -190,7 +192,7 @@ func waitExit(cmd *exec.Cmd) int {
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok {
-			return agent.ShellStatus(ws)
+			return supervise.ShellStatus(ws)
 		}
 		return ee.ExitCode()
 	}
@@ -300,8 +302,8 @@ func runPidnsRestore(args []string) int {
 	// The root is ours now (the restorer, its parent, exited): supervise it
 	// as the namespace's init. Zombies of the image keep their parents.
 	fwd.to(root)
-	return agent.Run(agent.Config{Adopt: root, ForwardSIGURG: noPreemptSignals == "1",
-		Started: func() error { fwd.stop(); return nil }})
+	return agent.Run(agent.Config{Config: supervise.Config{Adopt: root, ForwardSIGURG: earlyinit.ForwardSIGURG(),
+		Started: func() error { fwd.stop(); return nil }}})
 }
 
 // forwarder hands SIGINT, SIGTERM and SIGHUP on to one process (the

@@ -14,6 +14,7 @@ import (
 	"github.com/nsinit/nsinit/agent"
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/cliflag"
+	"github.com/nsinit/nsinit/internal/supervise"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/proto/agentpb"
 	"github.com/nsinit/nsinit/pstree"
@@ -270,7 +271,7 @@ func (f *restoreFlags) restoreHere(d *diag, opt restorer.Options) int {
 		d.errorf("wait for root %d: %v", res.Root, err)
 		return exitFailure
 	}
-	return agent.ShellStatus(syscall.WaitStatus(st))
+	return supervise.ShellStatus(syscall.WaitStatus(st))
 }
 
 // watchRestore shows the restore's progress until stop is called: how

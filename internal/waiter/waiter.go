@@ -9,7 +9,7 @@
 // last one's status, as a shell's `wait` or `unshare -f` would.
 //
 // The marked nsinit never starts the Go runtime, whose threads would show
-// in /proc and take pids: its assembly entry point (cmd/nsinit/rt0_amd64.s)
+// in /proc and take pids: its assembly entry point (internal/earlyinit/rt0_amd64.s)
 // reads the mark and runs the same loop as Run. Run is the fallback for a
 // binary built without that entry point.
 package waiter

@@ -1,4 +1,4 @@
-package agent
+package supervise
 
 import (
 	"fmt"
@@ -6,8 +6,6 @@ import (
 	"os"
 	"syscall"
 	"time"
-
-	"github.com/nsinit/nsinit/internal/procfs"
 )
 
 // drain ends a graceful stop (Config.Grace): the command has exited after
@@ -24,7 +22,7 @@ import (
 func (r *reaper) drain(sigs <-chan os.Signal, grace time.Duration, log io.Writer) {
 	signaled := map[int]bool{}
 	sweep := func(sig syscall.Signal) {
-		for _, pid := range procfs.New("/proc").Descendants(os.Getpid()) {
+		for _, pid := range r.procs.Descendants(os.Getpid()) {
 			if sig == syscall.SIGKILL || !signaled[pid] {
 				signaled[pid] = true
 				if err := syscall.Kill(pid, sig); err != nil && err != syscall.ESRCH {
@@ -61,7 +59,7 @@ func (r *reaper) drain(sigs <-chan os.Signal, grace time.Duration, log io.Writer
 // onlyKeptLeft says whether every child of the init is a kept zombie (or
 // there is none).
 func (r *reaper) onlyKeptLeft() bool {
-	for _, pid := range procfs.New("/proc").SelfChildren() {
+	for _, pid := range r.procs.SelfChildren() {
 		if !r.keep[pid] {
 			return false
 		}

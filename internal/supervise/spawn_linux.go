@@ -1,4 +1,4 @@
-package agent
+package supervise
 
 import (
 	"fmt"
@@ -6,9 +6,6 @@ import (
 	"runtime"
 	"syscall"
 	"unsafe"
-
-	"github.com/nsinit/nsinit/internal/sys"
-	"golang.org/x/sys/unix"
 )
 
 // spawnAttr is everything the child path needs, prepared before the fork
@@ -58,7 +55,7 @@ func spawn(attr spawnAttr) (int, error) {
 		return 0, err
 	}
 	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC); err != nil {
 		return 0, fmt.Errorf("spawn pipe: %w", err)
 	}
 	rd, wr := os.NewFile(uintptr(p[0]), "spawn-errno"), p[1]
@@ -67,14 +64,14 @@ func spawn(attr spawnAttr) (int, error) {
 	// Block every signal on this thread across the fork: the child must not
 	// run a Go signal handler before it has reset the dispositions.
 	runtime.LockOSThread()
-	saved := sys.BlockAllSignals()
+	saved := blockAllSignals()
 	if attr.blockedUnknown {
-		attr.blocked = saved.Val[0]
+		attr.blocked = saved
 	}
 	pid, errno := forkExecChild(path, argv, envv, &attr, wr)
-	sys.RestoreSignals(saved)
+	setThreadMask(saved)
 	runtime.UnlockOSThread()
-	unix.Close(wr)
+	syscall.Close(wr)
 	if errno != 0 {
 		return 0, fmt.Errorf("fork: %w", errno)
 	}
@@ -116,7 +113,7 @@ func forkExecChild(path *byte, argv, envv []*byte, attr *spawnAttr, errPipe int)
 	// Child. Signal dispositions: ignored ones as nsinit found them, the
 	// rest at their defaults (the Go runtime's handlers must go).
 	var act kernelSigaction
-	for s := uintptr(1); s <= maxSignal; s++ {
+	for s := uintptr(1); s <= MaxSignal; s++ {
 		if s == uintptr(syscall.SIGKILL) || s == uintptr(syscall.SIGSTOP) {
 			continue
 		}
@@ -139,7 +136,7 @@ func forkExecChild(path *byte, argv, envv []*byte, attr *spawnAttr, errPipe int)
 			goto fail
 		}
 	}
-	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(&attr.blocked)), 0, 8, 0, 0)
+	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, sigSetmask, uintptr(unsafe.Pointer(&attr.blocked)), 0, 8, 0, 0)
 	_, _, e = syscall.RawSyscall(syscall.SYS_EXECVE,
 		uintptr(unsafe.Pointer(path)),
 		uintptr(unsafe.Pointer(&argv[0])),
@@ -151,4 +148,32 @@ fail:
 	for {
 		syscall.RawSyscall(syscall.SYS_EXIT_GROUP, 127, 0, 0)
 	}
+}
+
+// sigSetmask is SIG_SETMASK (asm-generic/signal-defs.h).
+const sigSetmask = 2
+
+// blockAllSignals blocks every signal on the calling thread, which must be
+// locked to its goroutine, and returns the mask it had (internal/sys's
+// BlockAllSignals, without golang.org/x/sys/unix: see the package comment).
+func blockAllSignals() (old uint64) {
+	all := ^uint64(0)
+	// Cannot fail: the arguments are valid and SIG_SETMASK is known.
+	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, sigSetmask, uintptr(unsafe.Pointer(&all)), uintptr(unsafe.Pointer(&old)), 8, 0, 0)
+	return old
+}
+
+// setThreadMask sets the calling thread's signal mask.
+func setThreadMask(mask uint64) {
+	syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, sigSetmask, uintptr(unsafe.Pointer(&mask)), 0, 8, 0, 0)
+}
+
+// foregroundGroup is the foreground process group of the terminal on fd
+// (TIOCGPGRP).
+func foregroundGroup(fd int) (int, error) {
+	var pg int32
+	if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(fd), syscall.TIOCGPGRP, uintptr(unsafe.Pointer(&pg))); e != 0 {
+		return 0, e
+	}
+	return int(pg), nil
 }

@@ -1,7 +1,7 @@
 #include "textflag.h"
 
 // rt0 is nsinit's ELF entry point on amd64 (the Makefile links with
-// -E main.rt0). Before the Go runtime installs its own signal handlers, it
+// -E github.com/nsinit/nsinit/internal/earlyinit.rt0). Before the Go runtime installs its own signal handlers, it
 // records which signals nsinit was started with ignored (SIG_IGN) and its
 // signal mask, so the command can be started with the same, as tini does. It uses no
 // stack and touches only registers the kernel's entry state does not need,

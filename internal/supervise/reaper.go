@@ -1,12 +1,10 @@
-package agent
+package supervise
 
 import (
 	"fmt"
 	"io"
 	"syscall"
 	"unsafe"
-
-	"github.com/nsinit/nsinit/internal/procfs"
 )
 
 // reaper collects dead children: the command (whose status it remembers)
@@ -15,6 +13,8 @@ type reaper struct {
 	child int
 	// keep are children that must stay zombies (a restored image's).
 	keep map[int]bool
+	// procs lists the children when some are kept.
+	procs Procs
 	// warn, when set, gets tini -w's line for every other child reaped.
 	warn io.Writer
 }
@@ -64,7 +64,7 @@ func wait4NoHang(pid int) (int, syscall.WaitStatus, syscall.Errno) {
 // reapExcept reaps dead children one pid at a time, skipping the kept
 // ones: wait4(-1) cannot be told to leave some zombies alone.
 func (r *reaper) reapExcept() (status syscall.WaitStatus, childDone bool) {
-	for _, pid := range procfs.New("/proc").SelfChildren() {
+	for _, pid := range r.procs.SelfChildren() {
 		if r.keep[pid] {
 			continue
 		}

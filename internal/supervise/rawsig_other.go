@@ -1,6 +1,6 @@
 //go:build !amd64
 
-package agent
+package supervise
 
 import (
 	"os"

@@ -1,4 +1,4 @@
-package agent
+package supervise
 
 import (
 	"fmt"
@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 // The Go runtime keeps a few signals from os/signal: 32 and 34 (reserved for
@@ -33,7 +31,7 @@ func rawHandlerAddrs() (handler, restorer uintptr)
 // arrival on out, as os/signal would.
 func catchRawSignals(out chan<- os.Signal) error {
 	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+	if err := syscall.Pipe2(p[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
 		return fmt.Errorf("raw signal pipe: %w", err)
 	}
 	rawPipe = int64(p[1])
