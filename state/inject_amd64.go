@@ -20,7 +20,6 @@ const (
 	ntPRStatus  = 1     // NT_PRSTATUS
 	ntX86XState = 0x202 // NT_X86_XSTATE
 	ntPRFPReg   = 2     // NT_PRFPREG: struct user_i387_struct
-	fpregsSize  = 512
 
 	ptraceGetRseqConfiguration = 0x420f
 	ptraceSetSigmask           = 0x420b

@@ -1,3 +1,5 @@
+//go:build amd64
+
 package state
 
 import (
@@ -28,10 +30,6 @@ const (
 
 // readChunk is how much memory one process_vm_readv brings over.
 const readChunk = 4 << 20
-
-// Signals reads what /proc does not show of the signal state of the
-// given processes (level-0 pids): bpf.Signals.
-type Signals func(pids []int) (map[int]*bpf.TaskSignals, error)
 
 // errMovedState: the task changed between the tree's read and its state's
 // (it cannot while frozen: a bug or a thaw).
@@ -206,23 +204,6 @@ func readLimits(proc string, pid int) ([]*imagepb.Rlimit, error) {
 		out = append(out, &imagepb.Rlimit{Soft: v[0], Hard: v[1]})
 	}
 	return out, nil
-}
-
-// pendingSet is the set of signals of a task's recorded queues.
-func pendingSet(ts *imagepb.TaskSaved) uint64 {
-	return queued(ts.GetPendingPrivate()) | queued(ts.GetPendingShared())
-}
-
-// queued is the set of signals of siginfos (si_signo is the first int of
-// a siginfo_t).
-func queued(q [][]byte) uint64 {
-	var set uint64
-	for _, si := range q {
-		if n := binary.LittleEndian.Uint32(si); n >= 1 && n <= 64 {
-			set |= 1 << (n - 1)
-		}
-	}
-	return set
 }
 
 // recordSignals adds what the eBPF iterator read (k, nil when it could not

@@ -1,3 +1,5 @@
+//go:build amd64
+
 package state
 
 import (
@@ -18,20 +20,6 @@ import (
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
-
-// Options tune Restore.
-type Options struct {
-	// Proc is the procfs of the restorer's pid namespace ("/proc").
-	Proc string
-	// NullStdio gives /dev/null to the descriptors 0-2 recorded as "the
-	// restorer's own" (a detached restore), instead of the restorer's.
-	NullStdio bool
-	// Log receives progress notes; may be nil.
-	Log func(format string, args ...any)
-}
-
-// HasState says whether the image in dir was dumped with its state.
-func HasState(tr *pstree.Tree) bool { return tr.StateRecorded }
 
 // Check reads and validates DIR/state.img and pages.img against tr,
 // before anything is created; Restore checks again.

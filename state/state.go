@@ -23,6 +23,7 @@ import (
 	"slices"
 	"syscall"
 
+	"github.com/nsinit/nsinit/bpf"
 	"github.com/nsinit/nsinit/proto/imagepb"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
@@ -32,6 +33,24 @@ import (
 const PagesFileName = "pages.img"
 
 const pageSize = 4096
+
+// Signals reads what /proc does not show of the signal state of the
+// given processes (level-0 pids): bpf.Signals.
+type Signals func(pids []int) (map[int]*bpf.TaskSignals, error)
+
+// Options tune Restore.
+type Options struct {
+	// Proc is the procfs of the restorer's pid namespace ("/proc").
+	Proc string
+	// NullStdio gives /dev/null to the descriptors 0-2 recorded as "the
+	// restorer's own" (a detached restore), instead of the restorer's.
+	NullStdio bool
+	// Log receives progress notes; may be nil.
+	Log func(format string, args ...any)
+}
+
+// HasState says whether the image in dir was dumped with its state.
+func HasState(tr *pstree.Tree) bool { return tr.StateRecorded }
 
 // ErrUnsupported is wrapped when a task holds state this slice cannot
 // record or restore (exit status 204); the message names the task and what.
@@ -54,6 +73,9 @@ const taskSize = 1<<47 - pageSize
 
 // regsSize is NT_PRSTATUS on x86-64: struct user_regs_struct, 27 words.
 const regsSize = 27 * 8
+
+// fpregsSize is NT_PRFPREG on x86-64: struct user_i387_struct.
+const fpregsSize = 512
 
 // maxXState bounds NT_X86_XSTATE: the largest layout (AMX) is about 11 KiB.
 const maxXState = 64 << 10
@@ -302,4 +324,21 @@ func openPages(dir string) ([]byte, error) {
 		return nil, fmt.Errorf("map %s: %w", p, err)
 	}
 	return b, nil
+}
+
+// pendingSet is the set of signals of a task's recorded queues.
+func pendingSet(ts *imagepb.TaskSaved) uint64 {
+	return queued(ts.GetPendingPrivate()) | queued(ts.GetPendingShared())
+}
+
+// queued is the set of signals of siginfos (si_signo is the first int of
+// a siginfo_t).
+func queued(q [][]byte) uint64 {
+	var set uint64
+	for _, si := range q {
+		if n := binary.LittleEndian.Uint32(si); n >= 1 && n <= 64 {
+			set |= 1 << (n - 1)
+		}
+	}
+	return set
 }
