@@ -71,7 +71,7 @@ func validateMount(ms []Mount, i int) error {
 		return fmt.Errorf("bind of mount %d, not an earlier one", m.BindOf-1)
 	}
 	if m.BindOf > 0 {
-		if from := ms[m.BindOf-1].Root; !inDir(m.Root, from) {
+		if from := ms[m.BindOf-1].Root; !InDir(m.Root, from) {
 			return fmt.Errorf("root %q is not inside root %q of mount %d it binds", m.Root, from, m.BindOf-1)
 		}
 		if m.HostPath != "" {
@@ -109,7 +109,7 @@ func cleanPath(p string) error {
 	return nil
 }
 
-// inDir says whether clean absolute path p is dir or below it.
-func inDir(p, dir string) bool {
+// InDir says whether clean absolute path p is dir or below it.
+func InDir(p, dir string) bool {
 	return dir == "/" || p == dir || strings.HasPrefix(p, dir+"/")
 }
