@@ -206,6 +206,10 @@ type Options struct {
 	// payload: the builder chroots there before the exec, so Exe and Cwd
 	// resolve in it (`criu restore --root`).
 	Root string
+	// SkipMissingBinds leaves out, with Root, a recorded bind mount from
+	// the host whose source this machine lacks, instead of refusing the
+	// image (ErrMissingBind; MissingBinds lists them for a warning).
+	SkipMissingBinds bool
 	// HostMounts runs such tasks in the restorer's own root instead. With
 	// neither, an image that has one is refused: its programs would
 	// silently be this machine's.
