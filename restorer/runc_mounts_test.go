@@ -22,11 +22,25 @@ import (
 // the waiter (busybox unshare -f, waiting for its child) runs
 // the copy's busybox with the copy as its root; the mount namespace has the
 // recorded kernel filesystems at their recorded points inside it; its proc
-// is the container's pid namespace's; and nothing leaked into this
-// machine's mounts.
+// is the container's pid namespace's; a bind mount from the host is there;
+// one whose source is gone refuses the restore, or is left out with
+// --skip-missing-binds; and nothing leaked into this machine's mounts.
 func TestE2ERuncContainerMounts(t *testing.T) {
 	needRoot(t)
-	_, init := runcContainerSpec(t, addCaps("CAP_SYS_ADMIN"), "/bin/nsinit", "--", "/bin/busybox", "sh", "-c",
+	// Two bind mounts from the host: one is there at the restore, the
+	// other is gone by then.
+	keep, gone := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(keep, "f"), []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	edit := func(spec map[string]any) {
+		addCaps("CAP_SYS_ADMIN")(spec)
+		for _, b := range [][2]string{{keep, "/mnt/keep"}, {gone, "/mnt/gone"}} {
+			spec["mounts"] = append(spec["mounts"].([]any), map[string]any{
+				"destination": b[1], "type": "bind", "source": b[0], "options": []any{"rbind", "ro"}})
+		}
+	}
+	_, init := runcContainerSpec(t, edit, "/bin/nsinit", "--", "/bin/busybox", "sh", "-c",
 		"/bin/busybox unshare -p -f /bin/busybox sh -c '/bin/busybox sleep 1002 & exec /bin/busybox sleep 1003' & exec /bin/busybox sleep 1000")
 	// nsinit, sleep 1000, unshare, and in the nested namespace its init
 	// (sleep 1003) and sleep 1002.
@@ -58,8 +72,15 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 	}
 	copyFile(t, "/bin/busybox", filepath.Join(newRoot, "bin", "busybox"))
 	copyFile(t, testutil.Binary(t), filepath.Join(newRoot, "bin", "nsinit"))
+	if err := os.Remove(gone); err != nil {
+		t.Fatal(err)
+	}
 	out, err := nsinit(t, "restore", "-D", dir, "-d", "--shell-job", "--root", newRoot)
-	if err != nil {
+	if exitCode(err) != 204 || !strings.Contains(out, gone+" does not exist") || !strings.Contains(out, "--skip-missing-binds") {
+		t.Fatalf("restore with a bind source gone: %v, want exit 204 naming %s:\n%s", err, gone, out)
+	}
+	out, err = nsinit(t, "restore", "-D", dir, "-d", "--shell-job", "--root", newRoot, "--skip-missing-binds")
+	if err != nil || !strings.Contains(out, "warning: left out") {
 		t.Fatalf("restore --root: %v\n%s", err, out)
 	}
 	root := restoredRoot(t, out)
@@ -104,6 +125,12 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/root/proc/1/cmdline", inside)); !strings.Contains(string(b), "nsinit") {
 		t.Errorf("pid 1 of the restored container's /proc runs %q, want nsinit", b)
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/mnt/keep/f", inside)); string(b) != "kept" {
+		t.Errorf("the bind mount from the host: %q, %v", b, err)
+	}
+	if have["/mnt/gone"] != "" {
+		t.Errorf("the bind mount whose source is gone was not left out")
 	}
 	// /dev has the usual nodes.
 	if !sameFile(t, fmt.Sprintf("/proc/%d/root/dev/null", inside), "/dev/null") {
