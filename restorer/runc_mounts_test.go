@@ -88,14 +88,46 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 	if root != init {
 		t.Fatalf("restored the container's init at %d, want %d", root, init)
 	}
-	waiter := map[int]bool{} // runs this nsinit from this root (docs/restore.md, Limits)
-	for _, tk := range img.Tasks {
-		waiter[tk.PID()] = tk.WaitsForChildren
+	checkContainerMounts(t, mnt, root, newRoot)
+	if out, err := nsinit(t, "check", "--shell-job", "-t", strconv.Itoa(root), "-D", dir); err != nil {
+		t.Errorf("check: %v\n%s", err, out)
 	}
-	for _, p := range pids[1:] {
-		if waiter[p] {
-			continue
+	// The same image into a new pid namespace, on the same DIR again
+	// (whose mount points and device files the first restore made).
+	t.Run("into-new-pidns", func(t *testing.T) {
+		out, err := nsinit(t, "restore", "--into-new-pidns", "-D", dir, "-d", "--root", newRoot, "--skip-missing-binds")
+		if err != nil {
+			t.Fatalf("restore --into-new-pidns --root: %v\n%s", err, out)
 		}
+		f := strings.Fields(out)
+		root, err := strconv.Atoi(f[len(f)-1])
+		if err != nil {
+			t.Fatalf("printed %q, not a pid", out)
+		}
+		t.Cleanup(func() { killNamespace(t, root) })
+		checkContainerMounts(t, mnt, root, newRoot)
+	})
+}
+
+// checkContainerMounts checks, through /proc, a runc container's tree
+// restored with root as the container's init on newRoot: its three
+// sleeps run newRoot's busybox in newRoot; the recorded kernel
+// filesystems are at their points in their mount namespace; its proc is
+// the container's pid namespace's; the bind mount from the host that was
+// kept is there, the one that was gone is not; /dev/null is this
+// machine's; nothing leaked into this machine's mounts.
+func checkContainerMounts(t *testing.T, mnt *pstree.Namespace, root int, newRoot string) {
+	t.Helper()
+	var sleeps []int
+	for _, p := range testutil.Descendants(root) {
+		if countSleeps([]int{p}) == 1 {
+			sleeps = append(sleeps, p)
+		}
+	}
+	if len(sleeps) != 3 {
+		t.Fatalf("%d sleeps below the restored init %d, want 3", len(sleeps), root)
+	}
+	for _, p := range sleeps {
 		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/root", p)); l != newRoot {
 			t.Errorf("pid %d: root %q, want %s", p, l, newRoot)
 		}
@@ -104,7 +136,7 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 		}
 	}
 	// The restored mount namespace, as a task inside sees it.
-	inside := pids[1]
+	inside := sleeps[0]
 	ms, err := procfs.New("/proc").MountInfo(inside)
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +152,7 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 	}
 	// Its /proc is the container's pid namespace: its pid 1 is the
 	// restored init, seen through the task's own root.
-	if !sameFile(t, fmt.Sprintf("/proc/%d/root/proc/1/ns/pid", inside), fmt.Sprintf("/proc/%d/ns/pid", init)) {
+	if !sameFile(t, fmt.Sprintf("/proc/%d/root/proc/1/ns/pid", inside), fmt.Sprintf("/proc/%d/ns/pid", root)) {
 		t.Errorf("/proc inside the restored container is not of its pid namespace")
 	}
 	if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/root/proc/1/cmdline", inside)); !strings.Contains(string(b), "nsinit") {
@@ -132,11 +164,9 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 	if have["/mnt/gone"] != "" {
 		t.Errorf("the bind mount whose source is gone was not left out")
 	}
-	// /dev has the usual nodes.
 	if !sameFile(t, fmt.Sprintf("/proc/%d/root/dev/null", inside), "/dev/null") {
 		t.Errorf("/dev/null inside is not this machine's")
 	}
-	// Nothing propagated to this machine's mounts.
 	host, err := procfs.SelfMountInfo()
 	if err != nil {
 		t.Fatal(err)
@@ -145,9 +175,6 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 		if strings.HasPrefix(m.Point, newRoot) {
 			t.Errorf("mount %s %s leaked into this machine's mount namespace", m.FSType, m.Point)
 		}
-	}
-	if out, err := nsinit(t, "check", "--shell-job", "-t", strconv.Itoa(root), "-D", dir); err != nil {
-		t.Errorf("check: %v\n%s", err, out)
 	}
 }
 
