@@ -135,6 +135,9 @@ func mountActs(ns *pstree.Namespace, root string, skipMissing bool) ([]act, erro
 	acts := []act{{op: actMount, b: "/", flags: unix.MS_REC | unix.MS_PRIVATE,
 		what: "make every mount of the new mount namespace private"}}
 	ms := ns.Mounts
+	if err := noLinksOut(ms, root); err != nil {
+		return nil, fmt.Errorf("mount namespace %d: %w", ns.ID, err)
+	}
 	skipped := make([]bool, len(ms))
 	for i, m := range ms {
 		if m.Point == "/" {
@@ -199,6 +202,43 @@ func MissingBinds(tr *pstree.Tree, opt Options) []error {
 		}
 	}
 	return out
+}
+
+// noLinksOut refuses a mount point whose path crosses a symbolic link in
+// root as it is now: mount(2) would follow it, possibly out of root (a
+// rootfs whose proc is a link to /etc). Only the part of each path in
+// root's own filesystem is looked at: below an earlier mount point, the
+// restore made or mounted what is there.
+func noLinksOut(ms []pstree.Mount, root string) error {
+	for i, m := range ms {
+		p := root
+		for _, c := range strings.Split(strings.TrimPrefix(m.Point, "/"), "/") {
+			if c == "" || under(ms[:i], strings.TrimPrefix(p, root)) {
+				break
+			}
+			p = path.Join(p, c)
+			st, err := os.Lstat(p)
+			if err != nil {
+				break // made by the restore
+			}
+			if st.Mode()&os.ModeSymlink != 0 {
+				return fmt.Errorf("mount %d (%s on %s): %s is a symbolic link, which a mount there would follow: %w",
+					i, m.FSType, m.Point, p, ErrUnsupported)
+			}
+		}
+	}
+	return nil
+}
+
+// under says whether dir (absolute from the root, "" for the root) is at
+// or below one of ms's mount points other than "/".
+func under(ms []pstree.Mount, dir string) bool {
+	for _, m := range ms {
+		if m.Point != "/" && dir != "" && pstree.InDir(dir, m.Point) {
+			return true
+		}
+	}
+	return false
 }
 
 // hostSource checks that a bind mount from the host has its source here.

@@ -2,6 +2,8 @@ package restorer
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -58,5 +60,32 @@ func TestMountActs(t *testing.T) {
 		if a.b == "/new/proc" && a.flags != unix.MS_NOSUID|unix.MS_RELATIME {
 			t.Errorf("/proc flags %#x", a.flags)
 		}
+	}
+}
+
+// TestMountActsNoLinksOut: a mount point that is a symbolic link in the
+// new root is refused (mount(2) would follow it out of the root); one below
+// an earlier mount point is not looked at (the restore makes what is there).
+func TestMountActsNoLinksOut(t *testing.T) {
+	root := t.TempDir()
+	if err := os.Symlink("/etc", filepath.Join(root, "proc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "dev"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc", filepath.Join(root, "dev", "shm")); err != nil {
+		t.Fatal(err)
+	}
+	proc := pstree.Mount{Point: "/proc", Root: "/", FSType: "proc", Source: "proc"}
+	dev := pstree.Mount{Point: "/dev", Root: "/", FSType: "tmpfs", Source: "tmpfs"}
+	shm := pstree.Mount{Point: "/dev/shm", Root: "/", FSType: "tmpfs", Source: "shm"}
+	ns := &pstree.Namespace{ID: 7, Kind: pstree.MntNS, Mounts: []pstree.Mount{proc}}
+	if _, err := mountActs(ns, root, false); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("proc on a link: got %v, want a refusal", err)
+	}
+	ns.Mounts = []pstree.Mount{dev, shm}
+	if _, err := mountActs(ns, root, false); err != nil {
+		t.Errorf("a link hidden under the new /dev: %v", err)
 	}
 }
