@@ -31,7 +31,8 @@
 //     rollback (exec_commit.go), keeping the shared memory private
 //     (exec_private.go), the host cursor's checks (exec_hostcursor.go),
 //     agents (exec_agents.go), credentials and names (exec_creds.go,
-//     exec_comm.go), network configuration (netcfg.go, rtnl.go).
+//     exec_comm.go), network configuration (netcfg.go, rtnl.go), a
+//     container's mounts on Options.Root (exec_mounts.go).
 //   - builder*_linux.go and trampoline_amd64.s: the code the cloned builder
 //     tasks run, with no Go runtime (raw syscalls only).
 package restorer
