@@ -274,8 +274,14 @@ func (p *Plan) name(i int) string {
 func (p *Plan) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %d procs (%d helpers), %d steps\n", len(p.Procs), p.helpers(), len(p.Steps))
+	mounter := mounters(p) // exec_mounts.go
 	for i, s := range p.Steps {
-		fmt.Fprintf(&b, "%4d %-16s %s\n", i, p.name(s.Actor), p.describe(&s))
+		d := p.describe(&s)
+		if id, ok := mounter[s.Actor]; ok && s.Op == OpPayload {
+			d += fmt.Sprintf(" (first: the %d recorded mounts of mount ns %d on %s)",
+				len(p.Tree.Namespace(id).Mounts), id, p.Options.Root)
+		}
+		fmt.Fprintf(&b, "%4d %-16s %s\n", i, p.name(s.Actor), d)
 	}
 	return b.String()
 }

@@ -79,6 +79,10 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 	if exitCode(err) != 204 || !strings.Contains(out, gone+" does not exist") || !strings.Contains(out, "--skip-missing-binds") {
 		t.Fatalf("restore with a bind source gone: %v, want exit 204 naming %s:\n%s", err, gone, out)
 	}
+	out, err = nsinit(t, "restore", "--dry-run", "-D", dir, "--shell-job", "--root", newRoot, "--skip-missing-binds")
+	if err != nil || !strings.Contains(out, fmt.Sprintf("recorded mounts of mount ns %d on %s", mnt.ID, newRoot)) {
+		t.Fatalf("the plan does not say who mounts: %v\n%s", err, out)
+	}
 	out, err = nsinit(t, "restore", "-D", dir, "-d", "--shell-job", "--root", newRoot, "--skip-missing-binds")
 	if err != nil || !strings.Contains(out, "warning: left out") {
 		t.Fatalf("restore --root: %v\n%s", err, out)
