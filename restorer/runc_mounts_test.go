@@ -72,10 +72,14 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 	}
 	copyFile(t, "/bin/busybox", filepath.Join(newRoot, "bin", "busybox"))
 	copyFile(t, testutil.Binary(t), filepath.Join(newRoot, "bin", "nsinit"))
+	out, err := nsinit(t, "restore", "-D", dir, "-d", "--shell-job")
+	if exitCode(err) != 204 || !strings.Contains(out, "recorded mounts of its mount namespace") {
+		t.Fatalf("restore without --root: %v, want exit 204 naming --root and the mounts:\n%s", err, out)
+	}
 	if err := os.Remove(gone); err != nil {
 		t.Fatal(err)
 	}
-	out, err := nsinit(t, "restore", "-D", dir, "-d", "--shell-job", "--root", newRoot)
+	out, err = nsinit(t, "restore", "-D", dir, "-d", "--shell-job", "--root", newRoot)
 	if exitCode(err) != 204 || !strings.Contains(out, gone+" does not exist") || !strings.Contains(out, "--skip-missing-binds") {
 		t.Fatalf("restore with a bind source gone: %v, want exit 204 naming %s:\n%s", err, gone, out)
 	}
