@@ -17,7 +17,7 @@ import (
 // its own namespace afterwards.
 
 // contents marks the ambient namespaces (the dumper's own) and reads what
-// the image keeps of uts and net namespaces. fds holds an open fd of every
+// the image keeps of uts, net and mount namespaces. fds holds an open fd of every
 // namespace of the tree.
 func (rd *reader) contents(fds map[pstree.NSID]int) error {
 	for _, k := range pstree.AllNSKinds() {
@@ -44,7 +44,10 @@ func (rd *reader) contents(fds map[pstree.NSID]int) error {
 			nets = append(nets, ns.ID)
 		}
 	}
-	return rd.readNets(nets, fds)
+	if err := rd.readNets(nets, fds); err != nil {
+		return err
+	}
+	return rd.readMounts() // dump/mounts.go
 }
 
 // rawLink is a link as read, with what is needed to find a veth's peer.

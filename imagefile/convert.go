@@ -32,6 +32,7 @@ func toProto(tr *pstree.Tree) *imagepb.Image {
 			Ambient:          ns.Ambient,
 			Links:            linksToProto(ns.Links),
 			Routes:           routesToProto(ns.Routes),
+			Mounts:           mountsToProto(ns.Mounts),
 		})
 	}
 	for i := range tr.Tasks {
@@ -109,6 +110,7 @@ func fromProto(img *imagepb.Image) (*pstree.Tree, error) {
 			Ambient:          ns.GetAmbient(),
 			Links:            links,
 			Routes:           routes,
+			Mounts:           mountsFromProto(ns.GetMounts()),
 		})
 	}
 	for _, pt := range img.GetTasks() {

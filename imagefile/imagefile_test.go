@@ -48,7 +48,13 @@ func sample() *pstree.Tree {
 					Protocol: 4, Scope: 253, Type: 1, Metric: 1024},
 			}},
 			{ID: 6, Kind: pstree.UTSNS, Hostname: "box", Domainname: "(none)"},
-			ns(7, pstree.IPCNS), ns(8, pstree.MntNS), ns(9, pstree.CgroupNS), {ID: 10, Kind: pstree.TimeNS, Ambient: true},
+			ns(7, pstree.IPCNS), {ID: 8, Kind: pstree.MntNS, Mounts: []pstree.Mount{
+				{Point: "/", Root: "/srv/rootfs", FSType: "ext4", Source: "/dev/sda1", Options: "rw,relatime", SuperOptions: "rw"},
+				{Point: "/proc", Root: "/", FSType: "proc", Source: "proc", Options: "rw,nosuid,nodev,noexec,relatime", SuperOptions: "rw", PidNS: 2},
+				{Point: "/proc/sys", Root: "/sys", FSType: "proc", Source: "proc", Options: "ro,relatime", SuperOptions: "rw", BindOf: 2},
+				{Point: "/dev", Root: "/", FSType: "tmpfs", Source: "tmpfs", Options: "rw,nosuid", SuperOptions: "rw,size=65536k,mode=755"},
+				{Point: "/etc/hosts", Root: "/var/lib/hosts", FSType: "ext4", Source: "/dev/sda1", Options: "rw", SuperOptions: "rw", HostPath: "/var/lib/hosts"},
+			}}, ns(9, pstree.CgroupNS), {ID: 10, Kind: pstree.TimeNS, Ambient: true},
 		},
 		Tasks: []pstree.Task{
 			{PIDs: []int{100}, PGIDs: []int{100}, SIDs: []int{100}, NS: outer,
@@ -230,6 +236,12 @@ func hostileTrees() map[string]*pstree.Tree {
 			tr.Namespaces[3].UIDMap[0].Count = 1 << 31
 		}),
 		"zombie-sig65": mut(func(tr *pstree.Tree) { tr.Tasks[2].ExitStatus = 65 }),
+		// mount targets are DIR plus the point: no way out of DIR
+		"mount-dotdot":   mut(func(tr *pstree.Tree) { tr.Namespaces[7].Mounts[1].Point = "/proc/../../etc" }),
+		"mount-relative": mut(func(tr *pstree.Tree) { tr.Namespaces[7].Mounts[1].Point = "proc" }),
+		"mount-bind-fwd": mut(func(tr *pstree.Tree) { tr.Namespaces[7].Mounts[2].BindOf = 4 }),
+		"mount-nul-opts": mut(func(tr *pstree.Tree) { tr.Namespaces[7].Mounts[3].SuperOptions = "size=1\x00,x" }),
+		"mount-pidns":    mut(func(tr *pstree.Tree) { tr.Namespaces[7].Mounts[1].PidNS = 3 }),
 	}
 }
 

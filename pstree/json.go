@@ -37,6 +37,19 @@ type jsonNamespace struct {
 	Ambient          bool         `json:"ambient,omitempty"`
 	Links            []jsonLink   `json:"links,omitempty"`
 	Routes           []jsonRoute  `json:"routes,omitempty"`
+	Mounts           []jsonMount  `json:"mounts,omitempty"`
+}
+
+type jsonMount struct {
+	Point        string `json:"point"`
+	Root         string `json:"root"`
+	FSType       string `json:"fstype"`
+	Source       string `json:"source"`
+	Options      string `json:"options"`
+	SuperOptions string `json:"super_options"`
+	BindOf       int    `json:"bind_of,omitempty"`
+	HostPath     string `json:"host_path,omitempty"`
+	PidNS        NSID   `json:"pid_ns,omitempty"`
 }
 
 type jsonLink struct {
@@ -156,6 +169,9 @@ func JSON(tr *Tree) ([]byte, error) {
 				jr.Src = r.Src.String()
 			}
 			j.Routes = append(j.Routes, jr)
+		}
+		for _, m := range ns.Mounts {
+			j.Mounts = append(j.Mounts, jsonMount(m))
 		}
 		switch ns.Kind {
 		case PidNS:

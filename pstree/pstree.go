@@ -20,7 +20,7 @@ import "fmt"
 // major version; a newer minor only adds fields that older readers ignore.
 const (
 	FormatMajor = 1
-	FormatMinor = 5 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers; 5: the dumping kernel, root_elsewhere, state_recorded
+	FormatMinor = 6 // 1: net namespace contents, ambient namespaces; 2: comm; 3: tasks waiting for children; 4: parent threads, child subreapers; 5: the dumping kernel, root_elsewhere, state_recorded; 6: mounts
 )
 
 // NSKind is one kind of Linux namespace.
@@ -133,6 +133,9 @@ type Namespace struct {
 	// and routes (see NetRoute).
 	Links  []NetLink
 	Routes []NetRoute
+	// Mounts of a mount namespace that is not ambient (minor 6; nil in
+	// older images and for a namespace whose mounts were not read).
+	Mounts []Mount
 }
 
 // TaskState is what a task was doing at dump time.

@@ -85,6 +85,9 @@ func validateNamespaces(tr *Tree) (*nsIndex, error) {
 		if err := validateRefs(&tr.Namespaces[i], ix.byID); err != nil {
 			return nil, err
 		}
+		if err := validateMountRefs(&tr.Namespaces[i], ix.byID); err != nil {
+			return nil, err
+		}
 	}
 	if err := validateChains(tr, ix.byID); err != nil {
 		return nil, err

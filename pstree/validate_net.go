@@ -37,6 +37,9 @@ func validateContents(ns *Namespace) error {
 			return fmt.Errorf("%s: %w", m.name, err)
 		}
 	}
+	if err := validateMounts(ns); err != nil {
+		return err
+	}
 	if ns.Kind != NetNS || ns.Ambient {
 		if ns.Links != nil || ns.Routes != nil {
 			return errors.New("links or routes on a namespace that is not a recorded net namespace")

@@ -73,21 +73,29 @@ func TestValidateRejects(t *testing.T) {
 		"root parent tid":      func(tr *Tree) { tr.Tasks[0].ParentTID = 10 },
 		"subreaper unrecorded": func(tr *Tree) { tr.Tasks[1].ChildSubreaper = true },
 		"parent tid":           func(tr *Tree) { tr.Tasks[2].ParentTID = 12 }, // its own pid, not its parent's
-		"other's thread":       func(tr *Tree) { tr.Tasks[1].ParentTID = 13 },
-		"long comm":            func(tr *Tree) { tr.Tasks[0].Comm = "sixteen-bytes-xx" },
-		"NUL in comm":          func(tr *Tree) { tr.Tasks[2].Comm = "a\x00b" },
-		"thread comm":          func(tr *Tree) { tr.Tasks[1].Threads[0].Comm = strings.Repeat("t", 16) },
-		"hostname on net":      func(tr *Tree) { tr.Namespaces[3].Hostname = "x" },
-		"long hostname":        func(tr *Tree) { tr.Namespaces[5].Hostname = strings.Repeat("h", 65) },
-		"links on ambient":     func(tr *Tree) { tr.Namespaces[3].Ambient = true },
-		"links on uts":         func(tr *Tree) { tr.Namespaces[5].Links = tr.Namespaces[3].Links },
-		"dup link":             func(tr *Tree) { tr.Namespaces[3].Links[1].Name = "lo" },
-		"long link name":       func(tr *Tree) { tr.Namespaces[3].Links[0].Name = "abcdefghijklmnop" },
-		"peer on lo":           func(tr *Tree) { tr.Namespaces[3].Links[0].PeerNS = 4 },
-		"peer not back":        func(tr *Tree) { tr.Namespaces[4].Links[0].PeerName = "lo" },
-		"peer missing":         func(tr *Tree) { tr.Namespaces[3].Links[1].PeerName = "nope" },
-		"peer ns not net":      func(tr *Tree) { tr.Namespaces[3].Links[1].PeerNS = 6 },
-		"route dev":            func(tr *Tree) { tr.Namespaces[3].Routes[0].Dev = "eth9" },
+		"mounts on net ns":     func(tr *Tree) { tr.Namespaces[3].Mounts = []Mount{{Point: "/", Root: "/", FSType: "ext4"}} },
+		"mount escapes": func(tr *Tree) {
+			tr.Namespaces = append(tr.Namespaces, Namespace{ID: 7, Kind: MntNS, Mounts: []Mount{{Point: "/a/../..", Root: "/", FSType: "tmpfs"}}})
+		},
+		"bind outside": func(tr *Tree) {
+			tr.Namespaces = append(tr.Namespaces, Namespace{ID: 7, Kind: MntNS, Mounts: []Mount{
+				{Point: "/proc", Root: "/sys", FSType: "proc"}, {Point: "/x", Root: "/net", FSType: "proc", BindOf: 1}}})
+		},
+		"other's thread":   func(tr *Tree) { tr.Tasks[1].ParentTID = 13 },
+		"long comm":        func(tr *Tree) { tr.Tasks[0].Comm = "sixteen-bytes-xx" },
+		"NUL in comm":      func(tr *Tree) { tr.Tasks[2].Comm = "a\x00b" },
+		"thread comm":      func(tr *Tree) { tr.Tasks[1].Threads[0].Comm = strings.Repeat("t", 16) },
+		"hostname on net":  func(tr *Tree) { tr.Namespaces[3].Hostname = "x" },
+		"long hostname":    func(tr *Tree) { tr.Namespaces[5].Hostname = strings.Repeat("h", 65) },
+		"links on ambient": func(tr *Tree) { tr.Namespaces[3].Ambient = true },
+		"links on uts":     func(tr *Tree) { tr.Namespaces[5].Links = tr.Namespaces[3].Links },
+		"dup link":         func(tr *Tree) { tr.Namespaces[3].Links[1].Name = "lo" },
+		"long link name":   func(tr *Tree) { tr.Namespaces[3].Links[0].Name = "abcdefghijklmnop" },
+		"peer on lo":       func(tr *Tree) { tr.Namespaces[3].Links[0].PeerNS = 4 },
+		"peer not back":    func(tr *Tree) { tr.Namespaces[4].Links[0].PeerName = "lo" },
+		"peer missing":     func(tr *Tree) { tr.Namespaces[3].Links[1].PeerName = "nope" },
+		"peer ns not net":  func(tr *Tree) { tr.Namespaces[3].Links[1].PeerNS = 6 },
+		"route dev":        func(tr *Tree) { tr.Namespaces[3].Routes[0].Dev = "eth9" },
 		"route family": func(tr *Tree) {
 			tr.Namespaces[3].Routes[0].Gateway = netip.MustParseAddr("fe80::1")
 		},

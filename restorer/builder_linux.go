@@ -514,6 +514,12 @@ func die(z uintptr, status int64) {
 //go:nosplit
 func prepareExec(pr *procRec) syscall.Errno {
 	var e syscall.Errno
+	if pr.nmounts != 0 {
+		// A container's mounts on the new root (builder_mounts_linux.go).
+		if e = doMounts(bBase, pr); e != 0 {
+			return e
+		}
+	}
 	if pr.root != 0 {
 		// Before the ids change: chroot needs CAP_SYS_CHROOT.
 		if _, _, e = syscall.RawSyscall(unix.SYS_CHROOT, uintptr(pr.root), 0, 0); e != 0 {

@@ -77,13 +77,18 @@ type procRec struct {
 	// payload (addresses inside the block; 0 = none)
 	path, argv, envp, cwd uint64
 	root                  uint64 // chroot here before the exec (Options.Root)
-	groups                uint64
-	ngroups               int64
-	uid, gid              [3]uint32 // real, effective, saved
-	setCreds              uint32
-	noGroups              uint32 // setgroups is denied in its user ns: skip it
-	stopSelf              uint32 // park instead of exec (stopped payload)
-	subreaper             uint32 // PR_SET_CHILD_SUBREAPER before the payload
+	// mounts: nmounts mountActs to perform before the chroot (a mounter,
+	// exec_mounts.go); mountFail: 1 + the one that failed; stx: scratch.
+	mounts             uint64
+	nmounts, mountFail int64
+	stx                unix.Statx_t
+	groups             uint64
+	ngroups            int64
+	uid, gid           [3]uint32 // real, effective, saved
+	setCreds           uint32
+	noGroups           uint32 // setgroups is denied in its user ns: skip it
+	stopSelf           uint32 // park instead of exec (stopped payload)
+	subreaper          uint32 // PR_SET_CHILD_SUBREAPER before the payload
 	// controlFD is a restored agent's end of its control socket (in the
 	// shared fd table, close-on-exec), -1 for other procs: the builder
 	// dups it to agentconn.ControlFD for its exec (exec_agents.go).
@@ -167,6 +172,7 @@ type block struct {
 	strOff, strN uintptr
 	stacksOff    uintptr
 	nstacks      int
+	mountWhat    map[int][]act // each mounter's actions (exec_mounts.go)
 }
 
 //go:nosplit

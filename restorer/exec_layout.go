@@ -70,7 +70,7 @@ func (a *strArea) u32s(v []uint32) int {
 }
 
 // procStrs are one proc's offsets in the string area (0: none; cwd -1: none).
-type procStrs struct{ path, argv, envp, cwd, root, groups int }
+type procStrs struct{ path, argv, envp, cwd, root, groups, mounts, nmounts int }
 
 // mapFiles are an OpUserMap step's three writes: setgroups, uid_map,
 // gid_map (path, text and length of each).
@@ -83,13 +83,19 @@ type layout struct {
 	procs []procStrs
 	creds []procCreds       // exec_creds.go
 	maps  map[int]*mapFiles // by OpUserMap step
+	// mountWhat: each mounter's actions (exec_mounts.go), for errors.
+	mountWhat map[int][]act
 }
 
 // newBlock lays the plan out in a fresh mapping: the string area first,
 // then the header, one record per proc and one per step.
 func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*block, error) {
-	l := &layout{p: p, procs: make([]procStrs, len(p.Procs)), creds: make([]procCreds, len(p.Procs)), maps: map[int]*mapFiles{}}
+	l := &layout{p: p, procs: make([]procStrs, len(p.Procs)), creds: make([]procCreds, len(p.Procs)), maps: map[int]*mapFiles{},
+		mountWhat: map[int][]act{}}
 	if err := l.addExecStrings(el); err != nil {
+		return nil, err
+	}
+	if err := l.addMounts(); err != nil {
 		return nil, err
 	}
 	if err := l.addCreds(); err != nil {
@@ -102,6 +108,7 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 	if err != nil {
 		return nil, err
 	}
+	b.mountWhat = l.mountWhat
 	l.writeProcs(b, links, mark)
 	if err := l.writeSteps(b); err != nil {
 		b.unmap()
@@ -309,6 +316,9 @@ func (l *layout) writeProcs(b *block, links map[int]*agentLink, mark int) {
 			}
 			if ps.root != 0 {
 				r.root = b.strAddr(ps.root)
+			}
+			if ps.nmounts != 0 {
+				r.mounts, r.nmounts = b.strAddr(ps.mounts), int64(ps.nmounts)
 			}
 		}
 		l.creds[i].put(r, b.strAddr(l.procs[i].groups))

@@ -131,6 +131,10 @@ func (t *tx) waitPayloads() error {
 			continue
 		}
 		if e := atomic.LoadInt32(&r.execErr); e != 0 {
+			if f := atomic.LoadInt64(&r.mountFail); f > 0 && int(f) <= len(t.b.mountWhat[s.Actor]) {
+				return fmt.Errorf("%s, re-creating its mount namespace on %s: %s: %w", t.p.name(s.Actor), t.p.Options.Root,
+					t.b.mountWhat[s.Actor][f-1].what, unix.Errno(e))
+			}
 			tk := &t.p.Tree.Tasks[t.p.Procs[s.Actor].Task]
 			return fmt.Errorf("exec payload of %s (%s): %w", t.p.name(s.Actor), tk.Exe, unix.Errno(e))
 		}

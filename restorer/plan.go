@@ -31,7 +31,8 @@
 //     rollback (exec_commit.go), keeping the shared memory private
 //     (exec_private.go), the host cursor's checks (exec_hostcursor.go),
 //     agents (exec_agents.go), credentials and names (exec_creds.go,
-//     exec_comm.go), network configuration (netcfg.go, rtnl.go).
+//     exec_comm.go), network configuration (netcfg.go, rtnl.go), a
+//     container's mounts on Options.Root (exec_mounts.go).
 //   - builder*_linux.go and trampoline_amd64.s: the code the cloned builder
 //     tasks run, with no Go runtime (raw syscalls only).
 package restorer
@@ -206,6 +207,10 @@ type Options struct {
 	// payload: the builder chroots there before the exec, so Exe and Cwd
 	// resolve in it (`criu restore --root`).
 	Root string
+	// SkipMissingBinds leaves out, with Root, a recorded bind mount from
+	// the host whose source this machine lacks, instead of refusing the
+	// image (ErrMissingBind; MissingBinds lists them for a warning).
+	SkipMissingBinds bool
 	// HostMounts runs such tasks in the restorer's own root instead. With
 	// neither, an image that has one is refused: its programs would
 	// silently be this machine's.
@@ -269,8 +274,14 @@ func (p *Plan) name(i int) string {
 func (p *Plan) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %d procs (%d helpers), %d steps\n", len(p.Procs), p.helpers(), len(p.Steps))
+	mounter := mounters(p) // exec_mounts.go
 	for i, s := range p.Steps {
-		fmt.Fprintf(&b, "%4d %-16s %s\n", i, p.name(s.Actor), p.describe(&s))
+		d := p.describe(&s)
+		if id, ok := mounter[s.Actor]; ok && s.Op == OpPayload {
+			d += fmt.Sprintf(" (first: the %d recorded mounts of mount ns %d on %s)",
+				len(p.Tree.Namespace(id).Mounts), id, p.Options.Root)
+		}
+		fmt.Fprintf(&b, "%4d %-16s %s\n", i, p.name(s.Actor), d)
 	}
 	return b.String()
 }

@@ -73,8 +73,12 @@ func checkRoots(tr *pstree.Tree, opt Options) error {
 	}
 	for i := range tr.Tasks {
 		if t := &tr.Tasks[i]; t.State != pstree.Zombie && t.RootElsewhere && !t.Agent {
-			return fmt.Errorf("task %d (pid %d) ran in another root directory (a container's filesystem; %s is a path in it): restore with --root DIR to run it in that filesystem, or --mounts host to run this machine's: %w",
-				i, t.PID(), t.Exe, ErrUnsupported)
+			mounts := ""
+			if ns := tr.Namespace(t.NS[pstree.MntNS]); ns != nil && len(ns.Mounts) > 0 {
+				mounts = fmt.Sprintf(" with the %d recorded mounts of its mount namespace", len(ns.Mounts))
+			}
+			return fmt.Errorf("task %d (pid %d) ran in another root directory (a container's filesystem; %s is a path in it): restore with --root DIR to run it in that filesystem%s, or --mounts host to run this machine's: %w",
+				i, t.PID(), t.Exe, mounts, ErrUnsupported)
 		}
 	}
 	return nil

@@ -23,6 +23,12 @@ import (
 // stdout) and the container's id, deleted when the test ends.
 func runcBundle(t *testing.T, argv ...string) (bundle, id string, runc func(args ...string) *exec.Cmd) {
 	t.Helper()
+	return runcBundleSpec(t, nil, argv...)
+}
+
+// runcBundleSpec is runcBundle with edit applied to the spec (nil: none).
+func runcBundleSpec(t *testing.T, edit func(spec map[string]any), argv ...string) (bundle, id string, runc func(args ...string) *exec.Cmd) {
+	t.Helper()
 	if _, err := exec.LookPath("runc"); err != nil {
 		t.Skip("needs runc (scripts/install-deps.sh installs it)")
 	}
@@ -50,6 +56,9 @@ func runcBundle(t *testing.T, argv ...string) (bundle, id string, runc func(args
 	proc["terminal"], proc["args"] = false, argv
 	delete(proc, "rlimits") // raising RLIMIT_NOFILE needs CAP_SYS_RESOURCE, which CI lacks
 	spec["root"].(map[string]any)["readonly"] = false
+	if edit != nil {
+		edit(spec)
+	}
 	if b, err = json.Marshal(spec); err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +82,13 @@ var runcSeq atomic.Int64
 // leaves it to the nearest subreaper).
 func runcContainer(t *testing.T, argv ...string) (rootfs string, pid int) {
 	t.Helper()
-	bundle, id, runc := runcBundle(t, argv...)
+	return runcContainerSpec(t, nil, argv...)
+}
+
+// runcContainerSpec is runcContainer with edit applied to the spec.
+func runcContainerSpec(t *testing.T, edit func(spec map[string]any), argv ...string) (rootfs string, pid int) {
+	t.Helper()
+	bundle, id, runc := runcBundleSpec(t, edit, argv...)
 	if out, err := testutil.RunCmd(t, runc("run", "-d", "--bundle", bundle, id)); err != nil {
 		t.Fatalf("runc run: %v\n%s", err, out)
 	}

@@ -33,7 +33,7 @@ type restoreFlags struct {
 	payload, placement        string
 	dry, detach, inheritStdio bool
 	newPidns, quietRoot       bool
-	shellJob                  bool
+	shellJob, skipMissing     bool
 	newRoot, mounts           string
 	agentTimeout              time.Duration
 	log                       diagOptions
@@ -57,6 +57,7 @@ func (f *restoreFlags) flagSet() *cliflag.Set {
 	fs.Bool(&f.newPidns, "into-new-pidns", "restore into a new pid namespace whose PID 1 is nsinit: the image's level 0 becomes that namespace, so no host pid need be free and copies can run side by side")
 	fs.String(&f.newRoot, "r,root", "DIR", "run the tasks whose root directory was a container's filesystem in DIR (chroot before their exec)")
 	fs.String(&f.mounts, "mounts", "host", "with host: run such tasks in this machine's filesystem instead")
+	fs.Bool(&f.skipMissing, "skip-missing-binds", "with --root: leave out, with a warning, a container's bind mount from a host path this machine lacks (without it such an image is refused)")
 	fs.Bool(&f.shellJob, "j,shell-job", "the root's session and group, when led from outside the tree, become nsinit's own (without it such an image restores only from that session and group)")
 	fs.Bool(&f.quietRoot, "no-print-root", "with -d: do not print the root's pid (--into-new-pidns uses it inside)")
 	fs.Duration(&f.agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
@@ -99,6 +100,12 @@ func (f *restoreFlags) options(args []string) (opt restorer.Options, why string)
 			return opt, fmt.Sprintf("--root %s: not a directory", f.newRoot)
 		}
 		opt.Root = abs
+	}
+	if f.skipMissing {
+		if opt.Root == "" {
+			return opt, "--skip-missing-binds needs --root"
+		}
+		opt.SkipMissingBinds = true
 	}
 	switch f.payload {
 	case "", "exec":
@@ -180,6 +187,9 @@ func (f *restoreFlags) innerArgs(opt restorer.Options) []string {
 	if opt.HostMounts {
 		pass = append(pass, "--mounts", "host")
 	}
+	if opt.SkipMissingBinds {
+		pass = append(pass, "--skip-missing-binds")
+	}
 	return pass
 }
 
@@ -215,6 +225,13 @@ func (f *restoreFlags) restoreHere(d *diag, opt restorer.Options) int {
 		return exitStatus(err)
 	}
 	d.logf(1, "image %s: %d tasks, plan of %d steps", f.dir, len(tr.Tasks), len(plan.Steps))
+	for _, err := range restorer.MissingBinds(tr, opt) {
+		if !opt.SkipMissingBinds {
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
+		d.errorf("warning: left out: %v", err)
+	}
 	if f.dry {
 		fmt.Print(plan)
 		return 0

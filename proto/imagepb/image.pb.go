@@ -446,8 +446,11 @@ type Namespace struct {
 	Ambient bool `protobuf:"varint,13,opt,name=ambient,proto3" json:"ambient,omitempty"`
 	// links, routes: contents of a net namespace that is not ambient
 	// (minor 1).
-	Links         []*NetLink  `protobuf:"bytes,14,rep,name=links,proto3" json:"links,omitempty"`
-	Routes        []*NetRoute `protobuf:"bytes,15,rep,name=routes,proto3" json:"routes,omitempty"`
+	Links  []*NetLink  `protobuf:"bytes,14,rep,name=links,proto3" json:"links,omitempty"`
+	Routes []*NetRoute `protobuf:"bytes,15,rep,name=routes,proto3" json:"routes,omitempty"`
+	// mounts: of a mount namespace that is not ambient, as mountinfo of one
+	// of its members lists them, in that order (minor 6).
+	Mounts        []*Mount `protobuf:"bytes,16,rep,name=mounts,proto3" json:"mounts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -587,6 +590,130 @@ func (x *Namespace) GetRoutes() []*NetRoute {
 	return nil
 }
 
+func (x *Namespace) GetMounts() []*Mount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+// Mount is one line of /proc/PID/mountinfo (pstree.Mount).
+type Mount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// point: the mount point, absolute and clean, from the member's root.
+	Point []byte `protobuf:"bytes,1,opt,name=point,proto3" json:"point,omitempty"`
+	// root: the directory of the filesystem mounted there ("/": all of it).
+	Root   []byte `protobuf:"bytes,2,opt,name=root,proto3" json:"root,omitempty"`
+	Fstype []byte `protobuf:"bytes,3,opt,name=fstype,proto3" json:"fstype,omitempty"`
+	Source []byte `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// options: per mount (rw,nosuid,...); super_options: the filesystem's.
+	Options      []byte `protobuf:"bytes,5,opt,name=options,proto3" json:"options,omitempty"`
+	SuperOptions []byte `protobuf:"bytes,6,opt,name=super_options,json=superOptions,proto3" json:"super_options,omitempty"`
+	// bind_of: 1 + index of an earlier mount of the same filesystem whose
+	// root contains this root (a bind mount of a part of it); 0: none.
+	BindOf uint32 `protobuf:"varint,7,opt,name=bind_of,json=bindOf,proto3" json:"bind_of,omitempty"`
+	// host_path: where the dumper saw root of a filesystem no earlier mount
+	// shows (a bind mount from the host); empty when it saw none.
+	HostPath []byte `protobuf:"bytes,8,opt,name=host_path,json=hostPath,proto3" json:"host_path,omitempty"`
+	// pid_ns: of a proc mount, the pid namespace it shows (0: unknown).
+	PidNs         uint32 `protobuf:"varint,9,opt,name=pid_ns,json=pidNs,proto3" json:"pid_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mount) Reset() {
+	*x = Mount{}
+	mi := &file_image_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mount) ProtoMessage() {}
+
+func (x *Mount) ProtoReflect() protoreflect.Message {
+	mi := &file_image_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mount.ProtoReflect.Descriptor instead.
+func (*Mount) Descriptor() ([]byte, []int) {
+	return file_image_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Mount) GetPoint() []byte {
+	if x != nil {
+		return x.Point
+	}
+	return nil
+}
+
+func (x *Mount) GetRoot() []byte {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *Mount) GetFstype() []byte {
+	if x != nil {
+		return x.Fstype
+	}
+	return nil
+}
+
+func (x *Mount) GetSource() []byte {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *Mount) GetOptions() []byte {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+func (x *Mount) GetSuperOptions() []byte {
+	if x != nil {
+		return x.SuperOptions
+	}
+	return nil
+}
+
+func (x *Mount) GetBindOf() uint32 {
+	if x != nil {
+		return x.BindOf
+	}
+	return 0
+}
+
+func (x *Mount) GetHostPath() []byte {
+	if x != nil {
+		return x.HostPath
+	}
+	return nil
+}
+
+func (x *Mount) GetPidNs() uint32 {
+	if x != nil {
+		return x.PidNs
+	}
+	return 0
+}
+
 // NetPrefix is an address with a prefix length; ip is 4 or 16 bytes and is
 // not masked (10.0.0.1/24).
 type NetPrefix struct {
@@ -599,7 +726,7 @@ type NetPrefix struct {
 
 func (x *NetPrefix) Reset() {
 	*x = NetPrefix{}
-	mi := &file_image_proto_msgTypes[3]
+	mi := &file_image_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +738,7 @@ func (x *NetPrefix) String() string {
 func (*NetPrefix) ProtoMessage() {}
 
 func (x *NetPrefix) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[3]
+	mi := &file_image_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +751,7 @@ func (x *NetPrefix) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetPrefix.ProtoReflect.Descriptor instead.
 func (*NetPrefix) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{3}
+	return file_image_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NetPrefix) GetIp() []byte {
@@ -661,7 +788,7 @@ type NetLink struct {
 
 func (x *NetLink) Reset() {
 	*x = NetLink{}
-	mi := &file_image_proto_msgTypes[4]
+	mi := &file_image_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +800,7 @@ func (x *NetLink) String() string {
 func (*NetLink) ProtoMessage() {}
 
 func (x *NetLink) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[4]
+	mi := &file_image_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +813,7 @@ func (x *NetLink) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetLink.ProtoReflect.Descriptor instead.
 func (*NetLink) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{4}
+	return file_image_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NetLink) GetName() []byte {
@@ -773,7 +900,7 @@ type NetRoute struct {
 
 func (x *NetRoute) Reset() {
 	*x = NetRoute{}
-	mi := &file_image_proto_msgTypes[5]
+	mi := &file_image_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +912,7 @@ func (x *NetRoute) String() string {
 func (*NetRoute) ProtoMessage() {}
 
 func (x *NetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[5]
+	mi := &file_image_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +925,7 @@ func (x *NetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetRoute.ProtoReflect.Descriptor instead.
 func (*NetRoute) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{5}
+	return file_image_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NetRoute) GetDst() *NetPrefix {
@@ -883,7 +1010,7 @@ type NSSet struct {
 
 func (x *NSSet) Reset() {
 	*x = NSSet{}
-	mi := &file_image_proto_msgTypes[6]
+	mi := &file_image_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1022,7 @@ func (x *NSSet) String() string {
 func (*NSSet) ProtoMessage() {}
 
 func (x *NSSet) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[6]
+	mi := &file_image_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1035,7 @@ func (x *NSSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NSSet.ProtoReflect.Descriptor instead.
 func (*NSSet) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{6}
+	return file_image_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *NSSet) GetPid() uint32 {
@@ -996,7 +1123,7 @@ type Creds struct {
 
 func (x *Creds) Reset() {
 	*x = Creds{}
-	mi := &file_image_proto_msgTypes[7]
+	mi := &file_image_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1135,7 @@ func (x *Creds) String() string {
 func (*Creds) ProtoMessage() {}
 
 func (x *Creds) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[7]
+	mi := &file_image_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1148,7 @@ func (x *Creds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Creds.ProtoReflect.Descriptor instead.
 func (*Creds) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{7}
+	return file_image_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Creds) GetUid() uint32 {
@@ -1135,7 +1262,7 @@ type Thread struct {
 
 func (x *Thread) Reset() {
 	*x = Thread{}
-	mi := &file_image_proto_msgTypes[8]
+	mi := &file_image_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1274,7 @@ func (x *Thread) String() string {
 func (*Thread) ProtoMessage() {}
 
 func (x *Thread) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[8]
+	mi := &file_image_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1287,7 @@ func (x *Thread) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Thread.ProtoReflect.Descriptor instead.
 func (*Thread) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{8}
+	return file_image_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Thread) GetTids() []int32 {
@@ -1229,7 +1356,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_image_proto_msgTypes[9]
+	mi := &file_image_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1368,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[9]
+	mi := &file_image_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1381,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{9}
+	return file_image_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Task) GetPids() []int32 {
@@ -1412,7 +1539,7 @@ type StateImage struct {
 
 func (x *StateImage) Reset() {
 	*x = StateImage{}
-	mi := &file_image_proto_msgTypes[10]
+	mi := &file_image_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1551,7 @@ func (x *StateImage) String() string {
 func (*StateImage) ProtoMessage() {}
 
 func (x *StateImage) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[10]
+	mi := &file_image_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1564,7 @@ func (x *StateImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateImage.ProtoReflect.Descriptor instead.
 func (*StateImage) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{10}
+	return file_image_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StateImage) GetTasks() []*TaskSaved {
@@ -1474,7 +1601,7 @@ type Pipe struct {
 
 func (x *Pipe) Reset() {
 	*x = Pipe{}
-	mi := &file_image_proto_msgTypes[11]
+	mi := &file_image_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1486,7 +1613,7 @@ func (x *Pipe) String() string {
 func (*Pipe) ProtoMessage() {}
 
 func (x *Pipe) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[11]
+	mi := &file_image_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1499,7 +1626,7 @@ func (x *Pipe) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pipe.ProtoReflect.Descriptor instead.
 func (*Pipe) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{11}
+	return file_image_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Pipe) GetId() uint64 {
@@ -1537,7 +1664,7 @@ type PageRun struct {
 
 func (x *PageRun) Reset() {
 	*x = PageRun{}
-	mi := &file_image_proto_msgTypes[12]
+	mi := &file_image_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1676,7 @@ func (x *PageRun) String() string {
 func (*PageRun) ProtoMessage() {}
 
 func (x *PageRun) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[12]
+	mi := &file_image_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1689,7 @@ func (x *PageRun) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PageRun.ProtoReflect.Descriptor instead.
 func (*PageRun) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{12}
+	return file_image_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PageRun) GetAddr() uint64 {
@@ -1612,7 +1739,7 @@ type VMA struct {
 
 func (x *VMA) Reset() {
 	*x = VMA{}
-	mi := &file_image_proto_msgTypes[13]
+	mi := &file_image_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1624,7 +1751,7 @@ func (x *VMA) String() string {
 func (*VMA) ProtoMessage() {}
 
 func (x *VMA) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[13]
+	mi := &file_image_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1637,7 +1764,7 @@ func (x *VMA) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMA.ProtoReflect.Descriptor instead.
 func (*VMA) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{13}
+	return file_image_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VMA) GetStart() uint64 {
@@ -1739,7 +1866,7 @@ type MMLayout struct {
 
 func (x *MMLayout) Reset() {
 	*x = MMLayout{}
-	mi := &file_image_proto_msgTypes[14]
+	mi := &file_image_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1878,7 @@ func (x *MMLayout) String() string {
 func (*MMLayout) ProtoMessage() {}
 
 func (x *MMLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[14]
+	mi := &file_image_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1891,7 @@ func (x *MMLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MMLayout.ProtoReflect.Descriptor instead.
 func (*MMLayout) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{14}
+	return file_image_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MMLayout) GetStartCode() uint64 {
@@ -1868,7 +1995,7 @@ type OpenFile struct {
 
 func (x *OpenFile) Reset() {
 	*x = OpenFile{}
-	mi := &file_image_proto_msgTypes[15]
+	mi := &file_image_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2007,7 @@ func (x *OpenFile) String() string {
 func (*OpenFile) ProtoMessage() {}
 
 func (x *OpenFile) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[15]
+	mi := &file_image_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2020,7 @@ func (x *OpenFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenFile.ProtoReflect.Descriptor instead.
 func (*OpenFile) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{15}
+	return file_image_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *OpenFile) GetFd() int32 {
@@ -1995,7 +2122,7 @@ type TaskSaved struct {
 
 func (x *TaskSaved) Reset() {
 	*x = TaskSaved{}
-	mi := &file_image_proto_msgTypes[16]
+	mi := &file_image_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2134,7 @@ func (x *TaskSaved) String() string {
 func (*TaskSaved) ProtoMessage() {}
 
 func (x *TaskSaved) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[16]
+	mi := &file_image_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2147,7 @@ func (x *TaskSaved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSaved.ProtoReflect.Descriptor instead.
 func (*TaskSaved) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{16}
+	return file_image_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TaskSaved) GetPid() int64 {
@@ -2259,7 +2386,7 @@ type ThreadSaved struct {
 
 func (x *ThreadSaved) Reset() {
 	*x = ThreadSaved{}
-	mi := &file_image_proto_msgTypes[17]
+	mi := &file_image_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2271,7 +2398,7 @@ func (x *ThreadSaved) String() string {
 func (*ThreadSaved) ProtoMessage() {}
 
 func (x *ThreadSaved) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[17]
+	mi := &file_image_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2284,7 +2411,7 @@ func (x *ThreadSaved) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ThreadSaved.ProtoReflect.Descriptor instead.
 func (*ThreadSaved) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{17}
+	return file_image_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ThreadSaved) GetTid() int64 {
@@ -2409,7 +2536,7 @@ type Rlimit struct {
 
 func (x *Rlimit) Reset() {
 	*x = Rlimit{}
-	mi := &file_image_proto_msgTypes[18]
+	mi := &file_image_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2421,7 +2548,7 @@ func (x *Rlimit) String() string {
 func (*Rlimit) ProtoMessage() {}
 
 func (x *Rlimit) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[18]
+	mi := &file_image_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2434,7 +2561,7 @@ func (x *Rlimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rlimit.ProtoReflect.Descriptor instead.
 func (*Rlimit) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{18}
+	return file_image_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Rlimit) GetSoft() uint64 {
@@ -2464,7 +2591,7 @@ type SigHandler struct {
 
 func (x *SigHandler) Reset() {
 	*x = SigHandler{}
-	mi := &file_image_proto_msgTypes[19]
+	mi := &file_image_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2603,7 @@ func (x *SigHandler) String() string {
 func (*SigHandler) ProtoMessage() {}
 
 func (x *SigHandler) ProtoReflect() protoreflect.Message {
-	mi := &file_image_proto_msgTypes[19]
+	mi := &file_image_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2489,7 +2616,7 @@ func (x *SigHandler) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SigHandler.ProtoReflect.Descriptor instead.
 func (*SigHandler) Descriptor() ([]byte, []int) {
-	return file_image_proto_rawDescGZIP(), []int{19}
+	return file_image_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SigHandler) GetSig() uint32 {
@@ -2546,7 +2673,7 @@ const file_image_proto_rawDesc = "" +
 	"IDMapEntry\x12\x16\n" +
 	"\x06inside\x18\x01 \x01(\rR\x06inside\x12\x18\n" +
 	"\aoutside\x18\x02 \x01(\rR\aoutside\x12\x14\n" +
-	"\x05count\x18\x03 \x01(\rR\x05count\"\x96\x04\n" +
+	"\x05count\x18\x03 \x01(\rR\x05count\"\xc6\x04\n" +
 	"\tNamespace\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\rR\x02id\x12+\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x17.nsinit.image.v1.NSKindR\x04kind\x12\x16\n" +
@@ -2565,7 +2692,18 @@ const file_image_proto_rawDesc = "" +
 	"domainname\x12\x18\n" +
 	"\aambient\x18\r \x01(\bR\aambient\x12.\n" +
 	"\x05links\x18\x0e \x03(\v2\x18.nsinit.image.v1.NetLinkR\x05links\x121\n" +
-	"\x06routes\x18\x0f \x03(\v2\x19.nsinit.image.v1.NetRouteR\x06routes\"/\n" +
+	"\x06routes\x18\x0f \x03(\v2\x19.nsinit.image.v1.NetRouteR\x06routes\x12.\n" +
+	"\x06mounts\x18\x10 \x03(\v2\x16.nsinit.image.v1.MountR\x06mounts\"\xed\x01\n" +
+	"\x05Mount\x12\x14\n" +
+	"\x05point\x18\x01 \x01(\fR\x05point\x12\x12\n" +
+	"\x04root\x18\x02 \x01(\fR\x04root\x12\x16\n" +
+	"\x06fstype\x18\x03 \x01(\fR\x06fstype\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\fR\x06source\x12\x18\n" +
+	"\aoptions\x18\x05 \x01(\fR\aoptions\x12#\n" +
+	"\rsuper_options\x18\x06 \x01(\fR\fsuperOptions\x12\x17\n" +
+	"\abind_of\x18\a \x01(\rR\x06bindOf\x12\x1b\n" +
+	"\thost_path\x18\b \x01(\fR\bhostPath\x12\x15\n" +
+	"\x06pid_ns\x18\t \x01(\rR\x05pidNs\"/\n" +
 	"\tNetPrefix\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\fR\x02ip\x12\x12\n" +
 	"\x04bits\x18\x02 \x01(\rR\x04bits\"\x85\x02\n" +
@@ -2810,7 +2948,7 @@ func file_image_proto_rawDescGZIP() []byte {
 }
 
 var file_image_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_image_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_image_proto_goTypes = []any{
 	(NSKind)(0),         // 0: nsinit.image.v1.NSKind
 	(LinkKind)(0),       // 1: nsinit.image.v1.LinkKind
@@ -2819,55 +2957,57 @@ var file_image_proto_goTypes = []any{
 	(*Image)(nil),       // 4: nsinit.image.v1.Image
 	(*IDMapEntry)(nil),  // 5: nsinit.image.v1.IDMapEntry
 	(*Namespace)(nil),   // 6: nsinit.image.v1.Namespace
-	(*NetPrefix)(nil),   // 7: nsinit.image.v1.NetPrefix
-	(*NetLink)(nil),     // 8: nsinit.image.v1.NetLink
-	(*NetRoute)(nil),    // 9: nsinit.image.v1.NetRoute
-	(*NSSet)(nil),       // 10: nsinit.image.v1.NSSet
-	(*Creds)(nil),       // 11: nsinit.image.v1.Creds
-	(*Thread)(nil),      // 12: nsinit.image.v1.Thread
-	(*Task)(nil),        // 13: nsinit.image.v1.Task
-	(*StateImage)(nil),  // 14: nsinit.image.v1.StateImage
-	(*Pipe)(nil),        // 15: nsinit.image.v1.Pipe
-	(*PageRun)(nil),     // 16: nsinit.image.v1.PageRun
-	(*VMA)(nil),         // 17: nsinit.image.v1.VMA
-	(*MMLayout)(nil),    // 18: nsinit.image.v1.MMLayout
-	(*OpenFile)(nil),    // 19: nsinit.image.v1.OpenFile
-	(*TaskSaved)(nil),   // 20: nsinit.image.v1.TaskSaved
-	(*ThreadSaved)(nil), // 21: nsinit.image.v1.ThreadSaved
-	(*Rlimit)(nil),      // 22: nsinit.image.v1.Rlimit
-	(*SigHandler)(nil),  // 23: nsinit.image.v1.SigHandler
+	(*Mount)(nil),       // 7: nsinit.image.v1.Mount
+	(*NetPrefix)(nil),   // 8: nsinit.image.v1.NetPrefix
+	(*NetLink)(nil),     // 9: nsinit.image.v1.NetLink
+	(*NetRoute)(nil),    // 10: nsinit.image.v1.NetRoute
+	(*NSSet)(nil),       // 11: nsinit.image.v1.NSSet
+	(*Creds)(nil),       // 12: nsinit.image.v1.Creds
+	(*Thread)(nil),      // 13: nsinit.image.v1.Thread
+	(*Task)(nil),        // 14: nsinit.image.v1.Task
+	(*StateImage)(nil),  // 15: nsinit.image.v1.StateImage
+	(*Pipe)(nil),        // 16: nsinit.image.v1.Pipe
+	(*PageRun)(nil),     // 17: nsinit.image.v1.PageRun
+	(*VMA)(nil),         // 18: nsinit.image.v1.VMA
+	(*MMLayout)(nil),    // 19: nsinit.image.v1.MMLayout
+	(*OpenFile)(nil),    // 20: nsinit.image.v1.OpenFile
+	(*TaskSaved)(nil),   // 21: nsinit.image.v1.TaskSaved
+	(*ThreadSaved)(nil), // 22: nsinit.image.v1.ThreadSaved
+	(*Rlimit)(nil),      // 23: nsinit.image.v1.Rlimit
+	(*SigHandler)(nil),  // 24: nsinit.image.v1.SigHandler
 }
 var file_image_proto_depIdxs = []int32{
 	6,  // 0: nsinit.image.v1.Image.namespaces:type_name -> nsinit.image.v1.Namespace
-	13, // 1: nsinit.image.v1.Image.tasks:type_name -> nsinit.image.v1.Task
+	14, // 1: nsinit.image.v1.Image.tasks:type_name -> nsinit.image.v1.Task
 	0,  // 2: nsinit.image.v1.Namespace.kind:type_name -> nsinit.image.v1.NSKind
 	5,  // 3: nsinit.image.v1.Namespace.uid_map:type_name -> nsinit.image.v1.IDMapEntry
 	5,  // 4: nsinit.image.v1.Namespace.gid_map:type_name -> nsinit.image.v1.IDMapEntry
-	8,  // 5: nsinit.image.v1.Namespace.links:type_name -> nsinit.image.v1.NetLink
-	9,  // 6: nsinit.image.v1.Namespace.routes:type_name -> nsinit.image.v1.NetRoute
-	1,  // 7: nsinit.image.v1.NetLink.kind:type_name -> nsinit.image.v1.LinkKind
-	7,  // 8: nsinit.image.v1.NetLink.addrs:type_name -> nsinit.image.v1.NetPrefix
-	7,  // 9: nsinit.image.v1.NetRoute.dst:type_name -> nsinit.image.v1.NetPrefix
-	2,  // 10: nsinit.image.v1.Thread.state:type_name -> nsinit.image.v1.TaskState
-	2,  // 11: nsinit.image.v1.Task.state:type_name -> nsinit.image.v1.TaskState
-	12, // 12: nsinit.image.v1.Task.threads:type_name -> nsinit.image.v1.Thread
-	10, // 13: nsinit.image.v1.Task.ns:type_name -> nsinit.image.v1.NSSet
-	11, // 14: nsinit.image.v1.Task.creds:type_name -> nsinit.image.v1.Creds
-	20, // 15: nsinit.image.v1.StateImage.tasks:type_name -> nsinit.image.v1.TaskSaved
-	15, // 16: nsinit.image.v1.StateImage.pipes:type_name -> nsinit.image.v1.Pipe
-	3,  // 17: nsinit.image.v1.VMA.kind:type_name -> nsinit.image.v1.VMAKind
-	16, // 18: nsinit.image.v1.VMA.pages:type_name -> nsinit.image.v1.PageRun
-	17, // 19: nsinit.image.v1.TaskSaved.vmas:type_name -> nsinit.image.v1.VMA
-	18, // 20: nsinit.image.v1.TaskSaved.mm:type_name -> nsinit.image.v1.MMLayout
-	19, // 21: nsinit.image.v1.TaskSaved.files:type_name -> nsinit.image.v1.OpenFile
-	23, // 22: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
-	22, // 23: nsinit.image.v1.TaskSaved.rlimits:type_name -> nsinit.image.v1.Rlimit
-	21, // 24: nsinit.image.v1.TaskSaved.threads:type_name -> nsinit.image.v1.ThreadSaved
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	9,  // 5: nsinit.image.v1.Namespace.links:type_name -> nsinit.image.v1.NetLink
+	10, // 6: nsinit.image.v1.Namespace.routes:type_name -> nsinit.image.v1.NetRoute
+	7,  // 7: nsinit.image.v1.Namespace.mounts:type_name -> nsinit.image.v1.Mount
+	1,  // 8: nsinit.image.v1.NetLink.kind:type_name -> nsinit.image.v1.LinkKind
+	8,  // 9: nsinit.image.v1.NetLink.addrs:type_name -> nsinit.image.v1.NetPrefix
+	8,  // 10: nsinit.image.v1.NetRoute.dst:type_name -> nsinit.image.v1.NetPrefix
+	2,  // 11: nsinit.image.v1.Thread.state:type_name -> nsinit.image.v1.TaskState
+	2,  // 12: nsinit.image.v1.Task.state:type_name -> nsinit.image.v1.TaskState
+	13, // 13: nsinit.image.v1.Task.threads:type_name -> nsinit.image.v1.Thread
+	11, // 14: nsinit.image.v1.Task.ns:type_name -> nsinit.image.v1.NSSet
+	12, // 15: nsinit.image.v1.Task.creds:type_name -> nsinit.image.v1.Creds
+	21, // 16: nsinit.image.v1.StateImage.tasks:type_name -> nsinit.image.v1.TaskSaved
+	16, // 17: nsinit.image.v1.StateImage.pipes:type_name -> nsinit.image.v1.Pipe
+	3,  // 18: nsinit.image.v1.VMA.kind:type_name -> nsinit.image.v1.VMAKind
+	17, // 19: nsinit.image.v1.VMA.pages:type_name -> nsinit.image.v1.PageRun
+	18, // 20: nsinit.image.v1.TaskSaved.vmas:type_name -> nsinit.image.v1.VMA
+	19, // 21: nsinit.image.v1.TaskSaved.mm:type_name -> nsinit.image.v1.MMLayout
+	20, // 22: nsinit.image.v1.TaskSaved.files:type_name -> nsinit.image.v1.OpenFile
+	24, // 23: nsinit.image.v1.TaskSaved.handlers:type_name -> nsinit.image.v1.SigHandler
+	23, // 24: nsinit.image.v1.TaskSaved.rlimits:type_name -> nsinit.image.v1.Rlimit
+	22, // 25: nsinit.image.v1.TaskSaved.threads:type_name -> nsinit.image.v1.ThreadSaved
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_image_proto_init() }
@@ -2881,7 +3021,7 @@ func file_image_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_image_proto_rawDesc), len(file_image_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
