@@ -386,8 +386,12 @@ func TestParentDeathSignal(t *testing.T) {
 	testutil.Require(t, testutil.Root)
 	bb := busybox(t)
 	pidFile := filepath.Join(t.TempDir(), "nsinit.pid")
-	// The shell starts nsinit in the background, records its pid and exits.
-	sh := exec.Command(bb, "sh", "-c", fmt.Sprintf("%s -p TERM -- %s sleep 1000 & echo $! > %s; sleep 0.2",
+	// The shell starts nsinit in the background, records its pid and exits
+	// once nsinit has started its command (it sets the parent-death signal
+	// before): a parent that dies earlier, before any of nsinit's code
+	// runs, leaves nothing for the kernel to signal (as with tini).
+	sh := exec.Command(bb, "sh", "-c", fmt.Sprintf("%s -p TERM -- %s sleep 1000 & p=$!; echo $p > %s; "+
+		`until [ -n "$(cat /proc/$p/task/*/children 2>/dev/null)" ]; do :; done`,
 		testutil.Binary(t), bb, pidFile))
 	if err := sh.Run(); err != nil {
 		t.Fatal(err)
