@@ -67,6 +67,11 @@ func nsinitCmd(t *testing.T, args ...string) *exec.Cmd {
 
 // runStatus runs cmd to completion within a deadline and returns its exit
 // status; a hang fails the test instead of hanging the suite.
+// hangBound is how long the tests wait for an event before they call it a
+// hang: far beyond what any event takes, so that only a hang reaches it on
+// a machine loaded to a load average of hundreds.
+const hangBound = 2 * time.Minute
+
 func runStatus(t *testing.T, cmd *exec.Cmd, deadline time.Duration) int {
 	t.Helper()
 	if err := cmd.Start(); err != nil {
@@ -95,7 +100,7 @@ func TestExitCodes(t *testing.T) {
 	testutil.Require(t, testutil.Root)
 	bb := busybox(t)
 	for code := 0; code <= 255; code++ {
-		st := runStatus(t, nsinitCmd(t, "--", bb, "sh", "-c", "exit "+strconv.Itoa(code)), 10*time.Second)
+		st := runStatus(t, nsinitCmd(t, "--", bb, "sh", "-c", "exit "+strconv.Itoa(code)), hangBound)
 		if st != code {
 			t.Errorf("command exit %d: nsinit exited %d", code, st)
 		}
@@ -110,7 +115,7 @@ func TestSignalDeaths(t *testing.T) {
 		// The shell kills itself; by default it would exit with the status
 		// of the signal the kernel gives its exec'd process.
 		script := fmt.Sprintf("trap - %d; kill -%d $$; sleep 5", sig, sig)
-		st := runStatus(t, nsinitCmd(t, "--", bb, "sh", "-c", script), 10*time.Second)
+		st := runStatus(t, nsinitCmd(t, "--", bb, "sh", "-c", script), hangBound)
 		if want := 128 + int(sig); st != want {
 			t.Errorf("command killed by %v: nsinit exited %d, want %d", sig, st, want)
 		}
@@ -136,7 +141,7 @@ func TestStartFailures(t *testing.T) {
 		cmd := nsinitCmd(t, c.args...)
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
-		st := runStatus(t, cmd, 10*time.Second)
+		st := runStatus(t, cmd, hangBound)
 		if st != c.want || !strings.Contains(stderr.String(), c.msg) {
 			t.Errorf("nsinit %v: status %d, stderr %q; want %d and %q", c.args, st, stderr.String(), c.want, c.msg)
 		}
@@ -175,7 +180,7 @@ func TestSignalForwarding(t *testing.T) {
 				b, _ := os.ReadFile(log)
 				return strings.Split(strings.TrimSpace(string(b)), "\n")
 			}
-			waitFor(t, "the recorder to start", 10*time.Second, func() bool { return lines()[0] == "ready 0" })
+			waitFor(t, "the recorder to start", hangBound, func() bool { return lines()[0] == "ready 0" })
 
 			var want []string
 			want = append(want, "ready 0")
@@ -189,7 +194,7 @@ func TestSignalForwarding(t *testing.T) {
 				}
 				line := fmt.Sprintf("%d 1", s)
 				want = append(want, line)
-				waitFor(t, fmt.Sprintf("signal %d to arrive", s), 10*time.Second, func() bool {
+				waitFor(t, fmt.Sprintf("signal %d to arrive", s), hangBound, func() bool {
 					return len(lines()) >= len(want)
 				})
 			}
@@ -326,7 +331,7 @@ func TestSubreaper(t *testing.T) {
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	var orphan int
-	waitFor(t, "the orphan's pid", 10*time.Second, func() bool {
+	waitFor(t, "the orphan's pid", hangBound, func() bool {
 		b, _ := os.ReadFile(pidFile)
 		orphan, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 		return orphan > 0
@@ -336,14 +341,14 @@ func TestSubreaper(t *testing.T) {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", orphan))
 		return string(b)
 	}
-	waitFor(t, "the orphan to be re-parented to nsinit", 10*time.Second, func() bool {
+	waitFor(t, "the orphan to be re-parented to nsinit", hangBound, func() bool {
 		return testutil.Field(status(), "PPid") == strconv.Itoa(cmd.Process.Pid)
 	})
 	syscall.Kill(orphan, syscall.SIGKILL)
-	waitFor(t, "nsinit to reap the orphan", 10*time.Second, func() bool { return status() == "" })
+	waitFor(t, "nsinit to reap the orphan", hangBound, func() bool { return status() == "" })
 	// SIGTERM is forwarded to the command, which dies of it: 128+15.
 	cmd.Process.Signal(syscall.SIGTERM)
-	if st := runStatusStarted(t, cmd, 10*time.Second); st != 143 {
+	if st := runStatusStarted(t, cmd, hangBound); st != 143 {
 		t.Errorf("nsinit exited %d after SIGTERM, want 143", st)
 	}
 }
@@ -374,7 +379,7 @@ func runStatusStarted(t *testing.T, cmd *exec.Cmd, deadline time.Duration) int {
 func TestSimultaneousExit(t *testing.T) {
 	testutil.Require(t, testutil.Root)
 	for i := 0; i < 300; i++ {
-		if st := runStatus(t, nsinitCmd(t, "--", helper(t), "together", "5"), 10*time.Second); st != 5 {
+		if st := runStatus(t, nsinitCmd(t, "--", helper(t), "together", "5"), hangBound); st != 5 {
 			t.Fatalf("round %d: nsinit exited %d, want 5", i, st)
 		}
 	}
@@ -402,7 +407,7 @@ func TestParentDeathSignal(t *testing.T) {
 		t.Fatal("no nsinit pid")
 	}
 	defer syscall.Kill(pid, syscall.SIGKILL)
-	waitFor(t, "nsinit to exit after its parent died", 10*time.Second, func() bool {
+	waitFor(t, "nsinit to exit after its parent died", hangBound, func() bool {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		return err != nil || strings.HasPrefix(testutil.Field(string(b), "State"), "Z")
 	})
@@ -440,7 +445,7 @@ func TestForegroundTerminal(t *testing.T) {
 	var out []byte
 	var child int
 	buf := make([]byte, 256)
-	waitFor(t, "the command to print its pid", 10*time.Second, func() bool {
+	waitFor(t, "the command to print its pid", hangBound, func() bool {
 		master.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		k, _ := master.Read(buf)
 		out = append(out, buf[:k]...)
@@ -453,7 +458,7 @@ func TestForegroundTerminal(t *testing.T) {
 	if child == cmd.Process.Pid {
 		t.Fatalf("the command is nsinit itself (pid %d)", child)
 	}
-	waitFor(t, fmt.Sprintf("the command's group %d to be in the foreground", child), 10*time.Second, func() bool {
+	waitFor(t, fmt.Sprintf("the command's group %d to be in the foreground", child), hangBound, func() bool {
 		pg, err := unix.IoctlGetInt(int(master.Fd()), unix.TIOCGPGRP)
 		return err == nil && pg == child
 	})

@@ -74,7 +74,7 @@ func TestWarnOnReap(t *testing.T) {
 					t.Logf("stderr: %s", l)
 				}
 			} else {
-				waitFor(t, "nsinit to reap the orphan", 10*time.Second, func() bool {
+				waitFor(t, "nsinit to reap the orphan", hangBound, func() bool {
 					_, err := os.Stat(fmt.Sprintf("/proc/%d", orphan))
 					return err != nil
 				})
