@@ -11,7 +11,9 @@ import (
 // it inherited from its creator either creates it (unshare, the first
 // member the plan creates) or joins it (setns through the pidfd of a live
 // member), right after its birth and before it creates anyone, so its
-// kids inherit it. Ambient namespaces (the dumper's own) are the
+// kids inherit it - except a user namespace below the one its kids need
+// and the namespaces that one owns, which it reaches in stages
+// (planner_userstage.go). Ambient namespaces (the dumper's own) are the
 // restorer's own: the level-0 cursor writer, which never leaves them, is
 // the member to join them through. Contents: hostnames (uts), net
 // namespace contents (netcfg.go); ipc, mnt and cgroup contents are not

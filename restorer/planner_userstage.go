@@ -65,9 +65,9 @@ func (pl *planner) deepestAbove(f pstree.NSID, all ...pstree.NSID) pstree.NSID {
 }
 
 // bornUser is the deepest user namespace proc c can be born in and still
-// create its kids: a task's
-// startUser; for a helper (which never changes user namespace) the deepest
-// one above what every kid of it needs; 0 when nothing constrains it.
+// create its kids: a task's startUser; for a helper (which never changes
+// user namespace) the deepest one above what every kid of it needs; 0
+// when nothing constrains it.
 func (pl *planner) bornUser(c int) pstree.NSID {
 	if pl.plan.Procs[c].Task >= 0 {
 		return pl.startUser(c)
