@@ -16,10 +16,13 @@ import (
 
 // historySeeds run in the regular test: together their histories make
 // every operation of testdata/histories.c's table succeed at least once
-// (each seed's log ends with the operations the kernel accepted).
+// (each seed's log ends with the operations the kernel accepted), and
+// 15, 20, 146 and 184 are tasks that changed user namespace after creating
+// children or through an intermediate one (user namespace stages,
+// planner_userstage.go).
 // NSINIT_HISTORY_SEEDS=N runs seeds 1..N instead (A-B: seeds A..B), and
 // NSINIT_HISTORY_SEED=S seed S alone.
-var historySeeds = []int64{2, 5, 22, 26, 37, 56, 71, 90, 94, 95, 103, 107, 108, 113, 122, 124, 125, 155, 177, 198}
+var historySeeds = []int64{2, 5, 15, 20, 22, 26, 37, 56, 71, 90, 94, 95, 103, 107, 108, 113, 122, 124, 125, 146, 155, 177, 184, 198}
 
 // historiesBin builds testdata/histories.c into a directory every uid can
 // read: the exec payload runs it again as the ids of each restored task.

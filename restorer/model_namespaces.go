@@ -25,6 +25,9 @@ func (m *model) unshareNS(pl *Plan, s *Step) error {
 	// unshare(2) creates the user namespace first; it owns the others.
 	owner := a.nsk[pstree.UserNS]
 	if u := s.NS[pstree.UserNS]; u != 0 {
+		if len(a.threads) > 0 {
+			return fmt.Errorf("unshare user namespace %d by a task with threads: EINVAL", u)
+		}
 		ns := m.tr.Namespace(u)
 		if ns.Parent != 0 && ns.Parent != owner {
 			return fmt.Errorf("unshare user namespace %d from user namespace %d, its parent is %d", u, owner, ns.Parent)
@@ -68,6 +71,9 @@ func (m *model) setnsNS(pl *Plan, s *Step) error {
 		over := m.ownerOf(id)
 		if pstree.NSKind(k) == pstree.UserNS {
 			over = id
+			if len(a.threads) > 0 {
+				return fmt.Errorf("setns user %d by a task with threads: EINVAL", id)
+			}
 		}
 		if !m.capable(a.nsk[pstree.UserNS], over) {
 			return fmt.Errorf("setns %v %d: no capability in its user namespace %d from %d: EPERM", pstree.NSKind(k), id, over, a.nsk[pstree.UserNS])
@@ -183,8 +189,14 @@ func (m *model) setPFC(pl *Plan, s *Step) error {
 		if n == nil || n.parent != a.ns || n.init >= 0 || n.made {
 			return fmt.Errorf("unshare(CLONE_NEWPID) as pid ns %d: not a fresh child of ns %d", s.Into, a.ns)
 		}
+		// unshare(CLONE_NEWPID) makes the caller's user namespace the
+		// owner
+		if want := m.tr.Namespace(s.Into).Owner; want != 0 && want != a.nsk[pstree.UserNS] {
+			return fmt.Errorf("unshare(CLONE_NEWPID): pid ns %d would be owned by user ns %d, the image says %d", s.Into, a.nsk[pstree.UserNS], want)
+		}
 		m.saveNS(s.Into)
 		n.made = true
+		n.owner = a.nsk[pstree.UserNS]
 		to = s.Into
 	default:
 		if s.Target < 0 || s.Target >= len(m.procs) {

@@ -20,8 +20,9 @@
 //     group each clone happens in, planner_expand.go orders a proc's part,
 //     planner_place.go emits each clone with its pids and cursor writes,
 //     planner_helpers.go adds the temporary helper tasks,
-//     planner_namespaces.go, planner_userns.go and planner_net.go plan the
-//     other namespaces, planner_finish.go the verification and final steps.
+//     planner_namespaces.go, planner_userns.go, planner_userstage.go (a
+//     task's user namespace over time) and planner_net.go plan the other
+//     namespaces, planner_finish.go the verification and final steps.
 //   - model*.go: the kernel's rules the planner checks every step against
 //     (model.go: state and apply; model_tasks.go: clone, setpgid, exit;
 //     model_namespaces.go; model_compare.go: the final comparison).

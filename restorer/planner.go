@@ -42,6 +42,7 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 		byPID:  map[int]int{},
 		leader: map[int]int{},
 		kids:   map[int][]int{},
+		starts: map[int]pstree.NSID{},
 	}
 	if err := pl.build(); err != nil {
 		return nil, err
@@ -106,11 +107,14 @@ type planner struct {
 	// requiredBirthGroup: the group a proc must be born in (or moved to by
 	// its outer parent at birth) because a kid must inherit it.
 	requiredBirthGroup []int
-	ready              []int        // created procs whose part is still to plan
-	joins              []join       // group moves still to plan (waiting for their group)
-	moving             map[int]bool // procs waiting for their outer parent to move them
-	deferred           []int        // setns-born procs waiting for their namespace's init
-	standIns           map[int]int  // task -> the stand-in helper that clones it
+	ready              []int               // created procs whose part is still to plan
+	joins              []join              // group moves still to plan (waiting for their group)
+	moving             map[int]bool        // procs waiting for their outer parent to move them
+	deferred           []int               // setns-born procs waiting for their namespace's init
+	standIns           map[int]int         // task -> the stand-in helper that clones it
+	starts             map[int]pstree.NSID // task -> its startUser (memo)
+	lateSettles        []int               // inits that go down to their user ns in finish (lostOwner)
+	finishing          bool
 }
 
 func (pl *planner) tr() *pstree.Tree { return pl.plan.Tree }

@@ -12,15 +12,9 @@ import (
 func (pl *planner) expand(p int) error {
 	mp := func() *mproc { return &pl.m.procs[p] }
 	leadsSession := pl.sessionLeader[p] == p
-	if pl.plan.Options.Payload == PayloadStopped && !pl.plan.Procs[p].IsHelper() {
-		t := &pl.tr().Tasks[pl.plan.Procs[p].Task]
-		// An agent's threads belong to its Go runtime, not to the image.
-		if t.State != pstree.Zombie && !t.Agent {
-			for _, th := range t.Threads {
-				if err := pl.placed(Step{Op: OpThread, Actor: p, Target: -1, PIDs: th.TIDs}); err != nil {
-					return err
-				}
-			}
+	if f := pl.finalUser(p); f == 0 || pl.m.procs[p].nsk[pstree.UserNS] == f {
+		if err := pl.threads(p); err != nil {
+			return err
 		}
 	}
 	var created []int
@@ -96,6 +90,9 @@ func (pl *planner) expand(p int) error {
 			}
 		}
 	}
+	if err := pl.settleUser(p); err != nil {
+		return err
+	}
 	// Kids that lead a session or a group go first, so the groups others
 	// join exist when they join them.
 	slices.SortStableFunc(created, func(a, b int) int {
@@ -114,10 +111,37 @@ func (pl *planner) expand(p int) error {
 	return nil
 }
 
+// threads creates task p's threads (stopped payload), once.
+func (pl *planner) threads(p int) error {
+	if pl.plan.Options.Payload != PayloadStopped || pl.plan.Procs[p].IsHelper() || len(pl.m.procs[p].threads) > 0 {
+		return nil
+	}
+	t := &pl.tr().Tasks[pl.plan.Procs[p].Task]
+	// An agent's threads belong to its Go runtime, not to the image.
+	if t.State == pstree.Zombie || t.Agent {
+		return nil
+	}
+	for _, th := range t.Threads {
+		if err := pl.placed(Step{Op: OpThread, Actor: p, Target: -1, PIDs: th.TIDs}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // cloneKid plays p's clone of its kid c and returns the proc it created:
 // c, or a stand-in that clones c later, or -1 when c waits for its
 // namespace's init (deferred).
 func (pl *planner) cloneKid(p, c int) (int, error) {
+	if err := pl.stageUser(p, pl.userNeed(p, c)); err != nil {
+		return -1, err
+	}
+	if pl.parentThread(c, p) != 0 {
+		// a thread forks c: p is in its image user namespace by then
+		if err := pl.settleUser(p); err != nil {
+			return -1, err
+		}
+	}
 	st := pl.cloneStep(c)
 	if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
 		// born via setns into a namespace whose init a later part of

@@ -43,9 +43,22 @@ func (pl *planner) finish() error {
 				}
 			}
 		}
-		if err := pl.emit(Step{Op: OpLastPID, Actor: init, Target: -1, Arg: v}); err != nil {
+		w := pl.capableMember(ns.ID)
+		if w < 0 && pl.m.nss[ns.ID].last == v {
+			// Nobody there may write it (its init went down to a user
+			// namespace without capability over the owner, as in the
+			// original), and the clones left it right.
+			continue
+		}
+		if w < 0 {
+			w = init // the model refuses it, naming the owner
+		}
+		if err := pl.emit(Step{Op: OpLastPID, Actor: w, Target: -1, Arg: v}); err != nil {
 			return err
 		}
+	}
+	if err := pl.finishUsers(); err != nil {
+		return err
 	}
 	// Helpers exit in reverse order of creation; their parent (not
 	// always their creator: CLONE_PARENT) reaps them.
@@ -133,22 +146,30 @@ func (pl *planner) pidForChildren() error {
 	for i := range tr.Tasks {
 		t := &tr.Tasks[i]
 		want := t.NS[pstree.PidForChildrenNS]
-		if t.State == pstree.Zombie || want == 0 || want == t.NS[pstree.PidNS] || pl.m.procs[i].pfc == want {
-			continue
+		if t.State == pstree.Zombie || want == 0 || want == t.NS[pstree.PidNS] || pl.m.procs[i].pfc == want || pl.lostOwner(i) != 0 {
+			continue // lostOwner: finishUsers, after its move
 		}
-		via := -1
-		for p := range pl.plan.Procs {
-			if pl.plan.Procs[p].NS == want && pl.m.procs[p].state == mAlive && (via < 0 || pl.isInitOf(p, want)) {
-				via = p
-			}
-		}
-		s := Step{Op: OpSetPFC, Actor: i, Target: via, Into: want}
-		if via < 0 {
-			s.NewPIDNS, s.Target = true, -1
-		}
+		s := pl.pfcStep(i, want)
 		if err := pl.emit(s); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// pfcStep is task i's setns(CLONE_NEWPID) into pid namespace want through
+// a live proc in it (its init if it has one), or its
+// unshare(CLONE_NEWPID) when nobody is in it.
+func (pl *planner) pfcStep(i int, want pstree.NSID) Step {
+	via := -1
+	for p := range pl.plan.Procs {
+		if pl.plan.Procs[p].NS == want && pl.m.procs[p].state == mAlive && (via < 0 || pl.isInitOf(p, want)) {
+			via = p
+		}
+	}
+	s := Step{Op: OpSetPFC, Actor: i, Target: via, Into: want}
+	if via < 0 {
+		s.NewPIDNS, s.Target = true, -1
+	}
+	return s
 }

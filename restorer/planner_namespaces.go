@@ -11,7 +11,9 @@ import (
 // it inherited from its creator either creates it (unshare, the first
 // member the plan creates) or joins it (setns through the pidfd of a live
 // member), right after its birth and before it creates anyone, so its
-// kids inherit it. Ambient namespaces (the dumper's own) are the
+// kids inherit it - except a user namespace below the one its kids need
+// and the namespaces that one owns, which it reaches in stages
+// (planner_userstage.go). Ambient namespaces (the dumper's own) are the
 // restorer's own: the level-0 cursor writer, which never leaves them, is
 // the member to join them through. Contents: hostnames (uts), net
 // namespace contents (netcfg.go); ipc, mnt and cgroup contents are not
@@ -50,10 +52,14 @@ func restorerNS(tr *pstree.Tree) pstree.NSSet {
 //     member; one call per member), while still in the user namespace it
 //     inherited, whose capabilities reach them;
 //  2. it creates the fresh namespaces owned by that user namespace;
-//  3. it enters its user namespace: setns, or unshare together with the
-//     fresh namespaces that user namespace owns (the kernel creates the
-//     user namespace first and makes it their owner); a member of the
-//     parent user namespace then writes the new one's maps (OpUserMap);
+//  3. it moves down to the user namespace it must be born in
+//     (startUser: its image one unless its kids need it above, see
+//     planner_userstage.go), each step a setns or an unshare together
+//     with the fresh namespaces that user namespace owns (the kernel
+//     creates the user namespace first and makes it their owner), a
+//     member of the parent user namespace then writing the new one's maps
+//     (OpUserMap); the fresh namespaces owned by a user namespace further
+//     down wait until it gets there;
 //  4. a new uts namespace gets its names.
 func (pl *planner) memberships(c int) error {
 	ti := pl.plan.Procs[c].Task
@@ -62,27 +68,22 @@ func (pl *planner) memberships(c int) error {
 	}
 	t := &pl.tr().Tasks[ti]
 	cur := pl.m.procs[c].nsk
-	var freshOld, freshNew pstree.NSSet // owned by the inherited / by the new user ns
+	final := t.NS[pstree.UserNS]
+	target := final
+	if s := pl.startUser(c); s != 0 && pl.userAbove(cur[pstree.UserNS], s) && pl.userAbove(s, final) {
+		target = s
+	}
+	// later: owned by a user namespace c enters after its birth.
+	later := func(o pstree.NSID) bool {
+		return final != 0 && o != 0 && o != cur[pstree.UserNS] && pl.userAbove(cur[pstree.UserNS], o) && pl.userAbove(o, final)
+	}
+	var freshOld pstree.NSSet // owned by the inherited user ns
 	joins := map[int]*pstree.NSSet{}
 	var order []int
-	join := func(k pstree.NSKind, want pstree.NSID) error {
-		via := pl.memberOf(k, want)
-		if via < 0 {
-			return fmt.Errorf("%s: no live member of %v namespace %d to join it through: %w", pl.plan.name(c), k, want, ErrUnsupported)
-		}
-		if joins[via] == nil {
-			joins[via] = &pstree.NSSet{}
-			order = append(order, via)
-		}
-		joins[via][k] = want
-		return nil
-	}
-	wantUser := t.NS[pstree.UserNS]
-	newUser := wantUser != 0 && wantUser != cur[pstree.UserNS] && !pl.tr().Namespace(wantUser).Ambient && !pl.m.made[wantUser]
 	for _, k := range memberKinds {
 		want := t.NS[k]
-		if want == 0 || cur[k] == want {
-			continue // unknown (a zombie's) or inherited
+		if want == 0 || cur[k] == want || k == pstree.UserNS {
+			continue // unknown (a zombie's) or inherited; user: below
 		}
 		ns := pl.tr().Namespace(want)
 		if ns == nil || ns.Kind != k {
@@ -92,16 +93,17 @@ func (pl *planner) memberships(c int) error {
 			return fmt.Errorf("%s: time namespace %d differs from its creator's: a builder shares its mm and cannot switch time namespaces: %w", pl.plan.name(c), want, ErrUnsupported)
 		}
 		switch {
-		case k == pstree.UserNS && newUser:
-			freshNew[k] = want
-		case k == pstree.UserNS:
-			// joined last (step 3), see below
 		case ns.Ambient || pl.m.made[want]:
-			if err := join(k, want); err != nil {
-				return err
+			via := pl.memberOf(k, want)
+			if via < 0 {
+				return fmt.Errorf("%s: no live member of %v namespace %d to join it through: %w", pl.plan.name(c), k, want, ErrUnsupported)
 			}
-		case newUser && ns.Owner == wantUser:
-			freshNew[k] = want
+			if joins[via] == nil {
+				joins[via] = &pstree.NSSet{}
+				order = append(order, via)
+			}
+			joins[via][k] = want
+		case later(ns.Owner):
 		default:
 			freshOld[k] = want
 		}
@@ -115,40 +117,113 @@ func (pl *planner) memberships(c int) error {
 		if err := pl.emit(Step{Op: OpUnshare, Actor: c, Target: -1, NS: freshOld}); err != nil {
 			return err
 		}
-	}
-	if wantUser != 0 && wantUser != cur[pstree.UserNS] && !newUser {
-		via := pl.memberOf(pstree.UserNS, wantUser)
-		if via < 0 {
-			return fmt.Errorf("%s: no live member of user namespace %d to join it through: %w", pl.plan.name(c), wantUser, ErrUnsupported)
-		}
-		var s pstree.NSSet
-		s[pstree.UserNS] = wantUser
-		if err := pl.emit(Step{Op: OpSetns, Actor: c, Target: via, NS: s}); err != nil {
+		if err := pl.hostname(c, freshOld); err != nil {
 			return err
 		}
 	}
-	if freshNew != (pstree.NSSet{}) {
-		if newUser && cur[pstree.UserNS] != pl.m.own[pstree.UserNS] {
-			if err := pl.nestedCreds(c, cur[pstree.UserNS], wantUser); err != nil {
+	if target == 0 || target == cur[pstree.UserNS] {
+		return nil
+	}
+	if !pl.userAbove(cur[pstree.UserNS], target) {
+		// Up the tree: the model refuses it with the kernel's errno.
+		return pl.joinUser(c, target)
+	}
+	return pl.moveUser(c, target)
+}
+
+// moveUser moves task c down the user namespace tree to user namespace to
+// (below its current one): into the deepest one on the way that exists
+// (setns through a member), then creating each one left, one level per
+// unshare, with the fresh namespaces of c that it owns. At each arrival c
+// joins or creates its namespaces owned there.
+func (pl *planner) moveUser(c int, to pstree.NSID) error {
+	for n := 0; n < 64; n++ {
+		cur := pl.m.procs[c].nsk[pstree.UserNS]
+		if cur == to {
+			return nil
+		}
+		next, made := to, pstree.NSID(0)
+		for u := to; u != 0 && u != cur; u = pl.userParent(u) {
+			if ns := pl.tr().Namespace(u); made == 0 && (pl.m.made[u] || u == pl.m.own[pstree.UserNS] || ns == nil || ns.Ambient) {
+				made = u
+			}
+			next = u
+		}
+		if made != 0 {
+			if err := pl.joinUser(c, made); err != nil {
+				return err
+			}
+			if err := pl.ownedThere(c, made, false); err != nil {
+				return err
+			}
+			continue
+		}
+		if cur != pl.m.own[pstree.UserNS] {
+			if err := pl.nestedCreds(c, cur, next); err != nil {
 				return err
 			}
 		}
-		if err := pl.emit(Step{Op: OpUnshare, Actor: c, Target: -1, NS: freshNew}); err != nil {
+		if err := pl.ownedThere(c, next, true); err != nil {
 			return err
 		}
-		if newUser {
-			if err := pl.userMap(c, wantUser); err != nil {
+	}
+	return fmt.Errorf("%s: user namespace %d is too deep: %w", pl.plan.name(c), to, ErrUnsupported)
+}
+
+// joinUser is c's setns into existing user namespace u through a member.
+func (pl *planner) joinUser(c int, u pstree.NSID) error {
+	via := pl.memberOf(pstree.UserNS, u)
+	if via < 0 {
+		return fmt.Errorf("%s: no live member of user namespace %d to join it through: %w", pl.plan.name(c), u, ErrUnsupported)
+	}
+	return pl.emit(Step{Op: OpSetns, Actor: c, Target: via, NS: nsOne(pstree.UserNS, u)})
+}
+
+// ownedThere puts task c into its namespaces owned by user namespace u:
+// joined if they exist, else created - together with u itself when
+// create (u's maps follow), after c entered u otherwise.
+func (pl *planner) ownedThere(c int, u pstree.NSID, create bool) error {
+	t := &pl.tr().Tasks[pl.plan.Procs[c].Task]
+	var fresh pstree.NSSet
+	if create {
+		fresh[pstree.UserNS] = u
+	}
+	for _, k := range memberKinds {
+		want := t.NS[k]
+		if k == pstree.UserNS || k == pstree.TimeNS || want == 0 || pl.m.procs[c].nsk[k] == want || pl.tr().Namespace(want).Owner != u {
+			continue
+		}
+		if pl.m.made[want] {
+			via := pl.memberOf(k, want)
+			if via < 0 {
+				return fmt.Errorf("%s: no live member of %v namespace %d to join it through: %w", pl.plan.name(c), k, want, ErrUnsupported)
+			}
+			if err := pl.emit(Step{Op: OpSetns, Actor: c, Target: via, NS: nsOne(k, want)}); err != nil {
 				return err
 			}
+			continue
+		}
+		fresh[k] = want
+	}
+	if fresh == (pstree.NSSet{}) {
+		return nil
+	}
+	if err := pl.emit(Step{Op: OpUnshare, Actor: c, Target: -1, NS: fresh}); err != nil {
+		return err
+	}
+	if create {
+		if err := pl.userMap(c, u); err != nil {
+			return err
 		}
 	}
-	for _, fresh := range []pstree.NSSet{freshOld, freshNew} {
-		if id := fresh[pstree.UTSNS]; id != 0 {
-			if ns := pl.tr().Namespace(id); ns.Hostname != "" || ns.Domainname != "" {
-				if err := pl.emit(Step{Op: OpHostname, Actor: c, Target: -1}); err != nil {
-					return err
-				}
-			}
+	return pl.hostname(c, fresh)
+}
+
+// hostname gives a uts namespace c just created its names.
+func (pl *planner) hostname(c int, fresh pstree.NSSet) error {
+	if id := fresh[pstree.UTSNS]; id != 0 {
+		if ns := pl.tr().Namespace(id); ns.Hostname != "" || ns.Domainname != "" {
+			return pl.emit(Step{Op: OpHostname, Actor: c, Target: -1})
 		}
 	}
 	return nil

@@ -223,9 +223,33 @@ func (pl *planner) writer(ns pstree.NSID) (int, error) {
 		return pl.w0, nil
 	}
 	if n := pl.m.nss[ns]; n != nil && n.init >= 0 {
-		return n.init, nil
+		if w := pl.capableMember(ns); w >= 0 {
+			return w, nil
+		}
+		return n.init, nil // the model refuses it, naming the owner
 	}
 	return 0, fmt.Errorf("pid ns %d has no init to write its ns_last_pid: %w", ns, ErrUnsupported)
+}
+
+// capableMember is a proc that may write pid namespace ns's cursor (a live
+// member running restorer code with capability over its owner, F8.3): its
+// init if it may, else another (the init may have gone down to a user
+// namespace without it); -1 if none.
+func (pl *planner) capableMember(ns pstree.NSID) int {
+	n := pl.m.nss[ns]
+	ok := func(p int) bool {
+		q := &pl.m.procs[p]
+		return q.state == mAlive && !q.payload && q.ns == ns && (n.owner == 0 || pl.m.capable(q.nsk[pstree.UserNS], n.owner))
+	}
+	if n.init >= 0 && ok(n.init) {
+		return n.init
+	}
+	for p := range pl.m.procs {
+		if ok(p) {
+			return p
+		}
+	}
+	return -1
 }
 
 // writesHostCursor says whether actor, about to clone, may write the host

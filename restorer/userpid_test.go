@@ -264,3 +264,36 @@ func TestPlanUserPidTogether(t *testing.T) {
 		t.Errorf("pid ns owned by a user ns below its init's: %v, want ErrUnsupported", err)
 	}
 }
+
+// TestPlanUserStages plans the clone shape after A, once B exists, went
+// down to a user namespace of its own (U63, a child of the restorer's):
+// the kernel's history is A cloning B with CLONE_NEWUSER|CLONE_NEWPID from
+// the restorer's user namespace, then unshare(CLONE_NEWUSER). A born into
+// U63 could not clone B (U61's parent is U60, and B's pid namespace would
+// be owned by U63): the planner keeps A in U60 until B is cloned and moves
+// it after its last kid (user namespace stages, planner_userstage.go).
+func TestPlanUserStages(t *testing.T) {
+	tr := clonedUserPidTree(false)
+	u := pstree.Namespace{ID: 63, Kind: pstree.UserNS, Parent: 60, SetgroupsAllowed: true,
+		UIDMap: []pstree.IDMapEntry{{Inside: 0, Outside: 0, Count: 1}}}
+	u.GIDMap = u.UIDMap
+	tr.Namespaces = append(tr.Namespaces, u)
+	tr.Tasks[0].NS[pstree.UserNS] = 63
+	for _, pl := range []Placement{PlaceSetTID, PlaceLastPID} {
+		for _, pay := range []Payload{PayloadExec, PayloadStopped} {
+			p := mustPlan(t, tr, Options{Placement: pl, Payload: pay, Features: Features{MultiLevelSetTID: true}})
+			clone, move := -1, -1
+			for i, s := range p.Steps {
+				switch {
+				case s.Op == OpClone && s.Target == 1:
+					clone = i
+				case s.Op == OpUnshare && s.Actor == 0 && s.NS[pstree.UserNS] == 63:
+					move = i
+				}
+			}
+			if clone < 0 || move < clone {
+				t.Errorf("placement=%d payload=%d: B cloned at step %d, A's unshare of U63 at %d; want the clone first:\n%s", pl, pay, clone, move, p)
+			}
+		}
+	}
+}
