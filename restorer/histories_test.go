@@ -24,6 +24,14 @@ import (
 // NSINIT_HISTORY_SEED=S seed S alone.
 var historySeeds = []int64{2, 5, 15, 20, 22, 26, 37, 56, 71, 90, 94, 95, 103, 107, 108, 113, 122, 124, 125, 146, 155, 177, 184, 198}
 
+// wedgingSeeds are seeds whose history leaves a task the kernel never
+// lets go (Linux 6.18: an init held in zap_pid_ns_processes, unkillable
+// until the machine reboots; docs/restore.md, "Random kernel histories").
+// A range run skips them so that it does not wedge the machine it runs on.
+var wedgingSeeds = map[int64]string{
+	204: "its dump leaves an init stuck in zap_pid_ns_processes",
+}
+
 // historiesBin builds testdata/histories.c into a directory every uid can
 // read: the exec payload runs it again as the ids of each restored task.
 func historiesBin(t *testing.T) string {
@@ -89,6 +97,9 @@ func historySeedsFromEnv() ([]int64, error) {
 // history runs one seed: the history, its record, dump --kill, then a
 // restore, a comparison and a kill per placement.
 func history(t *testing.T, bin string, seed int64) {
+	if why, ok := wedgingSeeds[seed]; ok {
+		t.Skipf("seed %d is not run: %s", seed, why)
+	}
 	dir := testutil.SharedTempDir(t, "nsinit-history-", 0o755)
 	logPath := filepath.Join(dir, "log")
 	t.Cleanup(func() {
