@@ -85,6 +85,10 @@ func treeCPU(pid int) time.Duration {
 	return sum
 }
 
+// onceBase, when set, is the base of restoreOnce's next first attempt
+// (TestBenchRestoreOnce: the window its parent found free).
+var onceBase int
+
 // restoreOnce restores one tree of n tasks with opt and returns what
 // Execute took: its wall-clock time, and the processor time of the
 // restorer during Execute and of the tree's tasks (their builders). An
@@ -94,7 +98,11 @@ func treeCPU(pid int) time.Duration {
 func restoreOnce(b testing.TB, mk func(n, base int) *pstree.Tree, n int, opt Options) cost {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		tr := mk(n, freeBase(b, windowFrom(n), n+1))
+		base := onceBase
+		if onceBase = 0; base == 0 {
+			base = freeBase(b, 2000, n+1)
+		}
+		tr := mk(n, base)
 		p, perr := NewPlan(tr, opt)
 		if perr != nil {
 			b.Fatal(perr)
@@ -115,16 +123,6 @@ func restoreOnce(b testing.TB, mk func(n, base int) *pstree.Tree, n int, opt Opt
 	}
 	b.Skipf("restore of %d tasks: %v", n, err)
 	return cost{}
-}
-
-// windowFrom is where freeBase looks for n free host pids in a row: above
-// 20000 as the tests do, lower for the largest trees (pid_max is 32768 on
-// the development machine).
-func windowFrom(n int) int {
-	if n > 5000 {
-		return 2000
-	}
-	return 20000
 }
 
 // BenchmarkRestore restores 100, 1,000 and 5,000 tasks across 3 levels with
