@@ -447,11 +447,25 @@ func park(base unsafe.Pointer) {
 }
 
 // leaveCheck is how often a waiting builder checks that the restorer is
-// still there: rare enough to cost nothing while thousands wait.
-const leaveCheck = 2 // seconds
+// still there (seconds), in a restore of up to leaveWakes*leaveCheck procs.
+// A larger restore makes its builders check less often (leaveCheckFor):
+// every builder waits from its birth to its last step, so with a fixed
+// period the checks of a restore of n procs, which lasts in proportion to
+// n, would add up to n*n - at 10,000 procs a tenth of the whole restore
+// (issue #14). leaveWakes bounds the checks of all builders together to
+// about 500 a second, a constant share of the restore's time.
+const (
+	leaveCheck = 2 // seconds
+	leaveWakes = 500
+)
+
+// leaveCheckFor is the period of the checks in a restore of n procs.
+func leaveCheckFor(n int) int64 {
+	return max(leaveCheck, int64(n/leaveWakes))
+}
 
 // waitOrLeave is one futex wait on w while it holds v, bounded by
-// leaveCheck before the restore is committed; a builder that then finds
+// h.leaveSecs (leaveCheckFor) before the restore is committed; a builder that then finds
 // the restorer gone exits (its work can never be finished, and nobody
 // would roll it back). It says whether the wait ended by a wake (or a
 // changed word) rather than by the bound: only a wake may start the
@@ -464,7 +478,7 @@ func waitOrLeave(h *header, w *uint32, v uint32) (woken bool) {
 		syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), 0, 0, 0)
 		return true
 	}
-	ts := [2]int64{leaveCheck, 0}
+	ts := [2]int64{h.leaveSecs, 0}
 	_, _, e := syscall.RawSyscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(w)), futexWait, uintptr(v), uintptr(unsafe.Pointer(&ts)), 0, 0)
 	if e != syscall.ETIMEDOUT {
 		return true
@@ -536,13 +550,11 @@ func prepareExec(pr *procRec) syscall.Errno {
 			return e
 		}
 	}
-	if pr.controlFD >= 0 || pr.markFD >= 0 || pr.setStdio != 0 {
-		// A restored agent keeps its control socket, a waiter gets its
-		// mark, a detached tree its own stdio: in a private copy of the
-		// fd table (the shared one stays the restorer's).
-		if _, _, e = syscall.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_FILES, 0, 0); e != 0 {
-			return e
-		}
+	// A restored agent keeps its control socket, a waiter gets its mark,
+	// a detached tree its own stdio: in a private copy of the fd table
+	// (the shared one stays the restorer's).
+	if e = privateFDs(); e != 0 {
+		return e
 	}
 	if pr.controlFD >= 0 {
 		if _, _, e = syscall.RawSyscall(unix.SYS_DUP3, uintptr(pr.controlFD), agentconn.ControlFD, 0); e != 0 {
@@ -558,6 +570,28 @@ func prepareExec(pr *procRec) syscall.Errno {
 		return dupStdio(pr) // builder_stdio_linux.go
 	}
 	return 0
+}
+
+// privateFDs gives the builder a private fd table holding the shared
+// table's fds below keepFDs (exec_fds.go), closing the others, all
+// close-on-exec: the pidfds of the restore above all, one a proc. Left
+// shared, the exec itself would copy the whole table and then close every
+// pidfd in it, one by one: a cost in proportion to the procs created so
+// far, for every exec, which made the restore of n tasks cost n*n
+// (issue #14). close_range(2) with CLOSE_RANGE_UNSHARE copies only the fds
+// below its first argument. A kernel without it (before 5.9) copies the
+// whole table as unshare(CLONE_FILES).
+//
+//go:nosplit
+func privateFDs() syscall.Errno {
+	if k := hdrAt(bBase).keepFDs; k > 0 {
+		_, _, e := syscall.RawSyscall(unix.SYS_CLOSE_RANGE, uintptr(k), uintptr(^uint32(0)), unix.CLOSE_RANGE_UNSHARE)
+		if e == 0 {
+			return 0
+		}
+	}
+	_, _, e := syscall.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_FILES, 0, 0)
+	return e
 }
 
 // execPayload becomes the task's recorded program, after prepareExec

@@ -55,6 +55,13 @@ type header struct {
 	// for none.
 	private uint32
 	assist  int64
+	// leaveSecs is how long a waiting builder sleeps between two checks
+	// that the restorer is still there (builder_linux.go, waitOrLeave).
+	leaveSecs int64
+	// keepFDs: a builder about to exec copies only the shared fds below
+	// it into its private table (builder_linux.go, privateFDs); 0 copies
+	// them all.
+	keepFDs int64
 }
 
 // procRec is one proc's slot.

@@ -33,7 +33,15 @@ type tx struct {
 	ctx            context.Context
 	deadline       time.Time // of the whole restore (ExecOptions.Timeout)
 	selfFD         int       // the pidfd in hdr().restorerFD, -1 for none
+	aliveAt        time.Time // of the last checkAlive
 }
+
+// aliveEvery is how often run looks for a builder that died. checkAlive
+// reads a word of every proc, and the wait in run ends far more often
+// than its bound (the Go runtime's preemption signal interrupts the raw
+// futex wait): checked at every wake, a restore of n procs spent time in
+// proportion to n*n on it (issue #14).
+const aliveEvery = 50 * time.Millisecond
 
 // watchRestorer gives the builders a pidfd for this process, so that
 // they notice when it is gone (builder_linux.go, waitOrLeave).
@@ -122,8 +130,11 @@ func (t *tx) run() error {
 		if err := t.expired(); err != nil {
 			return fmt.Errorf("step %d (%s by %s): %w", cur, t.p.describe(&t.p.Steps[cur]), t.p.name(t.p.Steps[cur].Actor), err)
 		}
-		if err := t.checkAlive(); err != nil {
-			return err
+		if now := time.Now(); now.Sub(t.aliveAt) >= aliveEvery {
+			t.aliveAt = now
+			if err := t.checkAlive(); err != nil {
+				return err
+			}
 		}
 		// A raw wait keeps this thread's P: the runtime has no reason to
 		// start a new thread (which would take a host pid) meanwhile.

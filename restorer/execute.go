@@ -141,6 +141,9 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 		return nil, err
 	}
 	setStdio(b, opt.Stdio) // builder_stdio_linux.go
+	h := b.hdr()
+	h.keepFDs = keepFDsBound() // exec_fds.go
+	h.leaveSecs = leaveCheckFor(len(p.Procs))
 	defer runtime.KeepAlive(opt.Stdio)
 	tx := &tx{p: p, b: b, links: links, mark: mark, agentTimeout: opt.AgentTimeout, hostCursor: -1, el: el,
 		ctx: ctx, deadline: time.Now().Add(opt.Timeout)}
@@ -153,7 +156,6 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	// it is put back afterwards so unrelated forks do not land among them.
 	if v, err := procfs.ReadLastPID(); err == nil {
 		tx.hostCursor = v
-		h := b.hdr()
 		h.parkLen = int64(copy(h.parkText[:], strconv.Itoa(v)))
 	}
 	defer tx.restoreHostCursor()

@@ -105,6 +105,11 @@ type mproc struct {
 	nsk     pstree.NSSet // its namespaces of memberKinds
 	credsIn pstree.NSID  // user ns whose ids it set (OpSetCreds)
 	parent  int
+	// kids: how many procs have it as parent (reaped ones too), so
+	// that exit looks for children to reparent only in a proc that has
+	// some: not every zombie's exit a pass over all procs (n*n in a plan
+	// of n, issue #14).
+	kids int
 	// parentTID: the level-0 tid of the parent's thread it is a child
 	// of, 0 for the parent's leader
 	parentTID int

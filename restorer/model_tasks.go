@@ -153,6 +153,10 @@ func (m *model) clone(pl *Plan, s *Step, rootNS pstree.NSID) error {
 		}
 	}
 	m.procs[s.Target] = mproc{state: mAlive, pids: pr.PIDs, ns: ns, parent: parent, parentTID: parentTID, sid: sid, pgid: pgid, nsk: nsk}
+	if parent >= 0 {
+		m.saveProc(parent)
+		m.procs[parent].kids++
+	}
 	if s.NewPIDNS {
 		// copy_process creates the user namespace of CLONE_NEWUSER (in
 		// copy_creds) before the pid namespace (copy_namespaces, F2.9): the
@@ -383,11 +387,19 @@ func (m *model) exit(p int, status int) error {
 	if n.init >= 0 && n.init != p {
 		reaper = n.init
 	}
+	if pr.kids == 0 {
+		return nil
+	}
 	for i := range m.procs {
 		if m.procs[i].parent == p && m.procs[i].state != mNone {
 			m.saveProc(i)
 			m.procs[i].parent, m.procs[i].parentTID = reaper, 0 // the reaper's leader while it lives
 		}
 	}
+	if reaper >= 0 {
+		m.saveProc(reaper)
+		m.procs[reaper].kids += pr.kids
+	}
+	pr.kids = 0
 	return nil
 }
