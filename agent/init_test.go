@@ -406,7 +406,11 @@ func TestParentDeathSignal(t *testing.T) {
 	if pid <= 0 {
 		t.Fatal("no nsinit pid")
 	}
-	defer syscall.Kill(pid, syscall.SIGKILL)
+	defer func() { // on failure: nsinit and its command, which would outlive the test
+		for _, p := range testutil.Descendants(pid) {
+			syscall.Kill(p, syscall.SIGKILL)
+		}
+	}()
 	waitFor(t, "nsinit to exit after its parent died", hangBound, func() bool {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		return err != nil || strings.HasPrefix(testutil.Field(string(b), "State"), "Z")
