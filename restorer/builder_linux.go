@@ -21,7 +21,7 @@ import (
 // pointer to memory, no bounds-checked indexing, no use of g (the
 // trampoline enters builderMain through its register-ABI entry, so no ABI
 // wrapper with a stack check runs; the linker checks the nosplit chain
-// fits its stack limit).
+// fits its stack limit: builderMain's comment).
 
 // builderEntry is the register-ABI entry of builderMain, which the
 // trampoline calls in a new child.
@@ -61,9 +61,18 @@ func zeroBuf(base unsafe.Pointer) uintptr { return uintptr(base) + unsafe.Offset
 
 // builderMain is where every new builder starts (the trampoline calls
 // it): a thread serves its task, a proc lives its steps (procMain). It
-// only dispatches, with a frame as small as can be: a thread's chain
-// (serveThread, then a clone step through doStep) is one call deeper than
-// a proc's and must fit the same nosplit stack limit.
+// only dispatches, with a frame as small as can be.
+//
+// Every call chain below it must fit the linker's nosplit limit (792
+// bytes on amd64), also in a `go test -fuzz` binary, whose coverage
+// instrumentation (counters and comparison hooks in every function of
+// the package) makes most frames a third bigger. The deepest chains - a
+// proc's steps (procMain -> doStep -> setnsVia -> waitOrLeave ->
+// RawSyscall6, or a thread's through serveThread) and a payload's last
+// step (procMain -> lastStep -> prepareExec -> doMounts -> createLike ->
+// RawSyscall) - keep their frames small: procMain and doStep hand what is
+// not on those chains to functions of their own, and waitOrLeave makes
+// its syscalls itself. docs/restore.md has the figures.
 //
 //go:nosplit
 func builderMain(arg uintptr) {
@@ -75,71 +84,24 @@ func builderMain(arg uintptr) {
 	procMain(arg)
 }
 
-// procMain is a proc's life: its steps in turn, then its payload.
+// procMain is a proc's life: its steps in turn, then its payload (or its
+// death, or parking). Its frame is in the deepest nosplit chain
+// (builderMain -> procMain -> doStep -> setnsVia -> waitOrLeave ->
+// RawSyscall6), so everything but the steps' order lives in functions of
+// its own, whose locals stay out of that frame.
 //
 //go:nosplit
 //go:noinline
 func procMain(arg uintptr) {
 	base := bBase
-	z := zeroBuf(base)
-	// CLONE_VM without CLONE_SIGHAND copied Go's handlers: back to SIG_DFL
-	// while every signal is still blocked (SIGKILL and SIGSTOP have no
-	// handler to reset: the kernel refuses them).
-	for sig := uintptr(1); sig <= 64; sig++ {
-		if sig != uintptr(unix.SIGKILL) && sig != uintptr(unix.SIGSTOP) {
-			syscall.RawSyscall6(unix.SYS_RT_SIGACTION, sig, z, 0, 8, 0, 0)
-		}
-	}
+	resetHandlers(zeroBuf(base))
 	self := int64(arg)
-	h := hdrAt(base)
 	pr := procAt(base, bProcsOff, self)
 	for i := pr.firstStep; i >= 0; {
 		st := stepAt(base, bStepsOff, i)
-		// Sleep until our turn; woken early (prewake), spin yielding.
-		for spins := -1; ; {
-			v := atomic.LoadUint32(&pr.wake)
-			if atomic.LoadUint64(&h.cur) == uint64(i) || atomic.LoadUint32(&h.failed) != 0 {
-				break
-			}
-			if spins >= 0 && spins < 20000 {
-				spins++
-				syscall.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-				continue
-			}
-			if waitOrLeave(h, &pr.wake, v) {
-				spins = 0 // woken: the turn is near, spin for it
-			}
-		}
-		if atomic.LoadUint32(&h.failed) != 0 {
-			park(base)
-		}
-		switch st.op {
-		case int64(OpExit):
-			exitCreds(base, pr, i) // a zombie's own: builder_creds_linux.go
-			setName(&pr.comm)
-			passOrLeave(base, st, i, self)
-			die(z, st.arg)
-		case int64(OpPayload):
-			if e := setSubreaper(pr); e != 0 {
-				fail(base, i, e)
-				park(base)
-			}
-			if pr.stopSelf != 0 {
-				setName(&pr.comm) // before the restorer's SIGSTOP
-				// The image's credentials, in every thread, as the last
-				// thing before parking for good (stopCreds).
-				if e := stopCreds(base, pr); e != 0 {
-					fail(base, i, e)
-					park(base)
-				}
-				advance(base, st, i)
-				park(base)
-			}
-			// Credentials and the fd table while holding the token, so
-			// no other builder's step runs meanwhile; the exec after it.
-			e := prepareExec(pr)
-			passOrLeave(base, st, i, self)
-			execPayload(pr, z, e)
+		awaitTurn(base, pr, i)
+		if st.op == int64(OpExit) || st.op == int64(OpPayload) {
+			lastStep(base, pr, st, i, self)
 		}
 		var e uintptr
 		if st.byThread >= 0 {
@@ -158,6 +120,80 @@ func procMain(arg uintptr) {
 		i = st.nextSame
 	}
 	park(base)
+}
+
+// resetHandlers is a proc's first act: CLONE_VM without CLONE_SIGHAND
+// copied Go's handlers, so back to SIG_DFL (the sigaction at z) while
+// every signal is still blocked (SIGKILL and SIGSTOP have no handler to
+// reset: the kernel refuses them).
+//
+//go:nosplit
+func resetHandlers(z uintptr) {
+	for sig := uintptr(1); sig <= 64; sig++ {
+		if sig != uintptr(unix.SIGKILL) && sig != uintptr(unix.SIGSTOP) {
+			syscall.RawSyscall6(unix.SYS_RT_SIGACTION, sig, z, 0, 8, 0, 0)
+		}
+	}
+}
+
+// awaitTurn returns when it is step i's turn; a builder of a failed
+// restore parks instead. It sleeps until then; woken early (prewake), it
+// spins yielding.
+//
+//go:nosplit
+func awaitTurn(base unsafe.Pointer, pr *procRec, i int64) {
+	h := hdrAt(base)
+	for spins := -1; ; {
+		v := atomic.LoadUint32(&pr.wake)
+		if atomic.LoadUint64(&h.cur) == uint64(i) || atomic.LoadUint32(&h.failed) != 0 {
+			break
+		}
+		if spins >= 0 && spins < 20000 {
+			spins++
+			syscall.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+			continue
+		}
+		if waitOrLeave(h, &pr.wake, v) {
+			spins = 0 // woken: the turn is near, spin for it
+		}
+	}
+	if atomic.LoadUint32(&h.failed) != 0 {
+		park(base)
+	}
+}
+
+// lastStep is a proc's last step i (st), OpExit or OpPayload: it dies,
+// parks or execs, and never returns.
+//
+//go:nosplit
+func lastStep(base unsafe.Pointer, pr *procRec, st *stepRec, i, self int64) {
+	z := zeroBuf(base)
+	if st.op == int64(OpExit) {
+		exitCreds(base, pr, i) // a zombie's own: builder_creds_linux.go
+		setName(&pr.comm)
+		passOrLeave(base, st, i, self)
+		die(z, st.arg)
+	}
+	if e := setSubreaper(pr); e != 0 {
+		fail(base, i, e)
+		park(base)
+	}
+	if pr.stopSelf != 0 {
+		setName(&pr.comm) // before the restorer's SIGSTOP
+		// The image's credentials, in every thread, as the last
+		// thing before parking for good (stopCreds).
+		if e := stopCreds(base, pr); e != 0 {
+			fail(base, i, e)
+			park(base)
+		}
+		advance(base, st, i)
+		park(base)
+	}
+	// Credentials and the fd table while holding the token, so
+	// no other builder's step runs meanwhile; the exec after it.
+	e := prepareExec(pr)
+	passOrLeave(base, st, i, self)
+	execPayload(pr, z, e)
 }
 
 //go:nosplit
@@ -210,27 +246,9 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 		// (private), otherwise undone as for redumpable.
 		return redumpable(unix.CLONE_NEWUSER)
 	case int64(OpUserMap):
-		for j := 0; j < 3; j++ {
-			if st.fpath[j] == 0 {
-				continue
-			}
-			fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, uintptr(st.fpath[j]), unix.O_WRONLY|unix.O_CLOEXEC, 0, 0, 0)
-			if e != 0 {
-				return uintptr(e)
-			}
-			_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(st.ftext[j]), uintptr(st.flen[j]))
-			syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
-			if e != 0 {
-				return uintptr(e)
-			}
-		}
-		return 0
+		return writeUserMaps(st)
 	case int64(OpHostname):
-		if _, _, e := syscall.RawSyscall(unix.SYS_SETHOSTNAME, uintptr(unsafe.Pointer(&st.host)), uintptr(st.hostLen), 0); e != 0 {
-			return uintptr(e)
-		}
-		_, _, e := syscall.RawSyscall(unix.SYS_SETDOMAINNAME, uintptr(unsafe.Pointer(&st.domain)), uintptr(st.domainLen), 0)
-		return uintptr(e)
+		return setHostname(st)
 	case int64(OpSetsid):
 		_, _, e := syscall.RawSyscall(unix.SYS_SETSID, 0, 0, 0)
 		return uintptr(e)
@@ -238,29 +256,82 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 		_, _, e := syscall.RawSyscall(unix.SYS_SETPGID, uintptr(st.arg), uintptr(st.arg2), 0)
 		return uintptr(e)
 	case int64(OpLastPID):
-		h := hdrAt(base)
-		fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, uintptr(unsafe.Pointer(&h.lastPIDPath)), unix.O_WRONLY|unix.O_CLOEXEC, 0, 0, 0)
-		if e != 0 {
-			return uintptr(e)
+		if e := setLastPID(base, st); e != 0 || st.check < 0 {
+			return e
 		}
-		txt, n := uintptr(unsafe.Pointer(&st.text)), uintptr(st.textLen)
-		if st.textLen < 0 {
-			txt, n = uintptr(unsafe.Pointer(&h.parkText)), uintptr(h.parkLen)
-		}
-		_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, txt, n)
-		syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
-		if e == 0 && st.check >= 0 {
-			return checkHostPID(base, st) // exec_hostcursor.go
-		}
-		return uintptr(e)
+		return checkHostPID(base, st) // exec_hostcursor.go
 	case int64(OpWait):
-		_, _, e := syscall.RawSyscall6(unix.SYS_WAIT4, uintptr(st.waitPid), uintptr(unsafe.Pointer(&st.arg2)), wALL, 0, 0, 0)
+		return waitHelper(st)
+	}
+	return 0
+}
+
+// The steps below are doStep's leaves, out of its frame: doStep is in the
+// deepest nosplit chain (builderMain's comment), and every local of any of
+// its cases makes its one frame bigger.
+
+// writeUserMaps writes an OpUserMap step's files.
+//
+//go:nosplit
+func writeUserMaps(st *stepRec) uintptr {
+	for j := 0; j < 3; j++ {
+		if st.fpath[j] == 0 {
+			continue
+		}
+		fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, uintptr(st.fpath[j]), unix.O_WRONLY|unix.O_CLOEXEC, 0, 0, 0)
 		if e != 0 {
 			return uintptr(e)
 		}
-		if s := uint32(st.arg2); s != 0 {
-			return errHelperStatus | uintptr(s&0xffff)
+		_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, uintptr(st.ftext[j]), uintptr(st.flen[j]))
+		syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
+		if e != 0 {
+			return uintptr(e)
 		}
+	}
+	return 0
+}
+
+// setHostname sets an OpHostname step's host and domain names.
+//
+//go:nosplit
+func setHostname(st *stepRec) uintptr {
+	if _, _, e := syscall.RawSyscall(unix.SYS_SETHOSTNAME, uintptr(unsafe.Pointer(&st.host)), uintptr(st.hostLen), 0); e != 0 {
+		return uintptr(e)
+	}
+	_, _, e := syscall.RawSyscall(unix.SYS_SETDOMAINNAME, uintptr(unsafe.Pointer(&st.domain)), uintptr(st.domainLen), 0)
+	return uintptr(e)
+}
+
+// setLastPID writes an OpLastPID step's number (or the header's parking
+// number) to the ns_last_pid file the header names.
+//
+//go:nosplit
+func setLastPID(base unsafe.Pointer, st *stepRec) uintptr {
+	h := hdrAt(base)
+	fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, uintptr(unsafe.Pointer(&h.lastPIDPath)), unix.O_WRONLY|unix.O_CLOEXEC, 0, 0, 0)
+	if e != 0 {
+		return uintptr(e)
+	}
+	txt, n := uintptr(unsafe.Pointer(&st.text)), uintptr(st.textLen)
+	if st.textLen < 0 {
+		txt, n = uintptr(unsafe.Pointer(&h.parkText)), uintptr(h.parkLen)
+	}
+	_, _, e = syscall.RawSyscall(unix.SYS_WRITE, fd, txt, n)
+	syscall.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
+	return uintptr(e)
+}
+
+// waitHelper reaps an OpWait step's helper; a non-zero wait status is a
+// failure (errHelperStatus).
+//
+//go:nosplit
+func waitHelper(st *stepRec) uintptr {
+	_, _, e := syscall.RawSyscall6(unix.SYS_WAIT4, uintptr(st.waitPid), uintptr(unsafe.Pointer(&st.arg2)), wALL, 0, 0, 0)
+	if e != 0 {
+		return uintptr(e)
+	}
+	if s := uint32(st.arg2); s != 0 {
+		return errHelperStatus | uintptr(s&0xffff)
 	}
 	return 0
 }
@@ -472,6 +543,10 @@ func leaveCheckFor(n int) int64 {
 // caller's spin, or a thousand waiting builders would spin every
 // leaveCheck seconds and starve the one whose turn it is.
 //
+// It is the bottom of the deepest nosplit chains (builderMain's comment),
+// so it makes its raw syscalls itself, all through RawSyscall6 (RawSyscall
+// is one more frame that calls it), with no helper of its own.
+//
 //go:nosplit
 func waitOrLeave(h *header, w *uint32, v uint32) (woken bool) {
 	if atomic.LoadUint32(&h.committed) != 0 {
@@ -483,26 +558,17 @@ func waitOrLeave(h *header, w *uint32, v uint32) (woken bool) {
 	if e != syscall.ETIMEDOUT {
 		return true
 	}
-	if restorerGone(h) {
-		syscall.RawSyscall6(unix.SYS_EXIT_GROUP, 0x7f, 0, 0, 0, 0, 0) // RawSyscall6: as in restorerGone
-	}
-	return false
-}
-
-// restorerGone says whether the restorer exited before committing: its
-// pidfd polls readable (or was closed under us).
-//
-//go:nosplit
-func restorerGone(h *header) bool {
+	// Is the restorer gone before committing? Its pidfd polls readable
+	// (or was closed under us: POLLNVAL).
 	if h.restorerFD < 0 || atomic.LoadUint32(&h.committed) != 0 {
 		return false
 	}
 	pfd := uint64(uint32(h.restorerFD)) | uint64(unix.POLLIN)<<32 // struct pollfd
-	var zero [2]int64                                             // struct timespec: do not wait (poll(2) is not on arm64)
-	// RawSyscall6, not RawSyscall (which calls it): one frame less at the
-	// bottom of the deepest nosplit chain (builderMain's comment).
-	n, _, _ := syscall.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&zero)), 0, 0, 0)
-	return n == 1
+	ts = [2]int64{}                                               // do not wait (poll(2) is not on arm64)
+	if n, _, _ := syscall.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0); n == 1 {
+		syscall.RawSyscall6(unix.SYS_EXIT_GROUP, 0x7f, 0, 0, 0, 0, 0)
+	}
+	return false
 }
 
 // die terminates with raw wait status: exit code << 8, or death by signal
