@@ -66,9 +66,9 @@ func zeroBuf(base unsafe.Pointer) uintptr { return uintptr(base) + unsafe.Offset
 // Every call chain below it must fit the linker's nosplit limit (792
 // bytes on amd64), also in a `go test -fuzz` binary, whose coverage
 // instrumentation (counters and comparison hooks in every function of
-// the package) makes most frames a third bigger. The deepest chains - a
-// proc's steps (procMain -> doStep -> setnsVia -> waitOrLeave ->
-// RawSyscall6, or a thread's through serveThread) and a payload's last
+// the package) makes its frames a sixth to a half bigger. The deepest
+// chains - a proc's steps (procMain -> doStep -> setnsVia -> waitOrLeave
+// -> RawSyscall6, or a thread's through serveThread) and a payload's last
 // step (procMain -> lastStep -> prepareExec -> doMounts -> createLike ->
 // RawSyscall) - keep their frames small: procMain and doStep hand what is
 // not on those chains to functions of their own, and waitOrLeave makes
