@@ -585,7 +585,8 @@ func (rd *reader) nsID(kind pstree.NSKind, ino uint64, pid int, via pstree.NSKin
 
 // namespaces fills in parents, owners, levels, user maps and the cursor.
 // Namespaces reached only as a parent or owner are added as they are found
-// (without a task to read maps from).
+// (without a task in them: a user namespace's maps are read through a
+// joiner, memberlessMaps).
 func (rd *reader) namespaces() error {
 	fds := map[pstree.NSID]int{}
 	defer func() {
@@ -720,24 +721,38 @@ func (rd *reader) userNS(ns *pstree.Namespace, fd int) error {
 		return err
 	}
 	ns.OwnerUID = uid
-	pid, ok := rd.rep[ns.ID]
-	if !ok {
-		return nil // seen only as a parent or owner: no task to read maps from
-	}
-	for _, m := range []struct {
-		file string
-		dst  *[]pstree.IDMapEntry
-	}{{"uid_map", &ns.UIDMap}, {"gid_map", &ns.GIDMap}} {
-		es, err := rd.r.IDMap(pid, m.file)
+	var uids, gids []procfs.IDMapEntry
+	if pid, ok := rd.rep[ns.ID]; ok {
+		if uids, err = rd.r.IDMap(pid, "uid_map"); err == nil {
+			if gids, err = rd.r.IDMap(pid, "gid_map"); err == nil {
+				ns.SetgroupsAllowed, err = rd.r.SetgroupsAllowed(pid)
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("user namespace %d via pid %d: %w", ns.ID, pid, err)
 		}
-		for _, e := range es {
-			*m.dst = append(*m.dst, pstree.IDMapEntry{Inside: e.Inside, Outside: e.Outside, Count: e.Count})
+	} else {
+		// Seen only as a parent or owner: no task of the tree is in
+		// it. The dumper's own needs nothing (ambient: a restore uses
+		// its own); any other is joined for a moment to read its maps.
+		ino, err := nsid.Inode(fd)
+		if err != nil {
+			return err
+		}
+		if self, err := rd.r.NSInode(os.Getpid(), "user"); err == nil && self == ino {
+			return nil
+		}
+		if uids, gids, ns.SetgroupsAllowed, err = memberlessMaps(rd.r, fd); err != nil {
+			return fmt.Errorf("user namespace %d (no task in it): %w", ns.ID, err)
 		}
 	}
-	if ns.SetgroupsAllowed, err = rd.r.SetgroupsAllowed(pid); err != nil {
-		return fmt.Errorf("user namespace %d via pid %d: %w", ns.ID, pid, err)
+	for _, m := range []struct {
+		src []procfs.IDMapEntry
+		dst *[]pstree.IDMapEntry
+	}{{uids, &ns.UIDMap}, {gids, &ns.GIDMap}} {
+		for _, e := range m.src {
+			*m.dst = append(*m.dst, pstree.IDMapEntry{Inside: e.Inside, Outside: e.Outside, Count: e.Count})
+		}
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nsinit/nsinit/internal/testutil"
 	"github.com/nsinit/nsinit/pstree"
+	"golang.org/x/sys/unix"
 )
 
 // usernsRoleEnv makes the re-executed test binary build a level of the
@@ -248,4 +249,74 @@ func readMapFile(t *testing.T, pid int, name string) []pstree.IDMapEntry {
 		out = append(out, e)
 	}
 	return out
+}
+
+// TestDumpUserNamespaceWithoutMember dumps a task of U2 whose parent U1
+// has no task in it (unshare -U, maps written, then unshare -U again by
+// the same process): U1's maps and setgroups come from a joiner
+// (memberlessMaps, docs/kernel.md F8.7), and the joiner is reaped.
+func TestDumpUserNamespaceWithoutMember(t *testing.T) {
+	testutil.Require(t, testutil.Root)
+	ready, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ready.Close()
+	hold, in, err := os.Pipe() // the task's stdin: it reads until we go
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	cmd := exec.Command("unshare", "-U", "-r", "/bin/busybox", "sh", "-c", "echo ready; read x")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = hold, w, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setsid:                     true,
+		Cloneflags:                 syscall.CLONE_NEWUSER,
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100000, Size: 65536}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: 200000, Size: 1000}},
+		GidMappingsEnableSetgroups: true,
+		Credential:                 rootInside,
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	hold.Close()
+	w.Close()
+	tt := &testTree{cmd: cmd, root: cmd.Process.Pid}
+	t.Cleanup(func() { tt.cleanup(t) })
+	if n, err := ready.Read(make([]byte, 6)); n != 6 || err != nil {
+		t.Fatalf("the task never said it was ready: %d bytes, %v", n, err)
+	}
+	tr, err := Dump(tt.root, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pstree.Validate(tr); err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.Tasks) != 1 {
+		t.Fatalf("want one task: %v", summary(tr))
+	}
+	u2 := tr.Namespace(tr.Tasks[0].NS[pstree.UserNS])
+	u1 := tr.Namespace(u2.Parent)
+	if u1 == nil || u1.Ambient || u1.Parent == 0 || !tr.Namespace(u1.Parent).Ambient {
+		t.Fatalf("U2's parent should be a user namespace below ours: %+v", u1)
+	}
+	for _, x := range []struct {
+		ns       *pstree.Namespace
+		uid, gid []pstree.IDMapEntry
+		sg       bool
+	}{
+		{u1, []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 65536}}, []pstree.IDMapEntry{{Inside: 0, Outside: 200000, Count: 1000}}, true},
+		{u2, []pstree.IDMapEntry{{Inside: 0, Outside: 100000, Count: 1}}, []pstree.IDMapEntry{{Inside: 0, Outside: 200000, Count: 1}}, false},
+	} {
+		if !reflect.DeepEqual(x.ns.UIDMap, x.uid) || !reflect.DeepEqual(x.ns.GIDMap, x.gid) || x.ns.SetgroupsAllowed != x.sg {
+			t.Errorf("user namespace %d: maps %v %v setgroups %v, want %v %v %v",
+				x.ns.ID, x.ns.UIDMap, x.ns.GIDMap, x.ns.SetgroupsAllowed, x.uid, x.gid, x.sg)
+		}
+	}
+	// The joiner is gone: our only child left is the task (still alive).
+	if pid, err := unix.Wait4(-1, nil, unix.WNOHANG|unix.WALL, nil); pid != 0 || err != nil {
+		t.Errorf("a child of ours was left to reap: pid %d, %v", pid, err)
+	}
 }

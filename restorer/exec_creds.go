@@ -129,16 +129,21 @@ type procCreds struct {
 }
 
 // credsOf is what task ti's builder sets; self is the restorer's own
-// status, whose credentials its builders start with.
-func credsOf(p *Plan, ti int, self *procfs.Status) (procCreds, error) {
+// status, whose credentials its builders start with unless b says the
+// builder switched them (switchedIDs).
+func credsOf(p *Plan, ti int, self *procfs.Status, b builderIDs) (procCreds, error) {
 	c := procCreds{set: true}
 	var err error
 	if c.uid, c.gid, c.groups, c.setgroups, err = taskCreds(p, ti); err != nil {
 		return c, err
 	}
-	ru, eu, su := unix.Getresuid()
-	rg, eg, sg := unix.Getresgid()
-	if err := keptIDs(p, ti, [3]uint32{uint32(ru), uint32(eu), uint32(su)}, [3]uint32{uint32(rg), uint32(eg), uint32(sg)}); err != nil {
+	uids, gids := [3]uint32{b.uid, b.uid, b.uid}, [3]uint32{b.gid, b.gid, b.gid}
+	if !b.switched {
+		ru, eu, su := unix.Getresuid()
+		rg, eg, sg := unix.Getresgid()
+		uids, gids = [3]uint32{uint32(ru), uint32(eu), uint32(su)}, [3]uint32{uint32(rg), uint32(eg), uint32(sg)}
+	}
+	if err := keptIDs(p, ti, uids, gids); err != nil {
 		return c, err
 	}
 	if c.caps, err = taskCapsOf(p, ti); err != nil {

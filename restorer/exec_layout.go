@@ -204,13 +204,14 @@ func (l *layout) addCreds() error {
 	if err != nil {
 		return fmt.Errorf("read the restorer's own credentials: %w", err)
 	}
+	switched := switchedIDs(l.p)
 	for i := range l.p.Procs {
 		t := l.p.Procs[i].Task
 		if t < 0 {
 			continue
 		}
 		var err error
-		if l.creds[i], err = credsOf(l.p, t, &self); err != nil {
+		if l.creds[i], err = credsOf(l.p, t, &self, switched[i]); err != nil {
 			return err
 		}
 		l.procs[i].groups = l.strs.u32s(l.creds[i].groups)
@@ -227,7 +228,7 @@ func (l *layout) addUserMaps() error {
 			continue
 		}
 		u := s.NS[pstree.UserNS]
-		um, gm, err := userMapText(p, u, s.Actor)
+		um, gm, err := userMapText(p, u)
 		if err != nil {
 			return err
 		}

@@ -363,7 +363,7 @@ func (p *Plan) describe(s *Step) string {
 		}
 		return fmt.Sprintf("unshare(%s)", strings.Join(kinds, ", "))
 	case OpUserMap:
-		u, g, _ := userMapText(p, s.NS[pstree.UserNS], s.Actor)
+		u, g, _ := userMapText(p, s.NS[pstree.UserNS])
 		return fmt.Sprintf("write maps of user %d via %s: uid_map %q gid_map %q", s.NS[pstree.UserNS], p.name(s.Target), u, g)
 	case OpSetCreds:
 		return fmt.Sprintf("setresgid(%d) setresuid(%d)", s.Arg2, s.Arg)

@@ -106,18 +106,23 @@ func (pl *planner) finish() error {
 			return err
 		}
 	}
+	switched := switchedIDs(pl.plan) // every clone is planned by now
 	for i := range tr.Tasks {
 		if tr.Tasks[i].State != pstree.Zombie {
 			// Both payloads take the image's ids (a stopped one before
 			// it parks): unmapped groups are refused here, unmapped ids
-			// are kept from a builder that never switched its ids (the
-			// restorer's, checked when the restore starts).
+			// are kept from the builder: the restorer's (checked when
+			// the restore starts) or, when it switched them, those.
 			uid, gid, _, _, err := taskCreds(pl.plan, i)
 			if err != nil {
 				return err
 			}
-			if (slices.Contains(uid[:], keepID) || slices.Contains(gid[:], keepID)) && pl.m.procs[i].credsIn != 0 {
-				return fmt.Errorf("%s: ids not mapped in its user ns %d, and its builder switched ids to make a user namespace: %w", pl.plan.name(i), tr.Tasks[i].NS[pstree.UserNS], ErrUnsupported)
+			if b := switched[i]; b.switched && (slices.Contains(uid[:], keepID) || slices.Contains(gid[:], keepID)) {
+				// Its builder (or the one that cloned it) switched ids
+				// to make a user namespace: what it keeps is those.
+				if err := keptIDs(pl.plan, i, [3]uint32{b.uid, b.uid, b.uid}, [3]uint32{b.gid, b.gid, b.gid}); err != nil {
+					return fmt.Errorf("%w (its builder switched ids to make a user namespace)", err)
+				}
 			}
 			if err := pl.emit(Step{Op: OpPayload, Actor: i, Target: -1}); err != nil {
 				return err

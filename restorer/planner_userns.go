@@ -36,7 +36,7 @@ func (pl *planner) userMap(c int, u pstree.NSID) error {
 	if w < 0 {
 		return fmt.Errorf("user ns %d: no live member of its parent %d to write its maps: %w", u, parent, ErrUnsupported)
 	}
-	if _, _, err := userMapText(pl.plan, u, w); err != nil {
+	if _, _, err := userMapText(pl.plan, u); err != nil {
 		return err
 	}
 	return pl.emit(Step{Op: OpUserMap, Actor: w, Target: c, NS: nsOne(pstree.UserNS, u)})
@@ -48,15 +48,17 @@ func nsOne(k pstree.NSKind, id pstree.NSID) pstree.NSSet {
 	return s
 }
 
-// userMapText is what writer w writes to user namespace u's uid_map and
-// gid_map.
-func userMapText(p *Plan, u pstree.NSID, w int) (uidMap, gidMap string, err error) {
+// userMapText is what the writer writes to user namespace u's uid_map and
+// gid_map. The writer is a member of u's parent when it writes (userMap),
+// and the kernel reads the outside ids in the parent's terms: they are
+// translated through the parent's map, not through the writer's image
+// user namespace, which may lie further down (stages: the writer moves
+// down after the write).
+func userMapText(p *Plan, u pstree.NSID) (uidMap, gidMap string, err error) {
 	ns := p.Tree.Namespace(u)
-	var via *pstree.Namespace // the writer's user ns, when not the restorer's
-	if wt := p.Procs[w].Task; wt >= 0 {
-		if id := p.Tree.Tasks[wt].NS[pstree.UserNS]; id != 0 && !p.Tree.Namespace(id).Ambient {
-			via = p.Tree.Namespace(id)
-		}
+	var via *pstree.Namespace // u's parent, when not the restorer's
+	if pa := ns.Parent; pa != 0 && !p.Tree.Namespace(pa).Ambient {
+		via = p.Tree.Namespace(pa)
 	}
 	text := func(m []pstree.IDMapEntry, xlate func(uint32) (uint32, bool)) (string, error) {
 		var b strings.Builder
@@ -126,6 +128,39 @@ func taskCreds(p *Plan, ti int) (uid, gid [3]uint32, groups []uint32, setgroups 
 		}
 	}
 	return
+}
+
+// builderIDs are the ids a builder holds in the restorer's terms once it
+// switched them (OpSetCreds) or was cloned by a builder that had: a clone
+// copies its caller's credentials. switched is false for a builder that
+// has the restorer's own.
+type builderIDs struct {
+	uid, gid uint32
+	switched bool
+}
+
+// switchedIDs follows p's OpSetCreds steps through the clones, for every
+// proc.
+func switchedIDs(p *Plan) []builderIDs {
+	ids := make([]builderIDs, len(p.Procs))
+	for i := range p.Steps {
+		s := &p.Steps[i]
+		switch {
+		case s.Op == OpClone && s.Actor != Restorer:
+			ids[s.Target] = ids[s.Actor]
+		case s.Op == OpSetCreds:
+			// The step's ids are its user namespace's, mapped there
+			// (nestedCreds): their outside values are the restorer's.
+			u := s.NS[pstree.UserNS]
+			uid, _ := hostUID(p.Tree, u, uint32(s.Arg))
+			gid := uint32(s.Arg2)
+			if ns := p.Tree.Namespace(u); ns != nil && !ns.Ambient {
+				gid, _ = inverse(ns.GIDMap, gid)
+			}
+			ids[s.Actor] = builderIDs{uid, gid, true}
+		}
+	}
+	return ids
 }
 
 // keepID in the ids taskCreds returns leaves that id as the builder has
