@@ -8,21 +8,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// finish appends the verification and the final actions: ns_last_pid
-// cursors, helpers exiting (and being reaped by their creators), zombies
-// dying, and payloads.
+// finish appends the verification and the final actions, one phase
+// after another: net configuration, pid_for_children, ns_last_pid
+// cursors, the last user namespace moves, helpers exiting (and being
+// reaped by their parents), zombies dying, payloads, and stops.
 func (pl *planner) finish() error {
-	tr := pl.tr()
 	pl.plan.Verify = len(pl.plan.Steps)
 	if err := pl.emit(Step{Op: OpVerify, Actor: Restorer, Target: -1}); err != nil {
 		return err
 	}
-	if err := pl.netConfig(); err != nil {
-		return err
+	for _, phase := range []func() error{
+		pl.netConfig, pl.pidForChildren, pl.finishCursors, pl.finishUsers,
+		pl.finishHelpers, pl.finishZombies, pl.finishPayloads, pl.finishStops,
+	} {
+		if err := phase(); err != nil {
+			return err
+		}
 	}
-	if err := pl.pidForChildren(); err != nil {
-		return err
-	}
+	return nil
+}
+
+// finishCursors writes each live pid namespace's final ns_last_pid (an
+// agent's: above its threads' window, which it moves back itself).
+func (pl *planner) finishCursors() error {
+	tr := pl.tr()
 	for _, ns := range tr.Namespaces {
 		if ns.Kind != pstree.PidNS || ns.Level == 0 || ns.LastPID <= 0 {
 			continue
@@ -57,9 +66,11 @@ func (pl *planner) finish() error {
 			return err
 		}
 	}
-	if err := pl.finishUsers(); err != nil {
-		return err
-	}
+	return nil
+}
+
+// finishHelpers ends the helpers, in reverse order of creation.
+func (pl *planner) finishHelpers() error {
 	// Helpers exit in reverse order of creation; their parent (not
 	// always their creator: CLONE_PARENT) reaps them.
 	var helpers []int
@@ -77,6 +88,12 @@ func (pl *planner) finish() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// finishZombies makes the zombies die, with their exit status.
+func (pl *planner) finishZombies() error {
+	tr := pl.tr()
 	// Zombies die deepest namespace first, so a zombie init is alone in its
 	// namespace when it dies.
 	var zombies []int
@@ -106,6 +123,12 @@ func (pl *planner) finish() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// finishPayloads starts every live task's payload, with its image ids.
+func (pl *planner) finishPayloads() error {
+	tr := pl.tr()
 	switched := switchedIDs(pl.plan) // every clone is planned by now
 	for i := range tr.Tasks {
 		if tr.Tasks[i].State != pstree.Zombie {
@@ -129,6 +152,13 @@ func (pl *planner) finish() error {
 			}
 		}
 	}
+	return nil
+}
+
+// finishStops stops what was stopped (and, with the stopped payload,
+// every live task).
+func (pl *planner) finishStops() error {
+	tr := pl.tr()
 	for i := range tr.Tasks {
 		if st := tr.Tasks[i].State; st == pstree.Stopped || (st == pstree.Live && pl.plan.Options.Payload == PayloadStopped) {
 			if err := pl.emit(Step{Op: OpKill, Actor: Restorer, Target: i, Arg: int(unix.SIGSTOP)}); err != nil {
