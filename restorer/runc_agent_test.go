@@ -1,7 +1,6 @@
 package restorer
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,9 +64,9 @@ func TestE2ERuncMigrateThroughAgent(t *testing.T) {
 	if !slices.Equal(before, after) {
 		t.Errorf("/proc in the first container and in the second differ:\n%s\n---\n%s", strings.Join(before, "\n"), strings.Join(after, "\n"))
 	}
-	if err := copyDir(filepath.Join(from.dir, "img"), filepath.Join(to.dir, "img")); err != nil {
-		t.Fatal(err)
-	}
+	// The image (a dump without --state is pstree.img alone), where check
+	// inside the second container reads it.
+	copyFile(t, filepath.Join(from.dir, "img", "pstree.img"), filepath.Join(to.dir, "img", "pstree.img"))
 	if out, err := to.exec("/bin/nsinit", "check", "-t", inner, "-D", "/run/agent/img"); err != nil {
 		t.Errorf("check inside the second container: %v\n%s", err, out)
 	}
@@ -88,9 +87,8 @@ type agentRunc struct {
 // socket is there.
 func agentContainer(t *testing.T, script string) agentRunc {
 	t.Helper()
-	bundle, id, runc := runcBundle(t, "/bin/nsinit", "--listen", "/run/agent/sock", "--", "/bin/busybox", "sh", "-c", script)
 	c := agentRunc{dir: t.TempDir()}
-	editSpec(t, bundle, func(spec map[string]any) {
+	bundle, id, runc := runcBundleSpec(t, func(spec map[string]any) {
 		caps := spec["process"].(map[string]any)["capabilities"].(map[string]any)
 		for _, set := range []string{"bounding", "effective", "permitted"} {
 			caps[set] = append(caps[set].([]any), "CAP_CHECKPOINT_RESTORE", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE")
@@ -99,16 +97,8 @@ func agentContainer(t *testing.T, script string) agentRunc {
 		linux["readonlyPaths"] = slices.DeleteFunc(linux["readonlyPaths"].([]any), func(p any) bool { return p == "/proc/sys" })
 		spec["mounts"] = append(spec["mounts"].([]any), map[string]any{
 			"destination": "/run/agent", "type": "bind", "source": c.dir, "options": []any{"rbind"}})
-	})
-	if out, err := testutil.RunCmd(t, runc("run", "-d", "--bundle", bundle, id)); err != nil {
-		t.Fatalf("runc run: %v\n%s", err, out)
-	}
-	out, err := testutil.RunCmd(t, runc("state", id))
-	var st struct{ Pid int }
-	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Pid <= 0 {
-		t.Fatalf("runc state: %v\n%s", err, out)
-	}
-	c.init = st.Pid
+	}, "/bin/nsinit", "--listen", "/run/agent/sock", "--", "/bin/busybox", "sh", "-c", script)
+	c.init = runcRun(t, bundle, id, runc)
 	c.exec = func(args ...string) (string, error) {
 		return testutil.RunCmd(t, runc(append([]string{"exec", id}, args...)...))
 	}
@@ -121,46 +111,4 @@ func agentContainer(t *testing.T, script string) agentRunc {
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// editSpec changes a bundle's config.json with edit.
-func editSpec(t *testing.T, bundle string, edit func(spec map[string]any)) {
-	t.Helper()
-	path := filepath.Join(bundle, "config.json")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var spec map[string]any
-	if err := json.Unmarshal(b, &spec); err != nil {
-		t.Fatal(err)
-	}
-	edit(spec)
-	if b, err = json.Marshal(spec); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// copyDir copies the regular files of directory from into a new directory to.
-func copyDir(from, to string) error {
-	if err := os.Mkdir(to, 0o700); err != nil {
-		return err
-	}
-	ents, err := os.ReadDir(from)
-	if err != nil {
-		return err
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(from, e.Name()))
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(to, e.Name()), b, 0o600); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -89,6 +89,13 @@ func runcContainer(t *testing.T, argv ...string) (rootfs string, pid int) {
 func runcContainerSpec(t *testing.T, edit func(spec map[string]any), argv ...string) (rootfs string, pid int) {
 	t.Helper()
 	bundle, id, runc := runcBundleSpec(t, edit, argv...)
+	return filepath.Join(bundle, "rootfs"), runcRun(t, bundle, id, runc)
+}
+
+// runcRun runs the container of runcBundleSpec detached and returns its
+// init's host pid.
+func runcRun(t *testing.T, bundle, id string, runc func(args ...string) *exec.Cmd) int {
+	t.Helper()
 	if out, err := testutil.RunCmd(t, runc("run", "-d", "--bundle", bundle, id)); err != nil {
 		t.Fatalf("runc run: %v\n%s", err, out)
 	}
@@ -100,7 +107,7 @@ func runcContainerSpec(t *testing.T, edit func(spec map[string]any), argv ...str
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Pid <= 0 {
 		t.Fatalf("runc state %q: %v", out, err)
 	}
-	return filepath.Join(bundle, "rootfs"), st.Pid
+	return st.Pid
 }
 
 // TestRuncInit: nsinit as a runc container's init (a foreground `runc
