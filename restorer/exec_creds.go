@@ -50,10 +50,7 @@ func capsOf(p *Plan, ti int, last uint) (taskCaps, error) {
 	if c.CapInh|c.CapPrm|c.CapEff|c.CapBnd|c.CapAmb == 0 {
 		return taskCaps{}, nil
 	}
-	valid := uint64(1)<<(last+1) - 1
-	if last >= 63 {
-		valid = ^uint64(0)
-	}
+	valid := capMask(last)
 	// Caps this kernel does not know cannot be inheritable or ambient; in
 	// the bounding set they are meaningless, since no exec can grant them.
 	if extra := (c.CapInh | c.CapAmb) &^ valid; extra != 0 {
@@ -65,6 +62,14 @@ func capsOf(p *Plan, ti int, last uint) (taskCaps, error) {
 		tc.exact, tc.keep, tc.prm, tc.eff = true, true, c.CapPrm, c.CapEff
 	}
 	return tc, nil
+}
+
+// capMask has a bit for every capability up to last (cap_last_cap).
+func capMask(last uint) uint64 {
+	if last >= 63 {
+		return ^uint64(0)
+	}
+	return uint64(1)<<(last+1) - 1
 }
 
 var capLast struct {
@@ -173,11 +178,7 @@ func (c *procCreds) heldBy(self *procfs.Status) bool {
 	if !k.ok {
 		return true
 	}
-	valid := uint64(1)<<(k.last+1) - 1
-	if k.last >= 63 {
-		valid = ^uint64(0)
-	}
-	same := self.CapInh == k.inh && self.CapBnd&valid == k.bnd && self.CapAmb == k.amb
+	same := self.CapInh == k.inh && self.CapBnd&capMask(k.last) == k.bnd && self.CapAmb == k.amb
 	if k.exact { // no exec follows to compute permitted and effective
 		same = same && self.CapPrm == k.prm && self.CapEff == k.eff
 	}
