@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/testutil"
 	"golang.org/x/sys/unix"
 )
@@ -164,9 +165,13 @@ func TestGuardWatchesPids(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { sh.Process.Kill(); sh.Wait() }()
-	// Let the shell start (its own exec happens before it reads stdin).
+	// Let the shell start: its own exec is over once it waits in read(2)
+	// for its stdin. (Its comm turns "busybox" inside the exec, before
+	// the exec's tracepoint fires, which an armed guard would then see.)
+	procs := procfs.New("")
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", sh.Process.Pid)); strings.TrimSpace(string(b)) == "busybox" {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", sh.Process.Pid))
+		if nr, _ := procs.Syscall(sh.Process.Pid); strings.TrimSpace(string(b)) == "busybox" && nr == unix.SYS_READ {
 			break
 		}
 		if time.Now().After(deadline) {
