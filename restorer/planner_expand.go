@@ -25,6 +25,12 @@ func (pl *planner) expand(p int) error {
 		}
 		return err
 	}
+	if pl.visitsOwnGroup(p) && mp().pgid != p {
+		// Others join p's group, which p leaves: p forms it first.
+		if err := pl.setpgidTo(p, 0, p); err != nil {
+			return err
+		}
+	}
 	var leaders, phaseA, phaseB []int
 	for _, c := range pl.kids[p] {
 		switch bs := pl.birthSession(c); {
@@ -36,13 +42,20 @@ func (pl *planner) expand(p int) error {
 			phaseA = append(phaseA, c)
 		}
 	}
+	var later, hop []int
+	cloneGroup := func(c int) int { return pl.cloneGroup(c, p) }
 	for _, c := range leaders {
+		// A session leader's birth group matters only to the kids it
+		// clones before its setsid: those that must inherit a group p
+		// has to visit first hop with the others.
+		if g := cloneGroup(c); g != unset && g != mp().pgid {
+			hop = append(hop, c)
+			continue
+		}
 		if err := clone(c); err != nil {
 			return err
 		}
 	}
-	var later, hop []int
-	cloneGroup := func(c int) int { return pl.cloneGroup(c, p) }
 	for _, c := range phaseA {
 		switch g := cloneGroup(c); {
 		case g == mp().pgid || (g == unset && pl.groupLeader[c] == mp().pgid):
@@ -177,16 +190,22 @@ func (pl *planner) cloneKid(p, c int) (int, error) {
 	if err := pl.placeClone(st); err != nil {
 		return -1, err
 	}
+	return c, pl.afterBirth(p, c)
+}
+
+// afterBirth plays what follows p's clone of c at once, before c does
+// anything: c forms its own group early, or its outer parent p moves it
+// into a group c cannot name (F4.1). A deferred clone (one that waited
+// for its namespace's init) needs the same as an immediate one.
+func (pl *planner) afterBirth(p, c int) error {
 	if pl.earlyGroup(c) {
-		return c, pl.setpgidTo(c, 0, c)
+		return pl.setpgidTo(c, 0, c)
 	}
-	// An outer parent moves its inner child into a group the child
-	// cannot name (F4.1), before the child does anything.
 	g := pl.requiredBirthGroup[c]
 	if g == unset {
 		g = pl.groupLeader[c]
 		if g == c || g == ext || pl.sessionLeader[c] == c || pl.numAt(g, c) != 0 {
-			return c, nil
+			return nil
 		}
 	}
 	if pl.m.procs[c].pgid != g && pl.outerMove(c, p, g) {
@@ -200,7 +219,7 @@ func (pl *planner) cloneKid(p, c int) (int, error) {
 			pl.moving[c] = true
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // expandAll expands procs depth first. A proc whose part cannot be played
@@ -220,7 +239,7 @@ func (pl *planner) expandAll() error {
 				continue
 			}
 			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
-			if err := pl.placeClone(pl.cloneStep(c)); err != nil {
+			if err := pl.placeDeferred(c); err != nil {
 				pl.m.rollback(mark)
 				pl.plan.Steps = pl.plan.Steps[:steps]
 				continue
@@ -235,6 +254,9 @@ func (pl *planner) expandAll() error {
 			continue
 		}
 		for i, j := range pl.joins {
+			if pl.holdsGroup(j) {
+				continue
+			}
 			mark, steps := len(pl.m.undo), len(pl.plan.Steps)
 			if err := pl.setpgidTo(j.actor, j.target, j.g); err != nil {
 				pl.m.rollback(mark)
@@ -283,4 +305,13 @@ func (pl *planner) expandAll() error {
 		pl.m.undo = pl.m.undo[:0]
 	}
 	return nil
+}
+
+// placeDeferred clones c, which waited for its namespace's init, and plays
+// what follows its birth.
+func (pl *planner) placeDeferred(c int) error {
+	if err := pl.placeClone(pl.cloneStep(c)); err != nil {
+		return err
+	}
+	return pl.afterBirth(pl.creator[c], c)
 }

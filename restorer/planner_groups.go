@@ -71,8 +71,10 @@ func (pl *planner) cloneGroup(c, p int) int {
 	if pl.groupLeader[c] == p && pl.sessionLeader[c] != c && pl.groupLeader[p] != p {
 		return p // p's own group, which p leaves later (F4.1)
 	}
-	if pl.requiredBirthGroup[c] != unset && !pl.outerMove(c, p, pl.requiredBirthGroup[c]) {
-		return pl.requiredBirthGroup[c]
+	if g := pl.requiredBirthGroup[c]; g != unset && (!pl.outerMove(c, p, g) || g == p && pl.groupLeader[p] != p) {
+		// p cannot move c there from outside, or the group is p's
+		// own, which exists only while p visits it: c is born in it.
+		return g
 	}
 	if pl.mustInherit(c, p) {
 		return pl.groupLeader[c]
@@ -129,4 +131,39 @@ func (pl *planner) joinOf(p, g int) join {
 func (pl *planner) parentMovesLater(p, g int) bool {
 	cr := pl.creator[p]
 	return g >= 0 && pl.numAt(g, p) == 0 && cr >= 0 && !pl.sibling[p] && pl.numAt(g, cr) != 0 && pl.numAt(p, cr) != 0
+}
+
+// visitsOwnGroup says whether p forms a group it does not stay in: others
+// end in group p, p ends in another and leads no session. Only p can form
+// group p (setpgid(0, 0), F4.1), so it does so first and stays until the
+// others are in (holdsGroup): a group lives only while it has a member.
+func (pl *planner) visitsOwnGroup(p int) bool {
+	if pl.plan.Procs[p].IsHelper() || pl.groupLeader[p] == p || pl.sessionLeader[p] == p {
+		return false
+	}
+	for x, g := range pl.groupLeader {
+		if g == p && x != p {
+			return true
+		}
+	}
+	return false
+}
+
+// holdsGroup says whether join j must wait: it takes p out of the group p
+// formed (visitsOwnGroup) while a proc that ends in that group is not in
+// it yet and nobody else keeps it alive.
+func (pl *planner) holdsGroup(j join) bool {
+	p := j.actor
+	if j.target != 0 {
+		p = j.target
+	}
+	if pl.m.procs[p].pgid != p || !pl.visitsOwnGroup(p) {
+		return false
+	}
+	for x, g := range pl.groupLeader {
+		if g == p && x != p && (pl.m.procs[x].state == mNone || pl.m.procs[x].pgid != p) {
+			return true
+		}
+	}
+	return false
 }
