@@ -3,6 +3,7 @@ package restorer
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/nsinit/nsinit/pstree"
 )
@@ -156,6 +157,13 @@ func (pl *planner) cloneKid(p, c int) (int, error) {
 		}
 	}
 	st := pl.cloneStep(c)
+	if pids := pl.plan.Procs[c].PIDs; st.Into != 0 && pids[len(pids)-1] == 1 {
+		// The kernel allows it (setns to another task's
+		// pid_for_children made by its unshare, then fork: pid 1 of a
+		// namespace nobody was in); neither the model nor the builders
+		// enter a namespace through a pid_for_children link yet.
+		return -1, fmt.Errorf("%s: the init of pid ns %d, born through setns into it from another pid namespace (another task's unshare made it): %w", pl.plan.name(c), st.Into, ErrUnsupported)
+	}
 	if st.Into != 0 && pl.m.nss[st.Into].init < 0 {
 		// born via setns into a namespace whose init a later part of
 		// the plan creates: clone it then, when p is in its final
@@ -298,7 +306,7 @@ func (pl *planner) expandAll() error {
 				firstErr = pl.setpgidTo(j.actor, j.target, j.g)
 			}
 			if firstErr == nil {
-				firstErr = fmt.Errorf("no progress: %w", ErrUnsupported)
+				firstErr = fmt.Errorf("no progress (%s): %w", pl.waiting(), ErrUnsupported)
 			}
 			return firstErr
 		}
@@ -314,4 +322,22 @@ func (pl *planner) placeDeferred(c int) error {
 		return err
 	}
 	return pl.afterBirth(pl.creator[c], c)
+}
+
+// waiting names what the procs left waited for when planning stopped
+// making progress, for the error.
+func (pl *planner) waiting() string {
+	var why []string
+	for _, c := range pl.deferred {
+		why = append(why, fmt.Sprintf("%s waits for the init of pid ns %d", pl.plan.name(c), pl.plan.Procs[c].NS))
+	}
+	for _, j := range pl.joins {
+		if pl.holdsGroup(j) {
+			why = append(why, fmt.Sprintf("%s keeps its group until its members are in", pl.plan.name(j.actor)))
+		}
+	}
+	if len(why) == 0 {
+		return "nothing left waits"
+	}
+	return strings.Join(why, "; ")
 }
