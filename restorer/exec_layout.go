@@ -2,7 +2,6 @@ package restorer
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,7 +88,7 @@ type layout struct {
 
 // newBlock lays the plan out in a fresh mapping: the string area first,
 // then the header, one record per proc and one per step.
-func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*block, error) {
+func newBlock(p *Plan, self *procfs.Status, links map[int]*agentLink, mark int, el *execLinks) (*block, error) {
 	l := &layout{p: p, procs: make([]procStrs, len(p.Procs)), creds: make([]procCreds, len(p.Procs)), maps: map[int]*mapFiles{},
 		mountWhat: map[int][]act{}}
 	if err := l.addExecStrings(el); err != nil {
@@ -98,7 +97,7 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 	if err := l.addMounts(); err != nil {
 		return nil, err
 	}
-	if err := l.addCreds(); err != nil {
+	if err := l.addCreds(self); err != nil {
 		return nil, err
 	}
 	if err := l.addUserMaps(); err != nil {
@@ -199,11 +198,7 @@ func pathInRoot(root, p string) string {
 // addCreds adds every task's image credentials: taken before the exec
 // payload, by a zombie before it dies, by a stopped payload (and its
 // threads) before it parks (builder_linux.go, stopCreds).
-func (l *layout) addCreds() error {
-	self, err := procfs.New("").Status(os.Getpid())
-	if err != nil {
-		return fmt.Errorf("read the restorer's own credentials: %w", err)
-	}
+func (l *layout) addCreds(self *procfs.Status) error {
 	switched := switchedIDs(l.p)
 	for i := range l.p.Procs {
 		t := l.p.Procs[i].Task
@@ -211,7 +206,7 @@ func (l *layout) addCreds() error {
 			continue
 		}
 		var err error
-		if l.creds[i], err = credsOf(l.p, t, &self, switched[i]); err != nil {
+		if l.creds[i], err = credsOf(l.p, t, self, switched[i]); err != nil {
 			return err
 		}
 		l.procs[i].groups = l.strs.u32s(l.creds[i].groups)

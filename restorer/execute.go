@@ -107,8 +107,14 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	if err := requireCapabilities(); err != nil {
 		return nil, err
 	}
+	// The restorer's own status, read once: its bounding set for the
+	// precheck, its ids and capabilities for the builders' credentials.
+	self, err := procfs.New("").Status(os.Getpid())
+	if err != nil {
+		return nil, fmt.Errorf("read the restorer's own status: %w", err)
+	}
 	if !skipPrecheck {
-		if err := precheck(p); err != nil {
+		if err := precheck(p, &self); err != nil {
 			return nil, err
 		}
 	}
@@ -134,7 +140,7 @@ func execute(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
 	}
 	el := &execLinks{}
 	defer el.remove()
-	b, err := newBlock(p, links, mark, el)
+	b, err := newBlock(p, &self, links, mark, el)
 	if err != nil {
 		closeAgentLinks(links)
 		closeMark(mark)
@@ -243,14 +249,12 @@ var skipPrecheck = false
 // bounding set, and a level-0 pid the image needs that is in use, named
 // (clone3 would fail with EEXIST anyway; this only makes the error
 // precise. Inner levels are fresh namespaces.)
-func precheck(p *Plan) error {
+func precheck(p *Plan, self *procfs.Status) error {
 	if err := checkOutsideLeaders(p); err != nil {
 		return err
 	}
-	if st, err := procfs.New("/proc").Status(os.Getpid()); err == nil {
-		if err := checkCapBnd(p.Tree, st.CapBnd); err != nil {
-			return err
-		}
+	if err := checkCapBnd(p.Tree, self.CapBnd); err != nil {
+		return err
 	}
 	settle := time.Now().Add(2 * time.Second)
 	check := func(pid int, what string) error {
