@@ -252,6 +252,9 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 	case int64(OpSetsid):
 		_, _, e := syscall.RawSyscall(unix.SYS_SETSID, 0, 0, 0)
 		return uintptr(e)
+	case int64(OpSubreaper):
+		_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1, 0)
+		return uintptr(e)
 	case int64(OpSetpgid):
 		_, _, e := syscall.RawSyscall(unix.SYS_SETPGID, uintptr(st.arg), uintptr(st.arg2), 0)
 		return uintptr(e)

@@ -118,6 +118,7 @@ type mproc struct {
 	stopped   bool
 	payload   bool
 	threads   [][]int
+	subreaper bool // PR_SET_CHILD_SUBREAPER (OpSubreaper)
 }
 
 func newModel(tr *pstree.Tree, nprocs int) *model {
@@ -276,6 +277,9 @@ func (m *model) apply(pl *Plan, i int) error {
 	case OpPayload:
 		m.saveProc(s.Actor)
 		m.procs[s.Actor].payload = true
+	case OpSubreaper:
+		m.saveProc(s.Actor)
+		m.procs[s.Actor].subreaper = true
 	case OpSetPFC:
 		return m.setPFC(pl, s)
 	case OpUnshare:

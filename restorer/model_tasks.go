@@ -367,6 +367,24 @@ func (m *model) setpgid(pl *Plan, s *Step) error {
 	return nil
 }
 
+// reaperOf is who adopts the children of dying proc p (F5.2, the
+// kernel's find_new_reaper): the nearest live child subreaper among p's
+// ancestors in p's own pid namespace, else that namespace's init, else
+// (level 0) the restorer, itself a subreaper.
+func (m *model) reaperOf(p int) int {
+	pr := &m.procs[p]
+	n := m.nss[pr.ns]
+	for q := pr.parent; q >= 0 && q != n.init && m.procs[q].ns == pr.ns; q = m.procs[q].parent {
+		if m.procs[q].subreaper && m.procs[q].state == mAlive {
+			return q
+		}
+	}
+	if n.init >= 0 && n.init != p {
+		return n.init
+	}
+	return Restorer
+}
+
 func (m *model) exit(p int, status int) error {
 	pr := &m.procs[p]
 	n := m.nss[pr.ns]
@@ -383,13 +401,10 @@ func (m *model) exit(p int, status int) error {
 	m.saveProc(p)
 	pr.state = mZombie
 	pr.status = status
-	reaper := Restorer
-	if n.init >= 0 && n.init != p {
-		reaper = n.init
-	}
 	if pr.kids == 0 {
 		return nil
 	}
+	reaper := m.reaperOf(p)
 	for i := range m.procs {
 		if m.procs[i].parent == p && m.procs[i].state != mNone {
 			m.saveProc(i)

@@ -124,9 +124,13 @@ const (
 	// OpNetConfig: the restorer configures net namespace NS[NetNS]
 	// (interfaces, addresses, routes) through member proc Target.
 	OpNetConfig
+	// OpSubreaper: Actor, a child subreaper of the image that adopts an
+	// orphan during the restore, sets PR_SET_CHILD_SUBREAPER before the
+	// proc that leaves it the orphan dies.
+	OpSubreaper
 )
 
-var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc", "unshare", "setns", "hostname", "usermap", "setcreds", "netconfig"}
+var opNames = [...]string{"clone", "setsid", "setpgid", "thread", "verify", "lastpid", "wait", "exit", "kill", "payload", "setpfc", "unshare", "setns", "hostname", "usermap", "setcreds", "netconfig", "subreaper"}
 
 func (o Op) String() string {
 	if o < 0 || int(o) >= len(opNames) {
@@ -326,6 +330,8 @@ func (p *Plan) describe(s *Step) string {
 		return fmt.Sprintf("clone %s %s%s", p.name(s.Target), strings.Join(fl, " "), why)
 	case OpSetsid:
 		return "setsid"
+	case OpSubreaper:
+		return "prctl(PR_SET_CHILD_SUBREAPER, 1)"
 	case OpSetpgid:
 		return fmt.Sprintf("setpgid(%d, %d)", s.Arg, s.Arg2)
 	case OpThread:

@@ -38,11 +38,12 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 		return nil, err
 	}
 	pl := &planner{
-		plan:   &Plan{Tree: tr, Options: opt},
-		byPID:  map[int]int{},
-		leader: map[int]int{},
-		kids:   map[int][]int{},
-		starts: map[int]pstree.NSID{},
+		plan:     &Plan{Tree: tr, Options: opt},
+		byPID:    map[int]int{},
+		leader:   map[int]int{},
+		kids:     map[int][]int{},
+		starts:   map[int]pstree.NSID{},
+		adopters: map[int]bool{},
 	}
 	if err := pl.build(); err != nil {
 		return nil, err
@@ -114,6 +115,7 @@ type planner struct {
 	standIns           map[int]int         // task -> the stand-in helper that clones it
 	starts             map[int]pstree.NSID // task -> its startUser (memo)
 	lateSettles        []int               // inits that go down to their user ns in finish (lostOwner)
+	adopters           map[int]bool        // child subreapers a leaver dies below (OpSubreaper at their start)
 	finishing          bool
 }
 

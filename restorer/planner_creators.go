@@ -91,14 +91,14 @@ func (pl *planner) assign(c, p int, placed map[int]bool) error {
 		cr = s
 		if !ok {
 			z := pl.leaver(c, s, p)
-			if z < 0 && !pl.initAbove(p, c) {
+			if z < 0 && !pl.initAbove(p, c) && !pl.subreaperAbove(p, c) {
 				// The kernel gives an orphan only to an init or to a
-				// child subreaper (F5.2), and images do not record the
-				// subreaper flag yet.
-				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling of it, and its parent %s is no init: adopted by a child subreaper, which is not restored yet: %w", pl.plan.name(c), pl.plan.name(s), pl.plan.name(p), ErrUnsupported)
+				// child subreaper (F5.2): an image without the flag
+				// (dumped without eBPF), or a parent that is neither.
+				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling of it, and its parent %s is neither an init nor a child subreaper the image records: %w", pl.plan.name(c), pl.plan.name(s), pl.plan.name(p), ErrUnsupported)
 			}
 			if z < 0 {
-				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling of it, and no member of it in its init's namespace or above can leave it to that init: %w", pl.plan.name(c), pl.plan.name(s), ErrUnsupported)
+				return fmt.Errorf("%s: session %s is neither its parent's nor led by a sibling of it, and no member of it can leave it to %s (in that namespace or above it for an init, below it in its namespace for a child subreaper): %w", pl.plan.name(c), pl.plan.name(s), pl.plan.name(p), ErrUnsupported)
 			}
 			cr = z
 		}

@@ -13,6 +13,13 @@ import (
 func (pl *planner) expand(p int) error {
 	mp := func() *mproc { return &pl.m.procs[p] }
 	leadsSession := pl.sessionLeader[p] == p
+	if pl.adopters[p] && !mp().subreaper {
+		// A leaver below p dies in the finish phase and leaves p an
+		// orphan: p is a child subreaper by then, as in the image.
+		if err := pl.emit(Step{Op: OpSubreaper, Actor: p, Target: -1}); err != nil {
+			return err
+		}
+	}
 	if f := pl.finalUser(p); f == 0 || pl.m.procs[p].nsk[pstree.UserNS] == f {
 		if err := pl.threads(p); err != nil {
 			return err

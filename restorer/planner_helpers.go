@@ -62,14 +62,25 @@ func (pl *planner) leaver(c, s, p int) int {
 // in the group c must be born in. -1 when p is no init above c, or when
 // nobody can be there.
 func (pl *planner) newLeaver(c, s, p int) int {
-	if p < 0 || s < 0 || !pl.initAbove(p, c) {
+	if p < 0 || s < 0 {
+		return -1
+	}
+	under := -1 // the leaver's creator must be below p: p is a subreaper
+	switch {
+	case pl.initAbove(p, c):
+	case pl.subreaperAbove(p, c):
+		under = p
+	default:
 		return -1
 	}
 	ns := pl.plan.Procs[p].NS
 	g := pl.leaverGroup(c)
-	x := pl.groupCreator(c, ns, s, g)
+	x := pl.groupCreator(c, ns, s, g, under)
 	if x < 0 {
 		return -1
+	}
+	if under >= 0 {
+		pl.adopters[p] = true
 	}
 	h := pl.addHelper(Proc{Task: -1, PIDs: pl.freePIDs(ns), NS: ns, Why: whyLeaver})
 	pl.sessionLeader[h], pl.groupLeader[h] = s, g
@@ -84,6 +95,17 @@ func (pl *planner) newLeaver(c, s, p int) int {
 func (pl *planner) initAbove(p, c int) bool {
 	ns := pl.plan.Procs[p].NS
 	return pl.isInitOf(p, ns) && slices.Contains(pl.m.chain(pl.plan.Procs[c].NS), ns)
+}
+
+// subreaperAbove says whether p is a child subreaper of the image (when
+// the image records the flag) in c's pid namespace or one of its
+// ancestors: the kernel gives it the children of a dying descendant in
+// its own namespace before the init (F5.2), so a leaver cloned below it
+// leaves c to it.
+func (pl *planner) subreaperAbove(p, c int) bool {
+	t := pl.plan.Procs[p].Task
+	return t >= 0 && pl.tr().SubreapersRecorded && pl.tr().Tasks[t].ChildSubreaper &&
+		slices.Contains(pl.m.chain(pl.plan.Procs[c].NS), pl.plan.Procs[p].NS)
 }
 
 // leaverGroup is the group a leaver must be in when it clones c: c's own
@@ -109,11 +131,16 @@ func (pl *planner) reachesFinalGroup(q int) bool {
 // groupCreator is a proc that can clone a leaver for c into pid namespace
 // ns, in session s and group g: one that ends in s and g (so it is there
 // once it has played its own part, which is when its kids are cloned),
-// lives in ns or above it, and is no descendant of c. g's leader first (a
-// session leader is always in its own session and group).
-func (pl *planner) groupCreator(c int, ns pstree.NSID, s, g int) int {
+// lives in ns or above it, and is no descendant of c; with under >= 0, a
+// descendant of proc under in ns itself (the leaver then dies below that
+// subreaper). g's leader first (a session leader is always in its own
+// session and group).
+func (pl *planner) groupCreator(c int, ns pstree.NSID, s, g, under int) int {
 	ok := func(x int) bool {
-		return x >= 0 && x != c && pl.sessionLeader[x] == s && pl.groupLeader[x] == g && !pl.below(x, c) &&
+		if x < 0 || under >= 0 && (!pl.below(x, under) || pl.plan.Procs[x].NS != ns) {
+			return false
+		}
+		return x != c && pl.sessionLeader[x] == s && pl.groupLeader[x] == g && !pl.below(x, c) &&
 			slices.Contains(pl.m.chain(ns), pl.plan.Procs[x].NS)
 	}
 	if ok(g) {

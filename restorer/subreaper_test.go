@@ -136,3 +136,47 @@ func subreaperFlags(tr *pstree.Tree) []bool {
 	}
 	return v
 }
+
+// adoptedTree: an orphan adopted by a child subreaper that is no init. S
+// (the subreaper) has a child R, whose child Q leads a session of its own;
+// Q's child M made O in Q's session and died (a zombie Q never reaped), so
+// O went past Q and R to S. O's parent S was never in O's session, and
+// Q's parent is not S: only a proc that dies below S can leave O there.
+func adoptedTree() *pstree.Tree {
+	b := newTB()
+	b.tr.SubreapersRecorded = true
+	b.task(1, []int{25000}, 0, []int{25000}, []int{25000})
+	s := b.task(1, []int{25001}, 25000, []int{25000}, []int{25000})
+	s.ChildSubreaper = true
+	b.task(1, []int{25002}, 25001, []int{25000}, []int{25000})
+	b.task(1, []int{25003}, 25002, []int{25003}, []int{25003})
+	m := b.task(1, []int{25004}, 25003, []int{25003}, []int{25003})
+	m.State, m.ExitStatus = pstree.Zombie, 3<<8
+	b.task(1, []int{25005}, 25001, []int{25003}, []int{25003})
+	return &b.tr
+}
+
+// TestPlanAdoptedBySubreaper: the plan has a leaver helper below the
+// subreaper set the flag before the leaver dies; replayed in the model
+// (whose exit re-parents to the nearest live subreaper above, F5.2) it
+// gives the image.
+func TestPlanAdoptedBySubreaper(t *testing.T) {
+	for _, pay := range []Payload{PayloadExec, PayloadStopped} {
+		p, err := NewPlan(adoptedTree(), Options{Payload: pay})
+		if err != nil {
+			t.Fatal(err)
+		}
+		replay(t, p)
+		set := false
+		for i := range p.Steps {
+			set = set || p.Steps[i].Op == OpSubreaper && p.Steps[i].Actor == 1
+		}
+		if !set {
+			t.Errorf("no early PR_SET_CHILD_SUBREAPER by the subreaper in the plan")
+		}
+	}
+}
+
+// TestRestoreAdoptedBySubreaper restores adoptedTree on the real kernel and
+// compares it through /proc (scenarioCheck): O's parent is S.
+func TestRestoreAdoptedBySubreaper(t *testing.T) { scenarioCheck(t, adoptedTree, nil) }
