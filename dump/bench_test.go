@@ -326,3 +326,85 @@ func treeDiff(a, b *pstree.Tree) string {
 	}
 	return ""
 }
+
+// BenchmarkDumpCmdScale times `nsinit dump` of a 1,000-task and a
+// 10,000-task tree over 3 pid levels side by side, alternating round by
+// round, and reports tasks/s for each and their ratio (issue #14: 10,000
+// tasks in under a second, and tasks/s at 10,000 within 10% of tasks/s at
+// 1,000: "ratio-10k-1k" >= 0.9). Both trees live at once: it needs about
+// 11,100 free pids and says so when the machine has fewer. With
+// NSINIT_BENCH_BASELINE set to another nsinit binary, that one is timed in
+// the same rounds too.
+func BenchmarkDumpCmdScale(b *testing.B) {
+	testutil.Require(b, testutil.Root)
+	sizes := []int{1000, 10000}
+	if free := freePids(b); free < 11100 {
+		b.Skipf("needs about 11,100 free pids for both trees, the machine has %d", free)
+	}
+	bins := map[string]string{"nsinit": testutil.Binary(b)}
+	if base := os.Getenv("NSINIT_BENCH_BASELINE"); base != "" {
+		bins["baseline"] = base
+	}
+	roots := map[int]int{}
+	for _, n := range sizes {
+		k := (n - 5 + 2) / 3
+		os.Setenv("K", strconv.Itoa(k))
+		roots[n] = startTree(b, benchScript, 3*k+5, true).root
+	}
+	os.Unsetenv("K")
+	dir := b.TempDir()
+	dur := map[string]time.Duration{}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j := range sizes {
+			n := sizes[(i+j)%len(sizes)] // alternate which size goes first
+			for name, bin := range bins {
+				t0 := time.Now()
+				cmd := exec.Command(bin, "dump", "-t", strconv.Itoa(roots[n]), "-D", dir)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("%s dump of %d tasks: %v\n%s", name, n, err, out)
+				}
+				dur[fmt.Sprintf("%s-%d", name, n)] += time.Since(t0)
+			}
+		}
+	}
+	b.StopTimer()
+	for name := range bins {
+		rate := map[int]float64{}
+		for _, n := range sizes {
+			tasks := 3*((n-5+2)/3) + 5
+			d := dur[fmt.Sprintf("%s-%d", name, n)]
+			rate[n] = float64(tasks) * float64(b.N) / d.Seconds()
+			b.ReportMetric(rate[n], fmt.Sprintf("%s-%dk-tasks/s", name, n/1000))
+		}
+		b.ReportMetric(rate[10000]/rate[1000], name+"-ratio-10k-1k")
+		b.ReportMetric(dur[name+"-10000"].Seconds()/float64(b.N), name+"-s/dump-10k")
+	}
+}
+
+// freePids is how many more processes the machine can have: pid_max and
+// threads-max less the tasks there are.
+func freePids(b *testing.B) int {
+	limit := 1 << 30
+	for _, f := range []string{"/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"} {
+		s, err := os.ReadFile(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(string(s)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		limit = min(limit, n)
+	}
+	s, err := os.ReadFile("/proc/loadavg") // "... running/total last_pid"
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(s))
+	total, err := strconv.Atoi(f[3][strings.IndexByte(f[3], '/')+1:])
+	if err != nil {
+		b.Fatal(err)
+	}
+	return limit - total
+}

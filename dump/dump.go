@@ -252,15 +252,17 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 			}
 			return nil, nil, gerr
 		}
-		o.logf("loaded the guard in %v, beside the freeze", gl.took.Round(time.Millisecond))
+		o.logf("loaded the guard in %v, beside the freeze (waited %v for it)", gl.took.Round(time.Millisecond), time.Since(t2).Round(time.Millisecond))
 	}
 	if guard != nil {
 		fds, gerr := guardNamespaces(r, members)
 		defer closeAll(fds)
 		if gerr == nil {
+			ta := time.Now()
 			if gerr = guard.Arm(pids(members), fds); gerr != nil {
 				gerr = fmt.Errorf("arm consistency guard: %w", gerr)
 			}
+			o.logf("armed the guard in %v", time.Since(ta).Round(time.Millisecond))
 		}
 		if gerr != nil {
 			if terr := fz.thaw(false); terr != nil {
@@ -284,12 +286,15 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 	defer func() {
 		// Stop counting before the tree runs again: what it does after
 		// the thaw is no race with this dump.
+		t3 := time.Now()
 		disarm()
+		t4 := time.Now()
 		if err == nil && len(moved) == 0 && tr != nil {
 			// After the guard (the probes fork into the tree's
 			// namespaces), before the tree runs again.
 			probeCursors(tr, o)
 		}
+		t5 := time.Now()
 		leave := o.LeaveStopped && err == nil && len(moved) == 0
 		if o.KillFrozen && err == nil && len(moved) == 0 && tr != nil {
 			killFrozen(tr)
@@ -297,6 +302,8 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 		if terr := fz.thaw(leave); terr != nil && err == nil {
 			tr, err = nil, terr
 		}
+		o.logf("disarmed in %v, probed the pid cursors in %v, thawed in %v",
+			t4.Sub(t3).Round(time.Millisecond), t5.Sub(t4).Round(time.Millisecond), time.Since(t5).Round(time.Millisecond))
 	}()
 	var d []string
 	if tr, d, err = readFrozen(r, root, members, o.AgentExe, fz.frozenAs()); tr == nil {

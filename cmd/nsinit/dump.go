@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/imagefile"
@@ -133,11 +134,12 @@ func runDump(args []string) int {
 		d.errorf("%v", err)
 		return exitStatus(err)
 	}
+	t0 := time.Now()
 	if err := imagefile.Write(dir, tr); err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
 	}
-	d.logf(1, "wrote %d tasks to %s", len(tr.Tasks), dir)
+	d.logf(1, "wrote %d tasks to %s in %v", len(tr.Tasks), dir, time.Since(t0).Round(time.Millisecond))
 	if kil {
 		// Children first; a pid namespace init takes its members with it.
 		for i := len(tr.Tasks) - 1; i >= 0; i-- {
