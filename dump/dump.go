@@ -86,6 +86,13 @@ type Options struct {
 	// the tree (ptrace freeze), nil when nothing traces it (cgroup). Its
 	// error ends the attempt.
 	State func(tr *pstree.Tree, onTracer func(func())) error
+	// Write, when set, is called with a tree whose read the guard found
+	// consistent, before the tree is killed (KillFrozen) or thawed: the
+	// image is encoded and written while nothing in the tree runs, not
+	// beside thousands of tasks waking up or dying (docs/performance.md,
+	// "10,000 tasks"), and a tree whose image could not be written is
+	// never killed. Its error ends the dump, and the tree is thawed.
+	Write func(tr *pstree.Tree) error
 	// KillFrozen kills the tree before it would be thawed, after a
 	// successful read: a tree dumped with its state must not run on
 	// between the dump and the kill.
@@ -126,8 +133,6 @@ func Dump(root int, o Options) (*pstree.Tree, error) {
 	for attempt := 0; attempt <= o.Retries; attempt++ {
 		tr, moved, err := dumpOnce(root, o, gl)
 		if err == nil && len(moved) == 0 {
-			tr.Checked = o.Guard != nil || gl != nil
-			tr.Kernel, tr.PidMax = thisKernel()
 			return tr, nil
 		}
 		if err != nil && !errors.Is(err, procfs.ErrGone) && !errors.Is(err, errMoved) {
@@ -295,6 +300,17 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 			probeCursors(tr, o)
 		}
 		t5 := time.Now()
+		if err == nil && len(moved) == 0 && tr != nil {
+			tr.Checked = o.Guard != nil || gl != nil
+			tr.Kernel, tr.PidMax = thisKernel()
+			if o.Write != nil {
+				if werr := o.Write(tr); werr != nil {
+					tr, err = nil, werr
+				}
+				o.logf("wrote the image in %v, frozen", time.Since(t5).Round(time.Millisecond))
+				t5 = time.Now()
+			}
+		}
 		leave := o.LeaveStopped && err == nil && len(moved) == 0
 		if o.KillFrozen && err == nil && len(moved) == 0 && tr != nil {
 			killFrozen(tr)

@@ -10,7 +10,6 @@ import (
 	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/pstree"
 	"github.com/nsinit/nsinit/state"
-	"golang.org/x/sys/unix"
 )
 
 // newDumpGuard makes the eBPF consistency guard; nil until
@@ -122,8 +121,13 @@ func runDump(args []string) int {
 		opts.State = func(tr *pstree.Tree, onTracer func(func())) error {
 			return state.Record(dir, "/proc", tr, onTracer, signals)
 		}
-		opts.KillFrozen = kil
 	}
+	// The image is written while the tree is still frozen, and --kill
+	// kills it frozen after that: the tasks never run between the read
+	// and their death, and a tree whose image failed is left running.
+	opts.Write = func(tr *pstree.Tree) error { return imagefile.Write(dir, tr) }
+	opts.KillFrozen = kil
+	t0 := time.Now()
 	tr, err := dump.Dump(pid, opts)
 	prog.done()
 	if errors.Is(err, dump.ErrNoGuard) {
@@ -134,21 +138,7 @@ func runDump(args []string) int {
 		d.errorf("%v", err)
 		return exitStatus(err)
 	}
-	t0 := time.Now()
-	if err := imagefile.Write(dir, tr); err != nil {
-		d.errorf("%v", err)
-		return exitStatus(err)
-	}
-	d.logf(1, "wrote %d tasks to %s in %v", len(tr.Tasks), dir, time.Since(t0).Round(time.Millisecond))
-	if kil {
-		// Children first; a pid namespace init takes its members with it.
-		for i := len(tr.Tasks) - 1; i >= 0; i-- {
-			if err := unix.Kill(tr.Tasks[i].PIDs[0], unix.SIGKILL); err != nil && err != unix.ESRCH {
-				d.errorf("kill pid %d: %v", tr.Tasks[i].PIDs[0], err)
-				return exitStatus(err)
-			}
-		}
-	}
+	d.logf(1, "wrote %d tasks to %s; the dump took %v", len(tr.Tasks), dir, time.Since(t0).Round(time.Millisecond))
 	return 0
 }
 
