@@ -319,6 +319,9 @@ func (c *comparer) namespacePairs(ids []pstree.NSID) {
 		if na.Kind == pstree.NetNS {
 			c.netContents(what, na, nb)
 		}
+		if na.Kind == pstree.MntNS {
+			c.mountContents(what, na, nb) // check/mounts.go
+		}
 		if na.Kind == pstree.UserNS {
 			if fmt.Sprint(na.UIDMap) != fmt.Sprint(nb.UIDMap) {
 				c.add(0, what+": uid_map", na.UIDMap, nb.UIDMap)
