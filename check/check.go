@@ -48,10 +48,17 @@ type Options struct {
 	// root's instead. Every task of the image in them must be in the live
 	// root's; every other session and group is compared as it is.
 	ShellJob bool
+	// HostPIDs: the tree was restored with kernel-chosen level-0 pids;
+	// the image's level-0 numbers are renamed through this pid map
+	// (image -> live, check/pidmap.go) before comparing.
+	HostPIDs map[int]int
 }
 
 // CompareWith is Compare with options.
 func CompareWith(img, live *pstree.Tree, o Options) []Difference {
+	if o.HostPIDs != nil {
+		img = renameHostPIDs(img, o.HostPIDs)
+	}
 	if o.LeftStopped {
 		live = unstop(img, live)
 	}

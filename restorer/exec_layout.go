@@ -115,7 +115,8 @@ func newBlock(p *Plan, links map[int]*agentLink, mark int, el *execLinks) (*bloc
 		return nil, err
 	}
 	l.setPrewake(b)
-	setHostChecks(p, b) // exec_hostcursor.go
+	setHostChecks(p, b)  // exec_hostcursor.go
+	layoutHostPIDs(p, b) // hostpids.go
 	setBuilderBlock(b)
 	return b, nil
 }
