@@ -32,8 +32,8 @@ func hostPIDsTree() *pstree.Tree {
 	b.task(2, []int{31506, 5}, 31502, []int{31502, 1}, []int{31502, 1}) // K
 	z := b.task(1, []int{31507}, 31500, []int{31500}, []int{31501})     // Z0
 	z.State, z.ExitStatus = pstree.Zombie, 7<<8
-	b.task(3, []int{31508, 6, 1}, 31506, []int{31508, 6, 1}, []int{31508, 6, 1}) // J
-	b.task(3, []int{31509, 7, 2}, 31508, []int{31508, 6, 1}, []int{31509, 7, 2}) // M
+	b.task(3, []int{31508, 6, 1}, 31506, []int{31508, 6, 1}, []int{31508, 6, 1})     // J
+	b.task(3, []int{31509, 7, 2}, 31508, []int{31508, 6, 1}, []int{31509, 7, 2})     // M
 	z = b.task(3, []int{31510, 8, 3}, 31508, []int{31508, 6, 1}, []int{31509, 7, 2}) // Z2
 	z.State, z.ExitStatus = pstree.Zombie, 15
 	return &b.tr
