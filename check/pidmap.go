@@ -10,7 +10,8 @@ import (
 	"github.com/nsinit/nsinit/pstree"
 )
 
-// A pid map says which level-0 pid each task of an image got in a restore
+// A pid map says which level-0 pid each task of an image (and each dead
+// session or group leader, whose number its members keep) got in a restore
 // that let the kernel choose them (`restore --host-pids any --pid-map
 // FILE`): one "IMAGE LIVE" pair a line. check renames the image through it
 // (Options.HostPIDs) and compares as usual, so every deeper level must be

@@ -43,7 +43,8 @@ type Restored struct {
 	// Root is the root task's pid in the restorer's namespace.
 	Root int
 	// HostPIDs maps, with Options.HostPIDsAny, each task's level-0 pid in
-	// the image to the one the kernel gave it; nil otherwise.
+	// the image (and each dead session or group leader's) to the one the
+	// kernel gave it; nil otherwise.
 	HostPIDs map[int]int
 	rootFD   *sys.FD
 }

@@ -116,16 +116,18 @@ func (t *tx) hostPID(i int) int {
 	return t.p.Procs[i].PIDs[0]
 }
 
-// hostPIDs maps every image task's level-0 pid to the one it got, with
-// HostPIDsAny (nil otherwise).
+// hostPIDs maps, with HostPIDsAny (nil otherwise), every level-0 number
+// of the image that a proc played to the pid it got: each task's, and
+// each dead session or group leader's, whose helper's pid the session or
+// group keeps after it exited (F4.2).
 func (t *tx) hostPIDs() map[int]int {
 	if !t.p.Options.HostPIDsAny {
 		return nil
 	}
 	out := map[int]int{}
 	for i := range t.p.Procs {
-		if t.p.Procs[i].Task >= 0 {
-			out[t.p.Procs[i].PIDs[0]] = t.hostPID(i)
+		if n := t.p.Procs[i].PIDs[0]; n != 0 {
+			out[n] = t.hostPID(i)
 		}
 	}
 	return out

@@ -20,7 +20,8 @@ import (
 // into by its outer parent and that the level-0 zombie Z0 joined; at level
 // 1 I leads a session with D's group in it and members D, E in S's session
 // (led from above) and F in G's group; at level 2 J (an init, child of K)
-// leads a session with M's group, in which the zombie Z2 died.
+// leads a session with M's group, in which the zombie Z2 died. X, at level
+// 0, is in a session whose leader is dead (a helper plays it).
 func hostPIDsTree() *pstree.Tree {
 	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
 	b.task(1, []int{31500}, 0, []int{31500}, []int{31500})              // S
@@ -36,6 +37,7 @@ func hostPIDsTree() *pstree.Tree {
 	b.task(3, []int{31509, 7, 2}, 31508, []int{31508, 6, 1}, []int{31509, 7, 2})     // M
 	z = b.task(3, []int{31510, 8, 3}, 31508, []int{31508, 6, 1}, []int{31509, 7, 2}) // Z2
 	z.State, z.ExitStatus = pstree.Zombie, 15
+	b.task(1, []int{31511}, 31500, []int{31512}, []int{31512}) // X, whose session leader 31512 is dead
 	return &b.tr
 }
 
@@ -73,14 +75,16 @@ func TestPlanHostPIDsAny(t *testing.T) {
 
 // TestE2EHostPIDsAny (issue #18): hostPIDsTree, placed and dumped without
 // --kill, so that every level-0 pid of the image stays taken by the
-// original, is restored with `--host-pids any --pid-map F`. Through the
-// host's /proc, for every task of the image: the pid the map gives is
-// another than the original's, its NSpid, NSsid and NSpgid below level 0
-// are the image's, at level 0 they are the map's image of the image's
-// (sessions and groups follow their leaders' new pids), its parent is the
-// map's image of its parent, zombies are zombies. `nsinit check
-// --pid-map F` finds no difference; combinations that make no sense are
-// usage errors (200).
+// original, is restored with `--host-pids any --pid-map F` twice side by
+// side, once in each placement (set_tid; ns_last_pid for inner levels).
+// Through the host's /proc, for every task of the image: the pid the map
+// gives is another than the original's, its NSpid, NSsid and NSpgid below
+// level 0 are the image's, at level 0 they are the map's image of the
+// image's (sessions and groups follow their leaders' new pids), its
+// parent is the map's image of its parent, zombies are zombies; the dead
+// session leader's number is in the map. `nsinit check --pid-map F` finds
+// no difference, `check` without it does; combinations that make no sense
+// are usage errors (200).
 func TestE2EHostPIDsAny(t *testing.T) {
 	needRoot(t)
 	tr := place(t, sleepers(hostPIDsTree()))
@@ -110,31 +114,57 @@ func TestE2EHostPIDsAny(t *testing.T) {
 			t.Errorf("restore %v: %v, want usage error 200:\n%s", bad, err, out)
 		}
 	}
-	mapFile := filepath.Join(t.TempDir(), "pidmap")
-	out, err := nsinit(t, "restore", "-D", img, "-d", "--host-pids", "any", "--pid-map", mapFile)
-	if err != nil {
-		t.Fatalf("restore --host-pids any while the original runs: %v\n%s", err, out)
+	// Two copies side by side, one a placement, beside the original; all
+	// killed at once at the end (killTree waits until the test has no
+	// child left).
+	all := &pstree.Tree{Tasks: slices.Clone(tr.Tasks)}
+	t.Cleanup(func() { killTree(t, all, &Restored{}) })
+	for _, placement := range []string{"set_tid", "ns_last_pid"} {
+		mapFile := filepath.Join(t.TempDir(), "pidmap")
+		out, err := nsinit(t, "restore", "-D", img, "-d", "--host-pids", "any", "--pid-map", mapFile, "--placement", placement)
+		if err != nil {
+			t.Fatalf("restore --host-pids any --placement %s while the original runs: %v\n%s", placement, err, out)
+		}
+		b, err := os.ReadFile(mapFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := check.ParsePIDMap(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tk := range dumped.Tasks {
+			cp := tk
+			cp.PIDs = []int{m[tk.PID()]}
+			all.Tasks = append(all.Tasks, cp)
+		}
+		t.Run(placement, func(t *testing.T) {
+			t.Logf("pid map (image -> restored):\n%s", b)
+			checkHostPIDsCopy(t, dumped, m, restoredRoot(t, out))
+			root := strconv.Itoa(restoredRoot(t, out))
+			if out, err := nsinit(t, "check", "-t", root, "-D", img, "--pid-map", mapFile); err != nil {
+				t.Errorf("check --pid-map: %v\n%s", err, out)
+			}
+			if out, err := nsinit(t, "check", "-t", root, "-D", img); exitCode(err) != 1 {
+				t.Errorf("check without the pid map: %v, want differences (exit 1)\n%s", err, out)
+			}
+		})
 	}
-	b, err := os.ReadFile(mapFile)
-	if err != nil {
-		t.Fatal(err)
+}
+
+// checkHostPIDsCopy checks through /proc a copy of img restored with
+// kernel-chosen host pids, whose pid map is m and root root.
+func checkHostPIDsCopy(t *testing.T, img *pstree.Tree, m map[int]int, root int) {
+	t.Helper()
+	if root != m[img.Tasks[0].PID()] {
+		t.Errorf("printed root %d, the map says %d", root, m[img.Tasks[0].PID()])
 	}
-	m, err := check.ParsePIDMap(b)
-	if err != nil {
-		t.Fatal(err)
+	named := map[int]bool{} // every level-0 number a proc plays
+	for _, tk := range img.Tasks {
+		named[tk.PID()], named[tk.SIDs[0]], named[tk.PGIDs[0]] = true, true, true
 	}
-	root := restoredRoot(t, out)
-	t.Logf("pid map (image -> restored):\n%s", b)
-	copyTree := &pstree.Tree{Tasks: slices.Clone(dumped.Tasks)}
-	for i := range copyTree.Tasks {
-		copyTree.Tasks[i].PIDs = []int{m[dumped.Tasks[i].PID()]}
-	}
-	t.Cleanup(func() { killTree(t, copyTree, &Restored{}) })
-	if root != m[dumped.Tasks[0].PID()] {
-		t.Errorf("printed root %d, the map says %d", root, m[dumped.Tasks[0].PID()])
-	}
-	if len(m) != len(dumped.Tasks) {
-		t.Errorf("pid map of %d tasks, the image has %d:\n%s", len(m), len(dumped.Tasks), b)
+	if len(m) != len(named) {
+		t.Errorf("pid map of %d numbers, the image names %d (tasks and a dead leader)", len(m), len(named))
 	}
 	name := func(n int) int {
 		if v, ok := m[n]; ok {
@@ -143,7 +173,7 @@ func TestE2EHostPIDsAny(t *testing.T) {
 		return n
 	}
 	rd := procfs.New("/proc")
-	for _, tk := range dumped.Tasks {
+	for _, tk := range img.Tasks {
 		live, ok := m[tk.PID()]
 		if !ok {
 			t.Errorf("task %v: not in the pid map", tk.PIDs)
@@ -172,11 +202,5 @@ func TestE2EHostPIDsAny(t *testing.T) {
 		if (tk.State == pstree.Zombie) != (st.State == 'Z') {
 			t.Errorf("task %v (now %d): state %c, image %v", tk.PIDs, live, st.State, tk.State)
 		}
-	}
-	if out, err := nsinit(t, "check", "-t", strconv.Itoa(root), "-D", img, "--pid-map", mapFile); err != nil {
-		t.Errorf("check --pid-map: %v\n%s", err, out)
-	}
-	if out, err := nsinit(t, "check", "-t", strconv.Itoa(root), "-D", img); exitCode(err) != 1 {
-		t.Errorf("check without the pid map: %v, want differences (exit 1)\n%s", err, out)
 	}
 }
