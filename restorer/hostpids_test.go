@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nsinit/nsinit/check"
 	"github.com/nsinit/nsinit/imagefile"
@@ -140,7 +141,7 @@ func TestE2EHostPIDsAny(t *testing.T) {
 		}
 		t.Run(placement, func(t *testing.T) {
 			t.Logf("pid map (image -> restored):\n%s", b)
-			checkHostPIDsCopy(t, dumped, m, restoredRoot(t, out))
+			checkHostPIDsCopy(t, dumped, m, restoredRoot(t, out), true)
 			root := strconv.Itoa(restoredRoot(t, out))
 			if out, err := nsinit(t, "check", "-t", root, "-D", img, "--pid-map", mapFile); err != nil {
 				t.Errorf("check --pid-map: %v\n%s", err, out)
@@ -153,8 +154,9 @@ func TestE2EHostPIDsAny(t *testing.T) {
 }
 
 // checkHostPIDsCopy checks through /proc a copy of img restored with
-// kernel-chosen host pids, whose pid map is m and root root.
-func checkHostPIDsCopy(t *testing.T, img *pstree.Tree, m map[int]int, root int) {
+// kernel-chosen host pids, whose pid map is m and root root; taken: the
+// image's level-0 pids are held by the original.
+func checkHostPIDsCopy(t *testing.T, img *pstree.Tree, m map[int]int, root int, taken bool) {
 	t.Helper()
 	if root != m[img.Tasks[0].PID()] {
 		t.Errorf("printed root %d, the map says %d", root, m[img.Tasks[0].PID()])
@@ -179,7 +181,7 @@ func checkHostPIDsCopy(t *testing.T, img *pstree.Tree, m map[int]int, root int) 
 			t.Errorf("task %v: not in the pid map", tk.PIDs)
 			continue
 		}
-		if live == tk.PID() {
+		if taken && live == tk.PID() {
 			t.Errorf("task %v: got its original's level-0 pid %d, which the original holds", tk.PIDs, live)
 		}
 		st, err := rd.Status(live)
@@ -202,5 +204,32 @@ func checkHostPIDsCopy(t *testing.T, img *pstree.Tree, m map[int]int, root int) 
 		if (tk.State == pstree.Zombie) != (st.State == 'Z') {
 			t.Errorf("task %v (now %d): state %c, image %v", tk.PIDs, live, st.State, tk.State)
 		}
+	}
+}
+
+// TestRestoreHostPIDsAnyBesideForkLoop: with kernel-chosen host pids a
+// busy host does not matter - nothing is placed at level 0 - so five
+// restores of hostPIDsTree (its image's level-0 pids whatever they are on
+// this machine) beside a host-level fork loop all succeed, each checked
+// through /proc with the pid map Execute returns.
+func TestRestoreHostPIDsAnyBesideForkLoop(t *testing.T) {
+	needRoot(t)
+	forkLoop(t, 10*time.Minute)
+	for i := 0; i < 5; i++ {
+		tr := sleepers(hostPIDsTree())
+		p, err := NewPlan(tr, Options{HostPIDsAny: true, Features: features})
+		if err != nil {
+			t.Fatalf("plan: %v", err)
+		}
+		res, err := Execute(p, ExecOptions{})
+		if err != nil {
+			t.Fatalf("restore %d beside the fork loop: %v", i, err)
+		}
+		mapped := &pstree.Tree{Tasks: slices.Clone(tr.Tasks)}
+		for j := range mapped.Tasks {
+			mapped.Tasks[j].PIDs = []int{res.HostPIDs[tr.Tasks[j].PID()]}
+		}
+		checkHostPIDsCopy(t, tr, res.HostPIDs, res.Root, false)
+		killTree(t, mapped, res)
 	}
 }
