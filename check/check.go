@@ -48,10 +48,17 @@ type Options struct {
 	// root's instead. Every task of the image in them must be in the live
 	// root's; every other session and group is compared as it is.
 	ShellJob bool
+	// HostPIDs: the tree was restored with kernel-chosen level-0 pids;
+	// the image's level-0 numbers are renamed through this pid map
+	// (image -> live, check/pidmap.go) before comparing.
+	HostPIDs map[int]int
 }
 
 // CompareWith is Compare with options.
 func CompareWith(img, live *pstree.Tree, o Options) []Difference {
+	if o.HostPIDs != nil {
+		img = renameHostPIDs(img, o.HostPIDs)
+	}
 	if o.LeftStopped {
 		live = unstop(img, live)
 	}
@@ -318,6 +325,9 @@ func (c *comparer) namespacePairs(ids []pstree.NSID) {
 		}
 		if na.Kind == pstree.NetNS {
 			c.netContents(what, na, nb)
+		}
+		if na.Kind == pstree.MntNS {
+			c.mountContents(what, na, nb) // check/mounts.go
 		}
 		if na.Kind == pstree.UserNS {
 			if fmt.Sprint(na.UIDMap) != fmt.Sprint(nb.UIDMap) {

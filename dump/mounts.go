@@ -26,7 +26,7 @@ func (rd *reader) readMounts() error {
 		if ns.Kind != pstree.MntNS || ns.Ambient {
 			continue
 		}
-		pid := liveMember(rd.tree, pstree.MntNS, ns.ID)
+		pid := mountsReader(rd.tree, ns.ID)
 		if pid == 0 {
 			continue
 		}
@@ -95,6 +95,22 @@ func (rd *reader) procPidNS(pid int, point string) pstree.NSID {
 		return 0
 	}
 	return rd.ids[nsKey{pstree.PidNS, st.Ino}]
+}
+
+// mountsReader is the member of mount namespace id whose mountinfo the
+// dump records: a live one whose root directory is elsewhere (a
+// container's), so the points are relative to the container's root, which
+// is what a restore re-creates on --root DIR; else the first live one.
+// A restored container's agent runs from the host's root inside the
+// restored namespace, and check reads the restored mounts through one of
+// the chrooted tasks, as the dump read the original's.
+func mountsReader(tr *pstree.Tree, id pstree.NSID) int {
+	for _, t := range tr.Tasks {
+		if t.NS[pstree.MntNS] == id && t.State != pstree.Zombie && t.RootElsewhere {
+			return t.PIDs[0]
+		}
+	}
+	return liveMember(tr, pstree.MntNS, id)
 }
 
 // liveMember is the level-0 pid of the first task of namespace id (of

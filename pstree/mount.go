@@ -41,3 +41,8 @@ var KernelFS = map[string]bool{
 	"proc": true, "sysfs": true, "tmpfs": true, "devpts": true,
 	"mqueue": true, "cgroup2": true, "devtmpfs": true,
 }
+
+// DevNodes are the device nodes a restore gives a tmpfs /dev it mounts
+// afresh, each a bind mount of this machine's node, as container runtimes
+// make them without CAP_MKNOD. check knows them as the restore's own.
+var DevNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}

@@ -256,8 +256,7 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 		_, _, e := syscall.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_CHILD_SUBREAPER, 1, 0)
 		return uintptr(e)
 	case int64(OpSetpgid):
-		_, _, e := syscall.RawSyscall(unix.SYS_SETPGID, uintptr(st.arg), uintptr(st.arg2), 0)
-		return uintptr(e)
+		return setpgidStep(base, st)
 	case int64(OpLastPID):
 		if e := setLastPID(base, st); e != 0 || st.check < 0 {
 			return e
@@ -272,6 +271,27 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 // The steps below are doStep's leaves, out of its frame: doStep is in the
 // deepest nosplit chain (builderMain's comment), and every local of any of
 // its cases makes its one frame bigger.
+
+// setpgidStep runs an OpSetpgid step; with kernel-chosen host pids a
+// number may be a proc's, read from its pidfd now (hostpids.go).
+//
+//go:nosplit
+func setpgidStep(base unsafe.Pointer, st *stepRec) uintptr {
+	a, g := st.arg, st.arg2
+	var e uintptr
+	if st.argProc >= 0 {
+		if a, e = hostPIDOf(base, st.argProc); e != 0 {
+			return e
+		}
+	}
+	if st.arg2Proc >= 0 {
+		if g, e = hostPIDOf(base, st.arg2Proc); e != 0 {
+			return e
+		}
+	}
+	_, _, e2 := syscall.RawSyscall(unix.SYS_SETPGID, uintptr(a), uintptr(g), 0)
+	return uintptr(e2)
+}
 
 // writeUserMaps writes an OpUserMap step's files.
 //

@@ -149,7 +149,7 @@ func (t *tx) greetAgent(l *agentLink, timeout time.Duration) error {
 		// cover its own cursor (a container's init without
 		// CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE): the restorer writes
 		// it through a probe forked into the namespace.
-		err = writeCursorOf(pr.PIDs[0], last)
+		err = writeCursorOf(t.hostPID(l.proc), last)
 	}
 	if err != nil {
 		return agentCallError(fmt.Sprintf("finish (ns_last_pid %d)", last), err, timeout)

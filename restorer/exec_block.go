@@ -154,6 +154,10 @@ type stepRec struct {
 	// OpClone: the OpThread step of the actor's thread that clones (the
 	// image's parent thread, stopped payload), -1 for the actor itself.
 	byThread int64
+	// OpSetpgid with Options.HostPIDsAny: the procs whose level-0 pids
+	// are arg and arg2, read from their pidfds when the step runs
+	// (hostpids.go), -1 for a number used as it is.
+	argProc, arg2Proc int64
 }
 
 const (

@@ -11,7 +11,7 @@ import (
 
 // commit hands the tree over: it closes every pidfd but the root's.
 func (t *tx) commit() (*Restored, error) {
-	res := &Restored{Root: t.p.Procs[0].PIDs[0]}
+	res := &Restored{Root: t.hostPID(0), HostPIDs: t.hostPIDs()}
 	for i := range t.p.Procs {
 		fd := int(t.proc(i).pidfd)
 		if fd < 0 {

@@ -83,15 +83,31 @@ func setHostChecks(p *Plan, b *block) {
 }
 
 // checkHostPID reads the level-0 pid of proc st.check from its pidfd's
-// fdinfo ("Pid:", in the reader's namespace: the writer is at level 0)
-// and compares it with the plan's.
+// fdinfo and compares it with the plan's.
 //
 //go:nosplit
 func checkHostPID(base unsafe.Pointer, st *stepRec) uintptr {
+	got, e := hostPIDOf(base, st.check)
+	if e != 0 {
+		return e
+	}
+	if got != st.checkPid {
+		return errMisplaced | uintptr(got)
+	}
+	return 0
+}
+
+// hostPIDOf reads the level-0 pid of proc p from its pidfd's fdinfo
+// ("Pid:", in the namespace of the procfs read: the host's, seen by a
+// builder at level 0). It uses the header's one buffer: only the builder
+// holding the token calls it.
+//
+//go:nosplit
+func hostPIDOf(base unsafe.Pointer, p int64) (int64, uintptr) {
 	h := hdrAt(base)
-	fd := int64(procAt(base, bProcsOff, st.check).pidfd)
+	fd := int64(procAt(base, bProcsOff, p).pidfd)
 	if fd < 0 {
-		return errMisplaced
+		return 0, errMisplaced
 	}
 	path := unsafe.Pointer(&h.fdinfoPath)
 	nd := uintptr(1)
@@ -106,13 +122,13 @@ func checkHostPID(base unsafe.Pointer, st *stepRec) uintptr {
 	*(*byte)(unsafe.Add(path, uintptr(len(fdinfoPrefix))+nd)) = 0
 	f, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, uintptr(path), unix.O_RDONLY|unix.O_CLOEXEC, 0, 0, 0)
 	if e != 0 {
-		return uintptr(e)
+		return 0, uintptr(e)
 	}
 	buf := unsafe.Pointer(&h.fdinfoBuf)
 	n, _, e := syscall.RawSyscall(unix.SYS_READ, f, uintptr(buf), unsafe.Sizeof(h.fdinfoBuf))
 	syscall.RawSyscall(unix.SYS_CLOSE, f, 0, 0)
 	if e != 0 {
-		return uintptr(e)
+		return 0, uintptr(e)
 	}
 	got := int64(0)
 	for i := uintptr(0); i+6 < n; i++ {
@@ -128,10 +144,7 @@ func checkHostPID(base unsafe.Pointer, st *stepRec) uintptr {
 		}
 		break
 	}
-	if got != st.checkPid {
-		return errMisplaced | uintptr(got)
-	}
-	return 0
+	return got, 0
 }
 
 // misplaced is the error of step i's check: its clone got level-0 pid got.

@@ -114,7 +114,8 @@ func newBlock(p *Plan, self *procfs.Status, links map[int]*agentLink, mark int, 
 		return nil, err
 	}
 	l.setPrewake(b)
-	setHostChecks(p, b) // exec_hostcursor.go
+	setHostChecks(p, b)  // exec_hostcursor.go
+	layoutHostPIDs(p, b) // hostpids.go
 	setBuilderBlock(b)
 	return b, nil
 }

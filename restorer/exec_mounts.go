@@ -48,10 +48,9 @@ type act struct {
 	what       string
 }
 
-// devNodes are the device nodes a tmpfs /dev gets from this machine's
-// /dev, as container runtimes create them; devLinks the links beside them.
+// devLinks are the links a tmpfs /dev gets beside its device nodes
+// (pstree.DevNodes).
 var (
-	devNodes = []string{"null", "zero", "full", "random", "urandom", "tty"}
 	devLinks = [][2]string{{"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"},
 		{"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}, {"pts/ptmx", "ptmx"}}
 )
@@ -286,7 +285,7 @@ func bindActs(src, tgt string, flags uintptr, what string) []act {
 // their links.
 func devActs(dev string) []act {
 	var acts []act
-	for _, n := range devNodes {
+	for _, n := range pstree.DevNodes {
 		acts = append(acts, bindActs("/dev/"+n, path.Join(dev, n), 0, "device node /dev/"+n)...)
 	}
 	for _, l := range devLinks {
@@ -295,11 +294,17 @@ func devActs(dev string) []act {
 	return acts
 }
 
-// optionFlags turns per-mount options into mount(2) flags.
+// optionFlags turns per-mount options into mount(2) flags. mountinfo
+// names no atime option for a mount with strict atime, while mount(2)
+// without one gives relatime: so none is MS_STRICTATIME (nsinit check
+// found the restored tmpfs /dev relatime where runc's was not).
 func optionFlags(opts string) uintptr {
 	var f uintptr
 	for _, o := range strings.Split(opts, ",") {
 		f |= mountFlags[o]
+	}
+	if f&(unix.MS_NOATIME|unix.MS_RELATIME|unix.MS_STRICTATIME) == 0 {
+		f |= unix.MS_STRICTATIME
 	}
 	return f
 }

@@ -34,6 +34,7 @@ type tx struct {
 	deadline       time.Time // of the whole restore (ExecOptions.Timeout)
 	selfFD         int       // the pidfd in hdr().restorerFD, -1 for none
 	aliveAt        time.Time // of the last checkAlive
+	pid0           []int     // each proc's level-0 pid, from the verification (hostpids.go)
 }
 
 // aliveEvery is how often run looks for a builder that died. checkAlive

@@ -21,7 +21,7 @@ import (
 func (t *tx) verify() error {
 	for i := range t.p.Procs {
 		want := t.p.Procs[i].PIDs
-		got, err := sys.FdinfoNSpid(int(t.proc(i).pidfd))
+		got, err := t.placedAt(i) // hostpids.go
 		if err != nil {
 			return fmt.Errorf("verify %s: %w", t.p.name(i), err)
 		}
@@ -29,7 +29,7 @@ func (t *tx) verify() error {
 			return fmt.Errorf("verify %s: placed at %v", t.p.name(i), got)
 		}
 		for l := range want {
-			if want[l] != 0 && got[l] != want[l] {
+			if want[l] != 0 && got[l] != want[l] && !(l == 0 && t.p.Options.HostPIDsAny) {
 				err := fmt.Errorf("verify %s: placed at %v: wrong pid %d at level %d", t.p.name(i), got, got[l], l)
 				if l == 0 {
 					return t.hostPIDError(err, want[0])
@@ -42,7 +42,7 @@ func (t *tx) verify() error {
 		if s.Op != OpThread {
 			continue
 		}
-		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", t.p.Procs[s.Actor].PIDs[0], s.PIDs[0]))
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/status", t.hostPID(s.Actor), s.PIDs[0]))
 		if err != nil {
 			return t.hostPIDError(fmt.Errorf("verify thread %v of %s: %w", s.PIDs, t.p.name(s.Actor), err), s.PIDs[0])
 		}
@@ -62,11 +62,15 @@ func (t *tx) resolveWaits() error {
 	for i := t.p.Verify + 1; i < len(t.p.Steps); i++ {
 		s := &t.p.Steps[i]
 		r := stepAt(t.b.base, t.b.stepsOff, int64(i))
-		if s.Op != OpWait || s.Actor < 0 || r.waitPid != 0 {
+		if s.Op != OpWait || s.Actor < 0 {
+			continue
+		}
+		// A reaper at level 0 names the kernel's pid with HostPIDsAny.
+		l := len(t.p.Procs[s.Actor].PIDs) - 1
+		if r.waitPid != 0 && !(l == 0 && t.p.Options.HostPIDsAny) {
 			continue
 		}
 		got, err := sys.FdinfoNSpid(int(t.proc(s.Target).pidfd))
-		l := len(t.p.Procs[s.Actor].PIDs) - 1
 		if err == nil && l >= len(got) {
 			err = fmt.Errorf("placed at %v, no pid at level %d", got, l)
 		}
@@ -138,7 +142,7 @@ func (t *tx) waitPayloads() error {
 			tk := &t.p.Tree.Tasks[t.p.Procs[s.Actor].Task]
 			return fmt.Errorf("exec payload of %s (%s): %w", t.p.name(s.Actor), tk.Exe, unix.Errno(e))
 		}
-		if err := t.waitExecDone(t.p.Procs[s.Actor].PIDs[0]); err != nil {
+		if err := t.waitExecDone(t.hostPID(s.Actor)); err != nil {
 			return fmt.Errorf("exec payload of %s: %w", t.p.name(s.Actor), err)
 		}
 	}
@@ -189,7 +193,7 @@ func (t *tx) waitSignalled(p int, sig unix.Signal) error {
 	if sig == unix.SIGKILL {
 		want = 'Z'
 	}
-	path := fmt.Sprintf("/proc/%d/stat", t.p.Procs[p].PIDs[0])
+	path := fmt.Sprintf("/proc/%d/stat", t.hostPID(p))
 	for {
 		b, err := os.ReadFile(path)
 		if err != nil {

@@ -41,8 +41,12 @@ type ExecOptions struct {
 // Restored is a committed restore.
 type Restored struct {
 	// Root is the root task's pid in the restorer's namespace.
-	Root   int
-	rootFD *sys.FD
+	Root int
+	// HostPIDs maps, with Options.HostPIDsAny, each task's level-0 pid in
+	// the image (and each dead session or group leader's) to the one the
+	// kernel gave it; nil otherwise.
+	HostPIDs map[int]int
+	rootFD   *sys.FD
 }
 
 // RootPidfd is a pidfd for the root task (to wait for it, or signal it
@@ -71,7 +75,9 @@ var ErrInterrupted = errors.New("restore interrupted")
 // created is killed and reaped, the host cursor put back, and the error
 // wraps ErrInterrupted with ctx's cause.
 func ExecuteContext(ctx context.Context, p *Plan, opt ExecOptions) (*Restored, error) {
-	defer parkHostCursor(p)() // exec_hostcursor.go
+	if !p.Options.HostPIDsAny {
+		defer parkHostCursor(p)() // exec_hostcursor.go
+	}
 	if opt.Attempts == 0 {
 		opt.Attempts = 5
 	}
@@ -258,7 +264,7 @@ func precheck(p *Plan, self *procfs.Status) error {
 	}
 	settle := time.Now().Add(2 * time.Second)
 	check := func(pid int, what string) error {
-		if pid <= 0 {
+		if pid <= 0 || p.Options.HostPIDsAny {
 			return nil
 		}
 		waitYoungHolder(pid, settle) // exec_hostcursor.go

@@ -82,6 +82,9 @@ type mns struct {
 	made   bool        // created by unshare(CLONE_NEWPID) before it has an init
 	owner  pstree.NSID // its user namespace, set when created (0: unknown)
 	last   int         // ns_last_pid cursor
+	// kernel: every pid here is the kernel's choice, and the model's
+	// numbers are the image's names for them (Options.HostPIDsAny).
+	kernel bool
 }
 
 // ext is the leader of a session or group outside the tree (the one the

@@ -192,7 +192,7 @@ func (m *model) helperPIDs(pl *Plan, s *Step, c []pstree.NSID) error {
 			}
 			continue
 		}
-		if s.Actor == Restorer {
+		if s.Actor == Restorer || m.nss[c[l]].kernel {
 			continue
 		}
 		n := m.nss[c[l]]
@@ -286,6 +286,9 @@ func (m *model) allocate(c []pstree.NSID, pids []int, newNS bool, from int) erro
 		}
 		if _, ok := m.used[nsNum{c[l], p}]; ok {
 			return fmt.Errorf("pid %d at level %d: %w", p, l, ErrPIDTaken)
+		}
+		if m.nss[c[l]].kernel {
+			continue // the image's name for the kernel's number (hostpids.go)
 		}
 		switch {
 		case inner && newNS:

@@ -29,7 +29,7 @@ import (
 func (t *tx) netConfig(s *Step) error {
 	tr := t.p.Tree
 	ns := tr.Namespace(s.NS[pstree.NetNS])
-	path := func(p int) string { return fmt.Sprintf("/proc/%d/ns/net", t.p.Procs[p].PIDs[0]) }
+	path := func(p int) string { return fmt.Sprintf("/proc/%d/ns/net", t.hostPID(p)) }
 	// member of each net namespace configured in this plan
 	member := map[pstree.NSID]int{}
 	order := map[pstree.NSID]int{}

@@ -227,6 +227,12 @@ type Options struct {
 	// the restorer is in that very session and group, so the numbers are
 	// exact (ErrOutsideLeader).
 	ShellJob bool
+	// HostPIDsAny lets the kernel choose every level-0 pid (`restore
+	// --host-pids any`, hostpids.go): no set_tid entry, no cursor write at
+	// level 0, every deeper level exact. The plan still names level-0
+	// procs, sessions and groups by the image's numbers; Execute maps each
+	// to the pid the kernel gave (Restored.HostPIDs).
+	HostPIDsAny bool
 }
 
 // Proc is one process Execute creates: an image task or a helper.

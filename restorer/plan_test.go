@@ -35,7 +35,7 @@ func (b *tb) task(ns pstree.NSID, pids []int, ppid int, sids, pgids []int) *pstr
 // the property every plan must have, checked independently of NewPlan.
 func replay(t *testing.T, p *Plan) {
 	t.Helper()
-	m := newModel(p.Tree, len(p.Procs))
+	m := newModel(p.Tree, len(p.Procs)).kernelHostPIDs(p.Options.HostPIDsAny)
 	for i := range p.Steps {
 		if err := m.apply(p, i); err != nil {
 			t.Fatalf("replay step %d: %v\n%s", i, err, p)

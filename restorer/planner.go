@@ -37,6 +37,9 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 	if err := checkRoots(tr, opt); err != nil {
 		return nil, err
 	}
+	if err := checkHostPIDsAny(tr, opt); err != nil { // hostpids.go
+		return nil, err
+	}
 	pl := &planner{
 		plan:     &Plan{Tree: tr, Options: opt},
 		byPID:    map[int]int{},
@@ -177,7 +180,7 @@ func (pl *planner) build() error {
 			pl.park = max(pl.park, th.TIDs[0])
 		}
 	}
-	pl.m = newModel(tr, len(pl.plan.Procs))
+	pl.m = newModel(tr, len(pl.plan.Procs)).kernelHostPIDs(pl.plan.Options.HostPIDsAny)
 	for i := range tr.Tasks {
 		t := &tr.Tasks[i]
 		pl.sessionLeader[i] = pl.leader[t.SIDs[0]]

@@ -53,7 +53,7 @@ func (pl *planner) placeClone(s Step) error {
 // innermost first, so the host's cursor - the one unrelated processes race
 // for - is written last, right before the clone.
 func (pl *planner) placed(s Step) error {
-	if s.Op == OpClone && s.Actor != Restorer && pl.plan.Procs[s.Target].PIDs[0] == 0 {
+	if s.Op == OpClone && s.Actor != Restorer && pl.plan.Procs[s.Target].PIDs[0] == 0 && !pl.plan.Options.HostPIDsAny {
 		// A helper whose level-0 pid the kernel chooses from the host
 		// cursor: point the cursor above every level-0 pid of the image
 		// first, so the helper cannot take one still to be created.
@@ -109,6 +109,7 @@ func (pl *planner) placedAs(s Step) error {
 		if pl.plan.Options.Features.MultiLevelSetTID {
 			lowest = 0
 		}
+		lowest = max(lowest, pl.firstPlaced()) // hostpids.go
 		user := pl.m.procs[s.Actor].nsk[pstree.UserNS]
 		for l := top; l >= lowest && pids[l] != 0; l-- {
 			if o := pl.m.nss[c[l]].owner; !(l == top && s.NewPIDNS) && o != 0 && !pl.m.capable(user, o) {
@@ -123,7 +124,7 @@ func (pl *planner) placedAs(s Step) error {
 		top-- // pid 1 of a fresh namespace needs nothing
 	}
 	hostCursor, hw := false, pl.w0
-	for l := top; l >= 0; l-- {
+	for l := top; l >= pl.firstPlaced(); l-- {
 		if pids[l] == 0 {
 			continue
 		}

@@ -24,7 +24,9 @@ import (
 // recorded kernel filesystems at their recorded points inside it; its proc
 // is the container's pid namespace's; a bind mount from the host is there;
 // one whose source is gone refuses the restore, or is left out with
-// --skip-missing-binds; and nothing leaked into this machine's mounts.
+// --skip-missing-binds; nothing leaked into this machine's mounts; and
+// nsinit check names, by mount point, the bind left out and one more
+// unmounted inside the restored container, and nothing else.
 func TestE2ERuncContainerMounts(t *testing.T) {
 	needRoot(t)
 	// Two bind mounts from the host: one is there at the restore, the
@@ -96,10 +98,15 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 	if root != init {
 		t.Fatalf("restored the container's init at %d, want %d", root, init)
 	}
-	checkContainerMounts(t, mnt, root, newRoot)
-	if out, err := nsinit(t, "check", "--shell-job", "-t", strconv.Itoa(root), "-D", dir); err != nil {
-		t.Errorf("check: %v\n%s", err, out)
+	inside := checkContainerMounts(t, mnt, root, newRoot)
+	// check compares the restored mounts with the image's, by mount
+	// point: the bind left out is the one difference; one more unmounted
+	// inside the container is named too.
+	checkMountDiffs(t, dir, root, "/mnt/gone")
+	if out, err := testutil.Run(t, "nsenter", "-t", strconv.Itoa(inside), "-m", "umount", filepath.Join(newRoot, "mnt/keep")); err != nil {
+		t.Fatalf("umount /mnt/keep inside the restored container: %v\n%s", err, out)
 	}
+	checkMountDiffs(t, dir, root, "/mnt/gone", "/mnt/keep")
 	// The same image into a new pid namespace, on the same DIR again
 	// (whose mount points and device files the first restore made).
 	t.Run("into-new-pidns", func(t *testing.T) {
@@ -124,7 +131,7 @@ func TestE2ERuncContainerMounts(t *testing.T) {
 // the container's pid namespace's; the bind mount from the host that was
 // kept is there, the one that was gone is not; /dev/null is this
 // machine's; nothing leaked into this machine's mounts.
-func checkContainerMounts(t *testing.T, mnt *pstree.Namespace, root int, newRoot string) {
+func checkContainerMounts(t *testing.T, mnt *pstree.Namespace, root int, newRoot string) (inside int) {
 	t.Helper()
 	var sleeps []int
 	for _, p := range testutil.Descendants(root) {
@@ -144,7 +151,7 @@ func checkContainerMounts(t *testing.T, mnt *pstree.Namespace, root int, newRoot
 		}
 	}
 	// The restored mount namespace, as a task inside sees it.
-	inside := sleeps[0]
+	inside = sleeps[0]
 	ms, err := procfs.New("/proc").MountInfo(inside)
 	if err != nil {
 		t.Fatal(err)
@@ -182,6 +189,27 @@ func checkContainerMounts(t *testing.T, mnt *pstree.Namespace, root int, newRoot
 	for _, m := range host {
 		if strings.HasPrefix(m.Point, newRoot) {
 			t.Errorf("mount %s %s leaked into this machine's mount namespace", m.FSType, m.Point)
+		}
+	}
+	return inside
+}
+
+// checkMountDiffs runs nsinit check on the restored container root
+// against the image in dir: it must exit 1 with one difference a line,
+// each a mount missing at one of points, and no other.
+func checkMountDiffs(t *testing.T, dir string, root int, points ...string) {
+	t.Helper()
+	out, err := nsinit(t, "check", "--shell-job", "-t", strconv.Itoa(root), "-D", dir)
+	if exitCode(err) != 1 {
+		t.Fatalf("check: %v, want exit 1 naming the mounts %v:\n%s", err, points, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != len(points) {
+		t.Errorf("check found %d differences, want %d (the mounts %v):\n%s", len(lines), len(points), points, out)
+	}
+	for _, p := range points {
+		if !strings.Contains(out, ": mount "+p+": image ") || !strings.Contains(out, ", live missing") {
+			t.Errorf("check does not name the mount %s as missing:\n%s", p, out)
 		}
 	}
 }

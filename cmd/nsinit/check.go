@@ -19,8 +19,9 @@ func runCheck(args []string) int {
 		leftStopped bool
 		shellJob    bool
 		asJSON      bool
+		pidMap      string
 	)
-	fs := newFlags("nsinit check", "nsinit check [--json] | nsinit check -t PID -D DIR [--left-stopped] [-j]",
+	fs := newFlags("nsinit check", "nsinit check [--json] | nsinit check -t PID -D DIR [--left-stopped] [-j] [--pid-map FILE]",
 		"Without -t and -D: probes what dump and restore need from this kernel and this\n"+
 			"caller (as criu check does), one line each, and what a missing piece disables.\n"+
 			"Exit status 0: all that a dump and a restore need works; 203: only capabilities\n"+
@@ -32,12 +33,13 @@ func runCheck(args []string) int {
 	fs.String(&dir, "D,images-dir", "DIR", "image directory")
 	fs.Bool(&shellJob, "j,shell-job", "the tree was restored with --shell-job: the session and group its root had from outside the tree are compared as the live root's")
 	fs.Bool(&leftStopped, "left-stopped", "the tree was left stopped by dump --leave-stopped: a task live in the image may be stopped")
+	fs.String(&pidMap, "pid-map", "FILE", "the tree was restored with --host-pids any --pid-map FILE: the image's level-0 pids, parents, sessions and groups are compared through it")
 	fs.Bool(&asJSON, "json", "probe: print the results as JSON")
 	if code, stop := fs.Parse(args); stop {
 		return code
 	}
 	switch {
-	case pid == 0 && dir == "" && !leftStopped && !shellJob && len(fs.Args()) == 0:
+	case pid == 0 && dir == "" && !leftStopped && !shellJob && pidMap == "" && len(fs.Args()) == 0:
 		return runProbe(asJSON)
 	case asJSON:
 		return fs.Fail("--json goes with the probe (no -t/-D)")
@@ -53,6 +55,17 @@ func runCheck(args []string) int {
 		fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
 		return exitStatus(err)
 	}
+	var hostPIDs map[int]int
+	if pidMap != "" {
+		b, err := os.ReadFile(pidMap)
+		if err == nil {
+			hostPIDs, err = check.ParsePIDMap(b)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
+			return exitStatus(err)
+		}
+	}
 	live, err := check.ReadLive(pid)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nsinit check: %v\n", err)
@@ -64,7 +77,7 @@ func runCheck(args []string) int {
 			live.MarkSubreapers(set)
 		}
 	}
-	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped, ShellJob: shellJob})
+	diffs := check.CompareWith(img, live, check.Options{LeftStopped: leftStopped, ShellJob: shellJob, HostPIDs: hostPIDs})
 	for _, d := range diffs {
 		fmt.Println(d)
 	}

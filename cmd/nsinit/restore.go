@@ -35,6 +35,7 @@ type restoreFlags struct {
 	newPidns, quietRoot       bool
 	shellJob, skipMissing     bool
 	newRoot, mounts           string
+	hostPIDs, pidMap          string
 	agentTimeout              time.Duration
 	log                       diagOptions
 }
@@ -59,6 +60,8 @@ func (f *restoreFlags) flagSet() *cliflag.Set {
 	fs.String(&f.mounts, "mounts", "host", "with host: run such tasks in this machine's filesystem instead")
 	fs.Bool(&f.skipMissing, "skip-missing-binds", "with --root: leave out, with a warning, a container's bind mount from a host path this machine lacks (without it such an image is refused)")
 	fs.Bool(&f.shellJob, "j,shell-job", "the root's session and group, when led from outside the tree, become nsinit's own (without it such an image restores only from that session and group)")
+	fs.String(&f.hostPIDs, "host-pids", "exact|any", "any: the kernel chooses every level-0 (host) pid, every deeper level stays exact (no host pid need be free)")
+	fs.String(&f.pidMap, "pid-map", "FILE", "with --host-pids any: write each task's level-0 pid in the image and the one it got, a pair a line (for check --pid-map)")
 	fs.Bool(&f.quietRoot, "no-print-root", "with -d: do not print the root's pid (--into-new-pidns uses it inside)")
 	fs.Duration(&f.agentTimeout, "agent-timeout", "D", "abort when a restored agent does not answer within D")
 	fs.String(&f.via, "agent", "SOCKET", "restore through the nsinit agent listening on SOCKET (nsinit --listen), into its pid namespace")
@@ -122,7 +125,7 @@ func (f *restoreFlags) options(args []string) (opt restorer.Options, why string)
 		return opt, fmt.Sprintf("unknown placement %q (set_tid or ns_last_pid)", f.placement)
 	}
 	opt.ShellJob = f.shellJob
-	return opt, ""
+	return opt, f.hostPIDsOption(&opt) // hostpids.go
 }
 
 func runRestore(args []string) int {
@@ -212,6 +215,11 @@ func (f *restoreFlags) restoreHere(d *diag, opt restorer.Options) int {
 	// creates the tasks, state.Restore fills them in (docs/state.md).
 	// Only an explicit --payload restores it without its state.
 	withState := tr.StateRecorded && f.payload == ""
+	if withState && opt.HostPIDsAny {
+		err := fmt.Errorf("%w: an image dumped with --state is filled in by level-0 pid, not with --host-pids any (yet); --payload exec|stopped restores it without its state", state.ErrUnsupported)
+		d.errorf("%v", err)
+		return exitStatus(err)
+	}
 	if withState {
 		if err := state.Check(f.dir, tr); err != nil {
 			d.errorf("%v", err)
@@ -252,7 +260,10 @@ func (f *restoreFlags) restoreHere(d *diag, opt restorer.Options) int {
 	// failure, and nsinit then dies of the signal's status.
 	start := time.Now()
 	ctx, sig, stopSignals := interruptContext(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	stopProgress := watchRestore(newProgress("nsinit restore", "created", f.log.progress), plan)
+	stopProgress := func() {}
+	if !opt.HostPIDsAny { // it counts the image's level-0 pids
+		stopProgress = watchRestore(newProgress("nsinit restore", "created", f.log.progress), plan)
+	}
 	res, err := restorer.ExecuteContext(ctx, plan, execOpt)
 	stopProgress()
 	stopSignals()
@@ -274,6 +285,10 @@ func (f *restoreFlags) restoreHere(d *diag, opt restorer.Options) int {
 		}
 	}
 	if err := writePidfile(f.pidfile, res.Root); err != nil {
+		d.errorf("%v", err)
+		return exitStatus(err)
+	}
+	if err := writePidMap(f.pidMap, res.HostPIDs); err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
 	}

@@ -44,7 +44,8 @@ func init() {
 
 // TestF2_1SetTIDSetsEveryLevel (with F2.2, F2.3 and F9.1): one clone3 from
 // the host, with pid_for_children two levels down, chooses the pid at all
-// three levels; set_tid_size 1 chooses only the innermost; an init and
+// three levels; set_tid_size 1 chooses only the innermost, set_tid_size 2
+// every level but the host's (which the kernel chooses); an init and
 // its outer pids come from one CLONE_NEWPID clone whose set_tid[0] is 1;
 // CLONE_NEWPID and unshare(CLONE_NEWPID) are EINVAL while pid_for_children
 // is not the active namespace, and a helper placed there may use them; the
@@ -73,6 +74,8 @@ func TestF2_1SetTIDSetsEveryLevel(t *testing.T) {
 		newpid, unshare error
 		full, inner     proc
 		fullErr, inErr  error
+		outer           proc // every level but L0's
+		outerErr        error
 		placed          *helper
 		placedErr       error
 	}
@@ -97,6 +100,7 @@ func TestF2_1SetTIDSetsEveryLevel(t *testing.T) {
 		r.unshare = unix.Unshare(unix.CLONE_NEWPID)
 		r.full, r.fullErr = spawn(spawnOpts{pids: []int{hosts[3], 377, 77}, argv: []string{"exit", "0"}})
 		r.inner, r.inErr = spawn(spawnOpts{pids: []int{79}, argv: []string{"exit", "0"}})
+		r.outer, r.outerErr = spawn(spawnOpts{pids: []int{378, 78}, argv: []string{"exit", "0"}})
 		r.placed, r.placedErr = start(t, spawnOpts{}, "f23")
 		// Back to the active namespace before the thread returns to the
 		// scheduler (docs/kernel.md F2.8's hazard); if that fails the
@@ -113,8 +117,8 @@ func TestF2_1SetTIDSetsEveryLevel(t *testing.T) {
 	if errors.Is(r.fullErr, unix.EEXIST) {
 		t.Skipf("host pid %d was taken meanwhile by an unrelated process", hosts[3])
 	}
-	if r.fullErr != nil || r.inErr != nil || r.placedErr != nil {
-		t.Fatalf("set_tid {%d 377 77}: %v; set_tid {79}: %v; placed helper: %v", hosts[3], r.fullErr, r.inErr, r.placedErr)
+	if r.fullErr != nil || r.inErr != nil || r.outerErr != nil || r.placedErr != nil {
+		t.Fatalf("set_tid {%d 377 77}: %v; set_tid {79}: %v; set_tid {378 78}: %v; placed helper: %v", hosts[3], r.fullErr, r.inErr, r.outerErr, r.placedErr)
 	}
 	want := []int{hosts[3], 377, 77}
 	if got := fdinfoNSpid(r.full.pidfd); join(got) != join(want) || r.full.pid != hosts[3] {
@@ -126,11 +130,16 @@ func TestF2_1SetTIDSetsEveryLevel(t *testing.T) {
 	if got := fdinfoNSpid(r.inner.pidfd); len(got) != 3 || got[2] != 79 || got[1] == 377 {
 		t.Errorf("set_tid {79} (innermost only): NSpid %v, want [any any 79]", got)
 	}
+	// Every level but L0's (restore --host-pids any): L1 and L2 exact, L0
+	// the kernel's, which clone3 returns (the caller is active at L0).
+	if got := fdinfoNSpid(r.outer.pidfd); len(got) != 3 || got[1] != 378 || got[2] != 78 || got[0] != r.outer.pid || got[0] <= 0 {
+		t.Errorf("set_tid {378 78} (all but L0): NSpid %v, clone3 returned %d, want [%d 378 78]", got, r.outer.pid, r.outer.pid)
+	}
 	if p := r.placed.want("f23"); p[0] != "ok" || len(p) != 5 || p[4] != "1" {
 		t.Errorf("CLONE_NEWPID by a helper placed into B: %v, want ok with NSpid [... 1]", p)
 	}
 	r.placed.stop()
-	for _, p := range []proc{r.full, r.inner} {
+	for _, p := range []proc{r.full, r.inner, r.outer} {
 		fd, _ := unix.Dup(p.pidfd)
 		if st, err := reap(p); err != nil || st.ExitStatus() != 0 {
 			t.Errorf("reap %d: %v %v", p.pid, st, err)
