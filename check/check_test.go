@@ -12,6 +12,7 @@ import (
 
 	"github.com/nsinit/nsinit/dump"
 	"github.com/nsinit/nsinit/imagefile"
+	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/pstree"
 	"golang.org/x/sys/unix"
 )
@@ -254,7 +255,7 @@ func TestCheckLiveTree(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		live, err := ReadLive(root)
-		if err == nil && len(live.Tasks) == 6 {
+		if err == nil && len(live.Tasks) == 6 && settled(live) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -294,6 +295,25 @@ func TestCheckLiveTree(t *testing.T) {
 	if len(d) != 1 || d[0].PID != victim || d[0].What != "task" {
 		t.Fatalf("after killing %d: %v", victim, d)
 	}
+}
+
+// settled says whether every live task of tr is blocked in the call it
+// stays in (wait4, a shell's sigsuspend, a sleep): past its exec, so its command name and
+// executable no longer change. Six tasks alone are not enough: a task
+// listed between its fork and its exec has its parent's name.
+func settled(tr *pstree.Tree) bool {
+	procs := procfs.New("")
+	for _, tk := range tr.Tasks {
+		if tk.State == pstree.Zombie {
+			continue
+		}
+		switch nr, _ := procs.Syscall(tk.PIDs[0]); nr {
+		case unix.SYS_WAIT4, unix.SYS_RT_SIGSUSPEND, unix.SYS_NANOSLEEP, unix.SYS_CLOCK_NANOSLEEP:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // TestCheckLiveNet: a net and uts namespace with a veth pair inside it is
