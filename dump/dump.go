@@ -87,11 +87,10 @@ type Options struct {
 	// error ends the attempt.
 	State func(tr *pstree.Tree, onTracer func(func())) error
 	// Write, when set, is called with a tree whose read the guard found
-	// consistent, before the tree is killed (KillFrozen) or thawed: the
-	// image is encoded and written while nothing in the tree runs, not
-	// beside thousands of tasks waking up or dying (docs/performance.md,
-	// "10,000 tasks"), and a tree whose image could not be written is
-	// never killed. Its error ends the dump, and the tree is thawed.
+	// consistent, before the tree is killed (KillFrozen) or thawed: with
+	// KillFrozen, the image exists before the tree dies, and a tree whose
+	// image could not be written is never killed. Its error ends the
+	// dump, and the tree is thawed.
 	Write func(tr *pstree.Tree) error
 	// KillFrozen kills the tree before it would be thawed, after a
 	// successful read: a tree dumped with its state must not run on
@@ -304,13 +303,14 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 			tr.Checked = o.Guard != nil || gl != nil
 			tr.Kernel, tr.PidMax = thisKernel()
 			if o.Write != nil {
+				tw := time.Now()
 				if werr := o.Write(tr); werr != nil {
 					tr, err = nil, werr
 				}
-				o.logf("wrote the image in %v, frozen", time.Since(t5).Round(time.Millisecond))
-				t5 = time.Now()
+				o.logf("wrote the image in %v, frozen", time.Since(tw).Round(time.Millisecond))
 			}
 		}
+		t6 := time.Now()
 		leave := o.LeaveStopped && err == nil && len(moved) == 0
 		if o.KillFrozen && err == nil && len(moved) == 0 && tr != nil {
 			killFrozen(tr)
@@ -319,7 +319,7 @@ func dumpOnce(root int, o Options, gl *guardLoader) (tr *pstree.Tree, moved []st
 			tr, err = nil, terr
 		}
 		o.logf("disarmed in %v, probed the pid cursors in %v, thawed in %v",
-			t4.Sub(t3).Round(time.Millisecond), t5.Sub(t4).Round(time.Millisecond), time.Since(t5).Round(time.Millisecond))
+			t4.Sub(t3).Round(time.Millisecond), t5.Sub(t4).Round(time.Millisecond), time.Since(t6).Round(time.Millisecond))
 	}()
 	var d []string
 	if tr, d, err = readFrozen(r, root, members, o.AgentExe, fz.frozenAs()); tr == nil {

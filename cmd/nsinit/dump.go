@@ -122,11 +122,15 @@ func runDump(args []string) int {
 			return state.Record(dir, "/proc", tr, onTracer, signals)
 		}
 	}
-	// The image is written while the tree is still frozen, and --kill
-	// kills it frozen after that: the tasks never run between the read
-	// and their death, and a tree whose image failed is left running.
-	opts.Write = func(tr *pstree.Tree) error { return imagefile.Write(dir, tr) }
-	opts.KillFrozen = kil
+	write := func(tr *pstree.Tree) error { return imagefile.Write(dir, tr) }
+	if kil {
+		// The image is written while the tree is still frozen, then the
+		// tree is killed frozen: no task runs between its read and its
+		// death, and a tree whose image failed is left running.
+		// Without --kill it is written after the thaw, so the tree
+		// stays frozen no longer than the read.
+		opts.Write, opts.KillFrozen = write, true
+	}
 	t0 := time.Now()
 	tr, err := dump.Dump(pid, opts)
 	prog.done()
@@ -137,6 +141,12 @@ func runDump(args []string) int {
 	if err != nil {
 		d.errorf("%v", err)
 		return exitStatus(err)
+	}
+	if !kil {
+		if err := write(tr); err != nil {
+			d.errorf("%v", err)
+			return exitStatus(err)
+		}
 	}
 	d.logf(1, "wrote %d tasks to %s; the dump took %v", len(tr.Tasks), dir, time.Since(t0).Round(time.Millisecond))
 	return 0
