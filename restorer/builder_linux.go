@@ -205,7 +205,10 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 				return e
 			}
 		}
-		_, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, uintptr(st.child))
+		r, e := clone3(uintptr(unsafe.Pointer(&st.args)), sys.CloneArgsSize, uintptr(st.child))
+		if e == 0 && st.hostPidOut != 0 {
+			procAt(base, bProcsOff, st.child).hostPid = int64(r)
+		}
 		if st.into >= 0 {
 			if _, _, e2 := syscall.RawSyscall(unix.SYS_SETNS, uintptr(pr.pidfd), sys.CLONE_NEWPID, 0); e2 != 0 && e == 0 {
 				return uintptr(e2)
@@ -246,7 +249,7 @@ func doStep(base unsafe.Pointer, pr *procRec, st *stepRec, i int64) uintptr {
 		// (private), otherwise undone as for redumpable.
 		return redumpable(unix.CLONE_NEWUSER)
 	case int64(OpUserMap):
-		return writeUserMaps(st)
+		return writeUserMaps(base, st)
 	case int64(OpHostname):
 		return setHostname(st)
 	case int64(OpSetsid):
@@ -296,12 +299,17 @@ func setpgidStep(base unsafe.Pointer, st *stepRec) uintptr {
 // writeUserMaps writes an OpUserMap step's files.
 //
 //go:nosplit
-func writeUserMaps(st *stepRec) uintptr {
+func writeUserMaps(base unsafe.Pointer, st *stepRec) uintptr {
 	for j := 0; j < 3; j++ {
 		if st.fpath[j] == 0 {
 			continue
 		}
-		fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, uintptr(st.fpath[j]), unix.O_WRONLY|unix.O_CLOEXEC, 0, 0, 0)
+		path := uintptr(st.fpath[j])
+		if st.mapProc >= 0 {
+			mapPath(st, procAt(base, bProcsOff, st.mapProc).hostPid, j)
+			path = uintptr(unsafe.Pointer(&st.mpath))
+		}
+		fd, _, e := syscall.RawSyscall6(unix.SYS_OPENAT, ^uintptr(99) /* AT_FDCWD */, path, unix.O_WRONLY|unix.O_CLOEXEC, 0, 0, 0)
 		if e != 0 {
 			return uintptr(e)
 		}
@@ -312,6 +320,27 @@ func writeUserMaps(st *stepRec) uintptr {
 		}
 	}
 	return 0
+}
+
+// mapPath makes "/proc/PID/setgroups" (j 0), "uid_map" (1) or "gid_map"
+// (2) of level-0 pid pid in st.mpath, NUL-terminated.
+//
+//go:nosplit
+func mapPath(st *stepRec, pid int64, j int) {
+	b := &st.mpath
+	n := copy(b[:], "/proc/")
+	var d [20]byte
+	k := len(d)
+	for {
+		k--
+		d[k] = byte('0' + pid%10)
+		if pid /= 10; pid == 0 {
+			break
+		}
+	}
+	n += copy(b[n:], d[k:])
+	n += copy(b[n:], [3]string{"/setgroups", "/uid_map", "/gid_map"}[j])
+	b[n] = 0
 }
 
 // setHostname sets an OpHostname step's host and domain names.

@@ -72,6 +72,9 @@ type procRec struct {
 	execErr   int32  // errno of a failed execve, 0 otherwise
 	firstStep int64  // first step this proc performs, -1 for none
 	selfPid   int64  // its pid in its own namespace (for kill(self))
+	// hostPid: its level-0 pid when the kernel chose it, as its level-0
+	// cloner's clone3 returned it (a keeper's maps are written by it).
+	hostPid int64
 	// capability sets for the exec payload (exec_creds.go); setCaps 0 leaves the
 	// builder's own. capHdr and capData are capget/capset scratch space.
 	setCaps, keepCaps      uint32
@@ -133,6 +136,13 @@ type stepRec struct {
 	// a 0 path is skipped.
 	fpath, ftext [3]uint64
 	flen         [3]int64
+	// mapProc: the proc whose files they are when the kernel chose its
+	// level-0 pid (a keeper): the paths are made at run time from its
+	// hostPid, in mpath; -1 otherwise. OpClone: hostPidOut 1 stores the
+	// child's level-0 pid (clone3's result) in its hostPid.
+	mapProc    int64
+	mpath      [40]byte
+	hostPidOut int64
 	// OpHostname: the names (at most 64 bytes each, __NEW_UTS_LEN).
 	host, domain       [64]byte
 	hostLen, domainLen int64

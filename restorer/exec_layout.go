@@ -370,6 +370,10 @@ func (l *layout) writeSteps(b *block) error {
 			r.into = int64(s.Target)
 			r.arg = int64(s.NS.CloneFlags())
 		case OpUserMap:
+			r.mapProc = -1
+			if p.Procs[s.Target].PIDs[0] == 0 {
+				r.mapProc = int64(s.Target) // a keeper: its pid is the kernel's
+			}
 			f := l.maps[i]
 			for j := range f.path {
 				if f.n[j] == 0 {
@@ -414,6 +418,9 @@ func (l *layout) writeClone(b *block, i int, r *stepRec, stack uint64, byThread 
 	}
 	child := procAt(b.base, b.procsOff, int64(s.Target))
 	r.child = int64(s.Target)
+	if s.Actor >= 0 && len(p.Procs[s.Actor].PIDs) == 1 && p.Procs[s.Target].PIDs[0] == 0 {
+		r.hostPidOut = 1 // clone3 returns its level-0 pid (writeUserMaps)
+	}
 	if j, ok := byThread[i]; ok {
 		r.byThread = int64(j)
 	}

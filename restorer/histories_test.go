@@ -21,10 +21,14 @@ import (
 // children or through an intermediate one (user namespace stages,
 // planner_userstage.go); 44 has user namespaces no task is in whose maps
 // the dump reads through a joiner (F8.7), 201 a map written from a parent
-// its writer later leaves and builders that switched ids (switchedIDs).
+// its writer later leaves and builders that switched ids (switchedIDs);
+// 1, 57 and 214 need user namespace keepers (planner_keepers.go): a map
+// writer whose parent nobody made (1), a user stand-in cloning from a
+// namespace nobody made (57), joiners of namespaces every member had left
+// (214, which plans twice).
 // NSINIT_HISTORY_SEEDS=N runs seeds 1..N instead (A-B: seeds A..B), and
 // NSINIT_HISTORY_SEED=S seed S alone.
-var historySeeds = []int64{2, 5, 15, 20, 22, 26, 37, 44, 56, 71, 90, 94, 95, 103, 107, 108, 113, 122, 124, 125, 146, 155, 177, 184, 198, 201}
+var historySeeds = []int64{1, 2, 5, 15, 20, 22, 26, 37, 44, 56, 57, 71, 90, 94, 95, 103, 107, 108, 113, 122, 124, 125, 146, 155, 177, 184, 198, 201, 214}
 
 // wedgingSeeds are seeds whose history leaves a task the kernel never
 // lets go (Linux 6.18: an init held in zap_pid_ns_processes, unkillable

@@ -19,7 +19,8 @@
 //     planner_creators.go decides who clones whom, planner_groups.go which
 //     group each clone happens in, planner_expand.go orders a proc's part,
 //     planner_place.go emits each clone with its pids and cursor writes,
-//     planner_helpers.go adds the temporary helper tasks,
+//     planner_helpers.go adds the temporary helper tasks
+//     (planner_keepers.go the members that keep a user namespace),
 //     planner_namespaces.go, planner_userns.go, planner_userstage.go (a
 //     task's user namespace over time) and planner_net.go plan the other
 //     namespaces, planner_finish.go the verification and final steps.

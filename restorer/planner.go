@@ -40,18 +40,35 @@ func NewPlan(tr *pstree.Tree, opt Options) (*Plan, error) {
 	if err := checkHostPIDsAny(tr, opt); err != nil { // hostpids.go
 		return nil, err
 	}
-	pl := &planner{
-		plan:     &Plan{Tree: tr, Options: opt},
-		byPID:    map[int]int{},
-		leader:   map[int]int{},
-		kids:     map[int][]int{},
-		starts:   map[int]pstree.NSID{},
-		adopters: map[int]bool{},
+	keepLeft := map[pstree.NSID]bool{}
+	for {
+		pl := &planner{
+			plan:     &Plan{Tree: tr, Options: opt},
+			byPID:    map[int]int{},
+			leader:   map[int]int{},
+			kids:     map[int][]int{},
+			starts:   map[int]pstree.NSID{},
+			adopters: map[int]bool{},
+			keepLeft: keepLeft,
+		}
+		err := pl.build()
+		if err == nil {
+			return pl.plan, nil
+		}
+		// A user namespace every member left before the plan needed it
+		// again: plan again with a keeper made before its last member
+		// leaves (planner_keepers.go). Each round adds one at least, so
+		// this ends.
+		more := false
+		for _, u := range append(pl.replanKeep, needsMember(err)) {
+			if u != 0 && !keepLeft[u] {
+				keepLeft[u], more = true, true
+			}
+		}
+		if !more {
+			return nil, err
+		}
 	}
-	if err := pl.build(); err != nil {
-		return nil, err
-	}
-	return pl.plan, nil
 }
 
 // checkPayload refuses what only the chosen payload makes impossible, so
@@ -111,14 +128,17 @@ type planner struct {
 	// requiredBirthGroup: the group a proc must be born in (or moved to by
 	// its outer parent at birth) because a kid must inherit it.
 	requiredBirthGroup []int
-	ready              []int               // created procs whose part is still to plan
-	joins              []join              // group moves still to plan (waiting for their group)
-	moving             map[int]bool        // procs waiting for their outer parent to move them
-	deferred           []int               // setns-born procs waiting for their namespace's init
-	standIns           map[int]int         // task -> the stand-in helper that clones it
-	starts             map[int]pstree.NSID // task -> its startUser (memo)
-	lateSettles        []int               // inits that go down to their user ns in finish (lostOwner)
-	adopters           map[int]bool        // child subreapers a leaver dies below (OpSubreaper at their start)
+	ready              []int                // created procs whose part is still to plan
+	joins              []join               // group moves still to plan (waiting for their group)
+	moving             map[int]bool         // procs waiting for their outer parent to move them
+	deferred           []int                // setns-born procs waiting for their namespace's init
+	standIns           map[int]int          // task -> the stand-in helper that clones it
+	starts             map[int]pstree.NSID  // task -> its startUser (memo)
+	lateSettles        []int                // inits that go down to their user ns in finish (lostOwner)
+	keepers            map[pstree.NSID]int  // user ns -> its keeper helper (planner_keepers.go)
+	keepLeft           map[pstree.NSID]bool // user ns to keep before their last member leaves
+	replanKeep         []pstree.NSID        // user ns this plan found left when needed
+	adopters           map[int]bool         // child subreapers a leaver dies below (OpSubreaper at their start)
 	finishing          bool
 }
 

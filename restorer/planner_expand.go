@@ -193,9 +193,9 @@ func (pl *planner) cloneKid(p, c int) (int, error) {
 			// p is c's stand-in: it enters that user namespace
 			// first, once a member makes it (until then its part
 			// waits).
-			via := pl.memberOf(pstree.UserNS, userNS)
+			via := pl.userMember(userNS)
 			if via < 0 {
-				return -1, fmt.Errorf("%s: user ns %d, where it must clone %s, has no live member yet: %w", pl.plan.name(p), userNS, pl.plan.name(c), ErrUnsupported)
+				return -1, noUserMember(userNS, "%s: user ns %d, where it must clone %s, has no live member yet", pl.plan.name(p), userNS, pl.plan.name(c))
 			}
 			if err := pl.emit(Step{Op: OpSetns, Actor: p, Target: via, NS: nsOne(pstree.UserNS, userNS)}); err != nil {
 				return -1, err
@@ -303,6 +303,12 @@ func (pl *planner) expandAll() error {
 			pl.m.rollback(mark)
 			pl.plan.Steps = pl.plan.Steps[:steps]
 			pl.ready = append(rest[:i:i], append([]int{p}, rest[i:]...)...)
+			if pl.keeperFor(err) {
+				// it lacked a member of a user namespace nobody
+				// made yet: a keeper made it; play the part again
+				progressed = true
+				break
+			}
 			if firstErr == nil {
 				firstErr = err
 			}

@@ -8,7 +8,7 @@ import (
 
 // Temporary helper tasks (docs/restore.md, "Helpers"). A helper is a proc
 // of the plan that is no task of the image: it exists only during the
-// restore and is reaped before Execute returns. Four kinds:
+// restore and is reaped before Execute returns. Five kinds:
 //
 //   - the level-0 cursor writer (planner.build);
 //   - a dead session or group leader, at the leader's pids, that lends its
@@ -24,7 +24,9 @@ import (
 //     born in c's session and group, in the init's namespace (setns when
 //     its own creator is outside), clones c and exits, so the kernel
 //     re-parents c to the init (F5.2). This is how such an orphan comes
-//     about in the first place; its real creator is gone from the image.
+//     about in the first place; its real creator is gone from the image;
+//   - a keeper (planner_keepers.go): a member of a user namespace whose
+//     members died in the original, for as long as the plan needs one.
 const whyLeaver = "creator that leaves its child to the init"
 
 // whyStandIn: a helper that keeps its parent's session and group for a

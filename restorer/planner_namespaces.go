@@ -158,6 +158,9 @@ func (pl *planner) moveUser(c int, to pstree.NSID) error {
 			}
 			continue
 		}
+		if err := pl.keepBeforeLeaving(c); err != nil {
+			return err
+		}
 		if cur != pl.m.own[pstree.UserNS] {
 			if err := pl.nestedCreds(c, cur, next); err != nil {
 				return err
@@ -172,9 +175,12 @@ func (pl *planner) moveUser(c int, to pstree.NSID) error {
 
 // joinUser is c's setns into existing user namespace u through a member.
 func (pl *planner) joinUser(c int, u pstree.NSID) error {
-	via := pl.memberOf(pstree.UserNS, u)
+	via := pl.userMember(u)
 	if via < 0 {
-		return fmt.Errorf("%s: no live member of user namespace %d to join it through: %w", pl.plan.name(c), u, ErrUnsupported)
+		return noUserMember(u, "%s: no live member of user namespace %d to join it through", pl.plan.name(c), u)
+	}
+	if err := pl.keepBeforeLeaving(c); err != nil {
+		return err
 	}
 	return pl.emit(Step{Op: OpSetns, Actor: c, Target: via, NS: nsOne(pstree.UserNS, u)})
 }

@@ -32,9 +32,9 @@ func (pl *planner) userMap(c int, u pstree.NSID) error {
 	if parent == 0 || pl.tr().Namespace(parent).Ambient {
 		parent = pl.m.own[pstree.UserNS]
 	}
-	w := pl.memberOf(pstree.UserNS, parent)
+	w := pl.userMember(parent)
 	if w < 0 {
-		return fmt.Errorf("user ns %d: no live member of its parent %d to write its maps: %w", u, parent, ErrUnsupported)
+		return noUserMember(parent, "user ns %d: no live member of its parent %d to write its maps", u, parent)
 	}
 	if _, _, err := userMapText(pl.plan, u); err != nil {
 		return err
