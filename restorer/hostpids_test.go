@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nsinit/nsinit/check"
-	"github.com/nsinit/nsinit/imagefile"
 	"github.com/nsinit/nsinit/internal/procfs"
 	"github.com/nsinit/nsinit/internal/sys"
 	"github.com/nsinit/nsinit/pstree"
@@ -90,23 +89,7 @@ func TestPlanHostPIDsAny(t *testing.T) {
 // are usage errors (200).
 func TestE2EHostPIDsAny(t *testing.T) {
 	needRoot(t)
-	tr := place(t, sleepers(hostPIDsTree()))
-	t.Cleanup(func() { killTree(t, tr, &Restored{}) })
-	src := t.TempDir()
-	if err := imagefile.Write(src, tr); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := nsinit(t, "restore", "-D", src, "-d"); err != nil {
-		t.Fatalf("restore of the hand-written image: %v\n%s", err, out)
-	}
-	img := t.TempDir()
-	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(tr.Tasks[0].PID()), "-D", img, "--unchecked"); err != nil {
-		t.Fatalf("dump: %v\n%s", err, out)
-	}
-	dumped, err := imagefile.Read(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, dumped := dumpOfRunning(t, hostPIDsTree()) // newpidns_test.go
 	for _, bad := range [][]string{
 		{"--host-pids", "any", "--into-new-pidns"},
 		{"--host-pids", "some"},
@@ -120,7 +103,7 @@ func TestE2EHostPIDsAny(t *testing.T) {
 	// Two copies side by side, one a placement, beside the original; all
 	// killed at once at the end (killTree waits until the test has no
 	// child left).
-	all := &pstree.Tree{Tasks: slices.Clone(tr.Tasks)}
+	all := &pstree.Tree{Tasks: slices.Clone(dumped.Tasks)}
 	t.Cleanup(func() { killTree(t, all, &Restored{}) })
 	for _, placement := range []string{"set_tid", "ns_last_pid"} {
 		mapFile := filepath.Join(t.TempDir(), "pidmap")

@@ -32,23 +32,7 @@ func TestE2EIntoNewPidns(t *testing.T) {
 	if _, err := exec.LookPath("nsenter"); err != nil {
 		t.Skip("needs nsenter (util-linux)")
 	}
-	tr := place(t, sleepers(f43()))
-	t.Cleanup(func() { killTree(t, tr, &Restored{}) })
-	src := t.TempDir()
-	if err := imagefile.Write(src, tr); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := nsinit(t, "restore", "-D", src, "-d"); err != nil {
-		t.Fatalf("restore of the hand-written image: %v\n%s", err, out)
-	}
-	img := t.TempDir()
-	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(tr.Tasks[0].PID()), "-D", img, "--unchecked"); err != nil {
-		t.Fatalf("dump: %v\n%s", err, out)
-	}
-	dumped, err := imagefile.Read(img)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, dumped := dumpOfRunning(t, f43())
 	const copies = 10
 	roots := make([]int, copies)
 	errs := make([]error, copies)
@@ -83,7 +67,7 @@ func TestE2EIntoNewPidns(t *testing.T) {
 		t.Run(fmt.Sprintf("copy%d", i), func(t *testing.T) {
 			compareInNewPidns(t, dumped, root)
 			init := parentOf(t, root)
-			rootInside := tr.Tasks[0].PID()
+			rootInside := dumped.Tasks[0].PID()
 			cmd := exec.Command("nsenter", "-t", strconv.Itoa(init), "-m", "-p", "--",
 				testutil.Binary(t), "check", "-t", strconv.Itoa(rootInside), "-D", img)
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -154,6 +138,32 @@ func TestIntoNewPidnsRefusesPIDOne(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 204 || !strings.Contains(out, "pid 1 at level 0") {
 		t.Errorf("restore: %v, want status 204 (unsupported) naming pid 1\n%s", err, out)
 	}
+}
+
+// dumpOfRunning restores hand-written image tr at its own pids (killed at
+// the end of the test) and dumps that live tree, which keeps running and
+// holding every host pid of the image: the image directory and the tree
+// read back from it.
+func dumpOfRunning(t *testing.T, tr *pstree.Tree) (string, *pstree.Tree) {
+	t.Helper()
+	tr = place(t, sleepers(tr))
+	t.Cleanup(func() { killTree(t, tr, &Restored{}) })
+	src := t.TempDir()
+	if err := imagefile.Write(src, tr); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nsinit(t, "restore", "-D", src, "-d"); err != nil {
+		t.Fatalf("restore of the hand-written image: %v\n%s", err, out)
+	}
+	img := t.TempDir()
+	if out, err := nsinit(t, "dump", "-t", strconv.Itoa(tr.Tasks[0].PID()), "-D", img, "--unchecked"); err != nil {
+		t.Fatalf("dump: %v\n%s", err, out)
+	}
+	dumped, err := imagefile.Read(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, dumped
 }
 
 // compareInNewPidns checks the copy rooted at host pid root against the
