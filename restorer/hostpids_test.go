@@ -17,23 +17,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// hostPIDsTree: three pid levels with sessions and groups at each. At
-// level 0 S leads the session, G a group that I (level 1's init) is moved
-// into by its outer parent and that the level-0 zombie Z0 joined; at level
-// 1 I leads a session with D's group in it and members D, E in S's session
-// (led from above) and F in G's group; at level 2 J (an init, child of K)
-// leads a session with M's group, in which the zombie Z2 died. X, at level
-// 0, is in a session whose leader is dead (a helper plays it).
+// hostPIDsTree: f43 (plan_test.go) one level deeper, with sessions and
+// groups at each of three pid levels. At level 0 S leads the session, G a
+// group that I (level 1's init) is moved into by its outer parent and that
+// the level-0 zombie Z0 joined; at level 1 I leads a session with D's group
+// in it and members D, E in S's session (led from above) and F in G's
+// group; at level 2 J (an init, child of K) leads a session with M's
+// group, in which the zombie Z2 died. X, at level 0, is in a session whose
+// leader is dead (a helper plays it).
 func hostPIDsTree() *pstree.Tree {
-	b := newTB().ns(2, 1, 1).ns(3, 2, 2)
-	b.task(1, []int{31500}, 0, []int{31500}, []int{31500})              // S
-	b.task(1, []int{31501}, 31500, []int{31500}, []int{31501})          // G
-	b.task(2, []int{31502, 1}, 31500, []int{31502, 1}, []int{31502, 1}) // I
-	b.task(2, []int{31503, 2}, 31502, []int{31500, 0}, []int{31503, 2}) // D
-	b.task(2, []int{31504, 3}, 31502, []int{31500, 0}, []int{31503, 2}) // E
-	b.task(2, []int{31505, 4}, 31502, []int{31500, 0}, []int{31501, 0}) // F
-	b.task(2, []int{31506, 5}, 31502, []int{31502, 1}, []int{31502, 1}) // K
-	z := b.task(1, []int{31507}, 31500, []int{31500}, []int{31501})     // Z0
+	b := (&tb{tr: *f43()}).ns(3, 2, 2)
+	z := b.task(1, []int{31507}, 31500, []int{31500}, []int{31501}) // Z0
 	z.State, z.ExitStatus = pstree.Zombie, 7<<8
 	b.task(3, []int{31508, 6, 1}, 31506, []int{31508, 6, 1}, []int{31508, 6, 1})     // J
 	b.task(3, []int{31509, 7, 2}, 31508, []int{31508, 6, 1}, []int{31509, 7, 2})     // M
