@@ -32,8 +32,8 @@ func FormatPIDMap(m map[int]int) []byte {
 	return b.Bytes()
 }
 
-// ParsePIDMap reads a pid map; every pid is positive and appears once on
-// each side.
+// ParsePIDMap reads a pid map; every pid is in 1..pstree.MaxPID and
+// appears once on each side.
 func ParsePIDMap(b []byte) (map[int]int, error) {
 	m, seen := map[int]int{}, map[int]bool{}
 	for n, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
@@ -46,7 +46,7 @@ func ParsePIDMap(b []byte) (map[int]int, error) {
 		}
 		a, err1 := strconv.Atoi(f[0])
 		z, err2 := strconv.Atoi(f[1])
-		if err1 != nil || err2 != nil || a <= 0 || z <= 0 {
+		if err1 != nil || err2 != nil || a <= 0 || z <= 0 || a > pstree.MaxPID || z > pstree.MaxPID {
 			return nil, fmt.Errorf("pid map line %d: %q is not two pids", n+1, line)
 		}
 		if _, dup := m[a]; dup || seen[z] {

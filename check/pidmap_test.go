@@ -15,7 +15,7 @@ func TestPIDMap(t *testing.T) {
 	if err != nil || len(got) != 3 || got[10] != 40 || got[12] != 42 {
 		t.Fatalf("round trip: %v %v", got, err)
 	}
-	for _, bad := range []string{"10", "10 x", "10 0", "10 40\n10 41", "10 40\n11 40"} {
+	for _, bad := range []string{"10", "10 x", "10 0", "10 40\n10 41", "10 40\n11 40", "10 99999999999", "4194305 10"} {
 		if _, err := ParsePIDMap([]byte(bad)); err == nil {
 			t.Errorf("pid map %q accepted", bad)
 		}
